@@ -1,0 +1,11 @@
+/**
+ * `deno task build`: compile the native shim into build/libpvdrv.so.
+ * @module
+ */
+import { buildNative } from "../ffi/lib.ts";
+import { parse, runMain } from "./common.ts";
+
+await runMain("usage: deno task build [--force]", () => {
+  const { values } = parse(Deno.args, { force: { type: "boolean" } }, false);
+  console.log(buildNative({ force: values.force ?? true }));
+});

@@ -1,0 +1,225 @@
+/**
+ * An opened PCI function, the seam drivers program against: config space, BARs, DMA memory and interrupts,
+ * whether it came through VFIO or UIO (or a model in tests).
+ * @module
+ */
+import type { MmioRegion } from "../../ffi/mmio.ts";
+import { type DmaAllocator, PhysicalDmaAllocator } from "../../ffi/dma.ts";
+import type { IrqSource } from "../../ffi/irq.ts";
+import { IRQ_INTX, IRQ_MSIX, VfioContainer, type VfioDevice } from "../../ffi/vfio.ts";
+import { fileRegion, mapResource, UioIrq } from "../../ffi/uio.ts";
+import { CMD_BUS_MASTER, CMD_INTX_DISABLE, CMD_IO, CMD_MEMORY, parseConfig, type PciConfig } from "./config.ts";
+import { devicePath, readDevice, SYSFS } from "./sysfs.ts";
+
+/** Interrupt kinds a function can be asked for. */
+export type IrqKind = "msix" | "intx";
+
+/** What a driver sees of a PCI function. */
+export interface PciFunction {
+  /** PCI address. */
+  readonly address: string;
+  /** How it was opened: "vfio", "uio" or "model". */
+  readonly access: string;
+  /** Config space registers. */
+  readonly config: MmioRegion;
+  /** The DMA allocator for this function. */
+  readonly dma: DmaAllocator;
+  /** Parsed config header and capabilities. */
+  parseConfig(): PciConfig;
+  /** Size of BAR `i` (0 if absent). */
+  barSize(i: number): number;
+  /** BAR `i` as a register region (mapped once, cached). */
+  bar(i: number): MmioRegion;
+  /** Set bus mastering (and memory/IO decoding) in the command register. */
+  enableBusMaster(): void;
+  /** Interrupts: `n` MSI-X vectors, or the single INTx line. */
+  irqs(kind: IrqKind, n: number): IrqSource[];
+  /** Interrupt kinds this access method can deliver. */
+  irqKinds(): IrqKind[];
+  /** Re-arm INTx after handling it (a no-op for MSI-X). */
+  unmaskIntx(): void;
+  /** Release interrupts (before a device reset). */
+  disableIrqs(): void;
+  /** Function reset where supported. */
+  reset(): void;
+  /** Release every resource (regions, interrupts, DMA). */
+  close(): void;
+}
+
+/** Read a whole config region into a snapshot. */
+export function snapshotConfig(cfg: MmioRegion): Uint8Array {
+  const n = Math.min(cfg.size, 256);
+  const out = new Uint8Array(n);
+  const dv = new DataView(out.buffer);
+  for (let o = 0; o < n; o += 4) dv.setUint32(o, cfg.read32(o), true);
+  return out;
+}
+
+function enableCommand(cfg: MmioRegion, intx: boolean): void {
+  let cmd = cfg.read16(4) | CMD_BUS_MASTER | CMD_MEMORY | CMD_IO;
+  cmd = intx ? cmd & ~CMD_INTX_DISABLE : cmd;
+  cfg.write16(4, cmd);
+}
+
+/** A function opened through VFIO. */
+export class VfioPciFunction implements PciFunction {
+  readonly access = "vfio";
+  readonly config: MmioRegion;
+  readonly dma: DmaAllocator;
+  readonly #bars = new Map<number, MmioRegion>();
+  #irqs: IrqSource[] = [];
+  #irqIndex = -1;
+
+  /** Opens the function's group in a new container. The device must be bound to vfio-pci. */
+  static open(address: string, root = SYSFS): VfioPciFunction {
+    const info = readDevice(address, root);
+    if (info.driver !== "vfio-pci") {
+      throw new Error(
+        `${info.address} is bound to ${info.driver ?? "no driver"}, not vfio-pci: run 'deno task bind ${info.address} vfio'`,
+      );
+    }
+    if (info.iommuGroup === null) throw new Error(`${info.address} has no IOMMU group`);
+    const container = new VfioContainer();
+    try {
+      const group = container.openGroup(info.iommuGroup);
+      return new VfioPciFunction(info.address, container, group.openDevice(info.address));
+    } catch (e) {
+      container.close();
+      throw e;
+    }
+  }
+
+  /** Wraps an opened device. */
+  constructor(readonly address: string, readonly container: VfioContainer, readonly device: VfioDevice) {
+    this.config = device.config();
+    this.dma = container.dmaAllocator();
+  }
+  parseConfig(): PciConfig {
+    return parseConfig(snapshotConfig(this.config));
+  }
+  barSize(i: number): number {
+    return this.device.regionInfo(i).size;
+  }
+  bar(i: number): MmioRegion {
+    let r = this.#bars.get(i);
+    if (!r) this.#bars.set(i, r = this.device.region(i));
+    return r;
+  }
+  enableBusMaster(): void {
+    enableCommand(this.config, this.#irqIndex === IRQ_INTX);
+  }
+  irqKinds(): IrqKind[] {
+    const k: IrqKind[] = [];
+    if (this.device.irqCount(IRQ_MSIX) > 0) k.push("msix");
+    if (this.device.irqCount(IRQ_INTX) > 0) k.push("intx");
+    return k;
+  }
+  irqs(kind: IrqKind, n: number): IrqSource[] {
+    this.disableIrqs();
+    this.#irqIndex = kind === "msix" ? IRQ_MSIX : IRQ_INTX;
+    this.#irqs = this.device.enableIrqs(this.#irqIndex, kind === "msix" ? n : 1);
+    if (kind === "intx") enableCommand(this.config, true);
+    return this.#irqs;
+  }
+  unmaskIntx(): void {
+    if (this.#irqIndex === IRQ_INTX) this.device.unmaskIntx();
+  }
+  disableIrqs(): void {
+    if (this.#irqIndex >= 0) this.device.disableIrqs(this.#irqIndex);
+    for (const s of this.#irqs) s.close();
+    this.#irqs = [];
+    this.#irqIndex = -1;
+  }
+  reset(): void {
+    if (this.device.canReset) this.device.reset();
+  }
+  close(): void {
+    this.disableIrqs();
+    for (const r of this.#bars.values()) r.close();
+    this.#bars.clear();
+    this.dma.close();
+    this.device.close();
+    this.container.close();
+  }
+}
+
+/** A function opened through uio_pci_generic: INTx only, physical DMA addresses (no IOMMU protection). */
+export class UioPciFunction implements PciFunction {
+  readonly access = "uio";
+  readonly config: MmioRegion;
+  readonly dma: DmaAllocator = new PhysicalDmaAllocator();
+  readonly #bars = new Map<number, MmioRegion>();
+  #irq: UioIrq | null = null;
+  readonly #dir: string;
+  readonly #info;
+
+  /** Opens a function bound to uio_pci_generic. */
+  static open(address: string, root = SYSFS): UioPciFunction {
+    const info = readDevice(address, root);
+    if (info.driver !== "uio_pci_generic" || info.uio.length === 0) {
+      throw new Error(
+        `${info.address} is bound to ${info.driver ?? "no driver"}, not uio_pci_generic: run 'deno task bind ${info.address} uio'`,
+      );
+    }
+    return new UioPciFunction(info.address, root);
+  }
+
+  private constructor(readonly address: string, root: string) {
+    this.#dir = devicePath(address, root);
+    this.#info = readDevice(address, root);
+    this.config = fileRegion(`${this.#dir}/config`, 256, `${address} config`);
+  }
+  parseConfig(): PciConfig {
+    return parseConfig(snapshotConfig(this.config));
+  }
+  barSize(i: number): number {
+    return this.#info.bars.find((b) => b.index === i)?.size ?? 0;
+  }
+  bar(i: number): MmioRegion {
+    let r = this.#bars.get(i);
+    if (r) return r;
+    const b = this.#info.bars.find((x) => x.index === i);
+    if (!b) throw new Error(`${this.address}: BAR${i} is not implemented`);
+    const path = `${this.#dir}/resource${i}`;
+    r = b.io ? fileRegion(path, b.size, `${this.address} BAR${i}`) : mapResource(path, b.size, `${this.address} BAR${i}`);
+    this.#bars.set(i, r);
+    return r;
+  }
+  enableBusMaster(): void {
+    enableCommand(this.config, true);
+  }
+  irqKinds(): IrqKind[] {
+    return ["intx"];
+  }
+  irqs(kind: IrqKind, _n: number): IrqSource[] {
+    if (kind !== "intx") throw new Error("uio_pci_generic delivers INTx only; use VFIO for MSI-X");
+    this.#irq ??= new UioIrq(this.#info.uio[0]);
+    this.#irq.enable();
+    return [this.#irq];
+  }
+  unmaskIntx(): void {
+    this.#irq?.enable();
+  }
+  disableIrqs(): void {
+    this.#irq?.close();
+    this.#irq = null;
+  }
+  reset(): void {}
+  close(): void {
+    this.disableIrqs();
+    for (const r of this.#bars.values()) r.close();
+    this.#bars.clear();
+    this.dma.close();
+    this.config.close();
+  }
+}
+
+/** Open a PCI function through whichever of VFIO and UIO it is bound to. */
+export function openPci(address: string, root = SYSFS): PciFunction {
+  const info = readDevice(address, root);
+  if (info.driver === "vfio-pci") return VfioPciFunction.open(address, root);
+  if (info.driver === "uio_pci_generic") return UioPciFunction.open(address, root);
+  throw new Error(
+    `${info.address} is bound to ${info.driver ?? "no driver"}: bind it first ('deno task bind ${info.address} vfio' or 'uio')`,
+  );
+}

@@ -1,0 +1,170 @@
+/**
+ * DMA memory: the seam between drivers and how a device reaches memory. A {@link DmaRegion} is a zeroed,
+ * page-aligned buffer with its CPU view and the address the device must use (an IOVA behind VFIO, a physical
+ * address with UIO, a fake address in a model). Drivers never learn which.
+ *
+ * Device addresses are JS numbers: every allocator keeps them below 2^53 so they are exact, and drivers split
+ * them into u32 halves for descriptors without BigInt on the hot path.
+ * @module
+ */
+import { check64, native } from "./lib.ts";
+
+/** A buffer the device can read and write. */
+export interface DmaRegion {
+  /** CPU view of the whole region (created once). */
+  readonly bytes: Uint8Array<ArrayBuffer>;
+  /** Address of byte 0 as the device sees it. */
+  readonly deviceAddress: number;
+  /** Size in bytes. */
+  readonly size: number;
+  /** Return the memory (unmaps it from the device first). Idempotent. */
+  free(): void;
+}
+
+/** Hands out {@link DmaRegion}s. */
+export interface DmaAllocator {
+  /** What backs this allocator: "vfio", "physical" or "model". */
+  readonly kind: string;
+  /** A zeroed region of at least `size` bytes, page aligned. */
+  alloc(size: number): DmaRegion;
+  /** Free every region still allocated. */
+  close(): void;
+}
+
+/** 4 KiB. */
+export const PAGE = 4096;
+/** 2 MiB, an x86 huge page. */
+export const HUGE_PAGE = 2 * 1024 * 1024;
+
+/** Round `n` up to a multiple of `to` (a power of two). */
+export function roundUp(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}
+
+/** Host memory from the shim: locked, zeroed; 2 MiB pages when `huge`. */
+export interface HostMemory {
+  /** Pointer to byte 0. */
+  readonly ptr: Deno.PointerObject;
+  /** The CPU view. */
+  readonly bytes: Uint8Array<ArrayBuffer>;
+  /** Size in bytes. */
+  readonly size: number;
+  /** Unmap. */
+  free(): void;
+}
+
+/** Allocate locked anonymous memory (`MAP_HUGETLB` when `huge`). */
+export function allocHostMemory(size: number, huge: boolean): HostMemory {
+  const n = native();
+  const len = roundUp(size, huge ? HUGE_PAGE : PAGE);
+  const addr = check64(
+    huge
+      ? `allocating ${len} bytes of huge pages (is vm.nr_hugepages set? see README)`
+      : `allocating ${len} bytes of locked memory`,
+    n.pvdrv_dma_alloc(BigInt(len), huge ? 1 : 0),
+  );
+  const ptr = n.pvdrv_ptr(addr)!;
+  const bytes = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptr, len));
+  let freed = false;
+  return {
+    ptr,
+    bytes,
+    size: len,
+    free() {
+      if (freed) return;
+      freed = true;
+      n.pvdrv_munmap(ptr, BigInt(len));
+    },
+  };
+}
+
+/** Physical address of a pointer through /proc/self/pagemap (root only). */
+export function virtToPhys(ptr: Deno.PointerObject): number {
+  const r = native().pvdrv_virt_to_phys(ptr);
+  if (r === -1n || r === -13n) {
+    throw new Error("virtual-to-physical translation needs root (CAP_SYS_ADMIN) to read /proc/self/pagemap");
+  }
+  return Number(check64("reading /proc/self/pagemap", r));
+}
+
+/**
+ * Physically addressed DMA memory for UIO (no IOMMU): each region is carved from 2 MiB huge pages, which are
+ * physically contiguous, so a region never crosses a huge-page boundary. Needs root and `vm.nr_hugepages`.
+ */
+export class PhysicalDmaAllocator implements DmaAllocator {
+  readonly kind = "physical";
+  readonly #pages: { mem: HostMemory; phys: number; used: number }[] = [];
+  #closed = false;
+
+  alloc(size: number): DmaRegion {
+    if (this.#closed) throw new Error("DMA allocator is closed");
+    if (!(size > 0 && size <= HUGE_PAGE)) {
+      throw new RangeError(`physical DMA regions are 1..${HUGE_PAGE} bytes (one huge page), asked ${size}`);
+    }
+    const len = roundUp(size, PAGE);
+    let page = this.#pages.find((p) => p.used + len <= HUGE_PAGE);
+    if (!page) {
+      const mem = allocHostMemory(HUGE_PAGE, true);
+      page = { mem, phys: virtToPhys(mem.ptr), used: 0 };
+      if (page.phys % HUGE_PAGE !== 0) throw new Error("huge page is not 2 MiB aligned physically");
+      this.#pages.push(page);
+    }
+    const off = page.used;
+    page.used += len;
+    const bytes = page.mem.bytes.subarray(off, off + len);
+    bytes.fill(0);
+    // Regions are carved, not returned individually: the pages go back on close().
+    return { bytes, deviceAddress: page.phys + off, size: len, free() {} };
+  }
+
+  close(): void {
+    this.#closed = true;
+    for (const p of this.#pages.splice(0)) p.mem.free();
+  }
+}
+
+/**
+ * The in-process model of DMA: ArrayBuffers at fake device addresses. A device model resolves addresses with
+ * {@link ModelDmaAllocator.resolve}, which refuses anything outside an allocated region (like an IOMMU fault).
+ */
+export class ModelDmaAllocator implements DmaAllocator {
+  readonly kind = "model";
+  readonly #regions: { addr: number; bytes: Uint8Array<ArrayBuffer>; live: boolean }[] = [];
+  #next = 0x1_0000_0000; // above 4 GiB, so the high halves of descriptor addresses are exercised
+
+  alloc(size: number): DmaRegion {
+    const len = roundUp(Math.max(size, 1), PAGE);
+    const bytes = new Uint8Array(len);
+    const r = { addr: this.#next, bytes, live: true };
+    this.#next += len + PAGE; // a guard page between regions
+    this.#regions.push(r);
+    return {
+      bytes,
+      deviceAddress: r.addr,
+      size: len,
+      free() {
+        r.live = false;
+      },
+    };
+  }
+
+  /** The bytes at device address `addr`..`addr+len`, which must lie inside one live region. */
+  resolve(addr: number, len: number): Uint8Array<ArrayBuffer> {
+    for (const r of this.#regions) {
+      if (r.live && addr >= r.addr && addr + len <= r.addr + r.bytes.length) {
+        const off = addr - r.addr;
+        return r.bytes.subarray(off, off + len);
+      }
+    }
+    throw new Error(`DMA fault: device address 0x${addr.toString(16)} (+${len}) is not mapped`);
+  }
+
+  /** Number of regions not freed. */
+  get live(): number {
+    return this.#regions.filter((r) => r.live).length;
+  }
+
+  close(): void {
+    for (const r of this.#regions) r.live = false;
+  }
+}

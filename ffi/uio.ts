@@ -1,0 +1,77 @@
+/**
+ * UIO (uio_pci_generic): BARs through sysfs `resourceN` files (mmap for memory BARs, pread/pwrite for I/O-port
+ * BARs), config space through sysfs `config`, and INTx through `/dev/uioN`.
+ * @module
+ */
+import { check, check64, cstr, native } from "./lib.ts";
+import { MappedRegion, type MmioRegion, PioRegion } from "./mmio.ts";
+import { type IrqSource, irqWaiter } from "./irq.ts";
+
+const O_RDWR = 2, O_NONBLOCK = 0o4000;
+const PROT_RW = 3, MAP_SHARED = 1;
+
+function openFile(path: string, flags = O_RDWR): number {
+  const r = native().pvdrv_open(cstr(path), flags, 0);
+  if (r === -13 || r === -1) check(`opening ${path} needs root`, r);
+  return check(`opening ${path}`, r);
+}
+
+/** Map a memory BAR's sysfs resource file. */
+export function mapResource(path: string, size: number, name: string): MmioRegion {
+  const fd = openFile(path);
+  const n = native();
+  try {
+    const addr = check64(`mmap ${path}`, n.pvdrv_mmap(BigInt(size), PROT_RW, MAP_SHARED, fd, 0n));
+    const ptr = n.pvdrv_ptr(addr)!;
+    return new MappedRegion(name, ptr, size, () => n.pvdrv_munmap(ptr, BigInt(size)));
+  } finally {
+    n.pvdrv_close(fd);
+  }
+}
+
+/** An I/O-port BAR (or config space) through pread/pwrite of a sysfs file. */
+export function fileRegion(path: string, size: number, name: string): MmioRegion {
+  return new PioRegion(name, openFile(path), 0, size, true);
+}
+
+/** INTx through /dev/uioN: each read returns the interrupt count; writing 1 re-enables the line. */
+export class UioIrq implements IrqSource {
+  #fd: number;
+  readonly #buf = new Uint32Array(1);
+  readonly #one = new Uint32Array([1]);
+  /** Last interrupt count the kernel reported. */
+  count = 0;
+
+  /** Opens /dev/<name> (e.g. uio0). */
+  constructor(readonly name: string) {
+    this.#fd = openFile(`/dev/${name}`, O_RDWR | O_NONBLOCK);
+  }
+
+  /** Unmask INTx (uio_pci_generic masks it with the command register when it fires). */
+  enable(): void {
+    check(`${this.name}: enable interrupt`, native().pvdrv_write(this.#fd, this.#one, 4));
+  }
+
+  /** Mask INTx. */
+  disable(): void {
+    check(`${this.name}: disable interrupt`, native().pvdrv_write(this.#fd, new Uint32Array([0]), 4));
+  }
+
+  poll(): boolean {
+    const r = native().pvdrv_read(this.#fd, this.#buf, 4);
+    if (r === -11) return false;
+    check(`${this.name}: read`, r);
+    this.count = this.#buf[0];
+    return true;
+  }
+
+  async wait(): Promise<void> {
+    while (!this.poll()) await irqWaiter().waitReadable(this.#fd);
+  }
+
+  close(): void {
+    if (this.#fd < 0) return;
+    irqWaiter().remove(this.#fd, true);
+    this.#fd = -1;
+  }
+}

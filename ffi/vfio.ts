@@ -1,0 +1,365 @@
+/**
+ * VFIO (linux/vfio.h): type1 IOMMU container, groups, device fds, regions, DMA mapping and interrupts.
+ * Struct layouts and ioctl numbers come from linux/vfio.h (`_IO(';', 100 + n)`).
+ * @module
+ */
+import { check, cstr, NativeError, native } from "./lib.ts";
+import { allocHostMemory, type DmaAllocator, type DmaRegion, HUGE_PAGE, PAGE, roundUp } from "./dma.ts";
+import { MappedRegion, type MmioRegion, PioRegion } from "./mmio.ts";
+import { EventFdIrq } from "./irq.ts";
+
+const io = (n: number) => (0x3b << 8) | (100 + n); // _IO(VFIO_TYPE, VFIO_BASE + n)
+/** VFIO ioctl request numbers. */
+export const VFIO = {
+  GET_API_VERSION: io(0),
+  CHECK_EXTENSION: io(1),
+  SET_IOMMU: io(2),
+  GROUP_GET_STATUS: io(3),
+  GROUP_SET_CONTAINER: io(4),
+  GROUP_UNSET_CONTAINER: io(5),
+  GROUP_GET_DEVICE_FD: io(6),
+  DEVICE_GET_INFO: io(7),
+  DEVICE_GET_REGION_INFO: io(8),
+  DEVICE_GET_IRQ_INFO: io(9),
+  DEVICE_SET_IRQS: io(10),
+  DEVICE_RESET: io(11),
+  IOMMU_MAP_DMA: io(13),
+  IOMMU_UNMAP_DMA: io(14),
+} as const;
+const API_VERSION = 0;
+const TYPE1_IOMMU = 1;
+const TYPE1v2_IOMMU = 3;
+const GROUP_FLAGS_VIABLE = 1;
+/** Region flags. */
+export const REGION_READ = 1, REGION_WRITE = 2, REGION_MMAP = 4;
+/** vfio-pci region indices: BAR0..5 are 0..5. */
+export const PCI_ROM_REGION = 6, PCI_CONFIG_REGION = 7;
+/** vfio-pci interrupt indices. */
+export const IRQ_INTX = 0, IRQ_MSI = 1, IRQ_MSIX = 2;
+const IRQ_SET_DATA_NONE = 1, IRQ_SET_DATA_EVENTFD = 4, IRQ_SET_ACTION_UNMASK = 16, IRQ_SET_ACTION_TRIGGER = 32;
+
+const O_RDWR = 2;
+const PROT_RW = 3, MAP_SHARED = 1;
+
+function openDev(path: string): number {
+  const r = native().pvdrv_open(cstr(path), O_RDWR, 0);
+  if (r === -2) {
+    throw new NativeError(`${path} does not exist: load the vfio modules (vfio, vfio_iommu_type1, vfio-pci)`, r);
+  }
+  if (r === -13 || r === -1) throw new NativeError(`opening ${path} needs root (or access to /dev/vfio)`, r);
+  return check(`opening ${path}`, r);
+}
+
+/** A type1 IOMMU container: one address space shared by its groups. */
+export class VfioContainer {
+  /** The container fd. */
+  fd: number;
+  #iommuSet = false;
+  #groups: VfioGroup[] = [];
+  #nextIova = 0x1_0000_0000; // above 4 GiB (and far from the x86 MSI window at 0xfee00000)
+
+  /** Open /dev/vfio/vfio and check the API version and type1 support. */
+  constructor() {
+    this.fd = openDev("/dev/vfio/vfio");
+    const n = native();
+    const v = n.pvdrv_ioctl_int(this.fd, VFIO.GET_API_VERSION, 0);
+    if (v !== API_VERSION) {
+      this.close();
+      throw new Error(`unsupported VFIO API version ${v}`);
+    }
+    if (n.pvdrv_ioctl_int(this.fd, VFIO.CHECK_EXTENSION, TYPE1v2_IOMMU) <= 0 &&
+      n.pvdrv_ioctl_int(this.fd, VFIO.CHECK_EXTENSION, TYPE1_IOMMU) <= 0) {
+      this.close();
+      throw new Error("VFIO has no type1 IOMMU: load vfio_iommu_type1 and boot with an IOMMU (intel_iommu=on)");
+    }
+  }
+
+  /** Attach IOMMU group `id` (the number under /dev/vfio). */
+  openGroup(id: number): VfioGroup {
+    const g = new VfioGroup(this, id);
+    if (!this.#iommuSet) {
+      const n = native();
+      const type = n.pvdrv_ioctl_int(this.fd, VFIO.CHECK_EXTENSION, TYPE1v2_IOMMU) > 0 ? TYPE1v2_IOMMU : TYPE1_IOMMU;
+      const r = n.pvdrv_ioctl_int(this.fd, VFIO.SET_IOMMU, type);
+      if (r < 0) {
+        g.close();
+        check("VFIO_SET_IOMMU", r);
+      }
+      this.#iommuSet = true;
+    }
+    this.#groups.push(g);
+    return g;
+  }
+
+  /** Reserve `size` bytes of IOVA space (bump allocator, 2 MiB aligned for large maps). */
+  reserveIova(size: number): number {
+    const align = size >= HUGE_PAGE ? HUGE_PAGE : PAGE;
+    const iova = roundUp(this.#nextIova, align);
+    this.#nextIova = iova + roundUp(size, PAGE);
+    if (this.#nextIova > 2 ** 39) throw new Error("IOVA space exhausted (39-bit guest IOMMU)");
+    return iova;
+  }
+
+  /** VFIO_IOMMU_MAP_DMA `size` bytes at `ptr` to `iova`, readable and writable by the device. */
+  mapDma(ptr: Deno.PointerObject, iova: number, size: number): void {
+    const b = new Uint8Array(32);
+    const dv = new DataView(b.buffer);
+    dv.setUint32(0, 32, true);
+    dv.setUint32(4, 3, true); // READ | WRITE
+    dv.setBigUint64(8, native().pvdrv_addr(ptr), true);
+    dv.setBigUint64(16, BigInt(iova), true);
+    dv.setBigUint64(24, BigInt(size), true);
+    check(`VFIO_IOMMU_MAP_DMA iova 0x${iova.toString(16)} size 0x${size.toString(16)}`, native().pvdrv_ioctl_ptr(this.fd, VFIO.IOMMU_MAP_DMA, b));
+  }
+
+  /** VFIO_IOMMU_UNMAP_DMA. */
+  unmapDma(iova: number, size: number): void {
+    const b = new Uint8Array(24);
+    const dv = new DataView(b.buffer);
+    dv.setUint32(0, 24, true);
+    dv.setBigUint64(8, BigInt(iova), true);
+    dv.setBigUint64(16, BigInt(size), true);
+    check("VFIO_IOMMU_UNMAP_DMA", native().pvdrv_ioctl_ptr(this.fd, VFIO.IOMMU_UNMAP_DMA, b));
+  }
+
+  /** A DMA allocator mapping host memory into this container's IOMMU space. */
+  dmaAllocator(): VfioDmaAllocator {
+    return new VfioDmaAllocator(this);
+  }
+
+  /** Close groups and the container. */
+  close(): void {
+    for (const g of this.#groups.splice(0)) g.close();
+    if (this.fd >= 0) native().pvdrv_close(this.fd);
+    this.fd = -1;
+  }
+}
+
+/** An IOMMU group, attached to a container. */
+export class VfioGroup {
+  /** The group fd. */
+  fd: number;
+  /** Opens /dev/vfio/<id>, checks viability and attaches it to `container`. */
+  constructor(readonly container: VfioContainer, readonly id: number) {
+    this.fd = openDev(`/dev/vfio/${id}`);
+    const st = new Uint8Array(8);
+    new DataView(st.buffer).setUint32(0, 8, true);
+    check("VFIO_GROUP_GET_STATUS", native().pvdrv_ioctl_ptr(this.fd, VFIO.GROUP_GET_STATUS, st));
+    if (!(new DataView(st.buffer).getUint32(4, true) & GROUP_FLAGS_VIABLE)) {
+      this.close();
+      throw new Error(
+        `IOMMU group ${id} is not viable: every device in /sys/kernel/iommu_groups/${id}/devices must be bound to vfio-pci (or no driver)`,
+      );
+    }
+    const cfd = new Uint8Array(new Int32Array([container.fd]).buffer);
+    const r = native().pvdrv_ioctl_ptr(this.fd, VFIO.GROUP_SET_CONTAINER, cfd);
+    if (r < 0) {
+      this.close();
+      check(`VFIO_GROUP_SET_CONTAINER (group ${id})`, r);
+    }
+  }
+
+  /** Open the device `bdf` (e.g. "0000:00:04.0") of this group. */
+  openDevice(bdf: string): VfioDevice {
+    const r = native().pvdrv_ioctl_ptr(this.fd, VFIO.GROUP_GET_DEVICE_FD, cstr(bdf));
+    return new VfioDevice(check(`VFIO_GROUP_GET_DEVICE_FD ${bdf}`, r), bdf);
+  }
+
+  /** Close the group fd. */
+  close(): void {
+    if (this.fd >= 0) native().pvdrv_close(this.fd);
+    this.fd = -1;
+  }
+}
+
+/** One VFIO region's description. */
+export interface RegionInfo {
+  /** Region index. */
+  index: number;
+  /** REGION_* flags. */
+  flags: number;
+  /** Size in bytes (0: not implemented). */
+  size: number;
+  /** Offset of the region in the device fd. */
+  offset: bigint;
+}
+
+/** A VFIO device fd: regions, config space, interrupts, reset. */
+export class VfioDevice {
+  /** Number of regions and interrupt indices. */
+  readonly numRegions: number;
+  /** Number of interrupt indices. */
+  readonly numIrqs: number;
+  /** Whether VFIO_DEVICE_RESET is supported. */
+  readonly canReset: boolean;
+
+  /** Wraps a device fd from VFIO_GROUP_GET_DEVICE_FD. */
+  constructor(public fd: number, readonly bdf: string) {
+    const b = new Uint8Array(16);
+    const dv = new DataView(b.buffer);
+    dv.setUint32(0, 16, true);
+    check("VFIO_DEVICE_GET_INFO", native().pvdrv_ioctl_ptr(fd, VFIO.DEVICE_GET_INFO, b));
+    this.canReset = (dv.getUint32(4, true) & 1) !== 0;
+    this.numRegions = dv.getUint32(8, true);
+    this.numIrqs = dv.getUint32(12, true);
+  }
+
+  /** VFIO_DEVICE_GET_REGION_INFO. */
+  regionInfo(index: number): RegionInfo {
+    const b = new Uint8Array(32);
+    const dv = new DataView(b.buffer);
+    dv.setUint32(0, 32, true);
+    dv.setUint32(8, index, true);
+    check(`VFIO_DEVICE_GET_REGION_INFO ${index}`, native().pvdrv_ioctl_ptr(this.fd, VFIO.DEVICE_GET_REGION_INFO, b));
+    return { index, flags: dv.getUint32(4, true), size: Number(dv.getBigUint64(16, true)), offset: dv.getBigUint64(24, true) };
+  }
+
+  /**
+   * A BAR as a register region: mmapped when VFIO allows it, otherwise (I/O-port BARs) through pread/pwrite of
+   * the device fd.
+   */
+  region(index: number): MmioRegion {
+    const info = this.regionInfo(index);
+    if (info.size === 0) throw new Error(`${this.bdf}: region ${index} is not implemented`);
+    const name = `${this.bdf} BAR${index}`;
+    if (info.flags & REGION_MMAP) {
+      const n = native();
+      const addr = n.pvdrv_mmap(BigInt(info.size), PROT_RW, MAP_SHARED, this.fd, info.offset);
+      if (addr >= 0n) {
+        const ptr = n.pvdrv_ptr(addr)!;
+        return new MappedRegion(name, ptr, info.size, () => n.pvdrv_munmap(ptr, BigInt(info.size)));
+      }
+    }
+    if (!(info.flags & REGION_READ)) throw new Error(`${name} is neither mappable nor readable`);
+    if (info.offset % (1n << 32n) !== 0n) throw new Error(`${name}: unexpected region offset ${info.offset}`);
+    return new PioRegion(name, this.fd, Number(info.offset >> 32n), info.size, false);
+  }
+
+  /** PCI config space through the config region. */
+  config(): MmioRegion {
+    const info = this.regionInfo(PCI_CONFIG_REGION);
+    return new PioRegion(`${this.bdf} config`, this.fd, Number(info.offset >> 32n), info.size, false);
+  }
+
+  /** Number of vectors of interrupt index `index` (IRQ_INTX, IRQ_MSI, IRQ_MSIX). */
+  irqCount(index: number): number {
+    const b = new Uint8Array(16);
+    const dv = new DataView(b.buffer);
+    dv.setUint32(0, 16, true);
+    dv.setUint32(8, index, true);
+    check("VFIO_DEVICE_GET_IRQ_INFO", native().pvdrv_ioctl_ptr(this.fd, VFIO.DEVICE_GET_IRQ_INFO, b));
+    return dv.getUint32(12, true);
+  }
+
+  /** Route `count` vectors of `index` to new eventfds; returns one IrqSource per vector. */
+  enableIrqs(index: number, count: number): EventFdIrq[] {
+    const avail = this.irqCount(index);
+    if (count < 1 || count > avail) {
+      throw new Error(`${this.bdf}: asked ${count} vectors of interrupt index ${index}, device has ${avail}`);
+    }
+    const srcs = Array.from({ length: count }, () => new EventFdIrq());
+    const b = new Uint8Array(20 + 4 * count);
+    const dv = new DataView(b.buffer);
+    dv.setUint32(0, b.length, true);
+    dv.setUint32(4, IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER, true);
+    dv.setUint32(8, index, true);
+    dv.setUint32(12, 0, true);
+    dv.setUint32(16, count, true);
+    srcs.forEach((s, i) => dv.setInt32(20 + 4 * i, s.efd.fd, true));
+    const r = native().pvdrv_ioctl_ptr(this.fd, VFIO.DEVICE_SET_IRQS, b);
+    if (r < 0) {
+      for (const s of srcs) s.close();
+      check(`VFIO_DEVICE_SET_IRQS index ${index} x${count}`, r);
+    }
+    return srcs;
+  }
+
+  /** Disable every vector of `index`. */
+  disableIrqs(index: number): void {
+    const b = new Uint8Array(20);
+    const dv = new DataView(b.buffer);
+    dv.setUint32(0, 20, true);
+    dv.setUint32(4, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER, true);
+    dv.setUint32(8, index, true);
+    native().pvdrv_ioctl_ptr(this.fd, VFIO.DEVICE_SET_IRQS, b);
+  }
+
+  /** Unmask INTx after handling (VFIO masks a level-triggered line when it fires). */
+  unmaskIntx(): void {
+    const b = new Uint8Array(20);
+    const dv = new DataView(b.buffer);
+    dv.setUint32(0, 20, true);
+    dv.setUint32(4, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_UNMASK, true);
+    dv.setUint32(8, IRQ_INTX, true);
+    dv.setUint32(16, 1, true);
+    check("VFIO unmask INTx", native().pvdrv_ioctl_ptr(this.fd, VFIO.DEVICE_SET_IRQS, b));
+  }
+
+  /** VFIO_DEVICE_RESET (function-level or bus reset as the kernel sees fit). */
+  reset(): void {
+    check(`VFIO_DEVICE_RESET ${this.bdf}`, native().pvdrv_ioctl_int(this.fd, VFIO.DEVICE_RESET, 0));
+  }
+
+  /** Close the device fd. */
+  close(): void {
+    if (this.fd >= 0) native().pvdrv_close(this.fd);
+    this.fd = -1;
+  }
+}
+
+/**
+ * DMA memory mapped into a VFIO container's IOMMU space. Regions of 2 MiB and more use huge pages when the
+ * system has them (fewer IOTLB entries), and fall back to 4 KiB pages; VFIO pins either.
+ */
+export class VfioDmaAllocator implements DmaAllocator {
+  readonly kind = "vfio";
+  readonly #live = new Set<DmaRegion>();
+  /** Allocates from `container`'s IOVA space. */
+  constructor(readonly container: VfioContainer) {}
+
+  alloc(size: number): DmaRegion {
+    let mem;
+    if (size >= HUGE_PAGE) {
+      try {
+        mem = allocHostMemory(size, true);
+      } catch {
+        mem = undefined;
+      }
+    }
+    mem ??= allocHostMemory(size, false);
+    const iova = this.container.reserveIova(mem.size);
+    if (iova + mem.size > Number.MAX_SAFE_INTEGER) throw new Error("IOVA beyond 2^53");
+    try {
+      this.container.mapDma(mem.ptr, iova, mem.size);
+    } catch (e) {
+      mem.free();
+      throw e;
+    }
+    const live = this.#live;
+    const container = this.container;
+    const region: DmaRegion = {
+      bytes: mem.bytes,
+      deviceAddress: iova,
+      size: mem.size,
+      free() {
+        if (!live.delete(region)) return;
+        try {
+          container.unmapDma(iova, mem.size);
+        } finally {
+          mem.free();
+        }
+      },
+    };
+    live.add(region);
+    return region;
+  }
+
+  /** Number of regions not freed. */
+  get live(): number {
+    return this.#live.size;
+  }
+
+  close(): void {
+    for (const r of [...this.#live]) r.free();
+  }
+}

@@ -1,0 +1,105 @@
+import assert from "assert";
+import { native } from "../../ffi/lib.ts";
+import { allocHostMemory, ModelDmaAllocator, virtToPhys } from "../../ffi/dma.ts";
+import { MappedRegion, ModelRegion, RegionBoundsError, SubRegion, write64Split } from "../../ffi/mmio.ts";
+import { EventFd, EventFdIrq, irqWaiter } from "../../ffi/irq.ts";
+
+const isRoot = Deno.uid() === 0;
+
+Deno.test("shim: volatile MMIO accessors and fences on anonymous memory", () => {
+  const n = native();
+  const mem = allocHostMemory(4096, false);
+  try {
+    const r = new MappedRegion("anon", mem.ptr, 4096);
+    r.write32(0x10, 0xdeadbeef);
+    assert.equal(r.read32(0x10), 0xdeadbeef);
+    assert.equal(r.read16(0x10), 0xbeef);
+    assert.equal(r.read8(0x13), 0xde);
+    r.write8(0x11, 0x55);
+    assert.equal(mem.bytes[0x11], 0x55);
+    r.write16(0x20, 0xabcd);
+    assert.equal(mem.bytes[0x20] | mem.bytes[0x21] << 8, 0xabcd);
+    n.pvdrv_write64(mem.ptr, 0x40, 0x11223344, 0x55667788);
+    assert.equal(n.pvdrv_read64_lo(mem.ptr, 0x40), 0x11223344);
+    assert.equal(n.pvdrv_read64_hi(), 0x55667788);
+    write64Split(r, 0x50, 0x1_2345_6789);
+    assert.deepEqual([r.read32(0x50), r.read32(0x54)], [0x23456789, 1]);
+    n.pvdrv_mb();
+    n.pvdrv_wmb();
+    n.pvdrv_rmb();
+    assert.throws(() => r.read32(4094), RegionBoundsError);
+    assert.throws(() => r.read32(2), RegionBoundsError); // unaligned
+    assert.throws(() => r.write8(-1, 0), RegionBoundsError);
+    const sub = new SubRegion(r, 0x100, 0x20, "sub");
+    sub.write32(0x1c, 7);
+    assert.equal(r.read32(0x11c), 7);
+    assert.throws(() => sub.read32(0x20), RegionBoundsError);
+    r.close();
+    assert.throws(() => r.read32(0), /closed/);
+  } finally {
+    mem.free();
+  }
+});
+
+Deno.test("model region: hooks see writes, override reads", () => {
+  const writes: number[][] = [];
+  const r = new ModelRegion("m", 64, { read: (off) => (off === 8 ? 42 : undefined), write: (o, w, v) => writes.push([o, w, v]) });
+  r.write16(2, 0x1234);
+  assert.equal(r.read16(2), 0x1234);
+  assert.equal(r.read32(8), 42);
+  assert.deepEqual(writes, [[2, 2, 0x1234]]);
+});
+
+Deno.test({
+  name: "dma: locked host memory translates to physical addresses (root)",
+  ignore: !isRoot,
+  fn() {
+    const mem = allocHostMemory(8192, false);
+    try {
+      const p0 = virtToPhys(mem.ptr);
+      assert.ok(p0 > 0 && p0 % 4096 === 0, `phys ${p0}`);
+    } finally {
+      mem.free();
+    }
+  },
+});
+
+Deno.test("dma: model allocator resolves only mapped addresses", () => {
+  const a = new ModelDmaAllocator();
+  const r = a.alloc(100);
+  assert.equal(r.size, 4096);
+  assert.ok(r.deviceAddress >= 2 ** 32);
+  a.resolve(r.deviceAddress + 4000, 96)[0] = 9;
+  assert.equal(r.bytes[4000], 9);
+  assert.throws(() => a.resolve(r.deviceAddress + 4000, 97), /DMA fault/);
+  r.free();
+  assert.throws(() => a.resolve(r.deviceAddress, 1), /DMA fault/);
+});
+
+Deno.test("irq: eventfd signals wake the shared waiter; many sources, one parked poll", async () => {
+  const a = new EventFdIrq(), b = new EventFdIrq();
+  try {
+    assert.equal(a.poll(), false);
+    const order: string[] = [];
+    const pa = a.wait().then(() => order.push("a"));
+    const pb = b.wait().then(() => order.push("b"));
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(order, []);
+    b.efd.signal();
+    await pb;
+    assert.deepEqual(order, ["b"]);
+    a.efd.signal();
+    await pa;
+    assert.deepEqual(order, ["b", "a"]);
+    // A signal before the wait is not lost.
+    a.efd.signal();
+    await a.wait();
+  } finally {
+    a.close();
+    b.close();
+  }
+  const e = new EventFd();
+  const p = irqWaiter().waitReadable(e.fd);
+  irqWaiter().remove(e.fd, true);
+  await assert.rejects(p, /closed/);
+});

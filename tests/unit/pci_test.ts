@@ -1,0 +1,124 @@
+import assert from "assert";
+import { CAP_MSIX, CAP_VENDOR, parseConfig, PciConfigError, VIRTIO_PCI_CAP } from "../../drivers/pci/config.ts";
+import { listDevices, parsePciAddress, parseResources, readDevice } from "../../drivers/pci/sysfs.ts";
+import { deviceKind, formatTable, probe } from "../../drivers/pci/probe.ts";
+import { BindRefused, bindDevice } from "../../drivers/pci/bind.ts";
+import { makeSysfs } from "./sysfs_fixture.ts";
+
+const fixture = (name: string) => Deno.readFileSync(new URL(`../fixtures/${name}`, import.meta.url));
+
+Deno.test("config: modern virtio-net (this host's own NIC) — header, virtio caps, MSI-X", () => {
+  const c = parseConfig(fixture("virtio-net-modern-host.config"));
+  assert.equal(c.vendorId, 0x1af4);
+  assert.equal(c.deviceId, 0x1041);
+  assert.equal(c.classCode, 0x020000);
+  assert.deepEqual(c.capabilities.map((x) => x.id), [CAP_VENDOR, CAP_VENDOR, CAP_VENDOR, CAP_VENDOR, CAP_VENDOR, CAP_MSIX]);
+  const types = c.virtio.map((v) => v.type);
+  assert.deepEqual(types, [VIRTIO_PCI_CAP.COMMON, VIRTIO_PCI_CAP.ISR, VIRTIO_PCI_CAP.DEVICE, VIRTIO_PCI_CAP.NOTIFY, VIRTIO_PCI_CAP.PCI_CFG]);
+  const common = c.virtio.find((v) => v.type === VIRTIO_PCI_CAP.COMMON)!;
+  assert.deepEqual([common.bar, common.offset, common.length], [0, 0, 0x38]);
+  const isr = c.virtio.find((v) => v.type === VIRTIO_PCI_CAP.ISR)!;
+  assert.deepEqual([isr.bar, isr.offset, isr.length], [0, 0x2000, 1]);
+  const notify = c.virtio.find((v) => v.type === VIRTIO_PCI_CAP.NOTIFY)!;
+  assert.equal(notify.notifyOffMultiplier, 4);
+  assert.equal(c.msix?.tableSize, 3);
+  assert.equal(c.msix?.tableBar, 0);
+  assert.equal(c.msix?.tableOffset, 0x8000);
+  assert.equal(c.msix?.pbaOffset, 0x48000);
+});
+
+Deno.test("config: hostile capability lists are rejected, not followed", () => {
+  const base = fixture("virtio-net-modern-host.config").slice();
+  const loop = base.slice();
+  loop[0x41] = 0x40; // first cap points at itself
+  assert.throws(() => parseConfig(loop), PciConfigError);
+  const intoHeader = base.slice();
+  intoHeader[0x34] = 0x10;
+  assert.throws(() => parseConfig(intoHeader), /out of range/);
+  const truncNotify = base.slice(0, 0x72);
+  truncNotify[0x06] |= 0x10;
+  assert.throws(() => parseConfig(truncNotify), PciConfigError);
+  assert.throws(() => parseConfig(new Uint8Array(10)), /too short/);
+  const none = new Uint8Array(64).fill(0xff);
+  assert.throws(() => parseConfig(none), /no device/);
+});
+
+Deno.test("sysfs: addresses, resources", () => {
+  assert.equal(parsePciAddress("00:03.0"), "0000:00:03.0");
+  assert.throws(() => parsePciAddress("0000:00:03.9"), /not a PCI address/);
+  assert.throws(() => parsePciAddress("../../etc"), /not a PCI address/);
+  const bars = parseResources(
+    "0x000000000000c000 0x000000000000c03f 0x0000000000040101\n" +
+      "0x0000000000000000 0x0000000000000000 0x0000000000000000\n" +
+      "0x00000000fe000000 0x00000000fe003fff 0x000000000014220c\n",
+  );
+  assert.equal(bars.length, 2);
+  assert.deepEqual([bars[0].index, bars[0].io, bars[0].size], [0, true, 64]);
+  assert.deepEqual([bars[1].index, bars[1].io, bars[1].is64, bars[1].prefetchable, bars[1].size], [2, false, true, true, 0x4000]);
+});
+
+const NET = { vendor: 0x1af4, device: 0x1041, class: 0x020000 };
+
+Deno.test("sysfs: enumeration of a fixture tree and the probe's verdicts", () => {
+  const cfg = fixture("virtio-net-modern-host.config").slice();
+  cfg[0x3d] = 1; // INTx pin
+  const root = makeSysfs([
+    { address: "0000:00:03.0", ...NET, driver: "virtio-pci", group: 3, netif: { name: "eth0", up: true }, config: cfg },
+    { address: "0000:00:04.0", ...NET, driver: "vfio-pci", group: 4, config: cfg },
+    { address: "0000:00:05.0", vendor: 0x1af4, device: 0x1000, class: 0x020000, subsystemDevice: 1, driver: "virtio-pci", config: cfg },
+    { address: "0000:00:06.0", vendor: 0x5853, device: 0x0001, class: 0xff8000 },
+    { address: "0000:00:07.0", vendor: 0x8086, device: 0x10d3, class: 0x020000 },
+  ], ["vfio-pci"]);
+  try {
+    const all = listDevices(root);
+    assert.deepEqual(all.map((d) => d.address), ["0000:00:03.0", "0000:00:04.0", "0000:00:05.0", "0000:00:06.0", "0000:00:07.0"]);
+    const d3 = readDevice("00:03.0", root);
+    assert.equal(d3.driver, "virtio-pci");
+    assert.equal(d3.iommuGroup, 3);
+    assert.deepEqual(d3.netInterfaces, ["eth0"]);
+    const p = probe(root);
+    const by = Object.fromEntries(p.map((e) => [e.address, e]));
+    assert.equal(by["0000:00:03.0"].kind, "virtio-net (modern)");
+    assert.equal(by["0000:00:03.0"].inUse, true);
+    assert.match(by["0000:00:03.0"].bindCommand, /deno task bind 0000:00:03.0 vfio --force/);
+    assert.equal(by["0000:00:04.0"].vfio, "bound");
+    assert.equal(by["0000:00:04.0"].bindCommand, "");
+    assert.equal(by["0000:00:05.0"].kind, "virtio-net (transitional)");
+    assert.equal(by["0000:00:05.0"].vfio, "no (no IOMMU group)");
+    assert.equal(by["0000:00:05.0"].uio, "yes (load uio_pci_generic)");
+    assert.match(by["0000:00:05.0"].bindCommand, /bind 0000:00:05.0 uio$/);
+    assert.equal(by["0000:00:06.0"].kind, "xen-platform");
+    assert.equal(by["0000:00:07.0"].kind, "-");
+    assert.match(formatTable(p), /0000:00:05\.0\s+1af4:1000\s+virtio-net \(transitional\)/);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("bind: refuses a device whose interface is up; binds through driver_override otherwise", () => {
+  const root = makeSysfs([
+    { address: "0000:00:03.0", ...NET, driver: "virtio-pci", group: 3, netif: { name: "eth0", up: true } },
+    { address: "0000:00:04.0", ...NET, driver: "virtio-pci", group: 4, netif: { name: "eth1", up: false } },
+    { address: "0000:00:05.0", ...NET, driver: "virtio-pci" },
+  ], ["vfio-pci"]);
+  try {
+    assert.throws(() => bindDevice("0000:00:03.0", "vfio-pci", { root }), BindRefused);
+    assert.equal(Deno.readTextFileSync(`${root}/bus/pci/devices/0000:00:03.0/driver_override`), "(null)\n");
+    assert.throws(() => bindDevice("0000:00:05.0", "vfio-pci", { root }), /no IOMMU group/);
+    assert.throws(() => bindDevice("0000:00:04.0", "uio_pci_generic", { root }), /not loaded/);
+    // The fake tree cannot rebind, so the final check reports it: but the writes happened in order.
+    assert.throws(() => bindDevice("0000:00:04.0", "vfio-pci", { root }), /did not bind to vfio-pci/);
+    const dir = `${root}/bus/pci/devices/0000:00:04.0`;
+    assert.equal(Deno.readTextFileSync(`${dir}/driver_override`), "vfio-pci");
+    assert.equal(Deno.readTextFileSync(`${root}/bus/pci/drivers/virtio-pci/unbind`), "0000:00:04.0");
+    assert.equal(Deno.readTextFileSync(`${root}/bus/pci/drivers_probe`), "0000:00:04.0");
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("probe: device kinds", () => {
+  assert.deepEqual(deviceKind({ vendorId: 0x1af4, deviceId: 0x1041, subsystemId: 1 }), { kind: "virtio-net (modern)", supported: true });
+  assert.deepEqual(deviceKind({ vendorId: 0x1af4, deviceId: 0x1000, subsystemId: 1 }), { kind: "virtio-net (transitional)", supported: true });
+  assert.equal(deviceKind({ vendorId: 0x1af4, deviceId: 0x1042, subsystemId: 2 }).supported, false);
+});
