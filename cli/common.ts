@@ -14,7 +14,11 @@ export class UsageError extends Error {
 }
 
 /** Parse `args` strictly; unknown options become a UsageError. */
-export function parse<T extends ParseArgsConfig["options"]>(args: string[], options: T, allowPositionals = true) {
+export function parse<T extends ParseArgsConfig["options"]>(
+  args: string[],
+  options: T,
+  allowPositionals = true,
+) {
   try {
     return parseArgs({ args, options, allowPositionals, strict: true });
   } catch (e) {
@@ -32,7 +36,10 @@ export function intArg(name: string, v: string | undefined, def: number, min: nu
 }
 
 /** Run a CLI main: errors print as one clear line (stack with PVDRV_DEBUG=1), usage errors add the usage text. */
-export async function runMain(usage: string, main: () => Promise<number | void> | number | void): Promise<never> {
+export async function runMain(
+  usage: string,
+  main: () => Promise<number | void> | number | void,
+): Promise<never> {
   let code = 0;
   try {
     code = (await main()) ?? 0;

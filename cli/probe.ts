@@ -25,5 +25,7 @@ await runMain(USAGE, () => {
   let entries = probe(values.sysfs ?? "/sys");
   if (!values.all) entries = entries.filter((e) => e.kind !== "-");
   if (values.json) console.log(JSON.stringify(entries, null, 2));
-  else console.log(entries.length ? formatTable(entries) : "no virtio or Xen PCI devices (use --all to list every device)");
+  else {console.log(
+      entries.length ? formatTable(entries) : "no virtio or Xen PCI devices (use --all to list every device)",
+    );}
 });

@@ -81,7 +81,7 @@ export class IrqWaiter {
   remove(fd: number, close: boolean): void {
     const e = this.#entries.get(fd);
     this.#entries.delete(fd);
-    if (e) for (const r of e.rejecters) r(new Error(`interrupt source fd ${fd} closed`));
+    if (e) { for (const r of e.rejecters) r(new Error(`interrupt source fd ${fd} closed`)); }
     if (close) this.#toClose.push(fd);
     if (this.#parked) this.#ctl.signal();
     else this.#closePending();

@@ -76,7 +76,17 @@ export function buildNative(opts: { force?: boolean; quiet?: boolean } = {}): st
   const dir = out.slice(0, out.lastIndexOf("/"));
   Deno.mkdirSync(dir, { recursive: true });
   const cc = Deno.env.get("CC") ?? "cc";
-  const args = ["-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o", out + ".tmp", SOURCE.pathname];
+  const args = [
+    "-O2",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-shared",
+    "-fPIC",
+    "-o",
+    out + ".tmp",
+    SOURCE.pathname,
+  ];
   let res: Deno.CommandOutput;
   try {
     res = new Deno.Command(cc, { args, stdout: "piped", stderr: "piped" }).outputSync();

@@ -3,7 +3,7 @@
  * BAR (volatile native accessors), by pread/pwrite of an I/O-port BAR, or by a model in tests.
  * @module
  */
-import { check, native, type Native } from "./lib.ts";
+import { check, type Native, native } from "./lib.ts";
 
 /** Bounds-checked register access; 64-bit values are split into u32 halves. */
 export interface MmioRegion {
@@ -29,9 +29,11 @@ export interface MmioRegion {
 export class RegionBoundsError extends RangeError {
   /** Creates the error for an access of `width` bytes at `off` in a region of `size` bytes. */
   constructor(name: string, off: number, width: number, size: number) {
-    super(`${name}: ${width}-byte access at offset 0x${off.toString(16)} is outside the region (size 0x${
-      size.toString(16)
-    })`);
+    super(
+      `${name}: ${width}-byte access at offset 0x${off.toString(16)} is outside the region (size 0x${
+        size.toString(16)
+      })`,
+    );
     this.name = "RegionBoundsError";
   }
 }
@@ -128,7 +130,10 @@ export class PioRegion extends CheckedRegion {
   }
   #write(off: number, width: number, v: number): void {
     this.check(off, width);
-    check(`${this.name}: write at 0x${off.toString(16)}`, this.#n.pvdrv_pio_write(this.#fd, width, this.#baseHi, off, v));
+    check(
+      `${this.name}: write at 0x${off.toString(16)}`,
+      this.#n.pvdrv_pio_write(this.#fd, width, this.#baseHi, off, v),
+    );
   }
   read8(off: number): number {
     return this.#read(off, 1);
@@ -179,7 +184,11 @@ export class ModelRegion extends CheckedRegion {
     this.check(off, width);
     const v = this.model.read?.(off, width);
     if (v !== undefined) return v;
-    return width === 1 ? this.view.getUint8(off) : width === 2 ? this.view.getUint16(off, true) : this.view.getUint32(off, true);
+    return width === 1
+      ? this.view.getUint8(off)
+      : width === 2
+      ? this.view.getUint16(off, true)
+      : this.view.getUint32(off, true);
   }
   #w(off: number, width: number, v: number): void {
     this.check(off, width);
@@ -212,15 +221,24 @@ export class ModelRegion extends CheckedRegion {
 /** A window of another region: offsets are relative to `base` (a virtio capability inside a BAR). */
 export class SubRegion implements MmioRegion {
   /** Wraps `size` bytes of `parent` starting at `base`. */
-  constructor(readonly parent: MmioRegion, readonly base: number, readonly size: number, readonly name = "subregion") {
+  constructor(
+    readonly parent: MmioRegion,
+    readonly base: number,
+    readonly size: number,
+    readonly name = "subregion",
+  ) {
     if (base < 0 || size < 0 || base + size > parent.size) {
-      throw new RangeError(`${name}: window 0x${base.toString(16)}+0x${size.toString(16)} exceeds its region (0x${
-        parent.size.toString(16)
-      })`);
+      throw new RangeError(
+        `${name}: window 0x${base.toString(16)}+0x${size.toString(16)} exceeds its region (0x${
+          parent.size.toString(16)
+        })`,
+      );
     }
   }
   #c(off: number, width: number): number {
-    if (!(off >= 0 && off + width <= this.size)) throw new RegionBoundsError(this.name, off, width, this.size);
+    if (!(off >= 0 && off + width <= this.size)) {
+      throw new RegionBoundsError(this.name, off, width, this.size);
+    }
     return this.base + off;
   }
   read8(off: number): number {

@@ -3,7 +3,7 @@
  * Struct layouts and ioctl numbers come from linux/vfio.h (`_IO(';', 100 + n)`).
  * @module
  */
-import { check, cstr, NativeError, native } from "./lib.ts";
+import { check, cstr, native, NativeError } from "./lib.ts";
 import { allocHostMemory, type DmaAllocator, type DmaRegion, HUGE_PAGE, PAGE, roundUp } from "./dma.ts";
 import { MappedRegion, type MmioRegion, PioRegion } from "./mmio.ts";
 import { EventFdIrq } from "./irq.ts";
@@ -36,7 +36,10 @@ export const REGION_READ = 1, REGION_WRITE = 2, REGION_MMAP = 4;
 export const PCI_ROM_REGION = 6, PCI_CONFIG_REGION = 7;
 /** vfio-pci interrupt indices. */
 export const IRQ_INTX = 0, IRQ_MSI = 1, IRQ_MSIX = 2;
-const IRQ_SET_DATA_NONE = 1, IRQ_SET_DATA_EVENTFD = 4, IRQ_SET_ACTION_UNMASK = 16, IRQ_SET_ACTION_TRIGGER = 32;
+const IRQ_SET_DATA_NONE = 1,
+  IRQ_SET_DATA_EVENTFD = 4,
+  IRQ_SET_ACTION_UNMASK = 16,
+  IRQ_SET_ACTION_TRIGGER = 32;
 
 const O_RDWR = 2;
 const PROT_RW = 3, MAP_SHARED = 1;
@@ -44,7 +47,10 @@ const PROT_RW = 3, MAP_SHARED = 1;
 function openDev(path: string): number {
   const r = native().pvdrv_open(cstr(path), O_RDWR, 0);
   if (r === -2) {
-    throw new NativeError(`${path} does not exist: load the vfio modules (vfio, vfio_iommu_type1, vfio-pci)`, r);
+    throw new NativeError(
+      `${path} does not exist: load the vfio modules (vfio, vfio_iommu_type1, vfio-pci)`,
+      r,
+    );
   }
   if (r === -13 || r === -1) throw new NativeError(`opening ${path} needs root (or access to /dev/vfio)`, r);
   return check(`opening ${path}`, r);
@@ -67,10 +73,14 @@ export class VfioContainer {
       this.close();
       throw new Error(`unsupported VFIO API version ${v}`);
     }
-    if (n.pvdrv_ioctl_int(this.fd, VFIO.CHECK_EXTENSION, TYPE1v2_IOMMU) <= 0 &&
-      n.pvdrv_ioctl_int(this.fd, VFIO.CHECK_EXTENSION, TYPE1_IOMMU) <= 0) {
+    if (
+      n.pvdrv_ioctl_int(this.fd, VFIO.CHECK_EXTENSION, TYPE1v2_IOMMU) <= 0 &&
+      n.pvdrv_ioctl_int(this.fd, VFIO.CHECK_EXTENSION, TYPE1_IOMMU) <= 0
+    ) {
       this.close();
-      throw new Error("VFIO has no type1 IOMMU: load vfio_iommu_type1 and boot with an IOMMU (intel_iommu=on)");
+      throw new Error(
+        "VFIO has no type1 IOMMU: load vfio_iommu_type1 and boot with an IOMMU (intel_iommu=on)",
+      );
     }
   }
 
@@ -79,7 +89,9 @@ export class VfioContainer {
     const g = new VfioGroup(this, id);
     if (!this.#iommuSet) {
       const n = native();
-      const type = n.pvdrv_ioctl_int(this.fd, VFIO.CHECK_EXTENSION, TYPE1v2_IOMMU) > 0 ? TYPE1v2_IOMMU : TYPE1_IOMMU;
+      const type = n.pvdrv_ioctl_int(this.fd, VFIO.CHECK_EXTENSION, TYPE1v2_IOMMU) > 0
+        ? TYPE1v2_IOMMU
+        : TYPE1_IOMMU;
       const r = n.pvdrv_ioctl_int(this.fd, VFIO.SET_IOMMU, type);
       if (r < 0) {
         g.close();
@@ -109,7 +121,10 @@ export class VfioContainer {
     dv.setBigUint64(8, native().pvdrv_addr(ptr), true);
     dv.setBigUint64(16, BigInt(iova), true);
     dv.setBigUint64(24, BigInt(size), true);
-    check(`VFIO_IOMMU_MAP_DMA iova 0x${iova.toString(16)} size 0x${size.toString(16)}`, native().pvdrv_ioctl_ptr(this.fd, VFIO.IOMMU_MAP_DMA, b));
+    check(
+      `VFIO_IOMMU_MAP_DMA iova 0x${iova.toString(16)} size 0x${size.toString(16)}`,
+      native().pvdrv_ioctl_ptr(this.fd, VFIO.IOMMU_MAP_DMA, b),
+    );
   }
 
   /** VFIO_IOMMU_UNMAP_DMA. */
@@ -210,8 +225,16 @@ export class VfioDevice {
     const dv = new DataView(b.buffer);
     dv.setUint32(0, 32, true);
     dv.setUint32(8, index, true);
-    check(`VFIO_DEVICE_GET_REGION_INFO ${index}`, native().pvdrv_ioctl_ptr(this.fd, VFIO.DEVICE_GET_REGION_INFO, b));
-    return { index, flags: dv.getUint32(4, true), size: Number(dv.getBigUint64(16, true)), offset: dv.getBigUint64(24, true) };
+    check(
+      `VFIO_DEVICE_GET_REGION_INFO ${index}`,
+      native().pvdrv_ioctl_ptr(this.fd, VFIO.DEVICE_GET_REGION_INFO, b),
+    );
+    return {
+      index,
+      flags: dv.getUint32(4, true),
+      size: Number(dv.getBigUint64(16, true)),
+      offset: dv.getBigUint64(24, true),
+    };
   }
 
   /**
@@ -282,6 +305,18 @@ export class VfioDevice {
     dv.setUint32(4, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER, true);
     dv.setUint32(8, index, true);
     native().pvdrv_ioctl_ptr(this.fd, VFIO.DEVICE_SET_IRQS, b);
+  }
+
+  /** Fire vector `vector` of `index` from the kernel side (VFIO's loopback test: DATA_NONE | ACTION_TRIGGER). */
+  triggerIrq(index: number, vector: number): void {
+    const b = new Uint8Array(20);
+    const dv = new DataView(b.buffer);
+    dv.setUint32(0, 20, true);
+    dv.setUint32(4, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER, true);
+    dv.setUint32(8, index, true);
+    dv.setUint32(12, vector, true);
+    dv.setUint32(16, 1, true);
+    check(`VFIO trigger irq ${index}/${vector}`, native().pvdrv_ioctl_ptr(this.fd, VFIO.DEVICE_SET_IRQS, b));
   }
 
   /** Unmask INTx after handling (VFIO masks a level-triggered line when it fires). */

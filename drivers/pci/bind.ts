@@ -46,7 +46,9 @@ export function bindDevice(address: string, target: BindTarget, opts: BindOption
   const inUse = info.netInterfaces.filter((n) => interfaceInUse(n, root));
   if (inUse.length && !opts.force) {
     throw new BindRefused(
-      `${addr} carries network interface ${inUse.join(", ")}, which is up: unbinding it would cut that network. ` +
+      `${addr} carries network interface ${
+        inUse.join(", ")
+      }, which is up: unbinding it would cut that network. ` +
         `Use --force only on a disposable VM.`,
     );
   }
@@ -58,12 +60,16 @@ export function bindDevice(address: string, target: BindTarget, opts: BindOption
     } catch {
       throw new Error(
         `driver ${target} is not loaded: ${
-          target === "vfio-pci" ? "load irqbypass, vfio, vfio_iommu_type1, vfio-pci" : "load uio, uio_pci_generic"
+          target === "vfio-pci"
+            ? "load irqbypass, vfio, vfio_iommu_type1, vfio-pci"
+            : "load uio, uio_pci_generic"
         } (modprobe ${target})`,
       );
     }
     if (target === "vfio-pci" && info.iommuGroup === null) {
-      throw new Error(`${addr} has no IOMMU group: boot with an IOMMU (intel_iommu=on, a vIOMMU in a VM) to use VFIO`);
+      throw new Error(
+        `${addr} has no IOMMU group: boot with an IOMMU (intel_iommu=on, a vIOMMU in a VM) to use VFIO`,
+      );
     }
   }
   if (info.driver === (target === "kernel" ? null : target)) return info.driver;

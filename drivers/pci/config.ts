@@ -135,7 +135,9 @@ export function parseConfig(bytes: Uint8Array): PciConfig {
   const seen = new Set<number>();
   let ptr = u8(0x34) & 0xfc;
   while (ptr !== 0) {
-    if (ptr < 0x40 || ptr + 2 > limit) throw new PciConfigError(`capability pointer 0x${ptr.toString(16)} out of range`);
+    if (ptr < 0x40 || ptr + 2 > limit) {
+      throw new PciConfigError(`capability pointer 0x${ptr.toString(16)} out of range`);
+    }
     if (seen.has(ptr)) throw new PciConfigError(`capability list loops at 0x${ptr.toString(16)}`);
     seen.add(ptr);
     const id = u8(ptr);

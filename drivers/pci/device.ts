@@ -8,7 +8,14 @@ import { type DmaAllocator, PhysicalDmaAllocator } from "../../ffi/dma.ts";
 import type { IrqSource } from "../../ffi/irq.ts";
 import { IRQ_INTX, IRQ_MSIX, VfioContainer, type VfioDevice } from "../../ffi/vfio.ts";
 import { fileRegion, mapResource, UioIrq } from "../../ffi/uio.ts";
-import { CMD_BUS_MASTER, CMD_INTX_DISABLE, CMD_IO, CMD_MEMORY, parseConfig, type PciConfig } from "./config.ts";
+import {
+  CMD_BUS_MASTER,
+  CMD_INTX_DISABLE,
+  CMD_IO,
+  CMD_MEMORY,
+  parseConfig,
+  type PciConfig,
+} from "./config.ts";
 import { devicePath, readDevice, SYSFS } from "./sysfs.ts";
 
 /** Interrupt kinds a function can be asked for. */
@@ -75,7 +82,9 @@ export class VfioPciFunction implements PciFunction {
     const info = readDevice(address, root);
     if (info.driver !== "vfio-pci") {
       throw new Error(
-        `${info.address} is bound to ${info.driver ?? "no driver"}, not vfio-pci: run 'deno task bind ${info.address} vfio'`,
+        `${info.address} is bound to ${
+          info.driver ?? "no driver"
+        }, not vfio-pci: run 'deno task bind ${info.address} vfio'`,
       );
     }
     if (info.iommuGroup === null) throw new Error(`${info.address} has no IOMMU group`);
@@ -158,7 +167,9 @@ export class UioPciFunction implements PciFunction {
     const info = readDevice(address, root);
     if (info.driver !== "uio_pci_generic" || info.uio.length === 0) {
       throw new Error(
-        `${info.address} is bound to ${info.driver ?? "no driver"}, not uio_pci_generic: run 'deno task bind ${info.address} uio'`,
+        `${info.address} is bound to ${
+          info.driver ?? "no driver"
+        }, not uio_pci_generic: run 'deno task bind ${info.address} uio'`,
       );
     }
     return new UioPciFunction(info.address, root);
@@ -181,7 +192,9 @@ export class UioPciFunction implements PciFunction {
     const b = this.#info.bars.find((x) => x.index === i);
     if (!b) throw new Error(`${this.address}: BAR${i} is not implemented`);
     const path = `${this.#dir}/resource${i}`;
-    r = b.io ? fileRegion(path, b.size, `${this.address} BAR${i}`) : mapResource(path, b.size, `${this.address} BAR${i}`);
+    r = b.io
+      ? fileRegion(path, b.size, `${this.address} BAR${i}`)
+      : mapResource(path, b.size, `${this.address} BAR${i}`);
     this.#bars.set(i, r);
     return r;
   }
@@ -220,6 +233,8 @@ export function openPci(address: string, root = SYSFS): PciFunction {
   if (info.driver === "vfio-pci") return VfioPciFunction.open(address, root);
   if (info.driver === "uio_pci_generic") return UioPciFunction.open(address, root);
   throw new Error(
-    `${info.address} is bound to ${info.driver ?? "no driver"}: bind it first ('deno task bind ${info.address} vfio' or 'uio')`,
+    `${info.address} is bound to ${
+      info.driver ?? "no driver"
+    }: bind it first ('deno task bind ${info.address} vfio' or 'uio')`,
   );
 }

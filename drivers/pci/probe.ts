@@ -21,7 +21,15 @@ const VIRTIO_TYPES: Record<number, string> = {
   20: "crypto",
   26: "fs",
 };
-const TRANSITIONAL_TYPE: Record<number, number> = { 0x1000: 1, 0x1001: 2, 0x1002: 5, 0x1003: 3, 0x1004: 8, 0x1005: 4, 0x1009: 9 };
+const TRANSITIONAL_TYPE: Record<number, number> = {
+  0x1000: 1,
+  0x1001: 2,
+  0x1002: 5,
+  0x1003: 3,
+  0x1004: 8,
+  0x1005: 4,
+  0x1009: 9,
+};
 
 /** The probe's view of one function. */
 export interface ProbeEntry {
@@ -52,7 +60,9 @@ export interface ProbeEntry {
 }
 
 /** Classify a function by ids. */
-export function deviceKind(d: Pick<PciDeviceInfo, "vendorId" | "deviceId" | "subsystemId">): { kind: string; supported: boolean } {
+export function deviceKind(
+  d: Pick<PciDeviceInfo, "vendorId" | "deviceId" | "subsystemId">,
+): { kind: string; supported: boolean } {
   if (d.vendorId === 0x5853 && d.deviceId === 0x0001) return { kind: "xen-platform", supported: false };
   if (d.vendorId !== 0x1af4) return { kind: "-", supported: false };
   if (d.deviceId >= 0x1040 && d.deviceId <= 0x107f) {

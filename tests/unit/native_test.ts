@@ -43,7 +43,10 @@ Deno.test("shim: volatile MMIO accessors and fences on anonymous memory", () => 
 
 Deno.test("model region: hooks see writes, override reads", () => {
   const writes: number[][] = [];
-  const r = new ModelRegion("m", 64, { read: (off) => (off === 8 ? 42 : undefined), write: (o, w, v) => writes.push([o, w, v]) });
+  const r = new ModelRegion("m", 64, {
+    read: (off) => (off === 8 ? 42 : undefined),
+    write: (o, w, v) => writes.push([o, w, v]),
+  });
   r.write16(2, 0x1234);
   assert.equal(r.read16(2), 0x1234);
   assert.equal(r.read32(8), 42);

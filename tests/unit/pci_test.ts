@@ -1,8 +1,14 @@
 import assert from "assert";
-import { CAP_MSIX, CAP_VENDOR, parseConfig, PciConfigError, VIRTIO_PCI_CAP } from "../../drivers/pci/config.ts";
+import {
+  CAP_MSIX,
+  CAP_VENDOR,
+  parseConfig,
+  PciConfigError,
+  VIRTIO_PCI_CAP,
+} from "../../drivers/pci/config.ts";
 import { listDevices, parsePciAddress, parseResources, readDevice } from "../../drivers/pci/sysfs.ts";
 import { deviceKind, formatTable, probe } from "../../drivers/pci/probe.ts";
-import { BindRefused, bindDevice } from "../../drivers/pci/bind.ts";
+import { bindDevice, BindRefused } from "../../drivers/pci/bind.ts";
 import { makeSysfs } from "./sysfs_fixture.ts";
 
 const fixture = (name: string) => Deno.readFileSync(new URL(`../fixtures/${name}`, import.meta.url));
@@ -12,9 +18,22 @@ Deno.test("config: modern virtio-net (this host's own NIC) — header, virtio ca
   assert.equal(c.vendorId, 0x1af4);
   assert.equal(c.deviceId, 0x1041);
   assert.equal(c.classCode, 0x020000);
-  assert.deepEqual(c.capabilities.map((x) => x.id), [CAP_VENDOR, CAP_VENDOR, CAP_VENDOR, CAP_VENDOR, CAP_VENDOR, CAP_MSIX]);
+  assert.deepEqual(c.capabilities.map((x) => x.id), [
+    CAP_VENDOR,
+    CAP_VENDOR,
+    CAP_VENDOR,
+    CAP_VENDOR,
+    CAP_VENDOR,
+    CAP_MSIX,
+  ]);
   const types = c.virtio.map((v) => v.type);
-  assert.deepEqual(types, [VIRTIO_PCI_CAP.COMMON, VIRTIO_PCI_CAP.ISR, VIRTIO_PCI_CAP.DEVICE, VIRTIO_PCI_CAP.NOTIFY, VIRTIO_PCI_CAP.PCI_CFG]);
+  assert.deepEqual(types, [
+    VIRTIO_PCI_CAP.COMMON,
+    VIRTIO_PCI_CAP.ISR,
+    VIRTIO_PCI_CAP.DEVICE,
+    VIRTIO_PCI_CAP.NOTIFY,
+    VIRTIO_PCI_CAP.PCI_CFG,
+  ]);
   const common = c.virtio.find((v) => v.type === VIRTIO_PCI_CAP.COMMON)!;
   assert.deepEqual([common.bar, common.offset, common.length], [0, 0, 0x38]);
   const isr = c.virtio.find((v) => v.type === VIRTIO_PCI_CAP.ISR)!;
@@ -54,7 +73,13 @@ Deno.test("sysfs: addresses, resources", () => {
   );
   assert.equal(bars.length, 2);
   assert.deepEqual([bars[0].index, bars[0].io, bars[0].size], [0, true, 64]);
-  assert.deepEqual([bars[1].index, bars[1].io, bars[1].is64, bars[1].prefetchable, bars[1].size], [2, false, true, true, 0x4000]);
+  assert.deepEqual([bars[1].index, bars[1].io, bars[1].is64, bars[1].prefetchable, bars[1].size], [
+    2,
+    false,
+    true,
+    true,
+    0x4000,
+  ]);
 });
 
 const NET = { vendor: 0x1af4, device: 0x1041, class: 0x020000 };
@@ -63,15 +88,36 @@ Deno.test("sysfs: enumeration of a fixture tree and the probe's verdicts", () =>
   const cfg = fixture("virtio-net-modern-host.config").slice();
   cfg[0x3d] = 1; // INTx pin
   const root = makeSysfs([
-    { address: "0000:00:03.0", ...NET, driver: "virtio-pci", group: 3, netif: { name: "eth0", up: true }, config: cfg },
+    {
+      address: "0000:00:03.0",
+      ...NET,
+      driver: "virtio-pci",
+      group: 3,
+      netif: { name: "eth0", up: true },
+      config: cfg,
+    },
     { address: "0000:00:04.0", ...NET, driver: "vfio-pci", group: 4, config: cfg },
-    { address: "0000:00:05.0", vendor: 0x1af4, device: 0x1000, class: 0x020000, subsystemDevice: 1, driver: "virtio-pci", config: cfg },
+    {
+      address: "0000:00:05.0",
+      vendor: 0x1af4,
+      device: 0x1000,
+      class: 0x020000,
+      subsystemDevice: 1,
+      driver: "virtio-pci",
+      config: cfg,
+    },
     { address: "0000:00:06.0", vendor: 0x5853, device: 0x0001, class: 0xff8000 },
     { address: "0000:00:07.0", vendor: 0x8086, device: 0x10d3, class: 0x020000 },
   ], ["vfio-pci"]);
   try {
     const all = listDevices(root);
-    assert.deepEqual(all.map((d) => d.address), ["0000:00:03.0", "0000:00:04.0", "0000:00:05.0", "0000:00:06.0", "0000:00:07.0"]);
+    assert.deepEqual(all.map((d) => d.address), [
+      "0000:00:03.0",
+      "0000:00:04.0",
+      "0000:00:05.0",
+      "0000:00:06.0",
+      "0000:00:07.0",
+    ]);
     const d3 = readDevice("00:03.0", root);
     assert.equal(d3.driver, "virtio-pci");
     assert.equal(d3.iommuGroup, 3);
@@ -118,7 +164,35 @@ Deno.test("bind: refuses a device whose interface is up; binds through driver_ov
 });
 
 Deno.test("probe: device kinds", () => {
-  assert.deepEqual(deviceKind({ vendorId: 0x1af4, deviceId: 0x1041, subsystemId: 1 }), { kind: "virtio-net (modern)", supported: true });
-  assert.deepEqual(deviceKind({ vendorId: 0x1af4, deviceId: 0x1000, subsystemId: 1 }), { kind: "virtio-net (transitional)", supported: true });
+  assert.deepEqual(deviceKind({ vendorId: 0x1af4, deviceId: 0x1041, subsystemId: 1 }), {
+    kind: "virtio-net (modern)",
+    supported: true,
+  });
+  assert.deepEqual(deviceKind({ vendorId: 0x1af4, deviceId: 0x1000, subsystemId: 1 }), {
+    kind: "virtio-net (transitional)",
+    supported: true,
+  });
   assert.equal(deviceKind({ vendorId: 0x1af4, deviceId: 0x1042, subsystemId: 2 }).supported, false);
+});
+
+Deno.test("config: QEMU's transitional virtio-net (captured in the lab) — legacy I/O BAR plus modern caps", () => {
+  const c = parseConfig(fixture("virtio-net-transitional-qemu.config"));
+  assert.equal(c.deviceId, 0x1000);
+  assert.equal(c.subsystemId, 1);
+  assert.equal(c.interruptPin, 1);
+  assert.equal(c.bars[0] & 1, 1, "BAR0 is an I/O BAR");
+  assert.ok(c.virtio.length >= 4);
+  assert.ok(
+    c.virtio.filter((v) => v.type !== VIRTIO_PCI_CAP.PCI_CFG).every((v) => v.bar === 4),
+    "modern structures live in BAR4",
+  );
+  assert.ok(c.msix && c.msix.tableSize >= 3);
+});
+
+Deno.test("config: QEMU's modern virtio-net (captured in the lab)", () => {
+  const c = parseConfig(fixture("virtio-net-modern-qemu.config"));
+  assert.equal(c.deviceId, 0x1041);
+  assert.equal(c.bars[0] & 1, 0);
+  const notify = c.virtio.find((v) => v.type === VIRTIO_PCI_CAP.NOTIFY)!;
+  assert.equal(notify.notifyOffMultiplier, 4);
 });

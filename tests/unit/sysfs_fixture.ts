@@ -35,7 +35,10 @@ export function makeSysfs(devices: FakeDevice[], drivers: string[] = []): string
     Deno.writeTextFileSync(`${dir}/subsystem_device`, hex(d.subsystemDevice ?? 1, 4) + "\n");
     Deno.writeTextFileSync(`${dir}/revision`, "0x01\n");
     Deno.writeTextFileSync(`${dir}/driver_override`, "(null)\n");
-    Deno.writeTextFileSync(`${dir}/resource`, d.resource ?? "0x0000000000000000 0x0000000000000000 0x0000000000000000\n");
+    Deno.writeTextFileSync(
+      `${dir}/resource`,
+      d.resource ?? "0x0000000000000000 0x0000000000000000 0x0000000000000000\n",
+    );
     Deno.writeFileSync(`${dir}/config`, d.config ?? new Uint8Array(64));
     if (d.driver) {
       Deno.mkdirSync(`${bus}/drivers/${d.driver}`, { recursive: true });

@@ -1,0 +1,102 @@
+/**
+ * `deno task test`: the unit tests on the host, then the VM tests in one shared lab boot. Prints a combined
+ * "N passed, N failed" line and exits non-zero if anything failed (including a lab that did not boot).
+ * @module
+ */
+import { LabError, runInGuest } from "../tests/vm/lab.ts";
+import { buildNative } from "../ffi/lib.ts";
+import { parse, runMain } from "./common.ts";
+
+const USAGE = `usage: deno task test [--unit-only | --vm-only] [--filter TEXT]
+  Runs tests/unit on the host, then tests/vm/guest inside one boot of the QEMU lab.`;
+
+interface Tally {
+  passed: number;
+  failed: number;
+  ignored: number;
+}
+
+function tally(text: string): Tally {
+  // deno test's summary: "ok | 11 passed | 0 failed | 1 ignored (1s)" (possibly several, one per run)
+  const t = { passed: 0, failed: 0, ignored: 0 };
+  for (
+    const m of text.matchAll(
+      /(?:ok|FAILED) \| (\d+) passed(?: \((\d+) steps?\))? \| (\d+) failed(?: \| (\d+) ignored)?/g,
+    )
+  ) {
+    t.passed += Number(m[1]);
+    t.failed += Number(m[3]);
+    t.ignored += Number(m[4] ?? 0);
+  }
+  return t;
+}
+
+async function unit(filter?: string): Promise<{ ok: boolean; t: Tally }> {
+  const args = ["test", "--allow-all", ...(filter ? ["--filter", filter] : []), "tests/unit/"];
+  const child = new Deno.Command(Deno.execPath(), {
+    args,
+    stdout: "piped",
+    stderr: "inherit",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  let text = "";
+  const dec = new TextDecoder();
+  for await (const chunk of child.stdout) {
+    const s = dec.decode(chunk, { stream: true });
+    text += s;
+    await Deno.stdout.write(chunk);
+  }
+  const st = await child.status;
+  return { ok: st.success, t: tally(text) };
+}
+
+async function vm(filter?: string): Promise<{ ok: boolean; t: Tally }> {
+  const f = filter ? ` --filter '${filter.replaceAll("'", "")}'` : "";
+  try {
+    const r = await runInGuest(`deno test -A --no-check${f} tests/vm/guest/`);
+    console.log(`lab: boot ${r.bootSeconds.toFixed(1)} s, tests ${r.commandSeconds.toFixed(1)} s`);
+    const t = tally(r.output);
+    if (r.code !== 0 && t.failed === 0) t.failed = 1; // a crash without a summary still fails
+    return { ok: r.code === 0, t };
+  } catch (e) {
+    if (!(e instanceof LabError)) throw e;
+    console.error(`lab: ${e.message}`);
+    return { ok: false, t: { passed: 0, failed: 1, ignored: 0 } };
+  }
+}
+
+await runMain(USAGE, async () => {
+  const { values } = parse(Deno.args, {
+    "unit-only": { type: "boolean" },
+    "vm-only": { type: "boolean" },
+    filter: { type: "string" },
+    help: { type: "boolean", short: "h" },
+  }, false);
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  buildNative({ quiet: true });
+  const t0 = performance.now();
+  const results: { name: string; ok: boolean; t: Tally }[] = [];
+  if (!values["vm-only"]) results.push({ name: "unit", ...(await unit(values.filter)) });
+  if (!values["unit-only"]) {
+    console.log("\n=== VM tests (QEMU lab) ===");
+    results.push({ name: "vm", ...(await vm(values.filter)) });
+  }
+  const sum = results.reduce(
+    (a, r) => ({
+      passed: a.passed + r.t.passed,
+      failed: a.failed + r.t.failed,
+      ignored: a.ignored + r.t.ignored,
+    }),
+    { passed: 0, failed: 0, ignored: 0 },
+  );
+  console.log(
+    `\n${results.map((r) => `${r.name}: ${r.t.passed} passed, ${r.t.failed} failed`).join("; ")} (${
+      ((performance.now() - t0) / 1000).toFixed(0)
+    } s)`,
+  );
+  console.log(`total: ${sum.passed} passed, ${sum.failed} failed`);
+  return results.every((r) => r.ok) && sum.failed === 0 ? 0 : 1;
+});

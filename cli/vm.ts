@@ -1,0 +1,56 @@
+/**
+ * `deno task vm [options] -- <command...>`: boot the lab guest, run a command in the project folder there, print
+ * its output and exit with its status.
+ * @module
+ */
+import { LabError, runInGuest, shellQuote } from "../tests/vm/lab.ts";
+import { buildGuest, ensureQemu } from "../tests/vm/guest.ts";
+import { intArg, parse, runMain, UsageError } from "./common.ts";
+
+const USAGE = `usage: deno task vm [--timeout SEC] [--memory MIB] -- <command...>
+       deno task vm --build          build (or check) the guest image only
+  Boots the QEMU lab (VFIO-capable virtio-net NICs, see README) and runs <command> in /pvdrv.
+  examples:  deno task vm -- deno task probe
+             deno task vm -- true`;
+
+await runMain(USAGE, async () => {
+  const { values, positionals } = parse(Deno.args, {
+    timeout: { type: "string" },
+    memory: { type: "string" },
+    build: { type: "boolean" },
+    rebuild: { type: "boolean" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  const timeoutSec = intArg("timeout", values.timeout, 900, 10, 24 * 3600);
+  const memoryMb = intArg("memory", values.memory, 2048, 512, 16384);
+  if (values.build || values.rebuild) {
+    await ensureQemu();
+    const img = await buildGuest({ force: values.rebuild });
+    console.log(
+      `${img.built ? "built" : "cached"}: ${img.kernel} ${img.initrd}${
+        img.built ? ` (${img.buildSeconds.toFixed(1)} s)` : ""
+      }`,
+    );
+    return 0;
+  }
+  const args = positionals[0] === "--" ? positionals.slice(1) : positionals;
+  if (!args.length) throw new UsageError("no command given");
+  const cmd = args.length === 1 ? args[0] : args.map(shellQuote).join(" ");
+  try {
+    const r = await runInGuest(cmd, { timeoutSec, memoryMb });
+    console.error(
+      `lab: boot ${r.bootSeconds.toFixed(1)} s, command ${r.commandSeconds.toFixed(1)} s, exit ${r.code}`,
+    );
+    return r.code;
+  } catch (e) {
+    if (e instanceof LabError) {
+      console.error(`lab: ${e.message}`);
+      return 3;
+    }
+    throw e;
+  }
+});

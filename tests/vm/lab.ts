@@ -1,0 +1,276 @@
+/**
+ * The VM lab: boots the guest under QEMU with pvdrv's NICs and runs one command in it, streaming its output and
+ * returning its exit status. The project tree is shared read-only over 9p (a code change needs no rebuild); a
+ * per-run folder is shared read-write as /out for the command script and results.
+ *
+ * Topology (fixed addresses, so tests and the demo know them):
+ *  - 0000:00:04.0 modern virtio-net (iommu_platform, for VFIO)  ⇄  0000:00:05.0 virtio-net driven by the guest kernel
+ *  - 0000:00:06.0 modern virtio-net (iommu_platform, for VFIO)  ⇄  a UDP socket on the host (the host peer)
+ *  - 0000:00:07.0 transitional virtio-net (legacy I/O BAR, UIO) ⇄  0000:00:08.0 virtio-net driven by the guest kernel
+ * Every link is `-netdev dgram` on 127.0.0.1; no other address is used.
+ * @module
+ */
+import { buildNative } from "../../ffi/lib.ts";
+import { buildGuest, ensureQemu, type GuestImage, VM_DIR } from "./guest.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+
+/** PCI addresses and MACs of the lab's NICs, as the guest sees them. */
+export const LAB = {
+  vfioKernelPeer: { pci: "0000:00:04.0", mac: "52:54:00:12:34:01" },
+  kernelPeer: { pci: "0000:00:05.0", mac: "52:54:00:12:34:02" },
+  vfioHostPeer: { pci: "0000:00:06.0", mac: "52:54:00:12:34:03" },
+  uioKernelPeer: { pci: "0000:00:07.0", mac: "52:54:00:12:34:04" },
+  uioPeer: { pci: "0000:00:08.0", mac: "52:54:00:12:34:05" },
+} as const;
+
+/** Options for {@link runInGuest}. */
+export interface LabOptions {
+  /** Give up (and kill QEMU) after this many seconds. */
+  timeoutSec?: number;
+  /** Guest memory in MiB. */
+  memoryMb?: number;
+  /** Called with each line the command prints (default: echo to stdout). */
+  onLine?: (line: string) => void;
+  /** UDP port on 127.0.0.1 where the host peer listens (frames from 0000:00:06.0 go there). */
+  hostPeerPort?: number;
+  /** UDP port QEMU listens on for the host peer's frames (frames sent there arrive at 0000:00:06.0). */
+  guestPortForHost?: number;
+  /** Files to place in /out before boot (name → contents). */
+  files?: Record<string, string | Uint8Array>;
+}
+
+/** The result of one lab run. */
+export interface LabRun {
+  /** The command's exit status. */
+  code: number;
+  /** Everything the command printed. */
+  output: string;
+  /** The run's /out folder on the host (results written by the guest). */
+  outDir: string;
+  /** Host seconds from QEMU start to the command starting. */
+  bootSeconds: number;
+  /** Host seconds the command ran. */
+  commandSeconds: number;
+  /** The guest image used. */
+  image: GuestImage;
+}
+
+/** A lab failure that is not the command's own exit status (boot, modules, timeout). */
+export class LabError extends Error {
+  /** Creates the error. */
+  constructor(msg: string) {
+    super(msg);
+    this.name = "LabError";
+  }
+}
+
+/** A free UDP port on 127.0.0.1. */
+export function freeUdpPort(): number {
+  const s = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  const port = (s.addr as Deno.NetAddr).port;
+  s.close();
+  return port;
+}
+
+function dgram(id: string, local: number, remote: number): string[] {
+  return [
+    "-netdev",
+    `dgram,id=${id},local.type=inet,local.host=127.0.0.1,local.port=${local},remote.type=inet,remote.host=127.0.0.1,remote.port=${remote}`,
+  ];
+}
+
+/** Quote a word for sh. */
+export function shellQuote(s: string): string {
+  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
+}
+
+/** Boot the lab, run `command` (a shell command line) in /pvdrv, power off. */
+export async function runInGuest(command: string, opts: LabOptions = {}): Promise<LabRun> {
+  buildNative({ quiet: true });
+  await ensureQemu();
+  const image = await buildGuest();
+  const runs = `${VM_DIR}/runs`;
+  Deno.mkdirSync(runs, { recursive: true });
+  const outDir = Deno.makeTempDirSync({ dir: runs, prefix: "run-" });
+  Deno.writeTextFileSync(`${outDir}/cmd.sh`, command + "\n");
+  for (const [name, data] of Object.entries(opts.files ?? {})) {
+    if (typeof data === "string") Deno.writeTextFileSync(`${outDir}/${name}`, data);
+    else Deno.writeFileSync(`${outDir}/${name}`, data);
+  }
+  const [a, b, c, d] = [freeUdpPort(), freeUdpPort(), freeUdpPort(), freeUdpPort()];
+  const hostPeer = opts.hostPeerPort ?? freeUdpPort();
+  const guestForHost = opts.guestPortForHost ?? freeUdpPort();
+  const nic = (
+    id: string,
+    addr: number,
+    mac: string,
+    extra: string,
+  ) => ["-device", `virtio-net-pci,netdev=${id},addr=${addr.toString(16)}.0,mac=${mac},romfile=${extra}`];
+  const modern = ",disable-legacy=on,iommu_platform=on";
+  const args = [
+    "-machine",
+    "q35",
+    "-accel",
+    Deno.env.get("PVDRV_ACCEL") ?? "tcg",
+    "-cpu",
+    "max",
+    "-smp",
+    "2",
+    "-m",
+    String(opts.memoryMb ?? 2048),
+    "-display",
+    "none",
+    "-monitor",
+    "none",
+    "-serial",
+    "stdio",
+    "-no-reboot",
+    "-kernel",
+    image.kernel,
+    "-initrd",
+    image.initrd,
+    "-append",
+    "console=ttyS0 quiet loglevel=3 panic=-1 intel_iommu=on",
+    "-device",
+    "intel-iommu",
+    "-virtfs",
+    `local,path=${ROOT},mount_tag=pvdrv,security_model=none,readonly=on`,
+    "-virtfs",
+    `local,path=${outDir},mount_tag=out,security_model=none`,
+    ...dgram("n0", a, b),
+    ...nic("n0", 4, LAB.vfioKernelPeer.mac, modern),
+    ...dgram("n1", b, a),
+    ...nic("n1", 5, LAB.kernelPeer.mac, ""),
+    ...dgram("n2", guestForHost, hostPeer),
+    ...nic("n2", 6, LAB.vfioHostPeer.mac, modern),
+    ...dgram("n3", c, d),
+    ...nic("n3", 7, LAB.uioKernelPeer.mac, ",disable-legacy=off,disable-modern=off"),
+    ...dgram("n4", d, c),
+    ...nic("n4", 8, LAB.uioPeer.mac, ""),
+  ]; // deno-fmt-ignore
+  const t0 = performance.now();
+  const child = new Deno.Command("qemu-system-x86_64", {
+    args,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const timeoutSec = opts.timeoutSec ?? 900;
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already gone */ }
+  }, timeoutSec * 1000);
+  const onLine = opts.onLine ?? ((l: string) => console.log(l));
+  const before: string[] = [];
+  const output: string[] = [];
+  const problems: string[] = [];
+  let begun = false, code: number | null = null, tBegin = 0, tEnd = 0;
+  const stderrP = new Response(child.stderr).text();
+  let buf = "";
+  const handle = (raw: string) => {
+    const line = raw.replace(/\r$/, "");
+    if (code !== null) return;
+    const exit = line.match(/^PVDRV-EXIT=(\d+)/);
+    if (begun && exit) {
+      code = Number(exit[1]);
+      tEnd = performance.now();
+      return;
+    }
+    if (!begun && line.startsWith("PVDRV-BEGIN")) {
+      begun = true;
+      tBegin = performance.now();
+      return;
+    }
+    if (/^PVDRV-(MODULE|MOUNT)-FAIL/.test(line)) problems.push(line.replace(/^PVDRV-/, ""));
+    if (begun) {
+      output.push(line);
+      onLine(line);
+    } else {
+      before.push(line);
+    }
+  };
+  const dec = new TextDecoder();
+  for await (const chunk of child.stdout) {
+    buf += dec.decode(chunk, { stream: true });
+    let i;
+    while ((i = buf.indexOf("\n")) >= 0) {
+      handle(buf.slice(0, i));
+      buf = buf.slice(i + 1);
+    }
+  }
+  if (buf) handle(buf);
+  const status = await child.status;
+  clearTimeout(timer);
+  const stderr = (await stderrP).trim();
+  const tail = (l: string[]) => l.slice(-40).join("\n");
+  if (problems.length) {
+    throw new LabError(`guest setup failed:\n  ${problems.join("\n  ")}\n--- console ---\n${tail(before)}`);
+  }
+  if (timedOut) {
+    throw new LabError(
+      `guest timed out after ${timeoutSec} s (${
+        begun ? "while running the command" : "before the command started"
+      })\n--- last output ---\n${tail(begun ? output : before)}`,
+    );
+  }
+  if (code === null) {
+    throw new LabError(
+      `guest stopped without finishing the command (QEMU exit ${status.code})${
+        stderr ? `\n--- qemu ---\n${stderr}` : ""
+      }\n--- console ---\n${tail([...before, ...output])}`,
+    );
+  }
+  return {
+    code,
+    output: output.join("\n"),
+    outDir,
+    bootSeconds: (tBegin - t0) / 1000,
+    commandSeconds: (tEnd - tBegin) / 1000,
+    image,
+  };
+}
+
+/**
+ * The host side of 0000:00:06.0's link: a UDP socket on 127.0.0.1 that receives every frame the guest NIC sends
+ * and can send frames to it.
+ */
+export class HostPeer {
+  /** The socket. */
+  readonly socket: Deno.DatagramConn;
+  /** Port the peer listens on (pass as `hostPeerPort`). */
+  readonly port: number;
+  /** Port QEMU listens on for this link (pass as `guestPortForHost`). */
+  readonly guestPort: number;
+
+  /** Binds a socket on a free port. */
+  constructor() {
+    this.socket = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+    this.port = (this.socket.addr as Deno.NetAddr).port;
+    this.guestPort = freeUdpPort();
+  }
+
+  /** Send one Ethernet frame to the guest NIC. */
+  send(frame: Uint8Array): Promise<number> {
+    return this.socket.send(frame, { transport: "udp", hostname: "127.0.0.1", port: this.guestPort });
+  }
+
+  /** Receive frames until `stop()` resolves true or the socket closes; `onFrame` sees each one. */
+  async receive(onFrame: (frame: Uint8Array) => void): Promise<void> {
+    try {
+      for await (const [data] of this.socket) onFrame(data);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.BadResource || e instanceof Deno.errors.Interrupted)) throw e;
+    }
+  }
+
+  /** Close the socket. */
+  close(): void {
+    try {
+      this.socket.close();
+    } catch { /* closed */ }
+  }
+}
