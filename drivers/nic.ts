@@ -1,0 +1,89 @@
+/**
+ * The NIC interface every pvdrv network driver implements (virtio-net now, Xen netfront next), and the packet
+ * buffers it moves. Buffers live in device-reachable memory and are reused: the hot path copies nothing it does
+ * not have to and allocates nothing.
+ * @module
+ */
+export { PacketBuffer, PacketPool } from "./packet_pool.ts";
+import type { PacketBuffer } from "./packet_pool.ts";
+
+/** Receive flag: the device validated the checksum (virtio VIRTIO_NET_HDR_F_DATA_VALID, netif data_validated). */
+export const RX_CSUM_VALID = 2;
+/** Receive flag: checksum not computed, partial checksum present (VIRTIO_NET_HDR_F_NEEDS_CSUM, netif csum_blank). */
+export const RX_CSUM_PARTIAL = 1;
+
+/** Counters of one queue. */
+export interface QueueStats {
+  /** Frames received. */
+  rxPackets: number;
+  /** Bytes received (frames only, no headers). */
+  rxBytes: number;
+  /** Frames dropped on receive (malformed, oversize). */
+  rxDropped: number;
+  /** Frames sent (completed by the device). */
+  txPackets: number;
+  /** Bytes sent. */
+  txBytes: number;
+  /** Frames the device reported as failed. */
+  txErrors: number;
+  /** Doorbells rung (after suppression). */
+  notifications: number;
+  /** Interrupts waited for. */
+  interrupts: number;
+}
+
+/** A fresh zeroed {@link QueueStats}. */
+export function emptyStats(): QueueStats {
+  return { rxPackets: 0, rxBytes: 0, rxDropped: 0, txPackets: 0, txBytes: 0, txErrors: 0, notifications: 0, interrupts: 0 };
+}
+
+/** Sum per-queue stats. */
+export function totalStats(qs: QueueStats[]): QueueStats {
+  const t = emptyStats();
+  for (const q of qs) for (const k of Object.keys(t) as (keyof QueueStats)[]) t[k] += q[k];
+  return t;
+}
+
+/** Format a MAC address. */
+export function macToString(mac: Uint8Array): string {
+  return Array.from(mac, (b) => b.toString(16).padStart(2, "0")).join(":");
+}
+
+/** Parse "aa:bb:cc:dd:ee:ff". */
+export function parseMac(s: string): Uint8Array {
+  const m = s.trim().toLowerCase().match(/^([0-9a-f]{2})(?::([0-9a-f]{2})){5}$/);
+  if (!m) throw new Error(`'${s}' is not a MAC address (expected like 52:54:00:12:34:56)`);
+  return new Uint8Array(s.trim().split(":").map((h) => parseInt(h, 16)));
+}
+
+/** A network interface driven from userspace. */
+export interface Nic {
+  /** Human name (driver and address). */
+  readonly name: string;
+  /** The MAC address. */
+  readonly mac: Uint8Array;
+  /** Largest payload (without the Ethernet header). */
+  readonly mtu: number;
+  /** Number of queue pairs in use. */
+  readonly queues: number;
+  /** Largest frame (with Ethernet header) a buffer holds. */
+  readonly maxFrame: number;
+  /** Link state as the device reports it (true when it cannot tell). */
+  linkUp(): boolean;
+  /** Take up to `n` empty TX buffers into `out` (reclaiming completed ones first); returns how many. */
+  allocTx(out: PacketBuffer[], n: number, queue?: number): number;
+  /** Queue `n` filled buffers (their `length` set) for sending; returns how many were taken (rest stay yours). */
+  sendBatch(pkts: PacketBuffer[], n: number, queue?: number): number;
+  /** Move up to `max` received frames into `out`; give them back with {@link release}. */
+  receiveBatch(out: PacketBuffer[], max: number, queue?: number): number;
+  /** Return received (or unsent TX) buffers to the driver. */
+  release(pkts: PacketBuffer[], n: number, queue?: number): void;
+  /** Resolve when frames may be waiting on `queue` (interrupt mode; resolves at once when some are). */
+  waitRx(queue?: number): Promise<void>;
+  /** Reclaim completed TX buffers now; returns how many. */
+  reclaimTx(queue?: number): number;
+  /** Per-queue counters. */
+  stats(): QueueStats[];
+  /** Stop the device and release everything (idempotent). */
+  close(): void;
+}

@@ -1,0 +1,122 @@
+/**
+ * Packet buffers: fixed-size slots in one device-reachable region, each with a view made once. A pool tracks
+ * who holds each buffer (free, the application, the device) so a buffer can never be handed out twice or
+ * returned by the wrong owner.
+ * @module
+ */
+import type { DmaRegion } from "../ffi/dma.ts";
+
+const FREE = 0, APP = 1, DEVICE = 2;
+
+/** One reusable frame buffer. */
+export class PacketBuffer {
+  /** The frame bytes (capacity: the slot minus headroom). Made once. */
+  readonly data: Uint8Array<ArrayBuffer>;
+  /** Frame length in bytes. */
+  length = 0;
+  /** Receive flags (RX_CSUM_*), or on send: 0. */
+  flags = 0;
+  /** On send with checksum offload: where checksumming starts (0: no offload). */
+  csumStart = 0;
+  /** On send with checksum offload: where the checksum goes, relative to csumStart. */
+  csumOffset = 0;
+  /** Creates the buffer (pools do this). */
+  constructor(
+    readonly pool: PacketPool,
+    readonly index: number,
+    /** Byte offset of the slot in the pool memory. */
+    readonly slotOffset: number,
+    /** Device address of the slot start (headroom included). */
+    readonly deviceAddress: number,
+    data: Uint8Array<ArrayBuffer>,
+  ) {
+    this.data = data;
+  }
+}
+
+/** A pool of {@link PacketBuffer}s. */
+export class PacketPool {
+  /** All buffers, by index. */
+  readonly buffers: PacketBuffer[];
+  /** The pool memory as bytes, u16 and u32 (for header writes without per-packet views). */
+  readonly bytes: Uint8Array<ArrayBuffer>;
+  /** u16 view of the whole pool. */
+  readonly u16: Uint16Array;
+  /** u32 view of the whole pool. */
+  readonly u32: Uint32Array;
+  readonly #free: Uint32Array;
+  #nfree: number;
+  readonly #state: Uint8Array;
+
+  /** `count` slots of `slotSize` bytes with `headroom` bytes before each frame, in `region`. */
+  constructor(readonly name: string, readonly region: DmaRegion, count: number, readonly slotSize: number, readonly headroom: number) {
+    if (count * slotSize > region.size) throw new RangeError(`${name}: ${count} x ${slotSize} bytes exceed the region`);
+    if (slotSize % 4 !== 0) throw new RangeError("slot size must be a multiple of 4");
+    this.bytes = region.bytes;
+    this.u16 = new Uint16Array(region.bytes.buffer, region.bytes.byteOffset, region.bytes.byteLength >> 1);
+    this.u32 = new Uint32Array(region.bytes.buffer, region.bytes.byteOffset, region.bytes.byteLength >> 2);
+    this.buffers = [];
+    for (let i = 0; i < count; i++) {
+      const off = i * slotSize;
+      const data = region.bytes.subarray(off + headroom, off + slotSize);
+      this.buffers.push(new PacketBuffer(this, i, off, region.deviceAddress + off, data));
+    }
+    this.#free = new Uint32Array(count);
+    for (let i = 0; i < count; i++) this.#free[i] = count - 1 - i;
+    this.#nfree = count;
+    this.#state = new Uint8Array(count);
+  }
+
+  /** Buffers free in the pool. */
+  get available(): number {
+    return this.#nfree;
+  }
+
+  /** Take a free buffer for the application (null when empty). */
+  take(): PacketBuffer | null {
+    if (this.#nfree === 0) return null;
+    const b = this.buffers[this.#free[--this.#nfree]];
+    this.#state[b.index] = APP;
+    b.length = 0;
+    b.flags = 0;
+    b.csumStart = 0;
+    b.csumOffset = 0;
+    return b;
+  }
+
+  /** Take a free buffer for the device (null when empty). */
+  takeForDevice(): PacketBuffer | null {
+    if (this.#nfree === 0) return null;
+    const b = this.buffers[this.#free[--this.#nfree]];
+    this.#state[b.index] = DEVICE;
+    return b;
+  }
+
+  /** Check that the application holds `b` (from this pool) before it goes to the device. */
+  toDevice(b: PacketBuffer): void {
+    if (b.pool !== this) throw new Error(`${this.name}: buffer belongs to pool ${b.pool.name}`);
+    if (this.#state[b.index] !== APP) throw new Error(`${this.name}: buffer ${b.index} is not held by the application`);
+    this.#state[b.index] = DEVICE;
+  }
+
+  /** The device gave `b` back to the application (a received frame). */
+  toApp(b: PacketBuffer): void {
+    this.#state[b.index] = APP;
+  }
+
+  /** Return `b` to the free list; `from` is who must hold it. */
+  put(b: PacketBuffer, from: "app" | "device"): void {
+    if (b.pool !== this) throw new Error(`${this.name}: buffer belongs to pool ${b.pool.name}`);
+    const want = from === "app" ? APP : DEVICE;
+    if (this.#state[b.index] !== want) {
+      throw new Error(`${this.name}: buffer ${b.index} returned twice or by the wrong owner`);
+    }
+    this.#state[b.index] = FREE;
+    this.#free[this.#nfree++] = b.index;
+  }
+
+  /** Free the memory. */
+  free(): void {
+    this.region.free();
+  }
+}

@@ -1,0 +1,55 @@
+/**
+ * virtio feature bits and status values (virtio 1.2 §2.1, §2.2, §5.1.3, §6).
+ * @module
+ */
+
+/** Device status bits (virtio 1.2 §2.1). */
+export const STATUS = {
+  ACKNOWLEDGE: 1,
+  DRIVER: 2,
+  DRIVER_OK: 4,
+  FEATURES_OK: 8,
+  DEVICE_NEEDS_RESET: 64,
+  FAILED: 128,
+} as const;
+
+/** A feature bit as a bigint mask. */
+export const bit = (n: number): bigint => 1n << BigInt(n);
+
+/** Reserved (device-independent) feature bits (virtio 1.2 §6). */
+export const F = {
+  ANY_LAYOUT: bit(27), // legacy only
+  RING_INDIRECT_DESC: bit(28),
+  RING_EVENT_IDX: bit(29),
+  VERSION_1: bit(32),
+  ACCESS_PLATFORM: bit(33),
+  RING_PACKED: bit(34),
+  IN_ORDER: bit(35),
+} as const;
+
+/** virtio-net feature bits (virtio 1.2 §5.1.3). */
+export const NET_F = {
+  CSUM: bit(0),
+  GUEST_CSUM: bit(1),
+  MTU: bit(3),
+  MAC: bit(5),
+  GUEST_TSO4: bit(7),
+  MRG_RXBUF: bit(15),
+  STATUS: bit(16),
+  CTRL_VQ: bit(17),
+  CTRL_RX: bit(18),
+  CTRL_VLAN: bit(19),
+  GUEST_ANNOUNCE: bit(21),
+  MQ: bit(22),
+  CTRL_MAC_ADDR: bit(23),
+} as const;
+
+const NAMES: [bigint, string][] = [
+  ...Object.entries(NET_F).map(([k, v]) => [v, k] as [bigint, string]),
+  ...Object.entries(F).map(([k, v]) => [v, k] as [bigint, string]),
+];
+
+/** Names of the known bits set in `f`, for logs and the probe. */
+export function featureNames(f: bigint): string[] {
+  return NAMES.filter(([b]) => (f & b) !== 0n).map(([, n]) => n);
+}

@@ -1,0 +1,243 @@
+/**
+ * The split virtqueue (virtio 1.2 §2.7), driver side.
+ *
+ * Layout: the legacy contiguous form (§2.7.2: descriptor table, then the avail ring, then the used ring on the
+ * next 4 KiB boundary), valid for both transports. Views over it are made once. Descriptors live on a free stack
+ * (no scans); a shadow of each chain's links and writable capacity is kept in private arrays, so nothing the
+ * device writes is trusted: every used entry is checked (id in range and owned by the device, length within the
+ * buffer, used.idx advancing by no more than what is outstanding) and a bad one breaks the queue with a clear
+ * error instead of a wrong read.
+ *
+ * Ordering: ring entries are plain stores; `avail.idx` is published with `Atomics.store` (a full fence on x86),
+ * which also orders it before the notification-suppression read that follows (§2.7.10, §2.7.7).
+ * @module
+ */
+import type { DmaAllocator, DmaRegion } from "../../ffi/dma.ts";
+import type { QueueAddresses } from "./transport.ts";
+
+const DESC_F_NEXT = 1, DESC_F_WRITE = 2;
+const AVAIL_F_NO_INTERRUPT = 1, USED_F_NO_NOTIFY = 1;
+
+/** The queue is unusable: the device broke the protocol. */
+export class VirtqueueError extends Error {
+  /** Creates the error. */
+  constructor(msg: string) {
+    super(msg);
+    this.name = "VirtqueueError";
+  }
+}
+
+/** One buffer of a chain. */
+export interface Segment {
+  /** Device address. */
+  addr: number;
+  /** Length in bytes. */
+  len: number;
+  /** Device-writable. */
+  write: boolean;
+}
+
+/** Bytes of the legacy layout for `size` entries. */
+export function splitQueueBytes(size: number): { availOff: number; usedOff: number; total: number } {
+  const availOff = 16 * size;
+  const usedOff = Math.ceil((availOff + 6 + 2 * size) / 4096) * 4096;
+  return { availOff, usedOff, total: Math.ceil((usedOff + 6 + 8 * size) / 4096) * 4096 };
+}
+
+/** A split virtqueue. */
+export class SplitQueue {
+  /** Number of descriptors (a power of two). */
+  readonly size: number;
+  /** Device addresses of the three parts. */
+  readonly addresses: QueueAddresses;
+  /** The ring memory. */
+  readonly region: DmaRegion;
+  /** Whether VIRTIO_F_EVENT_IDX was negotiated. */
+  readonly eventIdx: boolean;
+
+  readonly #mask: number;
+  readonly #desc: Uint32Array; // per descriptor: addr lo, addr hi, len, flags | next << 16
+  readonly #avail: Uint16Array; // flags, idx, ring[size], used_event
+  readonly #used: Uint32Array; // flags | idx << 16, then (id, len) per entry
+  readonly #used16: Uint16Array; // same memory: [1] = idx, [2 + 4*size] = avail_event
+  readonly #free: Uint16Array;
+  #nfree: number;
+  readonly #next: Uint16Array; // shadow links
+  readonly #chain: Uint16Array; // descriptors in the chain at a head
+  readonly #cap: Uint32Array; // writable bytes of the chain at a head
+  readonly #owned: Uint8Array; // head is with the device
+  #availIdx = 0;
+  #kickedIdx = 0;
+  #lastUsed = 0;
+  #inFlight = 0;
+  #broken: VirtqueueError | null = null;
+  /** Length the device reported for the last entry returned by {@link popUsed}. */
+  lastLen = 0;
+  /** Notifications actually sent (suppression makes this smaller than kicks). */
+  notifications = 0;
+
+  /** Allocate a queue of `size` entries from `dma`. */
+  constructor(dma: DmaAllocator, readonly index: number, size: number, eventIdx: boolean, readonly notify: () => void) {
+    if (!(size >= 2 && size <= 32768 && (size & (size - 1)) === 0)) {
+      throw new VirtqueueError(`queue ${index}: size ${size} is not a power of two in 2..32768`);
+    }
+    this.size = size;
+    this.#mask = size - 1;
+    this.eventIdx = eventIdx;
+    const { availOff, usedOff, total } = splitQueueBytes(size);
+    this.region = dma.alloc(total);
+    const buf = this.region.bytes.buffer, base = this.region.bytes.byteOffset;
+    this.#desc = new Uint32Array(buf, base, 4 * size);
+    this.#avail = new Uint16Array(buf, base + availOff, 3 + size);
+    this.#used = new Uint32Array(buf, base + usedOff, 1 + 2 * size + 1);
+    this.#used16 = new Uint16Array(buf, base + usedOff, 3 + 4 * size);
+    const a = this.region.deviceAddress;
+    this.addresses = { desc: a, driver: a + availOff, device: a + usedOff };
+    this.#free = new Uint16Array(size);
+    for (let i = 0; i < size; i++) this.#free[i] = size - 1 - i; // pop gives 0, 1, 2...
+    this.#nfree = size;
+    this.#next = new Uint16Array(size);
+    this.#chain = new Uint16Array(size);
+    this.#cap = new Uint32Array(size);
+    this.#owned = new Uint8Array(size);
+  }
+
+  /** Free descriptors. */
+  get freeCount(): number {
+    return this.#nfree;
+  }
+  /** Heads with the device. */
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+  /** The error that broke the queue, if any. */
+  get broken(): VirtqueueError | null {
+    return this.#broken;
+  }
+
+  #fail(msg: string): never {
+    this.#broken ??= new VirtqueueError(`queue ${this.index}: ${msg}`);
+    throw this.#broken;
+  }
+
+  #setDesc(i: number, addr: number, len: number, flags: number, next: number): void {
+    const d = this.#desc, o = i << 2;
+    d[o] = addr >>> 0;
+    d[o + 1] = (addr / 0x1_0000_0000) >>> 0;
+    d[o + 2] = len;
+    d[o + 3] = flags | (next << 16);
+  }
+
+  #offer(head: number, count: number, cap: number): void {
+    this.#chain[head] = count;
+    this.#cap[head] = cap;
+    this.#owned[head] = 1;
+    this.#inFlight++;
+    this.#avail[2 + (this.#availIdx & this.#mask)] = head;
+    this.#availIdx = (this.#availIdx + 1) & 0xffff;
+  }
+
+  /** Queue one single-descriptor buffer (not yet visible to the device); returns its head id, or -1 when full. */
+  add(addr: number, len: number, write: boolean): number {
+    if (this.#broken) throw this.#broken;
+    if (this.#nfree === 0) return -1;
+    const id = this.#free[--this.#nfree];
+    this.#setDesc(id, addr, len, write ? DESC_F_WRITE : 0, 0);
+    this.#offer(id, 1, write ? len : 0);
+    return id;
+  }
+
+  /** Queue a chain (device-readable segments first, then writable ones, §2.7.4.2); head id or -1 when full. */
+  addChain(segs: Segment[]): number {
+    if (this.#broken) throw this.#broken;
+    if (segs.length === 0 || this.#nfree < segs.length) return -1;
+    let seenWrite = false, cap = 0;
+    for (const s of segs) {
+      if (seenWrite && !s.write) throw new RangeError("readable segments must precede writable ones");
+      seenWrite ||= s.write;
+    }
+    const ids = segs.map(() => this.#free[--this.#nfree]);
+    segs.forEach((s, k) => {
+      const last = k === segs.length - 1;
+      this.#setDesc(ids[k], s.addr, s.len, (s.write ? DESC_F_WRITE : 0) | (last ? 0 : DESC_F_NEXT), last ? 0 : ids[k + 1]);
+      this.#next[ids[k]] = last ? 0 : ids[k + 1];
+      if (s.write) cap += s.len;
+    });
+    this.#offer(ids[0], segs.length, cap);
+    return ids[0];
+  }
+
+  /** Publish queued buffers (one fenced store) and notify the device unless it suppressed notifications. */
+  kick(): boolean {
+    const newIdx = this.#availIdx, old = this.#kickedIdx;
+    if (newIdx === old) return false;
+    Atomics.store(this.#avail, 1, newIdx);
+    this.#kickedIdx = newIdx;
+    let need: boolean;
+    if (this.eventIdx) {
+      const ev = Atomics.load(this.#used16, 2 + 4 * this.size);
+      need = ((newIdx - ev - 1) & 0xffff) < ((newIdx - old) & 0xffff); // vring_need_event, §2.7.10
+    } else {
+      need = (Atomics.load(this.#used16, 0) & USED_F_NO_NOTIFY) === 0;
+    }
+    if (need) {
+      this.notify();
+      this.notifications++;
+    }
+    return need;
+  }
+
+  /** Number of used entries ready to pop (checked against what is outstanding). */
+  pending(): number {
+    if (this.#broken) throw this.#broken;
+    const idx = Atomics.load(this.#used16, 1);
+    const n = (idx - this.#lastUsed) & 0xffff;
+    if (n > this.#inFlight) {
+      this.#fail(`device moved used.idx from ${this.#lastUsed} to ${idx} with only ${this.#inFlight} buffers outstanding`);
+    }
+    return n;
+  }
+
+  /** Pop the next used entry (call only after {@link pending} said so): its head id; length in `lastLen`. */
+  popUsed(): number {
+    const slot = this.#lastUsed & this.#mask;
+    const id = this.#used[1 + 2 * slot], len = this.#used[2 + 2 * slot];
+    if (id >= this.size || this.#owned[id] === 0) {
+      this.#fail(`device returned descriptor id ${id}, which it does not own`);
+    }
+    if (len > this.#cap[id]) this.#fail(`device wrote ${len} bytes into a ${this.#cap[id]}-byte buffer (id ${id})`);
+    this.#owned[id] = 0;
+    this.#inFlight--;
+    let d = id;
+    for (let k = this.#chain[id]; k > 0; k--) {
+      this.#free[this.#nfree++] = d;
+      d = this.#next[d];
+    }
+    this.#lastUsed = (this.#lastUsed + 1) & 0xffff;
+    this.lastLen = len;
+    return id;
+  }
+
+  /** Ask for interrupts again; true when entries are already pending (do not sleep then). */
+  enableInterrupts(): boolean {
+    if (this.eventIdx) Atomics.store(this.#avail, 2 + this.size, this.#lastUsed); // used_event
+    else Atomics.store(this.#avail, 0, 0);
+    return this.pending() > 0;
+  }
+
+  /** Suppress interrupts while polling. */
+  disableInterrupts(): void {
+    if (this.eventIdx) this.#avail[2 + this.size] = (this.#lastUsed - 1) & 0xffff; // furthest point from now
+    else this.#avail[0] = AVAIL_F_NO_INTERRUPT;
+  }
+
+  /** Shadow state for tests and stats: the driver's avail and used positions. */
+  get positions(): { avail: number; used: number } {
+    return { avail: this.#availIdx, used: this.#lastUsed };
+  }
+
+  /** Free the ring memory. */
+  free(): void {
+    this.region.free();
+  }
+}

@@ -1,0 +1,26 @@
+/** An in-process interrupt source for device models. */
+import type { IrqSource } from "../../ffi/irq.ts";
+
+/** Signals from a model, awaited by a driver. */
+export class ModelIrq implements IrqSource {
+  #pending = 0;
+  #waiters: (() => void)[] = [];
+  /** Times the model raised it. */
+  raised = 0;
+  /** Raise the interrupt. */
+  signal(): void {
+    this.raised++;
+    this.#pending++;
+    const w = this.#waiters.splice(0);
+    for (const f of w) f();
+  }
+  async wait(): Promise<void> {
+    while (!this.poll()) await new Promise<void>((r) => this.#waiters.push(r));
+  }
+  poll(): boolean {
+    if (this.#pending === 0) return false;
+    this.#pending = 0;
+    return true;
+  }
+  close(): void {}
+}

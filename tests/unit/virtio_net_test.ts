@@ -1,0 +1,348 @@
+import assert from "assert";
+import { VirtioNet } from "../../drivers/virtio/net.ts";
+import { F, NET_F, STATUS } from "../../drivers/virtio/features.ts";
+import { VirtqueueError } from "../../drivers/virtio/virtqueue.ts";
+import { VirtioError } from "../../drivers/virtio/transport.ts";
+import { checkFrame, FrameCheck, writeFrame } from "../../drivers/frames.ts";
+import type { PacketBuffer } from "../../drivers/nic.ts";
+import { VirtioNetModel } from "../models/virtio_net_device.ts";
+
+const DST = new Uint8Array([0x52, 0x54, 0, 0, 0, 2]);
+
+function open(model: VirtioNetModel, opts = {}) {
+  return VirtioNet.open(model.pci(), opts);
+}
+
+function sendFrames(nic: VirtioNet, sizes: number[], firstSeq = 0, queue = 0): number {
+  const bufs: PacketBuffer[] = [];
+  let seq = firstSeq, sent = 0;
+  while (sent < sizes.length) {
+    const want = Math.min(32, sizes.length - sent);
+    const got = nic.allocTx(bufs, want, queue);
+    assert.ok(got > 0, "TX buffers available");
+    for (let i = 0; i < got; i++) {
+      writeFrame(bufs[i].data, sizes[sent + i], seq++, DST, nic.mac);
+      bufs[i].length = sizes[sent + i];
+    }
+    const n = nic.sendBatch(bufs, got, queue);
+    if (n < got) nic.release(bufs.slice(n), got - n, queue);
+    sent += n;
+    seq = firstSeq + sent;
+  }
+  return sent;
+}
+
+Deno.test("virtio-net: handshake against the model negotiates the intersection and reads the config", () => {
+  const model = new VirtioNetModel({ mac: [2, 0, 0, 0, 0, 9], mtu: 1400 });
+  const nic = open(model);
+  try {
+    assert.equal(model.status & 0xf, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK | STATUS.DRIVER_OK);
+    assert.equal(nic.features & ~model.offered, 0n);
+    assert.ok(nic.features & F.VERSION_1 && nic.features & F.RING_EVENT_IDX && nic.features & NET_F.MRG_RXBUF);
+    assert.equal(model.driverFeatures, nic.features);
+    assert.equal(nic.macString, "02:00:00:00:00:09");
+    assert.equal(nic.mtu, 1400);
+    assert.equal(nic.hdrLen, 12);
+    assert.equal(nic.queues, 1);
+    assert.equal(nic.transport, "modern");
+    assert.equal(model.rxAvailable(), 256, "RX ring filled");
+    assert.equal(nic.linkUp(), true);
+    model.linkUp = false;
+    assert.equal(nic.linkUp(), false);
+  } finally {
+    nic.close();
+  }
+  assert.equal(model.status, 0, "close resets the device");
+  assert.equal(model.dma.live, 0, "close frees every DMA region");
+});
+
+Deno.test("virtio-net: feature subsets — minimal device, no VERSION_1, FEATURES_OK refused", () => {
+  const minimal = new VirtioNetModel({ features: F.VERSION_1 | F.ACCESS_PLATFORM });
+  const nic = open(minimal);
+  try {
+    assert.equal(nic.features, F.VERSION_1 | F.ACCESS_PLATFORM);
+    assert.equal(nic.mac[0] & 3, 2, "random locally administered unicast MAC");
+    assert.throws(() => nic.setPromiscuous(true), /CTRL_RX/);
+    assert.equal(sendFrames(nic, [60, 1514]), 2);
+    assert.equal(minimal.sent[0].length, 2);
+  } finally {
+    nic.close();
+  }
+  assert.throws(() => open(new VirtioNetModel({ features: NET_F.MAC })), /required features/);
+  assert.throws(() => open(new VirtioNetModel({ rejectFeatures: true })), /FEATURES_OK/);
+  const m = new VirtioNetModel({ features: NET_F.MAC });
+  try {
+    open(m);
+  } catch { /* expected */ }
+  assert.equal(m.dma.live, 0, "a failed open leaks nothing");
+  assert.ok(m.status & STATUS.FAILED);
+});
+
+Deno.test("virtio-net: TX of mixed sizes arrives byte-exact with zeroed headers, one doorbell per batch", () => {
+  const model = new VirtioNetModel();
+  const nic = open(model);
+  try {
+    const sizes = Array.from({ length: 100 }, (_, i) => 60 + ((i * 149) % 1455));
+    assert.equal(sendFrames(nic, sizes), 100);
+    assert.equal(model.sent[0].length, 100);
+    const seq = new Uint32Array(1);
+    model.sent[0].forEach((f, i) => {
+      assert.equal(f.length, sizes[i]);
+      assert.equal(checkFrame(f, f.length, seq), FrameCheck.Ok);
+      assert.equal(seq[0], i);
+    });
+    for (const h of model.sentHeaders[0]) assert.deepEqual([...h], new Array(12).fill(0));
+    assert.ok(model.notifies[1] <= 4, `notifications ${model.notifies[1]} for 4 batches`);
+    nic.reclaimTx();
+    const st = nic.stats()[0];
+    assert.equal(st.txPackets, 100);
+    assert.equal(st.txBytes, sizes.reduce((a, b) => a + b, 0));
+  } finally {
+    nic.close();
+  }
+});
+
+Deno.test("virtio-net: TX checksum offload fills the header", () => {
+  const model = new VirtioNetModel();
+  const nic = open(model);
+  try {
+    const b: PacketBuffer[] = [];
+    nic.allocTx(b, 1);
+    writeFrame(b[0].data, 100, 1, DST, nic.mac);
+    b[0].length = 100;
+    b[0].csumStart = 34;
+    b[0].csumOffset = 6;
+    nic.sendBatch(b, 1);
+    const h = new DataView(model.sentHeaders[0][0].buffer);
+    assert.equal(h.getUint8(0), 1, "NEEDS_CSUM");
+    assert.equal(h.getUint16(6, true), 34);
+    assert.equal(h.getUint16(8, true), 6);
+  } finally {
+    nic.close();
+  }
+});
+
+Deno.test("virtio-net: RX delivers byte-exact frames with flags, release refills", () => {
+  const model = new VirtioNetModel();
+  const nic = open(model);
+  try {
+    const frame = new Uint8Array(1514);
+    for (let s = 0; s < 300; s++) {
+      const len = 60 + ((s * 37) % 1455);
+      writeFrame(frame, len, s, nic.mac, DST);
+      assert.ok(model.deliver(frame.subarray(0, len), 0, { flags: s % 2 ? 2 : 0 }), `delivered ${s}`);
+      if (s % 50 === 49) {
+        const out: PacketBuffer[] = [];
+        const seq = new Uint32Array(1);
+        let got = 0;
+        while (true) {
+          const n = nic.receiveBatch(out, 32);
+          if (!n) break;
+          for (let i = 0; i < n; i++) {
+            const sq = s - 49 + got + i;
+            assert.equal(checkFrame(out[i].data, out[i].length, seq), FrameCheck.Ok);
+            assert.equal(seq[0], sq);
+            assert.equal(out[i].flags, sq % 2 ? 2 : 0);
+          }
+          nic.release(out, n);
+          got += n;
+        }
+        assert.equal(got, 50);
+      }
+    }
+    assert.equal(model.rxAvailable(), 256);
+    assert.equal(nic.stats()[0].rxPackets, 300);
+  } finally {
+    nic.close();
+  }
+});
+
+Deno.test("virtio-net: a frame spread over several mergeable buffers is dropped cleanly, the next one is fine", () => {
+  const model = new VirtioNetModel();
+  const nic = open(model);
+  try {
+    const big = new Uint8Array(3000), small = new Uint8Array(100);
+    writeFrame(small, 100, 7, nic.mac, DST);
+    assert.ok(model.deliver(big));
+    assert.ok(model.deliver(small));
+    const out: PacketBuffer[] = [];
+    const n = nic.receiveBatch(out, 32);
+    assert.equal(n, 1);
+    assert.equal(out[0].length, 100);
+    assert.equal(nic.stats()[0].rxDropped, 1);
+    nic.release(out, n);
+  } finally {
+    nic.close();
+  }
+});
+
+Deno.test("virtio-net: multi-queue sets the pair count over the control queue and uses every pair", () => {
+  const model = new VirtioNetModel({ maxPairs: 4 });
+  const nic = open(model, { queuePairs: 3, promiscuous: true });
+  try {
+    assert.equal(nic.queues, 3);
+    const mq = model.ctrl.find((c) => c.cls === 4);
+    assert.ok(mq);
+    assert.equal(mq.data[0] | (mq.data[1] << 8), 3);
+    assert.equal(model.promiscuous, true);
+    for (let q = 0; q < 3; q++) {
+      assert.equal(sendFrames(nic, [64, 128, 256], 10 * q, q), 3);
+      assert.equal(model.sent[q].length, 3);
+      const f = new Uint8Array(64);
+      writeFrame(f, 64, q, nic.mac, DST);
+      model.deliver(f, q);
+      const out: PacketBuffer[] = [];
+      assert.equal(nic.receiveBatch(out, 8, q), 1);
+      nic.release(out, 1, q);
+    }
+    assert.throws(() => nic.receiveBatch([], 1, 3), /out of range/);
+    nic.setPromiscuous(false);
+    assert.equal(model.promiscuous, false);
+    nic.setMacFilter([new Uint8Array(6).fill(1)], [new Uint8Array([1, 0, 0x5e, 0, 0, 1])]);
+    const t = model.ctrl.at(-1)!;
+    assert.deepEqual([t.cls, t.cmd, t.data.length], [1, 0, 20]);
+  } finally {
+    nic.close();
+  }
+});
+
+Deno.test("virtio-net: EVENT_IDX suppresses doorbells the device did not ask for, and interrupts while polling", () => {
+  const model = new VirtioNetModel({ autoProcess: false });
+  const nic = open(model);
+  try {
+    sendFrames(nic, [60, 60]);
+    assert.equal(model.notifies[1], 1);
+    sendFrames(nic, [60, 60]); // device has not caught up: avail_event still at 0
+    assert.equal(model.notifies[1], 1, "second kick suppressed");
+    model.process(1);
+    sendFrames(nic, [60]);
+    assert.equal(model.notifies[1], 2, "device asked again after processing");
+    const f = new Uint8Array(60);
+    for (let i = 0; i < 20; i++) model.deliver(f);
+    assert.equal(model.interrupts[0], 0, "no RX interrupts in polling mode");
+  } finally {
+    nic.close();
+  }
+  const legacyStyle = new VirtioNetModel({ autoProcess: false, features: F.VERSION_1 | F.ACCESS_PLATFORM });
+  const n2 = open(legacyStyle);
+  try {
+    for (let i = 0; i < 5; i++) legacyStyle.deliver(new Uint8Array(60));
+    assert.equal(legacyStyle.interrupts[0], 0, "NO_INTERRUPT flag honoured without EVENT_IDX");
+  } finally {
+    n2.close();
+  }
+});
+
+Deno.test("virtio-net: interrupt mode (MSI-X) wakes on RX and stays quiet otherwise", async () => {
+  const model = new VirtioNetModel();
+  const nic = open(model, { irq: "msix" });
+  try {
+    assert.equal(model.vectors.length, 2);
+    assert.equal(model.queue(0).vector, 1);
+    const f = new Uint8Array(60);
+    writeFrame(f, 60, 1, nic.mac, DST);
+    const woke = nic.waitRx();
+    setTimeout(() => model.deliver(f), 5);
+    await woke;
+    const out: PacketBuffer[] = [];
+    assert.equal(nic.receiveBatch(out, 8), 1);
+    nic.release(out, 1);
+    assert.equal(model.interrupts[0], 1);
+    for (let i = 0; i < 10; i++) model.deliver(f); // polling again: no interrupts
+    assert.equal(model.interrupts[0], 1);
+    await nic.waitRx(); // frames pending: resolves at once
+    assert.equal(nic.receiveBatch(out, 32), 10);
+    nic.release(out, 10);
+  } finally {
+    nic.close();
+  }
+  const p = new VirtioNetModel();
+  const polled = open(p);
+  await assert.rejects(polled.waitRx(), /polling mode/);
+  polled.close();
+});
+
+Deno.test("virtio-net: ring indices wrap past 2^16 on both queues without loss", () => {
+  const model = new VirtioNetModel();
+  const nic = open(model, { queueSize: 64 });
+  try {
+    const total = 70_000;
+    const bufs: PacketBuffer[] = [], out: PacketBuffer[] = [];
+    const frame = new Uint8Array(64);
+    const seq = new Uint32Array(1);
+    let sent = 0, recvd = 0;
+    while (sent < total) {
+      const got = nic.allocTx(bufs, Math.min(32, total - sent));
+      for (let i = 0; i < got; i++) {
+        writeFrame(bufs[i].data, 64, sent + i, DST, nic.mac);
+        bufs[i].length = 64;
+      }
+      const n = nic.sendBatch(bufs, got);
+      if (n < got) nic.release(bufs.slice(n), got - n);
+      sent += n;
+      for (let i = 0; i < n; i++) {
+        writeFrame(frame, 64, recvd + i, nic.mac, DST);
+        assert.ok(model.deliver(frame));
+      }
+      const r = nic.receiveBatch(out, 64);
+      for (let i = 0; i < r; i++) {
+        assert.equal(checkFrame(out[i].data, out[i].length, seq), FrameCheck.Ok);
+        assert.equal(seq[0], recvd + i);
+      }
+      nic.release(out, r);
+      recvd += r;
+    }
+    assert.equal(sent, total);
+    assert.equal(recvd, total);
+    assert.equal(model.sent[0].length, total);
+    assert.equal(checkFrame(model.sent[0][total - 1], 64, seq), FrameCheck.Ok);
+    assert.equal(seq[0], total - 1);
+  } finally {
+    nic.close();
+  }
+});
+
+Deno.test("virtio-net: a hostile device (bad id, oversize length, used.idx jump) breaks the queue cleanly", () => {
+  for (const [name, act] of [
+    ["id out of range", (m: VirtioNetModel) => m.forgeUsed(0, 999, 60)],
+    ["id not owned", (m: VirtioNetModel) => m.forgeUsed(1, 3, 0)],
+    ["length beyond the buffer", (m: VirtioNetModel) => m.forgeUsed(0, 0, 4096)],
+    ["used.idx jump", (m: VirtioNetModel) => m.jumpUsedIdx(0, 5000)],
+  ] as const) {
+    const model = new VirtioNetModel();
+    const nic = open(model);
+    act(model);
+    const q = name === "id not owned" ? "tx" : "rx";
+    const run = () => (q === "rx" ? nic.receiveBatch([], 32) : nic.reclaimTx());
+    assert.throws(run, VirtqueueError, name);
+    assert.throws(run, VirtqueueError, `${name}: stays broken`);
+    assert.throws(() => nic.checkHealth(), VirtqueueError);
+    nic.close();
+    assert.equal(model.dma.live, 0, `${name}: nothing leaked`);
+  }
+  const model = new VirtioNetModel();
+  const nic = open(model);
+  model.needsReset();
+  assert.throws(() => nic.checkHealth(), /needs reset/);
+  nic.close();
+});
+
+Deno.test("virtio-net: buffer ownership is enforced", () => {
+  const model = new VirtioNetModel();
+  const nic = open(model);
+  try {
+    const b: PacketBuffer[] = [];
+    nic.allocTx(b, 2);
+    nic.release(b, 1);
+    assert.throws(() => nic.release(b, 1), /returned twice/);
+    b[1].length = 10;
+    assert.throws(() => nic.sendBatch([b[1]], 1), /outside 14/);
+    b[1].length = 60;
+    assert.equal(nic.sendBatch([b[1]], 1), 1);
+    assert.throws(() => nic.sendBatch([b[1]], 1), /not held by the application/);
+  } finally {
+    nic.close();
+  }
+  assert.throws(() => VirtioNet.open(new VirtioNetModel().pci(), { queuePairs: 1, disable: 0n }).receiveBatch([], 1, 5), /out of range/);
+  void VirtioError;
+});
