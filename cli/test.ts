@@ -3,7 +3,7 @@
  * "N passed, N failed" line and exits non-zero if anything failed (including a lab that did not boot).
  * @module
  */
-import { LabError, runInGuest } from "../tests/vm/lab.ts";
+import { HostPeer, LabError, runInGuest } from "../tests/vm/lab.ts";
 import { buildNative } from "../ffi/lib.ts";
 import { parse, runMain } from "./common.ts";
 
@@ -52,16 +52,44 @@ async function unit(filter?: string): Promise<{ ok: boolean; t: Tally }> {
 
 async function vm(filter?: string): Promise<{ ok: boolean; t: Tally }> {
   const f = filter ? ` --filter '${filter.replaceAll("'", "")}'` : "";
+  // The host side of 0000:00:06.0: reflects pvdrv frames and checks each one here, outside the guest.
+  const host = new HostPeer();
+  const reflecting = host.reflect();
   try {
-    const r = await runInGuest(`deno test -A --no-check${f} tests/vm/guest/`);
+    const r = await runInGuest(`deno test -A --no-check${f} tests/vm/guest/`, {
+      hostPeerPort: host.port,
+      guestPortForHost: host.guestPort,
+    });
     console.log(`lab: boot ${r.bootSeconds.toFixed(1)} s, tests ${r.commandSeconds.toFixed(1)} s`);
     const t = tally(r.output);
-    if (r.code !== 0 && t.failed === 0) t.failed = 1; // a crash without a summary still fails
-    return { ok: r.code === 0, t };
+    let ok = r.code === 0;
+    if (!ok && t.failed === 0) t.failed = 1; // a crash without a summary still fails
+    // Host-side verdict of the host-peer test: the guest says how many frames it sent, the host counted them.
+    let expect: { valid: number } | null = null;
+    try {
+      expect = JSON.parse(Deno.readTextFileSync(`${r.outDir}/host-peer-expect.json`));
+    } catch { /* the test did not run (filtered) */ }
+    if (expect) {
+      const h = host.reflected;
+      const good = h.valid === expect.valid && h.corrupt === 0 && h.sendErrors === 0;
+      console.log(
+        `host peer: ${good ? "ok" : "FAILED"} — verified ${h.valid} of ${expect.valid} frames from the guest, ` +
+          `${h.corrupt} corrupt, ${h.foreign} other, ${h.sendErrors} send errors`,
+      );
+      if (good) t.passed++;
+      else {
+        t.failed++;
+        ok = false;
+      }
+    }
+    return { ok, t };
   } catch (e) {
     if (!(e instanceof LabError)) throw e;
     console.error(`lab: ${e.message}`);
     return { ok: false, t: { passed: 0, failed: 1, ignored: 0 } };
+  } finally {
+    host.close();
+    await reflecting;
   }
 }
 

@@ -34,27 +34,32 @@ export function fileRegion(path: string, size: number, name: string): MmioRegion
   return new PioRegion(name, openFile(path), 0, size, true);
 }
 
-/** INTx through /dev/uioN: each read returns the interrupt count; writing 1 re-enables the line. */
+const CMD_INTX_DISABLE = 0x400;
+
+/**
+ * INTx through /dev/uioN: each read returns the interrupt count. uio_pci_generic masks the line by setting
+ * INTx-disable in the command register when it fires (it has no irqcontrol), so re-enabling clears that bit
+ * through config space.
+ */
 export class UioIrq implements IrqSource {
   #fd: number;
   readonly #buf = new Uint32Array(1);
-  readonly #one = new Uint32Array([1]);
   /** Last interrupt count the kernel reported. */
   count = 0;
 
-  /** Opens /dev/<name> (e.g. uio0). */
-  constructor(readonly name: string) {
+  /** Opens /dev/<name> (e.g. uio0); `config` is the function's config space. */
+  constructor(readonly name: string, readonly config: MmioRegion) {
     this.#fd = openFile(`/dev/${name}`, O_RDWR | O_NONBLOCK);
   }
 
-  /** Unmask INTx (uio_pci_generic masks it with the command register when it fires). */
+  /** Unmask INTx. */
   enable(): void {
-    check(`${this.name}: enable interrupt`, native().pvdrv_write(this.#fd, this.#one, 4));
+    this.config.write16(4, this.config.read16(4) & ~CMD_INTX_DISABLE);
   }
 
   /** Mask INTx. */
   disable(): void {
-    check(`${this.name}: disable interrupt`, native().pvdrv_write(this.#fd, new Uint32Array([0]), 4));
+    this.config.write16(4, this.config.read16(4) | CMD_INTX_DISABLE);
   }
 
   poll(): boolean {

@@ -206,7 +206,7 @@ export class UioPciFunction implements PciFunction {
   }
   irqs(kind: IrqKind, _n: number): IrqSource[] {
     if (kind !== "intx") throw new Error("uio_pci_generic delivers INTx only; use VFIO for MSI-X");
-    this.#irq ??= new UioIrq(this.#info.uio[0]);
+    this.#irq ??= new UioIrq(this.#info.uio[0], this.config);
     this.#irq.enable();
     return [this.#irq];
   }

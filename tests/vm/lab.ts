@@ -12,6 +12,10 @@
  */
 import { buildNative } from "../../ffi/lib.ts";
 import { buildGuest, ensureQemu, type GuestImage, VM_DIR } from "./guest.ts";
+import { checkFrame, FrameCheck } from "../../drivers/frames.ts";
+
+/** The host peer's MAC (locally administered). */
+export const HOST_MAC = new Uint8Array([0x02, 0, 0, 0, 0, 0xfe]);
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 
@@ -85,9 +89,29 @@ export function shellQuote(s: string): string {
   return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
 }
 
+/** Build tests/vm/pvpeer.c statically into build/pvpeer when missing or stale (the guest has no compiler). */
+export function buildPeerTool(): string {
+  const src = `${ROOT}/tests/vm/pvpeer.c`, out = `${ROOT}/build/pvpeer`;
+  const m = (p: string) => {
+    try {
+      return Deno.statSync(p).mtime?.getTime() ?? 0;
+    } catch {
+      return -1;
+    }
+  };
+  if (m(out) >= m(src)) return out;
+  const r = new Deno.Command(Deno.env.get("CC") ?? "cc", {
+    args: ["-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", out, src],
+    stderr: "piped",
+  }).outputSync();
+  if (!r.success) throw new LabError(`building ${out} failed:\n${new TextDecoder().decode(r.stderr)}`);
+  return out;
+}
+
 /** Boot the lab, run `command` (a shell command line) in /pvdrv, power off. */
 export async function runInGuest(command: string, opts: LabOptions = {}): Promise<LabRun> {
   buildNative({ quiet: true });
+  buildPeerTool();
   await ensureQemu();
   const image = await buildGuest();
   const runs = `${VM_DIR}/runs`;
@@ -266,6 +290,33 @@ export class HostPeer {
       if (!(e instanceof Deno.errors.BadResource || e instanceof Deno.errors.Interrupted)) throw e;
     }
   }
+
+  /**
+   * Reflect every pvdrv test frame back to the guest with the MACs swapped, verifying each on the way.
+   * Runs until the socket closes; counters are in {@link reflected}.
+   */
+  async reflect(): Promise<void> {
+    const seq = new Uint32Array(1);
+    await this.receive((f) => {
+      const c = checkFrame(f, f.length, seq);
+      if (c === FrameCheck.Foreign) {
+        this.reflected.foreign++;
+        return;
+      }
+      if (c === FrameCheck.Corrupt) {
+        this.reflected.corrupt++;
+        return;
+      }
+      this.reflected.valid++;
+      const back = new Uint8Array(f);
+      back.set(f.subarray(6, 12), 0);
+      back.set(HOST_MAC, 6);
+      this.send(back).catch(() => this.reflected.sendErrors++);
+    });
+  }
+
+  /** What {@link reflect} saw. */
+  readonly reflected = { valid: 0, corrupt: 0, foreign: 0, sendErrors: 0 };
 
   /** Close the socket. */
   close(): void {

@@ -1,0 +1,32 @@
+/**
+ * Arguments and process handling shared by the NIC tasks.
+ * @module
+ */
+import type { IrqMode } from "../drivers/virtio/net.ts";
+import { UsageError } from "./common.ts";
+
+/** The one positional NIC name. */
+export function nicArg(positionals: string[]): string {
+  if (positionals.length !== 1) throw new UsageError("expected exactly one NIC (a PCI address such as 0000:00:04.0)");
+  return positionals[0];
+}
+
+/** --irq. */
+export function irqArg(v: string | undefined): IrqMode {
+  if (v === undefined) return "poll";
+  if (v === "poll" || v === "msix" || v === "intx") return v;
+  throw new UsageError(`--irq must be poll, msix or intx, got '${v}'`);
+}
+
+/** Run `cleanup` and exit on SIGINT/SIGTERM (the device is reset, nothing is left mapped). */
+export function onSignals(cleanup: () => void): void {
+  for (const sig of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(sig, () => {
+      try {
+        cleanup();
+      } finally {
+        Deno.exit(130);
+      }
+    });
+  }
+}

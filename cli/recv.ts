@@ -1,0 +1,87 @@
+/**
+ * `deno task recv <nic> [options]`: receive frames, verify pvdrv test frames, optionally print and capture them.
+ * @module
+ */
+import { openNic } from "../drivers/open.ts";
+import { macToString, totalStats } from "../drivers/nic.ts";
+import { PcapWriter } from "../drivers/pcap.ts";
+import { FrameCheck } from "../drivers/frames.ts";
+import { receive } from "./traffic.ts";
+import { intArg, parse, runMain } from "./common.ts";
+import { irqArg, nicArg, onSignals } from "./nic_args.ts";
+
+const USAGE = `usage: deno task recv <nic> [options]
+  <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic
+  --count N         stop after N valid pvdrv frames (default 0: until idle)
+  --timeout SEC     stop after SEC seconds without traffic (default 10)
+  --print           print one line per frame
+  --pcap FILE       write every frame to FILE (pcap, for tshark/Wireshark)
+  --promisc         promiscuous mode
+  --irq MODE        poll | msix | intx (default poll)
+  --json            print the summary as JSON`;
+
+await runMain(USAGE, async () => {
+  const { values, positionals } = parse(Deno.args, {
+    count: { type: "string" },
+    timeout: { type: "string" },
+    print: { type: "boolean" },
+    pcap: { type: "string" },
+    promisc: { type: "boolean" },
+    irq: { type: "string" },
+    json: { type: "boolean" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (values.help) return void console.log(USAGE);
+  const name = nicArg(positionals);
+  const count = intArg("count", values.count, 0, 0, 2 ** 31);
+  const timeout = intArg("timeout", values.timeout, 10, 1, 86400);
+  const irq = irqArg(values.irq);
+  const nic = openNic(name, { irq, promiscuous: values.promisc });
+  const pcap = values.pcap ? new PcapWriter(values.pcap) : undefined;
+  let stopping = false;
+  onSignals(() => {
+    stopping = true;
+    pcap?.close();
+    nic.close();
+  });
+  try {
+    const enc = new TextEncoder();
+    let last = performance.now(), lastOk = 0;
+    const r = await receive(nic, {
+      count,
+      idleTimeoutMs: timeout * 1000,
+      interrupts: irq !== "poll",
+      pcap,
+      stop: () => stopping,
+      progressEvery: 1024,
+      onProgress: (ok) => {
+        const now = performance.now();
+        if (now - last > 1000 && !values.print) {
+          Deno.stderr.writeSync(enc.encode(`\rreceived ${ok} (${((ok - lastOk) / (now - last)).toFixed(1)} kpps)   `));
+          last = now;
+          lastOk = ok;
+        }
+      },
+      onFrame: values.print
+        ? (b, c, seq) => {
+          const d = b.data;
+          const type = ((d[12] << 8) | d[13]).toString(16).padStart(4, "0");
+          const what = c === FrameCheck.Ok ? `pvdrv seq ${seq}` : c === FrameCheck.Corrupt ? `pvdrv CORRUPT` : `type 0x${type}`;
+          console.log(`${macToString(d.subarray(6, 12))} > ${macToString(d.subarray(0, 6))} len ${b.length} ${what}`);
+        }
+        : undefined,
+    });
+    const summary = { nic: nic.name, ...r, stats: totalStats(nic.stats()), pcap: values.pcap ?? null };
+    if (values.json) console.log(JSON.stringify(summary));
+    else {
+      console.log(
+        `\nreceived ${r.received} valid frames (${r.corrupt} corrupt, ${r.duplicate} duplicate, ${r.foreign} other) ` +
+          `in ${r.seconds.toFixed(2)} s: ${(r.pps / 1000).toFixed(1)} kpps`,
+      );
+    }
+    return r.corrupt ? 1 : 0;
+  } finally {
+    pcap?.close();
+    nic.close();
+  }
+});

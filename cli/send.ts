@@ -1,0 +1,76 @@
+/**
+ * `deno task send <nic> [options]`: generate pvdrv test frames on a NIC.
+ * @module
+ */
+import { openNic } from "../drivers/open.ts";
+import { parseMac, totalStats } from "../drivers/nic.ts";
+import { generate } from "./traffic.ts";
+import { intArg, parse, runMain, UsageError } from "./common.ts";
+import { irqArg, nicArg, onSignals } from "./nic_args.ts";
+
+const USAGE = `usage: deno task send <nic> [options]
+  <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic (see deno task probe)
+  --count N         frames to send (default 10000)
+  --size N          frame size in bytes, 60..1514 (default 60)
+  --sizes MIN-MAX   cycle sizes through MIN..MAX instead
+  --rate PPS        frames per second (default: flood)
+  --dst MAC         destination MAC (default ff:ff:ff:ff:ff:ff)
+  --batch N         frames per doorbell, 1..256 (default 32)
+  --queue Q         queue pair (default 0)
+  --irq MODE        poll | msix | intx (default poll)
+  --json            print the summary as JSON`;
+
+await runMain(USAGE, async () => {
+  const { values, positionals } = parse(Deno.args, {
+    count: { type: "string" },
+    size: { type: "string" },
+    sizes: { type: "string" },
+    rate: { type: "string" },
+    dst: { type: "string" },
+    batch: { type: "string" },
+    queue: { type: "string" },
+    irq: { type: "string" },
+    json: { type: "boolean" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (values.help) return void console.log(USAGE);
+  const name = nicArg(positionals);
+  const count = intArg("count", values.count, 10000, 1, 2 ** 31);
+  let min = intArg("size", values.size, 60, 60, 1514), max = min;
+  if (values.sizes) {
+    const m = values.sizes.match(/^(\d+)-(\d+)$/);
+    if (!m) throw new UsageError(`--sizes must look like 60-1514, got '${values.sizes}'`);
+    [min, max] = [Number(m[1]), Number(m[2])];
+    if (min < 60 || max > 1514 || min > max) throw new UsageError("--sizes must be within 60-1514, MIN <= MAX");
+  }
+  const rate = intArg("rate", values.rate, 0, 1, 100_000_000);
+  const batch = intArg("batch", values.batch, 32, 1, 256);
+  const queue = intArg("queue", values.queue, 0, 0, 255);
+  let dst: Uint8Array;
+  try {
+    dst = parseMac(values.dst ?? "ff:ff:ff:ff:ff:ff");
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const nic = openNic(name, { irq: irqArg(values.irq), queues: queue + 1 });
+  onSignals(() => nic.close());
+  try {
+    if (queue >= nic.queues) throw new UsageError(`--queue ${queue}: the device has ${nic.queues} queue pair(s)`);
+    if (max > nic.maxFrame) throw new UsageError(`frames above ${nic.maxFrame} bytes do not fit this NIC`);
+    const r = await generate(nic, {
+      count,
+      minSize: min,
+      maxSize: max,
+      dst,
+      batch,
+      rate,
+      queue,
+      onProgress: (sent, s) => Deno.stderr.writeSync(new TextEncoder().encode(`\rsent ${sent} (${(sent / s / 1000).toFixed(1)} kpps)   `)),
+    });
+    const summary = { nic: nic.name, ...r, stats: totalStats(nic.stats()) };
+    if (values.json) console.log(JSON.stringify(summary));
+    else console.log(`\nsent ${r.sent} frames, ${r.bytes} bytes in ${r.seconds.toFixed(2)} s: ${(r.pps / 1000).toFixed(1)} kpps`);
+  } finally {
+    nic.close();
+  }
+});

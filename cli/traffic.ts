@@ -1,0 +1,231 @@
+/**
+ * Traffic loops over any {@link Nic}: a frame generator (count, sizes, rate or flood, batches, optional window
+ * flow control) and a verifying receiver (sequence numbers, every byte, duplicates, pcap). Used by the send and
+ * recv tasks, the VM tests and the benchmarks. Neither loop allocates per packet.
+ * @module
+ */
+import type { Nic, PacketBuffer } from "../drivers/nic.ts";
+import { checkFrame, FrameCheck, writeFrame } from "../drivers/frames.ts";
+import type { PcapWriter } from "../drivers/pcap.ts";
+
+/** Lets a sender stay at most `size` frames ahead of what the receiver has confirmed. */
+export interface Window {
+  /** Frames allowed in flight. */
+  size: number;
+  /** Frames the receiver has confirmed. */
+  acked(): number;
+  /** Resolves when `acked()` may have grown. */
+  changed(): Promise<void>;
+  /** Give up when nothing is acknowledged for this long (ms, default 10 000). */
+  stallMs?: number;
+}
+
+/** Generator options. */
+export interface SendOptions {
+  /** Frames to send. */
+  count: number;
+  /** Smallest frame. */
+  minSize: number;
+  /** Largest frame (sizes cycle through min..max). */
+  maxSize: number;
+  /** Destination MAC. */
+  dst: Uint8Array;
+  /** Frames per batch (one doorbell each). */
+  batch?: number;
+  /** Frames per second (0: flood). */
+  rate?: number;
+  /** Flow control. */
+  window?: Window;
+  /** First sequence number. */
+  firstSeq?: number;
+  /** Queue pair. */
+  queue?: number;
+  /** Called about once a second. */
+  onProgress?: (sent: number, seconds: number) => void;
+}
+
+/** Generator result. */
+export interface SendResult {
+  /** Frames the device completed. */
+  sent: number;
+  /** Their bytes. */
+  bytes: number;
+  /** Seconds from first to last. */
+  seconds: number;
+  /** Frames per second. */
+  pps: number;
+}
+
+const tick = () => new Promise<void>((r) => setTimeout(r, 0));
+
+/** The size of frame `k` for sizes cycling through min..max (the same rule as the C peer). */
+export function frameSize(k: number, min: number, max: number): number {
+  return min + ((k * 149) % (max - min + 1));
+}
+
+/** Send `count` pvdrv test frames. */
+export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
+  const batch = Math.max(1, Math.min(o.batch ?? 32, 256));
+  const q = o.queue ?? 0, first = o.firstSeq ?? 0;
+  if (o.minSize < 60 || o.maxSize > nic.maxFrame || o.minSize > o.maxSize) {
+    throw new RangeError(`frame sizes must be within 60..${nic.maxFrame}`);
+  }
+  const bufs: PacketBuffer[] = new Array(batch);
+  const t0 = performance.now();
+  let sent = 0, bytes = 0, lastReport = t0, spins = 0;
+  while (sent < o.count) {
+    let room = Math.min(batch, o.count - sent);
+    if (o.window) {
+      const w = o.window, stall = w.stallMs ?? 10_000;
+      let since = performance.now(), last = w.acked();
+      while (sent - w.acked() >= w.size) {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([w.changed(), new Promise<void>((r) => timer = setTimeout(r, 100))]);
+        clearTimeout(timer);
+        if (w.acked() !== last) {
+          last = w.acked();
+          since = performance.now();
+        } else if (performance.now() - since > stall) {
+          throw new Error(`the receiver stopped acknowledging: ${w.acked()} of ${sent} frames confirmed for ${stall} ms`);
+        }
+      }
+      room = Math.min(room, o.window.size - (sent - o.window.acked()));
+    }
+    if (o.rate) {
+      const due = Math.floor(((performance.now() - t0) / 1000) * o.rate) + 1;
+      if (sent >= due) {
+        await tick();
+        continue;
+      }
+      room = Math.min(room, due - sent);
+    }
+    const got = nic.allocTx(bufs, room, q);
+    if (got === 0) {
+      if (++spins % 256 === 0) await tick();
+      continue;
+    }
+    for (let i = 0; i < got; i++) {
+      const seq = first + sent + i, len = frameSize(seq, o.minSize, o.maxSize);
+      writeFrame(bufs[i].data, len, seq, o.dst, nic.mac);
+      bufs[i].length = len;
+      bytes += len;
+    }
+    const n = nic.sendBatch(bufs, got, q);
+    if (n < got) {
+      for (let i = n; i < got; i++) bytes -= bufs[i].length;
+      nic.release(bufs.slice(n, got), got - n, q);
+    }
+    sent += n;
+    const now = performance.now();
+    if (now - lastReport > 1000) {
+      lastReport = now;
+      o.onProgress?.(sent, (now - t0) / 1000);
+      await tick();
+    }
+  }
+  // Wait for the device to complete everything queued.
+  const deadline = performance.now() + 5000;
+  const before = nic.stats()[q].txPackets;
+  let done = 0;
+  while (true) {
+    nic.reclaimTx(q);
+    done = nic.stats()[q].txPackets - before;
+    if (done >= sent || performance.now() > deadline) break;
+    await tick();
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  return { sent, bytes, seconds, pps: sent / seconds };
+}
+
+/** Receiver options. */
+export interface RecvOptions {
+  /** Stop after this many valid pvdrv frames (0: run until the timeout). */
+  count: number;
+  /** Stop after this long without traffic (ms). */
+  idleTimeoutMs: number;
+  /** Expected sequence range is [firstSeq, firstSeq + count) (for duplicate detection). */
+  firstSeq?: number;
+  /** Queue pair. */
+  queue?: number;
+  /** Wait for interrupts instead of busy-polling. */
+  interrupts?: boolean;
+  /** Capture every frame. */
+  pcap?: PcapWriter;
+  /** Called with each frame (after verification) — printing, echoing. */
+  onFrame?: (buf: PacketBuffer, check: FrameCheck, seq: number) => void;
+  /** Called every `progressEvery` valid frames (window acks). */
+  onProgress?: (ok: number) => void;
+  /** See onProgress. */
+  progressEvery?: number;
+  /** Ends the loop early when it returns true. */
+  stop?: () => boolean;
+}
+
+/** Receiver result. */
+export interface RecvResult {
+  /** Valid pvdrv frames (each sequence number once). */
+  received: number;
+  /** pvdrv frames with a wrong byte or length. */
+  corrupt: number;
+  /** Other traffic. */
+  foreign: number;
+  /** Sequence numbers seen twice (or outside the range). */
+  duplicate: number;
+  /** Bytes of valid frames. */
+  bytes: number;
+  /** Seconds from first to last frame. */
+  seconds: number;
+  /** Valid frames per second. */
+  pps: number;
+  /** Interrupts waited for. */
+  waits: number;
+}
+
+/** Receive and verify pvdrv test frames. */
+export async function receive(nic: Nic, o: RecvOptions): Promise<RecvResult> {
+  const q = o.queue ?? 0, first = o.firstSeq ?? 0;
+  const seen = new Uint8Array(o.count || 1);
+  const out: PacketBuffer[] = new Array(64);
+  const seqBox = new Uint32Array(1);
+  let ok = 0, corrupt = 0, foreign = 0, dup = 0, bytes = 0, waits = 0, empty = 0;
+  let tFirst = 0, tLast = performance.now();
+  const every = o.progressEvery ?? 0;
+  while ((o.count === 0 || ok < o.count) && !o.stop?.()) {
+    const n = nic.receiveBatch(out, 64, q);
+    if (n === 0) {
+      if (performance.now() - tLast > o.idleTimeoutMs) break;
+      if (o.interrupts) {
+        const left = o.idleTimeoutMs - (performance.now() - tLast);
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const woke = nic.waitRx(q);
+        woke.catch(() => {}); // if the timeout wins and the NIC closes, the abandoned wait rejects
+        await Promise.race([woke, new Promise<void>((r) => timer = setTimeout(r, Math.max(1, left)))]);
+        clearTimeout(timer);
+        waits++;
+      } else if (++empty % 64 === 0) await tick();
+      continue;
+    }
+    tLast = performance.now();
+    if (!tFirst) tFirst = tLast;
+    for (let i = 0; i < n; i++) {
+      const b = out[i];
+      o.pcap?.write(b.data, b.length);
+      const c = checkFrame(b.data, b.length, seqBox);
+      const rel = seqBox[0] - first;
+      if (c === FrameCheck.Foreign) foreign++;
+      else if (c === FrameCheck.Corrupt) corrupt++;
+      else if (o.count && (rel < 0 || rel >= o.count || seen[rel])) dup++;
+      else {
+        if (o.count) seen[rel] = 1;
+        ok++;
+        bytes += b.length;
+        if (every && ok % every === 0) o.onProgress?.(ok);
+      }
+      o.onFrame?.(b, c, seqBox[0]);
+    }
+    nic.release(out, n, q);
+    if (ok % 4096 < n) await tick(); // let I/O (progress pipes, signals) run now and then
+  }
+  const seconds = tFirst ? (tLast - tFirst) / 1000 : 0;
+  return { received: ok, corrupt, foreign, duplicate: dup, bytes, seconds, pps: seconds ? ok / seconds : 0, waits };
+}

@@ -1,0 +1,80 @@
+/** The guest kernel as a peer: runs build/pvpeer (tests/vm/pvpeer.c) on a kernel-driven NIC. */
+import type { Window } from "../../../cli/traffic.ts";
+import { readDevice } from "../../../drivers/pci/sysfs.ts";
+
+const PVPEER = new URL("../../../build/pvpeer", import.meta.url).pathname;
+
+/** Bring up the kernel interface of `pci` and return its name and MAC. */
+export async function kernelInterface(pci: string): Promise<{ name: string; mac: string }> {
+  const name = readDevice(pci).netInterfaces[0];
+  if (!name) throw new Error(`${pci} has no kernel network interface (is virtio_net loaded?)`);
+  const r = await new Deno.Command("ip", { args: ["link", "set", name, "up"] }).output();
+  if (!r.success) throw new Error(`ip link set ${name} up failed`);
+  const mac = Deno.readTextFileSync(`/sys/class/net/${name}/address`).trim();
+  return { name, mac };
+}
+
+/** A running pvpeer. */
+export class Peer {
+  readonly #child: Deno.ChildProcess;
+  readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
+  #progress = 0;
+  #waiters: (() => void)[] = [];
+  #result: Promise<Record<string, number>>;
+  #readyResolve!: () => void;
+  /** Resolves when the peer's socket is open. */
+  readonly ready: Promise<void>;
+
+  /** Start pvpeer with `args`. */
+  constructor(args: string[]) {
+    this.#child = new Deno.Command(PVPEER, { args, stdin: "piped", stdout: "piped", stderr: "inherit" }).spawn();
+    this.#writer = this.#child.stdin.getWriter();
+    this.ready = new Promise((r) => this.#readyResolve = r);
+    if (args[0] === "send" || args[0] === "txrate") this.#readyResolve();
+    this.#result = this.#read();
+  }
+
+  async #read(): Promise<Record<string, number>> {
+    let buf = "", json: Record<string, number> | null = null;
+    const dec = new TextDecoder();
+    for await (const chunk of this.#child.stdout) {
+      buf += dec.decode(chunk, { stream: true });
+      let i;
+      while ((i = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        if (line === "ready") this.#readyResolve();
+        else if (line.startsWith("progress ")) {
+          this.#progress = Number(line.slice(9));
+          for (const w of this.#waiters.splice(0)) w();
+        } else if (line.startsWith("{")) json = JSON.parse(line);
+      }
+    }
+    const st = await this.#child.status;
+    for (const w of this.#waiters.splice(0)) w();
+    if (!st.success || !json) throw new Error(`pvpeer ${st.success ? "printed no result" : `exited ${st.code}`}`);
+    return json;
+  }
+
+  /** Flow control from the peer's "progress N" lines (a receiving peer). */
+  window(size: number): Window {
+    return {
+      size,
+      acked: () => this.#progress,
+      changed: () => new Promise<void>((r) => this.#waiters.push(r)),
+    };
+  }
+
+  /** Tell a sending peer how many frames arrived (it stays within its window of that). */
+  ack(n: number): void {
+    this.#writer.write(new TextEncoder().encode(`${n}\n`)).catch(() => {});
+  }
+
+  /** The peer's final JSON. */
+  async result(): Promise<Record<string, number>> {
+    try {
+      await this.#writer.close();
+    } catch { /* already closed */ }
+    return await this.#result;
+  }
+}

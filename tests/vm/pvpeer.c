@@ -1,0 +1,252 @@
+// pvpeer: the guest kernel's side of pvdrv's VM tests and benchmarks. An AF_PACKET peer on a kernel-driven
+// NIC speaking pvdrv's test frame format (drivers/frames.ts). Built statically on the host, run in the guest.
+//
+//   pvpeer recv IF COUNT TIMEOUT_MS [PROGRESS]         receive and verify COUNT frames; "progress N" lines
+//   pvpeer send IF COUNT MIN MAX DSTMAC [WINDOW]       send COUNT frames (sizes MIN..MAX); with WINDOW, stay at most
+//                                                      WINDOW frames ahead of the acked count read from stdin
+//   pvpeer txrate IF SECONDS SIZE DSTMAC               send as fast as possible (sendmmsg x32), report pps
+//   pvpeer rxrate IF SECONDS                           count pvdrv frames (recvmmsg x32), report pps
+// Results are one JSON line on stdout.
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ETHERTYPE_PVDRV 0x88b5
+#define MAGIC 0x50564452u
+#define BATCH 32
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static void die(const char *what) {
+  fprintf(stderr, "pvpeer: %s: %s\n", what, strerror(errno));
+  exit(2);
+}
+
+static int open_sock(const char *ifname, unsigned char mac[6], int *ifindex) {
+  int s = socket(AF_PACKET, SOCK_RAW, htons(ETHERTYPE_PVDRV));
+  if (s < 0) die("socket(AF_PACKET)");
+  struct ifreq ifr = {0};
+  snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifname);
+  if (ioctl(s, SIOCGIFINDEX, &ifr) < 0) die("SIOCGIFINDEX");
+  *ifindex = ifr.ifr_ifindex;
+  if (ioctl(s, SIOCGIFHWADDR, &ifr) < 0) die("SIOCGIFHWADDR");
+  memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
+  struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = htons(ETHERTYPE_PVDRV), .sll_ifindex = *ifindex};
+  if (bind(s, (struct sockaddr *)&sll, sizeof sll) < 0) die("bind");
+  int big = 8 << 20;
+  setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big);
+  setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof big);
+  return s;
+}
+
+static void write_frame(unsigned char *b, int len, uint32_t seq, const unsigned char *dst, const unsigned char *src) {
+  memcpy(b, dst, 6);
+  memcpy(b + 6, src, 6);
+  b[12] = ETHERTYPE_PVDRV >> 8;
+  b[13] = ETHERTYPE_PVDRV & 0xff;
+  b[14] = (MAGIC >> 24) & 0xff, b[15] = (MAGIC >> 16) & 0xff, b[16] = (MAGIC >> 8) & 0xff, b[17] = MAGIC & 0xff;
+  b[18] = (seq >> 24) & 0xff, b[19] = (seq >> 16) & 0xff, b[20] = (seq >> 8) & 0xff, b[21] = seq & 0xff;
+  b[22] = (len >> 8) & 0xff, b[23] = len & 0xff;
+  for (int i = 24; i < len; i++) b[i] = (seq * 7 + i) & 0xff;
+}
+
+// 1 ok, 0 foreign, -1 corrupt (same rules as checkFrame in drivers/frames.ts)
+static int check_frame(const unsigned char *b, int len, uint32_t *seq) {
+  if (len < 24 || b[12] != (ETHERTYPE_PVDRV >> 8) || b[13] != (ETHERTYPE_PVDRV & 0xff)) return 0;
+  uint32_t m = (uint32_t)b[14] << 24 | b[15] << 16 | b[16] << 8 | b[17];
+  if (m != MAGIC) return 0;
+  *seq = (uint32_t)b[18] << 24 | b[19] << 16 | b[20] << 8 | b[21];
+  int want = b[22] << 8 | b[23];
+  if (want > len || want < 24 || (want != len && len > 60)) return -1;
+  for (int i = 24; i < want; i++)
+    if (b[i] != ((*seq * 7 + i) & 0xff)) return -1;
+  return 1;
+}
+
+static int parse_mac(const char *s, unsigned char m[6]) {
+  return sscanf(s, "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx", &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]) == 6 ? 0 : -1;
+}
+
+static int do_recv(const char *ifn, long count, int timeout_ms, long progress) {
+  unsigned char mac[6];
+  int ifindex, s = open_sock(ifn, mac, &ifindex);
+  unsigned char *seen = calloc(count > 0 ? count : 1, 1);
+  static unsigned char buf[BATCH][2048];
+  struct mmsghdr msgs[BATCH];
+  struct iovec iov[BATCH];
+  long ok = 0, corrupt = 0, foreign = 0, dup = 0, outside = 0, bytes = 0;
+  double t0 = 0, t1 = 0, last = now();
+  printf("ready\n");
+  fflush(stdout);
+  while (ok < count) {
+    struct pollfd p = {.fd = s, .events = POLLIN};
+    int r = poll(&p, 1, 200);
+    if (r < 0 && errno != EINTR) die("poll");
+    if (r <= 0) {
+      if ((now() - last) * 1000 > timeout_ms) break;
+      continue;
+    }
+    for (int i = 0; i < BATCH; i++) {
+      iov[i].iov_base = buf[i], iov[i].iov_len = sizeof buf[i];
+      memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+      msgs[i].msg_hdr.msg_iov = &iov[i], msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    int n = recvmmsg(s, msgs, BATCH, MSG_DONTWAIT, NULL);
+    if (n < 0) continue;
+    last = now();
+    if (!t0) t0 = last;
+    for (int i = 0; i < n; i++) {
+      uint32_t seq;
+      int len = msgs[i].msg_len, c = check_frame(buf[i], len, &seq);
+      if (c == 0) { foreign++; continue; }
+      if (c < 0) { corrupt++; continue; }
+      if (seq >= (uint32_t)count) { outside++; continue; }
+      if (seen[seq]) { dup++; continue; }
+      seen[seq] = 1;
+      ok++;
+      bytes += len;
+      if (progress && ok % progress == 0) { printf("progress %ld\n", ok); fflush(stdout); }
+    }
+    t1 = last;
+  }
+  printf("{\"received\":%ld,\"corrupt\":%ld,\"foreign\":%ld,\"duplicate\":%ld,\"outside\":%ld,\"bytes\":%ld,\"seconds\":%.3f}\n",
+         ok, corrupt, foreign, dup, outside, bytes, t1 - t0);
+  return 0;
+}
+
+static int do_send(const char *ifn, long count, int min, int max, const char *dsts, long window) {
+  unsigned char mac[6], dst[6];
+  int ifindex, s = open_sock(ifn, mac, &ifindex);
+  if (parse_mac(dsts, dst)) { fprintf(stderr, "pvpeer: bad MAC %s\n", dsts); return 2; }
+  static unsigned char buf[BATCH][2048];
+  struct mmsghdr msgs[BATCH];
+  struct iovec iov[BATCH];
+  long sent = 0, acked = 0, bytes = 0;
+  char line[64];
+  int lp = 0;
+  if (window) fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
+  double t0 = now();
+  while (sent < count) {
+    if (window) {
+      // Read acks ("N\n", the peer's received count) without blocking unless the window is full.
+      for (;;) {
+        char c;
+        ssize_t r = read(0, &c, 1);
+        if (r == 1) {
+          if (c == '\n') { line[lp] = 0; acked = atol(line); lp = 0; }
+          else if (lp < 63) line[lp++] = c;
+          continue;
+        }
+        if (r == 0) { window = 0; break; }  // stdin closed: no more flow control
+        if (sent - acked < window) break;
+        struct pollfd p = {.fd = 0, .events = POLLIN};
+        poll(&p, 1, 100);
+      }
+    }
+    int n = 0;
+    while (n < BATCH && sent + n < count && (!window || sent + n - acked < window)) {
+      long k = sent + n;
+      int len = min + (int)((k * 149) % (max - min + 1));
+      write_frame(buf[n], len, (uint32_t)k, dst, mac);
+      iov[n].iov_base = buf[n], iov[n].iov_len = len;
+      memset(&msgs[n].msg_hdr, 0, sizeof msgs[n].msg_hdr);
+      msgs[n].msg_hdr.msg_iov = &iov[n], msgs[n].msg_hdr.msg_iovlen = 1;
+      bytes += len;
+      n++;
+    }
+    if (!n) continue;
+    int r = sendmmsg(s, msgs, n, 0);
+    if (r < 0) {
+      if (errno == ENOBUFS || errno == EAGAIN) { usleep(100); continue; }
+      die("sendmmsg");
+    }
+    for (int i = r; i < n; i++) bytes -= iov[i].iov_len;
+    sent += r;
+  }
+  printf("{\"sent\":%ld,\"bytes\":%ld,\"seconds\":%.3f}\n", sent, bytes, now() - t0);
+  return 0;
+}
+
+static int do_txrate(const char *ifn, double seconds, int size, const char *dsts) {
+  unsigned char mac[6], dst[6];
+  int ifindex, s = open_sock(ifn, mac, &ifindex);
+  if (parse_mac(dsts, dst)) { fprintf(stderr, "pvpeer: bad MAC %s\n", dsts); return 2; }
+  static unsigned char buf[BATCH][2048];
+  struct mmsghdr msgs[BATCH];
+  struct iovec iov[BATCH];
+  for (int i = 0; i < BATCH; i++) {
+    write_frame(buf[i], size, i, dst, mac);
+    iov[i].iov_base = buf[i], iov[i].iov_len = size;
+    memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+    msgs[i].msg_hdr.msg_iov = &iov[i], msgs[i].msg_hdr.msg_iovlen = 1;
+  }
+  long sent = 0;
+  struct timespec c0, c1;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+  double t0 = now(), t;
+  while ((t = now()) - t0 < seconds) {
+    int r = sendmmsg(s, msgs, BATCH, 0);
+    if (r > 0) sent += r;
+  }
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+  double cpu = (c1.tv_sec - c0.tv_sec) + (c1.tv_nsec - c0.tv_nsec) / 1e9;
+  printf("{\"sent\":%ld,\"seconds\":%.3f,\"pps\":%.0f,\"cpuSeconds\":%.3f}\n", sent, t - t0, sent / (t - t0), cpu);
+  return 0;
+}
+
+static int do_rxrate(const char *ifn, double seconds) {
+  unsigned char mac[6];
+  int ifindex, s = open_sock(ifn, mac, &ifindex);
+  static unsigned char buf[BATCH][2048];
+  struct mmsghdr msgs[BATCH];
+  struct iovec iov[BATCH];
+  for (int i = 0; i < BATCH; i++) {
+    iov[i].iov_base = buf[i], iov[i].iov_len = sizeof buf[i];
+    memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+    msgs[i].msg_hdr.msg_iov = &iov[i], msgs[i].msg_hdr.msg_iovlen = 1;
+  }
+  printf("ready\n");
+  fflush(stdout);
+  long got = 0;
+  double t0 = 0, t1 = 0, start = now();
+  while (now() - start < seconds + 5) {
+    struct timespec to = {0, 200 * 1000 * 1000};
+    int n = recvmmsg(s, msgs, BATCH, MSG_WAITFORONE, &to);
+    if (n <= 0) { if (t0 && now() - t1 > 0.5) break; continue; }
+    t1 = now();
+    if (!t0) t0 = t1;
+    got += n;
+    if (t1 - t0 >= seconds) break;
+  }
+  printf("{\"received\":%ld,\"seconds\":%.3f,\"pps\":%.0f}\n", got, t1 - t0, t1 > t0 ? got / (t1 - t0) : 0.0);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  if (argc >= 5 && !strcmp(argv[1], "recv")) return do_recv(argv[2], atol(argv[3]), atoi(argv[4]), argc > 5 ? atol(argv[5]) : 0);
+  if (argc >= 7 && !strcmp(argv[1], "send"))
+    return do_send(argv[2], atol(argv[3]), atoi(argv[4]), atoi(argv[5]), argv[6], argc > 7 ? atol(argv[7]) : 0);
+  if (argc == 6 && !strcmp(argv[1], "txrate")) return do_txrate(argv[2], atof(argv[3]), atoi(argv[4]), argv[5]);
+  if (argc == 4 && !strcmp(argv[1], "rxrate")) return do_rxrate(argv[2], atof(argv[3]));
+  fprintf(stderr, "usage: pvpeer recv IF COUNT TIMEOUT_MS [PROGRESS] | send IF COUNT MIN MAX DSTMAC [WINDOW] |\n"
+                  "       txrate IF SECONDS SIZE DSTMAC | rxrate IF SECONDS\n");
+  return 2;
+}
