@@ -7,7 +7,9 @@ import { UsageError } from "./common.ts";
 
 /** The one positional NIC name. */
 export function nicArg(positionals: string[]): string {
-  if (positionals.length !== 1) throw new UsageError("expected exactly one NIC (a PCI address such as 0000:00:04.0)");
+  if (positionals.length !== 1) {
+    throw new UsageError("expected exactly one NIC (a PCI address such as 0000:00:04.0)");
+  }
   return positionals[0];
 }
 

@@ -57,7 +57,9 @@ await runMain(USAGE, async () => {
       onProgress: (ok) => {
         const now = performance.now();
         if (now - last > 1000 && !values.print) {
-          Deno.stderr.writeSync(enc.encode(`\rreceived ${ok} (${((ok - lastOk) / (now - last)).toFixed(1)} kpps)   `));
+          Deno.stderr.writeSync(
+            enc.encode(`\rreceived ${ok} (${((ok - lastOk) / (now - last)).toFixed(1)} kpps)   `),
+          );
           last = now;
           lastOk = ok;
         }
@@ -66,8 +68,14 @@ await runMain(USAGE, async () => {
         ? (b, c, seq) => {
           const d = b.data;
           const type = ((d[12] << 8) | d[13]).toString(16).padStart(4, "0");
-          const what = c === FrameCheck.Ok ? `pvdrv seq ${seq}` : c === FrameCheck.Corrupt ? `pvdrv CORRUPT` : `type 0x${type}`;
-          console.log(`${macToString(d.subarray(6, 12))} > ${macToString(d.subarray(0, 6))} len ${b.length} ${what}`);
+          const what = c === FrameCheck.Ok
+            ? `pvdrv seq ${seq}`
+            : c === FrameCheck.Corrupt
+            ? `pvdrv CORRUPT`
+            : `type 0x${type}`;
+          console.log(
+            `${macToString(d.subarray(6, 12))} > ${macToString(d.subarray(0, 6))} len ${b.length} ${what}`,
+          );
         }
         : undefined,
     });

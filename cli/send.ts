@@ -41,7 +41,9 @@ await runMain(USAGE, async () => {
     const m = values.sizes.match(/^(\d+)-(\d+)$/);
     if (!m) throw new UsageError(`--sizes must look like 60-1514, got '${values.sizes}'`);
     [min, max] = [Number(m[1]), Number(m[2])];
-    if (min < 60 || max > 1514 || min > max) throw new UsageError("--sizes must be within 60-1514, MIN <= MAX");
+    if (min < 60 || max > 1514 || min > max) {
+      throw new UsageError("--sizes must be within 60-1514, MIN <= MAX");
+    }
   }
   const rate = intArg("rate", values.rate, 0, 1, 100_000_000);
   const batch = intArg("batch", values.batch, 32, 1, 256);
@@ -55,7 +57,9 @@ await runMain(USAGE, async () => {
   const nic = openNic(name, { irq: irqArg(values.irq), queues: queue + 1 });
   onSignals(() => nic.close());
   try {
-    if (queue >= nic.queues) throw new UsageError(`--queue ${queue}: the device has ${nic.queues} queue pair(s)`);
+    if (queue >= nic.queues) {
+      throw new UsageError(`--queue ${queue}: the device has ${nic.queues} queue pair(s)`);
+    }
     if (max > nic.maxFrame) throw new UsageError(`frames above ${nic.maxFrame} bytes do not fit this NIC`);
     const r = await generate(nic, {
       count,
@@ -65,11 +69,18 @@ await runMain(USAGE, async () => {
       batch,
       rate,
       queue,
-      onProgress: (sent, s) => Deno.stderr.writeSync(new TextEncoder().encode(`\rsent ${sent} (${(sent / s / 1000).toFixed(1)} kpps)   `)),
+      onProgress: (sent, s) =>
+        Deno.stderr.writeSync(
+          new TextEncoder().encode(`\rsent ${sent} (${(sent / s / 1000).toFixed(1)} kpps)   `),
+        ),
     });
     const summary = { nic: nic.name, ...r, stats: totalStats(nic.stats()) };
     if (values.json) console.log(JSON.stringify(summary));
-    else console.log(`\nsent ${r.sent} frames, ${r.bytes} bytes in ${r.seconds.toFixed(2)} s: ${(r.pps / 1000).toFixed(1)} kpps`);
+    else {console.log(
+        `\nsent ${r.sent} frames, ${r.bytes} bytes in ${r.seconds.toFixed(2)} s: ${
+          (r.pps / 1000).toFixed(1)
+        } kpps`,
+      );}
   } finally {
     nic.close();
   }

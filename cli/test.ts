@@ -73,7 +73,9 @@ async function vm(filter?: string): Promise<{ ok: boolean; t: Tally }> {
       const h = host.reflected;
       const good = h.valid === expect.valid && h.corrupt === 0 && h.sendErrors === 0;
       console.log(
-        `host peer: ${good ? "ok" : "FAILED"} — verified ${h.valid} of ${expect.valid} frames from the guest, ` +
+        `host peer: ${
+          good ? "ok" : "FAILED"
+        } — verified ${h.valid} of ${expect.valid} frames from the guest, ` +
           `${h.corrupt} corrupt, ${h.foreign} other, ${h.sendErrors} send errors`,
       );
       if (good) t.passed++;

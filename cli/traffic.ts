@@ -86,7 +86,9 @@ export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
           last = w.acked();
           since = performance.now();
         } else if (performance.now() - since > stall) {
-          throw new Error(`the receiver stopped acknowledging: ${w.acked()} of ${sent} frames confirmed for ${stall} ms`);
+          throw new Error(
+            `the receiver stopped acknowledging: ${w.acked()} of ${sent} frames confirmed for ${stall} ms`,
+          );
         }
       }
       room = Math.min(room, o.window.size - (sent - o.window.acked()));
@@ -227,5 +229,14 @@ export async function receive(nic: Nic, o: RecvOptions): Promise<RecvResult> {
     if (ok % 4096 < n) await tick(); // let I/O (progress pipes, signals) run now and then
   }
   const seconds = tFirst ? (tLast - tFirst) / 1000 : 0;
-  return { received: ok, corrupt, foreign, duplicate: dup, bytes, seconds, pps: seconds ? ok / seconds : 0, waits };
+  return {
+    received: ok,
+    corrupt,
+    foreign,
+    duplicate: dup,
+    bytes,
+    seconds,
+    pps: seconds ? ok / seconds : 0,
+    waits,
+  };
 }

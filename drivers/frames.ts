@@ -17,8 +17,16 @@ export function patternByte(seq: number, i: number): number {
 }
 
 /** Fill `buf[0..len)` with frame `seq` from `src` to `dst`. */
-export function writeFrame(buf: Uint8Array, len: number, seq: number, dst: Uint8Array, src: Uint8Array): void {
-  if (len < MIN_FRAME || len > buf.length) throw new RangeError(`frame length ${len} outside ${MIN_FRAME}..${buf.length}`);
+export function writeFrame(
+  buf: Uint8Array,
+  len: number,
+  seq: number,
+  dst: Uint8Array,
+  src: Uint8Array,
+): void {
+  if (len < MIN_FRAME || len > buf.length) {
+    throw new RangeError(`frame length ${len} outside ${MIN_FRAME}..${buf.length}`);
+  }
   buf.set(dst, 0);
   buf.set(src, 6);
   buf[12] = PVDRV_ETHERTYPE >> 8;
@@ -48,8 +56,12 @@ export const enum FrameCheck {
 
 /** Check `buf[0..len)`; the sequence number of a pvdrv frame is left in `seqOut[0]`. */
 export function checkFrame(buf: Uint8Array, len: number, seqOut: Uint32Array): FrameCheck {
-  if (len < MIN_FRAME || buf[12] !== PVDRV_ETHERTYPE >> 8 || buf[13] !== (PVDRV_ETHERTYPE & 0xff)) return FrameCheck.Foreign;
-  if (((buf[14] << 24) | (buf[15] << 16) | (buf[16] << 8) | buf[17]) >>> 0 !== MAGIC) return FrameCheck.Foreign;
+  if (len < MIN_FRAME || buf[12] !== PVDRV_ETHERTYPE >> 8 || buf[13] !== (PVDRV_ETHERTYPE & 0xff)) {
+    return FrameCheck.Foreign;
+  }
+  if (((buf[14] << 24) | (buf[15] << 16) | (buf[16] << 8) | buf[17]) >>> 0 !== MAGIC) {
+    return FrameCheck.Foreign;
+  }
   const seq = ((buf[18] << 24) | (buf[19] << 16) | (buf[20] << 8) | buf[21]) >>> 0;
   seqOut[0] = seq;
   // Ethernet pads short frames to 60 bytes: the length field says how many are ours.

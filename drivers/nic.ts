@@ -34,7 +34,16 @@ export interface QueueStats {
 
 /** A fresh zeroed {@link QueueStats}. */
 export function emptyStats(): QueueStats {
-  return { rxPackets: 0, rxBytes: 0, rxDropped: 0, txPackets: 0, txBytes: 0, txErrors: 0, notifications: 0, interrupts: 0 };
+  return {
+    rxPackets: 0,
+    rxBytes: 0,
+    rxDropped: 0,
+    txPackets: 0,
+    txBytes: 0,
+    txErrors: 0,
+    notifications: 0,
+    interrupts: 0,
+  };
 }
 
 /** Sum per-queue stats. */

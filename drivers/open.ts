@@ -26,7 +26,12 @@ export function openNic(name: string, opts: OpenOptions = {}): Nic {
     if (irq === "msix" && !pci.irqKinds().includes("msix")) {
       throw new Error(`${addr} opened through ${pci.access} cannot deliver MSI-X: use --irq intx or poll`);
     }
-    return VirtioNet.open(pci, { irq, queuePairs: opts.queues, promiscuous: opts.promiscuous, ownsPci: true });
+    return VirtioNet.open(pci, {
+      irq,
+      queuePairs: opts.queues,
+      promiscuous: opts.promiscuous,
+      ownsPci: true,
+    });
   } catch (e) {
     pci.close();
     throw e;

@@ -49,8 +49,16 @@ export class PacketPool {
   readonly #state: Uint8Array;
 
   /** `count` slots of `slotSize` bytes with `headroom` bytes before each frame, in `region`. */
-  constructor(readonly name: string, readonly region: DmaRegion, count: number, readonly slotSize: number, readonly headroom: number) {
-    if (count * slotSize > region.size) throw new RangeError(`${name}: ${count} x ${slotSize} bytes exceed the region`);
+  constructor(
+    readonly name: string,
+    readonly region: DmaRegion,
+    count: number,
+    readonly slotSize: number,
+    readonly headroom: number,
+  ) {
+    if (count * slotSize > region.size) {
+      throw new RangeError(`${name}: ${count} x ${slotSize} bytes exceed the region`);
+    }
     if (slotSize % 4 !== 0) throw new RangeError("slot size must be a multiple of 4");
     this.bytes = region.bytes;
     this.u16 = new Uint16Array(region.bytes.buffer, region.bytes.byteOffset, region.bytes.byteLength >> 1);
@@ -95,7 +103,9 @@ export class PacketPool {
   /** Check that the application holds `b` (from this pool) before it goes to the device. */
   toDevice(b: PacketBuffer): void {
     if (b.pool !== this) throw new Error(`${this.name}: buffer belongs to pool ${b.pool.name}`);
-    if (this.#state[b.index] !== APP) throw new Error(`${this.name}: buffer ${b.index} is not held by the application`);
+    if (this.#state[b.index] !== APP) {
+      throw new Error(`${this.name}: buffer ${b.index} is not held by the application`);
+    }
     this.#state[b.index] = DEVICE;
   }
 

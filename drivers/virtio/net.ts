@@ -94,7 +94,11 @@ export class VirtioNet implements Nic {
     const cfg = pci.parseConfig();
     const isNet = (cfg.deviceId === 0x1041) || (cfg.deviceId === 0x1000 && cfg.subsystemId === 1);
     if (cfg.vendorId !== 0x1af4 || !isNet) {
-      throw new VirtioError(`${pci.address} (${cfg.vendorId.toString(16)}:${cfg.deviceId.toString(16)}) is not a virtio-net device`);
+      throw new VirtioError(
+        `${pci.address} (${cfg.vendorId.toString(16)}:${
+          cfg.deviceId.toString(16)
+        }) is not a virtio-net device`,
+      );
     }
     const wantPairs = opts.queuePairs ?? 1;
     let irqs: IrqSource[] = [];
@@ -115,7 +119,10 @@ export class VirtioNet implements Nic {
       try {
         this.features = negotiate(t, wanted, required);
       } catch (e) {
-        if (pci.access === "vfio" && /required/.test((e as Error).message) && !(t.deviceFeatures() & F.ACCESS_PLATFORM)) {
+        if (
+          pci.access === "vfio" && /required/.test((e as Error).message) &&
+          !(t.deviceFeatures() & F.ACCESS_PLATFORM)
+        ) {
           throw new VirtioError(
             `${pci.address} does not offer VIRTIO_F_ACCESS_PLATFORM, so it would bypass the IOMMU: ` +
               `give QEMU iommu_platform=on for this device, or use UIO`,
@@ -128,13 +135,15 @@ export class VirtioNet implements Nic {
       const dc = t.deviceConfig;
       // virtio_net_config (virtio 1.2 §5.1.4): mac[6], status u16, max_virtqueue_pairs u16, mtu u16.
       this.mac = new Uint8Array(6);
-      if (f & NET_F.MAC) for (let i = 0; i < 6; i++) this.mac[i] = dc.read8(i);
+      if (f & NET_F.MAC) { for (let i = 0; i < 6; i++) this.mac[i] = dc.read8(i); }
       else {
         crypto.getRandomValues(this.mac);
         this.mac[0] = (this.mac[0] & 0xfe) | 0x02; // locally administered unicast
       }
       const maxPairs = f & NET_F.MQ ? dc.read16(8) : 1;
-      if (maxPairs < 1 || maxPairs > 0x8000) throw new VirtioError(`device reports max_virtqueue_pairs ${maxPairs}`);
+      if (maxPairs < 1 || maxPairs > 0x8000) {
+        throw new VirtioError(`device reports max_virtqueue_pairs ${maxPairs}`);
+      }
       const mtu = f & NET_F.MTU ? dc.read16(10) : 1500;
       if (mtu < 68) throw new VirtioError(`device reports MTU ${mtu}`);
       this.maxFrame = Math.min(SLOT - this.hdrLen, mtu + 18);
@@ -142,16 +151,21 @@ export class VirtioNet implements Nic {
       const pairs = Math.min(wantPairs, maxPairs);
       this.queues = pairs;
       this.name = `virtio-net ${pci.address}`;
-      if (this.#irqMode === "msix" && t.setConfigVector(0) !== 0) throw new VirtioError("device refused MSI-X vector 0 for config");
+      if (this.#irqMode === "msix" && t.setConfigVector(0) !== 0) {
+        throw new VirtioError("device refused MSI-X vector 0 for config");
+      }
 
       const eventIdx = (f & F.RING_EVENT_IDX) !== 0n;
       const numQueues = t.numQueues();
       const setup = (q: number, vector: number): SplitQueue => {
-        if (numQueues && q >= numQueues) throw new VirtioError(`device has ${numQueues} queues, needs queue ${q}`);
+        if (numQueues && q >= numQueues) {
+          throw new VirtioError(`device has ${numQueues} queues, needs queue ${q}`);
+        }
         const max = t.queueMaxSize(q);
         if (max === 0) throw new VirtioError(`queue ${q} is not available`);
         let size = t.legacy ? max : Math.min(max, opts.queueSize ?? 256);
-        if (!t.legacy) while (size & (size - 1)) size &= size - 1; // largest power of two not above
+        if (!t.legacy) { while (size & (size - 1)) size &= size - 1; // largest power of two not above
+         }
         const vq = new SplitQueue(pci.dma, q, size, eventIdx, t.notifier(q));
         t.setupQueue(q, size, vq.addresses, vector);
         return vq;
@@ -159,8 +173,20 @@ export class VirtioNet implements Nic {
       for (let i = 0; i < pairs; i++) {
         const rxVector = this.#irqMode === "msix" ? 1 + i : NO_VECTOR;
         const rx = setup(2 * i, rxVector), tx = setup(2 * i + 1, NO_VECTOR);
-        const rxPool = new PacketPool(`rx${i}`, pci.dma.alloc(2 * rx.size * SLOT), 2 * rx.size, SLOT, this.hdrLen);
-        const txPool = new PacketPool(`tx${i}`, pci.dma.alloc(2 * tx.size * SLOT), 2 * tx.size, SLOT, this.hdrLen);
+        const rxPool = new PacketPool(
+          `rx${i}`,
+          pci.dma.alloc(2 * rx.size * SLOT),
+          2 * rx.size,
+          SLOT,
+          this.hdrLen,
+        );
+        const txPool = new PacketPool(
+          `tx${i}`,
+          pci.dma.alloc(2 * tx.size * SLOT),
+          2 * tx.size,
+          SLOT,
+          this.hdrLen,
+        );
         this.#pairs.push({
           rx,
           tx,
@@ -180,9 +206,13 @@ export class VirtioNet implements Nic {
         this.#ctrl.disableInterrupts();
         this.#ctrlMem = pci.dma.alloc(4096);
       }
-      t.setStatus(STATUS.ACKNOWLEDGE | STATUS.DRIVER | (t.legacy ? 0 : STATUS.FEATURES_OK) | STATUS.DRIVER_OK);
+      t.setStatus(
+        STATUS.ACKNOWLEDGE | STATUS.DRIVER | (t.legacy ? 0 : STATUS.FEATURES_OK) | STATUS.DRIVER_OK,
+      );
       this.#live = true;
-      if (t.status() & STATUS.DEVICE_NEEDS_RESET) throw new VirtioError("device needs reset right after DRIVER_OK");
+      if (t.status() & STATUS.DEVICE_NEEDS_RESET) {
+        throw new VirtioError("device needs reset right after DRIVER_OK");
+      }
       for (let i = 0; i < pairs; i++) this.#refill(this.#pairs[i]);
       if (pairs > 1) this.#command(CTRL_MQ, CTRL_MQ_VQ_PAIRS_SET, new Uint8Array([pairs & 0xff, pairs >> 8]));
       if (opts.promiscuous) this.setPromiscuous(true);
@@ -215,7 +245,9 @@ export class VirtioNet implements Nic {
   /** Throws when the device signalled DEVICE_NEEDS_RESET or a queue broke. */
   checkHealth(): void {
     const st = this.#t.status();
-    if (st & STATUS.DEVICE_NEEDS_RESET) throw new VirtioError(`${this.name}: device needs reset (status 0x${st.toString(16)})`);
+    if (st & STATUS.DEVICE_NEEDS_RESET) {
+      throw new VirtioError(`${this.name}: device needs reset (status 0x${st.toString(16)})`);
+    }
     for (const p of this.#pairs) {
       if (p.rx.broken) throw p.rx.broken;
       if (p.tx.broken) throw p.tx.broken;
@@ -347,7 +379,9 @@ export class VirtioNet implements Nic {
 
   async waitRx(queue = 0): Promise<void> {
     const p = this.#pair(queue);
-    if (!p.irq) throw new Error(`${this.name} was opened in polling mode: open it with irq "msix" or "intx" to wait`);
+    if (!p.irq) {
+      throw new Error(`${this.name} was opened in polling mode: open it with irq "msix" or "intx" to wait`);
+    }
     if (p.rx.enableInterrupts()) {
       p.rx.disableInterrupts();
       return;
@@ -375,16 +409,24 @@ export class VirtioNet implements Nic {
     mem.bytes.set(data, 2);
     mem.bytes[2048] = 0xff;
     const a = mem.deviceAddress;
-    const head = vq.addChain([{ addr: a, len: 2 + data.length, write: false }, { addr: a + 2048, len: 1, write: true }]);
+    const head = vq.addChain([{ addr: a, len: 2 + data.length, write: false }, {
+      addr: a + 2048,
+      len: 1,
+      write: true,
+    }]);
     if (head < 0) throw new VirtioError("control queue full");
     vq.kick();
     const deadline = performance.now() + 2000;
     while (vq.pending() === 0) {
-      if (performance.now() > deadline) throw new VirtioError(`${this.name}: control command ${cls}/${cmd} timed out`);
+      if (performance.now() > deadline) {
+        throw new VirtioError(`${this.name}: control command ${cls}/${cmd} timed out`);
+      }
     }
     vq.popUsed();
     const ack = mem.bytes[2048];
-    if (ack !== CTRL_OK) throw new VirtioError(`${this.name}: device rejected control command ${cls}/${cmd} (ack ${ack})`);
+    if (ack !== CTRL_OK) {
+      throw new VirtioError(`${this.name}: device rejected control command ${cls}/${cmd} (ack ${ack})`);
+    }
   }
 
   /** Promiscuous mode (needs CTRL_RX). */
@@ -420,7 +462,9 @@ export class VirtioNet implements Nic {
 
   /** Change the device's MAC (needs CTRL_MAC_ADDR). */
   setMac(mac: Uint8Array): void {
-    if (!(this.features & NET_F.CTRL_MAC_ADDR)) throw new VirtioError(`${this.name}: device has no CTRL_MAC_ADDR`);
+    if (!(this.features & NET_F.CTRL_MAC_ADDR)) {
+      throw new VirtioError(`${this.name}: device has no CTRL_MAC_ADDR`);
+    }
     this.#command(CTRL_MAC, CTRL_MAC_ADDR_SET, mac);
     this.mac.set(mac);
   }

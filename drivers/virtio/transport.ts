@@ -71,7 +71,9 @@ function waitReset(read: () => number, what: string): void {
   // virtio 1.2 §4.1.4.3.2: after writing 0 the driver waits for device_status to read 0.
   const deadline = performance.now() + 2000;
   while (read() !== 0) {
-    if (performance.now() > deadline) throw new VirtioError(`${what}: device did not finish reset within 2 s`);
+    if (performance.now() > deadline) {
+      throw new VirtioError(`${what}: device did not finish reset within 2 s`);
+    }
   }
 }
 
@@ -112,7 +114,9 @@ export class ModernTransport implements VirtioTransport {
     const cfg = pci.parseConfig();
     const find = (t: number, name: string) => {
       const c = cfg.virtio.find((v) => v.type === t);
-      if (!c) throw new VirtioError(`${pci.address}: no virtio ${name} capability: not a modern virtio device`);
+      if (!c) {
+        throw new VirtioError(`${pci.address}: no virtio ${name} capability: not a modern virtio device`);
+      }
       checkCapInBar(c, pci.barSize(c.bar));
       return c;
     };
@@ -120,7 +124,9 @@ export class ModernTransport implements VirtioTransport {
     const notify = find(VIRTIO_PCI_CAP.NOTIFY, "notify");
     const isr = find(VIRTIO_PCI_CAP.ISR, "ISR");
     const dev = find(VIRTIO_PCI_CAP.DEVICE, "device");
-    if (common.length < 0x38) throw new VirtioError(`${pci.address}: common config too short (${common.length})`);
+    if (common.length < 0x38) {
+      throw new VirtioError(`${pci.address}: common config too short (${common.length})`);
+    }
     this.common = new SubRegion(pci.bar(common.bar), common.offset, common.length, "virtio common");
     this.isr = new SubRegion(pci.bar(isr.bar), isr.offset, Math.max(isr.length, 1), "virtio isr");
     this.deviceConfig = new SubRegion(pci.bar(dev.bar), dev.offset, dev.length, "virtio device config");
@@ -177,7 +183,9 @@ export class ModernTransport implements VirtioTransport {
     this.common.write16(C.Q_SELECT, q);
     const off = this.#notifyBase + this.common.read16(C.Q_NOFF) * this.#mult;
     if (off + 2 > this.#notifyBase + this.#notifyLen) {
-      throw new VirtioError(`${this.pci.address}: queue ${q} notify offset 0x${off.toString(16)} outside the notify structure`);
+      throw new VirtioError(
+        `${this.pci.address}: queue ${q} notify offset 0x${off.toString(16)} outside the notify structure`,
+      );
     }
     const bar = this.#notifyBar;
     return () => bar.write16(off, q);
@@ -223,11 +231,15 @@ export class LegacyTransport implements VirtioTransport {
   /** Uses BAR0 (an I/O BAR) of `pci`; `msix` when MSI-X is enabled (it moves the device config to 0x18). */
   constructor(readonly pci: PciFunction, msix = false) {
     const cfg = pci.parseConfig();
-    if (!(cfg.bars[0] & 1)) throw new VirtioError(`${pci.address}: BAR0 is not an I/O BAR: not a legacy virtio device`);
+    if (!(cfg.bars[0] & 1)) {
+      throw new VirtioError(`${pci.address}: BAR0 is not an I/O BAR: not a legacy virtio device`);
+    }
     this.io = pci.bar(0);
     this.#msix = msix;
     const devOff = msix ? 0x18 : 0x14;
-    if (this.io.size <= devOff) throw new VirtioError(`${pci.address}: legacy BAR0 too small (${this.io.size})`);
+    if (this.io.size <= devOff) {
+      throw new VirtioError(`${pci.address}: legacy BAR0 too small (${this.io.size})`);
+    }
     this.deviceConfig = new SubRegion(this.io, devOff, this.io.size - devOff, "virtio legacy device config");
   }
   reset(): void {
@@ -258,7 +270,9 @@ export class LegacyTransport implements VirtioTransport {
     this.io.write16(L.QUEUE_SEL, q);
     const fixed = this.io.read16(L.QUEUE_NUM);
     if (size !== fixed) throw new VirtioError(`legacy queue ${q} has fixed size ${fixed}, asked ${size}`);
-    if (a.desc % 4096 !== 0 || a.desc / 4096 > 0xffffffff) throw new VirtioError("legacy queue address must be a 4 KiB page below 2^44");
+    if (a.desc % 4096 !== 0 || a.desc / 4096 > 0xffffffff) {
+      throw new VirtioError("legacy queue address must be a 4 KiB page below 2^44");
+    }
     if (this.#msix) {
       this.io.write16(L.MSIX_QUEUE, msixVector);
       if (msixVector !== NO_VECTOR && this.io.read16(L.MSIX_QUEUE) !== msixVector) {
@@ -286,7 +300,11 @@ export class LegacyTransport implements VirtioTransport {
 }
 
 /** Pick the transport for a PCI function: modern capabilities when present, else the legacy I/O BAR. */
-export function openTransport(pci: PciFunction, prefer: "modern" | "legacy" | "auto" = "auto", msix = false): VirtioTransport {
+export function openTransport(
+  pci: PciFunction,
+  prefer: "modern" | "legacy" | "auto" = "auto",
+  msix = false,
+): VirtioTransport {
   const cfg = pci.parseConfig();
   const hasModern = cfg.virtio.some((v) => v.type === VIRTIO_PCI_CAP.COMMON);
   const hasLegacy = (cfg.bars[0] & 1) === 1;

@@ -77,7 +77,13 @@ export class SplitQueue {
   notifications = 0;
 
   /** Allocate a queue of `size` entries from `dma`. */
-  constructor(dma: DmaAllocator, readonly index: number, size: number, eventIdx: boolean, readonly notify: () => void) {
+  constructor(
+    dma: DmaAllocator,
+    readonly index: number,
+    size: number,
+    eventIdx: boolean,
+    readonly notify: () => void,
+  ) {
     if (!(size >= 2 && size <= 32768 && (size & (size - 1)) === 0)) {
       throw new VirtqueueError(`queue ${index}: size ${size} is not a power of two in 2..32768`);
     }
@@ -159,7 +165,13 @@ export class SplitQueue {
     const ids = segs.map(() => this.#free[--this.#nfree]);
     segs.forEach((s, k) => {
       const last = k === segs.length - 1;
-      this.#setDesc(ids[k], s.addr, s.len, (s.write ? DESC_F_WRITE : 0) | (last ? 0 : DESC_F_NEXT), last ? 0 : ids[k + 1]);
+      this.#setDesc(
+        ids[k],
+        s.addr,
+        s.len,
+        (s.write ? DESC_F_WRITE : 0) | (last ? 0 : DESC_F_NEXT),
+        last ? 0 : ids[k + 1],
+      );
       this.#next[ids[k]] = last ? 0 : ids[k + 1];
       if (s.write) cap += s.len;
     });
@@ -193,7 +205,9 @@ export class SplitQueue {
     const idx = Atomics.load(this.#used16, 1);
     const n = (idx - this.#lastUsed) & 0xffff;
     if (n > this.#inFlight) {
-      this.#fail(`device moved used.idx from ${this.#lastUsed} to ${idx} with only ${this.#inFlight} buffers outstanding`);
+      this.#fail(
+        `device moved used.idx from ${this.#lastUsed} to ${idx} with only ${this.#inFlight} buffers outstanding`,
+      );
     }
     return n;
   }
@@ -205,7 +219,9 @@ export class SplitQueue {
     if (id >= this.size || this.#owned[id] === 0) {
       this.#fail(`device returned descriptor id ${id}, which it does not own`);
     }
-    if (len > this.#cap[id]) this.#fail(`device wrote ${len} bytes into a ${this.#cap[id]}-byte buffer (id ${id})`);
+    if (len > this.#cap[id]) {
+      this.#fail(`device wrote ${len} bytes into a ${this.#cap[id]}-byte buffer (id ${id})`);
+    }
     this.#owned[id] = 0;
     this.#inFlight--;
     let d = id;

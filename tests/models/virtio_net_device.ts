@@ -86,9 +86,11 @@ export class VirtioNetModel {
 
   constructor(opts: ModelOptions = {}) {
     this.#opts = opts;
-    this.offered = opts.features ?? (F.VERSION_1 | F.ACCESS_PLATFORM | F.RING_EVENT_IDX | NET_F.MAC | NET_F.STATUS |
-      NET_F.MRG_RXBUF | NET_F.CSUM | NET_F.GUEST_CSUM | NET_F.CTRL_VQ | NET_F.CTRL_RX | NET_F.MQ | NET_F.MTU |
-      NET_F.CTRL_MAC_ADDR);
+    this.offered = opts.features ??
+      (F.VERSION_1 | F.ACCESS_PLATFORM | F.RING_EVENT_IDX | NET_F.MAC | NET_F.STATUS |
+        NET_F.MRG_RXBUF | NET_F.CSUM | NET_F.GUEST_CSUM | NET_F.CTRL_VQ | NET_F.CTRL_RX | NET_F.MQ |
+        NET_F.MTU |
+        NET_F.CTRL_MAC_ADDR);
     this.maxPairs = opts.maxPairs ?? 4;
     this.autoProcess = opts.autoProcess ?? true;
     const nq = 2 * this.maxPairs + 1;
@@ -113,7 +115,17 @@ export class VirtioNetModel {
   }
 
   #newQ(max: number): Q {
-    return { size: max, max, desc: 0, driver: 0, device: 0, enabled: false, vector: 0xffff, lastAvail: 0, used: 0 };
+    return {
+      size: max,
+      max,
+      desc: 0,
+      driver: 0,
+      device: 0,
+      enabled: false,
+      vector: 0xffff,
+      lastAvail: 0,
+      used: 0,
+    };
   }
 
   #buildConfig(): ModelRegion {
@@ -194,7 +206,11 @@ export class VirtioNetModel {
       const q = this.#queues[this.#qsel];
       switch (off - COMMON) {
         case 0x04:
-          return this.#dfSelect === 0 ? Number(this.offered & 0xffffffffn) : this.#dfSelect === 1 ? Number(this.offered >> 32n) : 0;
+          return this.#dfSelect === 0
+            ? Number(this.offered & 0xffffffffn)
+            : this.#dfSelect === 1
+            ? Number(this.offered >> 32n)
+            : 0;
         case 0x10:
           return this.#msixConfig;
         case 0x12:
@@ -243,7 +259,9 @@ export class VirtioNetModel {
         break;
       case 0x0c:
         if (this.#gfSelect === 0) this.driverFeatures = (this.driverFeatures & ~0xffffffffn) | BigInt(v);
-        else if (this.#gfSelect === 1) this.driverFeatures = (this.driverFeatures & 0xffffffffn) | (BigInt(v) << 32n);
+        else if (this.#gfSelect === 1) {
+          this.driverFeatures = (this.driverFeatures & 0xffffffffn) | (BigInt(v) << 32n);
+        }
         break;
       case 0x10:
         this.#msixConfig = v;
@@ -276,7 +294,9 @@ export class VirtioNetModel {
         const field = r < 0x28 ? "desc" : r < 0x30 ? "driver" : "device";
         const hi = (r & 4) !== 0;
         const cur = q[field];
-        q[field] = hi ? (cur % 0x1_0000_0000) + v * 0x1_0000_0000 : Math.floor(cur / 0x1_0000_0000) * 0x1_0000_0000 + v;
+        q[field] = hi
+          ? (cur % 0x1_0000_0000) + v * 0x1_0000_0000
+          : Math.floor(cur / 0x1_0000_0000) * 0x1_0000_0000 + v;
         break;
       }
     }
@@ -356,7 +376,9 @@ export class VirtioNetModel {
     else if (this.#irqKind === "intx") this.intx.signal();
   }
   #setAvailEvent(q: Q): void {
-    if (this.driverFeatures & F.RING_EVENT_IDX) this.#dv(q.device + 4 + 8 * q.size, 2).setUint16(0, q.lastAvail, true);
+    if (this.driverFeatures & F.RING_EVENT_IDX) {
+      this.#dv(q.device + 4 + 8 * q.size, 2).setUint16(0, q.lastAvail, true);
+    }
   }
   get #hdrLen(): number {
     return this.driverFeatures & (F.VERSION_1 | NET_F.MRG_RXBUF) ? 12 : 10;

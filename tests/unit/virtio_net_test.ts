@@ -36,9 +36,14 @@ Deno.test("virtio-net: handshake against the model negotiates the intersection a
   const model = new VirtioNetModel({ mac: [2, 0, 0, 0, 0, 9], mtu: 1400 });
   const nic = open(model);
   try {
-    assert.equal(model.status & 0xf, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK | STATUS.DRIVER_OK);
+    assert.equal(
+      model.status & 0xf,
+      STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK | STATUS.DRIVER_OK,
+    );
     assert.equal(nic.features & ~model.offered, 0n);
-    assert.ok(nic.features & F.VERSION_1 && nic.features & F.RING_EVENT_IDX && nic.features & NET_F.MRG_RXBUF);
+    assert.ok(
+      nic.features & F.VERSION_1 && nic.features & F.RING_EVENT_IDX && nic.features & NET_F.MRG_RXBUF,
+    );
     assert.equal(model.driverFeatures, nic.features);
     assert.equal(nic.macString, "02:00:00:00:00:09");
     assert.equal(nic.mtu, 1400);
@@ -303,12 +308,14 @@ Deno.test("virtio-net: ring indices wrap past 2^16 on both queues without loss",
 });
 
 Deno.test("virtio-net: a hostile device (bad id, oversize length, used.idx jump) breaks the queue cleanly", () => {
-  for (const [name, act] of [
-    ["id out of range", (m: VirtioNetModel) => m.forgeUsed(0, 999, 60)],
-    ["id not owned", (m: VirtioNetModel) => m.forgeUsed(1, 3, 0)],
-    ["length beyond the buffer", (m: VirtioNetModel) => m.forgeUsed(0, 0, 4096)],
-    ["used.idx jump", (m: VirtioNetModel) => m.jumpUsedIdx(0, 5000)],
-  ] as const) {
+  for (
+    const [name, act] of [
+      ["id out of range", (m: VirtioNetModel) => m.forgeUsed(0, 999, 60)],
+      ["id not owned", (m: VirtioNetModel) => m.forgeUsed(1, 3, 0)],
+      ["length beyond the buffer", (m: VirtioNetModel) => m.forgeUsed(0, 0, 4096)],
+      ["used.idx jump", (m: VirtioNetModel) => m.jumpUsedIdx(0, 5000)],
+    ] as const
+  ) {
     const model = new VirtioNetModel();
     const nic = open(model);
     act(model);
@@ -343,6 +350,9 @@ Deno.test("virtio-net: buffer ownership is enforced", () => {
   } finally {
     nic.close();
   }
-  assert.throws(() => VirtioNet.open(new VirtioNetModel().pci(), { queuePairs: 1, disable: 0n }).receiveBatch([], 1, 5), /out of range/);
+  assert.throws(
+    () => VirtioNet.open(new VirtioNetModel().pci(), { queuePairs: 1, disable: 0n }).receiveBatch([], 1, 5),
+    /out of range/,
+  );
   void VirtioError;
 });

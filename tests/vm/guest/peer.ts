@@ -27,7 +27,8 @@ export class Peer {
 
   /** Start pvpeer with `args`. */
   constructor(args: string[]) {
-    this.#child = new Deno.Command(PVPEER, { args, stdin: "piped", stdout: "piped", stderr: "inherit" }).spawn();
+    this.#child = new Deno.Command(PVPEER, { args, stdin: "piped", stdout: "piped", stderr: "inherit" })
+      .spawn();
     this.#writer = this.#child.stdin.getWriter();
     this.ready = new Promise((r) => this.#readyResolve = r);
     if (args[0] === "send" || args[0] === "txrate") this.#readyResolve();
@@ -52,7 +53,9 @@ export class Peer {
     }
     const st = await this.#child.status;
     for (const w of this.#waiters.splice(0)) w();
-    if (!st.success || !json) throw new Error(`pvpeer ${st.success ? "printed no result" : `exited ${st.code}`}`);
+    if (!st.success || !json) {
+      throw new Error(`pvpeer ${st.success ? "printed no result" : `exited ${st.code}`}`);
+    }
     return json;
   }
 

@@ -21,17 +21,34 @@ function uio(pci: string): PciFunction {
   return UioPciFunction.open(pci);
 }
 
-async function exchangeWithKernel(nicPci: string, peerPci: string, open: (p: string) => PciFunction, expectTransport: string) {
+async function exchangeWithKernel(
+  nicPci: string,
+  peerPci: string,
+  open: (p: string) => PciFunction,
+  expectTransport: string,
+) {
   const k = await kernelInterface(peerPci);
-  const nic = VirtioNet.open(open(nicPci), { ownsPci: true, transport: expectTransport as "modern" | "legacy" });
+  const nic = VirtioNet.open(open(nicPci), {
+    ownsPci: true,
+    transport: expectTransport as "modern" | "legacy",
+  });
   try {
     assert.equal(nic.transport, expectTransport);
-    assert.equal(nic.macString, expectTransport === "modern" ? LAB.vfioKernelPeer.mac : LAB.uioKernelPeer.mac);
+    assert.equal(
+      nic.macString,
+      expectTransport === "modern" ? LAB.vfioKernelPeer.mac : LAB.uioKernelPeer.mac,
+    );
     assert.ok(nic.linkUp());
     // pvdrv → kernel: every frame verified by the kernel-side peer.
     const rx = new Peer(["recv", k.name, String(N), "15000", "16"]);
     await rx.ready;
-    const sent = await generate(nic, { count: N, minSize: 60, maxSize: 1514, dst: parseMac(k.mac), window: rx.window(WINDOW) });
+    const sent = await generate(nic, {
+      count: N,
+      minSize: 60,
+      maxSize: 1514,
+      dst: parseMac(k.mac),
+      window: rx.window(WINDOW),
+    });
     const got = await rx.result();
     assert.equal(sent.sent, N);
     assert.deepEqual(
@@ -40,59 +57,101 @@ async function exchangeWithKernel(nicPci: string, peerPci: string, open: (p: str
     );
     // kernel → pvdrv: the kernel sends, pvdrv verifies every byte and acks for flow control.
     const tx = new Peer(["send", k.name, String(N), "60", "1514", nic.macString, String(WINDOW)]);
-    const r = await receive(nic, { count: N, idleTimeoutMs: 15000, progressEvery: 16, onProgress: (ok) => tx.ack(ok) });
+    const r = await receive(nic, {
+      count: N,
+      idleTimeoutMs: 15000,
+      progressEvery: 16,
+      onProgress: (ok) => tx.ack(ok),
+    });
     const peerSent = await tx.result();
     assert.equal(peerSent.sent, N);
-    assert.deepEqual({ received: r.received, corrupt: r.corrupt, duplicate: r.duplicate }, { received: N, corrupt: 0, duplicate: 0 });
+    assert.deepEqual({ received: r.received, corrupt: r.corrupt, duplicate: r.duplicate }, {
+      received: N,
+      corrupt: 0,
+      duplicate: 0,
+    });
     const st = totalStats(nic.stats());
     assert.equal(st.txPackets, N);
     assert.ok(st.notifications < 2 * N, "doorbells batched");
-    console.log(`  ${expectTransport}: pvdrv→kernel ${(sent.pps / 1000).toFixed(1)} kpps, kernel→pvdrv ${(r.pps / 1000).toFixed(1)} kpps`);
+    console.log(
+      `  ${expectTransport}: pvdrv→kernel ${(sent.pps / 1000).toFixed(1)} kpps, kernel→pvdrv ${
+        (r.pps / 1000).toFixed(1)
+      } kpps`,
+    );
   } finally {
     nic.close();
   }
 }
 
-guestTest("virtio-net over VFIO ⇄ the guest kernel's virtio_net: 100k mixed-size frames each way, every byte checked", async () => {
-  await exchangeWithKernel(LAB.vfioKernelPeer.pci, LAB.kernelPeer.pci, vfio, "modern");
-});
+guestTest(
+  "virtio-net over VFIO ⇄ the guest kernel's virtio_net: 100k mixed-size frames each way, every byte checked",
+  async () => {
+    await exchangeWithKernel(LAB.vfioKernelPeer.pci, LAB.kernelPeer.pci, vfio, "modern");
+  },
+);
 
-guestTest("virtio-net over UIO (legacy transport) ⇄ the guest kernel: 100k mixed-size frames each way", async () => {
-  await exchangeWithKernel(LAB.uioKernelPeer.pci, LAB.uioPeer.pci, uio, "legacy");
-});
+guestTest(
+  "virtio-net over UIO (legacy transport) ⇄ the guest kernel: 100k mixed-size frames each way",
+  async () => {
+    await exchangeWithKernel(LAB.uioKernelPeer.pci, LAB.uioPeer.pci, uio, "legacy");
+  },
+);
 
-guestTest("virtio-net over VFIO ⇄ the host: 100k frames to a reflector on the host and back, checked both ends", async () => {
-  const nic = VirtioNet.open(vfio(LAB.vfioHostPeer.pci), { ownsPci: true });
-  try {
-    let echoed = 0;
-    const echo = receive(nic, { count: N, idleTimeoutMs: 20000, onProgress: (ok) => echoed = ok, progressEvery: 16 });
-    const waiters: (() => void)[] = [];
-    const poke = setInterval(() => waiters.splice(0).forEach((w) => w()), 1);
-    const sent = await generate(nic, {
-      count: N,
-      minSize: 60,
-      maxSize: 1514,
-      dst: parseMac("02:00:00:00:00:fe"),
-      window: { size: WINDOW, acked: () => echoed, changed: () => new Promise((r) => waiters.push(r)) },
-    });
-    const r = await echo;
-    clearInterval(poke);
-    assert.equal(sent.sent, N);
-    assert.deepEqual({ received: r.received, corrupt: r.corrupt, duplicate: r.duplicate }, { received: N, corrupt: 0, duplicate: 0 });
-    Deno.writeTextFileSync(`${OUT}/host-peer-expect.json`, JSON.stringify({ valid: N }));
-  } finally {
-    nic.close();
-  }
-});
+guestTest(
+  "virtio-net over VFIO ⇄ the host: 100k frames to a reflector on the host and back, checked both ends",
+  async () => {
+    const nic = VirtioNet.open(vfio(LAB.vfioHostPeer.pci), { ownsPci: true });
+    try {
+      let echoed = 0;
+      const echo = receive(nic, {
+        count: N,
+        idleTimeoutMs: 20000,
+        onProgress: (ok) => echoed = ok,
+        progressEvery: 16,
+      });
+      const waiters: (() => void)[] = [];
+      const poke = setInterval(() => waiters.splice(0).forEach((w) => w()), 1);
+      const sent = await generate(nic, {
+        count: N,
+        minSize: 60,
+        maxSize: 1514,
+        dst: parseMac("02:00:00:00:00:fe"),
+        window: { size: WINDOW, acked: () => echoed, changed: () => new Promise((r) => waiters.push(r)) },
+      });
+      const r = await echo;
+      clearInterval(poke);
+      assert.equal(sent.sent, N);
+      assert.deepEqual({ received: r.received, corrupt: r.corrupt, duplicate: r.duplicate }, {
+        received: N,
+        corrupt: 0,
+        duplicate: 0,
+      });
+      Deno.writeTextFileSync(`${OUT}/host-peer-expect.json`, JSON.stringify({ valid: N }));
+    } finally {
+      nic.close();
+    }
+  },
+);
 
-async function interruptBursts(nicPci: string, peerPci: string, open: (p: string) => PciFunction, irq: "msix" | "intx") {
+async function interruptBursts(
+  nicPci: string,
+  peerPci: string,
+  open: (p: string) => PciFunction,
+  irq: "msix" | "intx",
+) {
   const k = await kernelInterface(peerPci);
   const nic = VirtioNet.open(open(nicPci), { ownsPci: true, irq });
   try {
     for (let burst = 0; burst < 3; burst++) {
       await new Promise((r) => setTimeout(r, 300)); // idle
       const tx = new Peer(["send", k.name, "1000", "60", "600", nic.macString, String(WINDOW)]);
-      const r = await receive(nic, { count: 1000, idleTimeoutMs: 10000, interrupts: true, progressEvery: 16, onProgress: (ok) => tx.ack(ok) });
+      const r = await receive(nic, {
+        count: 1000,
+        idleTimeoutMs: 10000,
+        interrupts: true,
+        progressEvery: 16,
+        onProgress: (ok) => tx.ack(ok),
+      });
       await tx.result();
       assert.equal(r.received, 1000, `burst ${burst}: all frames`);
       assert.equal(r.corrupt, 0);
@@ -104,10 +163,16 @@ async function interruptBursts(nicPci: string, peerPci: string, open: (p: string
   }
 }
 
-guestTest("virtio-net interrupt mode over VFIO MSI-X: idle → burst → idle, three times, nothing lost", async () => {
-  await interruptBursts(LAB.vfioKernelPeer.pci, LAB.kernelPeer.pci, vfio, "msix");
-});
+guestTest(
+  "virtio-net interrupt mode over VFIO MSI-X: idle → burst → idle, three times, nothing lost",
+  async () => {
+    await interruptBursts(LAB.vfioKernelPeer.pci, LAB.kernelPeer.pci, vfio, "msix");
+  },
+);
 
-guestTest("virtio-net interrupt mode over UIO INTx: idle → burst → idle, three times, nothing lost", async () => {
-  await interruptBursts(LAB.uioKernelPeer.pci, LAB.uioPeer.pci, uio, "intx");
-});
+guestTest(
+  "virtio-net interrupt mode over UIO INTx: idle → burst → idle, three times, nothing lost",
+  async () => {
+    await interruptBursts(LAB.uioKernelPeer.pci, LAB.uioPeer.pci, uio, "intx");
+  },
+);
