@@ -38,6 +38,7 @@ await runMain(USAGE, async () => {
   const irq = irqArg(values.irq);
   const nic = openNic(name, { irq, promiscuous: values.promisc });
   const pcap = values.pcap ? new PcapWriter(values.pcap) : undefined;
+  console.error(`recv: listening on ${nic.name} (${macToString(nic.mac)}), ${irq} mode`);
   let stopping = false;
   onSignals(() => {
     stopping = true;

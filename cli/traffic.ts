@@ -40,6 +40,8 @@ export interface SendOptions {
   firstSeq?: number;
   /** Queue pair. */
   queue?: number;
+  /** Stop after this long even if `count` is not reached (ms). */
+  durationMs?: number;
   /** Called about once a second. */
   onProgress?: (sent: number, seconds: number) => void;
 }
@@ -71,6 +73,7 @@ export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
     throw new RangeError(`frame sizes must be within 60..${nic.maxFrame}`);
   }
   const bufs: PacketBuffer[] = new Array(batch);
+  const completedBefore = nic.stats()[q].txPackets;
   const t0 = performance.now();
   let sent = 0, bytes = 0, lastReport = t0, spins = 0;
   while (sent < o.count) {
@@ -96,7 +99,8 @@ export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
     if (o.rate) {
       const due = Math.floor(((performance.now() - t0) / 1000) * o.rate) + 1;
       if (sent >= due) {
-        await tick();
+        // Ahead of schedule: sleep until a batch is due (a paced sender should not spin).
+        await new Promise((r) => setTimeout(r, Math.max(1, ((sent + batch - due) / o.rate!) * 1000)));
         continue;
       }
       room = Math.min(room, due - sent);
@@ -119,20 +123,23 @@ export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
     }
     sent += n;
     const now = performance.now();
+    if (o.durationMs && now - t0 >= o.durationMs) break;
     if (now - lastReport > 1000) {
       lastReport = now;
       o.onProgress?.(sent, (now - t0) / 1000);
       await tick();
     }
   }
-  // Wait for the device to complete everything queued.
+  // Wait for the device to complete everything queued (completions counted since the start).
   const deadline = performance.now() + 5000;
-  const before = nic.stats()[q].txPackets;
-  let done = 0;
   while (true) {
     nic.reclaimTx(q);
-    done = nic.stats()[q].txPackets - before;
-    if (done >= sent || performance.now() > deadline) break;
+    if (nic.stats()[q].txPackets - completedBefore >= sent) break;
+    if (performance.now() > deadline) {
+      throw new Error(
+        `the device completed ${nic.stats()[q].txPackets - completedBefore} of ${sent} frames within 5 s`,
+      );
+    }
     await tick();
   }
   const seconds = (performance.now() - t0) / 1000;

@@ -26,6 +26,7 @@ export const GUEST_MODULES = [
   "vfio-pci",
   "uio",
   "uio_pci_generic",
+  "pktgen",
 ];
 
 /** The built guest. */

@@ -4,7 +4,7 @@
 //   pvpeer recv IF COUNT TIMEOUT_MS [PROGRESS]         receive and verify COUNT frames; "progress N" lines
 //   pvpeer send IF COUNT MIN MAX DSTMAC [WINDOW]       send COUNT frames (sizes MIN..MAX); with WINDOW, stay at most
 //                                                      WINDOW frames ahead of the acked count read from stdin
-//   pvpeer txrate IF SECONDS SIZE DSTMAC               send as fast as possible (sendmmsg x32), report pps
+//   pvpeer txrate IF SECONDS SIZE DSTMAC [PPS]         send as fast as possible (or at PPS), sendmmsg x32
 //   pvpeer rxrate IF SECONDS                           count pvdrv frames (recvmmsg x32), report pps
 // Results are one JSON line on stdout.
 #define _GNU_SOURCE
@@ -184,7 +184,7 @@ static int do_send(const char *ifn, long count, int min, int max, const char *ds
   return 0;
 }
 
-static int do_txrate(const char *ifn, double seconds, int size, const char *dsts) {
+static int do_txrate(const char *ifn, double seconds, int size, const char *dsts, double rate) {
   unsigned char mac[6], dst[6];
   int ifindex, s = open_sock(ifn, mac, &ifindex);
   if (parse_mac(dsts, dst)) { fprintf(stderr, "pvpeer: bad MAC %s\n", dsts); return 2; }
@@ -202,6 +202,10 @@ static int do_txrate(const char *ifn, double seconds, int size, const char *dsts
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
   double t0 = now(), t;
   while ((t = now()) - t0 < seconds) {
+    if (rate > 0 && sent >= (t - t0) * rate) {  // paced: sleep until the next batch is due
+      usleep((useconds_t)(1e6 * BATCH / rate));
+      continue;
+    }
     int r = sendmmsg(s, msgs, BATCH, 0);
     if (r > 0) sent += r;
   }
@@ -244,9 +248,10 @@ int main(int argc, char **argv) {
   if (argc >= 5 && !strcmp(argv[1], "recv")) return do_recv(argv[2], atol(argv[3]), atoi(argv[4]), argc > 5 ? atol(argv[5]) : 0);
   if (argc >= 7 && !strcmp(argv[1], "send"))
     return do_send(argv[2], atol(argv[3]), atoi(argv[4]), atoi(argv[5]), argv[6], argc > 7 ? atol(argv[7]) : 0);
-  if (argc == 6 && !strcmp(argv[1], "txrate")) return do_txrate(argv[2], atof(argv[3]), atoi(argv[4]), argv[5]);
+  if ((argc == 6 || argc == 7) && !strcmp(argv[1], "txrate"))
+    return do_txrate(argv[2], atof(argv[3]), atoi(argv[4]), argv[5], argc == 7 ? atof(argv[6]) : 0);
   if (argc == 4 && !strcmp(argv[1], "rxrate")) return do_rxrate(argv[2], atof(argv[3]));
   fprintf(stderr, "usage: pvpeer recv IF COUNT TIMEOUT_MS [PROGRESS] | send IF COUNT MIN MAX DSTMAC [WINDOW] |\n"
-                  "       txrate IF SECONDS SIZE DSTMAC | rxrate IF SECONDS\n");
+                  "       txrate IF SECONDS SIZE DSTMAC [PPS] | rxrate IF SECONDS\n");
   return 2;
 }

@@ -1,0 +1,120 @@
+/**
+ * `deno task bench`: pvdrv's speed, always as a ratio against a peer measured in the same run.
+ *  1. In-process: ns per packet of the driver's TX and RX paths (virtqueue + NIC layer) against the device model
+ *     doing only ring work, beside a plain typed-array copy loop of the same frames as a floor.
+ *  2. In the VM lab, one boot, one NIC: the guest kernel's virtio_net (AF_PACKET, pktgen) vs pvdrv over VFIO —
+ *     TX and RX pps with 64-byte frames, and guest CPU time per packet at a fixed offered rate.
+ * @module
+ */
+import { VirtioNet } from "../drivers/virtio/net.ts";
+import { NET_F } from "../drivers/virtio/features.ts";
+import type { PacketBuffer } from "../drivers/nic.ts";
+import { VirtioNetModel } from "../tests/models/virtio_net_device.ts";
+import { LabError, runInGuest } from "../tests/vm/lab.ts";
+import { intArg, parse, runMain } from "./common.ts";
+
+const USAGE = `usage: deno task bench [--in-process | --vm] [--seconds N]
+  --in-process   only the in-process driver cost
+  --vm           only the VM comparison with the guest kernel
+  --seconds N    length of each VM measurement (default 10)`;
+
+function inProcess(): { txNs: number; rxNs: number; copyNs: number } {
+  const model = new VirtioNetModel({ autoProcess: false });
+  // Without MRG_RXBUF the device need not write num_buffers, so the model can complete RX without touching data.
+  const nic = VirtioNet.open(model.pci(), { disable: NET_F.MRG_RXBUF });
+  const bufs: PacketBuffer[] = new Array(32), out: PacketBuffer[] = new Array(64);
+  const run = (n: number) => {
+    let t = 0, r = 0;
+    const t0 = performance.now();
+    while (t < n) {
+      const k = nic.allocTx(bufs, 32);
+      for (let i = 0; i < k; i++) bufs[i].length = 64;
+      t += nic.sendBatch(bufs, k);
+      model.fastComplete(1, 0);
+    }
+    const t1 = performance.now();
+    while (r < n) {
+      model.fastComplete(0, nic.hdrLen + 64);
+      const k = nic.receiveBatch(out, 64);
+      nic.release(out, k);
+      r += k;
+    }
+    const t2 = performance.now();
+    return { txNs: ((t1 - t0) * 1e6) / t, rxNs: ((t2 - t1) * 1e6) / r };
+  };
+  run(200_000); // warm up (JIT, FFI fast paths)
+  const best = { txNs: Infinity, rxNs: Infinity };
+  for (let i = 0; i < 5; i++) {
+    const r = run(1_000_000);
+    best.txNs = Math.min(best.txNs, r.txNs);
+    best.rxNs = Math.min(best.rxNs, r.rxNs);
+  }
+  nic.close();
+  // Floor: copying a 64-byte frame between typed arrays, the least any JS packet path does per frame.
+  const src = new Uint8Array(64), dst = new Uint8Array(2048 * 256);
+  let copyNs = Infinity;
+  for (let rep = 0; rep < 5; rep++) {
+    const t0 = performance.now();
+    for (let i = 0; i < 1_000_000; i++) dst.set(src, (i & 255) << 11);
+    copyNs = Math.min(copyNs, ((performance.now() - t0) * 1e6) / 1_000_000);
+  }
+  return { ...best, copyNs };
+}
+
+await runMain(USAGE, async () => {
+  const { values } = parse(Deno.args, {
+    "in-process": { type: "boolean" },
+    vm: { type: "boolean" },
+    seconds: { type: "string" },
+    help: { type: "boolean", short: "h" },
+  }, false);
+  if (values.help) return void console.log(USAGE);
+  const seconds = intArg("seconds", values.seconds, 10, 2, 600);
+  if (!values.vm) {
+    const r = inProcess();
+    console.log("== in-process (driver cost per packet, model device doing ring work only) ==");
+    console.log(`  TX  ${r.txNs.toFixed(1)} ns/packet   (${(1000 / r.txNs).toFixed(1)} Mpps)`);
+    console.log(`  RX  ${r.rxNs.toFixed(1)} ns/packet   (${(1000 / r.rxNs).toFixed(1)} Mpps)`);
+    console.log(
+      `  floor: one 64-byte TypedArray.set ${r.copyNs.toFixed(1)} ns; TX/copy ${
+        (r.txNs / r.copyNs).toFixed(1)
+      }x, RX/copy ${(r.rxNs / r.copyNs).toFixed(1)}x`,
+    );
+  }
+  if (values["in-process"]) return 0;
+  console.log(`\n== VM lab: the same NIC, guest kernel vs pvdrv, 64-byte frames, ${seconds} s each ==`);
+  let out = "";
+  try {
+    const run = await runInGuest(`PVDRV_BENCH_SECONDS=${seconds} deno run -A --no-check cli/bench_guest.ts`, {
+      onLine: (l) => {
+        if (l.startsWith("PVDRV-BENCH ")) out = l.slice(12);
+        else console.log(`  ${l}`);
+      },
+    });
+    if (run.code !== 0 || !out) throw new Error(`guest bench failed (exit ${run.code})`);
+  } catch (e) {
+    if (e instanceof LabError) throw new Error(e.message);
+    throw e;
+  }
+  const r = JSON.parse(out);
+  const k = (x: number) => `${(x / 1000).toFixed(1)}k`;
+  const row = (name: string, pps: number, base: number) =>
+    console.log(`  ${name.padEnd(34)} ${k(pps).padStart(8)} pps   ${(pps / base).toFixed(2)}x`);
+  console.log("  TX (ratio to kernel AF_PACKET sendmmsg x32):");
+  row("kernel AF_PACKET", r.kernelTx.pps, r.kernelTx.pps);
+  if (r.pktgenTx) row("kernel pktgen (burst 32)", r.pktgenTx.pps, r.kernelTx.pps);
+  row("pvdrv (VFIO, batch 32)", r.pvdrvTx.pps, r.kernelTx.pps);
+  console.log("  RX (ratio to kernel AF_PACKET recvmmsg x32; offered by the kernel peer NIC):");
+  row(`kernel AF_PACKET (offered ${k(r.kernelRxOffered.pps)})`, r.kernelRx.pps, r.kernelRx.pps);
+  row(`pvdrv (offered ${k(r.pvdrvRxOffered.pps)})`, r.pvdrvRx.pps, r.kernelRx.pps);
+  const us = (x: { cpuSeconds: number; sent: number }) => (x.cpuSeconds * 1e6) / x.sent;
+  console.log(
+    `  CPU per packet at a fixed offered rate (${k(r.kernelTxFixed.sent / r.kernelTxFixed.seconds)} pps TX):`,
+  );
+  console.log(
+    `    kernel AF_PACKET ${us(r.kernelTxFixed).toFixed(1)} µs   pvdrv ${
+      us(r.pvdrvTxFixed).toFixed(1)
+    } µs   ratio ${(us(r.pvdrvTxFixed) / us(r.kernelTxFixed)).toFixed(2)}x`,
+  );
+  console.log(`\nraw: ${out}`);
+});

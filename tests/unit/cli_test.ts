@@ -1,0 +1,74 @@
+import assert from "assert";
+import { PcapWriter } from "../../drivers/pcap.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+async function run(script: string, args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--no-check", `${ROOT}cli/${script}`, ...args],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  return {
+    code: out.code,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
+Deno.test("cli: bad input gets one clear line and the usage, never a stack trace", async () => {
+  const cases: [string, string[], RegExp][] = [
+    ["send.ts", [], /expected exactly one NIC/],
+    ["send.ts", ["00:04.0", "--count", "ten"], /--count must be a whole number/],
+    ["send.ts", ["00:04.0", "--sizes", "10-20"], /--sizes must be within 60-1514/],
+    ["send.ts", ["00:04.0", "--dst", "nope"], /not a MAC address/],
+    ["send.ts", ["00:04.0", "--irq", "nmi"], /--irq must be poll, msix or intx/],
+    ["recv.ts", ["00:04.0", "--bogus"], /Unknown option '--bogus'/],
+    ["bind.ts", ["not-an-address", "vfio"], /not a PCI address/],
+    ["bind.ts", ["00:04.0", "dpdk"], /unknown target 'dpdk'/],
+    ["probe.ts", ["extra"], /unexpected argument/],
+    ["vm.ts", ["--timeout", "1"], /--timeout must be between/],
+  ];
+  for (const [script, args, re] of cases) {
+    const r = await run(script, args);
+    assert.equal(r.code, 2, `${script} ${args.join(" ")}: exit ${r.code}\n${r.stderr}`);
+    assert.match(r.stderr, re);
+    assert.match(r.stderr, /usage:/);
+    assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace");
+  }
+});
+
+Deno.test("cli: runtime failures are one line, exit 1 (opening a device that is not bound)", async () => {
+  const r = await run("send.ts", ["0000:00:1f.7"]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /^error: no PCI device 0000:00:1f\.7/);
+  assert.doesNotMatch(r.stderr, /\n\s+at /);
+});
+
+Deno.test("pcap: the file has the libpcap header and one record per frame", () => {
+  const path = Deno.makeTempFileSync({ suffix: ".pcap" });
+  try {
+    const w = new PcapWriter(path);
+    const f = new Uint8Array(100).map((_, i) => i);
+    for (let i = 0; i < 5000; i++) w.write(f, 60 + (i % 41)); // crosses the 256 KiB buffer
+    w.close();
+    const b = Deno.readFileSync(path);
+    const dv = new DataView(b.buffer);
+    assert.equal(dv.getUint32(0, true), 0xa1b2c3d4);
+    assert.equal(dv.getUint32(20, true), 1, "LINKTYPE_ETHERNET");
+    let off = 24, n = 0;
+    while (off < b.length) {
+      const cap = dv.getUint32(off + 8, true), len = dv.getUint32(off + 12, true);
+      assert.equal(cap, 60 + (n % 41));
+      assert.equal(len, cap);
+      assert.equal(b[off + 16 + 59], 59);
+      off += 16 + cap;
+      n++;
+    }
+    assert.equal(off, b.length);
+    assert.equal(n, 5000);
+  } finally {
+    Deno.removeSync(path);
+  }
+});
