@@ -9,7 +9,8 @@
  */
 import type { PciFunction } from "../pci/device.ts";
 import type { IrqSource } from "../../ffi/irq.ts";
-import { emptyStats, macToString, type Nic, PacketBuffer, PacketPool, type QueueStats } from "../nic.ts";
+import type { DmaRegion } from "../../ffi/dma.ts";
+import { emptyStats, macToString, type Nic, type PacketBuffer, PacketPool, type QueueStats } from "../nic.ts";
 import { F, featureNames, NET_F, STATUS } from "./features.ts";
 import { negotiate, NO_VECTOR, openTransport, VirtioError, type VirtioTransport } from "./transport.ts";
 import { SplitQueue } from "./virtqueue.ts";
@@ -76,7 +77,7 @@ export class VirtioNet implements Nic {
   readonly #pairs: Pair[] = [];
   readonly #irqMode: IrqMode;
   #ctrl: SplitQueue | null = null;
-  #ctrlMem: import("../../ffi/dma.ts").DmaRegion | null = null;
+  #ctrlMem: DmaRegion | null = null;
   #closed = false;
   #live = false; // DRIVER_OK was set: queues may be in use by the device
   readonly #ownsPci: boolean;

@@ -158,37 +158,36 @@ export class VirtioNetModel {
 
   /** The PCI function a driver opens. */
   pci(): PciFunction {
-    const model = this;
     return {
       address: "model:00.0",
       access: "model",
       config: this.config,
       dma: this.dma,
-      parseConfig(): PciConfig {
+      parseConfig: (): PciConfig => {
         const b = new Uint8Array(256);
-        for (let i = 0; i < 256; i++) b[i] = model.config.view.getUint8(i);
+        for (let i = 0; i < 256; i++) b[i] = this.config.view.getUint8(i);
         return parseConfig(b);
       },
       barSize: (i: number) => (i === 0 ? 0x4000 : 0),
-      bar(i: number): MmioRegion {
+      bar: (i: number): MmioRegion => {
         if (i !== 0) throw new Error(`model has no BAR${i}`);
-        return model.bar0;
+        return this.bar0;
       },
-      enableBusMaster() {},
-      irqs(kind: IrqKind, n: number): IrqSource[] {
-        model.#irqKind = kind;
-        if (kind === "intx") return [model.intx];
-        model.vectors.length = 0;
-        for (let k = 0; k < n; k++) model.vectors.push(new ModelIrq());
-        return model.vectors;
+      enableBusMaster: () => {},
+      irqs: (kind: IrqKind, n: number): IrqSource[] => {
+        this.#irqKind = kind;
+        if (kind === "intx") return [this.intx];
+        this.vectors.length = 0;
+        for (let k = 0; k < n; k++) this.vectors.push(new ModelIrq());
+        return this.vectors;
       },
       irqKinds: () => ["msix", "intx"] as IrqKind[],
-      unmaskIntx() {},
-      disableIrqs() {
-        model.#irqKind = null;
+      unmaskIntx: () => {},
+      disableIrqs: () => {
+        this.#irqKind = null;
       },
-      reset() {},
-      close() {},
+      reset: () => {},
+      close: () => {},
     };
   }
 
