@@ -42,6 +42,8 @@ export interface LabOptions {
   guestPortForHost?: number;
   /** Files to place in /out before boot (name → contents). */
   files?: Record<string, string | Uint8Array>;
+  /** Told the run's /out folder before boot. */
+  onOutDir?: (dir: string) => void;
 }
 
 /** The result of one lab run. */
@@ -118,6 +120,7 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
   Deno.mkdirSync(runs, { recursive: true });
   const outDir = Deno.makeTempDirSync({ dir: runs, prefix: "run-" });
   Deno.writeTextFileSync(`${outDir}/cmd.sh`, command + "\n");
+  opts.onOutDir?.(outDir);
   for (const [name, data] of Object.entries(opts.files ?? {})) {
     if (typeof data === "string") Deno.writeTextFileSync(`${outDir}/${name}`, data);
     else Deno.writeFileSync(`${outDir}/${name}`, data);
