@@ -9,9 +9,9 @@ import { readDevice } from "../drivers/pci/sysfs.ts";
 import { VfioPciFunction } from "../drivers/pci/device.ts";
 import { VirtioNet } from "../drivers/virtio/net.ts";
 import { parseMac, totalStats } from "../drivers/nic.ts";
-import { generate, receive } from "./traffic.ts";
+import { echoExchange } from "./traffic.ts";
 import { LAB } from "../tests/vm/lab.ts";
-import { kernelInterface, Peer } from "../tests/vm/guest/peer.ts";
+import { exchangeWithKernel, kernelInterface } from "../tests/vm/guest/peer.ts";
 
 const N = Number(Deno.env.get("PVDRV_DEMO_FRAMES") ?? 20000);
 const WINDOW = 64;
@@ -35,24 +35,8 @@ const summary: Record<string, unknown> = {};
   );
   console.log(`   features: ${nic.featureNames().join(" ")}`);
   console.log(`   sending ${N} frames (60..1514 bytes) to the host, which checks each one and sends it back`);
-  let echoed = 0;
-  const waiters: (() => void)[] = [];
-  const poke = setInterval(() => waiters.splice(0).forEach((w) => w()), 1);
-  const back = receive(nic, {
-    count: N,
-    idleTimeoutMs: 15000,
-    progressEvery: 16,
-    onProgress: (ok) => echoed = ok,
-  });
-  const tx = await generate(nic, {
-    count: N,
-    minSize: 60,
-    maxSize: 1514,
-    dst: parseMac("02:00:00:00:00:fe"),
-    window: { size: WINDOW, acked: () => echoed, changed: () => new Promise((r) => waiters.push(r)) },
-  });
-  const rx = await back;
-  clearInterval(poke);
+  const dst = parseMac("02:00:00:00:00:fe");
+  const { tx, rx } = await echoExchange(nic, { count: N, minSize: 60, maxSize: 1514, dst, window: WINDOW });
   console.log(
     `   pvdrv sent ${tx.sent} (${kpps(tx.pps)}), got ${rx.received} echoes back, ${rx.corrupt} corrupt`,
   );
@@ -63,41 +47,24 @@ const summary: Record<string, unknown> = {};
   const k = await kernelInterface(LAB.kernelPeer.pci);
   const nic = VirtioNet.open(VfioPciFunction.open(LAB.vfioKernelPeer.pci), { ownsPci: true });
   console.log(`\n== 4. ${nic.name} ⇄ the guest kernel's virtio_net (${k.name}, ${k.mac}) ==`);
-  const kr = new Peer(["recv", k.name, String(N), "10000", "16"]);
-  await kr.ready;
-  const tx = await generate(nic, {
-    count: N,
-    minSize: 60,
-    maxSize: 1514,
-    dst: parseMac(k.mac),
-    window: kr.window(WINDOW),
-  });
-  const kernelSaw = await kr.result();
+  const x = await exchangeWithKernel(nic, k, N, WINDOW);
   console.log(
-    `   pvdrv → kernel: sent ${tx.sent} (${
-      kpps(tx.pps)
-    }); the kernel's AF_PACKET socket verified ${kernelSaw.received}, ${kernelSaw.corrupt} corrupt`,
+    `   pvdrv → kernel: sent ${x.tx.sent} (${kpps(x.tx.pps)}); the kernel's AF_PACKET socket verified ` +
+      `${x.kernelReceived.received}, ${x.kernelReceived.corrupt} corrupt`,
   );
-  const ks = new Peer(["send", k.name, String(N), "60", "1514", nic.macString, String(WINDOW)]);
-  const rx = await receive(nic, {
-    count: N,
-    idleTimeoutMs: 10000,
-    progressEvery: 16,
-    onProgress: (ok) => ks.ack(ok),
-  });
-  const kernelSent = await ks.result();
   console.log(
-    `   kernel → pvdrv: kernel sent ${kernelSent.sent}; pvdrv verified ${rx.received} (${
-      kpps(rx.pps)
-    }), ${rx.corrupt} corrupt`,
+    `   kernel → pvdrv: kernel sent ${x.kernelSent.sent}; pvdrv verified ${x.rx.received} (${
+      kpps(x.rx.pps)
+    }), ` +
+      `${x.rx.corrupt} corrupt`,
   );
   const st = totalStats(nic.stats());
   console.log(`   doorbells: ${st.notifications} for ${st.txPackets + st.rxPackets} frames`);
   summary.kernel = {
-    sent: tx.sent,
-    kernelVerified: kernelSaw.received,
-    kernelSent: kernelSent.sent,
-    received: rx.received,
+    sent: x.tx.sent,
+    kernelVerified: x.kernelReceived.received,
+    kernelSent: x.kernelSent.sent,
+    received: x.rx.received,
   };
   nic.close();
 }

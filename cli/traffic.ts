@@ -247,3 +247,49 @@ export async function receive(nic: Nic, o: RecvOptions): Promise<RecvResult> {
     waits,
   };
 }
+
+/** Result of {@link echoExchange}. */
+export interface EchoResult {
+  /** What was sent. */
+  tx: SendResult;
+  /** What came back. */
+  rx: RecvResult;
+}
+
+/**
+ * Send `count` frames to a peer that echoes each one back (the lab's host reflector) and verify the echoes,
+ * never more than `window` frames ahead of what has come back.
+ */
+export async function echoExchange(
+  nic: Nic,
+  o: {
+    count: number;
+    minSize: number;
+    maxSize: number;
+    dst: Uint8Array;
+    window: number;
+    idleTimeoutMs?: number;
+  },
+): Promise<EchoResult> {
+  let echoed = 0;
+  let wake: (() => void)[] = [];
+  const back = receive(nic, {
+    count: o.count,
+    idleTimeoutMs: o.idleTimeoutMs ?? 15000,
+    progressEvery: 8,
+    onProgress: (ok) => {
+      echoed = ok;
+      const w = wake;
+      wake = [];
+      for (const f of w) f();
+    },
+  });
+  const tx = await generate(nic, {
+    count: o.count,
+    minSize: o.minSize,
+    maxSize: o.maxSize,
+    dst: o.dst,
+    window: { size: o.window, acked: () => echoed, changed: () => new Promise<void>((r) => wake.push(r)) },
+  });
+  return { tx, rx: await back };
+}

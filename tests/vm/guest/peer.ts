@@ -1,5 +1,7 @@
 /** The guest kernel as a peer: runs build/pvpeer (tests/vm/pvpeer.c) on a kernel-driven NIC. */
-import type { Window } from "../../../cli/traffic.ts";
+import { generate, receive, type RecvResult, type SendResult, type Window } from "../../../cli/traffic.ts";
+import { parseMac } from "../../../drivers/nic.ts";
+import type { Nic } from "../../../drivers/nic.ts";
 import { readDevice } from "../../../drivers/pci/sysfs.ts";
 
 const PVPEER = new URL("../../../build/pvpeer", import.meta.url).pathname;
@@ -80,4 +82,48 @@ export class Peer {
     } catch { /* already closed */ }
     return await this.#result;
   }
+}
+
+/** Both directions of {@link exchangeWithKernel}, each with the other side's own count. */
+export interface KernelExchange {
+  /** pvdrv's sending. */
+  tx: SendResult;
+  /** What the kernel's AF_PACKET socket verified. */
+  kernelReceived: Record<string, number>;
+  /** What the kernel sent. */
+  kernelSent: Record<string, number>;
+  /** pvdrv's verified receiving. */
+  rx: RecvResult;
+}
+
+/**
+ * `count` frames of 60–1514 bytes from pvdrv to the kernel interface (verified there by pvpeer), then `count`
+ * from the kernel to pvdrv (verified by pvdrv), each direction flow-controlled to `window` frames in flight.
+ */
+export async function exchangeWithKernel(
+  nic: Nic,
+  k: { name: string; mac: string },
+  count: number,
+  window: number,
+): Promise<KernelExchange> {
+  const kr = new Peer(["recv", k.name, String(count), "15000", "16"]);
+  await kr.ready;
+  const tx = await generate(nic, {
+    count,
+    minSize: 60,
+    maxSize: 1514,
+    dst: parseMac(k.mac),
+    window: kr.window(window),
+  });
+  const kernelReceived = await kr.result();
+  const mac = Array.from(nic.mac, (b) => b.toString(16).padStart(2, "0")).join(":");
+  const ks = new Peer(["send", k.name, String(count), "60", "1514", mac, String(window)]);
+  const rx = await receive(nic, {
+    count,
+    idleTimeoutMs: 15000,
+    progressEvery: 16,
+    onProgress: (ok) => ks.ack(ok),
+  });
+  const kernelSent = await ks.result();
+  return { tx, kernelReceived, kernelSent, rx };
 }

@@ -3,9 +3,9 @@ import { VirtioNet } from "../../../drivers/virtio/net.ts";
 import { UioPciFunction, VfioPciFunction } from "../../../drivers/pci/device.ts";
 import type { PciFunction } from "../../../drivers/pci/device.ts";
 import { parseMac, totalStats } from "../../../drivers/nic.ts";
-import { generate, receive } from "../../../cli/traffic.ts";
+import { echoExchange, receive } from "../../../cli/traffic.ts";
 import { ensureBound, guestTest, LAB, OUT } from "./env.ts";
-import { kernelInterface, Peer } from "./peer.ts";
+import { exchangeWithKernel, kernelInterface, Peer } from "./peer.ts";
 
 const N = 100_000;
 // Frames in flight: the lab's links are UDP sockets on the host (rmem_default 208 KiB, and a queued datagram costs
@@ -21,61 +21,38 @@ function uio(pci: string): PciFunction {
   return UioPciFunction.open(pci);
 }
 
-async function exchangeWithKernel(
+async function kernelExchangeTest(
   nicPci: string,
   peerPci: string,
   open: (p: string) => PciFunction,
-  expectTransport: string,
+  transport: "modern" | "legacy",
 ) {
   const k = await kernelInterface(peerPci);
-  const nic = VirtioNet.open(open(nicPci), {
-    ownsPci: true,
-    transport: expectTransport as "modern" | "legacy",
-  });
+  const nic = VirtioNet.open(open(nicPci), { ownsPci: true, transport });
   try {
-    assert.equal(nic.transport, expectTransport);
-    assert.equal(
-      nic.macString,
-      expectTransport === "modern" ? LAB.vfioKernelPeer.mac : LAB.uioKernelPeer.mac,
-    );
+    assert.equal(nic.transport, transport);
+    assert.equal(nic.macString, transport === "modern" ? LAB.vfioKernelPeer.mac : LAB.uioKernelPeer.mac);
     assert.ok(nic.linkUp());
+    const x = await exchangeWithKernel(nic, k, N, WINDOW);
     // pvdrv → kernel: every frame verified by the kernel-side peer.
-    const rx = new Peer(["recv", k.name, String(N), "15000", "16"]);
-    await rx.ready;
-    const sent = await generate(nic, {
-      count: N,
-      minSize: 60,
-      maxSize: 1514,
-      dst: parseMac(k.mac),
-      window: rx.window(WINDOW),
-    });
-    const got = await rx.result();
-    assert.equal(sent.sent, N);
+    assert.equal(x.tx.sent, N);
+    const kr = x.kernelReceived;
     assert.deepEqual(
-      { received: got.received, corrupt: got.corrupt, duplicate: got.duplicate, outside: got.outside },
+      { received: kr.received, corrupt: kr.corrupt, duplicate: kr.duplicate, outside: kr.outside },
       { received: N, corrupt: 0, duplicate: 0, outside: 0 },
     );
-    // kernel → pvdrv: the kernel sends, pvdrv verifies every byte and acks for flow control.
-    const tx = new Peer(["send", k.name, String(N), "60", "1514", nic.macString, String(WINDOW)]);
-    const r = await receive(nic, {
-      count: N,
-      idleTimeoutMs: 15000,
-      progressEvery: 16,
-      onProgress: (ok) => tx.ack(ok),
-    });
-    const peerSent = await tx.result();
-    assert.equal(peerSent.sent, N);
-    assert.deepEqual({ received: r.received, corrupt: r.corrupt, duplicate: r.duplicate }, {
-      received: N,
-      corrupt: 0,
-      duplicate: 0,
-    });
+    // kernel → pvdrv: every byte verified by pvdrv.
+    assert.equal(x.kernelSent.sent, N);
+    assert.deepEqual(
+      { received: x.rx.received, corrupt: x.rx.corrupt, duplicate: x.rx.duplicate },
+      { received: N, corrupt: 0, duplicate: 0 },
+    );
     const st = totalStats(nic.stats());
     assert.equal(st.txPackets, N);
     assert.ok(st.notifications < 2 * N, "doorbells batched");
     console.log(
-      `  ${expectTransport}: pvdrv→kernel ${(sent.pps / 1000).toFixed(1)} kpps, kernel→pvdrv ${
-        (r.pps / 1000).toFixed(1)
+      `  ${transport}: pvdrv→kernel ${(x.tx.pps / 1000).toFixed(1)} kpps, kernel→pvdrv ${
+        (x.rx.pps / 1000).toFixed(1)
       } kpps`,
     );
   } finally {
@@ -86,14 +63,14 @@ async function exchangeWithKernel(
 guestTest(
   "virtio-net over VFIO ⇄ the guest kernel's virtio_net: 100k mixed-size frames each way, every byte checked",
   async () => {
-    await exchangeWithKernel(LAB.vfioKernelPeer.pci, LAB.kernelPeer.pci, vfio, "modern");
+    await kernelExchangeTest(LAB.vfioKernelPeer.pci, LAB.kernelPeer.pci, vfio, "modern");
   },
 );
 
 guestTest(
   "virtio-net over UIO (legacy transport) ⇄ the guest kernel: 100k mixed-size frames each way",
   async () => {
-    await exchangeWithKernel(LAB.uioKernelPeer.pci, LAB.uioPeer.pci, uio, "legacy");
+    await kernelExchangeTest(LAB.uioKernelPeer.pci, LAB.uioPeer.pci, uio, "legacy");
   },
 );
 
@@ -102,30 +79,19 @@ guestTest(
   async () => {
     const nic = VirtioNet.open(vfio(LAB.vfioHostPeer.pci), { ownsPci: true });
     try {
-      let echoed = 0;
-      const echo = receive(nic, {
-        count: N,
-        idleTimeoutMs: 20000,
-        onProgress: (ok) => echoed = ok,
-        progressEvery: 16,
-      });
-      const waiters: (() => void)[] = [];
-      const poke = setInterval(() => waiters.splice(0).forEach((w) => w()), 1);
-      const sent = await generate(nic, {
+      const dst = parseMac("02:00:00:00:00:fe");
+      const { tx, rx } = await echoExchange(nic, {
         count: N,
         minSize: 60,
         maxSize: 1514,
-        dst: parseMac("02:00:00:00:00:fe"),
-        window: { size: WINDOW, acked: () => echoed, changed: () => new Promise((r) => waiters.push(r)) },
+        dst,
+        window: WINDOW,
       });
-      const r = await echo;
-      clearInterval(poke);
-      assert.equal(sent.sent, N);
-      assert.deepEqual({ received: r.received, corrupt: r.corrupt, duplicate: r.duplicate }, {
-        received: N,
-        corrupt: 0,
-        duplicate: 0,
-      });
+      assert.equal(tx.sent, N);
+      assert.deepEqual(
+        { received: rx.received, corrupt: rx.corrupt, duplicate: rx.duplicate },
+        { received: N, corrupt: 0, duplicate: 0 },
+      );
       Deno.writeTextFileSync(`${OUT}/host-peer-expect.json`, JSON.stringify({ valid: N }));
     } finally {
       nic.close();
