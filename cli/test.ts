@@ -8,7 +8,8 @@ import { buildNative } from "../ffi/lib.ts";
 import { parse, runMain } from "./common.ts";
 
 const USAGE = `usage: deno task test [--unit-only | --vm-only] [--filter TEXT]
-  Runs tests/unit on the host, then tests/vm/guest inside one boot of the QEMU lab.`;
+  Runs tests/unit on the host, then tests/vm/guest inside one boot of the QEMU lab, then tests/lab (the lab's
+  own failure handling, two short boots).`;
 
 interface Tally {
   passed: number;
@@ -31,8 +32,8 @@ function tally(text: string): Tally {
   return t;
 }
 
-async function unit(filter?: string): Promise<{ ok: boolean; t: Tally }> {
-  const args = ["test", "--allow-all", ...(filter ? ["--filter", filter] : []), "tests/unit/"];
+async function hostTests(dir: string, filter?: string): Promise<{ ok: boolean; t: Tally }> {
+  const args = ["test", "--allow-all", ...(filter ? ["--filter", filter] : []), dir];
   const child = new Deno.Command(Deno.execPath(), {
     args,
     stdout: "piped",
@@ -109,10 +110,12 @@ await runMain(USAGE, async () => {
   buildNative({ quiet: true });
   const t0 = performance.now();
   const results: { name: string; ok: boolean; t: Tally }[] = [];
-  if (!values["vm-only"]) results.push({ name: "unit", ...(await unit(values.filter)) });
+  if (!values["vm-only"]) results.push({ name: "unit", ...(await hostTests("tests/unit/", values.filter)) });
   if (!values["unit-only"]) {
     console.log("\n=== VM tests (QEMU lab) ===");
     results.push({ name: "vm", ...(await vm(values.filter)) });
+    console.log("\n=== lab failure handling (two short boots) ===");
+    results.push({ name: "lab", ...(await hostTests("tests/lab/", values.filter)) });
   }
   const sum = results.reduce(
     (a, r) => ({
