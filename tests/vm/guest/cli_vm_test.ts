@@ -15,8 +15,9 @@ function task(script: string, args: string[]) {
 guestTest("tasks: deno task send/recv on a real NIC, with a pcap of what was received", async () => {
   ensureBound(LAB.vfioKernelPeer.pci, "vfio-pci");
   const k = await kernelInterface(LAB.kernelPeer.pci);
-  // send: 2000 frames at 2000 pps to the kernel, which verifies them.
-  const kr = new Peer(["recv", k.name, "2000", "8000"]);
+  // send: 1000 frames at 500 pps to the kernel, which verifies them. The task has no flow control, so the load
+  // is one the lab's UDP link absorbs even if the guest kernel stalls for half a second (see WINDOW elsewhere).
+  const kr = new Peer(["recv", k.name, "1000", "8000"]);
   await kr.ready;
   const s = await task("send.ts", [
     LAB.vfioKernelPeer.pci,
@@ -32,9 +33,9 @@ guestTest("tasks: deno task send/recv on a real NIC, with a pcap of what was rec
   ]).output();
   assert.equal(s.code, 0, new TextDecoder().decode(s.stderr));
   const sent = JSON.parse(new TextDecoder().decode(s.stdout));
-  assert.equal(sent.sent, 2000);
+  assert.equal(sent.sent, 1000);
   const got = await kr.result();
-  assert.equal(got.received, 2000);
+  assert.equal(got.received, 1000);
   assert.equal(got.corrupt, 0);
   // recv: the kernel sends ~1500 frames at 1500 pps; pvdrv receives, verifies and captures them.
   const pcap = `${OUT}/recv.pcap`;

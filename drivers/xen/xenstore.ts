@@ -1,0 +1,367 @@
+/**
+ * A xenstore client speaking xs_wire (Xen public/io/xs_wire.h): 16-byte header {type, req_id, tx_id, len} then up
+ * to 4096 bytes of payload. Requests are matched to replies by req_id; watch events arrive as async iterators.
+ * Every reply is validated (type, length, NUL termination, known request id) — a malformed one fails the
+ * connection with a clear error rather than being half-used.
+ * @module
+ */
+
+/** xs_wire message types (xs_wire.h `enum xsd_sockmsg_type`). */
+export const XS = {
+  DIRECTORY: 1,
+  READ: 2,
+  WATCH: 4,
+  UNWATCH: 5,
+  TRANSACTION_START: 6,
+  TRANSACTION_END: 7,
+  GET_DOMAIN_PATH: 10,
+  WRITE: 11,
+  MKDIR: 12,
+  RM: 13,
+  WATCH_EVENT: 15,
+  ERROR: 16,
+} as const;
+
+/** Largest payload (XENSTORE_PAYLOAD_MAX). */
+export const PAYLOAD_MAX = 4096;
+/** Longest absolute path (XENSTORE_ABS_PATH_MAX). */
+export const PATH_MAX = 3072;
+const HEADER = 16;
+
+/** The byte stream under a client: /dev/xen/xenbus, or an in-process server in tests. */
+export interface XsTransport {
+  /** Send one whole message. */
+  write(msg: Uint8Array): void;
+  /** The next chunk of bytes from the server (any framing); null at end of stream. */
+  read(): Promise<Uint8Array | null>;
+  /** Close the stream (a pending read resolves null). */
+  close(): void;
+}
+
+/** An error reply (`XS_ERROR`) or a protocol failure. */
+export class XenStoreError extends Error {
+  /** The errno name xenstored sent (ENOENT, EAGAIN, EACCES...), or "EPROTO" for protocol errors. */
+  readonly code: string;
+  /** Creates the error. */
+  constructor(code: string, msg: string) {
+    super(msg);
+    this.code = code;
+    this.name = "XenStoreError";
+  }
+}
+
+interface Pending {
+  type: number;
+  resolve: (payload: Uint8Array) => void;
+  reject: (e: Error) => void;
+}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder("utf-8", { fatal: true });
+
+function checkPath(path: string): void {
+  if (!path || path.length > PATH_MAX || /[\0]/.test(path) || !/^[A-Za-z0-9/_@\-.]+$/.test(path)) {
+    throw new XenStoreError("EINVAL", `invalid xenstore path '${path}'`);
+  }
+}
+
+/** A connection to xenstore. */
+export class XenStore {
+  readonly #t: XsTransport;
+  readonly #pending = new Map<number, Pending>();
+  readonly #watches = new Map<string, { push: (path: string) => void; fail: (e: Error) => void }>();
+  #nextReq = 1;
+  #nextToken = 1;
+  #failed: Error | null = null;
+  readonly #reader: Promise<void>;
+
+  /** Starts reading replies from `transport`. */
+  constructor(transport: XsTransport) {
+    this.#t = transport;
+    this.#reader = this.#readLoop();
+  }
+
+  async #readLoop(): Promise<void> {
+    let buf = new Uint8Array(0);
+    try {
+      while (true) {
+        const chunk = await this.#t.read();
+        if (!chunk) break;
+        const merged = new Uint8Array(buf.length + chunk.length);
+        merged.set(buf);
+        merged.set(chunk, buf.length);
+        buf = merged;
+        while (buf.length >= HEADER) {
+          const dv = new DataView(buf.buffer, buf.byteOffset, HEADER);
+          const type = dv.getUint32(0, true), req = dv.getUint32(4, true), len = dv.getUint32(12, true);
+          if (len > PAYLOAD_MAX) {
+            throw new XenStoreError("EPROTO", `xenstore sent a ${len}-byte payload (max ${PAYLOAD_MAX})`);
+          }
+          if (buf.length < HEADER + len) break;
+          const payload = buf.slice(HEADER, HEADER + len);
+          buf = buf.slice(HEADER + len);
+          this.#dispatch(type, req, payload);
+        }
+      }
+      this.#fail(new XenStoreError("EPIPE", "xenstore connection closed"));
+    } catch (e) {
+      this.#fail(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+
+  #dispatch(type: number, req: number, payload: Uint8Array): void {
+    if (type === XS.WATCH_EVENT) {
+      const parts = splitNul(payload);
+      if (parts.length !== 2) throw new XenStoreError("EPROTO", "malformed watch event");
+      this.#watches.get(parts[1])?.push(parts[0]); // events for a token already unwatched are dropped
+      return;
+    }
+    const p = this.#pending.get(req);
+    if (!p) throw new XenStoreError("EPROTO", `xenstore replied to unknown request ${req}`);
+    this.#pending.delete(req);
+    if (type === XS.ERROR) {
+      const code = cstring(payload);
+      p.reject(new XenStoreError(code, `xenstore: ${code}`));
+    } else if (type !== p.type) {
+      const e = new XenStoreError("EPROTO", `xenstore answered request type ${p.type} with type ${type}`);
+      p.reject(e); // no longer pending: fail it here, then the connection
+      throw e;
+    } else p.resolve(payload);
+  }
+
+  #fail(e: Error): void {
+    if (this.#failed) return;
+    this.#failed = e;
+    for (const p of this.#pending.values()) p.reject(e);
+    this.#pending.clear();
+    for (const w of this.#watches.values()) w.fail(e);
+  }
+
+  #request(type: number, payload: Uint8Array, tx = 0): Promise<Uint8Array> {
+    if (this.#failed) return Promise.reject(this.#failed);
+    if (payload.length > PAYLOAD_MAX) {
+      return Promise.reject(new XenStoreError("E2BIG", "xenstore request too long"));
+    }
+    const req = this.#nextReq++ >>> 0 || this.#nextReq++;
+    const msg = new Uint8Array(HEADER + payload.length);
+    const dv = new DataView(msg.buffer);
+    dv.setUint32(0, type, true);
+    dv.setUint32(4, req, true);
+    dv.setUint32(8, tx, true);
+    dv.setUint32(12, payload.length, true);
+    msg.set(payload, HEADER);
+    return new Promise((resolve, reject) => {
+      this.#pending.set(req, { type, resolve, reject });
+      try {
+        this.#t.write(msg);
+      } catch (e) {
+        this.#pending.delete(req);
+        reject(e);
+      }
+    });
+  }
+
+  /** Read a value. */
+  async read(path: string, tx = 0): Promise<string> {
+    checkPath(path);
+    const v = await this.#request(XS.READ, nul(path), tx);
+    try {
+      return dec.decode(v);
+    } catch {
+      throw new XenStoreError("EPROTO", `value of ${path} is not UTF-8`);
+    }
+  }
+
+  /** Read a value, or null when the node does not exist. */
+  async tryRead(path: string, tx = 0): Promise<string | null> {
+    try {
+      return await this.read(path, tx);
+    } catch (e) {
+      if (e instanceof XenStoreError && e.code === "ENOENT") return null;
+      throw e;
+    }
+  }
+
+  /** Write a value (creating the node). */
+  async write(path: string, value: string, tx = 0): Promise<void> {
+    checkPath(path);
+    const p = nul(path), v = enc.encode(value);
+    const payload = new Uint8Array(p.length + v.length);
+    payload.set(p);
+    payload.set(v, p.length);
+    expectOk(await this.#request(XS.WRITE, payload, tx));
+  }
+
+  /** Child names of a node. */
+  async directory(path: string, tx = 0): Promise<string[]> {
+    checkPath(path);
+    const r = await this.#request(XS.DIRECTORY, nul(path), tx);
+    if (r.length && r[r.length - 1] !== 0) {
+      throw new XenStoreError("EPROTO", "directory reply not NUL-terminated");
+    }
+    return splitNul(r);
+  }
+
+  /** Create a node. */
+  async mkdir(path: string, tx = 0): Promise<void> {
+    checkPath(path);
+    expectOk(await this.#request(XS.MKDIR, nul(path), tx));
+  }
+
+  /** Remove a node and its children. */
+  async rm(path: string, tx = 0): Promise<void> {
+    checkPath(path);
+    expectOk(await this.#request(XS.RM, nul(path), tx));
+  }
+
+  /** This domain's home path (e.g. /local/domain/3). */
+  async domainPath(domid: number): Promise<string> {
+    return cstring(await this.#request(XS.GET_DOMAIN_PATH, nul(String(domid))));
+  }
+
+  /**
+   * Run `fn` in a transaction, retrying (up to `attempts` times) when xenstore reports a conflict (EAGAIN) on
+   * commit. `fn` gets the transaction id to pass to reads and writes.
+   */
+  async transaction<T>(fn: (tx: number) => Promise<T>, attempts = 16): Promise<T> {
+    for (let i = 0;; i++) {
+      const idText = cstring(await this.#request(XS.TRANSACTION_START, new Uint8Array([0])));
+      const tx = Number(idText);
+      if (!/^\d+$/.test(idText) || !tx || tx > 0xffffffff) {
+        throw new XenStoreError("EPROTO", `bad transaction id '${idText}'`);
+      }
+      let result: T;
+      try {
+        result = await fn(tx);
+      } catch (e) {
+        await this.#request(XS.TRANSACTION_END, nul("F"), tx).catch(() => {});
+        throw e;
+      }
+      try {
+        expectOk(await this.#request(XS.TRANSACTION_END, nul("T"), tx));
+        return result;
+      } catch (e) {
+        if (!(e instanceof XenStoreError && e.code === "EAGAIN") || i + 1 >= attempts) throw e;
+      }
+    }
+  }
+
+  /**
+   * Watch `path` (and its children): yields the path that changed, starting with one event for the watch itself
+   * (xenstored fires each new watch once). `return()` (or breaking out of a for-await) removes the watch at once,
+   * even while a `next()` is waiting.
+   */
+  watch(path: string): AsyncIterableIterator<string> {
+    checkPath(path);
+    const token = `pvdrv-${this.#nextToken++}`;
+    const queue: string[] = [];
+    const waiting: { resolve: (r: IteratorResult<string>) => void; reject: (e: Error) => void }[] = [];
+    let done = false, err: Error | null = null;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      this.#watches.delete(token);
+      for (const w of waiting.splice(0)) w.resolve({ value: undefined, done: true });
+    };
+    this.#watches.set(token, {
+      push: (p) => {
+        const w = waiting.shift();
+        if (w) w.resolve({ value: p, done: false });
+        else queue.push(p);
+      },
+      fail: (e) => {
+        err = e;
+        for (const w of waiting.splice(0)) w.reject(e);
+      },
+    });
+    const registered = this.#request(XS.WATCH, concatNul(path, token)).then(expectOk);
+    registered.catch(() => {});
+    const it: AsyncIterableIterator<string> = {
+      next: async () => {
+        await registered;
+        if (done) return { value: undefined, done: true };
+        if (queue.length) return { value: queue.shift()!, done: false };
+        if (err) throw err;
+        return await new Promise<IteratorResult<string>>((resolve, reject) =>
+          waiting.push({ resolve, reject })
+        );
+      },
+      return: async () => {
+        const wasDone = done;
+        finish();
+        if (!wasDone && !this.#failed) {
+          await this.#request(XS.UNWATCH, concatNul(path, token)).catch(() => {});
+        }
+        return { value: undefined, done: true };
+      },
+      [Symbol.asyncIterator]() {
+        return it;
+      },
+    };
+    return it;
+  }
+
+  /** Wait until `path` satisfies `pred` (checked at each watch event); returns its value. */
+  async waitFor(
+    path: string,
+    pred: (v: string | null) => boolean,
+    timeoutMs = 30_000,
+  ): Promise<string | null> {
+    const it = this.watch(path);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, rej) =>
+      timer = setTimeout(
+        () => rej(new XenStoreError("ETIMEDOUT", `timed out waiting for ${path}`)),
+        timeoutMs,
+      )
+    );
+    try {
+      while (true) {
+        const ev = await Promise.race([it.next(), timeout]);
+        if (ev.done) throw new XenStoreError("EPIPE", "watch ended");
+        const v = await this.tryRead(path);
+        if (pred(v)) return v;
+      }
+    } finally {
+      clearTimeout(timer);
+      await it.return!();
+    }
+  }
+
+  /** Close the connection; pending requests and watches fail. */
+  async close(): Promise<void> {
+    this.#fail(new XenStoreError("EPIPE", "xenstore connection closed"));
+    this.#t.close();
+    await this.#reader;
+  }
+}
+
+function nul(s: string): Uint8Array {
+  const b = enc.encode(s);
+  const out = new Uint8Array(b.length + 1);
+  out.set(b);
+  return out;
+}
+
+function concatNul(a: string, b: string): Uint8Array {
+  const x = nul(a), y = nul(b);
+  const out = new Uint8Array(x.length + y.length);
+  out.set(x);
+  out.set(y, x.length);
+  return out;
+}
+
+function cstring(b: Uint8Array): string {
+  const end = b.indexOf(0);
+  return new TextDecoder().decode(end < 0 ? b : b.subarray(0, end));
+}
+
+function splitNul(b: Uint8Array): string[] {
+  if (!b.length) return [];
+  const s = new TextDecoder().decode(b[b.length - 1] === 0 ? b.subarray(0, -1) : b);
+  return s.split("\0");
+}
+
+function expectOk(r: Uint8Array): void {
+  if (cstring(r) !== "OK") throw new XenStoreError("EPROTO", `expected OK, got '${cstring(r)}'`);
+}

@@ -1,0 +1,149 @@
+/**
+ * Linux's Xen devices for a domU's userspace: /dev/xen/gntalloc (grant pages to another domain) and
+ * /dev/xen/evtchn (event channels). Layouts and ioctl numbers from linux/xen/gntalloc.h and evtchn.h.
+ * @module
+ */
+import { check, check64, cstr, native, NativeError } from "./lib.ts";
+import { irqWaiter } from "./irq.ts";
+import type { EventChannel, EventChannels, GrantedPages, GrantTable } from "../drivers/xen/grants.ts";
+import { XEN_PAGE } from "../drivers/xen/grants.ts";
+
+const O_RDWR = 2, O_NONBLOCK = 0o4000, PROT_RW = 3, MAP_SHARED = 1;
+const IOCTL_GNTALLOC_ALLOC_GREF = 0x184705, IOCTL_GNTALLOC_DEALLOC_GREF = 0x104706;
+const GNTALLOC_FLAG_WRITABLE = 1;
+const IOCTL_EVTCHN_BIND_UNBOUND_PORT = 0x44502, IOCTL_EVTCHN_NOTIFY = 0x44504, IOCTL_EVTCHN_UNBIND = 0x44503;
+/** Linux's default gntalloc `limit` module parameter. */
+export const GNTALLOC_DEFAULT_LIMIT = 1024;
+
+function openDev(path: string, what: string): number {
+  const r = native().pvdrv_open(cstr(path), O_RDWR | O_NONBLOCK, 0);
+  if (r === -2) {
+    throw new NativeError(`${path} is missing: load the ${what} module (xen-${what}) in this Xen guest`, r);
+  }
+  if (r === -13 || r === -1) throw new NativeError(`opening ${path} needs root`, r);
+  return check(`opening ${path}`, r);
+}
+
+/** Grants through /dev/xen/gntalloc. */
+export class Gntalloc implements GrantTable {
+  #fd: number;
+  #used = 0;
+  /** Grants this process may allocate (the module's `limit`, read from sysfs when possible). */
+  readonly limit: number;
+
+  /** Opens /dev/xen/gntalloc. */
+  constructor() {
+    this.#fd = openDev("/dev/xen/gntalloc", "gntalloc");
+    let limit = GNTALLOC_DEFAULT_LIMIT;
+    try {
+      limit = Number(Deno.readTextFileSync("/sys/module/xen_gntalloc/parameters/limit").trim()) || limit;
+    } catch { /* default */ }
+    this.limit = limit;
+  }
+
+  get remaining(): number {
+    return this.limit - this.#used;
+  }
+
+  grant(count: number, domid: number): GrantedPages {
+    if (this.#fd < 0) throw new Error("gntalloc is closed");
+    if (!(count >= 1 && count <= 65536)) throw new RangeError(`cannot grant ${count} pages`);
+    const b = new Uint8Array(Math.max(24, 16 + 4 * count));
+    const dv = new DataView(b.buffer);
+    dv.setUint16(0, domid, true);
+    dv.setUint16(2, GNTALLOC_FLAG_WRITABLE, true);
+    dv.setUint32(4, count, true);
+    const r = native().pvdrv_ioctl_ptr(this.#fd, IOCTL_GNTALLOC_ALLOC_GREF, b);
+    if (r === -28 || r === -12) {
+      throw new NativeError(
+        `gntalloc refused ${count} more grants (${this.#used} in use, limit ${this.limit}): raise it with ` +
+          `'modprobe xen-gntalloc limit=N' or use fewer queues`,
+        r,
+      );
+    }
+    check("IOCTL_GNTALLOC_ALLOC_GREF", r);
+    const index = dv.getBigUint64(8, true);
+    const refs = new Uint32Array(count);
+    for (let i = 0; i < count; i++) refs[i] = dv.getUint32(16 + 4 * i, true);
+    const n = native(), len = BigInt(count * XEN_PAGE);
+    const addr = n.pvdrv_mmap(len, PROT_RW, MAP_SHARED, this.#fd, index);
+    if (addr < 0n) this.#dealloc(index, count);
+    const ptr = n.pvdrv_ptr(check64("mmap of granted pages", addr))!;
+    const bytes = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptr, count * XEN_PAGE));
+    this.#used += count;
+    let freed = false;
+    return {
+      refs,
+      bytes,
+      free: () => {
+        if (freed) return;
+        freed = true;
+        n.pvdrv_munmap(ptr, len);
+        this.#dealloc(index, count);
+        this.#used -= count;
+      },
+    };
+  }
+
+  #dealloc(index: bigint, count: number): void {
+    const b = new Uint8Array(16);
+    const dv = new DataView(b.buffer);
+    dv.setBigUint64(0, index, true);
+    dv.setUint32(8, count, true);
+    native().pvdrv_ioctl_ptr(this.#fd, IOCTL_GNTALLOC_DEALLOC_GREF, b);
+  }
+
+  /** Close the device (grants still mapped stay until unmapped). */
+  close(): void {
+    if (this.#fd >= 0) native().pvdrv_close(this.#fd);
+    this.#fd = -1;
+  }
+}
+
+/** An event channel on its own /dev/xen/evtchn fd (events read as u32 ports; writing a port unmasks it). */
+class EvtchnPort implements EventChannel {
+  readonly #buf = new Uint32Array(16);
+  readonly #unmask = new Uint32Array(1);
+  readonly #arg = new Uint32Array(1);
+  constructor(public fd: number, readonly port: number) {
+    this.#unmask[0] = port;
+    this.#arg[0] = port;
+  }
+  notify(): void {
+    check(
+      "IOCTL_EVTCHN_NOTIFY",
+      native().pvdrv_ioctl_ptr(this.fd, IOCTL_EVTCHN_NOTIFY, new Uint8Array(this.#arg.buffer)),
+    );
+  }
+  poll(): boolean {
+    const r = native().pvdrv_read(this.fd, new Uint8Array(this.#buf.buffer), this.#buf.byteLength);
+    if (r === -11) return false;
+    check("reading /dev/xen/evtchn", r);
+    // The port arrives masked: unmask so the next event is delivered.
+    native().pvdrv_write(this.fd, new Uint8Array(this.#unmask.buffer), 4);
+    return r > 0;
+  }
+  async wait(): Promise<void> {
+    while (!this.poll()) await irqWaiter().waitReadable(this.fd);
+  }
+  close(): void {
+    if (this.fd < 0) return;
+    native().pvdrv_ioctl_ptr(this.fd, IOCTL_EVTCHN_UNBIND, new Uint8Array(this.#arg.buffer));
+    irqWaiter().remove(this.fd, true);
+    this.fd = -1;
+  }
+}
+
+/** Event channels through /dev/xen/evtchn. */
+export class Evtchn implements EventChannels {
+  bindUnbound(remoteDomid: number): EventChannel {
+    const fd = openDev("/dev/xen/evtchn", "evtchn");
+    const arg = new Uint32Array([remoteDomid]);
+    const port = native().pvdrv_ioctl_ptr(fd, IOCTL_EVTCHN_BIND_UNBOUND_PORT, new Uint8Array(arg.buffer));
+    if (port < 0) {
+      native().pvdrv_close(fd);
+      check(`IOCTL_EVTCHN_BIND_UNBOUND_PORT (remote domain ${remoteDomid})`, port);
+    }
+    return new EvtchnPort(fd, port);
+  }
+}
