@@ -94,10 +94,10 @@ export class FrontRing {
     return n;
   }
 
-  /** Mark the ring broken with `msg` and throw. */
-  fail(msg: string): never {
+  /** Mark the ring broken with `msg`; returns the error to throw. */
+  failure(msg: string): RingError {
     this.#broken ??= new RingError(`${this.name}: ${msg}`);
-    throw this.#broken;
+    return this.#broken;
   }
 
   /** RING_FINAL_CHECK_FOR_RESPONSES: ask for an event at the next response; true when some already arrived. */

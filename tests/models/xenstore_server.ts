@@ -27,9 +27,9 @@ export class XenStoreServer {
   /** Hooks run after a write (path, value): lets a model backend react. */
   onWrite: ((path: string, value: string) => void) | null = null;
 
-  /** A new client connection. */
-  connect(): { transport: XsTransport; conn: Conn } {
-    const conn = new Conn(this);
+  /** A new client connection for domain `domid` (relative paths resolve under /local/domain/<domid>). */
+  connect(domid = 0): { transport: XsTransport; conn: Conn } {
+    const conn = new Conn(this, domid);
     return { transport: conn.clientSide, conn };
   }
 
@@ -72,6 +72,10 @@ export class XenStoreServer {
   /** Handle one request from `conn`. */
   handle(conn: Conn, type: number, req: number, tx: number, payload: Uint8Array): void {
     const parts = dec.decode(payload).split("\0");
+    const abs = (p: string) => p.startsWith("/") ? p : `/local/domain/${conn.domid}/${p}`;
+    if (type !== XS.TRANSACTION_START && type !== XS.TRANSACTION_END && type !== XS.GET_DOMAIN_PATH) {
+      parts[0] = abs(parts[0]);
+    }
     this.log.push({ type, path: parts[0], tx });
     const t = tx ? this.#txs.get(tx) : undefined;
     if (tx && !t) return conn.reply(XS.ERROR, req, tx, "ENOENT\0");
@@ -84,7 +88,8 @@ export class XenStoreServer {
       }
       case XS.WRITE: {
         const nulAt = payload.indexOf(0);
-        const path = dec.decode(payload.subarray(0, nulAt)), value = dec.decode(payload.subarray(nulAt + 1));
+        const path = abs(dec.decode(payload.subarray(0, nulAt))),
+          value = dec.decode(payload.subarray(nulAt + 1));
         this.#ensureParents(tree, path);
         tree.set(path, value);
         if (!t) {
@@ -164,7 +169,7 @@ export class Conn {
   mute = false;
   readonly clientSide: XsTransport;
 
-  constructor(readonly server: XenStoreServer) {
+  constructor(readonly server: XenStoreServer, readonly domid = 0) {
     const self = this;
     this.clientSide = {
       write(msg: Uint8Array) {

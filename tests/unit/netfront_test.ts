@@ -1,0 +1,256 @@
+import assert from "assert";
+import { Netfront } from "../../drivers/xen/netfront.ts";
+import { XenStore, XS } from "../../drivers/xen/xenstore.ts";
+import { RingError } from "../../drivers/xen/ring.ts";
+import { checkFrame, FrameCheck, writeFrame } from "../../drivers/frames.ts";
+import { macToString, type PacketBuffer } from "../../drivers/nic.ts";
+import { XenStoreServer } from "../models/xenstore_server.ts";
+import { ModelEvtchns, ModelGrants, NetbackModel, type NetbackOptions } from "../models/xen.ts";
+
+const DST = new Uint8Array([0xfe, 0xff, 0xff, 0xff, 0xff, 0xff]);
+
+function lab(o: NetbackOptions & { grantLimit?: number } = {}) {
+  const server = new XenStoreServer();
+  const grants = new ModelGrants(o.grantLimit ?? 1024), evtchns = new ModelEvtchns();
+  const back = new NetbackModel(server, grants, evtchns, o);
+  const xs = new XenStore(server.connect(back.frontDomid).transport);
+  const open = (queues = 1) => Netfront.open(xs, grants, evtchns, { timeoutMs: 2000, queues });
+  return { server, grants, evtchns, back, xs, open };
+}
+
+const size = (k: number) => 60 + (k * 149) % 1455;
+
+function send(nf: Netfront, count: number, first = 0, q = 0): number {
+  const bufs: PacketBuffer[] = [];
+  let sent = 0;
+  while (sent < count) {
+    const got = nf.allocTx(bufs, Math.min(32, count - sent), q);
+    assert.ok(got > 0, "TX buffers available");
+    for (let i = 0; i < got; i++) {
+      const k = first + sent + i;
+      writeFrame(bufs[i].data, size(k), k, DST, nf.mac);
+      bufs[i].length = size(k);
+    }
+    const n = nf.sendBatch(bufs, got, q);
+    if (n < got) nf.release(bufs.slice(n, got), got - n, q);
+    sent += n;
+  }
+  return sent;
+}
+
+function receiveAll(nf: Netfront, q = 0): PacketBuffer[] {
+  const out: PacketBuffer[] = [], all: PacketBuffer[] = [];
+  let n;
+  while ((n = nf.receiveBatch(out, 64, q)) > 0) {
+    for (let i = 0; i < n; i++) all.push(out[i]);
+    if (all.length > 100000) break;
+  }
+  return all;
+}
+
+Deno.test("netfront: handshake writes every key in one transaction, Initialised then Connected", async () => {
+  const { server, back, xs, open } = lab();
+  const states: string[] = [];
+  const hook = server.onWrite!;
+  server.onWrite = (p, v) => {
+    if (p === `${back.front}/state`) states.push(v);
+    hook(p, v);
+  };
+  const nf = await open();
+  try {
+    assert.equal(back.state, 4);
+    assert.deepEqual(states, ["1", "3", "4"]);
+    const f = (k: string) => server.get(`${back.front}/${k}`);
+    assert.ok(Number(f("tx-ring-ref")) > 0 && Number(f("rx-ring-ref")) > 0);
+    assert.ok(f("event-channel-tx") && f("event-channel-rx"), "split event channels when offered");
+    assert.equal(f("event-channel"), undefined);
+    assert.deepEqual([f("request-rx-copy"), f("feature-rx-notify")], ["1", "1"]);
+    const txWrites = server.log.filter((l) => l.type === XS.WRITE && l.tx !== 0);
+    assert.ok(
+      txWrites.some((l) => l.path.endsWith("/tx-ring-ref")) &&
+        txWrites.some((l) => l.path.endsWith("/state")),
+    );
+    assert.equal(server.log.filter((l) => l.type === XS.TRANSACTION_START).length, 1);
+    assert.equal(macToString(nf.mac), "00:16:3e:12:34:56");
+    assert.equal(back.rxPosted(), 256, "RX ring filled");
+  } finally {
+    await nf.shutdown();
+  }
+  assert.equal(server.get(`${back.front}/state`), "6");
+  await xs.close();
+});
+
+Deno.test("netfront: feature subsets — no split channels, multi-queue, no rx-copy, bad keys, grant limit", async () => {
+  {
+    const { server, back, xs, open } = lab({ split: false });
+    const nf = await open();
+    assert.ok(server.get(`${back.front}/event-channel`));
+    assert.equal(send(nf, 10), 10);
+    assert.equal(back.sent[0].length, 10);
+    await nf.shutdown();
+    await xs.close();
+  }
+  {
+    const { server, back, xs, open } = lab({ maxQueues: 4 });
+    const nf = await open(2);
+    assert.equal(nf.queues, 2);
+    assert.equal(server.get(`${back.front}/multi-queue-num-queues`), "2");
+    assert.ok(server.get(`${back.front}/queue-1/tx-ring-ref`));
+    assert.equal(send(nf, 5, 0, 1), 5);
+    assert.equal(back.sent[1].length, 5);
+    await nf.shutdown();
+    await xs.close();
+  }
+  {
+    const { xs, open } = lab({ rxCopy: false });
+    await assert.rejects(open(), /feature-rx-copy/);
+    await xs.close();
+  }
+  {
+    const { server, back, xs, open } = lab();
+    server.set(`${back.front}/backend`, "/etc/passwd");
+    await assert.rejects(open(), /not a vif backend path/);
+    server.set(`${back.front}/backend`, back.back);
+    server.set(`${back.front}/mac`, "zz");
+    await assert.rejects(open(), /not a MAC address/);
+    await xs.close();
+  }
+  {
+    const { xs, open, grants } = lab({ grantLimit: 300, maxQueues: 2 });
+    await assert.rejects(open(1), /need 386 grants, only 300 left/);
+    assert.equal(grants.live, 0);
+    await xs.close();
+  }
+});
+
+Deno.test("netfront: 20,000 frames each way byte-exact, rings wrapping many times", async () => {
+  const { back, xs, open, grants } = lab();
+  const nf = await open();
+  try {
+    const N = 20000;
+    let sent = 0, recvd = 0;
+    const seq = new Uint32Array(1), frame = new Uint8Array(1514);
+    while (sent < N) {
+      sent += send(nf, Math.min(100, N - sent), sent);
+      for (let k = recvd; k < sent; k++) {
+        writeFrame(frame, size(k), k, nf.mac, DST);
+        assert.ok(back.deliver(frame.subarray(0, size(k)), 0, { flags: k % 2 ? 1 : 0 }));
+      }
+      const got = receiveAll(nf);
+      for (const b of got) {
+        assert.equal(checkFrame(b.data, b.length, seq), FrameCheck.Ok);
+        assert.equal(seq[0], recvd);
+        assert.equal(b.flags, recvd % 2 ? 2 : 0, "data_validated → RX_CSUM_VALID");
+        recvd++;
+      }
+      nf.release(got, got.length);
+    }
+    nf.reclaimTx();
+    assert.equal(back.sent[0].length, N);
+    back.sent[0].forEach((f, k) => {
+      if (k % 997 === 0) {
+        assert.equal(checkFrame(f, f.length, seq), FrameCheck.Ok);
+        assert.equal(seq[0], k);
+      }
+    });
+    assert.equal(recvd, N);
+    const st = nf.stats()[0];
+    assert.deepEqual([st.txPackets, st.rxPackets, st.txErrors, st.rxDropped], [N, N, 0, 0]);
+    assert.ok(st.notifications < N / 4, `notifications ${st.notifications}`);
+  } finally {
+    await nf.shutdown();
+  }
+  assert.equal(grants.live, 0, "every grant ended");
+  await xs.close();
+});
+
+Deno.test("netfront: RX offsets, multi-slot frames and error statuses are handled without corruption", async () => {
+  const { back, xs, open } = lab();
+  const nf = await open();
+  try {
+    const f = new Uint8Array(100);
+    writeFrame(f, 100, 5, nf.mac, DST);
+    back.deliver(f, 0, { offset: 66 });
+    back.deliver(new Uint8Array(1000), 0, { flags: 4 }); // more_data: first slot of a two-slot frame
+    back.deliver(new Uint8Array(500)); // ... its second slot
+    back.deliver(f);
+    const got = receiveAll(nf);
+    assert.equal(got.length, 2);
+    const seq = new Uint32Array(1);
+    for (const b of got) assert.equal(checkFrame(b.data, b.length, seq), FrameCheck.Ok);
+    assert.equal(nf.stats()[0].rxDropped, 2);
+    nf.release(got, got.length);
+  } finally {
+    await nf.shutdown();
+    await xs.close();
+  }
+});
+
+Deno.test("netfront: a hostile backend (bad ids, offset+length past the page, rsp_prod jump) breaks the ring cleanly", async () => {
+  const cases: [string, (b: NetbackModel, nf: Netfront) => void, "rx" | "tx", RegExp][] = [
+    ["RX id not held", (b) => b.rxResponse(0, 999, 0, 0, 60), "rx", /RX id 999/],
+    ["RX past the page", (b) => b.rxResponse(0, 0, 4000, 0, 200), "rx", /200 bytes at offset 4000/],
+    ["RX rsp_prod jump", (b) => b.jumpRx(0, 1000), "rx", /rsp_prod/],
+    ["TX rsp_prod with nothing outstanding", (b) => b.txResponse(0, 7, 0), "tx", /rsp_prod/],
+    [
+      "TX id not in flight",
+      (b, nf) => {
+        b.autoProcess = false;
+        send(nf, 1); // one request outstanding (buffer 0)
+        b.txResponse(0, 7, 0);
+      },
+      "tx",
+      /TX id 7/,
+    ],
+  ];
+  for (const [name, act, which, re] of cases) {
+    const { back, xs, open, grants } = lab();
+    const nf = await open();
+    act(back, nf);
+    const run = () => (which === "rx" ? nf.receiveBatch([], 64) : nf.reclaimTx());
+    assert.throws(run, RingError, name);
+    assert.throws(run, re, `${name}: stays broken with a clear error`);
+    assert.throws(() => nf.checkHealth(), RingError);
+    await nf.shutdown();
+    assert.equal(grants.live, 0, `${name}: nothing leaked`);
+    await xs.close();
+  }
+});
+
+Deno.test("netfront: interrupt mode wakes on the RX event channel", async () => {
+  const { back, xs, open } = lab();
+  const nf = await open();
+  try {
+    const f = new Uint8Array(60);
+    writeFrame(f, 60, 1, nf.mac, DST);
+    const woke = nf.waitRx();
+    setTimeout(() => back.deliver(f), 5);
+    await woke;
+    const got = receiveAll(nf);
+    assert.equal(got.length, 1);
+    nf.release(got, 1);
+    assert.equal(nf.stats()[0].interrupts, 1);
+  } finally {
+    await nf.shutdown();
+    await xs.close();
+  }
+});
+
+Deno.test("netfront: reconnects after the backend restarts", async () => {
+  const { server, back, xs, open } = lab();
+  const nf = await open();
+  try {
+    assert.equal(send(nf, 3), 3);
+    await back.restart();
+    const deadline = Date.now() + 2000;
+    while (nf.reconnects === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(nf.reconnects, 1);
+    assert.equal(back.state, 4);
+    assert.equal(server.get(`${back.front}/state`), "4");
+    assert.equal(send(nf, 4, 100), 4);
+    assert.equal(back.sent[0].length, 4, "traffic flows on the new rings");
+  } finally {
+    await nf.shutdown();
+    await xs.close();
+  }
+});
