@@ -448,21 +448,21 @@ export class Netfront implements Nic {
           await this.#xs.write(`${this.dir}/state`, String(XenbusState.Closing)).catch(() => {});
           await this.#waitBackend((x) => x === XenbusState.Closed || x === XenbusState.InitWait, "Closed")
             .catch(() => {});
-          await this.#releaseQueues();
+          this.#releaseQueues();
           await this.#xs.write(`${this.dir}/state`, String(XenbusState.Closed)).catch(() => {});
         } else if (s === XenbusState.InitWait && !this.#connected && !this.#closed) {
           try {
             await this.#connect();
             this.reconnects++;
           } catch {
-            await this.#releaseQueues();
+            this.#releaseQueues();
           }
         }
       }
     })().catch(() => {});
   }
 
-  async #releaseQueues(): Promise<void> {
+  #releaseQueues(): void {
     for (const q of this.#q.splice(0)) {
       q.evTx.close();
       if (q.evRx !== q.evTx) q.evRx.close();
@@ -484,7 +484,7 @@ export class Netfront implements Nic {
       await this.#waitBackend((s) => s >= XenbusState.Closing || s === XenbusState.InitWait, "Closing")
         .catch(() => {});
     }
-    await this.#releaseQueues();
+    this.#releaseQueues();
     await this.#xs.write(`${this.dir}/state`, String(XenbusState.Closed)).catch(() => {});
   }
 

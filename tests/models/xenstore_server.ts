@@ -170,18 +170,15 @@ export class Conn {
   readonly clientSide: XsTransport;
 
   constructor(readonly server: XenStoreServer, readonly domid = 0) {
-    const self = this;
     this.clientSide = {
-      write(msg: Uint8Array) {
-        if (self.#closed) throw new Error("closed");
-        self.#receive(msg);
+      write: (msg: Uint8Array) => {
+        if (this.#closed) throw new Error("closed");
+        this.#receive(msg);
       },
-      read(): Promise<Uint8Array | null> {
-        return self.#read();
-      },
-      close() {
-        self.#closed = true;
-        self.#wake?.();
+      read: (): Promise<Uint8Array | null> => this.#read(),
+      close: () => {
+        this.#closed = true;
+        this.#wake?.();
       },
     };
   }

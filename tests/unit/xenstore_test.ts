@@ -1,5 +1,5 @@
 import assert from "assert";
-import { XenStore, XenStoreError, XS } from "../../drivers/xen/xenstore.ts";
+import { XenStore, type XenStoreError, XS } from "../../drivers/xen/xenstore.ts";
 import { XenStoreServer } from "../models/xenstore_server.ts";
 
 function connect(server = new XenStoreServer()) {
