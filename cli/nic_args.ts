@@ -8,7 +8,7 @@ import { UsageError } from "./common.ts";
 /** The one positional NIC name. */
 export function nicArg(positionals: string[]): string {
   if (positionals.length !== 1) {
-    throw new UsageError("expected exactly one NIC (a PCI address such as 0000:00:04.0)");
+    throw new UsageError("expected exactly one NIC (a PCI address such as 0000:00:04.0, or vif/0 on Xen)");
   }
   return positionals[0];
 }
@@ -20,12 +20,12 @@ export function irqArg(v: string | undefined): IrqMode {
   throw new UsageError(`--irq must be poll, msix or intx, got '${v}'`);
 }
 
-/** Run `cleanup` and exit on SIGINT/SIGTERM (the device is reset, nothing is left mapped). */
-export function onSignals(cleanup: () => void): void {
+/** Run `cleanup` and exit on SIGINT/SIGTERM (the device is reset or disconnected, nothing is left mapped). */
+export function onSignals(cleanup: () => void | Promise<void>): void {
   for (const sig of ["SIGINT", "SIGTERM"] as const) {
-    Deno.addSignalListener(sig, () => {
+    Deno.addSignalListener(sig, async () => {
       try {
-        cleanup();
+        await cleanup();
       } finally {
         Deno.exit(130);
       }

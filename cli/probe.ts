@@ -3,6 +3,29 @@
  * @module
  */
 import { formatTable, probe } from "../drivers/pci/probe.ts";
+import { formatXen, probeXen } from "../drivers/xen/probe.ts";
+import { XenStore } from "../drivers/xen/xenstore.ts";
+import { XenbusDevice } from "../ffi/xenbus.ts";
+
+/** Backend path and state of each vif, when xenstore is reachable (at most 2 s). */
+async function xenBackends(nodes: string[]): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  let xs: XenStore;
+  try {
+    xs = new XenStore(new XenbusDevice());
+  } catch {
+    return out;
+  }
+  const work = (async () => {
+    for (const n of nodes) {
+      const be = await xs.tryRead(`${n}/backend`);
+      if (be) out[n] = `${be} (state ${await xs.tryRead(`${be}/state`) ?? "?"})`;
+    }
+  })();
+  await Promise.race([work.catch(() => {}), new Promise((r) => setTimeout(r, 2000))]);
+  await xs.close();
+  return out;
+}
 import { parse, runMain, UsageError } from "./common.ts";
 
 const USAGE = `usage: deno task probe [--json] [--all] [--sysfs DIR]
@@ -10,7 +33,7 @@ const USAGE = `usage: deno task probe [--json] [--all] [--sysfs DIR]
   --all         list every PCI function (default: virtio and Xen devices only)
   --sysfs DIR   sysfs root (default /sys)`;
 
-await runMain(USAGE, () => {
+await runMain(USAGE, async () => {
   const { values, positionals } = parse(Deno.args, {
     json: { type: "boolean" },
     all: { type: "boolean" },
@@ -22,10 +45,18 @@ await runMain(USAGE, () => {
     return;
   }
   if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}'`);
-  let entries = probe(values.sysfs ?? "/sys");
+  const root = values.sysfs ?? "/sys";
+  let entries = probe(root);
   if (!values.all) entries = entries.filter((e) => e.kind !== "-");
-  if (values.json) console.log(JSON.stringify(entries, null, 2));
-  else {console.log(
-      entries.length ? formatTable(entries) : "no virtio or Xen PCI devices (use --all to list every device)",
-    );}
+  const xen = probeXen(root);
+  const backends = xen.hypervisor && !values.sysfs
+    ? await xenBackends(xen.devices.map((d) => d.nodename))
+    : {};
+  if (values.json) {
+    return void console.log(JSON.stringify({ pci: entries, xen: { ...xen, backends } }, null, 2));
+  }
+  console.log(
+    entries.length ? formatTable(entries) : "no virtio or Xen PCI devices (use --all to list every device)",
+  );
+  console.log(formatXen(xen, backends));
 });

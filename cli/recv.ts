@@ -11,7 +11,7 @@ import { intArg, parse, runMain } from "./common.ts";
 import { irqArg, nicArg, onSignals } from "./nic_args.ts";
 
 const USAGE = `usage: deno task recv <nic> [options]
-  <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic
+  <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic, or vif/N (Xen)
   --count N         stop after N valid pvdrv frames (default 0: until idle)
   --timeout SEC     stop after SEC seconds without traffic (default 10)
   --print           print one line per frame
@@ -36,14 +36,14 @@ await runMain(USAGE, async () => {
   const count = intArg("count", values.count, 0, 0, 2 ** 31);
   const timeout = intArg("timeout", values.timeout, 10, 1, 86400);
   const irq = irqArg(values.irq);
-  const nic = openNic(name, { irq, promiscuous: values.promisc });
+  const nic = await openNic(name, { irq, promiscuous: values.promisc });
   const pcap = values.pcap ? new PcapWriter(values.pcap) : undefined;
   console.error(`recv: listening on ${nic.name} (${macToString(nic.mac)}), ${irq} mode`);
   let stopping = false;
-  onSignals(() => {
+  onSignals(async () => {
     stopping = true;
     pcap?.close();
-    nic.close();
+    await nic.close();
   });
   try {
     const enc = new TextEncoder();
@@ -91,6 +91,6 @@ await runMain(USAGE, async () => {
     return r.corrupt ? 1 : 0;
   } finally {
     pcap?.close();
-    nic.close();
+    await nic.close();
   }
 });

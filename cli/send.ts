@@ -9,7 +9,7 @@ import { intArg, parse, runMain, UsageError } from "./common.ts";
 import { irqArg, nicArg, onSignals } from "./nic_args.ts";
 
 const USAGE = `usage: deno task send <nic> [options]
-  <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic (see deno task probe)
+  <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic, or vif/N (Xen)
   --count N         frames to send (default 10000)
   --size N          frame size in bytes, 60..1514 (default 60)
   --sizes MIN-MAX   cycle sizes through MIN..MAX instead
@@ -54,7 +54,7 @@ await runMain(USAGE, async () => {
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
-  const nic = openNic(name, { irq: irqArg(values.irq), queues: queue + 1 });
+  const nic = await openNic(name, { irq: irqArg(values.irq), queues: queue + 1 });
   onSignals(() => nic.close());
   try {
     if (queue >= nic.queues) {
@@ -82,6 +82,6 @@ await runMain(USAGE, async () => {
         } kpps`,
       );}
   } finally {
-    nic.close();
+    await nic.close();
   }
 });

@@ -93,6 +93,6 @@ export interface Nic {
   reclaimTx(queue?: number): number;
   /** Per-queue counters. */
   stats(): QueueStats[];
-  /** Stop the device and release everything (idempotent). */
-  close(): void;
+  /** Stop the device and release everything (idempotent); netfront finishes its XenBus close asynchronously. */
+  close(): void | Promise<void>;
 }

@@ -494,8 +494,8 @@ export class Netfront implements Nic {
     await this.#teardown(true);
   }
 
-  close(): void {
-    void this.shutdown();
+  close(): Promise<void> {
+    return this.shutdown();
   }
 }
 

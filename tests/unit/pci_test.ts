@@ -196,3 +196,44 @@ Deno.test("config: QEMU's modern virtio-net (captured in the lab)", () => {
   const notify = c.virtio.find((v) => v.type === VIRTIO_PCI_CAP.NOTIFY)!;
   assert.equal(notify.notifyOffMultiplier, 4);
 });
+
+Deno.test("probe: Xen hypervisor, guest type and xen-bus devices with the kernel driver holding each", async () => {
+  const { probeXen, formatXen } = await import("../../drivers/xen/probe.ts");
+  const root = Deno.makeTempDirSync();
+  const dev = Deno.makeTempDirSync();
+  try {
+    Deno.mkdirSync(`${root}/hypervisor`, { recursive: true });
+    Deno.writeTextFileSync(`${root}/hypervisor/type`, "xen\n");
+    Deno.writeTextFileSync(`${root}/hypervisor/guest_type`, "PV\n");
+    for (
+      const [name, node, drv] of [["vif-0", "device/vif/0", null], ["vif-1", "device/vif/1", "vif"]] as const
+    ) {
+      const d = `${root}/bus/xen/devices/${name}`;
+      Deno.mkdirSync(d, { recursive: true });
+      Deno.writeTextFileSync(`${d}/nodename`, node + "\n");
+      Deno.writeTextFileSync(`${d}/devtype`, "vif\n");
+      if (drv) {
+        Deno.mkdirSync(`${root}/bus/xen/drivers/${drv}`, { recursive: true });
+        Deno.symlinkSync(`${root}/bus/xen/drivers/${drv}`, `${d}/driver`);
+      }
+    }
+    Deno.mkdirSync(`${dev}/xen`);
+    for (const n of ["evtchn", "gntalloc", "xenbus"]) Deno.writeTextFileSync(`${dev}/xen/${n}`, "");
+    const x = probeXen(root, dev);
+    assert.equal(x.hypervisor, "xen");
+    assert.equal(x.guestType, "PV");
+    assert.deepEqual(x.devices.map((d) => [d.name, d.nodename, d.driver]), [["vif-0", "device/vif/0", null], [
+      "vif-1",
+      "device/vif/1",
+      "vif",
+    ]]);
+    assert.deepEqual(x.devNodes, ["evtchn", "gntalloc", "xenbus"]);
+    const text = formatXen(x, { "device/vif/0": "/local/domain/0/backend/vif/1/0 (state 2)" });
+    assert.match(text, /vif-0 .*state 2\).*free: deno task send vif\/0/);
+    assert.match(text, /vif-1 .*held by kernel driver vif/);
+    assert.equal(probeXen(`${root}/nowhere`).hypervisor, null);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+    Deno.removeSync(dev, { recursive: true });
+  }
+});

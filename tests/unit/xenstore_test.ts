@@ -115,3 +115,28 @@ Deno.test("xenstore: malformed replies fail the connection clearly", async () =>
     /malformed watch event/,
   )();
 });
+
+Deno.test("xen agent: advertises features, acts on poweroff/reboot, clears the request, ignores the rest", async () => {
+  const { runAgent } = await import("../../drivers/xen/agent.ts");
+  const server = new XenStoreServer();
+  const xs = new XenStore(server.connect(5).transport);
+  const acted: string[] = [], logs: string[] = [];
+  const stop = new AbortController();
+  const agent = runAgent(xs, { act: (a) => void acted.push(a), log: (m) => logs.push(m) }, stop.signal);
+  while (server.get("/local/domain/5/control/feature-reboot") !== "1") {
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  assert.equal(server.get("/local/domain/5/control/feature-poweroff"), "1");
+  server.set("/local/domain/5/control/shutdown", "s3");
+  while (logs.length < 1) await new Promise((r) => setTimeout(r, 1));
+  server.set("/local/domain/5/control/shutdown", "reboot");
+  while (acted.length < 1) await new Promise((r) => setTimeout(r, 1));
+  assert.equal(server.get("/local/domain/5/control/shutdown"), "", "request cleared");
+  server.set("/local/domain/5/control/shutdown", "poweroff");
+  while (acted.length < 2) await new Promise((r) => setTimeout(r, 1));
+  stop.abort();
+  assert.equal(await agent, null);
+  assert.deepEqual(acted, ["reboot", "poweroff"]);
+  assert.ok(logs.some((l) => /ignoring control\/shutdown='s3'/.test(l)));
+  await xs.close();
+});
