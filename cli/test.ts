@@ -4,12 +4,13 @@
  * @module
  */
 import { HostPeer, LabError, runInGuest } from "../tests/vm/lab.ts";
+import { isReportLine, runXenLab, XEN_FRAMES } from "../tests/xen/lab.ts";
 import { buildNative } from "../ffi/lib.ts";
 import { parse, runMain } from "./common.ts";
 
-const USAGE = `usage: deno task test [--unit-only | --vm-only] [--filter TEXT]
+const USAGE = `usage: deno task test [--unit-only | --vm-only] [--no-xen] [--filter TEXT]
   Runs tests/unit on the host, then tests/vm/guest inside one boot of the QEMU lab, then tests/lab (the lab's
-  own failure handling, two short boots).`;
+  own failure handling, two short boots), then the nested Xen lab (tests/xen: netfront against xen-netback).`;
 
 interface Tally {
   passed: number;
@@ -49,6 +50,35 @@ async function hostTests(dir: string, filter?: string): Promise<{ ok: boolean; t
   }
   const st = await child.status;
   return { ok: st.success, t: tally(text) };
+}
+
+async function xen(): Promise<{ ok: boolean; t: Tally }> {
+  try {
+    const r = await runXenLab({
+      onLine: (l) => {
+        if (isReportLine(l)) console.log(l);
+      },
+    });
+    const t = tally(r.lines.join("\n"));
+    // dom0's own verdict on the frames it received from pvdrv, and that it sent its share.
+    const recv = r.dom0Recv, sent = r.dom0Send;
+    const dom0ok = recv?.received === XEN_FRAMES && recv.corrupt === 0 && sent?.sent === XEN_FRAMES;
+    console.log(
+      `dom0: ${dom0ok ? "ok" : "FAILED"} — verified ${
+        recv?.received ?? 0
+      } of ${XEN_FRAMES} frames from the domU, ` +
+        `${recv?.corrupt ?? "?"} corrupt; sent ${sent?.sent ?? 0}`,
+    );
+    if (dom0ok) t.passed++;
+    else t.failed++;
+    if (r.domUExit !== 0 && t.failed === 0) t.failed = 1;
+    console.log(`xen lab: ${r.seconds.toFixed(0)} s`);
+    return { ok: r.domUExit === 0 && dom0ok, t };
+  } catch (e) {
+    if (!(e instanceof LabError)) throw e;
+    console.error(`xen lab: ${e.message}`);
+    return { ok: false, t: { passed: 0, failed: 1, ignored: 0 } };
+  }
 }
 
 async function vm(filter?: string): Promise<{ ok: boolean; t: Tally }> {
@@ -100,6 +130,7 @@ await runMain(USAGE, async () => {
   const { values } = parse(Deno.args, {
     "unit-only": { type: "boolean" },
     "vm-only": { type: "boolean" },
+    "no-xen": { type: "boolean" },
     filter: { type: "string" },
     help: { type: "boolean", short: "h" },
   }, false);
@@ -116,6 +147,10 @@ await runMain(USAGE, async () => {
     results.push({ name: "vm", ...(await vm(values.filter)) });
     console.log("\n=== lab failure handling (two short boots) ===");
     results.push({ name: "lab", ...(await hostTests("tests/lab/", values.filter)) });
+    if (!values["no-xen"] && !values.filter) {
+      console.log("\n=== Xen lab (nested Xen under QEMU: netfront against dom0's xen-netback) ===");
+      results.push({ name: "xen", ...(await xen()) });
+    }
   }
   const sum = results.reduce(
     (a, r) => ({

@@ -75,7 +75,7 @@ export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
   const bufs: PacketBuffer[] = new Array(batch);
   const completedBefore = nic.stats()[q].txPackets;
   const t0 = performance.now();
-  let sent = 0, bytes = 0, lastReport = t0, spins = 0;
+  let sent = 0, bytes = 0, lastReport = t0, spins = 0, stalledSince = 0;
   while (sent < o.count) {
     let room = Math.min(batch, o.count - sent);
     if (o.window) {
@@ -109,6 +109,10 @@ export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
     if (got === 0) {
       // The ring is full: the device is the bottleneck. Spin briefly, then sleep so this vCPU (or core) goes
       // idle and whatever drains the ring (in a VM, the hypervisor's I/O thread) gets the CPU.
+      if (spins === 0) stalledSince = performance.now();
+      else if (performance.now() - stalledSince > 10_000) {
+        throw new Error(`${nic.name}: the device completed nothing for 10 s (${sent} frames queued so far)`);
+      }
       if (++spins % 64 === 0) await new Promise((r) => setTimeout(r, 1));
       continue;
     }

@@ -1,8 +1,9 @@
 /**
  * Xen netfront (Xen public/io/netif.h) from a domU's userspace, behind the common {@link Nic} interface.
  *
- * XenBus: Initialising → (backend InitWait) → keys written in one transaction with Initialised → (backend
- * Connected) → Connected; Closing/Closed from either side; a backend that comes back to InitWait is reconnected.
+ * XenBus: Initialising → (backend InitWait) → keys written in one transaction with Initialised → Connected →
+ * (backend Connected: Linux's xen-netback connects on the frontend's Connected); Closing/Closed from either side;
+ * a backend that comes back to InitWait is reconnected.
  * Rings: TX (12-byte unions) and RX (8-byte unions), 256 slots each. TX buffers are 2 KiB halves of granted pages,
  * RX buffers whole granted pages (the backend copies into them: request-rx-copy). Nothing the backend writes is
  * trusted: ids, statuses, offsets and lengths are checked before they index anything.
@@ -226,8 +227,9 @@ export class Netfront implements Nic {
       await put("feature-sg", 0);
       await put("state", XenbusState.Initialised);
     });
-    await this.#waitBackend((s) => s === XenbusState.Connected, "Connected");
+    // Linux's xen-netback connects when the frontend says Connected (Initialised alone leaves it in InitWait).
     await xs.write(`${this.dir}/state`, String(XenbusState.Connected));
+    await this.#waitBackend((s) => s === XenbusState.Connected, "Connected");
     for (const q of this.#q) {
       this.#refill(q);
       q.rx.quiet();
@@ -425,6 +427,17 @@ export class Netfront implements Nic {
 
   stats(): QueueStats[] {
     return this.#q.map((q) => ({ ...q.stats }));
+  }
+
+  /** Ring indices, for diagnostics: [req_prod, req_event, rsp_prod, rsp_event] and our private counters. */
+  ringState(queue = 0): string {
+    const q = this.#q[queue];
+    if (!q) return "no queue";
+    const f = (r: FrontRing) =>
+      `req_prod ${r.hdr[0]} req_event ${r.hdr[1]} rsp_prod ${r.hdr[2]} rsp_event ${
+        r.hdr[3]
+      } pvt ${r.reqProdPvt} cons ${r.rspCons}`;
+    return `tx: ${f(q.tx)}; rx: ${f(q.rx)}`;
   }
 
   /** Throws when a ring broke. */

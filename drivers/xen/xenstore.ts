@@ -58,6 +58,22 @@ interface Pending {
 
 const enc = new TextEncoder();
 const dec = new TextDecoder("utf-8", { fatal: true });
+const TRACE = (() => {
+  try {
+    return Deno.env.get("PVDRV_XS_TRACE") === "1";
+  } catch {
+    return false;
+  }
+})();
+const trace = (dir: string, type: number, req: number, payload: Uint8Array) => {
+  if (TRACE) {
+    console.error(
+      `xs ${dir} type ${type} req ${req} ${
+        new TextDecoder().decode(payload).replaceAll("\0", "|").slice(0, 80)
+      }`,
+    );
+  }
+};
 
 function checkPath(path: string): void {
   if (!path || path.length > PATH_MAX || /[\0]/.test(path) || !/^[A-Za-z0-9/_@\-.]+$/.test(path)) {
@@ -110,6 +126,7 @@ export class XenStore {
   }
 
   #dispatch(type: number, req: number, payload: Uint8Array): void {
+    trace("<", type, req, payload);
     if (type === XS.WATCH_EVENT) {
       const parts = splitNul(payload);
       if (parts.length !== 2) throw new XenStoreError("EPROTO", "malformed watch event");
@@ -150,6 +167,7 @@ export class XenStore {
     dv.setUint32(8, tx, true);
     dv.setUint32(12, payload.length, true);
     msg.set(payload, HEADER);
+    trace(">", type, req, payload);
     return new Promise((resolve, reject) => {
       this.#pending.set(req, { type, resolve, reject });
       try {

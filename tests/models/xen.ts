@@ -151,7 +151,7 @@ export class NetbackModel {
   }
 
   #frontState(s: number): void {
-    if ((s === 3 || s === 4) && this.state === 2) this.#connect();
+    if (s === 4 && this.state === 2) this.#connect(); // like xen-netback: Initialised alone does nothing
     if (s === 5 && this.state === 4) {
       this.#q = [];
       this.xs.set(`${this.back}/state`, "6");

@@ -89,3 +89,30 @@ export class CpioWriter {
     this.#f.close();
   }
 }
+
+/**
+ * Add a host directory tree under `at` (directories, regular files with their modes, symlinks; no devices).
+ * `keep(relativePath)` can leave parts out.
+ */
+export function addTree(
+  w: CpioWriter,
+  dir: string,
+  at = "",
+  keep: (rel: string) => boolean = () => true,
+): void {
+  const walk = (rel: string) => {
+    for (const e of Deno.readDirSync(`${dir}/${rel}`)) {
+      const r = rel ? `${rel}/${e.name}` : e.name, host = `${dir}/${r}`, path = at ? `${at}/${r}` : r;
+      if (!keep(r)) continue;
+      const st = Deno.lstatSync(host);
+      if (st.isSymlink) w.add({ path, type: "symlink", target: Deno.readLinkSync(host) });
+      else if (st.isDirectory) {
+        w.add({ path, type: "dir", mode: (st.mode ?? 0o755) & 0o7777 });
+        walk(r);
+      } else if (st.isFile) {
+        w.add({ path, type: "file", data: Deno.readFileSync(host), mode: (st.mode ?? 0o644) & 0o7777 });
+      }
+    }
+  };
+  walk("");
+}

@@ -47,7 +47,8 @@ function log(msg: string): void {
   console.error(`lab: ${msg}`);
 }
 
-async function run(
+/** Run a command, returning stdout; a failure throws with its stderr. */
+export async function run(
   cmd: string,
   args: string[],
   opts: { cwd?: string; quiet?: boolean } = {},
@@ -73,7 +74,8 @@ async function run(
   return text;
 }
 
-function exists(p: string): boolean {
+/** Whether a path exists. */
+export function exists(p: string): boolean {
   try {
     Deno.statSync(p);
     return true;
@@ -92,7 +94,8 @@ async function which(cmd: string): Promise<boolean> {
 }
 
 let aptUpdated = false;
-async function aptUpdate(): Promise<void> {
+/** apt-get update, once per process. */
+export async function aptUpdate(): Promise<void> {
   if (aptUpdated) return;
   log("apt-get update");
   await run("apt-get", ["update", "-qq"]);
@@ -112,7 +115,8 @@ export async function ensureQemu(): Promise<void> {
   await run("apt-get", ["install", "-y", "-qq", "--no-install-recommends", "qemu-system-x86"]);
 }
 
-async function kernelPackage(): Promise<string> {
+/** The kernel package linux-image-amd64 depends on (or PVDRV_KERNEL_PACKAGE). */
+export async function kernelPackage(): Promise<string> {
   const override = Deno.env.get("PVDRV_KERNEL_PACKAGE");
   if (override) return override;
   const find = async () =>
@@ -129,7 +133,8 @@ async function kernelPackage(): Promise<string> {
   return pkg;
 }
 
-async function download(pkg: string, dir: string): Promise<string> {
+/** `apt-get download` a package into `dir` (cached); returns the .deb path. */
+export async function download(pkg: string, dir: string): Promise<string> {
   Deno.mkdirSync(dir, { recursive: true });
   const have = [...Deno.readDirSync(dir)].find((e) =>
     e.name.startsWith(pkg + "_") && e.name.endsWith(".deb")
@@ -223,10 +228,38 @@ async function hashOf(text: string): Promise<string> {
   return [...new Uint8Array(d)].slice(0, 8).map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-function sharedLibs(binary: string): Promise<string[]> {
+/** Libraries `ldd` names for `binary`. */
+export function sharedLibs(binary: string): Promise<string[]> {
   return run("ldd", [binary]).then((out) =>
     out.split("\n").map((l) => l.match(/(\/\S+) \(0x/)?.[1]).filter((p): p is string => !!p)
   );
+}
+
+/** Add the Deno binary as /bin/deno and the libraries it links, where its loader looks for them. */
+export async function addDenoRuntime(w: CpioWriter, deno: string): Promise<void> {
+  w.add({ path: "bin/deno", type: "file", data: Deno.readFileSync(deno), mode: 0o755 });
+  for (const lib of await sharedLibs(deno)) {
+    const real = Deno.realPathSync(lib);
+    const target = lib.startsWith("/lib64/")
+      ? lib
+      : `/lib/x86_64-linux-gnu/${lib.slice(lib.lastIndexOf("/") + 1)}`;
+    w.add({ path: target, type: "file", data: Deno.readFileSync(real), mode: 0o755 });
+  }
+}
+
+/** Download and unpack the kernel package (and busybox-static) once; returns the folder. */
+export async function extractKernel(pkg: string): Promise<string> {
+  const kernelVersion = pkg.replace(/^linux-image-/, "");
+  const x = `${VM_DIR}/extract-${kernelVersion}`;
+  if (exists(`${x}/.done`)) return x;
+  const kdeb = await download(pkg, `${VM_DIR}/debs`);
+  const bdeb = await download("busybox-static", `${VM_DIR}/debs`);
+  if (exists(x)) Deno.removeSync(x, { recursive: true });
+  Deno.mkdirSync(x, { recursive: true });
+  await run("dpkg-deb", ["-x", kdeb, x]);
+  await run("dpkg-deb", ["-x", bdeb, x]);
+  Deno.writeTextFileSync(`${x}/.done`, "");
+  return x;
 }
 
 /** Build (or reuse) the guest image. */
@@ -253,17 +286,7 @@ export async function buildGuest(opts: { force?: boolean } = {}): Promise<GuestI
   if (!opts.force && exists(`${dir}/done`)) return { ...image, built: false, buildSeconds: 0 };
 
   log(`building guest image (${pkg}, deno ${Deno.version.deno}) in ${dir}`);
-  const debs = `${VM_DIR}/debs`;
-  const kdeb = await download(pkg, debs);
-  const bdeb = await download("busybox-static", debs);
-  const x = `${VM_DIR}/extract-${kernelVersion}`;
-  if (!exists(`${x}/.done`)) {
-    if (exists(x)) Deno.removeSync(x, { recursive: true });
-    Deno.mkdirSync(x, { recursive: true });
-    await run("dpkg-deb", ["-x", kdeb, x]);
-    await run("dpkg-deb", ["-x", bdeb, x]);
-    Deno.writeTextFileSync(`${x}/.done`, "");
-  }
+  const x = await extractKernel(pkg);
   Deno.mkdirSync(dir, { recursive: true });
   Deno.copyFileSync(`${x}/boot/vmlinuz-${kernelVersion}`, image.kernel);
   const mods = resolveModules(`${x}/lib/modules/${kernelVersion}`, modules);
@@ -308,14 +331,7 @@ export async function buildGuest(opts: { force?: boolean } = {}): Promise<GuestI
   for (const m of mods) {
     w.add({ path: `lib/modules/${m.name}.ko`, type: "file", data: Deno.readFileSync(m.path) });
   }
-  w.add({ path: "bin/deno", type: "file", data: Deno.readFileSync(deno), mode: 0o755 });
-  for (const lib of await sharedLibs(deno)) {
-    const real = Deno.realPathSync(lib);
-    const target = lib.startsWith("/lib64/")
-      ? lib
-      : `/lib/x86_64-linux-gnu/${lib.slice(lib.lastIndexOf("/") + 1)}`;
-    w.add({ path: target, type: "file", data: Deno.readFileSync(real), mode: 0o755 });
-  }
+  await addDenoRuntime(w, deno);
   w.close();
   Deno.renameSync(image.initrd + ".tmp", image.initrd);
   Deno.writeTextFileSync(`${dir}/done`, new Date().toISOString());

@@ -2,7 +2,7 @@
 // NIC speaking pvdrv's test frame format (drivers/frames.ts). Built statically on the host, run in the guest.
 //
 //   pvpeer recv IF COUNT TIMEOUT_MS [PROGRESS]         receive and verify COUNT frames; "progress N" lines
-//   pvpeer send IF COUNT MIN MAX DSTMAC [WINDOW]       send COUNT frames (sizes MIN..MAX); with WINDOW, stay at most
+//   pvpeer send IF COUNT MIN MAX DSTMAC [WINDOW [PPS]] send COUNT frames (sizes MIN..MAX); with WINDOW, stay at most
 //                                                      WINDOW frames ahead of the acked count read from stdin
 //   pvpeer txrate IF SECONDS SIZE DSTMAC [PPS]         send as fast as possible (or at PPS), sendmmsg x32
 //   pvpeer rxrate IF SECONDS                           count pvdrv frames (recvmmsg x32), report pps
@@ -131,7 +131,7 @@ static int do_recv(const char *ifn, long count, int timeout_ms, long progress) {
   return 0;
 }
 
-static int do_send(const char *ifn, long count, int min, int max, const char *dsts, long window) {
+static int do_send(const char *ifn, long count, int min, int max, const char *dsts, long window, double rate) {
   unsigned char mac[6], dst[6];
   int ifindex, s = open_sock(ifn, mac, &ifindex);
   if (parse_mac(dsts, dst)) { fprintf(stderr, "pvpeer: bad MAC %s\n", dsts); return 2; }
@@ -160,8 +160,13 @@ static int do_send(const char *ifn, long count, int min, int max, const char *ds
         poll(&p, 1, 100);
       }
     }
+    if (rate > 0 && sent >= (now() - t0) * rate) {  // paced
+      usleep(1000);
+      continue;
+    }
     int n = 0;
-    while (n < BATCH && sent + n < count && (!window || sent + n - acked < window)) {
+    while (n < BATCH && sent + n < count && (!window || sent + n - acked < window) &&
+           (rate <= 0 || sent + n < (now() - t0) * rate + 1)) {
       long k = sent + n;
       int len = min + (int)((k * 149) % (max - min + 1));
       write_frame(buf[n], len, (uint32_t)k, dst, mac);
@@ -247,11 +252,12 @@ int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc >= 5 && !strcmp(argv[1], "recv")) return do_recv(argv[2], atol(argv[3]), atoi(argv[4]), argc > 5 ? atol(argv[5]) : 0);
   if (argc >= 7 && !strcmp(argv[1], "send"))
-    return do_send(argv[2], atol(argv[3]), atoi(argv[4]), atoi(argv[5]), argv[6], argc > 7 ? atol(argv[7]) : 0);
+    return do_send(argv[2], atol(argv[3]), atoi(argv[4]), atoi(argv[5]), argv[6], argc > 7 ? atol(argv[7]) : 0,
+                   argc > 8 ? atof(argv[8]) : 0);
   if ((argc == 6 || argc == 7) && !strcmp(argv[1], "txrate"))
     return do_txrate(argv[2], atof(argv[3]), atoi(argv[4]), argv[5], argc == 7 ? atof(argv[6]) : 0);
   if (argc == 4 && !strcmp(argv[1], "rxrate")) return do_rxrate(argv[2], atof(argv[3]));
-  fprintf(stderr, "usage: pvpeer recv IF COUNT TIMEOUT_MS [PROGRESS] | send IF COUNT MIN MAX DSTMAC [WINDOW] |\n"
+  fprintf(stderr, "usage: pvpeer recv IF COUNT TIMEOUT_MS [PROGRESS] | send IF COUNT MIN MAX DSTMAC [WINDOW [PPS]] |\n"
                   "       txrate IF SECONDS SIZE DSTMAC [PPS] | rxrate IF SECONDS\n");
   return 2;
 }

@@ -1,0 +1,355 @@
+/**
+ * The nested Xen lab (../shared/lab-notes.md recipe): Xen 4.17 under QEMU TCG (`-cpu qemu64`), a PV dom0 from a
+ * debootstrapped Debian with xen-utils, and a PV domU running Deno + pvdrv's netfront against dom0's real
+ * xen-netback. dom0's /init runs the whole scenario and prints markers the host collects:
+ *  - domU (console streamed through dom0): pvdrv's Xen tests (tests/xen/guest) → PVDRV-DOMU-EXIT=n
+ *  - dom0: pvpeer on vif1.0 verifies every frame from the domU → DOM0-RECV {json}; then sends frames to it.
+ * Everything comes from Debian's packages (apt-get download, debootstrap) and this repository; cached in build/xen.
+ * @module
+ */
+import { addTree, CpioWriter } from "../vm/cpio.ts";
+import {
+  addDenoRuntime,
+  aptUpdate,
+  download,
+  exists,
+  extractKernel,
+  kernelPackage,
+  resolveModules,
+  run,
+  VM_DIR,
+} from "../vm/guest.ts";
+import { buildPeerTool, LabError } from "../vm/lab.ts";
+import { buildNative } from "../../ffi/lib.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+/** Where the Xen lab keeps its builds. */
+export const XEN_DIR = `${ROOT}/build/xen`;
+const DOM0_PACKAGES = ["xen-utils-4.17", "xenstore-utils", "iproute2", "bridge-utils", "kmod", "busybox"];
+const DOM0_MODULES = [
+  "xen-evtchn",
+  "xen-gntdev",
+  "xen-gntalloc",
+  "xen-privcmd",
+  "xenfs",
+  "xen-netback",
+  "bridge",
+];
+const DOMU_MODULES = ["xen-evtchn", "xen-gntalloc", "xen-gntdev", "xenfs"];
+/** The domU's MAC (set in its vif config) and how many frames go each way. */
+export const DOMU_MAC = "00:16:3e:12:34:56";
+export const XEN_FRAMES = 10_000;
+const RATE = 1000;
+
+function log(m: string): void {
+  console.error(`xen-lab: ${m}`);
+}
+
+async function ensureDebootstrap(): Promise<void> {
+  try {
+    await run("sh", ["-c", "command -v debootstrap"]);
+  } catch {
+    if (Deno.uid() !== 0) throw new LabError("debootstrap is missing (apt-get install debootstrap)");
+    await aptUpdate();
+    await run("apt-get", ["install", "-y", "-qq", "--no-install-recommends", "debootstrap"]);
+  }
+}
+
+function mirror(): string {
+  try {
+    const src = Deno.readTextFileSync("/etc/apt/sources.list.d/debian.sources");
+    const m = src.match(/URIs:\s*(\S+\/debian)\s/);
+    if (m) return m[1];
+  } catch { /* fall through */ }
+  return "http://deb.debian.org/debian";
+}
+
+async function dom0Root(): Promise<string> {
+  const dir = `${XEN_DIR}/dom0root`;
+  if (exists(`${dir}/.pvdrv-done`)) return dir;
+  await ensureDebootstrap();
+  if (exists(dir)) Deno.removeSync(dir, { recursive: true });
+  log("debootstrap of dom0's root (about a minute)");
+  await run("debootstrap", [
+    "--variant=minbase",
+    `--include=${DOM0_PACKAGES.join(",")}`,
+    "bookworm",
+    dir,
+    mirror(),
+  ]);
+  Deno.writeTextFileSync(`${dir}/.pvdrv-done`, "");
+  return dir;
+}
+
+/** Extract the raw ELF vmlinux from a bzImage (xl loads it without decompressing under TCG). */
+async function vmlinux(vmlinuz: string, out: string): Promise<void> {
+  const d = Deno.readFileSync(vmlinuz);
+  const magic = [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00];
+  let at = -1;
+  for (let i = 0; i < d.length - 6 && at < 0; i++) if (magic.every((b, k) => d[i + k] === b)) at = i;
+  if (at < 0) throw new LabError(`${vmlinuz} is not an xz-compressed bzImage`);
+  Deno.writeFileSync(`${out}.xz`, d.subarray(at));
+  await run("sh", ["-c", `xz -dc --single-stream '${out}.xz' > '${out}'`]);
+  Deno.removeSync(`${out}.xz`);
+}
+
+function domUInit(modules: string[]): string {
+  return `#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin HOME=/root DENO_DIR=/tmp/deno-dir DENO_NO_UPDATE_CHECK=1 NO_COLOR=1 PVDRV_XEN_GUEST=1
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
+exec </dev/null >/dev/console 2>&1
+for m in ${
+    modules.join(" ")
+  }; do insmod /lib/modules/$m.ko 2>/dev/null || echo "PVDRV-MODULE-FAIL domU $m"; done
+echo "PVDRV-DOMU-BOOTED $(cut -d' ' -f1 /proc/uptime)"
+cd /pvdrv && deno test -A --no-check tests/xen/guest/
+echo "PVDRV-DOMU-EXIT=$?"
+poweroff -f
+`;
+}
+
+function dom0Init(modules: string[]): string {
+  return `#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs /run; mkdir -p /dev/pts; mount -t devpts devpts /dev/pts
+exec </dev/null >/dev/console 2>&1
+echo "PVDRV-DOM0-BOOTED $(cut -d' ' -f1 /proc/uptime)"
+for m in ${
+    modules.join(" ")
+  }; do insmod /lib/modules/pvdrv/$m.ko 2>/tmp/e || grep -q exists /tmp/e || echo "PVDRV-MODULE-FAIL dom0 $m $(cat /tmp/e)"; done
+mount -t xenfs xenfs /proc/xen
+mkdir -p /run/lock /var/run/xen /var/run/xenstored /var/lib/xen /var/log/xen /var/lib/xenstored /run/xen
+xenstored --pid-file /var/run/xenstored.pid
+xen-init-dom0 >/dev/null
+xenconsoled --pid-file=/var/run/xenconsoled.pid
+ip link add xenbr0 type bridge && ip link set xenbr0 up
+( /usr/local/bin/pvpeer recv vif1.0 ${XEN_FRAMES} 240000 > /tmp/recv.json 2>&1 ) &
+xl create /etc/xen/domU.cfg >/tmp/xl.log 2>&1 || { echo "PVDRV-XL-FAIL $(cat /tmp/xl.log)"; echo o > /proc/sysrq-trigger; }
+xl console pvdrv-domU &
+# The receiver above started before vif1.0 existed: restart it once the backend made the interface.
+i=0; while [ ! -e /sys/class/net/vif1.0 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+# Out of the bridge: its rx_handler would consume frames before pvpeer's ETH_P_88B5 socket sees them.
+ip link set vif1.0 nomaster; ip link set vif1.0 up && echo "DOM0-VIF-UP $(cut -d' ' -f1 /proc/uptime)"
+kill %1 2>/dev/null
+/usr/local/bin/pvpeer recv vif1.0 ${XEN_FRAMES} 240000 > /tmp/recv.json 2>&1
+echo "DOM0-RECV $(tail -n 1 /tmp/recv.json)"
+/usr/local/bin/pvpeer send vif1.0 ${XEN_FRAMES} 60 1514 ${DOMU_MAC} 0 ${RATE} > /tmp/send.json 2>&1
+echo "DOM0-SEND $(tail -n 1 /tmp/send.json)"
+i=0; while xl list pvdrv-domU >/dev/null 2>&1 && [ $i -lt 3000 ]; do sleep 0.1; i=$((i+1)); done
+echo "PVDRV-XEN-DONE"
+echo o > /proc/sysrq-trigger
+`;
+}
+
+/** The Xen lab's boot files. */
+export interface XenImage {
+  /** Xen (multiboot ELF). */
+  xen: string;
+  /** dom0's kernel. */
+  dom0Kernel: string;
+  /** dom0's initramfs (with the domU inside). */
+  dom0Initrd: string;
+}
+
+/** Build (or reuse) the Xen lab. */
+export async function buildXenLab(): Promise<XenImage> {
+  buildNative({ quiet: true });
+  const peer = buildPeerTool();
+  const pkg = await kernelPackage();
+  const kver = pkg.replace(/^linux-image-/, "");
+  const x = await extractKernel(pkg);
+  Deno.mkdirSync(XEN_DIR, { recursive: true });
+  const xenDeb = await download("xen-hypervisor-4.17-amd64", `${VM_DIR}/debs`);
+  const xen = `${XEN_DIR}/xen-4.17.elf`;
+  if (!exists(xen)) {
+    const t = `${XEN_DIR}/xen-deb`;
+    await run("dpkg-deb", ["-x", xenDeb, t]);
+    await run("sh", ["-c", `gunzip -c ${t}/boot/xen-4.17-amd64.gz > ${xen}`]);
+  }
+  const root = await dom0Root();
+  const dom0Mods = resolveModules(`${x}/lib/modules/${kver}`, DOM0_MODULES);
+  // domU: raw vmlinux + initramfs with busybox, Deno, the Xen modules and pvdrv's sources.
+  const domU = `${XEN_DIR}/domU`;
+  Deno.mkdirSync(domU, { recursive: true });
+  if (!exists(`${domU}/vmlinux`)) await vmlinux(`${x}/boot/vmlinuz-${kver}`, `${domU}/vmlinux`);
+  log("packing the domU and dom0 initramfs images");
+  const w = new CpioWriter(`${domU}/initrd.cpio`);
+  for (
+    const d of [
+      "bin",
+      "dev",
+      "proc",
+      "sys",
+      "tmp",
+      "root",
+      "etc",
+      "lib",
+      "lib/modules",
+      "lib64",
+      "lib/x86_64-linux-gnu",
+      "pvdrv",
+      "pvdrv/build",
+    ]
+  ) {
+    w.add({ path: d, type: "dir" });
+  }
+  w.add({ path: "dev/console", type: "char", major: 5, minor: 1 });
+  const mlist = resolveModules(`${x}/lib/modules/${kver}`, DOMU_MODULES);
+  w.add({
+    path: "init",
+    type: "file",
+    data: new TextEncoder().encode(domUInit(mlist.map((m) => m.name))),
+    mode: 0o755,
+  });
+  w.add({ path: "bin/busybox", type: "file", data: Deno.readFileSync(`${x}/bin/busybox`), mode: 0o755 });
+  for (const m of mlist) {
+    w.add({ path: `lib/modules/${m.name}.ko`, type: "file", data: Deno.readFileSync(m.path) });
+  }
+  await addDenoRuntime(w, Deno.execPath());
+  for (const d of ["ffi", "drivers", "cli", "tests", "tests/xen", "tests/xen/guest"]) {
+    w.add({ path: `pvdrv/${d}`, type: "dir" });
+  }
+  for (const d of ["ffi", "drivers", "cli", "tests/xen/guest"]) addTree(w, `${ROOT}/${d}`, `pvdrv/${d}`);
+  for (const f of ["deno.json", "mod.ts", "build/libpvdrv.so"]) {
+    w.add({ path: `pvdrv/${f}`, type: "file", data: Deno.readFileSync(`${ROOT}/${f}`), mode: 0o755 });
+  }
+  w.close();
+  // dom0: the debootstrapped root plus /init, pvpeer, the domU and its config.
+  const d0 = new CpioWriter(`${XEN_DIR}/dom0.cpio`);
+  // Leave out apt's cache and docs: dom0 unpacks all of this into its 1 GiB.
+  addTree(d0, root, "", (p) => !/^(var\/cache\/apt|usr\/share\/(doc|locale|man))\//.test(p));
+  d0.add({ path: "usr/lib/modules", type: "dir" });
+  d0.add({ path: "usr/lib/modules/pvdrv", type: "dir" });
+  for (const m of dom0Mods) {
+    d0.add({ path: `usr/lib/modules/pvdrv/${m.name}.ko`, type: "file", data: Deno.readFileSync(m.path) });
+  }
+  d0.add({
+    path: "init",
+    type: "file",
+    data: new TextEncoder().encode(dom0Init(dom0Mods.map((m) => m.name))),
+    mode: 0o755,
+  });
+  d0.add({ path: "usr/local/bin/pvpeer", type: "file", data: Deno.readFileSync(peer), mode: 0o755 });
+  d0.add({ path: "boot/domU-vmlinux", type: "file", data: Deno.readFileSync(`${domU}/vmlinux`) });
+  d0.add({ path: "boot/domU-initrd.cpio", type: "file", data: Deno.readFileSync(`${domU}/initrd.cpio`) });
+  d0.add({
+    path: "etc/xen/domU.cfg",
+    type: "file",
+    data: new TextEncoder().encode(
+      `name = "pvdrv-domU"\ntype = "pv"\nkernel = "/boot/domU-vmlinux"\nramdisk = "/boot/domU-initrd.cpio"\n` +
+        `extra = "console=hvc0 quiet"\nmemory = 1024\nvcpus = 1\nvif = [ 'mac=${DOMU_MAC},bridge=xenbr0' ]\n` +
+        `on_poweroff = "destroy"\non_crash = "destroy"\n`,
+    ),
+  });
+  d0.close();
+  return { xen, dom0Kernel: `${x}/boot/vmlinuz-${kver}`, dom0Initrd: `${XEN_DIR}/dom0.cpio` };
+}
+
+/** Whether a console line of a Xen lab run is worth showing (markers, test results), not boot noise. */
+export function isReportLine(l: string): boolean {
+  return /^( {2}|PVDRV-DOMU|DOM0-|ok \||FAILED|error|netfront|running)/.test(l);
+}
+
+/** What a Xen lab run produced. */
+export interface XenRun {
+  /** Every console line. */
+  lines: string[];
+  /** The domU test run's exit status (null if it never finished). */
+  domUExit: number | null;
+  /** dom0's pvpeer verdict on the frames from the domU. */
+  dom0Recv: Record<string, number> | null;
+  /** dom0's pvpeer report of what it sent. */
+  dom0Send: Record<string, number> | null;
+  /** Seconds from QEMU start to the end. */
+  seconds: number;
+}
+
+/** Boot the Xen lab and run the scenario. */
+export async function runXenLab(
+  opts: { timeoutSec?: number; onLine?: (l: string) => void } = {},
+): Promise<XenRun> {
+  const img = await buildXenLab();
+  const args = [
+    "-accel",
+    "tcg",
+    "-cpu",
+    "qemu64",
+    "-smp",
+    "2",
+    "-m",
+    "3072",
+    "-display",
+    "none",
+    "-monitor",
+    "none",
+    "-serial",
+    "stdio",
+    "-no-reboot",
+    "-kernel",
+    img.xen,
+    "-append",
+    "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M bootscrub=0",
+    "-initrd",
+    `${img.dom0Kernel} console=hvc0 earlyprintk=xen rdinit=/init rootfstype=ramfs quiet,${img.dom0Initrd}`,
+  ]; // deno-fmt-ignore
+  const t0 = performance.now();
+  const child = new Deno.Command("qemu-system-x86_64", {
+    args,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+  }, (opts.timeoutSec ?? 600) * 1000);
+  const run: XenRun = { lines: [], domUExit: null, dom0Recv: null, dom0Send: null, seconds: 0 };
+  const stderr = new Response(child.stderr).text();
+  let buf = "";
+  const dec = new TextDecoder();
+  const handle = (raw: string) => {
+    const l = raw.replace(/\r$/, "");
+    run.lines.push(l);
+    opts.onLine?.(l);
+    const exit = l.match(/PVDRV-DOMU-EXIT=(\d+)/);
+    if (exit) run.domUExit = Number(exit[1]);
+    const j = l.match(/^DOM0-(RECV|SEND) (\{.*\})/);
+    if (j) {
+      try {
+        const v = JSON.parse(j[2]);
+        if (j[1] === "RECV") run.dom0Recv = v;
+        else run.dom0Send = v;
+      } catch { /* reported as missing */ }
+    }
+  };
+  for await (const chunk of child.stdout) {
+    buf += dec.decode(chunk, { stream: true });
+    let i;
+    while ((i = buf.indexOf("\n")) >= 0) {
+      handle(buf.slice(0, i));
+      buf = buf.slice(i + 1);
+    }
+  }
+  await child.status;
+  clearTimeout(timer);
+  run.seconds = (performance.now() - t0) / 1000;
+  const err = (await stderr).trim();
+  const fails = run.lines.filter((l) => /PVDRV-(MODULE|XL)-FAIL/.test(l));
+  if (fails.length) throw new LabError(`Xen lab setup failed:\n  ${fails.join("\n  ")}`);
+  if (timedOut) {
+    throw new LabError(`Xen lab timed out\n--- last output ---\n${run.lines.slice(-40).join("\n")}`);
+  }
+  if (!run.lines.some((l) => l.includes("PVDRV-XEN-DONE"))) {
+    throw new LabError(
+      `Xen lab stopped early${err ? `\n--- qemu ---\n${err}` : ""}\n--- last output ---\n${
+        run.lines.slice(-40).join("\n")
+      }`,
+    );
+  }
+  return run;
+}
