@@ -48,3 +48,53 @@ export { bindDevice, BindRefused, type BindTarget } from "./drivers/pci/bind.ts"
 export { openPci, type PciFunction, UioPciFunction, VfioPciFunction } from "./drivers/pci/device.ts";
 /** The probe. */
 export { probe, type ProbeEntry } from "./drivers/pci/probe.ts";
+
+/** The NIC interface, packet buffers and the test frame format. */
+export {
+  macToString,
+  type Nic,
+  PacketBuffer,
+  PacketPool,
+  parseMac,
+  type QueueStats,
+  RX_CSUM_PARTIAL,
+  RX_CSUM_VALID,
+} from "./drivers/nic.ts";
+/** Open any NIC by name (PCI address or vif/N). */
+export { openNic, type OpenOptions } from "./drivers/open.ts";
+/** The pvdrv test frame format. */
+export { checkFrame, FrameCheck, writeFrame } from "./drivers/frames.ts";
+/** pcap capture. */
+export { PcapWriter } from "./drivers/pcap.ts";
+/** virtio: the net driver, its transports and the split virtqueue. */
+export { type IrqMode, VirtioNet, type VirtioNetOptions, WANTED_FEATURES } from "./drivers/virtio/net.ts";
+/** virtio transports. */
+export {
+  LegacyTransport,
+  ModernTransport,
+  openTransport,
+  VirtioError,
+  type VirtioTransport,
+} from "./drivers/virtio/transport.ts";
+/** The split virtqueue. */
+export { SplitQueue, VirtqueueError } from "./drivers/virtio/virtqueue.ts";
+/** virtio feature bits. */
+export { F, featureNames, NET_F, STATUS } from "./drivers/virtio/features.ts";
+/** Xen: xenstore client. */
+export { XenStore, XenStoreError, type XsTransport } from "./drivers/xen/xenstore.ts";
+/** Xen: grant and event-channel seams. */
+export type { EventChannel, EventChannels, GrantedPages, GrantTable } from "./drivers/xen/grants.ts";
+/** Xen: netfront. */
+export { Netfront, type NetfrontOptions, XenbusState } from "./drivers/xen/netfront.ts";
+/** Xen: the shared ring front end. */
+export { FrontRing, RingError } from "./drivers/xen/ring.ts";
+/** Xen: the guest agent. */
+export { runAgent, type ShutdownAction } from "./drivers/xen/agent.ts";
+/** Xen: detection. */
+export { probeXen, type XenProbe } from "./drivers/xen/probe.ts";
+/** Xen devices of a Linux guest: /dev/xen/gntalloc, /dev/xen/evtchn, /dev/xen/xenbus. */
+export { Evtchn, Gntalloc } from "./ffi/xen.ts";
+/** /dev/xen/xenbus as a xenstore transport. */
+export { XenbusDevice } from "./ffi/xenbus.ts";
+/** Traffic loops (generator, verifying receiver) over any NIC. */
+export { echoExchange, generate, receive, type RecvOptions, type SendOptions } from "./cli/traffic.ts";

@@ -16,8 +16,33 @@ export const STATUS = {
 /** A feature bit as a bigint mask. */
 export const bit = (n: number): bigint => 1n << BigInt(n);
 
+/** Names of the device-independent feature bits pvdrv uses. */
+export type ReservedFeature =
+  | "ANY_LAYOUT"
+  | "RING_INDIRECT_DESC"
+  | "RING_EVENT_IDX"
+  | "VERSION_1"
+  | "ACCESS_PLATFORM"
+  | "RING_PACKED"
+  | "IN_ORDER";
+/** Names of the virtio-net feature bits pvdrv knows. */
+export type NetFeature =
+  | "CSUM"
+  | "GUEST_CSUM"
+  | "MTU"
+  | "MAC"
+  | "GUEST_TSO4"
+  | "MRG_RXBUF"
+  | "STATUS"
+  | "CTRL_VQ"
+  | "CTRL_RX"
+  | "CTRL_VLAN"
+  | "GUEST_ANNOUNCE"
+  | "MQ"
+  | "CTRL_MAC_ADDR";
+
 /** Reserved (device-independent) feature bits (virtio 1.2 §6). */
-export const F = {
+export const F: Readonly<Record<ReservedFeature, bigint>> = {
   ANY_LAYOUT: bit(27), // legacy only
   RING_INDIRECT_DESC: bit(28),
   RING_EVENT_IDX: bit(29),
@@ -25,10 +50,10 @@ export const F = {
   ACCESS_PLATFORM: bit(33),
   RING_PACKED: bit(34),
   IN_ORDER: bit(35),
-} as const;
+};
 
 /** virtio-net feature bits (virtio 1.2 §5.1.3). */
-export const NET_F = {
+export const NET_F: Readonly<Record<NetFeature, bigint>> = {
   CSUM: bit(0),
   GUEST_CSUM: bit(1),
   MTU: bit(3),
@@ -42,7 +67,7 @@ export const NET_F = {
   GUEST_ANNOUNCE: bit(21),
   MQ: bit(22),
   CTRL_MAC_ADDR: bit(23),
-} as const;
+};
 
 const NAMES: [bigint, string][] = [
   ...Object.entries(NET_F).map(([k, v]) => [v, k] as [bigint, string]),
