@@ -4,7 +4,7 @@
  * not have to and allocates nothing.
  * @module
  */
-export { PacketBuffer, PacketPool } from "./packet_pool.ts";
+export { PacketBuffer, PacketPool, releaseTo } from "./packet_pool.ts";
 import type { PacketBuffer } from "./packet_pool.ts";
 
 /** Receive flag: the device validated the checksum (virtio VIRTIO_NET_HDR_F_DATA_VALID, netif data_validated). */

@@ -92,6 +92,17 @@ export class PacketPool {
     return b;
   }
 
+  /** Take up to `n` free buffers for the application into `out`; returns how many. */
+  takeMany(out: PacketBuffer[], n: number): number {
+    let k = 0;
+    while (k < n) {
+      const b = this.take();
+      if (!b) break;
+      out[k++] = b;
+    }
+    return k;
+  }
+
   /** Take a free buffer for the device (null when empty). */
   takeForDevice(): PacketBuffer | null {
     if (this.#nfree === 0) return null;
@@ -128,5 +139,13 @@ export class PacketPool {
   /** Free the memory. */
   free(): void {
     this.region.free();
+  }
+}
+
+/** Give `n` application-held buffers back to whichever of `rx` and `tx` they came from. */
+export function releaseTo(pkts: PacketBuffer[], n: number, rx: PacketPool, tx: PacketPool): void {
+  for (let i = 0; i < n; i++) {
+    const b = pkts[i];
+    (b.pool === rx ? rx : tx).put(b, "app");
   }
 }

@@ -10,7 +10,15 @@
 import type { PciFunction } from "../pci/device.ts";
 import type { IrqSource } from "../../ffi/irq.ts";
 import type { DmaRegion } from "../../ffi/dma.ts";
-import { emptyStats, macToString, type Nic, type PacketBuffer, PacketPool, type QueueStats } from "../nic.ts";
+import {
+  emptyStats,
+  macToString,
+  type Nic,
+  type PacketBuffer,
+  PacketPool,
+  type QueueStats,
+  releaseTo,
+} from "../nic.ts";
 import { F, featureNames, NET_F, STATUS } from "./features.ts";
 import { negotiate, NO_VECTOR, openTransport, VirtioError, type VirtioTransport } from "./transport.ts";
 import { SplitQueue } from "./virtqueue.ts";
@@ -311,10 +319,7 @@ export class VirtioNet implements Nic {
 
   release(pkts: PacketBuffer[], n: number, queue = 0): void {
     const p = this.#pair(queue);
-    for (let i = 0; i < n; i++) {
-      const b = pkts[i];
-      (b.pool === p.rxPool ? p.rxPool : p.txPool).put(b, "app");
-    }
+    releaseTo(pkts, n, p.rxPool, p.txPool);
     this.#refill(p);
   }
 
@@ -336,13 +341,7 @@ export class VirtioNet implements Nic {
   allocTx(out: PacketBuffer[], n: number, queue = 0): number {
     const p = this.#pair(queue);
     if (p.txPool.available < n) this.reclaimTx(queue);
-    let k = 0;
-    while (k < n) {
-      const b = p.txPool.take();
-      if (!b) break;
-      out[k++] = b;
-    }
-    return k;
+    return p.txPool.takeMany(out, n);
   }
 
   sendBatch(pkts: PacketBuffer[], n: number, queue = 0): number {

@@ -10,7 +10,15 @@
  * @module
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
-import { emptyStats, type Nic, type PacketBuffer, PacketPool, parseMac, type QueueStats } from "../nic.ts";
+import {
+  emptyStats,
+  type Nic,
+  type PacketBuffer,
+  PacketPool,
+  parseMac,
+  type QueueStats,
+  releaseTo,
+} from "../nic.ts";
 import {
   type EventChannel,
   type EventChannels,
@@ -304,13 +312,7 @@ export class Netfront implements Nic {
   allocTx(out: PacketBuffer[], n: number, queue = 0): number {
     const q = this.#queue(queue);
     if (q.txPool.available < n) this.reclaimTx(queue);
-    let k = 0;
-    while (k < n) {
-      const b = q.txPool.take();
-      if (!b) break;
-      out[k++] = b;
-    }
-    return k;
+    return q.txPool.takeMany(out, n);
   }
 
   sendBatch(pkts: PacketBuffer[], n: number, queue = 0): number {
@@ -407,10 +409,7 @@ export class Netfront implements Nic {
 
   release(pkts: PacketBuffer[], n: number, queue = 0): void {
     const q = this.#queue(queue);
-    for (let i = 0; i < n; i++) {
-      const b = pkts[i];
-      (b.pool === q.rxPool ? q.rxPool : q.txPool).put(b, "app");
-    }
+    releaseTo(pkts, n, q.rxPool, q.txPool);
     this.#refill(q);
   }
 

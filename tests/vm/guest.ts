@@ -235,6 +235,56 @@ export function sharedLibs(binary: string): Promise<string[]> {
   );
 }
 
+/**
+ * Start an initramfs with what every pvdrv guest has: the usual folders, /dev/console and /dev/null, `init`,
+ * busybox-static (from the unpacked packages in `extract`), /etc/passwd, the kernel modules in
+ * /lib/modules/<name>.ko, and Deno with its libraries. The caller adds its own files and closes the writer.
+ */
+export async function busyboxInitramfs(
+  path: string,
+  o: {
+    extract: string;
+    init: string;
+    modules: { name: string; path: string }[];
+    deno: string;
+    dirs?: string[];
+  },
+): Promise<CpioWriter> {
+  const w = new CpioWriter(path);
+  const base = [
+    "bin",
+    "dev",
+    "proc",
+    "sys",
+    "tmp",
+    "root",
+    "etc",
+    "lib",
+    "lib/modules",
+    "lib64",
+    "usr",
+    "usr/lib",
+  ];
+  for (const d of [...base, "lib/x86_64-linux-gnu", ...(o.dirs ?? [])]) w.add({ path: d, type: "dir" });
+  w.add({ path: "dev/console", type: "char", major: 5, minor: 1 });
+  w.add({ path: "dev/null", type: "char", major: 1, minor: 3, mode: 0o666 });
+  const text = (t: string) => new TextEncoder().encode(t);
+  w.add({ path: "init", type: "file", data: text(o.init), mode: 0o755 });
+  w.add({
+    path: "bin/busybox",
+    type: "file",
+    data: Deno.readFileSync(`${o.extract}/bin/busybox`),
+    mode: 0o755,
+  });
+  w.add({ path: "etc/passwd", type: "file", data: text("root:x:0:0:root:/root:/bin/sh\n") });
+  w.add({ path: "etc/group", type: "file", data: text("root:x:0:\n") });
+  for (const m of o.modules) {
+    w.add({ path: `lib/modules/${m.name}.ko`, type: "file", data: Deno.readFileSync(m.path) });
+  }
+  await addDenoRuntime(w, o.deno);
+  return w;
+}
+
 /** Add the Deno binary as /bin/deno and the libraries it links, where its loader looks for them. */
 export async function addDenoRuntime(w: CpioWriter, deno: string): Promise<void> {
   w.add({ path: "bin/deno", type: "file", data: Deno.readFileSync(deno), mode: 0o755 });
@@ -291,47 +341,13 @@ export async function buildGuest(opts: { force?: boolean } = {}): Promise<GuestI
   Deno.copyFileSync(`${x}/boot/vmlinuz-${kernelVersion}`, image.kernel);
   const mods = resolveModules(`${x}/lib/modules/${kernelVersion}`, modules);
 
-  const w = new CpioWriter(image.initrd + ".tmp");
-  for (
-    const d of [
-      "bin",
-      "dev",
-      "proc",
-      "sys",
-      "tmp",
-      "root",
-      "etc",
-      "lib",
-      "lib/modules",
-      "lib64",
-      "pvdrv",
-      "out",
-      "usr",
-      "usr/lib",
-      "lib/x86_64-linux-gnu",
-    ]
-  ) {
-    w.add({ path: d, type: "dir" });
-  }
-  w.add({ path: "dev/console", type: "char", major: 5, minor: 1 });
-  w.add({ path: "dev/null", type: "char", major: 1, minor: 3, mode: 0o666 });
-  w.add({
-    path: "init",
-    type: "file",
-    data: new TextEncoder().encode(initScript(mods.map((m) => m.name))),
-    mode: 0o755,
+  const w = await busyboxInitramfs(image.initrd + ".tmp", {
+    extract: x,
+    init: initScript(mods.map((m) => m.name)),
+    modules: mods,
+    deno,
+    dirs: ["pvdrv", "out"],
   });
-  w.add({ path: "bin/busybox", type: "file", data: Deno.readFileSync(`${x}/bin/busybox`), mode: 0o755 });
-  w.add({
-    path: "etc/passwd",
-    type: "file",
-    data: new TextEncoder().encode("root:x:0:0:root:/root:/bin/sh\n"),
-  });
-  w.add({ path: "etc/group", type: "file", data: new TextEncoder().encode("root:x:0:\n") });
-  for (const m of mods) {
-    w.add({ path: `lib/modules/${m.name}.ko`, type: "file", data: Deno.readFileSync(m.path) });
-  }
-  await addDenoRuntime(w, deno);
   w.close();
   Deno.renameSync(image.initrd + ".tmp", image.initrd);
   Deno.writeTextFileSync(`${dir}/done`, new Date().toISOString());

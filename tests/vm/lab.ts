@@ -110,6 +110,46 @@ export function buildPeerTool(): string {
   return out;
 }
 
+/**
+ * Run QEMU with `args`, calling `onLine` for each console line (without the serial \r), and SIGKILL it after
+ * `timeoutSec`. Returns its exit status and stderr.
+ */
+export async function runQemu(
+  args: string[],
+  timeoutSec: number,
+  onLine: (line: string) => void,
+): Promise<{ status: Deno.CommandStatus; stderr: string; timedOut: boolean }> {
+  const child = new Deno.Command("qemu-system-x86_64", {
+    args,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  })
+    .spawn();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already gone */ }
+  }, timeoutSec * 1000);
+  const stderrP = new Response(child.stderr).text();
+  const dec = new TextDecoder();
+  let buf = "";
+  for await (const chunk of child.stdout) {
+    buf += dec.decode(chunk, { stream: true });
+    let i;
+    while ((i = buf.indexOf("\n")) >= 0) {
+      onLine(buf.slice(0, i).replace(/\r$/, ""));
+      buf = buf.slice(i + 1);
+    }
+  }
+  if (buf) onLine(buf.replace(/\r$/, ""));
+  const status = await child.status;
+  clearTimeout(timer);
+  return { status, stderr: (await stderrP).trim(), timedOut };
+}
+
 /** Boot the lab, run `command` (a shell command line) in /pvdrv, power off. */
 export async function runInGuest(command: string, opts: LabOptions = {}): Promise<LabRun> {
   buildNative({ quiet: true });
@@ -177,29 +217,13 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
     ...nic("n4", 8, LAB.uioPeer.mac, ""),
   ]; // deno-fmt-ignore
   const t0 = performance.now();
-  const child = new Deno.Command("qemu-system-x86_64", {
-    args,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
   const timeoutSec = opts.timeoutSec ?? 900;
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    try {
-      child.kill("SIGKILL");
-    } catch { /* already gone */ }
-  }, timeoutSec * 1000);
   const onLine = opts.onLine ?? ((l: string) => console.log(l));
   const before: string[] = [];
   const output: string[] = [];
   const problems: string[] = [];
   let begun = false, code: number | null = null, tBegin = 0, tEnd = 0;
-  const stderrP = new Response(child.stderr).text();
-  let buf = "";
-  const handle = (raw: string) => {
-    const line = raw.replace(/\r$/, "");
+  const handle = (line: string) => {
     if (code !== null) return;
     const exit = line.match(/^PVDRV-EXIT=(\d+)/);
     if (begun && exit) {
@@ -220,19 +244,7 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
       before.push(line);
     }
   };
-  const dec = new TextDecoder();
-  for await (const chunk of child.stdout) {
-    buf += dec.decode(chunk, { stream: true });
-    let i;
-    while ((i = buf.indexOf("\n")) >= 0) {
-      handle(buf.slice(0, i));
-      buf = buf.slice(i + 1);
-    }
-  }
-  if (buf) handle(buf);
-  const status = await child.status;
-  clearTimeout(timer);
-  const stderr = (await stderrP).trim();
+  const { status, stderr, timedOut } = await runQemu(args, timeoutSec, handle);
   const tail = (l: string[]) => l.slice(-40).join("\n");
   if (problems.length) {
     throw new LabError(`guest setup failed:\n  ${problems.join("\n  ")}\n--- console ---\n${tail(before)}`);

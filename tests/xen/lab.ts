@@ -9,8 +9,8 @@
  */
 import { addTree, CpioWriter } from "../vm/cpio.ts";
 import {
-  addDenoRuntime,
   aptUpdate,
+  busyboxInitramfs,
   download,
   exists,
   extractKernel,
@@ -19,7 +19,7 @@ import {
   run,
   VM_DIR,
 } from "../vm/guest.ts";
-import { buildPeerTool, LabError } from "../vm/lab.ts";
+import { buildPeerTool, LabError, runQemu } from "../vm/lab.ts";
 import { buildNative } from "../../ffi/lib.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
@@ -175,39 +175,14 @@ export async function buildXenLab(): Promise<XenImage> {
   Deno.mkdirSync(domU, { recursive: true });
   if (!exists(`${domU}/vmlinux`)) await vmlinux(`${x}/boot/vmlinuz-${kver}`, `${domU}/vmlinux`);
   log("packing the domU and dom0 initramfs images");
-  const w = new CpioWriter(`${domU}/initrd.cpio`);
-  for (
-    const d of [
-      "bin",
-      "dev",
-      "proc",
-      "sys",
-      "tmp",
-      "root",
-      "etc",
-      "lib",
-      "lib/modules",
-      "lib64",
-      "lib/x86_64-linux-gnu",
-      "pvdrv",
-      "pvdrv/build",
-    ]
-  ) {
-    w.add({ path: d, type: "dir" });
-  }
-  w.add({ path: "dev/console", type: "char", major: 5, minor: 1 });
   const mlist = resolveModules(`${x}/lib/modules/${kver}`, DOMU_MODULES);
-  w.add({
-    path: "init",
-    type: "file",
-    data: new TextEncoder().encode(domUInit(mlist.map((m) => m.name))),
-    mode: 0o755,
+  const w = await busyboxInitramfs(`${domU}/initrd.cpio`, {
+    extract: x,
+    init: domUInit(mlist.map((m) => m.name)),
+    modules: mlist,
+    deno: Deno.execPath(),
+    dirs: ["pvdrv", "pvdrv/build"],
   });
-  w.add({ path: "bin/busybox", type: "file", data: Deno.readFileSync(`${x}/bin/busybox`), mode: 0o755 });
-  for (const m of mlist) {
-    w.add({ path: `lib/modules/${m.name}.ko`, type: "file", data: Deno.readFileSync(m.path) });
-  }
-  await addDenoRuntime(w, Deno.execPath());
   for (const d of ["ffi", "drivers", "cli", "tests", "tests/xen", "tests/xen/guest"]) {
     w.add({ path: `pvdrv/${d}`, type: "dir" });
   }
@@ -295,25 +270,8 @@ export async function runXenLab(
     `${img.dom0Kernel} console=hvc0 earlyprintk=xen rdinit=/init rootfstype=ramfs quiet,${img.dom0Initrd}`,
   ]; // deno-fmt-ignore
   const t0 = performance.now();
-  const child = new Deno.Command("qemu-system-x86_64", {
-    args,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    try {
-      child.kill("SIGKILL");
-    } catch { /* gone */ }
-  }, (opts.timeoutSec ?? 600) * 1000);
   const run: XenRun = { lines: [], domUExit: null, dom0Recv: null, dom0Send: null, seconds: 0 };
-  const stderr = new Response(child.stderr).text();
-  let buf = "";
-  const dec = new TextDecoder();
-  const handle = (raw: string) => {
-    const l = raw.replace(/\r$/, "");
+  const handle = (l: string) => {
     run.lines.push(l);
     opts.onLine?.(l);
     const exit = l.match(/PVDRV-DOMU-EXIT=(\d+)/);
@@ -327,18 +285,8 @@ export async function runXenLab(
       } catch { /* reported as missing */ }
     }
   };
-  for await (const chunk of child.stdout) {
-    buf += dec.decode(chunk, { stream: true });
-    let i;
-    while ((i = buf.indexOf("\n")) >= 0) {
-      handle(buf.slice(0, i));
-      buf = buf.slice(i + 1);
-    }
-  }
-  await child.status;
-  clearTimeout(timer);
+  const { stderr: err, timedOut } = await runQemu(args, opts.timeoutSec ?? 600, handle);
   run.seconds = (performance.now() - t0) / 1000;
-  const err = (await stderr).trim();
   const fails = run.lines.filter((l) => /PVDRV-(MODULE|XL)-FAIL/.test(l));
   if (fails.length) throw new LabError(`Xen lab setup failed:\n  ${fails.join("\n  ")}`);
   if (timedOut) {
