@@ -111,8 +111,8 @@ export function buildPeerTool(): string {
 }
 
 /**
- * Run QEMU with `args`, calling `onLine` for each console line (without the serial \r), and SIGKILL it after
- * `timeoutSec`. Returns its exit status and stderr.
+ * Run QEMU with `args` plus a serial console on stdio (no display, no monitor, no reboot), calling `onLine` for
+ * each console line (without the serial \r), and SIGKILL it after `timeoutSec`. Returns its exit status and stderr.
  */
 export async function runQemu(
   args: string[],
@@ -186,13 +186,6 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
     "2",
     "-m",
     String(opts.memoryMb ?? 2048),
-    "-display",
-    "none",
-    "-monitor",
-    "none",
-    "-serial",
-    "stdio",
-    "-no-reboot",
     "-kernel",
     image.kernel,
     "-initrd",
