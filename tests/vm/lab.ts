@@ -119,13 +119,13 @@ export async function runQemu(
   timeoutSec: number,
   onLine: (line: string) => void,
 ): Promise<{ status: Deno.CommandStatus; stderr: string; timedOut: boolean }> {
+  const serialConsole = ["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"];
   const child = new Deno.Command("qemu-system-x86_64", {
-    args,
+    args: [...serialConsole, ...args],
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
-  })
-    .spawn();
+  }).spawn();
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
