@@ -87,18 +87,44 @@ export function buildNative(opts: { force?: boolean; quiet?: boolean } = {}): st
     out + ".tmp",
     SOURCE.pathname,
   ];
-  let res: Deno.CommandOutput;
-  try {
-    res = new Deno.Command(cc, { args, stdout: "piped", stderr: "piped" }).outputSync();
-  } catch (e) {
-    throw new Error(`cannot run the C compiler '${cc}' to build ${out}: ${(e as Error).message}`);
-  }
+  const compile = (): Deno.CommandOutput | null => {
+    try {
+      return new Deno.Command(cc, { args, stdout: "piped", stderr: "piped" }).outputSync();
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return null;
+      throw e;
+    }
+  };
+  let res = compile();
+  if (!res && installCompiler()) res = compile();
+  if (!res) throw new Error(`cannot run the C compiler '${cc}' to build ${out} (apt-get install gcc)`);
   if (!res.success) {
     throw new Error(`building ${out} failed:\n${new TextDecoder().decode(res.stderr)}`);
   }
   Deno.renameSync(out + ".tmp", out);
   if (!opts.quiet) console.error(`pvdrv: built ${out}`);
   return out;
+}
+
+/** As root on Debian/Ubuntu, install gcc and the C library headers with apt; false when that is not possible. */
+function installCompiler(): boolean {
+  if (Deno.uid() !== 0) return false;
+  console.error("pvdrv: no C compiler: installing gcc and libc6-dev with apt-get");
+  const apt = (args: string[]) => {
+    try {
+      return new Deno.Command("apt-get", {
+        args,
+        stdout: "null",
+        stderr: "inherit",
+        env: { DEBIAN_FRONTEND: "noninteractive" },
+      })
+        .outputSync().success;
+    } catch {
+      return false;
+    }
+  };
+  return apt(["update", "-qq"]) &&
+    apt(["install", "-y", "-qq", "--no-install-recommends", "gcc", "libc6-dev"]);
 }
 
 let lib: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
