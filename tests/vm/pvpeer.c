@@ -84,6 +84,23 @@ static int parse_mac(const char *s, unsigned char m[6]) {
   return sscanf(s, "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx", &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]) == 6 ? 0 : -1;
 }
 
+// Point message `m` at one buffer.
+static void set_msg(struct mmsghdr *m, struct iovec *v, void *buf, size_t len) {
+  v->iov_base = buf, v->iov_len = len;
+  memset(&m->msg_hdr, 0, sizeof m->msg_hdr);
+  m->msg_hdr.msg_iov = v, m->msg_hdr.msg_iovlen = 1;
+}
+
+// A sending socket on `ifn`; its MAC in `mac`, the parsed destination in `dst`. Exits on a bad MAC.
+static int open_sender(const char *ifn, const char *dsts, unsigned char mac[6], unsigned char dst[6]) {
+  int ifindex;
+  if (parse_mac(dsts, dst)) {
+    fprintf(stderr, "pvpeer: bad MAC %s\n", dsts);
+    exit(2);
+  }
+  return open_sock(ifn, mac, &ifindex);
+}
+
 static int do_recv(const char *ifn, long count, int timeout_ms, long progress) {
   unsigned char mac[6];
   int ifindex, s = open_sock(ifn, mac, &ifindex);
@@ -103,11 +120,7 @@ static int do_recv(const char *ifn, long count, int timeout_ms, long progress) {
       if ((now() - last) * 1000 > timeout_ms) break;
       continue;
     }
-    for (int i = 0; i < BATCH; i++) {
-      iov[i].iov_base = buf[i], iov[i].iov_len = sizeof buf[i];
-      memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
-      msgs[i].msg_hdr.msg_iov = &iov[i], msgs[i].msg_hdr.msg_iovlen = 1;
-    }
+    for (int i = 0; i < BATCH; i++) set_msg(&msgs[i], &iov[i], buf[i], sizeof buf[i]);
     int n = recvmmsg(s, msgs, BATCH, MSG_DONTWAIT, NULL);
     if (n < 0) continue;
     last = now();
@@ -133,8 +146,7 @@ static int do_recv(const char *ifn, long count, int timeout_ms, long progress) {
 
 static int do_send(const char *ifn, long count, int min, int max, const char *dsts, long window, double rate) {
   unsigned char mac[6], dst[6];
-  int ifindex, s = open_sock(ifn, mac, &ifindex);
-  if (parse_mac(dsts, dst)) { fprintf(stderr, "pvpeer: bad MAC %s\n", dsts); return 2; }
+  int s = open_sender(ifn, dsts, mac, dst);
   static unsigned char buf[BATCH][2048];
   struct mmsghdr msgs[BATCH];
   struct iovec iov[BATCH];
@@ -170,9 +182,7 @@ static int do_send(const char *ifn, long count, int min, int max, const char *ds
       long k = sent + n;
       int len = min + (int)((k * 149) % (max - min + 1));
       write_frame(buf[n], len, (uint32_t)k, dst, mac);
-      iov[n].iov_base = buf[n], iov[n].iov_len = len;
-      memset(&msgs[n].msg_hdr, 0, sizeof msgs[n].msg_hdr);
-      msgs[n].msg_hdr.msg_iov = &iov[n], msgs[n].msg_hdr.msg_iovlen = 1;
+      set_msg(&msgs[n], &iov[n], buf[n], len);
       bytes += len;
       n++;
     }
@@ -191,16 +201,13 @@ static int do_send(const char *ifn, long count, int min, int max, const char *ds
 
 static int do_txrate(const char *ifn, double seconds, int size, const char *dsts, double rate) {
   unsigned char mac[6], dst[6];
-  int ifindex, s = open_sock(ifn, mac, &ifindex);
-  if (parse_mac(dsts, dst)) { fprintf(stderr, "pvpeer: bad MAC %s\n", dsts); return 2; }
+  int s = open_sender(ifn, dsts, mac, dst);
   static unsigned char buf[BATCH][2048];
   struct mmsghdr msgs[BATCH];
   struct iovec iov[BATCH];
   for (int i = 0; i < BATCH; i++) {
     write_frame(buf[i], size, i, dst, mac);
-    iov[i].iov_base = buf[i], iov[i].iov_len = size;
-    memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
-    msgs[i].msg_hdr.msg_iov = &iov[i], msgs[i].msg_hdr.msg_iovlen = 1;
+    set_msg(&msgs[i], &iov[i], buf[i], size);
   }
   long sent = 0;
   struct timespec c0, c1;
@@ -226,11 +233,7 @@ static int do_rxrate(const char *ifn, double seconds) {
   static unsigned char buf[BATCH][2048];
   struct mmsghdr msgs[BATCH];
   struct iovec iov[BATCH];
-  for (int i = 0; i < BATCH; i++) {
-    iov[i].iov_base = buf[i], iov[i].iov_len = sizeof buf[i];
-    memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
-    msgs[i].msg_hdr.msg_iov = &iov[i], msgs[i].msg_hdr.msg_iovlen = 1;
-  }
+  for (int i = 0; i < BATCH; i++) set_msg(&msgs[i], &iov[i], buf[i], sizeof buf[i]);
   printf("ready\n");
   fflush(stdout);
   long got = 0;
