@@ -115,7 +115,6 @@ await runMain(USAGE, async () => {
     await draining;
   }
   const r = JSON.parse(out);
-  if (Deno.env.get("PVDRV_DEBUG")) console.log(out);
   const k = (x: number) => `${(x / 1000).toFixed(1)}k`;
   const row = (name: string, pps: number, base: number) =>
     console.log(`  ${name.padEnd(34)} ${k(pps).padStart(8)} pps   ${(pps / base).toFixed(2)}x`);

@@ -23,7 +23,7 @@ await runMain(USAGE, async () => {
   const stop = new AbortController();
   for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, () => stop.abort());
   console.error(`xen-agent: watching control/shutdown${values["dry-run"] ? " (dry run)" : ""}`);
-  const done = await runAgent(xs, {
+  await runAgent(xs, {
     once: values.once,
     log: (m) => console.log(`xen-agent: ${m}`),
     act: async (a) => {
@@ -33,5 +33,4 @@ await runMain(USAGE, async () => {
     },
   }, stop.signal);
   await xs.close();
-  return done ? 0 : 0;
 });

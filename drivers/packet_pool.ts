@@ -38,12 +38,10 @@ export class PacketBuffer {
 export class PacketPool {
   /** All buffers, by index. */
   readonly buffers: PacketBuffer[];
-  /** The pool memory as bytes, u16 and u32 (for header writes without per-packet views). */
+  /** The pool memory as bytes and u16 (for header writes without per-packet views). */
   readonly bytes: Uint8Array<ArrayBuffer>;
   /** u16 view of the whole pool. */
   readonly u16: Uint16Array;
-  /** u32 view of the whole pool. */
-  readonly u32: Uint32Array;
   readonly #free: Uint32Array;
   #nfree: number;
   readonly #state: Uint8Array;
@@ -62,7 +60,6 @@ export class PacketPool {
     if (slotSize % 4 !== 0) throw new RangeError("slot size must be a multiple of 4");
     this.bytes = region.bytes;
     this.u16 = new Uint16Array(region.bytes.buffer, region.bytes.byteOffset, region.bytes.byteLength >> 1);
-    this.u32 = new Uint32Array(region.bytes.buffer, region.bytes.byteOffset, region.bytes.byteLength >> 2);
     this.buffers = [];
     for (let i = 0; i < count; i++) {
       const off = i * slotSize;

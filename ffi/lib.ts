@@ -63,10 +63,15 @@ function mtime(path: string | URL): number {
   }
 }
 
+/** True when `output` is missing or older than `source`. */
+export function isStale(output: string | URL, source: string | URL): boolean {
+  const out = mtime(output);
+  return out < 0 || mtime(source) > out;
+}
+
 /** True when the library is missing or older than its C source. */
 export function needsBuild(): boolean {
-  const lib = mtime(libraryPath());
-  return lib < 0 || (mtime(SOURCE) > lib);
+  return isStale(libraryPath(), SOURCE);
 }
 
 /** Compile native/pvdrv.c into the shared library with the system C compiler. */

@@ -16,7 +16,7 @@ import {
   parseConfig,
   type PciConfig,
 } from "./config.ts";
-import { devicePath, readDevice, SYSFS } from "./sysfs.ts";
+import { devicePath, type PciDeviceInfo, readDevice, SYSFS } from "./sysfs.ts";
 
 /** Interrupt kinds a function can be asked for. */
 export type IrqKind = "msix" | "intx";
@@ -160,7 +160,9 @@ export class UioPciFunction implements PciFunction {
   readonly #bars = new Map<number, MmioRegion>();
   #irq: UioIrq | null = null;
   readonly #dir: string;
-  readonly #info;
+  readonly #info: PciDeviceInfo;
+  /** PCI address. */
+  readonly address: string;
 
   /** Opens a function bound to uio_pci_generic. */
   static open(address: string, root = SYSFS): UioPciFunction {
@@ -172,13 +174,14 @@ export class UioPciFunction implements PciFunction {
         }, not uio_pci_generic: run 'deno task bind ${info.address} uio'`,
       );
     }
-    return new UioPciFunction(info.address, root);
+    return new UioPciFunction(info, root);
   }
 
-  private constructor(readonly address: string, root: string) {
-    this.#dir = devicePath(address, root);
-    this.#info = readDevice(address, root);
-    this.config = fileRegion(`${this.#dir}/config`, 256, `${address} config`);
+  private constructor(info: PciDeviceInfo, root: string) {
+    this.address = info.address;
+    this.#dir = devicePath(info.address, root);
+    this.#info = info;
+    this.config = fileRegion(`${this.#dir}/config`, 256, `${info.address} config`);
   }
   parseConfig(): PciConfig {
     return parseConfig(snapshotConfig(this.config));

@@ -63,7 +63,8 @@ export function parsePciAddress(s: string): string {
   return full;
 }
 
-function readText(path: string): string | null {
+/** Trimmed contents of a sysfs attribute, or null when it cannot be read. */
+export function readText(path: string): string | null {
   try {
     return Deno.readTextFileSync(path).trim();
   } catch {
@@ -78,7 +79,8 @@ function readHex(path: string): number {
   return Number.isFinite(v) ? v : 0;
 }
 
-function linkName(path: string): string | null {
+/** Last component of a symlink's target (a driver or group name), or null. */
+export function linkName(path: string): string | null {
   try {
     const t = Deno.readLinkSync(path);
     return t.slice(t.lastIndexOf("/") + 1);
@@ -87,7 +89,8 @@ function linkName(path: string): string | null {
   }
 }
 
-function listDir(path: string): string[] {
+/** Sorted entries of a directory, or none when it cannot be read. */
+export function listDir(path: string): string[] {
   try {
     return [...Deno.readDirSync(path)].map((e) => e.name).sort();
   } catch {

@@ -396,7 +396,7 @@ export class VirtioNet implements Nic {
   }
 
   stats(): QueueStats[] {
-    return this.#pairs.map((p) => ({ ...p.stats, notifications: p.stats.notifications }));
+    return this.#pairs.map((p) => ({ ...p.stats }));
   }
 
   /** Send a control command (§5.1.6.5) and wait for the device's answer. */

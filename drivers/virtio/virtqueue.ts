@@ -247,11 +247,6 @@ export class SplitQueue {
     else this.#avail[0] = AVAIL_F_NO_INTERRUPT;
   }
 
-  /** Shadow state for tests and stats: the driver's avail and used positions. */
-  get positions(): { avail: number; used: number } {
-    return { avail: this.#availIdx, used: this.#lastUsed };
-  }
-
   /** Free the ring memory. */
   free(): void {
     this.region.free();

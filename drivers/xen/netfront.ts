@@ -26,7 +26,7 @@ import {
   type GrantTable,
   XEN_PAGE,
 } from "./grants.ts";
-import { FrontRing, RingError } from "./ring.ts";
+import { FrontRing } from "./ring.ts";
 import { type XenStore, XenStoreError } from "./xenstore.ts";
 
 /** XenBus states (Xen public/io/xenbus.h). */
@@ -510,5 +510,3 @@ export class Netfront implements Nic {
     return this.shutdown();
   }
 }
-
-export { RingError };

@@ -4,6 +4,7 @@
  * Xen platform PCI device (5853:0001) of HVM guests shows in the PCI probe. Read-only.
  * @module
  */
+import { linkName, listDir, readText } from "../pci/sysfs.ts";
 
 /** One device on the xen bus. */
 export interface XenBusDevice {
@@ -29,38 +30,23 @@ export interface XenProbe {
   devNodes: string[];
 }
 
-function text(path: string): string | null {
-  try {
-    return Deno.readTextFileSync(path).trim();
-  } catch {
-    return null;
-  }
-}
-
-function list(path: string): string[] {
-  try {
-    return [...Deno.readDirSync(path)].map((e) => e.name).sort();
-  } catch {
-    return [];
-  }
-}
-
 /** Probe Xen under sysfs `root` and device directory `dev`. */
 export function probeXen(root = "/sys", dev = "/dev"): XenProbe {
-  const devices = list(`${root}/bus/xen/devices`).map((name) => {
+  const devices = listDir(`${root}/bus/xen/devices`).map((name) => {
     const d = `${root}/bus/xen/devices/${name}`;
-    let driver: string | null = null;
-    try {
-      const t = Deno.readLinkSync(`${d}/driver`);
-      driver = t.slice(t.lastIndexOf("/") + 1);
-    } catch { /* none */ }
-    return { name, nodename: text(`${d}/nodename`) ?? "", devtype: text(`${d}/devtype`) ?? "", driver };
+    const driver = linkName(`${d}/driver`);
+    return {
+      name,
+      nodename: readText(`${d}/nodename`) ?? "",
+      devtype: readText(`${d}/devtype`) ?? "",
+      driver,
+    };
   });
   return {
-    hypervisor: text(`${root}/hypervisor/type`),
-    guestType: text(`${root}/hypervisor/guest_type`),
+    hypervisor: readText(`${root}/hypervisor/type`),
+    guestType: readText(`${root}/hypervisor/guest_type`),
     devices,
-    devNodes: list(`${dev}/xen`),
+    devNodes: listDir(`${dev}/xen`),
   };
 }
 

@@ -10,7 +10,7 @@
  * Every link is `-netdev dgram` on 127.0.0.1; no other address is used.
  * @module
  */
-import { buildNative } from "../../ffi/lib.ts";
+import { buildNative, isStale } from "../../ffi/lib.ts";
 import { buildGuest, ensureQemu, type GuestImage, VM_DIR } from "./guest.ts";
 import { checkFrame, FrameCheck } from "../../drivers/frames.ts";
 
@@ -94,14 +94,7 @@ export function shellQuote(s: string): string {
 /** Build tests/vm/pvpeer.c statically into build/pvpeer when missing or stale (the guest has no compiler). */
 export function buildPeerTool(): string {
   const src = `${ROOT}/tests/vm/pvpeer.c`, out = `${ROOT}/build/pvpeer`;
-  const m = (p: string) => {
-    try {
-      return Deno.statSync(p).mtime?.getTime() ?? 0;
-    } catch {
-      return -1;
-    }
-  };
-  if (m(out) >= m(src)) return out;
+  if (!isStale(out, src)) return out;
   const r = new Deno.Command(Deno.env.get("CC") ?? "cc", {
     args: ["-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", out, src],
     stderr: "piped",
@@ -290,7 +283,7 @@ export class HostPeer {
     return this.socket.send(frame, { transport: "udp", hostname: "127.0.0.1", port: this.guestPort });
   }
 
-  /** Receive frames until `stop()` resolves true or the socket closes; `onFrame` sees each one. */
+  /** Receive frames until the socket closes; `onFrame` sees each one. */
   async receive(onFrame: (frame: Uint8Array) => void): Promise<void> {
     try {
       for await (const [data] of this.socket) onFrame(data);
