@@ -20,6 +20,15 @@ export function irqArg(v: string | undefined): IrqMode {
   throw new UsageError(`--irq must be poll, msix or intx, got '${v}'`);
 }
 
+/** --mtu: netfront only (virtio-net uses the device's own MTU). */
+export function mtuArg(v: string | undefined, nic: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^vif\//.test(nic)) throw new UsageError("--mtu applies to vif/N (virtio-net uses the device's MTU)");
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n < 68 || n > 65517) throw new UsageError(`--mtu must be 68..65517, got '${v}'`);
+  return n;
+}
+
 /** Run `cleanup` and exit on SIGINT/SIGTERM (the device is reset or disconnected, nothing is left mapped). */
 export function onSignals(cleanup: () => void | Promise<void>): void {
   for (const sig of ["SIGINT", "SIGTERM"] as const) {

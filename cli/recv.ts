@@ -8,7 +8,7 @@ import { PcapWriter } from "../drivers/pcap.ts";
 import { FrameCheck } from "../drivers/frames.ts";
 import { receive } from "./traffic.ts";
 import { intArg, parse, runMain } from "./common.ts";
-import { irqArg, nicArg, onSignals } from "./nic_args.ts";
+import { irqArg, mtuArg, nicArg, onSignals } from "./nic_args.ts";
 
 const USAGE = `usage: deno task recv <nic> [options]
   <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic, or vif/N (Xen)
@@ -18,6 +18,7 @@ const USAGE = `usage: deno task recv <nic> [options]
   --pcap FILE       write every frame to FILE (pcap, for tshark/Wireshark)
   --promisc         promiscuous mode
   --irq MODE        poll | msix | intx (default poll)
+  --mtu N           vif/N only: MTU, up to 65517 (above 1500: multi-slot frames, needs feature-sg)
   --json            print the summary as JSON`;
 
 await runMain(USAGE, async () => {
@@ -28,6 +29,7 @@ await runMain(USAGE, async () => {
     pcap: { type: "string" },
     promisc: { type: "boolean" },
     irq: { type: "string" },
+    mtu: { type: "string" },
     json: { type: "boolean" },
     help: { type: "boolean", short: "h" },
   });
@@ -36,7 +38,7 @@ await runMain(USAGE, async () => {
   const count = intArg("count", values.count, 0, 0, 2 ** 31);
   const timeout = intArg("timeout", values.timeout, 10, 1, 86400);
   const irq = irqArg(values.irq);
-  const nic = await openNic(name, { irq, promiscuous: values.promisc });
+  const nic = await openNic(name, { irq, promiscuous: values.promisc, mtu: mtuArg(values.mtu, name) });
   const pcap = values.pcap ? new PcapWriter(values.pcap) : undefined;
   console.error(`recv: listening on ${nic.name} (${macToString(nic.mac)}), ${irq} mode`);
   let stopping = false;

@@ -6,18 +6,19 @@ import { openNic } from "../drivers/open.ts";
 import { parseMac, totalStats } from "../drivers/nic.ts";
 import { generate } from "./traffic.ts";
 import { intArg, parse, runMain, UsageError } from "./common.ts";
-import { irqArg, nicArg, onSignals } from "./nic_args.ts";
+import { irqArg, mtuArg, nicArg, onSignals } from "./nic_args.ts";
 
 const USAGE = `usage: deno task send <nic> [options]
   <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic, or vif/N (Xen)
   --count N         frames to send (default 10000)
-  --size N          frame size in bytes, 60..1514 (default 60)
+  --size N          frame size in bytes, 60..the NIC's largest frame (default 60)
   --sizes MIN-MAX   cycle sizes through MIN..MAX instead
   --rate PPS        frames per second (default: flood)
   --dst MAC         destination MAC (default ff:ff:ff:ff:ff:ff)
   --batch N         frames per doorbell, 1..256 (default 32)
   --queue Q         queue pair (default 0)
   --irq MODE        poll | msix | intx (default poll)
+  --mtu N           vif/N only: MTU, up to 65517 (above 1500: multi-slot frames, needs feature-sg)
   --json            print the summary as JSON`;
 
 await runMain(USAGE, async () => {
@@ -30,19 +31,20 @@ await runMain(USAGE, async () => {
     batch: { type: "string" },
     queue: { type: "string" },
     irq: { type: "string" },
+    mtu: { type: "string" },
     json: { type: "boolean" },
     help: { type: "boolean", short: "h" },
   });
   if (values.help) return void console.log(USAGE);
   const name = nicArg(positionals);
   const count = intArg("count", values.count, 10000, 1, 2 ** 31);
-  let min = intArg("size", values.size, 60, 60, 1514), max = min;
+  let min = intArg("size", values.size, 60, 60, 65531), max = min;
   if (values.sizes) {
     const m = values.sizes.match(/^(\d+)-(\d+)$/);
     if (!m) throw new UsageError(`--sizes must look like 60-1514, got '${values.sizes}'`);
     [min, max] = [Number(m[1]), Number(m[2])];
-    if (min < 60 || max > 1514 || min > max) {
-      throw new UsageError("--sizes must be within 60-1514, MIN <= MAX");
+    if (min < 60 || max > 65531 || min > max) {
+      throw new UsageError("--sizes must be within 60-65531, MIN <= MAX");
     }
   }
   const rate = intArg("rate", values.rate, 0, 1, 100_000_000);
@@ -54,7 +56,11 @@ await runMain(USAGE, async () => {
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
-  const nic = await openNic(name, { irq: irqArg(values.irq), queues: queue + 1 });
+  const nic = await openNic(name, {
+    irq: irqArg(values.irq),
+    queues: queue + 1,
+    mtu: mtuArg(values.mtu, name),
+  });
   onSignals(() => nic.close());
   try {
     if (queue >= nic.queues) {

@@ -20,6 +20,8 @@ export interface OpenOptions {
   queues?: number;
   /** Promiscuous mode (virtio-net). */
   promiscuous?: boolean;
+  /** MTU (netfront; above 1500 uses multi-slot frames). */
+  mtu?: number;
 }
 
 /** Open `name`: "0000:00:04.0" / "00:04.0" (virtio-net) or "vif/0" (Xen netfront). */
@@ -49,7 +51,7 @@ async function openNetfront(vif: number, opts: OpenOptions): Promise<Nic> {
   const xs = new XenStore(new XenbusDevice());
   const grants = new Gntalloc();
   try {
-    const nf = await Netfront.open(xs, grants, new Evtchn(), { vif, queues: opts.queues });
+    const nf = await Netfront.open(xs, grants, new Evtchn(), { vif, queues: opts.queues, mtu: opts.mtu });
     const close = nf.close.bind(nf);
     // The NIC owns its xenstore connection and grant device.
     nf.close = async () => {

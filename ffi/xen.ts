@@ -10,6 +10,7 @@ import { XEN_PAGE } from "../drivers/xen/grants.ts";
 
 const O_RDWR = 2, O_NONBLOCK = 0o4000, PROT_RW = 3, MAP_SHARED = 1;
 const IOCTL_GNTALLOC_ALLOC_GREF = 0x184705, IOCTL_GNTALLOC_DEALLOC_GREF = 0x104706;
+const IOCTL_GNTALLOC_SET_UNMAP_NOTIFY = 0x104707, UNMAP_NOTIFY_SEND_EVENT = 2;
 const GNTALLOC_FLAG_WRITABLE = 1;
 const IOCTL_EVTCHN_BIND_UNBOUND_PORT = 0x44502, IOCTL_EVTCHN_NOTIFY = 0x44504, IOCTL_EVTCHN_UNBIND = 0x44503;
 /** Linux's default gntalloc `limit` module parameter. */
@@ -81,6 +82,17 @@ export class Gntalloc implements GrantTable {
         n.pvdrv_munmap(ptr, len);
         this.#dealloc(index, count);
         this.#used -= count;
+      },
+      notifyOnUnmap: (port: number) => {
+        // struct ioctl_gntalloc_unmap_notify { u64 index; u32 action; u32 event_channel_port; }
+        const a = new Uint8Array(16), v = new DataView(a.buffer);
+        v.setBigUint64(0, index, true);
+        v.setUint32(8, UNMAP_NOTIFY_SEND_EVENT, true);
+        v.setUint32(12, port, true);
+        check(
+          "IOCTL_GNTALLOC_SET_UNMAP_NOTIFY",
+          native().pvdrv_ioctl_ptr(this.#fd, IOCTL_GNTALLOC_SET_UNMAP_NOTIFY, a),
+        );
       },
     };
   }

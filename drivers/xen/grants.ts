@@ -16,6 +16,8 @@ export interface GrantedPages {
   readonly bytes: Uint8Array<ArrayBuffer>;
   /** End the grants and unmap (idempotent). */
   free(): void;
+  /** Signal event channel `port` when these pages are unmapped, even by this process dying (gntalloc only). */
+  notifyOnUnmap?(port: number): void;
 }
 
 /** Allocates granted pages. */

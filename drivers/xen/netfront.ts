@@ -4,21 +4,15 @@
  * XenBus: Initialising → (backend InitWait) → keys written in one transaction with Initialised → Connected →
  * (backend Connected: Linux's xen-netback connects on the frontend's Connected); Closing/Closed from either side;
  * a backend that comes back to InitWait is reconnected.
- * Rings: TX (12-byte unions) and RX (8-byte unions), 256 slots each. TX buffers are 2 KiB halves of granted pages,
- * RX buffers whole granted pages (the backend copies into them: request-rx-copy). Nothing the backend writes is
- * trusted: ids, statuses, offsets and lengths are checked before they index anything.
+ * Rings: TX (12-byte unions) and RX (8-byte unions), 256 slots each. TX buffers are 2 KiB halves of granted pages
+ * (MTU 1500) or runs of whole pages (jumbo MTUs, sent as feature-sg multi-slot requests, at most 18 slots);
+ * RX buffers are whole granted pages the backend copies into (request-rx-copy), and a frame spanning several slots
+ * is gathered into one application buffer. Nothing the backend writes is trusted: ids, statuses, offsets and
+ * lengths are copied out and checked before they index anything.
  * @module
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
-import {
-  emptyStats,
-  type Nic,
-  type PacketBuffer,
-  PacketPool,
-  parseMac,
-  type QueueStats,
-  releaseTo,
-} from "../nic.ts";
+import { emptyStats, type Nic, type PacketBuffer, PacketPool, parseMac, type QueueStats } from "../nic.ts";
 import {
   type EventChannel,
   type EventChannels,
@@ -43,10 +37,16 @@ export const XenbusState = {
 } as const;
 
 // netif.h flags and statuses.
-const NETTXF_csum_blank = 1, NETTXF_data_validated = 2;
+const NETTXF_csum_blank = 1, NETTXF_data_validated = 2, NETTXF_more_data = 4;
 const NETRXF_data_validated = 1, NETRXF_csum_blank = 2, NETRXF_more_data = 4, NETRXF_extra_info = 8;
-const NETIF_RSP_OKAY = 0;
-const TX_ENTRY = 12, RX_ENTRY = 8, TX_SLOT = 2048;
+const NETIF_RSP_OKAY = 0, NETIF_RSP_NULL = 1, XEN_NETIF_EXTRA_FLAG_MORE = 1;
+const TX_ENTRY = 12, RX_ENTRY = 8, RING = 256, HALF_PAGE = 2048;
+/** netif.h XEN_NETIF_NR_SLOTS_MIN: data slots a frame may use; plus one per extra-info type. */
+const MAX_DATA_SLOTS = 18, MAX_FRAME_SLOTS = MAX_DATA_SLOTS + 6;
+/** Frames of several RX slots are gathered into these (per queue). */
+const RX_GATHER_BUFFERS = 32;
+/** Largest MTU: netback's limit with feature-sg (ETH_MAX_MTU - VLAN_ETH_HLEN). */
+export const NETFRONT_MAX_MTU = 65517;
 
 /** Options for {@link Netfront.open}. */
 export interface NetfrontOptions {
@@ -56,6 +56,16 @@ export interface NetfrontOptions {
   queues?: number;
   /** How long to wait for the backend at each step (ms). */
   timeoutMs?: number;
+  /** MTU (default 1500); above 1500 needs the backend's feature-sg. */
+  mtu?: number;
+}
+
+/** How TX buffers sit in granted pages for a given largest frame. */
+export function txLayout(maxFrame: number): { buffers: number; bufferBytes: number; pages: number } {
+  if (maxFrame <= HALF_PAGE) return { buffers: RING, bufferBytes: HALF_PAGE, pages: RING / 2 };
+  const per = Math.ceil(maxFrame / XEN_PAGE);
+  const buffers = Math.max(16, Math.min(RING, Math.floor(RING / per)));
+  return { buffers, bufferBytes: per * XEN_PAGE, pages: buffers * per };
 }
 
 interface Queue {
@@ -66,8 +76,18 @@ interface Queue {
   rxPages: GrantedPages;
   txPool: PacketPool;
   rxPool: PacketPool;
-  txInFlight: Uint8Array;
-  rxByRef: (PacketBuffer | null)[];
+  /** Multi-slot frames are gathered into these. */
+  rxGather: PacketPool;
+  /** Free TX request ids (a stack) and how many. */
+  txIds: Uint16Array;
+  txFreeIds: number;
+  /** TX request id → buffer index, -1 when the id is not in flight. */
+  txIdBuf: Int16Array;
+  /** Per TX buffer: slots not yet answered, and whether one failed. */
+  txSlots: Uint8Array;
+  txFailed: Uint8Array;
+  /** RX ring slot → the page posted there (the request id is the slot). */
+  rxSlot: (PacketBuffer | null)[];
   evTx: EventChannel;
   evRx: EventChannel;
   skip: number;
@@ -82,8 +102,8 @@ function region(p: GrantedPages): DmaRegion {
 export class Netfront implements Nic {
   readonly name: string;
   readonly mac: Uint8Array;
-  readonly mtu = 1500;
-  readonly maxFrame = 1514;
+  readonly mtu: number;
+  readonly maxFrame: number;
   queues = 0;
   /** The backend's xenstore directory. */
   readonly backend: string;
@@ -97,7 +117,12 @@ export class Netfront implements Nic {
   readonly #opts: NetfrontOptions;
   #q: Queue[] = [];
   #split = false;
+  #sg = false;
   #closed = false;
+  // Fields of the frame being received, copied out of the ring before use: offset, length, kind (1 data, 0 extra).
+  readonly #rxOff = new Uint16Array(MAX_FRAME_SLOTS);
+  readonly #rxLen = new Int32Array(MAX_FRAME_SLOTS);
+  readonly #rxData = new Uint8Array(MAX_FRAME_SLOTS);
   #connected = false;
   #watcher: Promise<void> | null = null;
   #stopWatch: (() => Promise<unknown>) | null = null;
@@ -119,6 +144,8 @@ export class Netfront implements Nic {
     this.backendId = info.backendId;
     this.mac = info.mac;
     this.name = `netfront ${info.dir}`;
+    this.mtu = opts.mtu ?? 1500;
+    this.maxFrame = this.mtu + 14;
   }
 
   /** Find vif `opts.vif`, handshake with its backend and bring the rings up. */
@@ -130,6 +157,10 @@ export class Netfront implements Nic {
   ): Promise<Netfront> {
     const vif = opts.vif ?? 0;
     if (!Number.isInteger(vif) || vif < 0 || vif > 65535) throw new RangeError(`bad vif index ${vif}`);
+    const mtu = opts.mtu ?? 1500;
+    if (!Number.isInteger(mtu) || mtu < 68 || mtu > NETFRONT_MAX_MTU) {
+      throw new RangeError(`MTU ${mtu} outside 68..${NETFRONT_MAX_MTU}`);
+    }
     const dir = `device/vif/${vif}`;
     const backend = await xs.tryRead(`${dir}/backend`);
     if (backend === null) {
@@ -203,13 +234,20 @@ export class Netfront implements Nic {
       throw new XenStoreError("EOPNOTSUPP", `backend ${this.backend} does not offer feature-rx-copy`);
     }
     this.#split = (await this.#feature("feature-split-event-channels")) === "1";
+    this.#sg = (await this.#feature("feature-sg")) === "1";
+    if (this.mtu > 1500 && !this.#sg) {
+      throw new XenStoreError(
+        "EOPNOTSUPP",
+        `MTU ${this.mtu} needs multi-slot frames but backend ${this.backend} does not offer feature-sg`,
+      );
+    }
     const maxText = await this.#feature("multi-queue-max-queues");
     const maxQ = maxText === null ? 1 : Number(maxText);
     if (!Number.isInteger(maxQ) || maxQ < 1 || maxQ > 256) {
       throw new XenStoreError("EPROTO", `multi-queue-max-queues is '${maxText}'`);
     }
     const nq = Math.max(1, Math.min(this.#opts.queues ?? 1, maxQ));
-    const need = nq * (2 + 128 + 256);
+    const need = nq * (2 + txLayout(this.maxFrame).pages + RING);
     if (need > this.#grants.remaining) {
       throw new Error(
         `${nq} queue(s) need ${need} grants, only ${this.#grants.remaining} left (gntalloc limit): use fewer queues or raise the limit`,
@@ -232,7 +270,7 @@ export class Netfront implements Nic {
       if (nq > 1) await put("multi-queue-num-queues", nq);
       await put("request-rx-copy", 1);
       await put("feature-rx-notify", 1);
-      await put("feature-sg", 0);
+      await put("feature-sg", this.#sg ? 1 : 0);
       await put("state", XenbusState.Initialised);
     });
     // Linux's xen-netback connects when the frontend says Connected (Initialised alone leaves it in InitWait).
@@ -248,22 +286,44 @@ export class Netfront implements Nic {
   #makeQueue(i: number): Queue {
     const g = this.#grants, dom = this.backendId;
     const ringPages = g.grant(2, dom);
+    const lay = txLayout(this.maxFrame), gather = (this.maxFrame + 3) & ~3;
     let txPages: GrantedPages | null = null, rxPages: GrantedPages | null = null;
     try {
-      txPages = g.grant(256 * TX_SLOT / XEN_PAGE, dom);
-      rxPages = g.grant(256, dom);
+      txPages = g.grant(lay.pages, dom);
+      rxPages = g.grant(RING, dom);
       const evTx = this.#evtchns.bindUnbound(dom);
       const evRx = this.#split ? this.#evtchns.bindUnbound(dom) : evTx;
+      // If this process dies with the rings mapped, gntalloc kicks the backend (IOCTL_GNTALLOC_SET_UNMAP_NOTIFY).
+      ringPages.notifyOnUnmap?.(evTx.port);
+      const txIds = new Uint16Array(RING);
+      for (let k = 0; k < RING; k++) txIds[k] = RING - 1 - k;
+      const gatherMem = new Uint8Array(RX_GATHER_BUFFERS * gather);
       return {
         tx: new FrontRing(ringPages.bytes.subarray(0, XEN_PAGE), TX_ENTRY, `vif tx ring ${i}`),
         rx: new FrontRing(ringPages.bytes.subarray(XEN_PAGE, 2 * XEN_PAGE), RX_ENTRY, `vif rx ring ${i}`),
         ringPages,
         txPages,
         rxPages,
-        txPool: new PacketPool(`tx${i}`, region(txPages), 256, TX_SLOT, 0),
-        rxPool: new PacketPool(`rx${i}`, region(rxPages), 256, XEN_PAGE, 0),
-        txInFlight: new Uint8Array(256),
-        rxByRef: new Array(256).fill(null),
+        txPool: new PacketPool(`tx${i}`, region(txPages), lay.buffers, lay.bufferBytes, 0),
+        rxPool: new PacketPool(`rx${i}`, region(rxPages), RING, XEN_PAGE, 0),
+        rxGather: new PacketPool(
+          `rx-gather${i}`,
+          {
+            bytes: gatherMem,
+            deviceAddress: 0,
+            size: gatherMem.length,
+            free: () => {},
+          },
+          RX_GATHER_BUFFERS,
+          gather,
+          0,
+        ),
+        txIds,
+        txFreeIds: RING,
+        txIdBuf: new Int16Array(RING).fill(-1),
+        txSlots: new Uint8Array(lay.buffers),
+        txFailed: new Uint8Array(lay.buffers),
+        rxSlot: new Array(RING).fill(null),
         evTx,
         evRx,
         skip: 0,
@@ -289,13 +349,15 @@ export class Netfront implements Nic {
     const r = q.rx;
     let added = 0;
     while (r.free > 0) {
+      const slot = r.reqProdPvt & (r.size - 1);
+      if (q.rxSlot[slot]) break; // still held: cannot happen while responses arrive in ring order
       const b = q.rxPool.takeForDevice();
       if (!b) break;
-      // netif_rx_request { u16 id; u16 pad; u32 gref; } — id is the buffer (page) index.
+      // netif_rx_request { u16 id; u16 pad; u32 gref; } — id is the ring slot (netback answers in ring order).
       const e = r.entry(r.reqProdPvt);
-      r.u16[e >> 1] = b.index;
+      r.u16[e >> 1] = slot;
       r.u32[(e >> 2) + 1] = q.rxPages.refs[b.index];
-      q.rxByRef[b.index] = b;
+      q.rxSlot[slot] = b;
       r.reqProdPvt = (r.reqProdPvt + 1) >>> 0;
       added++;
     }
@@ -317,24 +379,39 @@ export class Netfront implements Nic {
 
   sendBatch(pkts: PacketBuffer[], n: number, queue = 0): number {
     const q = this.#queue(queue);
-    const r = q.tx;
+    const r = q.tx, refs = q.txPages.refs;
     if (r.free < n) this.reclaimTx(queue);
     let k = 0;
-    for (; k < n && r.free > 0; k++) {
-      const b = pkts[k];
-      if (!(b.length >= 14 && b.length <= this.maxFrame)) {
-        throw new RangeError(`${this.name}: frame length ${b.length} outside 14..${this.maxFrame}`);
+    for (; k < n; k++) {
+      const b = pkts[k], len = b.length;
+      if (!(len >= 14 && len <= this.maxFrame)) {
+        throw new RangeError(`${this.name}: frame length ${len} outside 14..${this.maxFrame}`);
       }
+      const first = b.slotOffset & (XEN_PAGE - 1);
+      const slots = Math.ceil((first + len) / XEN_PAGE);
+      if (slots > r.free || slots > q.txFreeIds) break;
       q.txPool.toDevice(b);
-      // netif_tx_request { u32 gref; u16 offset; u16 flags; u16 id; u16 size; }
-      const e = r.entry(r.reqProdPvt);
-      r.u32[e >> 2] = q.txPages.refs[b.slotOffset >>> 12];
-      r.u16[(e >> 1) + 2] = b.slotOffset & (XEN_PAGE - 1);
-      r.u16[(e >> 1) + 3] = b.csumOffset ? NETTXF_csum_blank | NETTXF_data_validated : 0;
-      r.u16[(e >> 1) + 4] = b.index;
-      r.u16[(e >> 1) + 5] = b.length;
-      q.txInFlight[b.index] = 1;
-      r.reqProdPvt = (r.reqProdPvt + 1) >>> 0;
+      q.txSlots[b.index] = slots;
+      q.txFailed[b.index] = 0;
+      const csum = b.csumOffset ? NETTXF_csum_blank | NETTXF_data_validated : 0;
+      let page = b.slotOffset >>> 12, off = first, left = len;
+      for (let s = 0; s < slots; s++) {
+        // netif_tx_request { u32 gref; u16 offset; u16 flags; u16 id; u16 size; }: the first slot's size is the
+        // whole frame's, the others their own; every slot but the last has more_data (netif.h).
+        const chunk = Math.min(left, XEN_PAGE - off);
+        const id = q.txIds[--q.txFreeIds];
+        q.txIdBuf[id] = b.index;
+        const e = r.entry(r.reqProdPvt);
+        r.u32[e >> 2] = refs[page];
+        r.u16[(e >> 1) + 2] = off;
+        r.u16[(e >> 1) + 3] = (s === 0 ? csum : 0) | (s < slots - 1 ? NETTXF_more_data : 0);
+        r.u16[(e >> 1) + 4] = id;
+        r.u16[(e >> 1) + 5] = s === 0 ? len : chunk;
+        r.reqProdPvt = (r.reqProdPvt + 1) >>> 0;
+        left -= chunk;
+        off = 0;
+        page++;
+      }
     }
     if (k && r.push()) {
       q.evTx.notify();
@@ -347,61 +424,113 @@ export class Netfront implements Nic {
     const q = this.#queue(queue);
     const r = q.tx;
     const n = r.available();
+    let done = 0;
     for (let i = 0; i < n; i++) {
-      // netif_tx_response { u16 id; s16 status; }
+      // netif_tx_response { u16 id; s16 status; }: one per request slot, in any order.
       const e = r.entry(r.rspCons);
       const id = r.u16[e >> 1], status = r.i16[(e >> 1) + 1];
-      if (id >= 256 || !q.txInFlight[id]) {
-        throw r.failure(`backend completed TX id ${id}, which is not in flight`);
-      }
-      q.txInFlight[id] = 0;
-      const b = q.txPool.buffers[id];
-      if (status === NETIF_RSP_OKAY) {
+      const bi = id < RING ? q.txIdBuf[id] : -1;
+      if (bi < 0) throw r.failure(`backend completed TX id ${id}, which is not in flight`);
+      q.txIdBuf[id] = -1;
+      q.txIds[q.txFreeIds++] = id;
+      r.rspCons = (r.rspCons + 1) >>> 0;
+      if (status !== NETIF_RSP_OKAY && status !== NETIF_RSP_NULL) q.txFailed[bi] = 1;
+      if (--q.txSlots[bi] > 0) continue;
+      const b = q.txPool.buffers[bi];
+      if (q.txFailed[bi]) q.stats.txErrors++;
+      else {
         q.stats.txPackets++;
         q.stats.txBytes += b.length;
-      } else q.stats.txErrors++;
+      }
       q.txPool.put(b, "device");
-      r.rspCons = (r.rspCons + 1) >>> 0;
+      done++;
     }
-    return n;
+    return done;
   }
 
   receiveBatch(out: PacketBuffer[], max: number, queue = 0): number {
     const q = this.#queue(queue);
-    const r = q.rx;
-    let n = r.available(), k = 0;
-    while (n > 0 && k < max) {
-      n--;
-      // netif_rx_response { u16 id; u16 offset; u16 flags; s16 status; }
-      const e = r.entry(r.rspCons);
-      const id = r.u16[e >> 1],
-        offset = r.u16[(e >> 1) + 1],
-        flags = r.u16[(e >> 1) + 2],
-        status = r.i16[(e >> 1) + 3];
-      const b = id < 256 ? q.rxByRef[id] : null;
-      if (!b) throw r.failure(`backend returned RX id ${id}, which it does not hold`);
-      q.rxByRef[id] = null;
-      r.rspCons = (r.rspCons + 1) >>> 0;
-      if (status > 0 && offset + status > XEN_PAGE) {
-        q.rxPool.put(b, "device");
-        throw r.failure(`backend placed ${status} bytes at offset ${offset} of a ${XEN_PAGE}-byte page`);
+    const r = q.rx, mask = r.size - 1;
+    const offs = this.#rxOff, lens = this.#rxLen, isData = this.#rxData;
+    let avail = r.available(), k = 0;
+    while (avail > 0 && k < max) {
+      // One frame (netif.h RX): a data response, its extra-info segments if it has NETRXF_extra_info, then more
+      // data responses while NETRXF_more_data is set. Every field is copied out and checked first.
+      let n = 0, more = true, extra = false, total = 0, bad = false, flags0 = 0, data = 0;
+      while (more || extra) {
+        if (n === avail) break;
+        if (n === MAX_FRAME_SLOTS) {
+          throw r.failure(`a received frame spans more than ${MAX_FRAME_SLOTS} slots`);
+        }
+        const idx = (r.rspCons + n) >>> 0, e = r.entry(idx);
+        if (extra) {
+          // netif_extra_info { u8 type; u8 flags; ... }
+          extra = (r.page[e + 1] & XEN_NETIF_EXTRA_FLAG_MORE) !== 0;
+          isData[n++] = 0;
+          continue;
+        }
+        // netif_rx_response { u16 id; u16 offset; u16 flags; s16 status; }
+        const id = r.u16[e >> 1], offset = r.u16[(e >> 1) + 1], flags = r.u16[(e >> 1) + 2];
+        const status = r.i16[(e >> 1) + 3];
+        if (id !== (idx & mask)) throw r.failure(`backend answered RX slot ${idx & mask} with id ${id}`);
+        if (status > 0 && offset + status > XEN_PAGE) {
+          throw r.failure(`backend placed ${status} bytes at offset ${offset} of a ${XEN_PAGE}-byte page`);
+        }
+        if (n === 0) {
+          flags0 = flags;
+          extra = (flags & NETRXF_extra_info) !== 0;
+        }
+        if (status < 0) bad = true;
+        else total += status;
+        more = (flags & NETRXF_more_data) !== 0;
+        offs[n] = offset;
+        lens[n] = status;
+        isData[n++] = 1;
+        data++;
       }
-      const more = (flags & (NETRXF_more_data | NETRXF_extra_info)) !== 0;
-      if (q.skip > 0 || status < 14 || more) {
-        // Errors, runts, and multi-slot frames (we did not ask for feature-sg) are dropped with all their slots.
-        if (q.skip > 0) q.skip--;
-        if (more) q.skip++;
-        q.stats.rxDropped++;
-        q.rxPool.put(b, "device");
+      if (more || extra) break; // the rest of the frame is not there yet
+      const start = r.rspCons;
+      r.rspCons = (r.rspCons + n) >>> 0;
+      avail -= n;
+      const flags = (flags0 & NETRXF_data_validated ? 2 : 0) | (flags0 & NETRXF_csum_blank ? 1 : 0);
+      let b: PacketBuffer | null = null;
+      if (!bad && total >= 14 && total <= this.maxFrame) {
+        if (data === 1) {
+          // One slot: hand the page itself to the application.
+          for (let s = 0; s < n; s++) {
+            if (!isData[s]) continue;
+            const slot = (start + s) & mask;
+            b = q.rxSlot[slot]!;
+            q.rxSlot[slot] = null;
+            if (offs[s]) b.data.copyWithin(0, offs[s], offs[s] + total);
+            q.rxPool.toApp(b);
+          }
+        } else if ((b = q.rxGather.take())) {
+          let at = 0;
+          for (let s = 0; s < n; s++) {
+            if (!isData[s] || lens[s] === 0) continue;
+            const page = q.rxSlot[(start + s) & mask]!;
+            b.data.set(page.data.subarray(offs[s], offs[s] + lens[s]), at);
+            at += lens[s];
+          }
+        }
+      }
+      // Give every slot's page still held back to the ring.
+      for (let s = 0; s < n; s++) {
+        const slot = (start + s) & mask, p = q.rxSlot[slot];
+        if (!p) continue;
+        q.rxSlot[slot] = null;
+        q.rxPool.put(p, "device");
+      }
+      if (!b) {
+        q.stats.rxDropped++; // errors, runts, frames over the MTU, or no gather buffer free
         continue;
       }
-      if (offset) b.data.copyWithin(0, offset, offset + status);
-      b.length = status;
-      b.flags = (flags & NETRXF_data_validated ? 2 : 0) | (flags & NETRXF_csum_blank ? 1 : 0);
-      q.rxPool.toApp(b);
+      b.length = total;
+      b.flags = flags;
       out[k++] = b;
       q.stats.rxPackets++;
-      q.stats.rxBytes += status;
+      q.stats.rxBytes += total;
     }
     this.#refill(q);
     return k;
@@ -409,7 +538,10 @@ export class Netfront implements Nic {
 
   release(pkts: PacketBuffer[], n: number, queue = 0): void {
     const q = this.#queue(queue);
-    releaseTo(pkts, n, q.rxPool, q.txPool);
+    for (let i = 0; i < n; i++) {
+      const b = pkts[i], p = b.pool;
+      (p === q.rxGather ? q.rxGather : p === q.rxPool ? q.rxPool : q.txPool).put(b, "app");
+    }
     this.#refill(q);
   }
 

@@ -102,6 +102,8 @@ export interface NetbackOptions {
   split?: boolean;
   maxQueues?: number;
   rxCopy?: boolean;
+  /** Offer feature-sg (default true). */
+  sg?: boolean;
 }
 
 const TXS = ringSize(12), RXS = ringSize(8);
@@ -139,6 +141,7 @@ export class NetbackModel {
     xs.set(`${this.back}/frontend-id`, String(this.frontDomid));
     if (o.rxCopy ?? true) xs.set(`${this.back}/feature-rx-copy`, "1");
     if (o.split ?? true) xs.set(`${this.back}/feature-split-event-channels`, "1");
+    if (o.sg ?? true) xs.set(`${this.back}/feature-sg`, "1");
     if ((o.maxQueues ?? 1) > 1) xs.set(`${this.back}/multi-queue-max-queues`, String(o.maxQueues));
     xs.set(`${this.back}/state`, "2"); // InitWait
     xs.onWrite = (path, value) => {
@@ -203,23 +206,40 @@ export class NetbackModel {
     }
   }
 
-  /** Consume TX requests of queue `i`: copy the frames out, answer OKAY. */
+  /**
+   * Consume TX requests of queue `i`: gather each frame from its slots (the first slot's size is the frame's,
+   * more_data chains the rest), answer OKAY for the first slot and NULL for the others, as netback does.
+   */
   processTx(i: number): number {
     const q = this.#q[i];
     if (!q) return 0;
     const prod = q.txDv.getUint32(0, true);
     let n = 0, rsp = q.txDv.getUint32(8, true);
+    let frame: Uint8Array | null = null, at = 0;
     while (q.txCons !== prod) {
       const e = 64 + (q.txCons % TXS) * 12;
       const gref = q.txDv.getUint32(e, true),
         off = q.txDv.getUint16(e + 4, true),
+        flags = q.txDv.getUint16(e + 6, true),
         id = q.txDv.getUint16(e + 8, true);
       const size = q.txDv.getUint16(e + 10, true);
       const page = this.grants.map(gref, this.backDomid);
-      this.sent[i].push(page.slice(off, off + size));
+      const first = frame === null;
+      if (first) {
+        frame = new Uint8Array(size);
+        at = 0;
+      }
+      const chunk = (flags & 4) ? (first ? Math.min(size, XEN_PAGE - off) : size) : size - at;
+      if (off + chunk > XEN_PAGE || at + chunk > frame!.length) throw new Error("model netback: bad TX slot");
+      frame!.set(page.subarray(off, off + chunk), at);
+      at += chunk;
+      if (!(flags & 4)) {
+        this.sent[i].push(frame!);
+        frame = null;
+      }
       const r = 64 + (rsp % TXS) * 12;
       q.txDv.setUint16(r, id, true);
-      q.txDv.setInt16(r + 2, 0, true);
+      q.txDv.setInt16(r + 2, first ? 0 : 1, true);
       rsp = (rsp + 1) >>> 0;
       q.txCons = (q.txCons + 1) >>> 0;
       n++;
@@ -235,17 +255,55 @@ export class NetbackModel {
     return q ? (q.rxDv.getUint32(0, true) - q.rxCons) >>> 0 : 0;
   }
 
-  /** Copy `frame` into the next posted RX buffer of queue `i` (false when none). */
-  deliver(frame: Uint8Array, i = 0, o: { flags?: number; offset?: number } = {}): boolean {
+  /**
+   * Copy `frame` into the next posted RX buffers of queue `i`: `offset` into the first page, then as many more
+   * pages as it needs (or `slotBytes` per slot), chained with more_data; `extra` puts an extra-info segment after
+   * the first slot. Responses are published together unless `publish` is false (then {@link jumpRx} does). False when too few are posted.
+   */
+  deliver(
+    frame: Uint8Array,
+    i = 0,
+    o: { flags?: number; offset?: number; slotBytes?: number; extra?: boolean; publish?: boolean } = {},
+  ): boolean {
     const q = this.#q[i];
-    if (!q || this.rxPosted(i) === 0) return false;
-    const e = 64 + (q.rxCons % RXS) * 8;
-    const id = q.rxDv.getUint16(e, true), gref = q.rxDv.getUint32(e + 4, true);
-    q.rxCons = (q.rxCons + 1) >>> 0;
-    const off = o.offset ?? 0;
-    this.grants.map(gref, this.backDomid).set(frame, off);
-    this.rxResponse(i, id, off, o.flags ?? 0, frame.length);
+    const off0 = o.offset ?? 0, per = o.slotBytes ?? XEN_PAGE;
+    const slots = Math.max(1, Math.ceil((off0 + frame.length) / per)) + (o.extra ? 1 : 0);
+    if (!q || this.rxPosted(i) < slots) return false;
+    if (slots > 1 && this.xs.get(`${this.front}/feature-sg`) !== "1") {
+      throw new Error("model netback: multi-slot frame for a frontend without feature-sg");
+    }
+    let rsp = q.rxDv.getUint32(8, true), at = 0, off = off0;
+    for (let s = 0; s < slots; s++) {
+      const e = 64 + (q.rxCons % RXS) * 8;
+      const id = q.rxDv.getUint16(e, true), gref = q.rxDv.getUint32(e + 4, true);
+      q.rxCons = (q.rxCons + 1) >>> 0;
+      const r = 64 + (rsp % RXS) * 8;
+      rsp = (rsp + 1) >>> 0;
+      if (o.extra && s === 1) {
+        q.rxDv.setUint8(r, 1); // XEN_NETIF_EXTRA_TYPE_GSO, no more extras
+        q.rxDv.setUint8(r + 1, 0);
+        continue;
+      }
+      const chunk = Math.min(frame.length - at, per - off);
+      this.grants.map(gref, this.backDomid).set(frame.subarray(at, at + chunk), off);
+      at += chunk;
+      const flags = (s === 0 ? (o.flags ?? 0) | (o.extra ? 8 : 0) : 0) | (at < frame.length ? 4 : 0);
+      q.rxDv.setUint16(r, id, true);
+      q.rxDv.setUint16(r + 2, off, true);
+      q.rxDv.setUint16(r + 4, flags, true);
+      q.rxDv.setInt16(r + 6, chunk, true);
+      off = 0;
+    }
+    if (o.publish ?? true) this.#pushResponses(q.rxDv, rsp, q.notifyRx); // else: jumpRx publishes them
     return true;
+  }
+
+  /** Consume the next posted RX request of queue `i` and answer it with error `status` (e.g. -1). */
+  deliverError(i: number, status: number): void {
+    const q = this.#q[i];
+    const id = q.rxDv.getUint16(64 + (q.rxCons % RXS) * 8, true);
+    q.rxCons = (q.rxCons + 1) >>> 0;
+    this.rxResponse(i, id, 0, 0, status);
   }
 
   /** Write an RX response (hostile tests use it directly). */

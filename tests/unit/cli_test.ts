@@ -21,7 +21,9 @@ Deno.test("cli: bad input gets one clear line and the usage, never a stack trace
   const cases: [string, string[], RegExp][] = [
     ["send.ts", [], /expected exactly one NIC/],
     ["send.ts", ["00:04.0", "--count", "ten"], /--count must be a whole number/],
-    ["send.ts", ["00:04.0", "--sizes", "10-20"], /--sizes must be within 60-1514/],
+    ["send.ts", ["00:04.0", "--sizes", "10-20"], /--sizes must be within 60-65531/],
+    ["send.ts", ["00:04.0", "--mtu", "9000"], /--mtu applies to vif\/N/],
+    ["recv.ts", ["vif/0", "--mtu", "huge"], /--mtu must be 68..65517/],
     ["send.ts", ["00:04.0", "--dst", "nope"], /not a MAC address/],
     ["send.ts", ["00:04.0", "--irq", "nmi"], /--irq must be poll, msix or intx/],
     ["recv.ts", ["00:04.0", "--bogus"], /Unknown option '--bogus'/],

@@ -9,18 +9,18 @@ import { ModelEvtchns, ModelGrants, NetbackModel, type NetbackOptions } from "..
 
 const DST = new Uint8Array([0xfe, 0xff, 0xff, 0xff, 0xff, 0xff]);
 
-function lab(o: NetbackOptions & { grantLimit?: number } = {}) {
+function lab(o: NetbackOptions & { grantLimit?: number; mtu?: number } = {}) {
   const server = new XenStoreServer();
   const grants = new ModelGrants(o.grantLimit ?? 1024), evtchns = new ModelEvtchns();
   const back = new NetbackModel(server, grants, evtchns, o);
   const xs = new XenStore(server.connect(back.frontDomid).transport);
-  const open = (queues = 1) => Netfront.open(xs, grants, evtchns, { timeoutMs: 2000, queues });
+  const open = (queues = 1) => Netfront.open(xs, grants, evtchns, { timeoutMs: 2000, queues, mtu: o.mtu });
   return { server, grants, evtchns, back, xs, open };
 }
 
 const size = (k: number) => 60 + (k * 149) % 1455;
 
-function send(nf: Netfront, count: number, first = 0, q = 0): number {
+function send(nf: Netfront, count: number, first = 0, q = 0, sizeOf = size): number {
   const bufs: PacketBuffer[] = [];
   let sent = 0;
   while (sent < count) {
@@ -28,10 +28,11 @@ function send(nf: Netfront, count: number, first = 0, q = 0): number {
     assert.ok(got > 0, "TX buffers available");
     for (let i = 0; i < got; i++) {
       const k = first + sent + i;
-      writeFrame(bufs[i].data, size(k), k, DST, nf.mac);
-      bufs[i].length = size(k);
+      writeFrame(bufs[i].data, sizeOf(k), k, DST, nf.mac);
+      bufs[i].length = sizeOf(k);
     }
     const n = nf.sendBatch(bufs, got, q);
+    assert.ok(n > 0, "the TX ring takes frames");
     if (n < got) nf.release(bufs.slice(n, got), got - n, q);
     sent += n;
   }
@@ -64,7 +65,7 @@ Deno.test("netfront: handshake writes every key in one transaction, Initialised 
     assert.ok(Number(f("tx-ring-ref")) > 0 && Number(f("rx-ring-ref")) > 0);
     assert.ok(f("event-channel-tx") && f("event-channel-rx"), "split event channels when offered");
     assert.equal(f("event-channel"), undefined);
-    assert.deepEqual([f("request-rx-copy"), f("feature-rx-notify")], ["1", "1"]);
+    assert.deepEqual([f("request-rx-copy"), f("feature-rx-notify"), f("feature-sg")], ["1", "1", "1"]);
     const txWrites = server.log.filter((l) => l.type === XS.WRITE && l.tx !== 0);
     assert.ok(
       txWrites.some((l) => l.path.endsWith("/tx-ring-ref")) &&
@@ -104,6 +105,28 @@ Deno.test("netfront: feature subsets — no split channels, multi-queue, no rx-c
   {
     const { xs, open } = lab({ rxCopy: false });
     await assert.rejects(open(), /feature-rx-copy/);
+    await xs.close();
+  }
+  {
+    const { xs, open, grants } = lab({ sg: false, mtu: 9000 });
+    await assert.rejects(open(), /MTU 9000 needs multi-slot frames .* feature-sg/);
+    assert.equal(grants.live, 0);
+    await xs.close();
+  }
+  {
+    const { server, back, xs, open } = lab({ sg: false });
+    const nf = await open();
+    assert.equal(server.get(`${back.front}/feature-sg`), "0", "MTU 1500 works without feature-sg");
+    assert.equal(send(nf, 3), 3);
+    await nf.shutdown();
+    await xs.close();
+  }
+  {
+    const { xs } = lab();
+    await assert.rejects(
+      Netfront.open(xs, new ModelGrants(), new ModelEvtchns(), { mtu: 70000 }),
+      /MTU 70000/,
+    );
     await xs.close();
   }
   {
@@ -164,31 +187,99 @@ Deno.test("netfront: 20,000 frames each way byte-exact, rings wrapping many time
   await xs.close();
 });
 
-Deno.test("netfront: RX offsets, multi-slot frames and error statuses are handled without corruption", async () => {
+Deno.test("netfront: RX offsets, multi-slot frames (gathered), extra-info slots, partial frames and error statuses", async () => {
   const { back, xs, open } = lab();
   const nf = await open();
   try {
-    const f = new Uint8Array(100);
-    writeFrame(f, 100, 5, nf.mac, DST);
-    back.deliver(f, 0, { offset: 66 });
-    back.deliver(new Uint8Array(1000), 0, { flags: 4 }); // more_data: first slot of a two-slot frame
-    back.deliver(new Uint8Array(500)); // ... its second slot
-    back.deliver(f);
-    const got = receiveAll(nf);
-    assert.equal(got.length, 2);
     const seq = new Uint32Array(1);
-    for (const b of got) assert.equal(checkFrame(b.data, b.length, seq), FrameCheck.Ok);
+    const frame = (k: number, len: number) => {
+      const f = new Uint8Array(len);
+      writeFrame(f, len, k, nf.mac, DST);
+      return f;
+    };
+    back.deliver(frame(1, 100), 0, { offset: 66 });
+    back.deliver(frame(2, 1400), 0, { slotBytes: 500 }); // three slots
+    back.deliver(frame(3, 1000), 0, { slotBytes: 600, extra: true, flags: 1 }); // data, extra info, data
+    back.deliver(frame(4, 3000), 0, { slotBytes: 1000 }); // over the MTU: dropped
+    back.deliverError(0, -1); // NETIF_RSP_ERROR
+    const got = receiveAll(nf);
+    assert.deepEqual(got.map((b) => b.length), [100, 1400, 1000]);
+    got.forEach((b, i) => {
+      assert.equal(checkFrame(b.data, b.length, seq), FrameCheck.Ok);
+      assert.equal(seq[0], i + 1);
+    });
+    assert.equal(got[2].flags, 2, "flags come from the first slot");
     assert.equal(nf.stats()[0].rxDropped, 2);
     nf.release(got, got.length);
+    // A frame whose slots are published one at a time is delivered only when complete.
+    assert.ok(back.deliver(frame(5, 1200), 0, { slotBytes: 700, publish: false }));
+    back.jumpRx(0, 1);
+    assert.equal(receiveAll(nf).length, 0, "first slot alone is not a frame");
+    back.jumpRx(0, 1);
+    const last = receiveAll(nf);
+    assert.equal(last.length, 1);
+    assert.equal(checkFrame(last[0].data, last[0].length, seq), FrameCheck.Ok);
+    assert.equal(seq[0], 5);
+    nf.release(last, 1);
   } finally {
     await nf.shutdown();
     await xs.close();
   }
 });
 
+Deno.test("netfront: jumbo MTU 9000 — 3,000 multi-slot frames each way byte-exact, TX slots and ids recycled", async () => {
+  const { back, xs, open, grants, server } = lab({ mtu: 9000 });
+  const nf = await open();
+  try {
+    assert.equal(nf.maxFrame, 9014);
+    assert.equal(server.get(`${back.front}/feature-sg`), "1");
+    const big = (k: number) => 60 + (k * 1693) % 8955;
+    const N = 3000, seq = new Uint32Array(1);
+    let sent = 0, recvd = 0;
+    while (sent < N) {
+      sent += send(nf, Math.min(40, N - sent), sent, 0, big);
+      for (let k = recvd; k < sent; k++) {
+        const f = new Uint8Array(big(k));
+        writeFrame(f, f.length, k, nf.mac, DST);
+        assert.ok(back.deliver(f), `posted RX pages for frame ${k}`);
+      }
+      const got = receiveAll(nf);
+      for (const b of got) {
+        assert.equal(checkFrame(b.data, b.length, seq), FrameCheck.Ok);
+        assert.equal(seq[0], recvd++);
+      }
+      nf.release(got, got.length);
+    }
+    nf.reclaimTx();
+    assert.equal(recvd, N);
+    assert.equal(back.sent[0].length, N);
+    back.sent[0].forEach((f, k) => {
+      assert.equal(f.length, big(k));
+      if (k % 97 === 0) {
+        assert.equal(checkFrame(f, f.length, seq), FrameCheck.Ok);
+        assert.equal(seq[0], k);
+      }
+    });
+    const st = nf.stats()[0];
+    assert.deepEqual([st.txPackets, st.rxPackets, st.txErrors, st.rxDropped], [N, N, 0, 0]);
+  } finally {
+    await nf.shutdown();
+  }
+  assert.equal(grants.live, 0);
+  await xs.close();
+});
+
 Deno.test("netfront: a hostile backend (bad ids, offset+length past the page, rsp_prod jump) breaks the ring cleanly", async () => {
   const cases: [string, (b: NetbackModel, nf: Netfront) => void, "rx" | "tx", RegExp][] = [
-    ["RX id not held", (b) => b.rxResponse(0, 999, 0, 0, 60), "rx", /RX id 999/],
+    ["RX id not the slot's", (b) => b.rxResponse(0, 999, 0, 0, 60), "rx", /RX slot 0 with id 999/],
+    [
+      "RX frame of endless slots",
+      (b) => {
+        for (let i = 0; i < 30; i++) b.rxResponse(0, i, 0, 4, 100);
+      },
+      "rx",
+      /more than 24 slots/,
+    ],
     ["RX past the page", (b) => b.rxResponse(0, 0, 4000, 0, 200), "rx", /200 bytes at offset 4000/],
     ["RX rsp_prod jump", (b) => b.jumpRx(0, 1000), "rx", /rsp_prod/],
     ["TX rsp_prod with nothing outstanding", (b) => b.txResponse(0, 7, 0), "tx", /rsp_prod/],
