@@ -4,7 +4,7 @@
  * @module
  */
 import { HostPeer, LabError, runInGuest } from "../tests/vm/lab.ts";
-import { isReportLine, runXenLab, XEN_FRAMES } from "../tests/xen/lab.ts";
+import { checkXenRun, isReportLine, runXenLab, xenBenchSummary } from "../tests/xen/lab.ts";
 import { buildNative } from "../ffi/lib.ts";
 import { parse, runMain } from "./common.ts";
 
@@ -60,18 +60,16 @@ async function xen(): Promise<{ ok: boolean; t: Tally }> {
       },
     });
     const t = tally(r.lines.join("\n"));
-    // dom0's own verdict on the frames it received from pvdrv, and that it sent its share.
-    const recv = r.dom0Recv, sent = r.dom0Send;
-    const dom0ok = recv?.received === XEN_FRAMES && recv.corrupt === 0 && sent?.sent === XEN_FRAMES;
-    console.log(
-      `dom0: ${dom0ok ? "ok" : "FAILED"} — verified ${
-        recv?.received ?? 0
-      } of ${XEN_FRAMES} frames from the domU, ` +
-        `${recv?.corrupt ?? "?"} corrupt; sent ${sent?.sent ?? 0}`,
-    );
-    if (dom0ok) t.passed++;
-    else t.failed++;
+    // dom0's own verdicts (frames it verified and sent) and the agent's handling of xl shutdown.
+    const checks = checkXenRun(r);
+    for (const c of checks) {
+      console.log(`${c.name} ... ${c.ok ? "ok" : "FAILED"} (${c.detail})`);
+      if (c.ok) t.passed++;
+      else t.failed++;
+    }
+    for (const l of xenBenchSummary(r)) console.log(`bench: ${l}`);
     if (r.domUExit !== 0 && t.failed === 0) t.failed = 1;
+    const dom0ok = checks.every((c) => c.ok);
     console.log(`xen lab: ${r.seconds.toFixed(0)} s`);
     return { ok: r.domUExit === 0 && dom0ok, t };
   } catch (e) {

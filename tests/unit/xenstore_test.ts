@@ -138,5 +138,36 @@ Deno.test("xen agent: advertises features, acts on poweroff/reboot, clears the r
   assert.equal(await agent, null);
   assert.deepEqual(acted, ["reboot", "poweroff"]);
   assert.ok(logs.some((l) => /ignoring control\/shutdown='s3'/.test(l)));
+  assert.equal(server.get("/local/domain/5/data/pvdrv-agent"), undefined, "the agent's key goes with it");
+  await xs.close();
+});
+
+Deno.test("xen agent: requests handed over by the kernel's poweroff helper are acted on, and the helper restored", async () => {
+  const { runAgent, installKernelHandoff, AGENT_KEY } = await import("../../drivers/xen/agent.ts");
+  const server = new XenStoreServer();
+  const xs = new XenStore(server.connect(6).transport);
+  const sysctl = Deno.makeTempFileSync();
+  Deno.writeTextFileSync(sysctl, "/sbin/poweroff\n");
+  const acted: string[] = [], logs: string[] = [];
+  let fire: ((a: "poweroff", via: string) => void) | null = null;
+  const agent = runAgent(xs, {
+    once: true,
+    act: (a) => void acted.push(a),
+    log: (m) => logs.push(m),
+    external: (deliver) => {
+      const restore = installKernelHandoff(4242, sysctl, "/bin/kill");
+      fire = deliver;
+      return restore;
+    },
+  });
+  while (server.get(`/local/domain/6/${AGENT_KEY}`) !== "running") await new Promise((r) => setTimeout(r, 1));
+  assert.equal(Deno.readTextFileSync(sysctl), "/bin/kill -USR2 4242\n");
+  fire!("poweroff", "the kernel");
+  assert.equal(await agent, "poweroff");
+  assert.deepEqual(acted, ["poweroff"]);
+  assert.ok(logs.includes("poweroff requested (through the kernel)"), logs.join("; "));
+  assert.equal(Deno.readTextFileSync(sysctl), "/sbin/poweroff\n", "previous helper restored");
+  assert.throws(() => installKernelHandoff(1, sysctl, null), /no kill program/);
+  Deno.removeSync(sysctl);
   await xs.close();
 });

@@ -27,6 +27,7 @@
 #define ETHERTYPE_PVDRV 0x88b5
 #define MAGIC 0x50564452u
 #define BATCH 32
+#define MAXF 9216 // largest frame (jumbo MTU 9000 + header, rounded)
 
 static double now(void) {
   struct timespec t;
@@ -84,11 +85,19 @@ static int parse_mac(const char *s, unsigned char m[6]) {
   return sscanf(s, "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx", &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]) == 6 ? 0 : -1;
 }
 
-// Point message `m` at one buffer.
-static void set_msg(struct mmsghdr *m, struct iovec *v, void *buf, size_t len) {
+// Point message `m` at one buffer (and, when receiving, at `from` for the packet type).
+static void set_msg(struct mmsghdr *m, struct iovec *v, void *buf, size_t len, struct sockaddr_ll *from) {
   v->iov_base = buf, v->iov_len = len;
   memset(&m->msg_hdr, 0, sizeof m->msg_hdr);
   m->msg_hdr.msg_iov = v, m->msg_hdr.msg_iovlen = 1;
+  if (from) m->msg_hdr.msg_name = from, m->msg_hdr.msg_namelen = sizeof *from;
+}
+
+static void check_size(int max) {
+  if (max > MAXF) {
+    fprintf(stderr, "pvpeer: frames above %d bytes are not supported\n", MAXF);
+    exit(2);
+  }
 }
 
 // A sending socket on `ifn`; its MAC in `mac`, the parsed destination in `dst`. Exits on a bad MAC.
@@ -105,9 +114,10 @@ static int do_recv(const char *ifn, long count, int timeout_ms, long progress) {
   unsigned char mac[6];
   int ifindex, s = open_sock(ifn, mac, &ifindex);
   unsigned char *seen = calloc(count > 0 ? count : 1, 1);
-  static unsigned char buf[BATCH][2048];
+  static unsigned char buf[BATCH][MAXF];
   struct mmsghdr msgs[BATCH];
   struct iovec iov[BATCH];
+  struct sockaddr_ll from[BATCH];
   long ok = 0, corrupt = 0, foreign = 0, dup = 0, outside = 0, bytes = 0;
   double t0 = 0, t1 = 0, last = now();
   printf("ready\n");
@@ -120,13 +130,14 @@ static int do_recv(const char *ifn, long count, int timeout_ms, long progress) {
       if ((now() - last) * 1000 > timeout_ms) break;
       continue;
     }
-    for (int i = 0; i < BATCH; i++) set_msg(&msgs[i], &iov[i], buf[i], sizeof buf[i]);
+    for (int i = 0; i < BATCH; i++) set_msg(&msgs[i], &iov[i], buf[i], sizeof buf[i], &from[i]);
     int n = recvmmsg(s, msgs, BATCH, MSG_DONTWAIT, NULL);
     if (n < 0) continue;
     last = now();
     if (!t0) t0 = last;
     for (int i = 0; i < n; i++) {
       uint32_t seq;
+      if (from[i].sll_pkttype == PACKET_OUTGOING) continue;  // our own host's sends on this interface
       int len = msgs[i].msg_len, c = check_frame(buf[i], len, &seq);
       if (c == 0) { foreign++; continue; }
       if (c < 0) { corrupt++; continue; }
@@ -146,8 +157,9 @@ static int do_recv(const char *ifn, long count, int timeout_ms, long progress) {
 
 static int do_send(const char *ifn, long count, int min, int max, const char *dsts, long window, double rate) {
   unsigned char mac[6], dst[6];
+  check_size(max);
   int s = open_sender(ifn, dsts, mac, dst);
-  static unsigned char buf[BATCH][2048];
+  static unsigned char buf[BATCH][MAXF];
   struct mmsghdr msgs[BATCH];
   struct iovec iov[BATCH];
   long sent = 0, acked = 0, bytes = 0;
@@ -182,7 +194,7 @@ static int do_send(const char *ifn, long count, int min, int max, const char *ds
       long k = sent + n;
       int len = min + (int)((k * 149) % (max - min + 1));
       write_frame(buf[n], len, (uint32_t)k, dst, mac);
-      set_msg(&msgs[n], &iov[n], buf[n], len);
+      set_msg(&msgs[n], &iov[n], buf[n], len, NULL);
       bytes += len;
       n++;
     }
@@ -201,13 +213,14 @@ static int do_send(const char *ifn, long count, int min, int max, const char *ds
 
 static int do_txrate(const char *ifn, double seconds, int size, const char *dsts, double rate) {
   unsigned char mac[6], dst[6];
+  check_size(size);
   int s = open_sender(ifn, dsts, mac, dst);
-  static unsigned char buf[BATCH][2048];
+  static unsigned char buf[BATCH][MAXF];
   struct mmsghdr msgs[BATCH];
   struct iovec iov[BATCH];
   for (int i = 0; i < BATCH; i++) {
     write_frame(buf[i], size, i, dst, mac);
-    set_msg(&msgs[i], &iov[i], buf[i], size);
+    set_msg(&msgs[i], &iov[i], buf[i], size, NULL);
   }
   long sent = 0;
   struct timespec c0, c1;
@@ -230,21 +243,25 @@ static int do_txrate(const char *ifn, double seconds, int size, const char *dsts
 static int do_rxrate(const char *ifn, double seconds) {
   unsigned char mac[6];
   int ifindex, s = open_sock(ifn, mac, &ifindex);
-  static unsigned char buf[BATCH][2048];
+  static unsigned char buf[BATCH][MAXF];
   struct mmsghdr msgs[BATCH];
   struct iovec iov[BATCH];
-  for (int i = 0; i < BATCH; i++) set_msg(&msgs[i], &iov[i], buf[i], sizeof buf[i]);
+  struct sockaddr_ll from[BATCH];
+  for (int i = 0; i < BATCH; i++) set_msg(&msgs[i], &iov[i], buf[i], sizeof buf[i], &from[i]);
   printf("ready\n");
   fflush(stdout);
   long got = 0;
   double t0 = 0, t1 = 0, start = now();
   while (now() - start < seconds + 5) {
-    struct timespec to = {0, 200 * 1000 * 1000};
-    int n = recvmmsg(s, msgs, BATCH, MSG_WAITFORONE, &to);
+    // poll first: recvmmsg's timeout is only checked after a datagram arrives, so it would block forever once
+    // the sender stopped.
+    struct pollfd p = {.fd = s, .events = POLLIN};
+    int n = poll(&p, 1, 200) > 0 ? recvmmsg(s, msgs, BATCH, MSG_DONTWAIT, NULL) : 0;
     if (n <= 0) { if (t0 && now() - t1 > 0.5) break; continue; }
     t1 = now();
     if (!t0) t0 = t1;
-    got += n;
+    for (int i = 0; i < n; i++) got += from[i].sll_pkttype != PACKET_OUTGOING;
+    for (int i = 0; i < n; i++) msgs[i].msg_hdr.msg_namelen = sizeof from[i];
     if (t1 - t0 >= seconds) break;
   }
   printf("{\"received\":%ld,\"seconds\":%.3f,\"pps\":%.0f}\n", got, t1 - t0, t1 > t0 ? got / (t1 - t0) : 0.0);

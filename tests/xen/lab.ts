@@ -2,8 +2,13 @@
  * The nested Xen lab (../shared/lab-notes.md recipe): Xen 4.17 under QEMU TCG (`-cpu qemu64`), a PV dom0 from a
  * debootstrapped Debian with xen-utils, and a PV domU running Deno + pvdrv's netfront against dom0's real
  * xen-netback. dom0's /init runs the whole scenario and prints markers the host collects:
- *  - domU (console streamed through dom0): pvdrv's Xen tests (tests/xen/guest) → PVDRV-DOMU-EXIT=n
- *  - dom0: pvpeer on vif1.0 verifies every frame from the domU → DOM0-RECV {json}; then sends frames to it.
+ *  - domU (console streamed through dom0): pvdrv's Xen tests (tests/xen/guest) → PVDRV-DOMU-EXIT=n; the
+ *    benchmark (tests/xen/guest/bench.ts: pvdrv, then the kernel's xen-netfront on the same vif) → PVDRV-BENCH
+ *    lines; then the guest agent, left running for dom0's `xl shutdown`.
+ *  - dom0: pvpeer on vif1.0 verifies every frame from the domU → DOM0-RECV {json}, sends frames to it
+ *    (DOM0-SEND), the same with jumbo frames at MTU 9000 (DOM0-RECV-JUMBO, DOM0-SEND-JUMBO), serves the benchmark
+ *    steps the domU asks for through xenstore (DOM0-BENCH name {json}), and finally shuts the domU down with
+ *    `xl shutdown -w` (DOM0-SHUTDOWN rc=n).
  * Everything comes from Debian's packages (apt-get download, debootstrap) and this repository; cached in build/xen.
  * @module
  */
@@ -36,10 +41,14 @@ const DOM0_MODULES = [
   "bridge",
 ];
 const DOMU_MODULES = ["xen-evtchn", "xen-gntalloc", "xen-gntdev", "xenfs"];
-/** The domU's MAC (set in its vif config) and how many frames go each way. */
+/** The domU's MAC (set in its vif config). */
 export const DOMU_MAC = "00:16:3e:12:34:56";
+/** Frames each way at MTU 1500 (60..1514 bytes), then at MTU 9000 (60..9014 bytes). */
 export const XEN_FRAMES = 10_000;
-const RATE = 1000;
+export const XEN_JUMBO_FRAMES = 2_000;
+const RATE = 1000, JUMBO_RATE = 200; // netback drops what a slow receiver leaves queued (XSA-392)
+/** Seconds per benchmark step. */
+export const XEN_BENCH_SECONDS = 4;
 
 function log(m: string): void {
   console.error(`xen-lab: ${m}`);
@@ -93,10 +102,12 @@ async function vmlinux(vmlinuz: string, out: string): Promise<void> {
   Deno.removeSync(`${out}.xz`);
 }
 
-function domUInit(modules: string[]): string {
+function domUInit(modules: string[], netfront: string[]): string {
   return `#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin HOME=/root DENO_DIR=/tmp/deno-dir DENO_NO_UPDATE_CHECK=1 NO_COLOR=1 PVDRV_XEN_GUEST=1
+export PVDRV_JUMBO_FRAMES=${XEN_JUMBO_FRAMES} PVDRV_BENCH_SECONDS=${XEN_BENCH_SECONDS}
+export PVDRV_KERNEL_NETFRONT="${netfront.join(" ")}"
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
 exec </dev/null >/dev/console 2>&1
 for m in ${
@@ -105,7 +116,12 @@ for m in ${
 echo "PVDRV-DOMU-BOOTED $(cut -d' ' -f1 /proc/uptime)"
 cd /pvdrv && deno test -A --no-check tests/xen/guest/
 echo "PVDRV-DOMU-EXIT=$?"
-poweroff -f
+deno run -A --no-check tests/xen/guest/bench.ts
+echo "PVDRV-DOMU-BENCH-EXIT=$?"
+# dom0 ends the run with 'xl shutdown': the agent must power the domain off (busybox's poweroff would not: PID 1
+# here is this script, not an init that handles the signal).
+deno run -A --no-check cli/xen_agent.ts --once --poweroff "poweroff -f"
+echo "PVDRV-DOMU-AGENT-EXIT=$?"
 `;
 }
 
@@ -133,11 +149,42 @@ i=0; while [ ! -e /sys/class/net/vif1.0 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((
 # Out of the bridge: its rx_handler would consume frames before pvpeer's ETH_P_88B5 socket sees them.
 ip link set vif1.0 nomaster; ip link set vif1.0 up && echo "DOM0-VIF-UP $(cut -d' ' -f1 /proc/uptime)"
 kill %1 2>/dev/null
-/usr/local/bin/pvpeer recv vif1.0 ${XEN_FRAMES} 240000 > /tmp/recv.json 2>&1
+P=/usr/local/bin/pvpeer D=$(xl domid pvdrv-domU)
+$P recv vif1.0 ${XEN_FRAMES} 240000 > /tmp/recv.json 2>&1
 echo "DOM0-RECV $(tail -n 1 /tmp/recv.json)"
-/usr/local/bin/pvpeer send vif1.0 ${XEN_FRAMES} 60 1514 ${DOMU_MAC} 0 ${RATE} > /tmp/send.json 2>&1
+# The frontend connected with feature-sg, so netback allows a jumbo MTU; the jumbo receiver starts before our
+# frames go out (the domU reconnects at MTU 9000 and sends as soon as it has them all).
+ip link set vif1.0 mtu 9000 || echo "DOM0-MTU-FAIL"
+( $P recv vif1.0 ${XEN_JUMBO_FRAMES} 240000 > /tmp/recvj.json 2>&1 ) & RJ=$!
+$P send vif1.0 ${XEN_FRAMES} 60 1514 ${DOMU_MAC} 0 ${RATE} > /tmp/send.json 2>&1
 echo "DOM0-SEND $(tail -n 1 /tmp/send.json)"
-i=0; while xl list pvdrv-domU >/dev/null 2>&1 && [ $i -lt 3000 ]; do sleep 0.1; i=$((i+1)); done
+wait $RJ
+echo "DOM0-RECV-JUMBO $(tail -n 1 /tmp/recvj.json)"
+$P send vif1.0 ${XEN_JUMBO_FRAMES} 60 9014 ${DOMU_MAC} 0 ${JUMBO_RATE} > /tmp/sendj.json 2>&1
+echo "DOM0-SEND-JUMBO $(tail -n 1 /tmp/sendj.json)"
+# Benchmark steps: the domU names one in data/pvdrv-bench; tx-* we count (pvpeer rxrate), rx-* we flood.
+B=/local/domain/$D/data; last=""; i=0
+while [ $i -lt 3000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
+  s=$(xenstore-read $B/pvdrv-bench 2>/dev/null)
+  if [ -n "$s" ] && [ "$s" != "$last" ]; then
+    last=$s
+    case $s in
+      done) break;;
+      tx-*) rm -f /tmp/b.json; $P rxrate vif1.0 ${XEN_BENCH_SECONDS} > /tmp/b.json 2>&1 & p=$!
+            k=0; while ! grep -q ready /tmp/b.json 2>/dev/null && [ $k -lt 200 ]; do sleep 0.05; k=$((k+1)); done
+            xenstore-write $B/pvdrv-bench-ack "$s"; wait $p
+            echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json)";;
+      rx-*) xenstore-write $B/pvdrv-bench-ack "$s"
+            $P txrate vif1.0 ${XEN_BENCH_SECONDS} 60 ${DOMU_MAC} > /tmp/b.json 2>&1
+            echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json)";;
+    esac
+  fi
+  sleep 0.1; i=$((i+1))
+done
+# The guest agent announces itself; then the toolstack asks for a clean shutdown and waits for it.
+i=0; while [ "$(xenstore-read $B/pvdrv-agent 2>/dev/null)" != running ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
+timeout 120 xl shutdown -w pvdrv-domU >/tmp/shut.log 2>&1; echo "DOM0-SHUTDOWN rc=$? $(tail -n 1 /tmp/shut.log)"
+i=0; while xl list pvdrv-domU >/dev/null 2>&1 && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 echo "PVDRV-XEN-DONE"
 echo o > /proc/sysrq-trigger
 `;
@@ -176,10 +223,13 @@ export async function buildXenLab(): Promise<XenImage> {
   if (!exists(`${domU}/vmlinux`)) await vmlinux(`${x}/boot/vmlinuz-${kver}`, `${domU}/vmlinux`);
   log("packing the domU and dom0 initramfs images");
   const mlist = resolveModules(`${x}/lib/modules/${kver}`, DOMU_MODULES);
+  // The kernel's own xen-netfront: in the image, loaded only by the benchmark (it would take vif-0 at boot).
+  const nlist = resolveModules(`${x}/lib/modules/${kver}`, ["xen-netfront"])
+    .filter((m) => !mlist.some((b) => b.name === m.name));
   const w = await busyboxInitramfs(`${domU}/initrd.cpio`, {
     extract: x,
-    init: domUInit(mlist.map((m) => m.name)),
-    modules: mlist,
+    init: domUInit(mlist.map((m) => m.name), nlist.map((m) => m.name)),
+    modules: [...mlist, ...nlist],
     deno: Deno.execPath(),
     dirs: ["pvdrv", "pvdrv/build"],
   });
@@ -190,6 +240,7 @@ export async function buildXenLab(): Promise<XenImage> {
   for (const f of ["deno.json", "mod.ts", "build/libpvdrv.so"]) {
     w.add({ path: `pvdrv/${f}`, type: "file", data: Deno.readFileSync(`${ROOT}/${f}`), mode: 0o755 });
   }
+  w.add({ path: "bin/pvpeer", type: "file", data: Deno.readFileSync(peer), mode: 0o755 });
   w.close();
   // dom0: the debootstrapped root plus /init, pvpeer, the domU and its config.
   const d0 = new CpioWriter(`${XEN_DIR}/dom0.cpio`);
@@ -224,8 +275,10 @@ export async function buildXenLab(): Promise<XenImage> {
 
 /** Whether a console line of a Xen lab run is worth showing (markers, test results), not boot noise. */
 export function isReportLine(l: string): boolean {
-  return /^( {2}|PVDRV-DOMU|DOM0-|ok \||FAILED|error|netfront|running)/.test(l);
+  return /^( {2}|PVDRV-DOMU|PVDRV-BENCH|DOM0-|ok \||FAILED|error|netfront|running|xen-agent)/.test(l);
 }
+
+type Json = Record<string, number>;
 
 /** What a Xen lab run produced. */
 export interface XenRun {
@@ -233,12 +286,67 @@ export interface XenRun {
   lines: string[];
   /** The domU test run's exit status (null if it never finished). */
   domUExit: number | null;
-  /** dom0's pvpeer verdict on the frames from the domU. */
-  dom0Recv: Record<string, number> | null;
-  /** dom0's pvpeer report of what it sent. */
-  dom0Send: Record<string, number> | null;
+  /** dom0's reports by marker: RECV, SEND, RECV-JUMBO, SEND-JUMBO, and "BENCH <step>". */
+  dom0: Record<string, Json>;
+  /** The domU's benchmark reports by step (PVDRV-BENCH <step> {json}). */
+  bench: Record<string, Json>;
+  /** Exit status of dom0's `xl shutdown -w` of the domU (null if it never ran). */
+  shutdownRc: number | null;
   /** Seconds from QEMU start to the end. */
   seconds: number;
+}
+
+/** One verdict of a Xen lab run. */
+export interface XenCheck {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+/** The run's verdicts beyond the domU's own tests: what dom0 saw, and the shutdown. */
+export function checkXenRun(r: XenRun): XenCheck[] {
+  const got = (k: string) => r.dom0[k] ?? {};
+  const frames = (k: string, n: number, what: string): XenCheck => {
+    const v = got(k);
+    return {
+      name: `dom0 verified ${what} from the domU`,
+      ok: v.received === n && v.corrupt === 0,
+      detail: `${v.received ?? 0} of ${n}, ${v.corrupt ?? "?"} corrupt`,
+    };
+  };
+  const sent = (k: string, n: number, what: string): XenCheck => ({
+    name: `dom0 sent ${what} to the domU`,
+    ok: got(k).sent === n,
+    detail: `${got(k).sent ?? 0} of ${n}`,
+  });
+  const agent = r.lines.find((l) => /^xen-agent: poweroff requested/.test(l));
+  return [
+    frames("RECV", XEN_FRAMES, "MTU-1500 frames"),
+    sent("SEND", XEN_FRAMES, "MTU-1500 frames"),
+    frames("RECV-JUMBO", XEN_JUMBO_FRAMES, "jumbo frames"),
+    sent("SEND-JUMBO", XEN_JUMBO_FRAMES, "jumbo frames"),
+    {
+      name: "xl shutdown of the domU handled by pvdrv's agent",
+      ok: r.shutdownRc === 0 && agent !== undefined,
+      detail: `xl shutdown -w exit ${r.shutdownRc ?? "never ran"}; agent ${
+        agent ? `said '${agent}'` : "silent"
+      }`,
+    },
+  ];
+}
+
+/** Benchmark ratios (pvdrv over the kernel's xen-netfront) from a run, when it got that far. */
+export function xenBenchSummary(r: XenRun): string[] {
+  const pps = (v: Json | undefined) => v?.pps ?? 0;
+  const rows: [string, number, number][] = [
+    ["TX (pps counted by dom0)", pps(r.dom0["BENCH tx-pvdrv"]), pps(r.dom0["BENCH tx-kernel"])],
+    ["RX (pps counted in the domU)", pps(r.bench["rx-pvdrv"]), pps(r.bench["rx-kernel"])],
+  ];
+  return rows.map(([what, p, k]) =>
+    `${what}: pvdrv netfront ${p.toFixed(0)}, kernel xen-netfront ${k.toFixed(0)}, ratio ${
+      k ? (p / k).toFixed(2) : "n/a"
+    }x`
+  );
 }
 
 /** Boot the Xen lab and run the scenario. */
@@ -263,18 +371,19 @@ export async function runXenLab(
     `${img.dom0Kernel} console=hvc0 earlyprintk=xen rdinit=/init rootfstype=ramfs quiet,${img.dom0Initrd}`,
   ]; // deno-fmt-ignore
   const t0 = performance.now();
-  const run: XenRun = { lines: [], domUExit: null, dom0Recv: null, dom0Send: null, seconds: 0 };
+  const run: XenRun = { lines: [], domUExit: null, dom0: {}, bench: {}, shutdownRc: null, seconds: 0 };
   const handle = (l: string) => {
     run.lines.push(l);
     opts.onLine?.(l);
     const exit = l.match(/PVDRV-DOMU-EXIT=(\d+)/);
     if (exit) run.domUExit = Number(exit[1]);
-    const j = l.match(/^DOM0-(RECV|SEND) (\{.*\})/);
+    // dom0's markers can land mid-line, after console output of the domU.
+    const shut = l.match(/DOM0-SHUTDOWN rc=(\d+)/);
+    if (shut) run.shutdownRc = Number(shut[1]);
+    const j = l.match(/(DOM0-|PVDRV-BENCH )([\w-]+(?: [\w-]+)?) (\{.*\})\s*$/);
     if (j) {
       try {
-        const v = JSON.parse(j[2]);
-        if (j[1] === "RECV") run.dom0Recv = v;
-        else run.dom0Send = v;
+        (j[1] === "DOM0-" ? run.dom0 : run.bench)[j[2]] = JSON.parse(j[3]);
       } catch { /* reported as missing */ }
     }
   };
