@@ -114,25 +114,21 @@ export class Gntalloc implements GrantTable {
 
 /** An event channel on its own /dev/xen/evtchn fd (events read as u32 ports; writing a port unmasks it). */
 class EvtchnPort implements EventChannel {
-  readonly #buf = new Uint32Array(16);
-  readonly #unmask = new Uint32Array(1);
-  readonly #arg = new Uint32Array(1);
+  // Byte views made once: notify and poll run per batch and allocate nothing.
+  readonly #buf = new Uint8Array(64);
+  readonly #port = new Uint8Array(4);
   constructor(public fd: number, readonly port: number) {
-    this.#unmask[0] = port;
-    this.#arg[0] = port;
+    new DataView(this.#port.buffer).setUint32(0, port, true);
   }
   notify(): void {
-    check(
-      "IOCTL_EVTCHN_NOTIFY",
-      native().pvdrv_ioctl_ptr(this.fd, IOCTL_EVTCHN_NOTIFY, new Uint8Array(this.#arg.buffer)),
-    );
+    check("IOCTL_EVTCHN_NOTIFY", native().pvdrv_ioctl_ptr(this.fd, IOCTL_EVTCHN_NOTIFY, this.#port));
   }
   poll(): boolean {
-    const r = native().pvdrv_read(this.fd, new Uint8Array(this.#buf.buffer), this.#buf.byteLength);
+    const r = native().pvdrv_read(this.fd, this.#buf, this.#buf.byteLength);
     if (r === -11) return false;
     check("reading /dev/xen/evtchn", r);
-    // The port arrives masked: unmask so the next event is delivered.
-    native().pvdrv_write(this.fd, new Uint8Array(this.#unmask.buffer), 4);
+    // The port arrives masked: unmask (write it back) so the next event is delivered.
+    native().pvdrv_write(this.fd, this.#port, 4);
     return r > 0;
   }
   async wait(): Promise<void> {
@@ -140,7 +136,7 @@ class EvtchnPort implements EventChannel {
   }
   close(): void {
     if (this.fd < 0) return;
-    native().pvdrv_ioctl_ptr(this.fd, IOCTL_EVTCHN_UNBIND, new Uint8Array(this.#arg.buffer));
+    native().pvdrv_ioctl_ptr(this.fd, IOCTL_EVTCHN_UNBIND, this.#port);
     irqWaiter().remove(this.fd, true);
     this.fd = -1;
   }

@@ -1,7 +1,8 @@
 /**
  * Xen netfront (Xen public/io/netif.h) from a domU's userspace, behind the common {@link Nic} interface.
  *
- * XenBus: Initialising → (backend InitWait) → keys written in one transaction with Initialised → Connected →
+ * XenBus: (a backend still Connected to a frontend that died is closed first: Closing → Closed) →
+ * Initialising → (backend InitWait) → keys written in one transaction with Initialised → Connected →
  * (backend Connected: Linux's xen-netback connects on the frontend's Connected); Closing/Closed from either side;
  * a backend that comes back to InitWait is reconnected.
  * Rings: TX (12-byte unions) and RX (8-byte unions), 256 slots each. TX buffers are 2 KiB halves of granted pages
@@ -228,8 +229,16 @@ export class Netfront implements Nic {
 
   async #connect(): Promise<void> {
     const xs = this.#xs;
+    const was = await xs.tryRead(`${this.backend}/state`);
+    if (was === String(XenbusState.Connected) || was === String(XenbusState.Closing)) {
+      // A frontend that died (SIGKILL, crash) left the backend on rings that are gone: close it first.
+      await xs.write(`${this.dir}/state`, String(XenbusState.Closing));
+      await this.#waitBackend((s) => s >= XenbusState.Closing || s === XenbusState.InitWait, "Closing");
+      await xs.write(`${this.dir}/state`, String(XenbusState.Closed));
+      await this.#waitBackend((s) => s === XenbusState.Closed || s === XenbusState.InitWait, "Closed");
+    }
     await xs.write(`${this.dir}/state`, String(XenbusState.Initialising));
-    await this.#waitBackend((s) => s === XenbusState.InitWait || s === XenbusState.Connected, "InitWait");
+    await this.#waitBackend((s) => s === XenbusState.InitWait, "InitWait");
     if ((await this.#feature("feature-rx-copy")) !== "1") {
       throw new XenStoreError("EOPNOTSUPP", `backend ${this.backend} does not offer feature-rx-copy`);
     }

@@ -155,10 +155,11 @@ export class NetbackModel {
 
   #frontState(s: number): void {
     if (s === 4 && this.state === 2) this.#connect(); // like xen-netback: Initialised alone does nothing
-    if (s === 5 && this.state === 4) {
+    if ((s === 5 || s === 6) && this.state === 4) {
       this.#q = [];
       this.xs.set(`${this.back}/state`, "6");
     }
+    if (s === 1 && this.state === 6) this.xs.set(`${this.back}/state`, "2"); // netback: "prepare for reconnect"
   }
 
   #connect(): void {

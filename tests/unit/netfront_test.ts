@@ -345,3 +345,30 @@ Deno.test("netfront: reconnects after the backend restarts", async () => {
     await xs.close();
   }
 });
+
+Deno.test("netfront: a backend left Connected by a frontend that died is closed first, then reconnected", async () => {
+  const { server, back, grants, evtchns } = lab();
+  const states: string[] = [];
+  const hook = server.onWrite!;
+  server.onWrite = (p, v) => {
+    if (p === `${back.front}/state`) states.push(v);
+    hook(p, v);
+  };
+  // The first process connects, then dies: its xenstore connection goes, nothing is closed.
+  const xs1 = new XenStore(server.connect(back.frontDomid).transport);
+  await Netfront.open(xs1, grants, evtchns, { timeoutMs: 2000 });
+  await xs1.close();
+  assert.equal(back.state, 4);
+  states.length = 0;
+  const xs2 = new XenStore(server.connect(back.frontDomid).transport);
+  const nf = await Netfront.open(xs2, grants, evtchns, { timeoutMs: 2000 });
+  try {
+    assert.deepEqual(states, ["5", "6", "1", "3", "4"]);
+    assert.equal(back.state, 4);
+    assert.equal(send(nf, 5), 5);
+    assert.equal(back.sent[0].length, 5, "traffic flows on the new rings");
+  } finally {
+    await nf.shutdown();
+    await xs2.close();
+  }
+});

@@ -91,3 +91,48 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "a pvdrv process killed with SIGKILL leaves xen-netback connected; the next open closes it and reconnects",
+  ignore: !IN_XEN,
+  async fn() {
+    const xs = new XenStore(new XenbusDevice());
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--no-check", "cli/send.ts", "vif/0", "--count", "100000000", "--rate", "200"],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      await xs.waitFor("device/vif/0/state", (v) => v === "4", 60_000);
+      await new Promise((r) => setTimeout(r, 1000)); // frames in flight
+    } finally {
+      child.kill("SIGKILL");
+      await child.status;
+    }
+    const backend = await xs.read("device/vif/0/backend");
+    assert.equal(
+      await xs.read(`${backend}/state`),
+      "4",
+      "the backend still thinks the dead process is there",
+    );
+    const grants = new Gntalloc();
+    const nf = await Netfront.open(xs, grants, new Evtchn(), { timeoutMs: 60_000 });
+    try {
+      const tx = await generate(nf, {
+        count: 500,
+        minSize: 60,
+        maxSize: 1514,
+        dst: parseMac("fe:ff:ff:ff:ff:ff"),
+        rate: 500,
+      });
+      assert.equal(tx.sent, 500);
+      const st = nf.stats()[0];
+      assert.deepEqual([st.txPackets, st.txErrors], [500, 0], "netback consumed the new rings");
+    } finally {
+      await nf.shutdown();
+      grants.close();
+      await xs.close();
+    }
+  },
+});
