@@ -4,6 +4,8 @@
  *     doing only ring work, beside a plain typed-array copy loop of the same frames as a floor.
  *  2. In the VM lab, one boot, one NIC: the guest kernel's virtio_net (AF_PACKET, pktgen) vs pvdrv over VFIO —
  *     TX and RX pps with 64-byte frames, and guest CPU time per packet at a fixed offered rate.
+ *  3. In the nested Xen lab, one domU, one vif: the domU kernel's xen-netfront vs pvdrv's netfront, TX and RX pps
+ *     with 60-byte frames against dom0's xen-netback (the lab's tests run first).
  * @module
  */
 import { VirtioNet } from "../drivers/virtio/net.ts";
@@ -11,12 +13,14 @@ import { NET_F } from "../drivers/virtio/features.ts";
 import type { PacketBuffer } from "../drivers/nic.ts";
 import { VirtioNetModel } from "../tests/models/virtio_net_device.ts";
 import { HostPeer, LabError, runInGuest } from "../tests/vm/lab.ts";
-import { intArg, parse, runMain } from "./common.ts";
+import { runXenLab, XEN_BENCH_SECONDS, xenBenchSummary } from "../tests/xen/lab.ts";
+import { intArg, parse, runMain, UsageError } from "./common.ts";
 
-const USAGE = `usage: deno task bench [--in-process | --vm] [--seconds N]
+const USAGE = `usage: deno task bench [--in-process | --vm | --xen] [--seconds N]
   --in-process   only the in-process driver cost
-  --vm           only the VM comparison with the guest kernel
-  --seconds N    length of each VM measurement (default 10)`;
+  --vm           only the VM comparison with the guest kernel's virtio_net
+  --xen          only the Xen lab comparison with the domU kernel's xen-netfront (boots the whole lab, ≈ 2 min)
+  --seconds N    length of each VM measurement (default 10; Xen steps: 4)`;
 
 function inProcess(): { txNs: number; rxNs: number; copyNs: number } {
   const model = new VirtioNetModel({ autoProcess: false });
@@ -65,11 +69,16 @@ await runMain(USAGE, async () => {
   const { values } = parse(Deno.args, {
     "in-process": { type: "boolean" },
     vm: { type: "boolean" },
+    xen: { type: "boolean" },
     seconds: { type: "string" },
     help: { type: "boolean", short: "h" },
   }, false);
   if (values.help) return void console.log(USAGE);
   const seconds = intArg("seconds", values.seconds, 10, 2, 600);
+  if ([values["in-process"], values.vm, values.xen].filter(Boolean).length > 1) {
+    throw new UsageError("--in-process, --vm and --xen each select one part: give at most one");
+  }
+  if (values.xen) return await xenBench(values.seconds ? seconds : XEN_BENCH_SECONDS);
   if (!values.vm) {
     const r = inProcess();
     console.log("== in-process (driver cost per packet, model device doing ring work only) ==");
@@ -140,4 +149,25 @@ await runMain(USAGE, async () => {
     } µs   ratio ${(us(r.pvdrvTxFixed) / us(r.kernelTxFixed)).toFixed(2)}x`,
   );
   console.log(`\nraw: ${out}`);
+  if (!values.vm) return await xenBench(values.seconds ? seconds : XEN_BENCH_SECONDS);
 });
+
+async function xenBench(seconds: number): Promise<number> {
+  console.log(
+    `\n== Xen lab: one vif, the domU kernel's xen-netfront vs pvdrv's netfront, ${seconds} s each ==`,
+  );
+  try {
+    const r = await runXenLab({
+      benchSeconds: seconds,
+      onLine: (l) => {
+        if (/^(PVDRV-BENCH|DOM0-BENCH)/.test(l)) console.log(`  ${l}`);
+      },
+    });
+    const rows = xenBenchSummary(r);
+    for (const l of rows) console.log(`  ${l}`);
+    return r.bench["rx-kernel"] ? 0 : 1;
+  } catch (e) {
+    if (e instanceof LabError) throw new Error(e.message);
+    throw e;
+  }
+}

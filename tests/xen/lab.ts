@@ -47,7 +47,7 @@ export const DOMU_MAC = "00:16:3e:12:34:56";
 export const XEN_FRAMES = 10_000;
 export const XEN_JUMBO_FRAMES = 2_000;
 const RATE = 1000, JUMBO_RATE = 200; // netback drops what a slow receiver leaves queued (XSA-392)
-/** Seconds per benchmark step. */
+/** Seconds per benchmark step (default). */
 export const XEN_BENCH_SECONDS = 4;
 
 function log(m: string): void {
@@ -102,11 +102,11 @@ async function vmlinux(vmlinuz: string, out: string): Promise<void> {
   Deno.removeSync(`${out}.xz`);
 }
 
-function domUInit(modules: string[], netfront: string[]): string {
+function domUInit(modules: string[], netfront: string[], benchSeconds: number): string {
   return `#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin HOME=/root DENO_DIR=/tmp/deno-dir DENO_NO_UPDATE_CHECK=1 NO_COLOR=1 PVDRV_XEN_GUEST=1
-export PVDRV_JUMBO_FRAMES=${XEN_JUMBO_FRAMES} PVDRV_BENCH_SECONDS=${XEN_BENCH_SECONDS}
+export PVDRV_JUMBO_FRAMES=${XEN_JUMBO_FRAMES} PVDRV_BENCH_SECONDS=${benchSeconds}
 export PVDRV_KERNEL_NETFRONT="${netfront.join(" ")}"
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
 exec </dev/null >/dev/console 2>&1
@@ -125,7 +125,7 @@ echo "PVDRV-DOMU-AGENT-EXIT=$?"
 `;
 }
 
-function dom0Init(modules: string[]): string {
+function dom0Init(modules: string[], benchSeconds: number): string {
   return `#!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
@@ -170,12 +170,12 @@ while [ $i -lt 3000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
     last=$s
     case $s in
       done) break;;
-      tx-*) rm -f /tmp/b.json; $P rxrate vif1.0 ${XEN_BENCH_SECONDS} > /tmp/b.json 2>&1 & p=$!
+      tx-*) rm -f /tmp/b.json; $P rxrate vif1.0 ${benchSeconds} > /tmp/b.json 2>&1 & p=$!
             k=0; while ! grep -q ready /tmp/b.json 2>/dev/null && [ $k -lt 200 ]; do sleep 0.05; k=$((k+1)); done
             xenstore-write $B/pvdrv-bench-ack "$s"; wait $p
             echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json)";;
       rx-*) xenstore-write $B/pvdrv-bench-ack "$s"
-            $P txrate vif1.0 ${XEN_BENCH_SECONDS} 60 ${DOMU_MAC} > /tmp/b.json 2>&1
+            $P txrate vif1.0 ${benchSeconds} 60 ${DOMU_MAC} > /tmp/b.json 2>&1
             echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json)";;
     esac
   fi
@@ -200,8 +200,8 @@ export interface XenImage {
   dom0Initrd: string;
 }
 
-/** Build (or reuse) the Xen lab. */
-export async function buildXenLab(): Promise<XenImage> {
+/** Build (or reuse) the Xen lab; `benchSeconds` is the length of each benchmark step. */
+export async function buildXenLab(benchSeconds = XEN_BENCH_SECONDS): Promise<XenImage> {
   buildNative({ quiet: true });
   const peer = buildPeerTool();
   const pkg = await kernelPackage();
@@ -228,7 +228,7 @@ export async function buildXenLab(): Promise<XenImage> {
     .filter((m) => !mlist.some((b) => b.name === m.name));
   const w = await busyboxInitramfs(`${domU}/initrd.cpio`, {
     extract: x,
-    init: domUInit(mlist.map((m) => m.name), nlist.map((m) => m.name)),
+    init: domUInit(mlist.map((m) => m.name), nlist.map((m) => m.name), benchSeconds),
     modules: [...mlist, ...nlist],
     deno: Deno.execPath(),
     dirs: ["pvdrv", "pvdrv/build"],
@@ -254,7 +254,7 @@ export async function buildXenLab(): Promise<XenImage> {
   d0.add({
     path: "init",
     type: "file",
-    data: new TextEncoder().encode(dom0Init(dom0Mods.map((m) => m.name))),
+    data: new TextEncoder().encode(dom0Init(dom0Mods.map((m) => m.name), benchSeconds)),
     mode: 0o755,
   });
   d0.add({ path: "usr/local/bin/pvpeer", type: "file", data: Deno.readFileSync(peer), mode: 0o755 });
@@ -265,7 +265,7 @@ export async function buildXenLab(): Promise<XenImage> {
     type: "file",
     data: new TextEncoder().encode(
       `name = "pvdrv-domU"\ntype = "pv"\nkernel = "/boot/domU-vmlinux"\nramdisk = "/boot/domU-initrd.cpio"\n` +
-        `extra = "console=hvc0 quiet"\nmemory = 1024\nvcpus = 1\nvif = [ 'mac=${DOMU_MAC},bridge=xenbr0' ]\n` +
+        `extra = "console=hvc0 quiet"\nmemory = 1024\nvcpus = 1\ncpus = "1"\nvif = [ 'mac=${DOMU_MAC},bridge=xenbr0' ]\n` +
         `on_poweroff = "destroy"\non_crash = "destroy"\n`,
     ),
   });
@@ -340,7 +340,8 @@ export function xenBenchSummary(r: XenRun): string[] {
   const pps = (v: Json | undefined) => v?.pps ?? 0;
   const rows: [string, number, number][] = [
     ["TX (pps counted by dom0)", pps(r.dom0["BENCH tx-pvdrv"]), pps(r.dom0["BENCH tx-kernel"])],
-    ["RX (pps counted in the domU)", pps(r.bench["rx-pvdrv"]), pps(r.bench["rx-kernel"])],
+    ["RX, pvdrv polling (pps counted in the domU)", pps(r.bench["rx-pvdrv"]), pps(r.bench["rx-kernel"])],
+    ["RX, pvdrv on its event channel", pps(r.bench["rx-pvdrv-irq"]), pps(r.bench["rx-kernel"])],
   ];
   return rows.map(([what, p, k]) =>
     `${what}: pvdrv netfront ${p.toFixed(0)}, kernel xen-netfront ${k.toFixed(0)}, ratio ${
@@ -351,9 +352,9 @@ export function xenBenchSummary(r: XenRun): string[] {
 
 /** Boot the Xen lab and run the scenario. */
 export async function runXenLab(
-  opts: { timeoutSec?: number; onLine?: (l: string) => void } = {},
+  opts: { timeoutSec?: number; onLine?: (l: string) => void; benchSeconds?: number } = {},
 ): Promise<XenRun> {
-  const img = await buildXenLab();
+  const img = await buildXenLab(opts.benchSeconds);
   const args = [
     "-accel",
     "tcg",
@@ -366,7 +367,9 @@ export async function runXenLab(
     "-kernel",
     img.xen,
     "-append",
-    "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M bootscrub=0",
+    // One physical CPU each: dom0 (netback, the peer) on CPU 0, the domU on CPU 1, so a polling driver in the
+    // domU does not take CPU time from the backend it is measured against.
+    "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M bootscrub=0 dom0_max_vcpus=1 dom0_vcpus_pin",
     "-initrd",
     `${img.dom0Kernel} console=hvc0 earlyprintk=xen rdinit=/init rootfstype=ramfs quiet,${img.dom0Initrd}`,
   ]; // deno-fmt-ignore

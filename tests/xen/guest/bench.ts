@@ -28,7 +28,7 @@ async function sh(cmd: string, args: string[]): Promise<string> {
   return new TextDecoder().decode(r.stdout);
 }
 
-// 1. pvdrv's netfront, polling (the mode a userspace driver runs in).
+// 1. pvdrv's netfront: TX, then RX busy-polling and RX waiting on the event channel.
 {
   const grants = new Gntalloc();
   const nf = await Netfront.open(xs, grants, new Evtchn(), { timeoutMs: 60_000 });
@@ -42,10 +42,12 @@ async function sh(cmd: string, args: string[]): Promise<string> {
       durationMs: S * 1000,
     });
     report("tx-pvdrv", { sent: tx.sent, pps: Math.round(tx.pps) });
-    const rx = receive(nf, { count: 0, idleTimeoutMs: 5000 });
-    await step("rx-pvdrv");
-    const r = await rx;
-    report("rx-pvdrv", { received: r.received, corrupt: r.corrupt, pps: Math.round(r.pps) });
+    for (const [name, interrupts] of [["rx-pvdrv", false], ["rx-pvdrv-irq", true]] as const) {
+      const rx = receive(nf, { count: 0, idleTimeoutMs: 5000, interrupts });
+      await step(name);
+      const r = await rx;
+      report(name, { received: r.received, corrupt: r.corrupt, pps: Math.round(r.pps), waits: r.waits });
+    }
   } finally {
     await nf.shutdown();
     grants.close();
