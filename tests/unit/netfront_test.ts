@@ -18,6 +18,17 @@ function lab(o: NetbackOptions & { grantLimit?: number; mtu?: number } = {}) {
   return { server, grants, evtchns, back, xs, open };
 }
 
+/** Every state the frontend writes, in order. */
+function frontStates(server: XenStoreServer, back: NetbackModel): string[] {
+  const states: string[] = [];
+  const hook = server.onWrite!;
+  server.onWrite = (p, v) => {
+    if (p === `${back.front}/state`) states.push(v);
+    hook(p, v);
+  };
+  return states;
+}
+
 const size = (k: number) => 60 + (k * 149) % 1455;
 
 function send(nf: Netfront, count: number, first = 0, q = 0, sizeOf = size): number {
@@ -51,12 +62,7 @@ function receiveAll(nf: Netfront, q = 0): PacketBuffer[] {
 
 Deno.test("netfront: handshake writes every key in one transaction, Initialised then Connected", async () => {
   const { server, back, xs, open } = lab();
-  const states: string[] = [];
-  const hook = server.onWrite!;
-  server.onWrite = (p, v) => {
-    if (p === `${back.front}/state`) states.push(v);
-    hook(p, v);
-  };
+  const states = frontStates(server, back);
   const nf = await open();
   try {
     assert.equal(back.state, 4);
@@ -221,6 +227,13 @@ Deno.test("netfront: RX offsets, multi-slot frames (gathered), extra-info slots,
     assert.equal(checkFrame(last[0].data, last[0].length, seq), FrameCheck.Ok);
     assert.equal(seq[0], 5);
     nf.release(last, 1);
+    // Odd slot sizes and a first-slot offset: gathered byte by byte where words do not line up.
+    back.deliver(frame(6, 1001), 0, { slotBytes: 333, offset: 3 });
+    const odd = receiveAll(nf);
+    assert.equal(odd.length, 1);
+    assert.equal(checkFrame(odd[0].data, odd[0].length, seq), FrameCheck.Ok);
+    assert.equal(seq[0], 6);
+    nf.release(odd, 1);
   } finally {
     await nf.shutdown();
     await xs.close();
@@ -348,12 +361,7 @@ Deno.test("netfront: reconnects after the backend restarts", async () => {
 
 Deno.test("netfront: a backend left Connected by a frontend that died is closed first, then reconnected", async () => {
   const { server, back, grants, evtchns } = lab();
-  const states: string[] = [];
-  const hook = server.onWrite!;
-  server.onWrite = (p, v) => {
-    if (p === `${back.front}/state`) states.push(v);
-    hook(p, v);
-  };
+  const states = frontStates(server, back);
   // The first process connects, then dies: its xenstore connection goes, nothing is closed.
   const xs1 = new XenStore(server.connect(back.frontDomid).transport);
   await Netfront.open(xs1, grants, evtchns, { timeoutMs: 2000 });
