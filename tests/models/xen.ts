@@ -211,11 +211,12 @@ export class NetbackModel {
    * Consume TX requests of queue `i`: gather each frame from its slots (the first slot's size is the frame's,
    * more_data chains the rest), answer OKAY for the first slot and NULL for the others, as netback does.
    */
-  processTx(i: number): number {
+  processTx(i: number, reverse = false): number {
     const q = this.#q[i];
     if (!q) return 0;
     const prod = q.txDv.getUint32(0, true);
     let n = 0, rsp = q.txDv.getUint32(8, true);
+    const answers: [number, number][] = [];
     let frame: Uint8Array | null = null, at = 0;
     while (q.txCons !== prod) {
       const e = 64 + (q.txCons % TXS) * 12;
@@ -238,12 +239,17 @@ export class NetbackModel {
         this.sent[i].push(frame!);
         frame = null;
       }
-      const r = 64 + (rsp % TXS) * 12;
-      q.txDv.setUint16(r, id, true);
-      q.txDv.setInt16(r + 2, first ? 0 : 1, true);
-      rsp = (rsp + 1) >>> 0;
+      answers.push([id, first ? 0 : 1]);
       q.txCons = (q.txCons + 1) >>> 0;
       n++;
+    }
+    // netback may complete slots out of order (e.g. zero-copy callbacks): `reverse` answers them backwards.
+    if (reverse) answers.reverse();
+    for (const [id, status] of answers) {
+      const r = 64 + (rsp % TXS) * 12;
+      q.txDv.setUint16(r, id, true);
+      q.txDv.setInt16(r + 2, status, true);
+      rsp = (rsp + 1) >>> 0;
     }
     q.txDv.setUint32(4, (q.txCons + 1) >>> 0, true); // req_event: tell us at the next request
     if (n) this.#pushResponses(q.txDv, rsp, q.notifyTx);

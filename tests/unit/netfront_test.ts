@@ -275,6 +275,13 @@ Deno.test("netfront: jumbo MTU 9000 — 3,000 multi-slot frames each way byte-ex
     });
     const st = nf.stats()[0];
     assert.deepEqual([st.txPackets, st.rxPackets, st.txErrors, st.rxDropped], [N, N, 0, 0]);
+    // Completions in reverse order: a frame is done only when all its slots are.
+    back.autoProcess = false;
+    assert.equal(send(nf, 6, N, 0, () => 9014), 6);
+    assert.equal(back.processTx(0, true), 18, "three slots per 9014-byte frame");
+    assert.equal(nf.reclaimTx(), 6);
+    assert.equal(nf.stats()[0].txPackets, N + 6);
+    assert.equal(back.sent[0].length, N + 6);
   } finally {
     await nf.shutdown();
   }
