@@ -44,6 +44,8 @@ const NETIF_RSP_OKAY = 0, NETIF_RSP_NULL = 1, XEN_NETIF_EXTRA_FLAG_MORE = 1;
 const TX_ENTRY = 12, RX_ENTRY = 8, RING = 256, HALF_PAGE = 2048;
 /** netif.h XEN_NETIF_NR_SLOTS_MIN: data slots a frame may use; plus one per extra-info type. */
 const MAX_DATA_SLOTS = 18, MAX_FRAME_SLOTS = MAX_DATA_SLOTS + 6;
+/** RX requests are posted once this many slots are free (or the ring runs low). */
+const RX_REFILL_BATCH = 32;
 /** Frames of several RX slots are gathered into these (per queue). */
 const RX_GATHER_BUFFERS = 32;
 /** Largest MTU: netback's limit with feature-sg (ETH_MAX_MTU - VLAN_ETH_HLEN). */
@@ -380,6 +382,8 @@ export class Netfront implements Nic {
 
   #refill(q: Queue): void {
     const r = q.rx;
+    // Post in batches: refilling one or two slots at a time would cost the backend an event each time.
+    if (r.free < RX_REFILL_BATCH && r.size - r.free >= RX_REFILL_BATCH) return;
     let added = 0;
     while (r.free > 0) {
       const slot = r.reqProdPvt & (r.size - 1);
