@@ -96,7 +96,6 @@ interface Queue {
   rxSlot: (PacketBuffer | null)[];
   evTx: EventChannel;
   evRx: EventChannel;
-  skip: number;
   stats: QueueStats;
 }
 
@@ -361,7 +360,6 @@ export class Netfront implements Nic {
         rxSlot: new Array(RING).fill(null),
         evTx,
         evRx,
-        skip: 0,
         stats: emptyStats(),
       };
     } catch (e) {
