@@ -85,11 +85,16 @@ export { XenStore, XenStoreError, type XsTransport } from "./drivers/xen/xenstor
 /** Xen: grant and event-channel seams. */
 export type { EventChannel, EventChannels, GrantedPages, GrantTable } from "./drivers/xen/grants.ts";
 /** Xen: netfront. */
-export { Netfront, type NetfrontOptions, XenbusState } from "./drivers/xen/netfront.ts";
+export { Netfront, NETFRONT_MAX_MTU, type NetfrontOptions, XenbusState } from "./drivers/xen/netfront.ts";
 /** Xen: the shared ring front end. */
 export { FrontRing, RingError } from "./drivers/xen/ring.ts";
 /** Xen: the guest agent. */
-export { runAgent, type ShutdownAction } from "./drivers/xen/agent.ts";
+export {
+  type AgentOptions,
+  installKernelHandoff,
+  runAgent,
+  type ShutdownAction,
+} from "./drivers/xen/agent.ts";
 /** Xen: detection. */
 export { probeXen, type XenProbe } from "./drivers/xen/probe.ts";
 /** Xen devices of a Linux guest: /dev/xen/gntalloc, /dev/xen/evtchn, /dev/xen/xenbus. */

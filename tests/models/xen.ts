@@ -14,6 +14,8 @@ export class ModelGrants implements GrantTable {
   #next = 8;
   #pages = new Map<number, { bytes: Uint8Array; domid: number }>();
   #used = 0;
+  /** Event-channel port to signal when a grant's pages are unmapped, by the first ref of each allocation. */
+  readonly unmapNotify = new Map<number, number>();
   constructor(readonly limit = 1024) {}
   get remaining(): number {
     return this.limit - this.#used;
@@ -43,6 +45,7 @@ export class ModelGrants implements GrantTable {
         for (const r of refs) this.#pages.delete(r);
         this.#used -= count;
       },
+      notifyOnUnmap: (port: number) => void this.unmapNotify.set(refs[0], port),
     };
   }
   /** The backend maps `ref` (as domain `domid`); throws for refs not granted to it. */
@@ -231,11 +234,17 @@ export class NetbackModel {
         frame = new Uint8Array(size);
         at = 0;
       }
-      const chunk = (flags & 4) ? (first ? Math.min(size, XEN_PAGE - off) : size) : size - at;
+      // The first slot's size is the frame's: its own data is what fits in its page, or all of it when it is the
+      // only slot; later slots carry their own size.
+      const chunk = first && (flags & 4) ? Math.min(size, XEN_PAGE - off) : size;
       if (off + chunk > XEN_PAGE || at + chunk > frame!.length) throw new Error("model netback: bad TX slot");
       frame!.set(page.subarray(off, off + chunk), at);
       at += chunk;
       if (!(flags & 4)) {
+        // netback checks the same: the slots' data adds up to the first slot's size.
+        if (at !== frame!.length) {
+          throw new Error(`model netback: slots carry ${at} of ${frame!.length} bytes`);
+        }
         this.sent[i].push(frame!);
         frame = null;
       }
