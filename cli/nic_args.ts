@@ -5,6 +5,19 @@
 import type { IrqMode } from "../drivers/virtio/net.ts";
 import { UsageError } from "./common.ts";
 
+/** Options every NIC task takes (spread into its `parse` options), and their usage lines. */
+export const NIC_OPTIONS = {
+  irq: { type: "string" },
+  mtu: { type: "string" },
+  json: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** Usage lines of {@link NIC_OPTIONS}. */
+export const NIC_USAGE = `  --irq MODE        poll | msix | intx (default poll)
+  --mtu N           vif/N only: MTU, up to 65517 (above 1500: multi-slot frames, needs feature-sg)
+  --json            print the summary as JSON`;
+
 /** The one positional NIC name. */
 export function nicArg(positionals: string[]): string {
   if (positionals.length !== 1) {

@@ -8,7 +8,7 @@ import { PcapWriter } from "../drivers/pcap.ts";
 import { FrameCheck } from "../drivers/frames.ts";
 import { receive } from "./traffic.ts";
 import { intArg, parse, runMain } from "./common.ts";
-import { irqArg, mtuArg, nicArg, onSignals } from "./nic_args.ts";
+import { irqArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals } from "./nic_args.ts";
 
 const USAGE = `usage: deno task recv <nic> [options]
   <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic, or vif/N (Xen)
@@ -17,9 +17,7 @@ const USAGE = `usage: deno task recv <nic> [options]
   --print           print one line per frame
   --pcap FILE       write every frame to FILE (pcap, for tshark/Wireshark)
   --promisc         promiscuous mode
-  --irq MODE        poll | msix | intx (default poll)
-  --mtu N           vif/N only: MTU, up to 65517 (above 1500: multi-slot frames, needs feature-sg)
-  --json            print the summary as JSON`;
+${NIC_USAGE}`;
 
 await runMain(USAGE, async () => {
   const { values, positionals } = parse(Deno.args, {
@@ -28,10 +26,7 @@ await runMain(USAGE, async () => {
     print: { type: "boolean" },
     pcap: { type: "string" },
     promisc: { type: "boolean" },
-    irq: { type: "string" },
-    mtu: { type: "string" },
-    json: { type: "boolean" },
-    help: { type: "boolean", short: "h" },
+    ...NIC_OPTIONS,
   });
   if (values.help) return void console.log(USAGE);
   const name = nicArg(positionals);

@@ -6,7 +6,7 @@ import { openNic } from "../drivers/open.ts";
 import { parseMac, totalStats } from "../drivers/nic.ts";
 import { generate } from "./traffic.ts";
 import { intArg, parse, runMain, UsageError } from "./common.ts";
-import { irqArg, mtuArg, nicArg, onSignals } from "./nic_args.ts";
+import { irqArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals } from "./nic_args.ts";
 
 const USAGE = `usage: deno task send <nic> [options]
   <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic, or vif/N (Xen)
@@ -17,9 +17,7 @@ const USAGE = `usage: deno task send <nic> [options]
   --dst MAC         destination MAC (default ff:ff:ff:ff:ff:ff)
   --batch N         frames per doorbell, 1..256 (default 32)
   --queue Q         queue pair (default 0)
-  --irq MODE        poll | msix | intx (default poll)
-  --mtu N           vif/N only: MTU, up to 65517 (above 1500: multi-slot frames, needs feature-sg)
-  --json            print the summary as JSON`;
+${NIC_USAGE}`;
 
 await runMain(USAGE, async () => {
   const { values, positionals } = parse(Deno.args, {
@@ -30,10 +28,7 @@ await runMain(USAGE, async () => {
     dst: { type: "string" },
     batch: { type: "string" },
     queue: { type: "string" },
-    irq: { type: "string" },
-    mtu: { type: "string" },
-    json: { type: "boolean" },
-    help: { type: "boolean", short: "h" },
+    ...NIC_OPTIONS,
   });
   if (values.help) return void console.log(USAGE);
   const name = nicArg(positionals);

@@ -100,9 +100,11 @@ static void check_size(int max) {
   }
 }
 
-// A sending socket on `ifn`; its MAC in `mac`, the parsed destination in `dst`. Exits on a bad MAC.
-static int open_sender(const char *ifn, const char *dsts, unsigned char mac[6], unsigned char dst[6]) {
+// A sending socket on `ifn` for frames up to `max` bytes; its MAC in `mac`, the parsed destination in `dst`.
+// Exits on a bad MAC or size.
+static int open_sender(const char *ifn, const char *dsts, int max, unsigned char mac[6], unsigned char dst[6]) {
   int ifindex;
+  check_size(max);
   if (parse_mac(dsts, dst)) {
     fprintf(stderr, "pvpeer: bad MAC %s\n", dsts);
     exit(2);
@@ -157,8 +159,7 @@ static int do_recv(const char *ifn, long count, int timeout_ms, long progress) {
 
 static int do_send(const char *ifn, long count, int min, int max, const char *dsts, long window, double rate) {
   unsigned char mac[6], dst[6];
-  check_size(max);
-  int s = open_sender(ifn, dsts, mac, dst);
+  int s = open_sender(ifn, dsts, max, mac, dst);
   static unsigned char buf[BATCH][MAXF];
   struct mmsghdr msgs[BATCH];
   struct iovec iov[BATCH];
@@ -213,8 +214,7 @@ static int do_send(const char *ifn, long count, int min, int max, const char *ds
 
 static int do_txrate(const char *ifn, double seconds, int size, const char *dsts, double rate) {
   unsigned char mac[6], dst[6];
-  check_size(size);
-  int s = open_sender(ifn, dsts, mac, dst);
+  int s = open_sender(ifn, dsts, size, mac, dst);
   static unsigned char buf[BATCH][MAXF];
   struct mmsghdr msgs[BATCH];
   struct iovec iov[BATCH];
