@@ -22,7 +22,32 @@ export function parse<T extends ParseArgsConfig["options"]>(
   try {
     return parseArgs({ args, options, allowPositionals, strict: true });
   } catch (e) {
-    throw new UsageError((e as Error).message);
+    throw new UsageError(parserMessage(e as Error & { code?: string }));
+  }
+}
+
+/** One plain line for what node:util's parser rejected (its own messages carry '-- "--x"' advice). */
+function parserMessage(e: Error & { code?: string }): string {
+  const opt = e.message.match(/'(-[^' ]*)/)?.[1] ?? "";
+  switch (e.code) {
+    case "ERR_PARSE_ARGS_UNKNOWN_OPTION":
+      return `unknown option '${opt}'`;
+    case "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL":
+      return `unexpected argument '${e.message.match(/argument '([^']*)'/)?.[1] ?? "?"}'`;
+    case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE":
+      return /argument missing/.test(e.message)
+        ? `option '${opt}' needs a value`
+        : `option '${opt}' takes no value`;
+  }
+  return e.message.split(". ")[0];
+}
+
+/** Whether `stream` is a terminal (live status lines with `\r` only go there, never into pipes or files). */
+export function isTerminal(stream: { isTerminal(): boolean } = Deno.stderr): boolean {
+  try {
+    return stream.isTerminal();
+  } catch {
+    return false;
   }
 }
 

@@ -3,6 +3,7 @@
  * @module
  */
 import type { IrqMode } from "../drivers/virtio/net.ts";
+import { parsePciAddress } from "../drivers/pci/sysfs.ts";
 import { UsageError } from "./common.ts";
 
 /** Options every NIC task takes (spread into its `parse` options), and their usage lines. */
@@ -18,12 +19,23 @@ export const NIC_USAGE = `  --irq MODE        poll | msix | intx (default poll)
   --mtu N           vif/N only: MTU, up to 65517 (above 1500: multi-slot frames, needs feature-sg)
   --json            print the summary as JSON`;
 
-/** The one positional NIC name. */
+/** The one positional NIC name: a PCI address (normalised) or vif/N. */
 export function nicArg(positionals: string[]): string {
   if (positionals.length !== 1) {
     throw new UsageError("expected exactly one NIC (a PCI address such as 0000:00:04.0, or vif/0 on Xen)");
   }
-  return positionals[0];
+  const name = positionals[0];
+  if (/^vif\//.test(name)) {
+    if (!/^vif\/\d{1,5}$/.test(name) || Number(name.slice(4)) > 65535) {
+      throw new UsageError(`'${name}' is not a Xen vif (expected vif/N, N a number such as 0)`);
+    }
+    return name;
+  }
+  try {
+    return parsePciAddress(name);
+  } catch {
+    throw new UsageError(`'${name}' is not a NIC: expected a PCI address such as 0000:00:04.0, or vif/N on Xen`);
+  }
 }
 
 /** --irq. */

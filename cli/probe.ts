@@ -46,6 +46,14 @@ await runMain(USAGE, async () => {
   }
   if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}'`);
   const root = values.sysfs ?? "/sys";
+  try {
+    Deno.statSync(`${root}/bus/pci/devices`);
+  } catch {
+    if (values.sysfs !== undefined) {
+      throw new UsageError(`--sysfs ${values.sysfs}: no bus/pci/devices there (not a sysfs tree)`);
+    }
+    throw new Error(`${root}/bus/pci/devices cannot be read: is sysfs mounted?`);
+  }
   let entries = probe(root);
   if (!values.all) entries = entries.filter((e) => e.kind !== "-");
   const xen = probeXen(root);

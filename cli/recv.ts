@@ -3,11 +3,11 @@
  * @module
  */
 import { openNic } from "../drivers/open.ts";
-import { macToString, totalStats } from "../drivers/nic.ts";
+import { macToString, type Nic, totalStats } from "../drivers/nic.ts";
 import { PcapWriter } from "../drivers/pcap.ts";
 import { FrameCheck } from "../drivers/frames.ts";
 import { receive } from "./traffic.ts";
-import { intArg, parse, runMain } from "./common.ts";
+import { intArg, isTerminal, parse, runMain } from "./common.ts";
 import { irqArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals } from "./nic_args.ts";
 
 const USAGE = `usage: deno task recv <nic> [options]
@@ -33,8 +33,23 @@ await runMain(USAGE, async () => {
   const count = intArg("count", values.count, 0, 0, 2 ** 31);
   const timeout = intArg("timeout", values.timeout, 10, 1, 86400);
   const irq = irqArg(values.irq);
-  const nic = await openNic(name, { irq, promiscuous: values.promisc, mtu: mtuArg(values.mtu, name) });
-  const pcap = values.pcap ? new PcapWriter(values.pcap) : undefined;
+  const mtu = mtuArg(values.mtu, name);
+  // Every argument is checked and every file opened before a device is touched.
+  let pcap: PcapWriter | undefined;
+  if (values.pcap !== undefined) {
+    try {
+      pcap = new PcapWriter(values.pcap);
+    } catch (e) {
+      throw new Error(`cannot write --pcap ${values.pcap}: ${(e as Error).message}`);
+    }
+  }
+  let nic: Nic;
+  try {
+    nic = await openNic(name, { irq, promiscuous: values.promisc, mtu });
+  } catch (e) {
+    pcap?.close();
+    throw e;
+  }
   console.error(`recv: listening on ${nic.name} (${macToString(nic.mac)}), ${irq} mode`);
   let stopping = false;
   onSignals(async () => {
@@ -42,6 +57,7 @@ await runMain(USAGE, async () => {
     pcap?.close();
     await nic.close();
   });
+  const live = isTerminal() && !values.print;
   try {
     const enc = new TextEncoder();
     let last = performance.now(), lastOk = 0;
@@ -54,7 +70,7 @@ await runMain(USAGE, async () => {
       progressEvery: 1024,
       onProgress: (ok) => {
         const now = performance.now();
-        if (now - last > 1000 && !values.print) {
+        if (live && now - last > 1000) {
           Deno.stderr.writeSync(
             enc.encode(`\rreceived ${ok} (${((ok - lastOk) / (now - last)).toFixed(1)} kpps)   `),
           );

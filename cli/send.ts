@@ -5,7 +5,7 @@
 import { openNic } from "../drivers/open.ts";
 import { parseMac, totalStats } from "../drivers/nic.ts";
 import { generate } from "./traffic.ts";
-import { intArg, parse, runMain, UsageError } from "./common.ts";
+import { intArg, isTerminal, parse, runMain, UsageError } from "./common.ts";
 import { irqArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals } from "./nic_args.ts";
 
 const USAGE = `usage: deno task send <nic> [options]
@@ -33,8 +33,11 @@ await runMain(USAGE, async () => {
   if (values.help) return void console.log(USAGE);
   const name = nicArg(positionals);
   const count = intArg("count", values.count, 10000, 1, 2 ** 31);
+  if (values.size !== undefined && values.sizes !== undefined) {
+    throw new UsageError("--size and --sizes exclude each other: give one");
+  }
   let min = intArg("size", values.size, 60, 60, 65531), max = min;
-  if (values.sizes) {
+  if (values.sizes !== undefined) {
     const m = values.sizes.match(/^(\d+)-(\d+)$/);
     if (!m) throw new UsageError(`--sizes must look like 60-1514, got '${values.sizes}'`);
     [min, max] = [Number(m[1]), Number(m[2])];
@@ -70,10 +73,12 @@ await runMain(USAGE, async () => {
       batch,
       rate,
       queue,
-      onProgress: (sent, s) =>
-        Deno.stderr.writeSync(
-          new TextEncoder().encode(`\rsent ${sent} (${(sent / s / 1000).toFixed(1)} kpps)   `),
-        ),
+      onProgress: isTerminal()
+        ? (sent, s) =>
+          Deno.stderr.writeSync(
+            new TextEncoder().encode(`\rsent ${sent} (${(sent / s / 1000).toFixed(1)} kpps)   `),
+          )
+        : undefined,
     });
     const summary = { nic: nic.name, ...r, stats: totalStats(nic.stats()) };
     if (values.json) console.log(JSON.stringify(summary));

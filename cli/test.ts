@@ -6,7 +6,7 @@
 import { HostPeer, LabError, runInGuest } from "../tests/vm/lab.ts";
 import { checkXenRun, isReportLine, runXenLab, xenBenchSummary } from "../tests/xen/lab.ts";
 import { buildNative } from "../ffi/lib.ts";
-import { parse, runMain } from "./common.ts";
+import { parse, runMain, UsageError } from "./common.ts";
 
 const USAGE = `usage: deno task test [--unit-only | --vm-only] [--no-xen] [--filter TEXT]
   Runs tests/unit on the host, then tests/vm/guest inside one boot of the QEMU lab, then tests/lab (the lab's
@@ -135,6 +135,9 @@ await runMain(USAGE, async () => {
   if (values.help) {
     console.log(USAGE);
     return 0;
+  }
+  if (values["unit-only"] && values["vm-only"]) {
+    throw new UsageError("--unit-only and --vm-only exclude each other (give neither to run everything)");
   }
   buildNative({ quiet: true });
   const t0 = performance.now();

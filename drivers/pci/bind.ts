@@ -1,19 +1,29 @@
 /**
  * Binding a PCI function to vfio-pci, uio_pci_generic or back to its kernel driver, through `driver_override`.
- * Refuses a device whose network interface is up unless forced: on a real machine that is its own network.
+ *
+ * Only devices a pvdrv driver serves may be taken from the kernel (never a disk, an RNG or a console). A device
+ * whose network interface carries the default route or has an address is never taken, `--force` or not: that is
+ * the machine's own network. One whose interface is merely up needs `--force`.
  * @module
  */
+import { type HostNet, noHostNet, protectedReason, readHostNet } from "./host_net.ts";
+import { deviceKind } from "./ids.ts";
 import { devicePath, interfaceInUse, parsePciAddress, readDevice, SYSFS } from "./sysfs.ts";
 
 /** Where a device can be bound. */
 export type BindTarget = "vfio-pci" | "uio_pci_generic" | "kernel";
 
+/** The drivers that hand a device to userspace. */
+const USER_DRIVERS = ["vfio-pci", "uio_pci_generic"];
+
 /** Options for {@link bindDevice}. */
 export interface BindOptions {
   /** sysfs root (tests use a fixture tree). */
   root?: string;
-  /** Bind even though a network interface of the device is up. */
+  /** Bind even though a network interface of the device is up (never one with an address or default route). */
   force?: boolean;
+  /** The machine's network (default: read from /proc and the interfaces when `root` is the real sysfs). */
+  hostNet?: HostNet;
 }
 
 /** Thrown when binding is refused for safety. */
@@ -33,9 +43,31 @@ function write(path: string, text: string): void {
   }
 }
 
-/** The shell commands that would bind `address` to `target` (shown by the probe). */
+/** The command that would bind `address` to `target` (shown by the probe; never with --force). */
 export function bindCommands(address: string, target: Exclude<BindTarget, "kernel">): string {
   return `deno task bind ${address} ${target === "vfio-pci" ? "vfio" : "uio"}`;
+}
+
+/** The machine's network view for `root`: the real one for the real sysfs, none for a fixture tree. */
+export function hostNetFor(root: string, given?: HostNet): HostNet {
+  return given ?? (root === SYSFS ? readHostNet() : noHostNet());
+}
+
+/**
+ * Why taking the device's interfaces from the kernel would cut this machine's network: `protected` (default
+ * route or address: never) or `up` (needs --force). Null when neither.
+ */
+export function networkUse(
+  interfaces: string[],
+  root: string,
+  net: HostNet,
+): { level: "protected" | "up"; reason: string } | null {
+  for (const n of interfaces) {
+    const why = protectedReason(n, net);
+    if (why) return { level: "protected", reason: why };
+  }
+  const up = interfaces.filter((n) => interfaceInUse(n, root));
+  return up.length ? { level: "up", reason: `${up.join(", ")} is up` } : null;
 }
 
 /** Bind `address` to `target`; returns the driver it was bound to before. */
@@ -43,18 +75,36 @@ export function bindDevice(address: string, target: BindTarget, opts: BindOption
   const root = opts.root ?? SYSFS;
   const addr = parsePciAddress(address);
   const info = readDevice(addr, root);
-  const inUse = info.netInterfaces.filter((n) => interfaceInUse(n, root));
-  if (inUse.length && !opts.force) {
-    throw new BindRefused(
-      `${addr} carries network interface ${
-        inUse.join(", ")
-      }, which is up: unbinding it would cut that network. ` +
-        `Use --force only on a disposable VM.`,
-    );
-  }
   const dir = devicePath(addr, root);
-  const drivers = `${root}/bus/pci/drivers`;
-  if (target !== "kernel") {
+  if (target === "kernel") {
+    // Already on a kernel driver: nothing to give back (unbinding and reprobing would only disturb it).
+    if (info.driver !== null && !USER_DRIVERS.includes(info.driver)) {
+      if (info.driverOverride !== null) write(`${dir}/driver_override`, "\n");
+      return info.driver;
+    }
+  } else {
+    const { kind, supported } = deviceKind(info);
+    if (!supported) {
+      throw new BindRefused(
+        `${addr} is ${kind === "-" ? "not a device pvdrv drives" : kind}: pvdrv has no driver for it, so it ` +
+          `stays with the kernel (pvdrv binds virtio-net devices only; --force does not change this)`,
+      );
+    }
+    if (info.driver === target) return info.driver;
+    const use = networkUse(info.netInterfaces, root, hostNetFor(root, opts.hostNet));
+    if (use?.level === "protected") {
+      throw new BindRefused(
+        `${addr} is active: ${use.reason}, so unbinding it would cut this machine's network. ` +
+          `pvdrv never takes such a device, --force or not: bind a spare NIC (in a lab VM).`,
+      );
+    }
+    if (use && !opts.force) {
+      throw new BindRefused(
+        `${addr} is active: ${use.reason}, so unbinding it would cut that network. ` +
+          `Bring the interface down first, or use --force only on a disposable VM.`,
+      );
+    }
+    const drivers = `${root}/bus/pci/drivers`;
     try {
       Deno.statSync(`${drivers}/${target}`);
     } catch {
@@ -72,7 +122,6 @@ export function bindDevice(address: string, target: BindTarget, opts: BindOption
       );
     }
   }
-  if (info.driver === (target === "kernel" ? null : target)) return info.driver;
   write(`${dir}/driver_override`, target === "kernel" ? "\n" : target);
   if (info.driver) write(`${dir}/driver/unbind`, addr);
   write(`${root}/bus/pci/drivers_probe`, addr);

@@ -2,34 +2,13 @@
  * What pvdrv sees in each PCI function: which driver could take it and how it would be bound. Read-only.
  * @module
  */
-import { bindCommands } from "./bind.ts";
+import { bindCommands, hostNetFor, networkUse } from "./bind.ts";
 import { className, parseConfig } from "./config.ts";
-import { interfaceInUse, listDevices, type PciDeviceInfo, readConfigBytes, SYSFS } from "./sysfs.ts";
+import type { HostNet } from "./host_net.ts";
+import { deviceKind } from "./ids.ts";
+import { listDevices, readConfigBytes, SYSFS } from "./sysfs.ts";
 
-/** virtio device types by modern PCI id (0x1040 + type) (virtio 1.2 §5). */
-const VIRTIO_TYPES: Record<number, string> = {
-  1: "net",
-  2: "block",
-  3: "console",
-  4: "rng",
-  5: "balloon",
-  8: "scsi",
-  9: "9p",
-  16: "gpu",
-  18: "input",
-  19: "vsock",
-  20: "crypto",
-  26: "fs",
-};
-const TRANSITIONAL_TYPE: Record<number, number> = {
-  0x1000: 1,
-  0x1001: 2,
-  0x1002: 5,
-  0x1003: 3,
-  0x1004: 8,
-  0x1005: 4,
-  0x1009: 9,
-};
+export { deviceKind } from "./ids.ts";
 
 /** The probe's view of one function. */
 export interface ProbeEntry {
@@ -49,31 +28,16 @@ export interface ProbeEntry {
   iommuGroup: number | null;
   /** Network interfaces of the function. */
   interfaces: string[];
-  /** An interface is up: binding would need --force. */
+  /** An interface is up or carries this machine's network: pvdrv does not offer to bind it. */
   inUse: boolean;
+  /** Why the device is active (like dpdk-devbind's "*Active*"), or "" when it is not. */
+  active: string;
   /** Whether VFIO can take it, or why not. */
   vfio: string;
   /** Whether uio_pci_generic can take it, or why not. */
   uio: string;
-  /** The command that would bind it for pvdrv (empty when not applicable). */
+  /** The command that would bind it for pvdrv (empty when not applicable or active; never with --force). */
   bindCommand: string;
-}
-
-/** Classify a function by ids. */
-export function deviceKind(
-  d: Pick<PciDeviceInfo, "vendorId" | "deviceId" | "subsystemId">,
-): { kind: string; supported: boolean } {
-  if (d.vendorId === 0x5853 && d.deviceId === 0x0001) return { kind: "xen-platform", supported: false };
-  if (d.vendorId !== 0x1af4) return { kind: "-", supported: false };
-  if (d.deviceId >= 0x1040 && d.deviceId <= 0x107f) {
-    const t = d.deviceId - 0x1040;
-    return { kind: `virtio-${VIRTIO_TYPES[t] ?? t} (modern)`, supported: t === 1 };
-  }
-  if (d.deviceId >= 0x1000 && d.deviceId <= 0x103f) {
-    const t = TRANSITIONAL_TYPE[d.deviceId] ?? d.subsystemId;
-    return { kind: `virtio-${VIRTIO_TYPES[t] ?? t} (transitional)`, supported: t === 1 };
-  }
-  return { kind: "virtio (unknown)", supported: false };
 }
 
 function driverLoaded(root: string, name: string): boolean {
@@ -85,8 +49,9 @@ function driverLoaded(root: string, name: string): boolean {
   }
 }
 
-/** Probe every PCI function under `root`. */
-export function probe(root = SYSFS): ProbeEntry[] {
+/** Probe every PCI function under `root` (`hostNet`: the machine's network, read from /proc by default). */
+export function probe(root = SYSFS, hostNet?: HostNet): ProbeEntry[] {
+  const net = hostNetFor(root, hostNet);
   const vfioLoaded = driverLoaded(root, "vfio-pci");
   const uioLoaded = driverLoaded(root, "uio_pci_generic");
   return listDevices(root).map((d) => {
@@ -97,7 +62,8 @@ export function probe(root = SYSFS): ProbeEntry[] {
     } catch {
       pin = 0;
     }
-    const inUse = d.netInterfaces.some((n) => interfaceInUse(n, root));
+    const use = networkUse(d.netInterfaces, root, net);
+    const active = use ? (use.level === "protected" ? use.reason + ": never bound" : use.reason) : "";
     const vfio = d.driver === "vfio-pci"
       ? "bound"
       : d.iommuGroup === null
@@ -113,9 +79,9 @@ export function probe(root = SYSFS): ProbeEntry[] {
       ? "yes"
       : "yes (load uio_pci_generic)";
     let bindCommand = "";
-    if (supported && d.driver !== "vfio-pci" && d.driver !== "uio_pci_generic") {
+    if (supported && !use && d.driver !== "vfio-pci" && d.driver !== "uio_pci_generic") {
       const target = vfio.startsWith("yes") ? "vfio-pci" : uio.startsWith("yes") ? "uio_pci_generic" : null;
-      if (target) bindCommand = bindCommands(d.address, target) + (inUse ? " --force" : "");
+      if (target) bindCommand = bindCommands(d.address, target);
     }
     return {
       address: d.address,
@@ -126,7 +92,8 @@ export function probe(root = SYSFS): ProbeEntry[] {
       driver: d.driver,
       iommuGroup: d.iommuGroup,
       interfaces: d.netInterfaces,
-      inUse,
+      inUse: use !== null,
+      active,
       vfio,
       uio,
       bindCommand,
@@ -148,10 +115,10 @@ export function formatTable(entries: ProbeEntry[]): string {
       e.kind,
       e.driver ?? "-",
       e.iommuGroup === null ? "-" : String(e.iommuGroup),
-      e.interfaces.length ? e.interfaces.join(",") + (e.inUse ? " (up)" : "") : "-",
+      e.interfaces.length ? e.interfaces.join(",") : "-",
       e.vfio,
       e.uio,
-      e.bindCommand || "-",
+      e.bindCommand || (e.active ? `- (active: ${e.active})` : "-"),
     ]);
   }
   const w = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));

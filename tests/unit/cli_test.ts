@@ -26,7 +26,13 @@ Deno.test("cli: bad input gets one clear line and the usage, never a stack trace
     ["recv.ts", ["vif/0", "--mtu", "huge"], /--mtu must be 68..65517/],
     ["send.ts", ["00:04.0", "--dst", "nope"], /not a MAC address/],
     ["send.ts", ["00:04.0", "--irq", "nmi"], /--irq must be poll, msix or intx/],
-    ["recv.ts", ["00:04.0", "--bogus"], /Unknown option '--bogus'/],
+    ["recv.ts", ["00:04.0", "--bogus"], /error: unknown option '--bogus'\n/],
+    ["recv.ts", ["00:04.0", "--count"], /error: option '--count' needs a value\n/],
+    ["send.ts", ["00:1f"], /'00:1f' is not a NIC: expected a PCI address/],
+    ["recv.ts", ["vif/x"], /'vif\/x' is not a Xen vif/],
+    ["send.ts", ["00:04.0", "--size", "100", "--sizes", "60-70"], /--size and --sizes exclude each other/],
+    ["probe.ts", ["--sysfs", "/nonexistent"], /--sysfs \/nonexistent: no bus\/pci\/devices/],
+    ["test.ts", ["--unit-only", "--vm-only"], /--unit-only and --vm-only exclude each other/],
     ["bind.ts", ["not-an-address", "vfio"], /not a PCI address/],
     ["bind.ts", ["00:04.0", "dpdk"], /unknown target 'dpdk'/],
     ["probe.ts", ["extra"], /unexpected argument/],
@@ -38,7 +44,23 @@ Deno.test("cli: bad input gets one clear line and the usage, never a stack trace
     assert.match(r.stderr, re);
     assert.match(r.stderr, /usage:/);
     assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace");
+    assert.doesNotMatch(r.stderr, /-- "/, "no parser advice about '--'");
   }
+});
+
+Deno.test("cli: recv opens --pcap before the device (a bad path fails without touching a NIC)", async () => {
+  // 0000:00:1f.7 does not exist: if the device were opened first the error would name it instead.
+  const r = await run("recv.ts", ["0000:00:1f.7", "--pcap", "/nonexistent-dir/x.pcap"]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /^error: cannot write --pcap \/nonexistent-dir\/x\.pcap/);
+});
+
+Deno.test("cli: deno task test:vm names a mode test.ts accepts", () => {
+  const cfg = JSON.parse(Deno.readTextFileSync(`${ROOT}deno.json`));
+  const m = cfg.tasks["test:vm"].match(/cli\/(\w+)\.ts (.*)$/);
+  assert.ok(m, cfg.tasks["test:vm"]);
+  const src = Deno.readTextFileSync(`${ROOT}cli/${m[1]}.ts`);
+  for (const flag of m[2].split(/\s+/)) assert.match(src, new RegExp(`"${flag.slice(2)}": \\{ type`), flag);
 });
 
 Deno.test("cli: runtime failures are one line, exit 1 (opening a device that is not bound)", async () => {

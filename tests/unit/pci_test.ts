@@ -9,6 +9,7 @@ import {
 import { listDevices, parsePciAddress, parseResources, readDevice } from "../../drivers/pci/sysfs.ts";
 import { deviceKind, formatTable, probe } from "../../drivers/pci/probe.ts";
 import { bindDevice, BindRefused } from "../../drivers/pci/bind.ts";
+import { protectedReason, readHostNet } from "../../drivers/pci/host_net.ts";
 import { makeSysfs } from "./sysfs_fixture.ts";
 
 const fixture = (name: string) => Deno.readFileSync(new URL(`../fixtures/${name}`, import.meta.url));
@@ -126,7 +127,11 @@ Deno.test("sysfs: enumeration of a fixture tree and the probe's verdicts", () =>
     const by = Object.fromEntries(p.map((e) => [e.address, e]));
     assert.equal(by["0000:00:03.0"].kind, "virtio-net (modern)");
     assert.equal(by["0000:00:03.0"].inUse, true);
-    assert.match(by["0000:00:03.0"].bindCommand, /deno task bind 0000:00:03.0 vfio --force/);
+    // Never suggest --force: the device is marked active, with the reason.
+    assert.equal(by["0000:00:03.0"].bindCommand, "");
+    assert.equal(by["0000:00:03.0"].active, "eth0 is up");
+    assert.doesNotMatch(formatTable(p), /--force/);
+    assert.match(formatTable(p), /- \(active: eth0 is up\)/);
     assert.equal(by["0000:00:04.0"].vfio, "bound");
     assert.equal(by["0000:00:04.0"].bindCommand, "");
     assert.equal(by["0000:00:05.0"].kind, "virtio-net (transitional)");
@@ -136,6 +141,98 @@ Deno.test("sysfs: enumeration of a fixture tree and the probe's verdicts", () =>
     assert.equal(by["0000:00:06.0"].kind, "xen-platform");
     assert.equal(by["0000:00:07.0"].kind, "-");
     assert.match(formatTable(p), /0000:00:05\.0\s+1af4:1000\s+virtio-net \(transitional\)/);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("probe: a NIC with the default route or an address is active and never offered", () => {
+  const root = makeSysfs([
+    { address: "0000:00:03.0", ...NET, driver: "virtio-pci", group: 3, netif: { name: "eth0", up: false } },
+    { address: "0000:00:04.0", ...NET, driver: "virtio-pci", group: 4, netif: { name: "eth1", up: false } },
+    { address: "0000:00:05.0", ...NET, driver: "virtio-pci", group: 5, netif: { name: "eth2", up: false } },
+  ], ["vfio-pci"]);
+  try {
+    const net = { defaultRoute: new Set(["eth0"]), addresses: new Map([["eth1", ["10.0.0.2/24"]]]) };
+    const by = Object.fromEntries(probe(root, net).map((e) => [e.address, e]));
+    assert.match(by["0000:00:03.0"].active, /eth0 carries the default route: never bound/);
+    assert.match(by["0000:00:04.0"].active, /eth1 has address 10\.0\.0\.2\/24/);
+    assert.equal(by["0000:00:03.0"].bindCommand, "");
+    assert.equal(by["0000:00:04.0"].bindCommand, "");
+    assert.equal(by["0000:00:05.0"].bindCommand, "deno task bind 0000:00:05.0 vfio");
+    assert.equal(by["0000:00:05.0"].active, "");
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("host net: default routes (IPv4 and IPv6) and addresses, link-local left out", () => {
+  const proc = Deno.makeTempDirSync();
+  try {
+    Deno.mkdirSync(`${proc}/net`);
+    Deno.writeTextFileSync(
+      `${proc}/net/route`,
+      "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n" +
+        "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n" +
+        "eth1\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n",
+    );
+    Deno.writeTextFileSync(
+      `${proc}/net/ipv6_route`,
+      "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 " +
+        "00000400 00000002 00000000 00000003     eth3\n" +
+        "fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 " +
+        "00000100 00000002 00000000 00000001     eth4\n",
+    );
+    const ifs = [
+      { family: "IPv4", name: "eth2", address: "192.0.2.9", cidr: "192.0.2.9/24" },
+      { family: "IPv6", name: "eth4", address: "fe80::1", cidr: "fe80::1/64" },
+    ] as Deno.NetworkInterfaceInfo[];
+    const net = readHostNet(proc, () => ifs);
+    assert.deepEqual([...net.defaultRoute].sort(), ["eth0", "eth3"]);
+    assert.equal(protectedReason("eth0", net), "eth0 carries the default route");
+    assert.equal(protectedReason("eth1", net), null, "a subnet route alone is not the default route");
+    assert.equal(protectedReason("eth2", net), "eth2 has address 192.0.2.9/24");
+    assert.equal(protectedReason("eth4", net), null, "IPv6 link-local does not count");
+  } finally {
+    Deno.removeSync(proc, { recursive: true });
+  }
+});
+
+Deno.test("bind: only devices pvdrv drives, never the machine's own network even with --force", () => {
+  const root = makeSysfs([
+    { address: "0000:00:02.0", vendor: 0x1af4, device: 0x1042, class: 0x010000, driver: "virtio-pci", group: 2 },
+    { address: "0000:00:03.0", vendor: 0x1af4, device: 0x1005, class: 0x00ff00, subsystemDevice: 4, group: 3 },
+    { address: "0000:00:04.0", ...NET, driver: "virtio-pci", group: 4, netif: { name: "eth0", up: true } },
+    { address: "0000:00:05.0", ...NET, driver: "virtio-pci", group: 5, netif: { name: "eth1", up: false } },
+    { address: "0000:00:06.0", ...NET, driver: "virtio-pci", group: 6, netif: { name: "eth2", up: true } },
+    { address: "0000:00:07.0", vendor: 0x8086, device: 0x10d3, class: 0x020000, driver: "e1000e", group: 7 },
+  ], ["vfio-pci"]);
+  const override = (a: string) => Deno.readTextFileSync(`${root}/bus/pci/devices/${a}/driver_override`);
+  const unbind = () => Deno.readTextFileSync(`${root}/bus/pci/drivers/virtio-pci/unbind`);
+  try {
+    const hostNet = { defaultRoute: new Set(["eth0"]), addresses: new Map([["eth1", ["10.0.0.2/24"]]]) };
+    for (const force of [false, true]) {
+      const o = { root, force, hostNet };
+      assert.throws(() => bindDevice("0000:00:02.0", "vfio-pci", o), /virtio-block \(modern\): pvdrv has no driver/);
+      assert.throws(() => bindDevice("0000:00:03.0", "uio_pci_generic", o), /virtio-rng/);
+      assert.throws(() => bindDevice("0000:00:07.0", "vfio-pci", o), /not a device pvdrv drives/);
+      assert.throws(() => bindDevice("0000:00:04.0", "vfio-pci", o), /eth0 carries the default route/);
+      assert.throws(() => bindDevice("0000:00:05.0", "vfio-pci", o), /eth1 has address 10\.0\.0\.2/);
+    }
+    for (const a of ["0000:00:02.0", "0000:00:03.0", "0000:00:04.0", "0000:00:05.0", "0000:00:07.0"]) {
+      assert.equal(override(a), "(null)\n", `${a} untouched`);
+    }
+    assert.equal(unbind(), "");
+    // Up but without an address or route: only with --force.
+    assert.throws(() => bindDevice("0000:00:06.0", "vfio-pci", { root, hostNet }), /eth2 is up.*--force/);
+    assert.throws(() => bindDevice("0000:00:06.0", "vfio-pci", { root, hostNet, force: true }), /did not bind/);
+    assert.equal(override("0000:00:06.0"), "vfio-pci");
+    // Giving back a device that is already on its kernel driver changes nothing.
+    Deno.writeTextFileSync(`${root}/bus/pci/drivers/virtio-pci/unbind`, "");
+    Deno.writeTextFileSync(`${root}/bus/pci/drivers_probe`, "");
+    assert.equal(bindDevice("0000:00:05.0", "kernel", { root }), "virtio-pci");
+    assert.equal(unbind(), "");
+    assert.equal(Deno.readTextFileSync(`${root}/bus/pci/drivers_probe`), "");
   } finally {
     Deno.removeSync(root, { recursive: true });
   }
