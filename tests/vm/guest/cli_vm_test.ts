@@ -44,13 +44,15 @@ guestTest("tasks: deno task send/recv on a real NIC, with a pcap of what was rec
   const stdout = new Response(recv.stdout).text();
   let err = "";
   const dec = new TextDecoder();
-  for await (const chunk of recv.stderr) {
-    err += dec.decode(chunk, { stream: true });
-    if (err.includes("listening on")) break;
+  const errReader = recv.stderr.getReader();
+  while (!err.includes("listening on")) {
+    const { value, done } = await errReader.read();
+    if (done) break;
+    err += dec.decode(value, { stream: true });
   }
   assert.match(err, /listening on virtio-net 0000:00:04\.0/);
   const peer = await new Peer(["txrate", k.name, "1", "60", LAB.vfioKernelPeer.mac, "1500"]).result();
-  for await (const chunk of recv.stderr) err += dec.decode(chunk, { stream: true });
+  for (let r = await errReader.read(); !r.done; r = await errReader.read()) err += dec.decode(r.value);
   const code = (await recv.status).code;
   assert.equal(code, 0);
   assert.doesNotMatch(err, /\r/, "no live rate line into a pipe");
