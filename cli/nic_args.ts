@@ -34,7 +34,9 @@ export function nicArg(positionals: string[]): string {
   try {
     return parsePciAddress(name);
   } catch {
-    throw new UsageError(`'${name}' is not a NIC: expected a PCI address such as 0000:00:04.0, or vif/N on Xen`);
+    throw new UsageError(
+      `'${name}' is not a NIC: expected a PCI address such as 0000:00:04.0, or vif/N on Xen`,
+    );
   }
 }
 

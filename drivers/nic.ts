@@ -20,6 +20,8 @@ export interface QueueStats {
   rxBytes: number;
   /** Frames dropped on receive (malformed, oversize). */
   rxDropped: number;
+  /** Receive buffers those dropped frames used (a frame may span several). */
+  rxDroppedBuffers: number;
   /** Frames sent (completed by the device). */
   txPackets: number;
   /** Bytes sent. */
@@ -38,6 +40,7 @@ export function emptyStats(): QueueStats {
     rxPackets: 0,
     rxBytes: 0,
     rxDropped: 0,
+    rxDroppedBuffers: 0,
     txPackets: 0,
     txBytes: 0,
     txErrors: 0,

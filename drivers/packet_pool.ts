@@ -2,6 +2,10 @@
  * Packet buffers: fixed-size slots in one device-reachable region, each with a view made once. A pool tracks
  * who holds each buffer (free, the application, the device) so a buffer can never be handed out twice or
  * returned by the wrong owner.
+ *
+ * A pool whose NIC closes (or whose Xen backend goes away) is retired: the device loses access at once, but the
+ * memory under buffers the application still holds stays valid until the last of them is released, so a held
+ * buffer never points at unmapped memory or at memory reused for a later connection's rings.
  * @module
  */
 import type { DmaRegion } from "../ffi/dma.ts";
@@ -45,6 +49,9 @@ export class PacketPool {
   readonly #free: Uint32Array;
   #nfree: number;
   readonly #state: Uint8Array;
+  #held = 0; // buffers the application holds
+  #retired = false;
+  #released = false;
 
   /** `count` slots of `slotSize` bytes with `headroom` bytes before each frame, in `region`. */
   constructor(
@@ -77,11 +84,27 @@ export class PacketPool {
     return this.#nfree;
   }
 
+  /** Buffers the application holds. */
+  get held(): number {
+    return this.#held;
+  }
+
+  /** Whether the pool was retired (its NIC closed or its backend went away). */
+  get retired(): boolean {
+    return this.#retired;
+  }
+
+  /** Whether the memory went back (retired, and every held buffer released). */
+  get released(): boolean {
+    return this.#released;
+  }
+
   /** Take a free buffer for the application (null when empty). */
   take(): PacketBuffer | null {
-    if (this.#nfree === 0) return null;
+    if (this.#nfree === 0 || this.#retired) return null;
     const b = this.buffers[this.#free[--this.#nfree]];
     this.#state[b.index] = APP;
+    this.#held++;
     b.length = 0;
     b.flags = 0;
     b.csumStart = 0;
@@ -102,7 +125,7 @@ export class PacketPool {
 
   /** Take a free buffer for the device (null when empty). */
   takeForDevice(): PacketBuffer | null {
-    if (this.#nfree === 0) return null;
+    if (this.#nfree === 0 || this.#retired) return null;
     const b = this.buffers[this.#free[--this.#nfree]];
     this.#state[b.index] = DEVICE;
     return b;
@@ -114,12 +137,22 @@ export class PacketPool {
     if (this.#state[b.index] !== APP) {
       throw new Error(`${this.name}: buffer ${b.index} is not held by the application`);
     }
+    if (this.#retired) {
+      throw new Error(`${this.name}: the NIC was closed or disconnected; release the buffer`);
+    }
     this.#state[b.index] = DEVICE;
+    this.#held--;
   }
 
   /** The device gave `b` back to the application (a received frame). */
   toApp(b: PacketBuffer): void {
+    if (this.#state[b.index] !== DEVICE) {
+      throw new Error(
+        `${this.name}: buffer ${b.index} handed to the application but the device did not hold it`,
+      );
+    }
     this.#state[b.index] = APP;
+    this.#held++;
   }
 
   /** Return `b` to the free list; `from` is who must hold it. */
@@ -131,11 +164,35 @@ export class PacketPool {
     }
     this.#state[b.index] = FREE;
     this.#free[this.#nfree++] = b.index;
+    if (want === APP && --this.#held === 0 && this.#retired) this.#release();
   }
 
-  /** Free the memory. */
-  free(): void {
+  /**
+   * Stop using the pool (the device must already be stopped): buffers the device held become free, device access
+   * ends, and the memory goes back now, or when the application releases the last buffer it holds.
+   */
+  retire(): void {
+    if (this.#retired) return;
+    this.#retired = true;
+    for (let i = 0; i < this.#state.length; i++) {
+      if (this.#state[i] === DEVICE) {
+        this.#state[i] = FREE;
+        this.#free[this.#nfree++] = i;
+      }
+    }
+    this.region.revoke?.();
+    if (this.#held === 0) this.#release();
+  }
+
+  #release(): void {
+    if (this.#released) return;
+    this.#released = true;
     this.region.free();
+  }
+
+  /** Retire the pool (kept for callers that free explicitly). */
+  free(): void {
+    this.retire();
   }
 }
 

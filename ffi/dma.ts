@@ -19,6 +19,11 @@ export interface DmaRegion {
   readonly size: number;
   /** Return the memory (unmaps it from the device first). Idempotent. */
   free(): void;
+  /**
+   * End the device's access now but keep the CPU view valid until {@link free} (buffers an application still
+   * holds after its NIC closed). The allocator's `close()` leaves a revoked region to its holder.
+   */
+  revoke?(): void;
 }
 
 /** Hands out {@link DmaRegion}s. */
@@ -93,7 +98,7 @@ export function virtToPhys(ptr: Deno.PointerObject): number {
  */
 export class PhysicalDmaAllocator implements DmaAllocator {
   readonly kind = "physical";
-  readonly #pages: { mem: HostMemory; phys: number; used: number }[] = [];
+  readonly #pages: { mem: HostMemory; phys: number; used: number; kept: number }[] = [];
   #closed = false;
 
   alloc(size: number): DmaRegion {
@@ -105,7 +110,7 @@ export class PhysicalDmaAllocator implements DmaAllocator {
     let page = this.#pages.find((p) => p.used + len <= HUGE_PAGE);
     if (!page) {
       const mem = allocHostMemory(HUGE_PAGE, true);
-      page = { mem, phys: virtToPhys(mem.ptr), used: 0 };
+      page = { mem, phys: virtToPhys(mem.ptr), used: 0, kept: 0 };
       if (page.phys % HUGE_PAGE !== 0) throw new Error("huge page is not 2 MiB aligned physically");
       this.#pages.push(page);
     }
@@ -113,13 +118,30 @@ export class PhysicalDmaAllocator implements DmaAllocator {
     page.used += len;
     const bytes = page.mem.bytes.subarray(off, off + len);
     bytes.fill(0);
-    // Regions are carved, not returned individually: the pages go back on close().
-    return { bytes, deviceAddress: page.phys + off, size: len, free() {} };
+    // Regions are carved, not returned individually: the pages go back on close(), except a page under a revoked
+    // region, which goes back when that region is freed.
+    const pg = page, pages = this.#pages, self = this;
+    let kept = false;
+    return {
+      bytes,
+      deviceAddress: page.phys + off,
+      size: len,
+      revoke() {
+        if (kept) return;
+        kept = true;
+        pg.kept++;
+      },
+      free() {
+        if (!kept) return;
+        kept = false;
+        if (--pg.kept === 0 && self.#closed && !pages.includes(pg)) pg.mem.free();
+      },
+    };
   }
 
   close(): void {
     this.#closed = true;
-    for (const p of this.#pages.splice(0)) p.mem.free();
+    for (const p of this.#pages.splice(0)) if (p.kept === 0) p.mem.free();
   }
 }
 
@@ -129,21 +151,26 @@ export class PhysicalDmaAllocator implements DmaAllocator {
  */
 export class ModelDmaAllocator implements DmaAllocator {
   readonly kind = "model";
-  readonly #regions: { addr: number; bytes: Uint8Array<ArrayBuffer>; live: boolean }[] = [];
+  readonly #regions: { addr: number; bytes: Uint8Array<ArrayBuffer>; live: boolean; kept: boolean }[] = [];
   #next = 0x1_0000_0000; // above 4 GiB, so the high halves of descriptor addresses are exercised
 
   alloc(size: number): DmaRegion {
     const len = roundUp(Math.max(size, 1), PAGE);
     const bytes = new Uint8Array(len);
-    const r = { addr: this.#next, bytes, live: true };
+    const r = { addr: this.#next, bytes, live: true, kept: false };
     this.#next += len + PAGE; // a guard page between regions
     this.#regions.push(r);
     return {
       bytes,
       deviceAddress: r.addr,
       size: len,
+      revoke() {
+        if (r.live) r.kept = true;
+        r.live = false;
+      },
       free() {
         r.live = false;
+        r.kept = false;
       },
     };
   }
@@ -159,9 +186,14 @@ export class ModelDmaAllocator implements DmaAllocator {
     throw new Error(`DMA fault: device address 0x${addr.toString(16)} (+${len}) is not mapped`);
   }
 
-  /** Number of regions not freed. */
+  /** Number of regions not freed (the device can reach them). */
   get live(): number {
     return this.#regions.filter((r) => r.live).length;
+  }
+
+  /** Revoked regions whose memory is still kept for the application (not yet freed). */
+  get kept(): number {
+    return this.#regions.filter((r) => r.kept).length;
   }
 
   close(): void {

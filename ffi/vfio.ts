@@ -372,14 +372,24 @@ export class VfioDmaAllocator implements DmaAllocator {
     }
     const live = this.#live;
     const container = this.container;
+    let mapped = true, freed = false;
+    const unmap = () => {
+      if (!mapped) return;
+      mapped = false;
+      live.delete(region);
+      if (container.fd >= 0) container.unmapDma(iova, mem.size); // a closed container unmapped everything
+    };
     const region: DmaRegion = {
       bytes: mem.bytes,
       deviceAddress: iova,
       size: mem.size,
+      // The IOMMU mapping goes now; the memory stays for the application until free().
+      revoke: unmap,
       free() {
-        if (!live.delete(region)) return;
+        if (freed) return;
+        freed = true;
         try {
-          container.unmapDma(iova, mem.size);
+          unmap();
         } finally {
           mem.free();
         }

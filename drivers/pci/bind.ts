@@ -86,7 +86,9 @@ export function bindDevice(address: string, target: BindTarget, opts: BindOption
     const { kind, supported } = deviceKind(info);
     if (!supported) {
       throw new BindRefused(
-        `${addr} is ${kind === "-" ? "not a device pvdrv drives" : kind}: pvdrv has no driver for it, so it ` +
+        `${addr} is ${
+          kind === "-" ? "not a device pvdrv drives" : kind
+        }: pvdrv has no driver for it, so it ` +
           `stays with the kernel (pvdrv binds virtio-net devices only; --force does not change this)`,
       );
     }

@@ -47,7 +47,10 @@ export function readHostNet(
   procRoot = "/proc",
   interfaces: () => Deno.NetworkInterfaceInfo[] = () => Deno.networkInterfaces(),
 ): HostNet {
-  const defaultRoute = parseDefaultRoutes(readOr(`${procRoot}/net/route`), readOr(`${procRoot}/net/ipv6_route`));
+  const defaultRoute = parseDefaultRoutes(
+    readOr(`${procRoot}/net/route`),
+    readOr(`${procRoot}/net/ipv6_route`),
+  );
   const addresses = new Map<string, string[]>();
   let list: Deno.NetworkInterfaceInfo[] = [];
   try {

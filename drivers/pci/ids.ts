@@ -45,4 +45,3 @@ export function deviceKind(
   }
   return { kind: "virtio (unknown)", supported: false };
 }
-

@@ -30,6 +30,8 @@ const CTRL_MAC = 1, CTRL_MAC_TABLE_SET = 0, CTRL_MAC_ADDR_SET = 1;
 const CTRL_MQ = 4, CTRL_MQ_VQ_PAIRS_SET = 0;
 const CTRL_OK = 0;
 const LINK_UP = 1;
+/** virtio_net_hdr flags an application sees: NEEDS_CSUM (1) and DATA_VALID (2), §5.1.6; the same values as RX_CSUM_*. */
+const RX_FLAGS = 3;
 
 /** Interrupt delivery for a virtio-net device. */
 export type IrqMode = "poll" | "msix" | "intx";
@@ -64,7 +66,6 @@ interface Pair {
   txPool: PacketPool;
   rxByHead: (PacketBuffer | null)[];
   txByHead: (PacketBuffer | null)[];
-  rxSkip: number;
   irq: IrqSource | null;
   stats: QueueStats;
 }
@@ -86,6 +87,10 @@ export class VirtioNet implements Nic {
   readonly #irqMode: IrqMode;
   #ctrl: SplitQueue | null = null;
   #ctrlMem: DmaRegion | null = null;
+  /** Every DMA region this NIC allocated, so a failed open or a close frees each one. */
+  readonly #regions: DmaRegion[] = [];
+  /** Every buffer pool this NIC made (buffers from them may be released even after close). */
+  readonly #pools = new WeakSet<PacketPool>();
   #closed = false;
   #live = false; // DRIVER_OK was set: queues may be in use by the device
   readonly #ownsPci: boolean;
@@ -150,8 +155,12 @@ export class VirtioNet implements Nic {
         this.mac[0] = (this.mac[0] & 0xfe) | 0x02; // locally administered unicast
       }
       const maxPairs = f & NET_F.MQ ? dc.read16(8) : 1;
-      if (maxPairs < 1 || maxPairs > 0x8000) {
-        throw new VirtioError(`device reports max_virtqueue_pairs ${maxPairs}`);
+      // §5.1.4: 1..0x8000 pairs; the control queue follows them (index 2 * pairs), and queue indices are 16 bits.
+      if (maxPairs < 1 || maxPairs > 0x8000 || 2 * maxPairs > 0xfffe) {
+        throw new VirtioError(
+          `device reports max_virtqueue_pairs ${maxPairs}: its queues (and the control queue after them) ` +
+            `cannot be addressed with 16-bit queue indices`,
+        );
       }
       const mtu = f & NET_F.MTU ? dc.read16(10) : 1500;
       if (mtu < 68) throw new VirtioError(`device reports MTU ${mtu}`);
@@ -166,16 +175,38 @@ export class VirtioNet implements Nic {
 
       const eventIdx = (f & F.RING_EVENT_IDX) !== 0n;
       const numQueues = t.numQueues();
+      const needQueues = 2 * pairs + (f & NET_F.CTRL_VQ ? 1 : 0);
+      if (!t.legacy && (numQueues < needQueues || (f & NET_F.CTRL_VQ && 2 * maxPairs >= numQueues))) {
+        throw new VirtioError(
+          `device reports num_queues ${numQueues} but ${maxPairs} queue pair(s)` +
+            `${f & NET_F.CTRL_VQ ? " and a control queue" : ""} need ${
+              2 * maxPairs + (f & NET_F.CTRL_VQ ? 1 : 0)
+            }`,
+        );
+      }
+      // Every DMA region goes through here, so a failed open or close frees it.
+      const dma = {
+        kind: pci.dma.kind,
+        alloc: (n: number) => {
+          const r = pci.dma.alloc(n);
+          this.#regions.push(r);
+          return r;
+        },
+        close: () => {},
+      };
+      const programmed = new Set<number>();
       const setup = (q: number, vector: number): SplitQueue => {
-        if (numQueues && q >= numQueues) {
+        if (q > 0xffff || (!t.legacy && q >= numQueues)) {
           throw new VirtioError(`device has ${numQueues} queues, needs queue ${q}`);
         }
+        if (programmed.has(q)) throw new VirtioError(`queue ${q} would be programmed twice`);
+        programmed.add(q);
         const max = t.queueMaxSize(q);
-        if (max === 0) throw new VirtioError(`queue ${q} is not available`);
+        if (max === 0) throw new VirtioError(`queue ${q} is not available (queue_size 0)`);
         let size = t.legacy ? max : Math.min(max, opts.queueSize ?? 256);
         if (!t.legacy) { while (size & (size - 1)) size &= size - 1; // largest power of two not above
          }
-        const vq = new SplitQueue(pci.dma, q, size, eventIdx, t.notifier(q));
+        const vq = new SplitQueue(dma, q, size, eventIdx, t.notifier(q));
         t.setupQueue(q, size, vq.addresses, vector);
         return vq;
       };
@@ -184,18 +215,20 @@ export class VirtioNet implements Nic {
         const rx = setup(2 * i, rxVector), tx = setup(2 * i + 1, NO_VECTOR);
         const rxPool = new PacketPool(
           `rx${i}`,
-          pci.dma.alloc(2 * rx.size * SLOT),
+          dma.alloc(2 * rx.size * SLOT),
           2 * rx.size,
           SLOT,
           this.hdrLen,
         );
         const txPool = new PacketPool(
           `tx${i}`,
-          pci.dma.alloc(2 * tx.size * SLOT),
+          dma.alloc(2 * tx.size * SLOT),
           2 * tx.size,
           SLOT,
           this.hdrLen,
         );
+        this.#pools.add(rxPool);
+        this.#pools.add(txPool);
         this.#pairs.push({
           rx,
           tx,
@@ -203,7 +236,6 @@ export class VirtioNet implements Nic {
           txPool,
           rxByHead: new Array(rx.size).fill(null),
           txByHead: new Array(tx.size).fill(null),
-          rxSkip: 0,
           irq: this.#irqMode === "msix" ? irqs[1 + i] : this.#irqMode === "intx" ? irqs[0] : null,
           stats: emptyStats(),
         });
@@ -213,7 +245,7 @@ export class VirtioNet implements Nic {
       if (f & NET_F.CTRL_VQ) {
         this.#ctrl = setup(2 * maxPairs, NO_VECTOR);
         this.#ctrl.disableInterrupts();
-        this.#ctrlMem = pci.dma.alloc(4096);
+        this.#ctrlMem = dma.alloc(4096);
       }
       t.setStatus(
         STATUS.ACKNOWLEDGE | STATUS.DRIVER | (t.legacy ? 0 : STATUS.FEATURES_OK) | STATUS.DRIVER_OK,
@@ -264,9 +296,9 @@ export class VirtioNet implements Nic {
   }
 
   #pair(q: number): Pair {
+    if (this.#closed) throw new Error(`${this.name} is closed`);
     const p = this.#pairs[q];
     if (!p) throw new RangeError(`${this.name}: queue ${q} out of range (0..${this.queues - 1})`);
-    if (this.#closed) throw new Error(`${this.name} is closed`);
     return p;
   }
 
@@ -286,7 +318,8 @@ export class VirtioNet implements Nic {
   receiveBatch(out: PacketBuffer[], max: number, queue = 0): number {
     const p = this.#pair(queue);
     const vq = p.rx, hdr = this.hdrLen, mrg = (this.features & NET_F.MRG_RXBUF) !== 0n;
-    const u16 = p.rxPool.u16, bytes = p.rxPool.bytes;
+    const u16 = p.rxPool.u16, bytes = p.rxPool.bytes, maxLen = hdr + this.maxFrame;
+    const flagMask = this.features & NET_F.GUEST_CSUM ? RX_FLAGS : 0;
     let n = vq.pending(), k = 0;
     while (n > 0 && k < max) {
       n--;
@@ -294,20 +327,28 @@ export class VirtioNet implements Nic {
       const b = p.rxByHead[head]!;
       p.rxByHead[head] = null;
       const len = vq.lastLen;
-      if (p.rxSkip > 0) { // continuation of a frame that needed more than one buffer: dropped with it
-        p.rxSkip--;
+      // num_buffers (§5.1.6.4): the device publishes all buffers of a frame together, so the rest must already be
+      // in the used ring; a count of 0 or beyond what is there is a protocol violation.
+      const nb = mrg ? u16[(b.slotOffset >> 1) + 5] : 1;
+      if (nb === 0 || nb - 1 > n) {
         p.rxPool.put(b, "device");
-        continue;
+        vq.fail(`device says a frame spans ${nb} buffers, ${n} more are in the used ring`);
       }
-      const nb = mrg ? u16[(b.slotOffset >> 1) + 5] : 1; // num_buffers (§5.1.6.4)
-      if (len < hdr + 14 || nb !== 1) {
-        if (nb > 1) p.rxSkip = nb - 1;
-        p.stats.rxDropped++;
+      if (len < hdr + 14 || len > maxLen || nb !== 1) {
+        // Runts, frames longer than the negotiated maximum, and frames spread over several buffers (they never fit
+        // one 2 KiB slot) are dropped with every buffer they used.
         p.rxPool.put(b, "device");
+        for (let extra = nb - 1; extra > 0; extra--, n--) {
+          const h = vq.popUsed();
+          p.rxPool.put(p.rxByHead[h]!, "device");
+          p.rxByHead[h] = null;
+        }
+        p.stats.rxDropped++;
+        p.stats.rxDroppedBuffers += nb;
         continue;
       }
       b.length = len - hdr;
-      b.flags = bytes[b.slotOffset];
+      b.flags = bytes[b.slotOffset] & flagMask;
       p.rxPool.toApp(b);
       out[k++] = b;
       p.stats.rxPackets++;
@@ -318,9 +359,20 @@ export class VirtioNet implements Nic {
   }
 
   release(pkts: PacketBuffer[], n: number, queue = 0): void {
+    if (this.#closed) {
+      // Buffers held across close go back to their retired pools, which free the memory with the last one.
+      for (let i = 0; i < n; i++) {
+        const b = pkts[i];
+        if (!this.#pools.has(b.pool)) {
+          throw new Error(`${this.name}: buffer from pool ${b.pool.name} is not ours`);
+        }
+        b.pool.put(b, "app");
+      }
+      return;
+    }
     const p = this.#pair(queue);
     releaseTo(pkts, n, p.rxPool, p.txPool);
-    this.#refill(p);
+    if (!p.rx.broken) this.#refill(p);
   }
 
   reclaimTx(queue = 0): number {
@@ -479,14 +531,16 @@ export class VirtioNet implements Nic {
     try {
       this.#pci.disableIrqs();
     } catch { /* ignore */ }
+    // The device is stopped: pools keep the memory under buffers the application holds until it releases them;
+    // every other region goes back now.
+    const pooled = new Set<DmaRegion>();
     for (const p of this.#pairs.splice(0)) {
-      p.rx.free();
-      p.tx.free();
-      p.rxPool.free();
-      p.txPool.free();
+      for (const pool of [p.rxPool, p.txPool]) {
+        pool.retire();
+        pooled.add(pool.region);
+      }
     }
-    this.#ctrl?.free();
-    this.#ctrlMem?.free();
+    for (const r of this.#regions.splice(0)) if (!pooled.has(r)) r.free();
     this.#ctrl = null;
     this.#ctrlMem = null;
     if (this.#ownsPci) this.#pci.close();

@@ -134,6 +134,12 @@ export class ModernTransport implements VirtioTransport {
     this.#notifyBase = notify.offset;
     this.#notifyLen = notify.length;
     this.#mult = notify.notifyOffMultiplier ?? 0;
+    // §4.1.4.4: notify_off_multiplier is 0 or an even power of 2 (doorbells are 16-bit writes, 2-aligned).
+    if (this.#mult !== 0 && (this.#mult & (this.#mult - 1) || this.#mult & 1)) {
+      throw new VirtioError(
+        `${pci.address}: notify_off_multiplier ${this.#mult} is not 0 or an even power of 2`,
+      );
+    }
   }
   reset(): void {
     this.common.write8(C.STATUS, 0);
@@ -182,6 +188,9 @@ export class ModernTransport implements VirtioTransport {
   notifier(q: number): () => void {
     this.common.write16(C.Q_SELECT, q);
     const off = this.#notifyBase + this.common.read16(C.Q_NOFF) * this.#mult;
+    if (off & 1) {
+      throw new VirtioError(`${this.pci.address}: queue ${q} doorbell at odd offset 0x${off.toString(16)}`);
+    }
     if (off + 2 > this.#notifyBase + this.#notifyLen) {
       throw new VirtioError(
         `${this.pci.address}: queue ${q} notify offset 0x${off.toString(16)} outside the notify structure`,

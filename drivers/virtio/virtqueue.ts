@@ -73,8 +73,6 @@ export class SplitQueue {
   #broken: VirtqueueError | null = null;
   /** Length the device reported for the last entry returned by {@link popUsed}. */
   lastLen = 0;
-  /** Notifications actually sent (suppression makes this smaller than kicks). */
-  notifications = 0;
 
   /** Allocate a queue of `size` entries from `dma`. */
   constructor(
@@ -121,7 +119,8 @@ export class SplitQueue {
     return this.#broken;
   }
 
-  #fail(msg: string): never {
+  /** Break the queue with `msg` (the device violated the protocol) and throw. */
+  fail(msg: string): never {
     this.#broken ??= new VirtqueueError(`queue ${this.index}: ${msg}`);
     throw this.#broken;
   }
@@ -181,8 +180,17 @@ export class SplitQueue {
 
   /** Publish queued buffers (one fenced store) and notify the device unless it suppressed notifications. */
   kick(): boolean {
+    if (this.#broken) throw this.#broken;
     const newIdx = this.#availIdx, old = this.#kickedIdx;
     if (newIdx === old) return false;
+    // A used.idx published ahead of what the device was given is caught before new buffers make it look valid.
+    const before = this.#inFlight - ((newIdx - old) & 0xffff);
+    const usedIdx = Atomics.load(this.#used16, 1);
+    if (((usedIdx - this.#lastUsed) & 0xffff) > before) {
+      this.fail(
+        `device moved used.idx from ${this.#lastUsed} to ${usedIdx} with only ${before} buffers outstanding`,
+      );
+    }
     Atomics.store(this.#avail, 1, newIdx);
     this.#kickedIdx = newIdx;
     let need: boolean;
@@ -193,8 +201,11 @@ export class SplitQueue {
       need = (Atomics.load(this.#used16, 0) & USED_F_NO_NOTIFY) === 0;
     }
     if (need) {
-      this.notify();
-      this.notifications++;
+      try {
+        this.notify();
+      } catch (e) {
+        this.fail(`notification failed after publishing buffers: ${(e as Error).message}`);
+      }
     }
     return need;
   }
@@ -205,7 +216,7 @@ export class SplitQueue {
     const idx = Atomics.load(this.#used16, 1);
     const n = (idx - this.#lastUsed) & 0xffff;
     if (n > this.#inFlight) {
-      this.#fail(
+      this.fail(
         `device moved used.idx from ${this.#lastUsed} to ${idx} with only ${this.#inFlight} buffers outstanding`,
       );
     }
@@ -216,11 +227,11 @@ export class SplitQueue {
   popUsed(): number {
     const slot = this.#lastUsed & this.#mask;
     const id = this.#used[1 + 2 * slot], len = this.#used[2 + 2 * slot];
-    if (id >= this.size || this.#owned[id] === 0) {
-      this.#fail(`device returned descriptor id ${id}, which it does not own`);
+    if (!(id < this.size) || this.#owned[id] === 0) {
+      this.fail(`device returned descriptor id ${id}, which it does not own`);
     }
     if (len > this.#cap[id]) {
-      this.#fail(`device wrote ${len} bytes into a ${this.#cap[id]}-byte buffer (id ${id})`);
+      this.fail(`device wrote ${len} bytes into a ${this.#cap[id]}-byte buffer (id ${id})`);
     }
     this.#owned[id] = 0;
     this.#inFlight--;

@@ -29,6 +29,16 @@ export interface ModelOptions {
   autoProcess?: boolean;
   /** Refuse FEATURES_OK whatever the driver picks. */
   rejectFeatures?: boolean;
+  /** max_virtqueue_pairs as the config reports it (default: maxPairs). */
+  configMaxPairs?: number;
+  /** num_queues as common config reports it (default: the queues the model has). */
+  numQueues?: number;
+  /** queue_size reported per queue (default: queueMax). */
+  queueSizeOf?: (q: number) => number;
+  /** notify_off_multiplier in the notify capability (default 4). */
+  notifyMultiplier?: number;
+  /** Control commands get this ack (default 0, VIRTIO_NET_OK). */
+  ctrlAck?: number;
 }
 
 interface Q {
@@ -71,6 +81,10 @@ export class VirtioNetModel {
   readonly vectors: ModelIrq[] = [];
   readonly intx = new ModelIrq();
   autoProcess: boolean;
+  /** Make doorbell writes throw (a device that went away). */
+  failNotify = false;
+  /** Queues the driver enabled a second time (it must never program one queue twice). */
+  readonly enabledTwice: number[] = [];
   promiscuous = false;
   linkUp = true;
   driverFeatures = 0n;
@@ -110,7 +124,7 @@ export class VirtioNetModel {
     });
     const mac = opts.mac ?? [0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc];
     mac.forEach((b, i) => this.bar0.view.setUint8(DEVCFG + i, b));
-    this.bar0.view.setUint16(DEVCFG + 8, this.maxPairs, true);
+    this.bar0.view.setUint16(DEVCFG + 8, opts.configMaxPairs ?? this.maxPairs, true);
     this.bar0.view.setUint16(DEVCFG + 10, opts.mtu ?? 1500, true);
   }
 
@@ -150,7 +164,7 @@ export class VirtioNetModel {
     };
     cap(0x40, 0x50, 16, 1, COMMON, 0x38);
     cap(0x50, 0x64, 20, 2, NOTIFY, 0x1000);
-    v.setUint32(0x60, MULT, true);
+    v.setUint32(0x60, this.#opts.notifyMultiplier ?? MULT, true);
     cap(0x64, 0x74, 16, 3, ISR, 4);
     cap(0x74, 0x00, 16, 4, DEVCFG, 0x100);
     return c;
@@ -213,13 +227,13 @@ export class VirtioNetModel {
         case 0x10:
           return this.#msixConfig;
         case 0x12:
-          return this.#queues.length;
+          return this.#opts.numQueues ?? this.#queues.length;
         case 0x14:
           return this.#status;
         case 0x15:
           return 0;
         case 0x18:
-          return q ? q.size : 0;
+          return q ? (this.#opts.queueSizeOf?.(this.#qsel) ?? q.size) : 0;
         case 0x1a:
           return q ? q.vector : 0xffff;
         case 0x1c:
@@ -240,7 +254,8 @@ export class VirtioNetModel {
 
   #write(off: number, _w: number, v: number): void {
     if (off >= NOTIFY && off < NOTIFY + 0x1000) {
-      const q = (off - NOTIFY) / MULT;
+      if (this.failNotify) throw new Error("doorbell write failed (device gone)");
+      const q = (off - NOTIFY) / (this.#opts.notifyMultiplier || MULT);
       if (v !== q) throw new Error(`notify for queue ${q} wrote ${v}`);
       this.notifies[q]++;
       if (this.autoProcess) this.process(q);
@@ -281,7 +296,10 @@ export class VirtioNetModel {
         if (q) q.vector = v < this.vectors.length || this.#irqKind !== "msix" ? v : 0xffff;
         break;
       case 0x1c:
-        if (q) q.enabled = v === 1;
+        if (q) {
+          if (v === 1 && q.enabled) this.enabledTwice.push(this.#qsel);
+          q.enabled = v === 1;
+        }
         break;
       case 0x20:
       case 0x24:
@@ -401,7 +419,7 @@ export class VirtioNetModel {
         const rec = { cls: cmd[0], cmd: cmd[1], data: cmd.slice(2) };
         this.ctrl.push(rec);
         if (rec.cls === 0 && rec.cmd === 0) this.promiscuous = rec.data[0] === 1;
-        this.#mem(inn[0].addr, 1)[0] = 0;
+        this.#mem(inn[0].addr, 1)[0] = this.#opts.ctrlAck ?? 0;
         this.#pushUsed(qi, head, 1);
       } else if (qi % 2 === 1) {
         const bytes = new Uint8Array(chain.reduce((s, d) => s + d.len, 0));
@@ -434,7 +452,11 @@ export class VirtioNetModel {
    * Deliver a frame to RX queue `pair` as the device would (header + frame, num_buffers); frames larger than one
    * buffer are spread over several with MRG_RXBUF. Returns false when no buffer is available (dropped).
    */
-  deliver(frame: Uint8Array, pair = 0, opts: { flags?: number } = {}): boolean {
+  deliver(
+    frame: Uint8Array,
+    pair = 0,
+    opts: { flags?: number; usedLen?: number; numBuffers?: number } = {},
+  ): boolean {
     const qi = 2 * pair, q = this.#queues[qi];
     if (!q.enabled || !(this.#status & 4)) return false;
     const h = this.#hdrLen;
@@ -452,14 +474,14 @@ export class VirtioNetModel {
       need -= d.len;
       if (need > 0 && !(this.driverFeatures & NET_F.MRG_RXBUF)) return false;
     }
-    if (h === 12) new DataView(total.buffer).setUint16(10, bufs.length, true);
+    if (h === 12) new DataView(total.buffer).setUint16(10, opts.numBuffers ?? bufs.length, true);
     q.lastAvail = la;
     let o = 0;
     for (const b of bufs) {
       const n = Math.min(b.cap, total.length - o);
       this.#mem(b.addr, n).set(total.subarray(o, o + n));
       o += n;
-      this.#pushUsed(qi, b.head, n);
+      this.#pushUsed(qi, b.head, opts.usedLen ?? n);
     }
     this.#setAvailEvent(q);
     return true;

@@ -200,8 +200,22 @@ Deno.test("host net: default routes (IPv4 and IPv6) and addresses, link-local le
 
 Deno.test("bind: only devices pvdrv drives, never the machine's own network even with --force", () => {
   const root = makeSysfs([
-    { address: "0000:00:02.0", vendor: 0x1af4, device: 0x1042, class: 0x010000, driver: "virtio-pci", group: 2 },
-    { address: "0000:00:03.0", vendor: 0x1af4, device: 0x1005, class: 0x00ff00, subsystemDevice: 4, group: 3 },
+    {
+      address: "0000:00:02.0",
+      vendor: 0x1af4,
+      device: 0x1042,
+      class: 0x010000,
+      driver: "virtio-pci",
+      group: 2,
+    },
+    {
+      address: "0000:00:03.0",
+      vendor: 0x1af4,
+      device: 0x1005,
+      class: 0x00ff00,
+      subsystemDevice: 4,
+      group: 3,
+    },
     { address: "0000:00:04.0", ...NET, driver: "virtio-pci", group: 4, netif: { name: "eth0", up: true } },
     { address: "0000:00:05.0", ...NET, driver: "virtio-pci", group: 5, netif: { name: "eth1", up: false } },
     { address: "0000:00:06.0", ...NET, driver: "virtio-pci", group: 6, netif: { name: "eth2", up: true } },
@@ -213,7 +227,10 @@ Deno.test("bind: only devices pvdrv drives, never the machine's own network even
     const hostNet = { defaultRoute: new Set(["eth0"]), addresses: new Map([["eth1", ["10.0.0.2/24"]]]) };
     for (const force of [false, true]) {
       const o = { root, force, hostNet };
-      assert.throws(() => bindDevice("0000:00:02.0", "vfio-pci", o), /virtio-block \(modern\): pvdrv has no driver/);
+      assert.throws(
+        () => bindDevice("0000:00:02.0", "vfio-pci", o),
+        /virtio-block \(modern\): pvdrv has no driver/,
+      );
       assert.throws(() => bindDevice("0000:00:03.0", "uio_pci_generic", o), /virtio-rng/);
       assert.throws(() => bindDevice("0000:00:07.0", "vfio-pci", o), /not a device pvdrv drives/);
       assert.throws(() => bindDevice("0000:00:04.0", "vfio-pci", o), /eth0 carries the default route/);
@@ -225,7 +242,10 @@ Deno.test("bind: only devices pvdrv drives, never the machine's own network even
     assert.equal(unbind(), "");
     // Up but without an address or route: only with --force.
     assert.throws(() => bindDevice("0000:00:06.0", "vfio-pci", { root, hostNet }), /eth2 is up.*--force/);
-    assert.throws(() => bindDevice("0000:00:06.0", "vfio-pci", { root, hostNet, force: true }), /did not bind/);
+    assert.throws(
+      () => bindDevice("0000:00:06.0", "vfio-pci", { root, hostNet, force: true }),
+      /did not bind/,
+    );
     assert.equal(override("0000:00:06.0"), "vfio-pci");
     // Giving back a device that is already on its kernel driver changes nothing.
     Deno.writeTextFileSync(`${root}/bus/pci/drivers/virtio-pci/unbind`, "");
