@@ -120,7 +120,7 @@ export class PhysicalDmaAllocator implements DmaAllocator {
     bytes.fill(0);
     // Regions are carved, not returned individually: the pages go back on close(), except a page under a revoked
     // region, which goes back when that region is freed.
-    const pg = page, pages = this.#pages, self = this;
+    const pg = page, pages = this.#pages, closed = () => this.#closed;
     let kept = false;
     return {
       bytes,
@@ -134,7 +134,7 @@ export class PhysicalDmaAllocator implements DmaAllocator {
       free() {
         if (!kept) return;
         kept = false;
-        if (--pg.kept === 0 && self.#closed && !pages.includes(pg)) pg.mem.free();
+        if (--pg.kept === 0 && closed() && !pages.includes(pg)) pg.mem.free();
       },
     };
   }

@@ -7,7 +7,6 @@ import assert from "assert";
 import { VirtioNet } from "../../drivers/virtio/net.ts";
 import { F, NET_F } from "../../drivers/virtio/features.ts";
 import { VirtqueueError } from "../../drivers/virtio/virtqueue.ts";
-import { VirtioError } from "../../drivers/virtio/transport.ts";
 import { checkFrame, FrameCheck, writeFrame } from "../../drivers/frames.ts";
 import type { PacketBuffer } from "../../drivers/nic.ts";
 import { type ModelOptions, VirtioNetModel } from "../models/virtio_net_device.ts";
