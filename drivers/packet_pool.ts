@@ -133,7 +133,13 @@ export class PacketPool {
 
   /** Check that the application holds `b` (from this pool) before it goes to the device. */
   toDevice(b: PacketBuffer): void {
-    if (b.pool !== this) throw new Error(`${this.name}: buffer belongs to pool ${b.pool.name}`);
+    if (b.pool !== this) {
+      throw new Error(
+        b.pool.retired
+          ? `${this.name}: the buffer is from a pool retired when its NIC closed or disconnected: release it`
+          : `${this.name}: buffer belongs to pool ${b.pool.name}`,
+      );
+    }
     if (this.#state[b.index] !== APP) {
       throw new Error(`${this.name}: buffer ${b.index} is not held by the application`);
     }

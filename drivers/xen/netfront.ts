@@ -148,6 +148,8 @@ export class Netfront implements Nic {
   readonly #rxLen = new Int32Array(MAX_FRAME_SLOTS);
   readonly #rxData = new Uint8Array(MAX_FRAME_SLOTS);
   #connected = false;
+  /** Every pool this NIC made: buffers from a pool of an earlier connection may still be released. */
+  readonly #pools = new WeakSet<PacketPool>();
   #watcher: Promise<void> | null = null;
   #stopWatch: (() => Promise<unknown>) | null = null;
   /** Reconnections after a backend restart. */
@@ -330,7 +332,7 @@ export class Netfront implements Nic {
       const txIds = new Uint16Array(RING);
       for (let k = 0; k < RING; k++) txIds[k] = RING - 1 - k;
       const gatherMem = new Uint8Array(RX_GATHER_BUFFERS * gather);
-      return {
+      const q: Queue = {
         tx: new FrontRing(ringPages.bytes.subarray(0, XEN_PAGE), TX_ENTRY, `vif tx ring ${i}`),
         rx: new FrontRing(ringPages.bytes.subarray(XEN_PAGE, 2 * XEN_PAGE), RX_ENTRY, `vif rx ring ${i}`),
         ringPages,
@@ -362,6 +364,8 @@ export class Netfront implements Nic {
         evRx,
         stats: emptyStats(),
       };
+      for (const p of [q.txPool, q.rxPool, q.rxGather]) this.#pools.add(p);
+      return q;
     } catch (e) {
       ringPages.free();
       txPages?.free();
@@ -380,6 +384,7 @@ export class Netfront implements Nic {
 
   #refill(q: Queue): void {
     const r = q.rx;
+    if (r.broken || q.tx.broken) return; // a broken queue gets no more pages
     // Post in batches: refilling one or two slots at a time would cost the backend an event each time.
     if (r.free < RX_REFILL_BATCH && r.size - r.free >= RX_REFILL_BATCH) return;
     let added = 0;
@@ -415,6 +420,7 @@ export class Netfront implements Nic {
   sendBatch(pkts: PacketBuffer[], n: number, queue = 0): number {
     const q = this.#queue(queue);
     const r = q.tx, refs = q.txPages.refs;
+    if (r.broken || q.rx.broken) throw r.broken ?? q.rx.broken; // a broken queue takes no more requests
     if (r.free < n) this.reclaimTx(queue);
     let k = 0;
     for (; k < n; k++) {
@@ -580,12 +586,14 @@ export class Netfront implements Nic {
   }
 
   release(pkts: PacketBuffer[], n: number, queue = 0): void {
-    const q = this.#queue(queue);
     for (let i = 0; i < n; i++) {
       const b = pkts[i], p = b.pool;
-      (p === q.rxGather ? q.rxGather : p === q.rxPool ? q.rxPool : q.txPool).put(b, "app");
+      // A buffer of an earlier connection goes back to its retired pool, which ends its grants with the last one.
+      if (!this.#pools.has(p)) throw new Error(`${this.name}: buffer from pool ${p.name} is not ours`);
+      p.put(b, "app");
     }
-    this.#refill(q);
+    const q = this.#q[queue];
+    if (q && this.#connected && !this.#closed) this.#refill(q);
   }
 
   async waitRx(queue = 0): Promise<void> {
@@ -654,8 +662,11 @@ export class Netfront implements Nic {
       q.evTx.close();
       if (q.evRx !== q.evTx) q.evRx.close();
       q.ringPages.free();
-      q.txPages.free();
-      q.rxPages.free();
+      // The pools end their grants now, or when the application releases the last buffer it holds: until then
+      // those pages stay mapped, so a held buffer never aliases a later connection's rings.
+      q.txPool.retire();
+      q.rxPool.retire();
+      q.rxGather.retire();
     }
     this.queues = 0;
   }
@@ -663,16 +674,31 @@ export class Netfront implements Nic {
   async #teardown(graceful: boolean): Promise<void> {
     this.#closed = true;
     this.#connected = false;
-    await this.#stopWatch?.();
-    await this.#watcher;
-    if (graceful) {
-      // netif.h: Closing, wait for the backend to close (it unmaps our grants), then Closed.
-      await this.#xs.write(`${this.dir}/state`, String(XenbusState.Closing)).catch(() => {});
-      await this.#waitBackend((s) => s >= XenbusState.Closing || s === XenbusState.InitWait, "Closing")
-        .catch(() => {});
+    // Once xenstore fails to answer (or the connection is gone), the remaining XenBus steps are skipped: grants and
+    // ports are released whatever xenstore does.
+    let silent = false;
+    const step = async (f: () => Promise<unknown>) => {
+      if (silent) return;
+      try {
+        await f();
+      } catch (e) {
+        if (e instanceof XenStoreError && (e.code === "ETIMEDOUT" || e.code === "EPIPE")) silent = true;
+      }
+    };
+    try {
+      await step(async () => await this.#stopWatch?.());
+      await step(async () => await this.#watcher);
+      if (graceful) {
+        // netif.h: Closing, wait for the backend to close (it unmaps our grants), then Closed.
+        await step(() => this.#xs.write(`${this.dir}/state`, String(XenbusState.Closing)));
+        await step(() =>
+          this.#waitBackend((s) => s >= XenbusState.Closing || s === XenbusState.InitWait, "Closing")
+        );
+      }
+    } finally {
+      this.#releaseQueues();
     }
-    this.#releaseQueues();
-    await this.#xs.write(`${this.dir}/state`, String(XenbusState.Closed)).catch(() => {});
+    await step(() => this.#xs.write(`${this.dir}/state`, String(XenbusState.Closed)));
   }
 
   /** Disconnect gracefully (state Closing → Closed), end the grants and close the ports. */

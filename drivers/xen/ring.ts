@@ -40,6 +40,8 @@ export class FrontRing {
   reqProdPvt = 0;
   /** Responses consumed. */
   rspCons = 0;
+  /** req_prod as we last published it (private: the shared copy is not trusted). */
+  #pushed = 0;
   #broken: RingError | null = null;
 
   /** SHARED_RING_INIT + FRONT_RING_INIT on `page`. */
@@ -72,8 +74,13 @@ export class FrontRing {
 
   /** RING_PUSH_REQUESTS_AND_CHECK_NOTIFY: publish, and say whether the backend wants an event. */
   push(): boolean {
-    const old = this.hdr[0], nw = this.reqProdPvt >>> 0;
+    if (this.#broken) throw this.#broken;
+    const old = this.#pushed, nw = this.reqProdPvt >>> 0;
     if (old === nw) return false;
+    // Responses can only answer published requests: an rsp_prod already past them is caught now, before the new
+    // requests would make it look valid (and our own requests be read back as responses).
+    this.#check(old);
+    this.#pushed = nw;
     Atomics.store(this.hdr, 0, nw); // full fence: the entries are visible first, req_event is read after
     const ev = Atomics.load(this.hdr, 1);
     return ((nw - ev) >>> 0) < ((nw - old) >>> 0);
@@ -82,14 +89,17 @@ export class FrontRing {
   /** Responses ready, validated against what is outstanding. */
   available(): number {
     if (this.#broken) throw this.#broken;
+    return this.#check(this.#pushed);
+  }
+
+  #check(published: number): number {
     const rp = Atomics.load(this.hdr, 2);
     const n = (rp - this.rspCons) >>> 0;
-    const outstanding = (this.reqProdPvt - this.rspCons) >>> 0;
+    const outstanding = (published - this.rspCons) >>> 0;
     if (n > outstanding) {
-      this.#broken = new RingError(
-        `${this.name}: backend moved rsp_prod to ${rp} with ${outstanding} requests outstanding (consumed ${this.rspCons})`,
+      throw this.failure(
+        `backend moved rsp_prod to ${rp} with ${outstanding} requests outstanding (consumed ${this.rspCons})`,
       );
-      throw this.#broken;
     }
     return n;
   }

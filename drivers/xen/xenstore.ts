@@ -54,6 +54,15 @@ interface Pending {
   type: number;
   resolve: (payload: Uint8Array) => void;
   reject: (e: Error) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+/** Options for {@link XenStore}. */
+export interface XenStoreOptions {
+  /** How long one request may wait for its reply before it fails with ETIMEDOUT (ms, default 10 000). */
+  requestTimeoutMs?: number;
+  /** Distinct changed paths one watch keeps queued for a reader that is not reading (default 256). */
+  maxQueuedEvents?: number;
 }
 
 const enc = new TextEncoder();
@@ -90,10 +99,18 @@ export class XenStore {
   #nextToken = 1;
   #failed: Error | null = null;
   readonly #reader: Promise<void>;
+  readonly #timeoutMs: number;
+  readonly #maxQueued: number;
+  /** Requests that timed out: a late reply to one is dropped, not taken for a protocol error. */
+  readonly #late = new Set<number>();
+  /** Watch events dropped because a watch's queue was full (repeats of a queued path are merged, not counted). */
+  droppedEvents = 0;
 
   /** Starts reading replies from `transport`. */
-  constructor(transport: XsTransport) {
+  constructor(transport: XsTransport, opts: XenStoreOptions = {}) {
     this.#t = transport;
+    this.#timeoutMs = opts.requestTimeoutMs ?? 10_000;
+    this.#maxQueued = opts.maxQueuedEvents ?? 256;
     this.#reader = this.#readLoop();
   }
 
@@ -134,8 +151,12 @@ export class XenStore {
       return;
     }
     const p = this.#pending.get(req);
-    if (!p) throw new XenStoreError("EPROTO", `xenstore replied to unknown request ${req}`);
+    if (!p) {
+      if (this.#late.delete(req)) return; // the request already failed with ETIMEDOUT
+      throw new XenStoreError("EPROTO", `xenstore replied to unknown request ${req}`);
+    }
     this.#pending.delete(req);
+    clearTimeout(p.timer);
     if (type === XS.ERROR) {
       const code = cstring(payload);
       p.reject(new XenStoreError(code, `xenstore: ${code}`));
@@ -149,7 +170,10 @@ export class XenStore {
   #fail(e: Error): void {
     if (this.#failed) return;
     this.#failed = e;
-    for (const p of this.#pending.values()) p.reject(e);
+    for (const p of this.#pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(e);
+    }
     this.#pending.clear();
     for (const w of this.#watches.values()) w.fail(e);
   }
@@ -169,10 +193,21 @@ export class XenStore {
     msg.set(payload, HEADER);
     trace(">", type, req, payload);
     return new Promise((resolve, reject) => {
-      this.#pending.set(req, { type, resolve, reject });
+      const timer = setTimeout(() => {
+        if (!this.#pending.delete(req)) return;
+        if (this.#late.size < 1024) this.#late.add(req);
+        reject(
+          new XenStoreError(
+            "ETIMEDOUT",
+            `xenstore did not answer request ${req} (type ${type}) within ${this.#timeoutMs} ms`,
+          ),
+        );
+      }, this.#timeoutMs);
+      this.#pending.set(req, { type, resolve, reject, timer });
       try {
         this.#t.write(msg);
       } catch (e) {
+        clearTimeout(timer);
         this.#pending.delete(req);
         reject(e);
       }
@@ -272,7 +307,11 @@ export class XenStore {
   watch(path: string): AsyncIterableIterator<string> {
     checkPath(path);
     const token = `pvdrv-${this.#nextToken++}`;
+    // Changed paths waiting for the reader: a repeat of a queued path is merged (a watch event only says "look
+    // again"), and past maxQueuedEvents distinct paths new ones are dropped and counted.
     const queue: string[] = [];
+    const queued = new Set<string>();
+    const max = this.#maxQueued;
     const waiting: { resolve: (r: IteratorResult<string>) => void; reject: (e: Error) => void }[] = [];
     let done = false, err: Error | null = null;
     const finish = () => {
@@ -285,7 +324,12 @@ export class XenStore {
       push: (p) => {
         const w = waiting.shift();
         if (w) w.resolve({ value: p, done: false });
-        else queue.push(p);
+        else if (queued.has(p)) return;
+        else if (queue.length >= max) this.droppedEvents++;
+        else {
+          queue.push(p);
+          queued.add(p);
+        }
       },
       fail: (e) => {
         err = e;
@@ -298,7 +342,11 @@ export class XenStore {
       next: async () => {
         await registered;
         if (done) return { value: undefined, done: true };
-        if (queue.length) return { value: queue.shift()!, done: false };
+        if (queue.length) {
+          const p = queue.shift()!;
+          queued.delete(p);
+          return { value: p, done: false };
+        }
         if (err) throw err;
         return await new Promise<IteratorResult<string>>((resolve, reject) =>
           waiting.push({ resolve, reject })
@@ -337,12 +385,13 @@ export class XenStore {
       while (true) {
         const ev = await Promise.race([it.next(), timeout]);
         if (ev.done) throw new XenStoreError("EPIPE", "watch ended");
-        const v = await this.tryRead(path);
+        const v = await Promise.race([this.tryRead(path), timeout]);
         if (pred(v)) return v;
       }
     } finally {
       clearTimeout(timer);
-      await it.return!();
+      // Removing the watch is bounded by the request deadline; its failure does not hide the result.
+      await it.return!().catch(() => {});
     }
   }
 
