@@ -9,8 +9,9 @@ import { buildNative } from "../ffi/lib.ts";
 import { parse, runMain, UsageError } from "./common.ts";
 
 const USAGE = `usage: deno task test [--unit-only | --vm-only] [--no-xen] [--filter TEXT]
-  Runs tests/unit on the host, then tests/vm/guest inside one boot of the QEMU lab, then tests/lab (the lab's
-  own failure handling, two short boots), then the nested Xen lab (tests/xen: netfront against xen-netback).`;
+  Runs tests/unit on the host and 30 s of the fuzzer (tests/fuzz, fixed seed), then tests/vm/guest inside one boot
+  of the QEMU lab, then tests/lab (the lab's own failure handling, two short boots), then the nested Xen lab
+  (tests/xen: netfront against xen-netback).`;
 
 interface Tally {
   passed: number;
@@ -50,6 +51,31 @@ async function hostTests(dir: string, filter?: string): Promise<{ ok: boolean; t
   }
   const st = await child.status;
   return { ok: st.success, t: tally(text) };
+}
+
+/** The fuzzer (tests/fuzz) with a fixed seed: one test per target, passing when nothing but clean breaks occur. */
+async function fuzz(seconds: number): Promise<{ ok: boolean; t: Tally }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "--v8-flags=--expose-gc",
+      "tests/fuzz/fuzz.ts",
+      "--seconds",
+      String(seconds),
+      "--seed",
+      "1",
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+    env: { NO_COLOR: "1" },
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  console.log(text.trimEnd());
+  const t = { passed: 0, failed: 0, ignored: 0 };
+  for (const m of text.matchAll(/^fuzz \S+ .*\.\.\. (ok|FAILED)$/gm)) m[1] === "ok" ? t.passed++ : t.failed++;
+  if (!out.success && t.failed === 0) t.failed = 1;
+  return { ok: out.success, t };
 }
 
 async function xen(): Promise<{ ok: boolean; t: Tally }> {
@@ -142,7 +168,13 @@ await runMain(USAGE, async () => {
   buildNative({ quiet: true });
   const t0 = performance.now();
   const results: { name: string; ok: boolean; t: Tally }[] = [];
-  if (!values["vm-only"]) results.push({ name: "unit", ...(await hostTests("tests/unit/", values.filter)) });
+  if (!values["vm-only"]) {
+    results.push({ name: "unit", ...(await hostTests("tests/unit/", values.filter)) });
+    if (!values.filter) {
+      console.log("\n=== fuzz: the drivers against hostile models (fixed seed, 6 s per target) ===");
+      results.push({ name: "fuzz", ...(await fuzz(6)) });
+    }
+  }
   if (!values["unit-only"]) {
     console.log("\n=== VM tests (QEMU lab) ===");
     results.push({ name: "vm", ...(await vm(values.filter)) });

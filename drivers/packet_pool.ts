@@ -84,6 +84,12 @@ export class PacketPool {
     return this.#nfree;
   }
 
+  /** Who holds `b` now (diagnostics; a buffer given to a send that failed may have become the device's). */
+  owner(b: PacketBuffer): "free" | "app" | "device" {
+    const st = this.#state[b.index];
+    return st === APP ? "app" : st === DEVICE ? "device" : "free";
+  }
+
   /** Buffers the application holds. */
   get held(): number {
     return this.#held;

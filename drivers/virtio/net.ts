@@ -321,38 +321,44 @@ export class VirtioNet implements Nic {
     const u16 = p.rxPool.u16, bytes = p.rxPool.bytes, maxLen = hdr + this.maxFrame;
     const flagMask = this.features & NET_F.GUEST_CSUM ? RX_FLAGS : 0;
     let n = vq.pending(), k = 0;
-    while (n > 0 && k < max) {
-      n--;
-      const head = vq.popUsed();
-      const b = p.rxByHead[head]!;
-      p.rxByHead[head] = null;
-      const len = vq.lastLen;
-      // num_buffers (§5.1.6.4): the device publishes all buffers of a frame together, so the rest must already be
-      // in the used ring; a count of 0 or beyond what is there is a protocol violation.
-      const nb = mrg ? u16[(b.slotOffset >> 1) + 5] : 1;
-      if (nb === 0 || nb - 1 > n) {
-        p.rxPool.put(b, "device");
-        vq.fail(`device says a frame spans ${nb} buffers, ${n} more are in the used ring`);
-      }
-      if (len < hdr + 14 || len > maxLen || nb !== 1) {
-        // Runts, frames longer than the negotiated maximum, and frames spread over several buffers (they never fit
-        // one 2 KiB slot) are dropped with every buffer they used.
-        p.rxPool.put(b, "device");
-        for (let extra = nb - 1; extra > 0; extra--, n--) {
-          const h = vq.popUsed();
-          p.rxPool.put(p.rxByHead[h]!, "device");
-          p.rxByHead[h] = null;
+    try {
+      while (n > 0 && k < max) {
+        n--;
+        const head = vq.popUsed();
+        const b = p.rxByHead[head]!;
+        p.rxByHead[head] = null;
+        const len = vq.lastLen;
+        // num_buffers (§5.1.6.4): the device publishes all buffers of a frame together, so the rest must already be
+        // in the used ring; a count of 0 or beyond what is there is a protocol violation.
+        const nb = mrg ? u16[(b.slotOffset >> 1) + 5] : 1;
+        if (nb === 0 || nb - 1 > n) {
+          p.rxPool.put(b, "device");
+          vq.fail(`device says a frame spans ${nb} buffers, ${n} more are in the used ring`);
         }
-        p.stats.rxDropped++;
-        p.stats.rxDroppedBuffers += nb;
-        continue;
+        if (len < hdr + 14 || len > maxLen || nb !== 1) {
+          // Runts, frames longer than the negotiated maximum, and frames spread over several buffers (they never fit
+          // one 2 KiB slot) are dropped with every buffer they used.
+          p.rxPool.put(b, "device");
+          for (let extra = nb - 1; extra > 0; extra--, n--) {
+            const h = vq.popUsed();
+            p.rxPool.put(p.rxByHead[h]!, "device");
+            p.rxByHead[h] = null;
+          }
+          p.stats.rxDropped++;
+          p.stats.rxDroppedBuffers += nb;
+          continue;
+        }
+        b.length = len - hdr;
+        b.flags = bytes[b.slotOffset] & flagMask;
+        p.rxPool.toApp(b);
+        out[k++] = b;
+        p.stats.rxPackets++;
+        p.stats.rxBytes += b.length;
       }
-      b.length = len - hdr;
-      b.flags = bytes[b.slotOffset] & flagMask;
-      p.rxPool.toApp(b);
-      out[k++] = b;
-      p.stats.rxPackets++;
-      p.stats.rxBytes += b.length;
+    } catch (e) {
+      // The queue broke part-way: frames already moved to `out` go back, so the caller holds nothing it was not told of.
+      for (let i = 0; i < k; i++) p.rxPool.put(out[i], "app");
+      throw e;
     }
     this.#refill(p);
     return k;
@@ -399,6 +405,7 @@ export class VirtioNet implements Nic {
   sendBatch(pkts: PacketBuffer[], n: number, queue = 0): number {
     const p = this.#pair(queue);
     const vq = p.tx, hdr = this.hdrLen, u16 = p.txPool.u16, csum = (this.features & NET_F.CSUM) !== 0n;
+    vq.verify(); // a broken or lying queue refuses before it takes any buffer
     if (vq.freeCount < n) this.reclaimTx(queue);
     let k = 0;
     for (; k < n; k++) {

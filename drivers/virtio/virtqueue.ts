@@ -178,19 +178,26 @@ export class SplitQueue {
     return ids[0];
   }
 
-  /** Publish queued buffers (one fenced store) and notify the device unless it suppressed notifications. */
-  kick(): boolean {
+  /**
+   * Check used.idx against what the device was given (published buffers only): call before queueing a batch, so a
+   * used.idx published ahead of time is caught before new buffers would make it look valid. Throws when broken.
+   */
+  verify(): void {
     if (this.#broken) throw this.#broken;
-    const newIdx = this.#availIdx, old = this.#kickedIdx;
-    if (newIdx === old) return false;
-    // A used.idx published ahead of what the device was given is caught before new buffers make it look valid.
-    const before = this.#inFlight - ((newIdx - old) & 0xffff);
+    const published = this.#inFlight - ((this.#availIdx - this.#kickedIdx) & 0xffff);
     const usedIdx = Atomics.load(this.#used16, 1);
-    if (((usedIdx - this.#lastUsed) & 0xffff) > before) {
+    if (((usedIdx - this.#lastUsed) & 0xffff) > published) {
       this.fail(
-        `device moved used.idx from ${this.#lastUsed} to ${usedIdx} with only ${before} buffers outstanding`,
+        `device moved used.idx from ${this.#lastUsed} to ${usedIdx} with only ${published} buffers outstanding`,
       );
     }
+  }
+
+  /** Publish queued buffers (one fenced store) and notify the device unless it suppressed notifications. */
+  kick(): boolean {
+    const newIdx = this.#availIdx, old = this.#kickedIdx;
+    if (newIdx === old) return false;
+    this.verify(); // again, right before publishing
     Atomics.store(this.#avail, 1, newIdx);
     this.#kickedIdx = newIdx;
     let need: boolean;

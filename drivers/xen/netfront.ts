@@ -376,9 +376,9 @@ export class Netfront implements Nic {
 
   #queue(i: number): Queue {
     if (this.#closed) throw new Error(`${this.name} is closed`);
+    if (!this.#connected) throw new Error(`${this.name}: backend not connected (reconnecting?)`);
     const q = this.#q[i];
     if (!q) throw new RangeError(`${this.name}: queue ${i} out of range (0..${this.queues - 1})`);
-    if (!this.#connected) throw new Error(`${this.name}: backend not connected (reconnecting?)`);
     return q;
   }
 
@@ -494,92 +494,98 @@ export class Netfront implements Nic {
     const r = q.rx, mask = r.size - 1;
     const offs = this.#rxOff, lens = this.#rxLen, isData = this.#rxData;
     let avail = r.available(), k = 0;
-    while (avail > 0 && k < max) {
-      // One frame (netif.h RX): a data response, its extra-info segments if it has NETRXF_extra_info, then more
-      // data responses while NETRXF_more_data is set. Every field is copied out and checked first.
-      let n = 0, more = true, extra = false, total = 0, bad = false, flags0 = 0, data = 0;
-      while (more || extra) {
-        if (n === avail) break;
-        if (n === MAX_FRAME_SLOTS) {
-          throw r.failure(`a received frame spans more than ${MAX_FRAME_SLOTS} slots`);
+    try {
+      while (avail > 0 && k < max) {
+        // One frame (netif.h RX): a data response, its extra-info segments if it has NETRXF_extra_info, then more
+        // data responses while NETRXF_more_data is set. Every field is copied out and checked first.
+        let n = 0, more = true, extra = false, total = 0, bad = false, flags0 = 0, data = 0;
+        while (more || extra) {
+          if (n === avail) break;
+          if (n === MAX_FRAME_SLOTS) {
+            throw r.failure(`a received frame spans more than ${MAX_FRAME_SLOTS} slots`);
+          }
+          const idx = (r.rspCons + n) >>> 0, e = r.entry(idx);
+          if (extra) {
+            // netif_extra_info { u8 type; u8 flags; ... }
+            extra = (r.page[e + 1] & XEN_NETIF_EXTRA_FLAG_MORE) !== 0;
+            isData[n++] = 0;
+            continue;
+          }
+          // netif_rx_response { u16 id; u16 offset; u16 flags; s16 status; }
+          const id = r.u16[e >> 1], offset = r.u16[(e >> 1) + 1], flags = r.u16[(e >> 1) + 2];
+          const status = r.i16[(e >> 1) + 3];
+          if (id !== (idx & mask)) throw r.failure(`backend answered RX slot ${idx & mask} with id ${id}`);
+          if (status > 0 && offset + status > XEN_PAGE) {
+            throw r.failure(`backend placed ${status} bytes at offset ${offset} of a ${XEN_PAGE}-byte page`);
+          }
+          if (n === 0) {
+            flags0 = flags;
+            extra = (flags & NETRXF_extra_info) !== 0;
+          }
+          if (status < 0) bad = true;
+          else total += status;
+          more = (flags & NETRXF_more_data) !== 0;
+          offs[n] = offset;
+          lens[n] = status;
+          isData[n++] = 1;
+          data++;
         }
-        const idx = (r.rspCons + n) >>> 0, e = r.entry(idx);
-        if (extra) {
-          // netif_extra_info { u8 type; u8 flags; ... }
-          extra = (r.page[e + 1] & XEN_NETIF_EXTRA_FLAG_MORE) !== 0;
-          isData[n++] = 0;
+        if (more || extra) break; // the rest of the frame is not there yet
+        const start = r.rspCons;
+        r.rspCons = (r.rspCons + n) >>> 0;
+        avail -= n;
+        const flags = (flags0 & NETRXF_data_validated ? 2 : 0) | (flags0 & NETRXF_csum_blank ? 1 : 0);
+        let b: PacketBuffer | null = null;
+        if (!bad && total >= 14 && total <= this.maxFrame) {
+          if (data === 1) {
+            // One slot: hand the page itself to the application.
+            for (let s = 0; s < n; s++) {
+              if (!isData[s]) continue;
+              const slot = (start + s) & mask;
+              b = q.rxSlot[slot]!;
+              q.rxSlot[slot] = null;
+              if (offs[s]) b.data.copyWithin(0, offs[s], offs[s] + total);
+              q.rxPool.toApp(b);
+            }
+          } else if ((b = q.rxGather.take())) {
+            let at = b.slotOffset;
+            for (let s = 0; s < n; s++) {
+              if (!isData[s] || lens[s] === 0) continue;
+              const page = q.rxSlot[(start + s) & mask]!;
+              copy(
+                q.rxGather.bytes,
+                q.gather32,
+                at,
+                q.rxPages.bytes,
+                q.rx32,
+                page.slotOffset + offs[s],
+                lens[s],
+              );
+              at += lens[s];
+            }
+          }
+        }
+        // Give every slot's page still held back to the ring.
+        for (let s = 0; s < n; s++) {
+          const slot = (start + s) & mask, p = q.rxSlot[slot];
+          if (!p) continue;
+          q.rxSlot[slot] = null;
+          q.rxPool.put(p, "device");
+        }
+        if (!b) {
+          q.stats.rxDropped++; // errors, runts, frames over the MTU, or no gather buffer free
           continue;
         }
-        // netif_rx_response { u16 id; u16 offset; u16 flags; s16 status; }
-        const id = r.u16[e >> 1], offset = r.u16[(e >> 1) + 1], flags = r.u16[(e >> 1) + 2];
-        const status = r.i16[(e >> 1) + 3];
-        if (id !== (idx & mask)) throw r.failure(`backend answered RX slot ${idx & mask} with id ${id}`);
-        if (status > 0 && offset + status > XEN_PAGE) {
-          throw r.failure(`backend placed ${status} bytes at offset ${offset} of a ${XEN_PAGE}-byte page`);
-        }
-        if (n === 0) {
-          flags0 = flags;
-          extra = (flags & NETRXF_extra_info) !== 0;
-        }
-        if (status < 0) bad = true;
-        else total += status;
-        more = (flags & NETRXF_more_data) !== 0;
-        offs[n] = offset;
-        lens[n] = status;
-        isData[n++] = 1;
-        data++;
+        b.length = total;
+        b.flags = flags;
+        out[k++] = b;
+        q.stats.rxPackets++;
+        q.stats.rxBytes += total;
       }
-      if (more || extra) break; // the rest of the frame is not there yet
-      const start = r.rspCons;
-      r.rspCons = (r.rspCons + n) >>> 0;
-      avail -= n;
-      const flags = (flags0 & NETRXF_data_validated ? 2 : 0) | (flags0 & NETRXF_csum_blank ? 1 : 0);
-      let b: PacketBuffer | null = null;
-      if (!bad && total >= 14 && total <= this.maxFrame) {
-        if (data === 1) {
-          // One slot: hand the page itself to the application.
-          for (let s = 0; s < n; s++) {
-            if (!isData[s]) continue;
-            const slot = (start + s) & mask;
-            b = q.rxSlot[slot]!;
-            q.rxSlot[slot] = null;
-            if (offs[s]) b.data.copyWithin(0, offs[s], offs[s] + total);
-            q.rxPool.toApp(b);
-          }
-        } else if ((b = q.rxGather.take())) {
-          let at = b.slotOffset;
-          for (let s = 0; s < n; s++) {
-            if (!isData[s] || lens[s] === 0) continue;
-            const page = q.rxSlot[(start + s) & mask]!;
-            copy(
-              q.rxGather.bytes,
-              q.gather32,
-              at,
-              q.rxPages.bytes,
-              q.rx32,
-              page.slotOffset + offs[s],
-              lens[s],
-            );
-            at += lens[s];
-          }
-        }
-      }
-      // Give every slot's page still held back to the ring.
-      for (let s = 0; s < n; s++) {
-        const slot = (start + s) & mask, p = q.rxSlot[slot];
-        if (!p) continue;
-        q.rxSlot[slot] = null;
-        q.rxPool.put(p, "device");
-      }
-      if (!b) {
-        q.stats.rxDropped++; // errors, runts, frames over the MTU, or no gather buffer free
-        continue;
-      }
-      b.length = total;
-      b.flags = flags;
-      out[k++] = b;
-      q.stats.rxPackets++;
-      q.stats.rxBytes += total;
+    } catch (e) {
+      // The ring broke part-way: frames already moved to `out` go back, so the caller holds nothing it was not told of.
+      for (let i = 0; i < k; i++) out[i].pool.put(out[i], "app");
+      throw e;
     }
     this.#refill(q);
     return k;

@@ -258,7 +258,7 @@ export class VirtioNetModel {
       const q = (off - NOTIFY) / (this.#opts.notifyMultiplier || MULT);
       if (v !== q) throw new Error(`notify for queue ${q} wrote ${v}`);
       this.notifies[q]++;
-      if (this.autoProcess) this.process(q);
+      if (this.autoProcess || q === this.#ctrlQueue()) this.process(q); // control commands are answered at once
       return;
     }
     if (off < COMMON || off >= COMMON + 0x38) return;
@@ -288,7 +288,8 @@ export class VirtioNetModel {
         break;
       case 0x18:
         if (q) {
-          if (v === 0 || v > q.max || (v & (v - 1))) throw new Error(`bad queue size ${v}`);
+          const max = this.#opts.queueSizeOf?.(this.#qsel) ?? q.max;
+          if (v === 0 || v > max || (v & (v - 1))) throw new Error(`bad queue size ${v}`);
           q.size = v;
         }
         break;
@@ -401,7 +402,8 @@ export class VirtioNetModel {
     return this.driverFeatures & (F.VERSION_1 | NET_F.MRG_RXBUF) ? 12 : 10;
   }
   #ctrlQueue(): number {
-    return 2 * this.maxPairs;
+    // §5.1.2: the control queue is 2 without MQ, else 2 * max_virtqueue_pairs.
+    return this.driverFeatures & NET_F.MQ ? 2 * this.maxPairs : 2;
   }
 
   /** Consume what the driver made available on queue `qi` (TX and control queues). */

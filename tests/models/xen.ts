@@ -124,6 +124,8 @@ export class NetbackModel {
   #q: BackQueue[] = [];
   /** Process TX on each event (default true). */
   autoProcess = true;
+  /** Errors the backend met reacting to the frontend (bad grant references, keys). */
+  readonly errors: Error[] = [];
 
   constructor(
     readonly xs: XenStoreServer,
@@ -148,7 +150,15 @@ export class NetbackModel {
     if ((o.maxQueues ?? 1) > 1) xs.set(`${this.back}/multi-queue-max-queues`, String(o.maxQueues));
     xs.set(`${this.back}/state`, "2"); // InitWait
     xs.onWrite = (path, value) => {
-      if (path === `${this.front}/state`) queueMicrotask(() => this.#frontState(Number(value)));
+      if (path === `${this.front}/state`) {
+        queueMicrotask(() => {
+          try {
+            this.#frontState(Number(value));
+          } catch (e) {
+            this.errors.push(e as Error); // a backend that cannot map what it was given stays where it is
+          }
+        });
+      }
     };
   }
 
