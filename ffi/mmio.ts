@@ -227,7 +227,10 @@ export class SubRegion implements MmioRegion {
     readonly size: number,
     readonly name = "subregion",
   ) {
-    if (base < 0 || size < 0 || base + size > parent.size) {
+    if (
+      !(Number.isSafeInteger(base) && Number.isSafeInteger(size) && base >= 0 && size >= 0 &&
+        base + size <= parent.size)
+    ) {
       throw new RangeError(
         `${name}: window 0x${base.toString(16)}+0x${size.toString(16)} exceeds its region (0x${
           parent.size.toString(16)

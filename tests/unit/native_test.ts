@@ -41,6 +41,42 @@ Deno.test("shim: volatile MMIO accessors and fences on anonymous memory", () => 
   }
 });
 
+Deno.test("bounds: no offset a device can supply reaches a native pointer unchecked", () => {
+  const mem = allocHostMemory(4096, false);
+  try {
+    const r = new MappedRegion("anon", mem.ptr, 4096);
+    const hostile = [-1, -4, 4096, 4095, 4093, 4092.5, NaN, Infinity, -Infinity, 2 ** 32, 2 ** 53, 1.5, 0.1];
+    for (const off of hostile) {
+      for (
+        const [w, read, write] of [
+          [1, (o: number) => r.read8(o), (o: number) => r.write8(o, 1)],
+          [2, (o: number) => r.read16(o), (o: number) => r.write16(o, 1)],
+          [4, (o: number) => r.read32(o), (o: number) => r.write32(o, 1)],
+        ] as const
+      ) {
+        const inside = Number.isInteger(off) && off >= 0 && off + w <= 4096 && off % w === 0;
+        if (inside) continue;
+        assert.throws(() => read(off), RegionBoundsError, `read${8 * w} at ${off}`);
+        assert.throws(() => write(off), RegionBoundsError, `write${8 * w} at ${off}`);
+      }
+    }
+    // Windows (virtio capabilities inside a BAR) are checked when made and at every access.
+    for (
+      const [base, size] of [[NaN, 4], [0, NaN], [-4, 8], [4092, 8], [1.5, 4], [0, Infinity], [2 ** 53, 4]]
+    ) {
+      assert.throws(() => new SubRegion(r, base, size, "cap"), RangeError, `window ${base}+${size}`);
+    }
+    const sub = new SubRegion(r, 0x100, 0x10, "cap");
+    for (const off of [-1, 0x10, 0x0e + 0.5, NaN, 0x0f]) {
+      assert.throws(() => sub.read16(off), RegionBoundsError);
+    }
+    assert.deepEqual(mem.bytes.subarray(0, 4096).some((b) => b !== 0), false, "nothing was written");
+    r.close();
+  } finally {
+    mem.free();
+  }
+});
+
 Deno.test("model region: hooks see writes, override reads", () => {
   const writes: number[][] = [];
   const r = new ModelRegion("m", 64, {
