@@ -104,7 +104,6 @@ export class VirtioNet implements Nic {
     this.#pci = pci;
     this.#ownsPci = opts.ownsPci ?? false;
     this.#irqMode = opts.irq ?? "poll";
-    pci.enableBusMaster();
     const cfg = pci.parseConfig();
     const isNet = (cfg.deviceId === 0x1041) || (cfg.deviceId === 0x1000 && cfg.subsystemId === 1);
     if (cfg.vendorId !== 0x1af4 || !isNet) {
@@ -115,12 +114,16 @@ export class VirtioNet implements Nic {
       );
     }
     const wantPairs = opts.queuePairs ?? 1;
-    let irqs: IrqSource[] = [];
-    if (this.#irqMode === "msix") irqs = pci.irqs("msix", 1 + wantPairs);
-    else if (this.#irqMode === "intx") irqs = pci.irqs("intx", 1);
     const t = openTransport(pci, opts.transport ?? "auto", this.#irqMode === "msix");
     this.#t = t;
     try {
+      // Reset before anything else, bus mastering included: a device left running by a process that died (SIGKILL)
+      // may still DMA into memory that process freed, and with UIO no IOMMU stops it (virtio 1.2 §3.1.1 step 1).
+      t.reset();
+      pci.enableBusMaster();
+      let irqs: IrqSource[] = [];
+      if (this.#irqMode === "msix") irqs = pci.irqs("msix", 1 + wantPairs);
+      else if (this.#irqMode === "intx") irqs = pci.irqs("intx", 1);
       if (t.legacy && pci.access === "vfio") {
         throw new VirtioError(
           `${pci.address}: the legacy interface cannot use an IOMMU (no ACCESS_PLATFORM): use the modern transport or UIO`,

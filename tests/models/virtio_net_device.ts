@@ -81,6 +81,8 @@ export class VirtioNetModel {
   readonly vectors: ModelIrq[] = [];
   readonly intx = new ModelIrq();
   autoProcess: boolean;
+  /** Device-level events in order ("reset", "bus master"). */
+  readonly order: string[] = [];
   /** Make doorbell writes throw (a device that went away). */
   failNotify = false;
   /** Queues the driver enabled a second time (it must never program one queue twice). */
@@ -187,7 +189,7 @@ export class VirtioNetModel {
         if (i !== 0) throw new Error(`model has no BAR${i}`);
         return this.bar0;
       },
-      enableBusMaster: () => {},
+      enableBusMaster: () => void this.order.push("bus master"),
       irqs: (kind: IrqKind, n: number): IrqSource[] => {
         this.#irqKind = kind;
         if (kind === "intx") return [this.intx];
@@ -322,6 +324,7 @@ export class VirtioNetModel {
 
   #setStatus(v: number): void {
     if (v === 0) {
+      this.order.push("reset");
       this.#status = 0;
       this.driverFeatures = 0n;
       this.#queues = this.#queues.map((q) => this.#newQ(q.max));

@@ -245,3 +245,10 @@ Deno.test("virtio: runts are dropped, TX lengths are bounded both ways, a refuse
   assert.throws(() => VirtioNet.open(refused.pci(), { promiscuous: true }), /rejected control command/);
   assert.equal(refused.dma.live, 0);
 });
+
+Deno.test("virtio: open resets the device before enabling bus mastering (a killed driver's device stops first)", () => {
+  const model = new VirtioNetModel();
+  const nic = VirtioNet.open(model.pci());
+  nic.close();
+  assert.deepEqual(model.order.slice(0, 2), ["reset", "bus master"]);
+});
