@@ -7,6 +7,7 @@ import { HostPeer, LabError, runInGuest } from "../tests/vm/lab.ts";
 import { checkXenRun, isReportLine, runXenLab, xenBenchSummary } from "../tests/xen/lab.ts";
 import { buildNative } from "../ffi/lib.ts";
 import { parse, runMain, UsageError } from "./common.ts";
+import { soakCommand } from "./soak.ts";
 
 const USAGE = `usage: deno task test [--unit-only | --vm-only] [--no-xen] [--filter TEXT]
   Runs tests/unit on the host and 30 s of the fuzzer (tests/fuzz, fixed seed), then tests/vm/guest inside one boot
@@ -111,12 +112,20 @@ async function vm(filter?: string): Promise<{ ok: boolean; t: Tally }> {
   const host = new HostPeer();
   const reflecting = host.reflect();
   try {
-    const r = await runInGuest(`deno test -A --no-check${f} tests/vm/guest/`, {
-      hostPeerPort: host.port,
-      guestPortForHost: host.guestPort,
-    });
+    // The soak (one minute) shares the boot: both transports, polling and interrupts, resources sampled.
+    const soak = filter ? "true" : soakCommand(1, 10, 3000);
+    const r = await runInGuest(
+      `deno test -A --no-check${f} tests/vm/guest/; t=$?; ${soak}; s=$?; [ $t = 0 ] && [ $s = 0 ]`,
+      {
+        hostPeerPort: host.port,
+        guestPortForHost: host.guestPort,
+      },
+    );
     console.log(`lab: boot ${r.bootSeconds.toFixed(1)} s, tests ${r.commandSeconds.toFixed(1)} s`);
     const t = tally(r.output);
+    for (const m of r.output.matchAll(/^soak \(.*\) \.\.\. (ok|FAILED)$/gm)) {
+      m[1] === "ok" ? t.passed++ : t.failed++;
+    }
     let ok = r.code === 0;
     if (!ok && t.failed === 0) t.failed = 1; // a crash without a summary still fails
     // Host-side verdict of the host-peer test: the guest says how many frames it sent, the host counted them.

@@ -4,7 +4,7 @@
  */
 import assert from "assert";
 import { Netfront } from "../../drivers/xen/netfront.ts";
-import { XenStore } from "../../drivers/xen/xenstore.ts";
+import { XenStore, XS } from "../../drivers/xen/xenstore.ts";
 import { RingError } from "../../drivers/xen/ring.ts";
 import { checkFrame, FrameCheck, writeFrame } from "../../drivers/frames.ts";
 import type { PacketBuffer } from "../../drivers/nic.ts";
@@ -155,5 +155,82 @@ Deno.test("xenstore: watch events nobody reads are merged and bounded, drops cou
   // k0..k63 filled the queue (their repeats merged); each event of k64..k99 and other* was dropped and counted.
   assert.equal(xs.droppedEvents, 36 * 30 + 1000);
   await it.return!();
+  await xs.close();
+});
+
+Deno.test("netfront: TX id equal to the ring size, and RX offset + length exactly at the page end", async () => {
+  {
+    const { back, xs, open } = lab();
+    const nf = await open();
+    back.autoProcess = false;
+    const tx: PacketBuffer[] = [];
+    nf.sendBatch(tx, fill(nf, tx, 2));
+    back.txResponse(0, 256, 0);
+    assert.throws(() => nf.reclaimTx(), /TX id 256/);
+    await nf.shutdown();
+    await xs.close();
+  }
+  const { back, xs, open } = lab();
+  const nf = await open();
+  try {
+    back.rxResponse(0, 0, 4096 - 100, 0, 100); // ends exactly at the page end: fine (not a pvdrv frame, still a frame)
+    const out: PacketBuffer[] = [];
+    assert.equal(nf.receiveBatch(out, 8), 1);
+    assert.equal(out[0].length, 100);
+    nf.release(out, 1);
+    back.rxResponse(0, 1, 4096 - 100, 0, 101);
+    assert.throws(() => nf.receiveBatch(out, 8), /101 bytes at offset 3996/);
+  } finally {
+    await nf.shutdown();
+    await xs.close();
+  }
+});
+
+Deno.test("netfront: a frame of 24 slots is taken (and dropped as oversized), 25 slots break the ring", async () => {
+  for (const slots of [24, 25]) {
+    const { back, xs, open } = lab();
+    const nf = await open();
+    try {
+      for (let i = 0; i < slots; i++) back.rxResponse(0, i, 0, i < slots - 1 ? 4 : 0, 100);
+      if (slots === 24) {
+        assert.equal(nf.receiveBatch([], 8), 0);
+        assert.equal(nf.stats()[0].rxDropped, 1, "2,400 bytes exceed the MTU: dropped, counted");
+      } else assert.throws(() => nf.receiveBatch([], 8), /more than 24 slots/);
+    } finally {
+      await nf.shutdown();
+      await xs.close();
+    }
+  }
+});
+
+Deno.test("xenstore: unknown req_id, payloads at and past 4096 bytes, and only EAGAIN is retried", async () => {
+  const server = new XenStoreServer();
+  const { transport, conn } = server.connect(0);
+  const xs = new XenStore(transport);
+  const big = "x".repeat(4096 - "/local/a".length - 1);
+  await xs.write("/local/a", big); // path + NUL + value = 4096: allowed
+  assert.equal(await xs.read("/local/a"), big);
+  await assert.rejects(() => xs.write("/local/a", big + "y"), /E2BIG|too long/);
+  // A commit refused with anything but EAGAIN is not retried.
+  let starts = 0;
+  const handle = server.handle.bind(server);
+  server.handle = (c, type, req, tx, payload) => {
+    if (type === XS.TRANSACTION_START) starts++;
+    if (type === XS.TRANSACTION_END && new TextDecoder().decode(payload).startsWith("T")) {
+      return c.reply(XS.ERROR, req, tx, "EACCES\0");
+    }
+    handle(c, type, req, tx, payload);
+  };
+  await assert.rejects(() => xs.transaction(async (t) => await xs.write("/local/b", "1", t)), /EACCES/);
+  assert.equal(starts, 1, "EACCES is final");
+  server.handle = handle;
+  // A reply to a request never made fails the connection with a clear error.
+  const dv = new DataView(new ArrayBuffer(16 + 3));
+  dv.setUint32(0, XS.READ, true);
+  dv.setUint32(4, 4242, true);
+  dv.setUint32(12, 3, true);
+  conn.raw(new Uint8Array(dv.buffer));
+  await new Promise((r) => setTimeout(r, 10));
+  await assert.rejects(() => xs.read("/local/a"), /unknown request 4242/);
   await xs.close();
 });

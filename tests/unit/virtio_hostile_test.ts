@@ -252,3 +252,28 @@ Deno.test("virtio: open resets the device before enabling bus mastering (a kille
   nic.close();
   assert.deepEqual(model.order.slice(0, 2), ["reset", "bus master"]);
 });
+
+Deno.test("pools refuse buffers of another pool; the frame check covers the last byte", () => {
+  const model = new VirtioNetModel();
+  const nic = VirtioNet.open(model.pci());
+  try {
+    const tx: PacketBuffer[] = [];
+    nic.allocTx(tx, 1);
+    model.deliver(frame(100, 1));
+    const rx: PacketBuffer[] = [];
+    assert.equal(nic.receiveBatch(rx, 8), 1);
+    assert.throws(() => rx[0].pool.put(tx[0], "app"), /belongs to pool tx0/);
+    assert.throws(() => tx[0].pool.put(rx[0], "app"), /belongs to pool rx0/);
+    assert.throws(() => rx[0].pool.put(rx[0], "device"), /returned twice or by the wrong owner/);
+    nic.release(rx, 1);
+    nic.release(tx, 1);
+  } finally {
+    nic.close();
+  }
+  for (const len of [24, 60, 61, 1514]) {
+    const f = frame(len, 9);
+    assert.equal(checkFrame(f, len, seqOut), FrameCheck.Ok);
+    f[len - 1] ^= 1;
+    assert.equal(checkFrame(f, len, seqOut), FrameCheck.Corrupt, `last byte of ${len}`);
+  }
+});
