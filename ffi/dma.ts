@@ -151,12 +151,16 @@ export class PhysicalDmaAllocator implements DmaAllocator {
  */
 export class ModelDmaAllocator implements DmaAllocator {
   readonly kind = "model";
+  /** With `shared`, regions live in SharedArrayBuffers, so a Worker can play a device racing the driver. */
+  constructor(readonly shared = false) {}
   readonly #regions: { addr: number; bytes: Uint8Array<ArrayBuffer>; live: boolean; kept: boolean }[] = [];
   #next = 0x1_0000_0000; // above 4 GiB, so the high halves of descriptor addresses are exercised
 
   alloc(size: number): DmaRegion {
     const len = roundUp(Math.max(size, 1), PAGE);
-    const bytes = new Uint8Array(len);
+    const bytes = this.shared
+      ? new Uint8Array(new SharedArrayBuffer(len)) as unknown as Uint8Array<ArrayBuffer>
+      : new Uint8Array(len);
     const r = { addr: this.#next, bytes, live: true, kept: false };
     this.#next += len + PAGE; // a guard page between regions
     this.#regions.push(r);

@@ -363,7 +363,12 @@ export class VirtioNet implements Nic {
       for (let i = 0; i < k; i++) p.rxPool.put(out[i], "app");
       throw e;
     }
-    this.#refill(p);
+    try {
+      this.#refill(p);
+    } catch (e) {
+      // The ring broke while refilling: the frames in `out` are good and go to the caller; the next call throws.
+      if (k === 0) throw e;
+    }
     return k;
   }
 

@@ -587,7 +587,12 @@ export class Netfront implements Nic {
       for (let i = 0; i < k; i++) out[i].pool.put(out[i], "app");
       throw e;
     }
-    this.#refill(q);
+    try {
+      this.#refill(q);
+    } catch (e) {
+      // The ring broke while refilling: the frames in `out` are good and go to the caller; the next call throws.
+      if (k === 0) throw e;
+    }
     return k;
   }
 

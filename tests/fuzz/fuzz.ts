@@ -334,6 +334,76 @@ function virtioIteration(rng: Rng, steps: number, mutateConfig: boolean): Result
   return result;
 }
 
+// ---------------------------------------------------------------- virtio-race: a Worker flips ring bytes
+
+/** The driver polls while a Worker rewrites the RX used ring underneath it: values change between two reads. */
+async function raceIteration(rng: Rng, steps: number): Promise<Result> {
+  const model = new VirtioNetModel({ sharedDma: true, queueMax: rng.pick([16, 256]) });
+  const nic = VirtioNet.open(model.pci());
+  const q = model.queue(0);
+  const used = model.dma.resolve(q.device, 4 + 8 * q.size);
+  const w = new Worker(new URL("./flipper.ts", import.meta.url).href, { type: "module" });
+  const msgs: unknown[] = [];
+  let wake: (() => void) | null = null;
+  w.onmessage = (e) => {
+    msgs.push(e.data);
+    wake?.();
+  };
+  const next = () =>
+    msgs.length ? Promise.resolve(msgs.shift()) : new Promise((r) => wake = () => r(msgs.shift()));
+  w.postMessage({
+    buf: used.buffer,
+    offset: used.byteOffset,
+    length: used.length,
+    seed: rng.int(1, 2 ** 31),
+  });
+  let events = 0, step = 0, result: Result = { outcome: "ok", events: 0, event: 0, detail: "" };
+  const held: PacketBuffer[] = [], heldSet = new Set<PacketBuffer>(), out: PacketBuffer[] = [];
+  try {
+    await bounded(next(), 5000, "worker start");
+    for (step = 0; step < steps; step++) {
+      events++;
+      if (rng.bool(0.5)) model.deliver(frameBytes(rng.int(MIN_FRAME, 1514), step));
+      const n = nic.receiveBatch(out, 64);
+      events += n;
+      for (let i = 0; i < n; i++) {
+        const b = out[i];
+        if (heldSet.has(b)) throw new Silent(`buffer ${b.index} handed out twice`);
+        if (b.length < 14 || b.length > nic.maxFrame) throw new Silent(`frame length ${b.length} handed out`);
+        heldSet.add(b);
+        held.push(b);
+      }
+      if (held.length > 32) {
+        const give = held.splice(0, held.length);
+        for (const b of give) heldSet.delete(b);
+        nic.release(give, give.length);
+      }
+    }
+  } catch (e) {
+    result = classify(e, events, step);
+  }
+  try {
+    w.postMessage("stop");
+    const flips = await bounded(next(), 5000, "worker stop");
+    events += typeof flips === "number" ? flips : 0;
+  } catch (e) {
+    if (result.outcome === "ok" || result.outcome === "clean-break") result = classify(e, events, step);
+  } finally {
+    w.terminate();
+  }
+  try {
+    nic.close();
+    nic.release(held, held.length);
+    if (model.dma.live !== 0 || model.dma.kept !== 0) {
+      throw new Leak(`after close: ${model.dma.live} live, ${model.dma.kept} kept`);
+    }
+  } catch (e) {
+    if (result.outcome === "ok" || result.outcome === "clean-break") result = classify(e, events, step);
+  }
+  result.events = events;
+  return result;
+}
+
 // ---------------------------------------------------------------- netfront and xenbus
 
 function xenLab(rng: Rng) {
@@ -601,6 +671,7 @@ const TARGETS: Record<string, { steps: number; run: (rng: Rng, steps: number) =>
   {
     virtio: { steps: 3000, run: (r, s) => virtioIteration(r, s, false) },
     "virtio-config": { steps: 40, run: (r, s) => virtioIteration(r, s, true) },
+    "virtio-race": { steps: 20000, run: (r, s) => raceIteration(r, s) },
     netfront: { steps: 2000, run: (r, s) => netfrontIteration(r, s, false) },
     xenbus: { steps: 60, run: (r, s) => netfrontIteration(r, s, true) },
     xenstore: { steps: 60, run: (r, s) => xenstoreIteration(r, s) },

@@ -39,6 +39,8 @@ export interface ModelOptions {
   notifyMultiplier?: number;
   /** Control commands get this ack (default 0, VIRTIO_NET_OK). */
   ctrlAck?: number;
+  /** DMA memory in SharedArrayBuffers (a Worker may race the driver). */
+  sharedDma?: boolean;
 }
 
 interface Q {
@@ -62,7 +64,7 @@ export interface CtrlRecord {
 
 /** The virtio-net device model. */
 export class VirtioNetModel {
-  readonly dma = new ModelDmaAllocator();
+  readonly dma: ModelDmaAllocator;
   readonly config: ModelRegion;
   readonly bar0: ModelRegion;
   readonly offered: bigint;
@@ -102,6 +104,7 @@ export class VirtioNetModel {
 
   constructor(opts: ModelOptions = {}) {
     this.#opts = opts;
+    this.dma = new ModelDmaAllocator(opts.sharedDma ?? false);
     this.offered = opts.features ??
       (F.VERSION_1 | F.ACCESS_PLATFORM | F.RING_EVENT_IDX | NET_F.MAC | NET_F.STATUS |
         NET_F.MRG_RXBUF | NET_F.CSUM | NET_F.GUEST_CSUM | NET_F.CTRL_VQ | NET_F.CTRL_RX | NET_F.MQ |

@@ -1,0 +1,159 @@
+/**
+ * `deno task mutate [--count N] [--seed S] [--jobs J] [--only PATH] [--json FILE]`: a small mutation tester for
+ * `drivers/` and `ffi/`. It makes single small changes to the driver code (a comparison flipped or loosened, a
+ * boolean operator swapped, a constant moved by one, a negation dropped, a guard's `throw` removed), runs the unit
+ * suite on a copy of the tree for each, and reports which mutants the tests killed. Survivors are printed with
+ * their diff, to be killed with a test or judged equivalent. Not part of CI (it takes minutes).
+ * @module
+ */
+import { parseArgs } from "parse-args";
+import { Rng } from "../fuzz/fuzz.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+/** One mutant: a single-line replacement. */
+export interface Mutant {
+  file: string;
+  line: number;
+  before: string;
+  after: string;
+  operator: string;
+}
+
+const OPERATORS: [string, RegExp, string][] = [
+  ["< to <=", / < /, " <= "],
+  ["<= to <", / <= /, " < "],
+  ["> to >=", / > /, " >= "],
+  [">= to >", / >= /, " > "],
+  ["=== to !==", / === /, " !== "],
+  ["!== to ===", / !== /, " === "],
+  ["&& to ||", / && /, " || "],
+  ["|| to &&", / \|\| /, " && "],
+  ["+ 1 to + 0", / \+ 1\b/, " + 0"],
+  ["- 1 to - 0", / - 1\b/, " - 0"],
+  ["+ 2 to + 1", / \+ 2\b/, " + 1"],
+  ["drop !", /([(\s])!(?!=)([\w.#(])/, "$1$2"],
+  ["throw removed", /^(\s*)(if \(.*\)) throw /, "$1$2 void "],
+  ["0xfc to 0xff", /0xfc\b/, "0xff"],
+];
+
+/** Every mutant of one source text. */
+export function mutantsOf(file: string, text: string): Mutant[] {
+  const out: Mutant[] = [];
+  const lines = text.split("\n");
+  let inComment = false;
+  lines.forEach((line, i) => {
+    const t = line.trim();
+    if (t.startsWith("/*")) inComment = true;
+    if (inComment) {
+      if (t.includes("*/")) inComment = false;
+      return;
+    }
+    if (!t || t.startsWith("//") || t.startsWith("import ") || t.startsWith("export {") || /`/.test(t)) {
+      return;
+    }
+    const code = line.replace(/\/\/.*$/, "");
+    for (const [operator, re, rep] of OPERATORS) {
+      if (!re.test(code)) continue;
+      const after = code.replace(re, rep);
+      if (after !== code) out.push({ file, line: i + 1, before: line, after, operator });
+    }
+  });
+  return out;
+}
+
+function walk(dir: string): string[] {
+  const out: string[] = [];
+  for (const e of Deno.readDirSync(dir)) {
+    const p = `${dir}/${e.name}`;
+    if (e.isDirectory) out.push(...walk(p));
+    else if (e.name.endsWith(".ts")) out.push(p);
+  }
+  return out;
+}
+
+function copyTree(to: string): void {
+  for (const d of ["drivers", "ffi", "tests", "cli", "native"]) {
+    new Deno.Command("cp", { args: ["-r", `${ROOT}${d}`, `${to}/`] }).outputSync();
+  }
+  for (const f of ["deno.json", "mod.ts"]) Deno.copyFileSync(`${ROOT}${f}`, `${to}/${f}`);
+  Deno.mkdirSync(`${to}/build`, { recursive: true });
+  for (const f of Deno.readDirSync(`${ROOT}build`)) {
+    if (f.isFile) Deno.copyFileSync(`${ROOT}build/${f.name}`, `${to}/build/${f.name}`);
+  }
+}
+
+async function runSuite(dir: string, timeoutMs: number): Promise<"killed" | "survived" | "timeout"> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["test", "-A", "--no-check", "tests/unit/"],
+    cwd: dir,
+    stdout: "null",
+    stderr: "null",
+    env: { NO_COLOR: "1", PVDRV_NO_BUILD: "1" },
+  }).spawn();
+  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+  const st = await child.status;
+  clearTimeout(timer);
+  if (st.signal === "SIGKILL") return "timeout";
+  return st.success ? "survived" : "killed";
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      count: { type: "string" },
+      seed: { type: "string" },
+      jobs: { type: "string" },
+      only: { type: "string" },
+      json: { type: "string" },
+    },
+  });
+  const files = [...walk(`${ROOT}drivers`), ...walk(`${ROOT}ffi`)].filter((f) =>
+    !values.only || f.includes(values.only)
+  );
+  const all: Mutant[] = [];
+  for (const f of files) all.push(...mutantsOf(f.slice(ROOT.length), Deno.readTextFileSync(f)));
+  const rng = new Rng(Number(values.seed ?? 1));
+  for (let i = all.length - 1; i > 0; i--) {
+    const j = Math.floor(rng.next() * (i + 1));
+    [all[i], all[j]] = [all[j], all[i]];
+  }
+  const chosen = all.slice(0, Number(values.count ?? 60));
+  const jobs = Number(values.jobs ?? 2);
+  console.log(
+    `mutate: ${all.length} mutants in ${files.length} files; running ${chosen.length} with ${jobs} jobs`,
+  );
+  const dirs = Array.from({ length: jobs }, () => {
+    const d = Deno.makeTempDirSync({ prefix: "pvdrv-mutate-" });
+    copyTree(d);
+    return d;
+  });
+  const results: (Mutant & { result: string })[] = [];
+  let next = 0;
+  await Promise.all(dirs.map(async (dir) => {
+    while (next < chosen.length) {
+      const m = chosen[next++];
+      const path = `${dir}/${m.file}`;
+      const original = Deno.readTextFileSync(path);
+      const lines = original.split("\n");
+      lines[m.line - 1] = m.after;
+      Deno.writeTextFileSync(path, lines.join("\n"));
+      const result = await runSuite(dir, 120_000);
+      Deno.writeTextFileSync(path, original);
+      results.push({ ...m, result });
+      console.log(`${result.padEnd(8)} ${m.file}:${m.line} ${m.operator}`);
+    }
+  }));
+  for (const d of dirs) Deno.removeSync(d, { recursive: true });
+  const survived = results.filter((r) => r.result === "survived");
+  console.log(`\nsurvivors (${survived.length}):`);
+  for (const s of survived) {
+    console.log(`  ${s.file}:${s.line} ${s.operator}\n    - ${s.before.trim()}\n    + ${s.after.trim()}`);
+  }
+  const killed = results.length - survived.length;
+  console.log(
+    `mutate: ${killed} of ${results.length} killed (${(100 * killed / results.length).toFixed(0)}%)`,
+  );
+  if (values.json) Deno.writeTextFileSync(values.json, JSON.stringify(results, null, 2));
+}
