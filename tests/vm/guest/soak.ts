@@ -60,7 +60,6 @@ let liveRegions = 0;
 async function round(
   c: Config,
   frames: number,
-  firstSeq: number,
 ): Promise<{ lost: number; corrupt: number }> {
   const k = await kernelInterface(c.peer);
   const pci = c.open(c.pci);
@@ -73,8 +72,7 @@ async function round(
       minSize: 60,
       maxSize: 1514,
       dst: parseMac(k.mac),
-      window: kr.window(WINDOW),
-      firstSeq,
+      window: kr.window(WINDOW), // each round has its own peer, counting sequence numbers from 0
     });
     const got = await kr.result();
     const mac = Array.from(nic.mac, (b) => b.toString(16).padStart(2, "0")).join(":");
@@ -143,11 +141,10 @@ if (import.meta.main) {
   const frames = Number(values.frames ?? 5000);
   const t0 = performance.now(), end = t0 + minutes * 60_000;
   const samples: SoakSample[] = [];
-  let rounds = 0, moved = 0, lost = 0, corrupt = 0, seq = 0, nextSample = 0;
+  let rounds = 0, moved = 0, lost = 0, corrupt = 0, nextSample = 0;
   while (performance.now() < end || samples.length < 3) {
     for (const c of CONFIGS) {
-      const r = await round(c, frames, seq);
-      seq += frames;
+      const r = await round(c, frames);
       moved += 2 * frames;
       lost += r.lost;
       corrupt += r.corrupt;
