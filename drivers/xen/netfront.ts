@@ -693,7 +693,7 @@ export class Netfront implements Nic {
       try {
         await f();
       } catch (e) {
-        if (e instanceof XenStoreError && (e.code === "ETIMEDOUT" || e.code === "EPIPE")) silent = true;
+        if (e instanceof XenStoreError && (e.noReply || e.code === "EPIPE")) silent = true;
       }
     };
     try {

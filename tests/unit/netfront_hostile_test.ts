@@ -234,3 +234,35 @@ Deno.test("xenstore: unknown req_id, payloads at and past 4096 bytes, and only E
   await assert.rejects(() => xs.read("/local/a"), /unknown request 4242/);
   await xs.close();
 });
+
+Deno.test("netfront: a zero-length slot inside a multi-slot frame is part of it, not an error", async () => {
+  const { back, xs, open } = lab();
+  const nf = await open();
+  try {
+    back.rxResponse(0, 0, 0, 4, 100);
+    back.rxResponse(0, 1, 0, 4, 0);
+    back.rxResponse(0, 2, 0, 0, 60);
+    const out: PacketBuffer[] = [];
+    assert.equal(nf.receiveBatch(out, 8), 1);
+    assert.equal(out[0].length, 160);
+    nf.release(out, 1);
+    assert.equal(nf.stats()[0].rxDropped, 0);
+  } finally {
+    await nf.shutdown();
+    await xs.close();
+  }
+});
+
+Deno.test("netfront: shutdown goes on after xenstore refuses a step (only silence or a closed connection stop it)", async () => {
+  const { server, back, xs, open } = lab();
+  const nf = await open();
+  const handle = server.handle.bind(server);
+  server.handle = (c, type, req, tx, payload) => {
+    const text = new TextDecoder().decode(payload);
+    if (type === XS.WRITE && text.endsWith("/state\x005")) return c.reply(XS.ERROR, req, tx, "EACCES\0");
+    handle(c, type, req, tx, payload);
+  };
+  await nf.shutdown();
+  assert.equal(server.get(`${back.front}/state`), "6", "Closed was still written");
+  await xs.close();
+});

@@ -118,3 +118,10 @@ Deno.test("config: capability pointers are masked to dword alignment; capabiliti
   assert.throws(() => checkCapInBar(cap, 0x1037), PciConfigError, "the length counts, not only the offset");
   assert.throws(() => checkCapInBar({ ...cap, bar: 6 }, 0x10000), /names BAR 6/);
 });
+
+Deno.test("config: class names — Ethernet is network class 02, subclass 00 only", async () => {
+  const { className } = await import("../../drivers/pci/config.ts");
+  assert.equal(className(0x020000), "ethernet");
+  assert.equal(className(0x028000), "network");
+  assert.equal(className(0x010000), "storage");
+});

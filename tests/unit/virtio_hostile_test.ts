@@ -277,3 +277,11 @@ Deno.test("pools refuse buffers of another pool; the frame check covers the last
     assert.equal(checkFrame(f, len, seqOut), FrameCheck.Corrupt, `last byte of ${len}`);
   }
 });
+
+Deno.test("virtio: under VFIO a device without ACCESS_PLATFORM is refused with the fix named", () => {
+  const model = new VirtioNetModel({ features: F.VERSION_1 | NET_F.MAC });
+  const pci = { ...model.pci(), access: "vfio" as const };
+  assert.throws(() => VirtioNet.open(pci), /VIRTIO_F_ACCESS_PLATFORM.*iommu_platform=on/);
+  const ok = new VirtioNetModel();
+  VirtioNet.open({ ...ok.pci(), access: "vfio" as const }).close();
+});
