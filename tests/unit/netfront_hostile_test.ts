@@ -14,13 +14,13 @@ import { ModelEvtchns, ModelGrants, NetbackModel } from "../models/xen.ts";
 const DST = new Uint8Array([0xfe, 0xff, 0xff, 0xff, 0xff, 0xff]);
 const seqOut = new Uint32Array(1);
 
-function lab(requestTimeoutMs = 10_000) {
+function lab(requestTimeoutMs = 10_000, mtu = 1500) {
   const server = new XenStoreServer();
   const grants = new ModelGrants(1024), evtchns = new ModelEvtchns();
   const back = new NetbackModel(server, grants, evtchns);
   const { transport, conn } = server.connect(back.frontDomid);
   const xs = new XenStore(transport, { requestTimeoutMs });
-  const open = () => Netfront.open(xs, grants, evtchns, { timeoutMs: 2000 });
+  const open = () => Netfront.open(xs, grants, evtchns, { timeoutMs: 2000, mtu });
   return { server, grants, evtchns, back, xs, conn, open };
 }
 
@@ -265,4 +265,43 @@ Deno.test("netfront: shutdown goes on after xenstore refuses a step (only silenc
   await nf.shutdown();
   assert.equal(server.get(`${back.front}/state`), "6", "Closed was still written");
   await xs.close();
+});
+
+Deno.test("netfront: gathering a frame never writes past it into another held frame (MTU 9000)", async () => {
+  const { back, xs, open } = lab(10_000, 9000);
+  const nf = await open();
+  const frame = (k: number, len: number) => {
+    const f = new Uint8Array(len);
+    writeFrame(f, len, k, nf.mac, DST);
+    return f;
+  };
+  try {
+    const out: PacketBuffer[] = [];
+    assert.ok(back.deliver(frame(1, 9000), 0, { slotBytes: 3000 })); // three slots
+    assert.ok(back.deliver(frame(2, 5000), 0, { slotBytes: 4000 })); // two
+    assert.ok(back.deliver(frame(3, 5000), 0, { slotBytes: 4000 }));
+    assert.equal(nf.receiveBatch(out, 8), 3);
+    const held = out.slice(0, 3);
+    nf.release([held[1]], 1);
+    assert.ok(back.deliver(frame(4, 8000), 0, { slotBytes: 4096 })); // two slots, gathered where frame 2 was
+    assert.equal(nf.receiveBatch(out, 8), 1);
+    for (const [b, k] of [[held[0], 1], [held[2], 3], [out[0], 4]] as const) {
+      assert.equal(checkFrame(b.data, b.length, seqOut), FrameCheck.Ok, `frame ${k} intact`);
+      assert.equal(seqOut[0], k);
+    }
+    nf.release([held[0], held[2], out[0]], 3);
+  } finally {
+    await nf.shutdown();
+    await xs.close();
+  }
+});
+
+Deno.test("netfront: multi-queue-max-queues that is not a whole number is refused", async () => {
+  for (const v of ["x", "1.5", "0", "257"]) {
+    const l = lab();
+    l.server.set(`${l.back.back}/multi-queue-max-queues`, v);
+    await assert.rejects(() => l.open(), /multi-queue-max-queues is/, v);
+    assert.equal(l.grants.live, 0);
+    await l.xs.close();
+  }
 });

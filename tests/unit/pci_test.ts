@@ -290,6 +290,16 @@ Deno.test("probe: device kinds", () => {
     supported: true,
   });
   assert.equal(deviceKind({ vendorId: 0x1af4, deviceId: 0x1042, subsystemId: 2 }).supported, false);
+  assert.equal(
+    deviceKind({ vendorId: 0x1af4, deviceId: 0x103f, subsystemId: 1 }).kind,
+    "virtio-net (transitional)",
+  );
+  assert.equal(
+    deviceKind({ vendorId: 0x1af4, deviceId: 0x1040 + 2, subsystemId: 0 }).kind,
+    "virtio-block (modern)",
+  );
+  assert.equal(deviceKind({ vendorId: 0x1af4, deviceId: 0x107f, subsystemId: 0 }).kind, "virtio-63 (modern)");
+  assert.equal(deviceKind({ vendorId: 0x1af4, deviceId: 0x1080, subsystemId: 0 }).kind, "virtio (unknown)");
 });
 
 Deno.test("config: QEMU's transitional virtio-net (captured in the lab) — legacy I/O BAR plus modern caps", () => {
