@@ -689,7 +689,7 @@ export class Netfront implements Nic {
     // ports are released whatever xenstore does.
     let silent = false;
     const step = async (f: () => Promise<unknown>) => {
-      if (silent) return;
+      if (silent || this.#xs.unresponsive) return;
       try {
         await f();
       } catch (e) {
@@ -697,7 +697,9 @@ export class Netfront implements Nic {
       }
     };
     try {
-      await step(async () => await this.#stopWatch?.());
+      // The watch ends here at once; only its UNWATCH request is waited for, and only while xenstore answers.
+      const unwatching = this.#stopWatch?.();
+      await step(async () => await unwatching);
       await step(async () => await this.#watcher);
       if (graceful) {
         // netif.h: Closing, wait for the backend to close (it unmaps our grants), then Closed.

@@ -108,6 +108,12 @@ export class XenStore {
   readonly #late = new Set<number>();
   /** Watch events dropped because a watch's queue was full (repeats of a queued path are merged, not counted). */
   droppedEvents = 0;
+  #unanswered = false;
+
+  /** True when a request went unanswered past its deadline and nothing has arrived since (xenstored may be gone). */
+  get unresponsive(): boolean {
+    return this.#unanswered || this.#failed !== null;
+  }
 
   /** Starts reading replies from `transport`. */
   constructor(transport: XsTransport, opts: XenStoreOptions = {}) {
@@ -147,6 +153,7 @@ export class XenStore {
 
   #dispatch(type: number, req: number, payload: Uint8Array): void {
     trace("<", type, req, payload);
+    this.#unanswered = false;
     if (type === XS.WATCH_EVENT) {
       const parts = splitNul(payload);
       if (parts.length !== 2) throw new XenStoreError("EPROTO", "malformed watch event");
@@ -199,6 +206,7 @@ export class XenStore {
       const timer = setTimeout(() => {
         if (!this.#pending.delete(req)) return;
         if (this.#late.size < 1024) this.#late.add(req);
+        this.#unanswered = true;
         reject(
           new XenStoreError(
             "ETIMEDOUT",

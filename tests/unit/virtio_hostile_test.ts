@@ -93,6 +93,7 @@ Deno.test("virtio hostile: queue counts that alias or are missing are refused be
 Deno.test("virtio hostile: a failed open (TX queue_size 0) frees the RX queue already allocated", () => {
   openFails({ queueSizeOf: (q) => (q === 1 ? 0 : 256) }, /queue 1 is not available/);
   openFails({ queueSizeOf: (q) => (q === 8 ? 0 : 256) }, /queue 8 is not available/); // the control queue
+  openFails({ queueSizeOf: (q) => (q === 1 ? 1 : 256) }, /size 1 is not a power of two in 2\.\.32768/);
 });
 
 Deno.test("virtio hostile: an odd notify_off_multiplier is refused; a doorbell that fails breaks the queue", () => {
