@@ -1,0 +1,102 @@
+/** Boundary cases the mutation tester found unguarded: each assertion fails on a one-token change of the code. */
+import assert from "assert";
+import { checkFrame, FrameCheck, PVDRV_ETHERTYPE } from "../../drivers/frames.ts";
+import { PcapWriter } from "../../drivers/pcap.ts";
+import { interfaceInUse } from "../../drivers/pci/sysfs.ts";
+import { bindDevice } from "../../drivers/pci/bind.ts";
+import { PATH_MAX, XenStore } from "../../drivers/xen/xenstore.ts";
+import { Netfront } from "../../drivers/xen/netfront.ts";
+import { XenStoreServer } from "../models/xenstore_server.ts";
+import { ModelEvtchns, ModelGrants, NetbackModel } from "../models/xen.ts";
+import { makeSysfs } from "./sysfs_fixture.ts";
+
+Deno.test("frames: a buffer shorter than a pvdrv header is foreign even with the pvdrv ethertype", () => {
+  const b = new Uint8Array(23);
+  b[12] = PVDRV_ETHERTYPE >> 8;
+  b[13] = PVDRV_ETHERTYPE & 0xff;
+  assert.equal(checkFrame(b, 23, new Uint32Array(1)), FrameCheck.Foreign);
+});
+
+Deno.test("pcap: a record holds only the frame's length of a longer buffer", () => {
+  const path = Deno.makeTempFileSync({ suffix: ".pcap" });
+  try {
+    const w = new PcapWriter(path);
+    const buf = new Uint8Array(2048).fill(0xee);
+    buf.fill(0x11, 0, 60);
+    for (let i = 0; i < 3500; i++) w.write(buf, 60); // past 256 KiB: records sit right at the buffer's end
+    w.close();
+    const b = Deno.readFileSync(path);
+    assert.equal(b.length, 24 + 3500 * (16 + 60));
+    for (let r = 0; r < 3500; r++) {
+      const data = b.subarray(24 + r * 76 + 16, 24 + (r + 1) * 76);
+      assert.ok(data.every((x) => x === 0x11), `record ${r} holds the frame's 60 bytes only`);
+    }
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("sysfs: an interface is in use when administratively up, even without carrier", () => {
+  const root = makeSysfs([{
+    address: "0000:00:03.0",
+    vendor: 0x1af4,
+    device: 0x1041,
+    class: 0x020000,
+    netif: { name: "eth0", up: true },
+  }]);
+  try {
+    Deno.writeTextFileSync(`${root}/class/net/eth0/operstate`, "down\n"); // IFF_UP set, no carrier
+    assert.equal(interfaceInUse("eth0", root), true);
+    Deno.writeTextFileSync(`${root}/class/net/eth0/flags`, "0x1002\n");
+    Deno.writeTextFileSync(`${root}/class/net/eth0/operstate`, "up\n");
+    assert.equal(interfaceInUse("eth0", root), true, "operstate up alone counts too");
+    Deno.writeTextFileSync(`${root}/class/net/eth0/operstate`, "down\n");
+    assert.equal(interfaceInUse("eth0", root), false);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("bind: a missing driver names the modules to load for that target", () => {
+  const root = makeSysfs([{
+    address: "0000:00:04.0",
+    vendor: 0x1af4,
+    device: 0x1041,
+    class: 0x020000,
+    driver: "virtio-pci",
+    group: 4,
+  }]);
+  try {
+    assert.throws(
+      () => bindDevice("0000:00:04.0", "vfio-pci", { root }),
+      /load irqbypass, vfio, vfio_iommu_type1/,
+    );
+    assert.throws(() => bindDevice("0000:00:04.0", "uio_pci_generic", { root }), /load uio, uio_pci_generic/);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("xenstore: a path of exactly XENSTORE_ABS_PATH_MAX characters is allowed, one more is not", async () => {
+  const server = new XenStoreServer();
+  const xs = new XenStore(server.connect(0).transport);
+  const path = "/" + "a".repeat(PATH_MAX - 1);
+  await xs.write(path, "v");
+  assert.equal(await xs.read(path), "v");
+  await assert.rejects(() => xs.read(path + "a"), /invalid xenstore path/);
+  await xs.close();
+});
+
+Deno.test("netfront: a backend that never connects times out with the state it is stuck in", async () => {
+  const server = new XenStoreServer();
+  const grants = new ModelGrants(), evtchns = new ModelEvtchns();
+  const back = new NetbackModel(server, grants, evtchns);
+  server.onWrite = () => {}; // the backend ignores the frontend: stays in InitWait
+  const xs = new XenStore(server.connect(back.frontDomid).transport);
+  await assert.rejects(
+    () => Netfront.open(xs, grants, evtchns, { timeoutMs: 200 }),
+    /did not reach Connected within 200 ms \(state 2\)/,
+  );
+  assert.equal(grants.live, 0);
+  await xs.close();
+});
