@@ -14,6 +14,7 @@ Deno.test("frames: a buffer shorter than a pvdrv header is foreign even with the
   const b = new Uint8Array(23);
   b[12] = PVDRV_ETHERTYPE >> 8;
   b[13] = PVDRV_ETHERTYPE & 0xff;
+  b.set([0x50, 0x56, 0x44, 0x52], 14); // "PVDR"
   assert.equal(checkFrame(b, 23, new Uint32Array(1)), FrameCheck.Foreign);
 });
 
