@@ -3,7 +3,7 @@
  * (tests/vm/guest/soak.ts): both transports, polling and interrupts, traffic both ways, heap/RSS/fds/DMA sampled.
  * @module
  */
-import { LabError, runInGuest } from "../tests/vm/lab.ts";
+import { runLabCommand } from "./lab_command.ts";
 import { intArg, parse, runMain } from "./common.ts";
 
 const USAGE = `usage: deno task soak [--minutes N] [--sample-seconds S] [--frames F]
@@ -24,19 +24,10 @@ if (import.meta.main) {
     const minutes = intArg("minutes", values.minutes, 15, 1, 24 * 60);
     const every = intArg("sample-seconds", values["sample-seconds"], minutes <= 2 ? 10 : 60, 5, 3600);
     const frames = intArg("frames", values.frames, 5000, 100, 10_000_000);
-    try {
-      const r = await runInGuest(soakCommand(minutes, every, frames), {
-        timeoutSec: minutes * 60 + 600,
-        onLine: (l) => console.log(l),
-      });
-      return r.code;
-    } catch (e) {
-      if (e instanceof LabError) {
-        console.error(`lab: ${e.message}`);
-        return 3;
-      }
-      throw e;
-    }
+    return await runLabCommand(soakCommand(minutes, every, frames), {
+      timeoutSec: minutes * 60 + 600,
+      onLine: (l) => console.log(l),
+    });
   });
 }
 

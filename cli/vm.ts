@@ -3,7 +3,8 @@
  * its output and exit with its status.
  * @module
  */
-import { LabError, runInGuest, shellQuote } from "../tests/vm/lab.ts";
+import { shellQuote } from "../tests/vm/lab.ts";
+import { runLabCommand } from "./lab_command.ts";
 import { buildGuest, ensureQemu } from "../tests/vm/guest.ts";
 import { intArg, parse, runMain, UsageError } from "./common.ts";
 
@@ -40,17 +41,5 @@ await runMain(USAGE, async () => {
   const args = positionals[0] === "--" ? positionals.slice(1) : positionals;
   if (!args.length) throw new UsageError("no command given");
   const cmd = args.length === 1 ? args[0] : args.map(shellQuote).join(" ");
-  try {
-    const r = await runInGuest(cmd, { timeoutSec, memoryMb });
-    console.error(
-      `lab: boot ${r.bootSeconds.toFixed(1)} s, command ${r.commandSeconds.toFixed(1)} s, exit ${r.code}`,
-    );
-    return r.code;
-  } catch (e) {
-    if (e instanceof LabError) {
-      console.error(`lab: ${e.message}`);
-      return 3;
-    }
-    throw e;
-  }
+  return await runLabCommand(cmd, { timeoutSec, memoryMb });
 });

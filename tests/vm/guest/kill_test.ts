@@ -5,7 +5,7 @@
  */
 import assert from "assert";
 import { VirtioNet } from "../../../drivers/virtio/net.ts";
-import { UioPciFunction, VfioPciFunction } from "../../../drivers/pci/device.ts";
+import { type PciFunction, UioPciFunction, VfioPciFunction } from "../../../drivers/pci/device.ts";
 import { ensureBound, guestTest, LAB } from "./env.ts";
 import { exchangeWithKernel, kernelInterface, Peer } from "./peer.ts";
 
@@ -69,6 +69,20 @@ async function killMidFlood(pci: string, k: { name: string; mac: string }, nicMa
   await flood.result(); // frames keep arriving at a device whose driver is gone
 }
 
+/** Open `pci` again after the kills and move N frames each way, every one verified by the side receiving it. */
+async function reopenAndExchange(pci: PciFunction, k: { name: string; mac: string }): Promise<void> {
+  const nic = VirtioNet.open(pci, { ownsPci: true });
+  try {
+    const x = await exchangeWithKernel(nic, k, N, WINDOW);
+    assert.equal(x.kernelReceived.received, N);
+    assert.equal(x.kernelReceived.corrupt, 0);
+    assert.equal(x.rx.received, N);
+    assert.equal(x.rx.corrupt, 0);
+  } finally {
+    nic.close();
+  }
+}
+
 guestTest(
   "teardown after SIGKILL (VFIO): send and recv killed mid-flood, the next open resets and moves 10k frames each way, no DMAR fault",
   async () => {
@@ -77,16 +91,7 @@ guestTest(
     const k = await kernelInterface(LAB.kernelPeer.pci);
     const before = (await dmesg()).length;
     await killMidFlood(pci, k, LAB.vfioKernelPeer.mac);
-    const nic = VirtioNet.open(VfioPciFunction.open(pci), { ownsPci: true });
-    try {
-      const x = await exchangeWithKernel(nic, k, N, WINDOW);
-      assert.equal(x.kernelReceived.received, N);
-      assert.equal(x.kernelReceived.corrupt, 0);
-      assert.equal(x.rx.received, N);
-      assert.equal(x.rx.corrupt, 0);
-    } finally {
-      nic.close();
-    }
+    await reopenAndExchange(VfioPciFunction.open(pci), k);
     const fresh = (await dmesg()).slice(before).filter((l) => /DMAR|fault|WARNING|BUG|vfio.*error/i.test(l));
     assert.deepEqual(fresh, [], "the guest kernel logged no DMA fault or warning");
   },
@@ -99,15 +104,6 @@ guestTest(
     ensureBound(pci, "uio_pci_generic");
     const k = await kernelInterface(LAB.uioPeer.pci);
     await killMidFlood(pci, k, LAB.uioKernelPeer.mac);
-    const nic = VirtioNet.open(UioPciFunction.open(pci), { ownsPci: true });
-    try {
-      const x = await exchangeWithKernel(nic, k, N, WINDOW);
-      assert.equal(x.kernelReceived.received, N);
-      assert.equal(x.kernelReceived.corrupt, 0);
-      assert.equal(x.rx.received, N);
-      assert.equal(x.rx.corrupt, 0);
-    } finally {
-      nic.close();
-    }
+    await reopenAndExchange(UioPciFunction.open(pci), k);
   },
 );
