@@ -51,7 +51,6 @@ export class PacketPool {
   readonly #state: Uint8Array;
   #held = 0; // buffers the application holds
   #retired = false;
-  #released = false;
 
   /** `count` slots of `slotSize` bytes with `headroom` bytes before each frame, in `region`. */
   constructor(
@@ -90,19 +89,9 @@ export class PacketPool {
     return st === APP ? "app" : st === DEVICE ? "device" : "free";
   }
 
-  /** Buffers the application holds. */
-  get held(): number {
-    return this.#held;
-  }
-
   /** Whether the pool was retired (its NIC closed or its backend went away). */
   get retired(): boolean {
     return this.#retired;
-  }
-
-  /** Whether the memory went back (retired, and every held buffer released). */
-  get released(): boolean {
-    return this.#released;
   }
 
   /** Take a free buffer for the application (null when empty). */
@@ -176,7 +165,7 @@ export class PacketPool {
     }
     this.#state[b.index] = FREE;
     this.#free[this.#nfree++] = b.index;
-    if (want === APP && --this.#held === 0 && this.#retired) this.#release();
+    if (want === APP && --this.#held === 0 && this.#retired) this.region.free();
   }
 
   /**
@@ -193,18 +182,19 @@ export class PacketPool {
       }
     }
     this.region.revoke?.();
-    if (this.#held === 0) this.#release();
+    if (this.#held === 0) this.region.free();
   }
+}
 
-  #release(): void {
-    if (this.#released) return;
-    this.#released = true;
-    this.region.free();
-  }
-
-  /** Retire the pool (kept for callers that free explicitly). */
-  free(): void {
-    this.retire();
+/**
+ * Give `n` application-held buffers back to the pools they came from, which must be among `owned` (a NIC's pools,
+ * retired ones included: a buffer held across a close or a reconnect goes back to its retired pool).
+ */
+export function releaseOwned(pkts: PacketBuffer[], n: number, owned: WeakSet<PacketPool>, nic: string): void {
+  for (let i = 0; i < n; i++) {
+    const b = pkts[i], p = b.pool;
+    if (!owned.has(p)) throw new Error(`${nic}: buffer from pool ${p.name} is not ours`);
+    p.put(b, "app");
   }
 }
 

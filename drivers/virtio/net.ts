@@ -19,6 +19,7 @@ import {
   type QueueStats,
   releaseTo,
 } from "../nic.ts";
+import { releaseOwned } from "../packet_pool.ts";
 import { F, featureNames, NET_F, STATUS } from "./features.ts";
 import { negotiate, NO_VECTOR, openTransport, VirtioError, type VirtioTransport } from "./transport.ts";
 import { SplitQueue } from "./virtqueue.ts";
@@ -178,13 +179,13 @@ export class VirtioNet implements Nic {
 
       const eventIdx = (f & F.RING_EVENT_IDX) !== 0n;
       const numQueues = t.numQueues();
-      const needQueues = 2 * pairs + (f & NET_F.CTRL_VQ ? 1 : 0);
-      if (!t.legacy && (numQueues < needQueues || (f & NET_F.CTRL_VQ && 2 * maxPairs >= numQueues))) {
+      // The control queue sits after all max_virtqueue_pairs pairs (§5.1.2), so with one the device has them all.
+      const ctrl = (f & NET_F.CTRL_VQ) !== 0n;
+      const needQueues = ctrl ? 2 * maxPairs + 1 : 2 * pairs;
+      if (!t.legacy && numQueues < needQueues) {
         throw new VirtioError(
-          `device reports num_queues ${numQueues} but ${maxPairs} queue pair(s)` +
-            `${f & NET_F.CTRL_VQ ? " and a control queue" : ""} need ${
-              2 * maxPairs + (f & NET_F.CTRL_VQ ? 1 : 0)
-            }`,
+          `device reports num_queues ${numQueues} but ${ctrl ? maxPairs : pairs} queue pair(s)` +
+            `${ctrl ? " and a control queue" : ""} need ${needQueues}`,
         );
       }
       // Every DMA region goes through here, so a failed open or close frees it.
@@ -245,7 +246,7 @@ export class VirtioNet implements Nic {
         tx.disableInterrupts(); // TX completions are reclaimed by polling
         rx.disableInterrupts();
       }
-      if (f & NET_F.CTRL_VQ) {
+      if (ctrl) {
         this.#ctrl = setup(2 * maxPairs, NO_VECTOR);
         this.#ctrl.disableInterrupts();
         this.#ctrlMem = dma.alloc(4096);
@@ -373,17 +374,8 @@ export class VirtioNet implements Nic {
   }
 
   release(pkts: PacketBuffer[], n: number, queue = 0): void {
-    if (this.#closed) {
-      // Buffers held across close go back to their retired pools, which free the memory with the last one.
-      for (let i = 0; i < n; i++) {
-        const b = pkts[i];
-        if (!this.#pools.has(b.pool)) {
-          throw new Error(`${this.name}: buffer from pool ${b.pool.name} is not ours`);
-        }
-        b.pool.put(b, "app");
-      }
-      return;
-    }
+    // Buffers held across close go back to their retired pools, which free the memory with the last one.
+    if (this.#closed) return releaseOwned(pkts, n, this.#pools, this.name);
     const p = this.#pair(queue);
     releaseTo(pkts, n, p.rxPool, p.txPool);
     if (!p.rx.broken) this.#refill(p);

@@ -14,6 +14,7 @@
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
 import { emptyStats, type Nic, type PacketBuffer, PacketPool, parseMac, type QueueStats } from "../nic.ts";
+import { releaseOwned } from "../packet_pool.ts";
 import {
   type EventChannel,
   type EventChannels,
@@ -597,12 +598,8 @@ export class Netfront implements Nic {
   }
 
   release(pkts: PacketBuffer[], n: number, queue = 0): void {
-    for (let i = 0; i < n; i++) {
-      const b = pkts[i], p = b.pool;
-      // A buffer of an earlier connection goes back to its retired pool, which ends its grants with the last one.
-      if (!this.#pools.has(p)) throw new Error(`${this.name}: buffer from pool ${p.name} is not ours`);
-      p.put(b, "app");
-    }
+    // A buffer of an earlier connection goes back to its retired pool, which ends its grants with the last one.
+    releaseOwned(pkts, n, this.#pools, this.name);
     const q = this.#q[queue];
     if (q && this.#connected && !this.#closed) this.#refill(q);
   }
@@ -685,16 +682,10 @@ export class Netfront implements Nic {
   async #teardown(graceful: boolean): Promise<void> {
     this.#closed = true;
     this.#connected = false;
-    // Once xenstore fails to answer (or the connection is gone), the remaining XenBus steps are skipped: grants and
-    // ports are released whatever xenstore does.
-    let silent = false;
+    // Once xenstore stops answering (or the connection is gone), the remaining XenBus steps are skipped: grants and
+    // ports are released whatever xenstore does. A step xenstore refuses does not stop the others.
     const step = async (f: () => Promise<unknown>) => {
-      if (silent || this.#xs.unresponsive) return;
-      try {
-        await f();
-      } catch (e) {
-        if (e instanceof XenStoreError && (e.noReply || e.code === "EPIPE")) silent = true;
-      }
+      if (!this.#xs.unresponsive) await f().catch(() => {});
     };
     try {
       // The watch ends here at once; only its UNWATCH request is waited for, and only while xenstore answers.

@@ -42,13 +42,10 @@ export interface XsTransport {
 export class XenStoreError extends Error {
   /** The errno name xenstored sent (ENOENT, EAGAIN, EACCES...), or "EPROTO" for protocol errors. */
   readonly code: string;
-  /** True when xenstored did not answer a request in time (it may be gone), as opposed to answering an error. */
-  readonly noReply: boolean;
   /** Creates the error. */
-  constructor(code: string, msg: string, noReply = false) {
+  constructor(code: string, msg: string) {
     super(msg);
     this.code = code;
-    this.noReply = noReply;
     this.name = "XenStoreError";
   }
 }
