@@ -13,14 +13,13 @@ const USAGE = `usage: deno task soak [--minutes N] [--sample-seconds S] [--frame
 
 if (import.meta.main) {
   await runMain(USAGE, async () => {
-    const { values, positionals } = parse(Deno.args, {
+    const { values } = parse(Deno.args, {
       minutes: { type: "string" },
       "sample-seconds": { type: "string" },
       frames: { type: "string" },
       help: { type: "boolean", short: "h" },
     }, false);
     if (values.help) return void console.log(USAGE);
-    void positionals;
     const minutes = intArg("minutes", values.minutes, 15, 1, 24 * 60);
     const every = intArg("sample-seconds", values["sample-seconds"], minutes <= 2 ? 10 : 60, 5, 3600);
     const frames = intArg("frames", values.frames, 5000, 100, 10_000_000);
