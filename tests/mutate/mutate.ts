@@ -13,10 +13,15 @@ const ROOT = new URL("../../", import.meta.url).pathname;
 
 /** One mutant: a single-line replacement. */
 export interface Mutant {
+  /** Path from the project root. */
   file: string;
+  /** 1-based line number. */
   line: number;
+  /** The line as it is. */
   before: string;
+  /** The line mutated. */
   after: string;
+  /** Which change (e.g. "< to <="). */
   operator: string;
 }
 

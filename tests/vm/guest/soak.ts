@@ -22,11 +22,17 @@ const WINDOW = 64;
 
 /** One sample between rounds. */
 export interface SoakSample {
+  /** Seconds since the soak started. */
   seconds: number;
+  /** V8 heap in use after GC (bytes). */
   heap: number;
+  /** Resident set size (bytes). */
   rss: number;
+  /** Open file descriptors. */
   fds: number;
+  /** DMA regions still live (every NIC is closed between rounds: 0). */
   dmaRegions: number;
+  /** Free huge pages (UIO's DMA memory goes back to this pool). */
   hugePagesFree: number;
 }
 
