@@ -9,31 +9,17 @@
 /** Native shim loading and build. */
 export { buildNative, libraryPath, NativeError } from "./ffi/lib.ts";
 /** Register regions. */
-export {
-  MappedRegion,
-  type MmioRegion,
-  ModelRegion,
-  PioRegion,
-  type RegisterModel,
-  SubRegion,
-} from "./ffi/mmio.ts";
+export { MappedRegion, PioRegion } from "./ffi/mmio.ts";
 /** DMA memory. */
-export {
-  allocHostMemory,
-  type DmaAllocator,
-  type DmaRegion,
-  ModelDmaAllocator,
-  PhysicalDmaAllocator,
-  virtToPhys,
-} from "./ffi/dma.ts";
+export { allocHostMemory, PhysicalDmaAllocator, virtToPhys } from "./ffi/dma.ts";
 /** Interrupts. */
-export { EventFd, EventFdIrq, type IrqSource, IrqWaiter, irqWaiter } from "./ffi/irq.ts";
+export { EventFd, EventFdIrq, IrqWaiter, irqWaiter } from "./ffi/irq.ts";
 /** VFIO. */
 export { VfioContainer, VfioDevice, VfioDmaAllocator, VfioGroup } from "./ffi/vfio.ts";
 /** UIO. */
 export { UioIrq } from "./ffi/uio.ts";
 /** PCI enumeration, config space, binding and opened functions. */
-export { listDevices, parsePciAddress, type PciDeviceInfo, readDevice } from "./drivers/pci/sysfs.ts";
+export { listDevices, parsePciAddress, type PciDeviceInfo, readDevice } from "./ffi/sysfs.ts";
 /** PCI config parsing. */
 export {
   type MsixCap,
@@ -45,7 +31,7 @@ export {
 /** Binding. */
 export { bindDevice, BindRefused, type BindTarget } from "./drivers/pci/bind.ts";
 /** Opened PCI functions. */
-export { openPci, type PciFunction, UioPciFunction, VfioPciFunction } from "./drivers/pci/device.ts";
+export { openPci, UioPciFunction, VfioPciFunction } from "./ffi/pci.ts";
 /** The probe. */
 export { probe, type ProbeEntry } from "./drivers/pci/probe.ts";
 
@@ -59,33 +45,26 @@ export {
   type QueueStats,
   RX_CSUM_PARTIAL,
   RX_CSUM_VALID,
-} from "./drivers/nic.ts";
+} from "./drivers/net/nic.ts";
 /** Open any NIC by name (PCI address or vif/N). */
-export { openNic, type OpenOptions } from "./drivers/open.ts";
+export { openNic, type OpenOptions } from "./drivers/table.ts";
 /** The pvdrv test frame format. */
-export { checkFrame, FrameCheck, writeFrame } from "./drivers/frames.ts";
+export { checkFrame, FrameCheck, writeFrame } from "./apps/frames.ts";
 /** pcap capture. */
-export { PcapWriter } from "./drivers/pcap.ts";
+export { PcapWriter } from "./apps/pcap.ts";
 /** virtio: the net driver, its transports and the split virtqueue. */
-export { type IrqMode, VirtioNet, type VirtioNetOptions, WANTED_FEATURES } from "./drivers/virtio/net.ts";
+export { VirtioNet, type VirtioNetOptions, WANTED_FEATURES } from "./drivers/virtio/net.ts";
 /** virtio transports. */
-export {
-  LegacyTransport,
-  ModernTransport,
-  openTransport,
-  VirtioError,
-  type VirtioTransport,
-} from "./drivers/virtio/transport.ts";
+export { VirtioError, type VirtioTransport } from "./drivers/virtio/transport.ts";
 /** The split virtqueue. */
 export { SplitQueue, VirtqueueError } from "./drivers/virtio/virtqueue.ts";
 /** virtio feature bits. */
 export { F, featureNames, NET_F, STATUS } from "./drivers/virtio/features.ts";
 /** Xen: xenstore client. */
-export { XenStore, XenStoreError, type XsTransport } from "./drivers/xen/xenstore.ts";
+export { XenStore, XenStoreError } from "./drivers/xen/xenstore.ts";
 /** Xen: grant and event-channel seams. */
-export type { EventChannel, EventChannels, GrantedPages, GrantTable } from "./drivers/xen/grants.ts";
 /** Xen: netfront. */
-export { Netfront, NETFRONT_MAX_MTU, type NetfrontOptions, XenbusState } from "./drivers/xen/netfront.ts";
+export { Netfront, type NetfrontOptions } from "./drivers/xen/netfront.ts";
 /** Xen: the shared ring front end. */
 export { FrontRing, RingError } from "./drivers/xen/ring.ts";
 /** Xen: the guest agent. */
@@ -102,4 +81,19 @@ export { Evtchn, Gntalloc } from "./ffi/xen.ts";
 /** /dev/xen/xenbus as a xenstore transport. */
 export { XenbusDevice } from "./ffi/xenbus.ts";
 /** Traffic loops (generator, verifying receiver) over any NIC. */
-export { echoExchange, generate, receive, type RecvOptions, type SendOptions } from "./cli/traffic.ts";
+export { echoExchange, generate, receive, type RecvOptions, type SendOptions } from "./apps/traffic.ts";
+export { type MmioRegion, ModelRegion, type RegisterModel, SubRegion } from "./hal/mmio.ts";
+export { type DmaAllocator, type DmaRegion, ModelDmaAllocator } from "./hal/dma.ts";
+export { type IrqSource } from "./hal/irq.ts";
+export { type PciFunction } from "./hal/pci.ts";
+export {
+  type EventChannel,
+  type EventChannels,
+  type GrantedPages,
+  type GrantTable,
+  type XsTransport,
+} from "./hal/xen.ts";
+export { type IrqMode } from "./drivers/net/nic.ts";
+export { LegacyTransport, ModernTransport, openTransport } from "./drivers/virtio/pci.ts";
+export { NETFRONT_MAX_MTU } from "./drivers/xen/netif.ts";
+export { XenbusState } from "./drivers/xen/xenbus.ts";

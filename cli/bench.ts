@@ -10,10 +10,10 @@
  */
 import { VirtioNet } from "../drivers/virtio/net.ts";
 import { NET_F } from "../drivers/virtio/features.ts";
-import type { PacketBuffer } from "../drivers/nic.ts";
+import type { PacketBuffer } from "../drivers/net/nic.ts";
 import { VirtioNetModel } from "../tests/models/virtio_net_device.ts";
-import { HostPeer, LabError, runInGuest } from "../tests/vm/lab.ts";
-import { runXenLab, XEN_BENCH_SECONDS, xenBenchSummary } from "../tests/xen/lab.ts";
+import { HostPeer, LabError, runInGuest } from "../lab/qemu.ts";
+import { runXenLab, XEN_BENCH_SECONDS, xenBenchSummary } from "../lab/xen.ts";
 import { intArg, parse, runMain, UsageError } from "./common.ts";
 
 const USAGE = `usage: deno task bench [--in-process | --vm | --xen] [--seconds N]
@@ -25,7 +25,7 @@ const USAGE = `usage: deno task bench [--in-process | --vm | --xen] [--seconds N
 function inProcess(): { txNs: number; rxNs: number; copyNs: number } {
   const model = new VirtioNetModel({ autoProcess: false });
   // Without MRG_RXBUF the device need not write num_buffers, so the model can complete RX without touching data.
-  const nic = VirtioNet.open(model.pci(), { disable: NET_F.MRG_RXBUF });
+  const nic = VirtioNet.openPci(model.pci(), { disable: NET_F.MRG_RXBUF });
   const bufs: PacketBuffer[] = new Array(32), out: PacketBuffer[] = new Array(64);
   const run = (n: number) => {
     let t = 0, r = 0;

@@ -6,12 +6,12 @@
  */
 import process from "node:process";
 import { bindDevice } from "../drivers/pci/bind.ts";
-import { VfioPciFunction } from "../drivers/pci/device.ts";
+import { VfioPciFunction } from "../ffi/pci.ts";
 import { VirtioNet } from "../drivers/virtio/net.ts";
-import { parseMac } from "../drivers/nic.ts";
-import { generate, receive } from "./traffic.ts";
-import { LAB } from "../tests/vm/lab.ts";
-import { kernelInterface, Peer } from "../tests/vm/guest/peer.ts";
+import { parseMac } from "../drivers/net/nic.ts";
+import { generate, receive } from "../apps/traffic.ts";
+import { LAB } from "../lab/qemu.ts";
+import { kernelInterface, Peer } from "../lab/kernel_peer.ts";
 
 const SECONDS = Number(Deno.env.get("PVDRV_BENCH_SECONDS") ?? 10);
 const RATE = Number(Deno.env.get("PVDRV_BENCH_RATE") ?? 5000);
@@ -73,7 +73,7 @@ results.kernelTxFixed = await new Peer(["txrate", k06.name, "5", String(SIZE), H
 bindDevice(LAB.vfioHostPeer.pci, "vfio-pci", { force: true });
 bindDevice(LAB.vfioKernelPeer.pci, "vfio-pci", { force: true });
 {
-  const nic = VirtioNet.open(VfioPciFunction.open(LAB.vfioHostPeer.pci), { ownsPci: true });
+  const nic = VirtioNet.openPci(VfioPciFunction.open(LAB.vfioHostPeer.pci), { ownsPci: true });
   try {
     const dst = parseMac(HOST);
     const flood = { count: 2 ** 31 - 1, minSize: SIZE, maxSize: SIZE, dst, durationMs: SECONDS * 1000 };
@@ -104,7 +104,7 @@ bindDevice(LAB.vfioKernelPeer.pci, "vfio-pci", { force: true });
   }
 }
 {
-  const nic = VirtioNet.open(VfioPciFunction.open(LAB.vfioKernelPeer.pci), { ownsPci: true });
+  const nic = VirtioNet.openPci(VfioPciFunction.open(LAB.vfioKernelPeer.pci), { ownsPci: true });
   try {
     log(`pvdrv RX while ${k05.name} floods`);
     const flood = new Peer(["txrate", k05.name, String(SECONDS), String(SIZE), nic.macString]);

@@ -3,7 +3,7 @@
  * @module
  */
 import { bindDevice, type BindTarget } from "../drivers/pci/bind.ts";
-import { parsePciAddress } from "../drivers/pci/sysfs.ts";
+import { parsePciAddress } from "../ffi/sysfs.ts";
 import { parse, runMain, UsageError } from "./common.ts";
 
 const USAGE = `usage: deno task bind <pci-address> <vfio|uio|kernel> [--force] [--sysfs DIR]

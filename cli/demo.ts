@@ -3,7 +3,7 @@
  * pvdrv's virtio-net driver over VFIO — to a peer on this host and to the guest kernel's own stack.
  * @module
  */
-import { HostPeer, LabError, runInGuest } from "../tests/vm/lab.ts";
+import { HostPeer, LabError, runInGuest } from "../lab/qemu.ts";
 import { intArg, parse, runMain } from "./common.ts";
 
 const USAGE = `usage: deno task demo [--frames N]

@@ -5,13 +5,13 @@
  */
 import { formatTable, probe } from "../drivers/pci/probe.ts";
 import { bindDevice } from "../drivers/pci/bind.ts";
-import { readDevice } from "../drivers/pci/sysfs.ts";
-import { VfioPciFunction } from "../drivers/pci/device.ts";
+import { readDevice } from "../ffi/sysfs.ts";
+import { VfioPciFunction } from "../ffi/pci.ts";
 import { VirtioNet } from "../drivers/virtio/net.ts";
-import { parseMac, totalStats } from "../drivers/nic.ts";
-import { echoExchange } from "./traffic.ts";
-import { LAB } from "../tests/vm/lab.ts";
-import { exchangeWithKernel, kernelInterface } from "../tests/vm/guest/peer.ts";
+import { parseMac, totalStats } from "../drivers/net/nic.ts";
+import { echoExchange } from "../apps/traffic.ts";
+import { LAB } from "../lab/qemu.ts";
+import { exchangeWithKernel, kernelInterface } from "../lab/kernel_peer.ts";
 
 const N = Number(Deno.env.get("PVDRV_DEMO_FRAMES") ?? 20000);
 const WINDOW = 64;
@@ -27,7 +27,7 @@ console.log(`\n== 2. bound ${LAB.vfioHostPeer.pci} and ${LAB.vfioKernelPeer.pci}
 
 const summary: Record<string, unknown> = {};
 {
-  const nic = VirtioNet.open(VfioPciFunction.open(LAB.vfioHostPeer.pci), { ownsPci: true });
+  const nic = VirtioNet.openPci(VfioPciFunction.open(LAB.vfioHostPeer.pci), { ownsPci: true });
   console.log(
     `\n== 3. ${nic.name} via VFIO: mac ${nic.macString}, mtu ${nic.mtu}, link ${
       nic.linkUp() ? "up" : "down"
@@ -45,7 +45,7 @@ const summary: Record<string, unknown> = {};
 }
 {
   const k = await kernelInterface(LAB.kernelPeer.pci);
-  const nic = VirtioNet.open(VfioPciFunction.open(LAB.vfioKernelPeer.pci), { ownsPci: true });
+  const nic = VirtioNet.openPci(VfioPciFunction.open(LAB.vfioKernelPeer.pci), { ownsPci: true });
   console.log(`\n== 4. ${nic.name} ⇄ the guest kernel's virtio_net (${k.name}, ${k.mac}) ==`);
   const x = await exchangeWithKernel(nic, k, N, WINDOW);
   console.log(

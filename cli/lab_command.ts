@@ -2,7 +2,7 @@
  * Run one command in the lab guest for a task: its exit status back, lab failures as one line (exit 3).
  * @module
  */
-import { LabError, type LabOptions, runInGuest } from "../tests/vm/lab.ts";
+import { LabError, type LabOptions, runInGuest } from "../lab/qemu.ts";
 
 /** Boot the lab, run `cmd` in the project folder there, print the boot and command times; returns the exit status. */
 export async function runLabCommand(cmd: string, opts: LabOptions): Promise<number> {

@@ -2,9 +2,9 @@
  * Arguments and process handling shared by the NIC tasks.
  * @module
  */
-import type { IrqMode } from "../drivers/virtio/net.ts";
-import { parsePciAddress } from "../drivers/pci/sysfs.ts";
+import { parsePciAddress } from "../ffi/sysfs.ts";
 import { UsageError } from "./common.ts";
+import type { IrqMode } from "../drivers/net/nic.ts";
 
 /** Options every NIC task takes (spread into its `parse` options), and their usage lines. */
 export const NIC_OPTIONS = {

@@ -2,11 +2,11 @@
  * `deno task recv <nic> [options]`: receive frames, verify pvdrv test frames, optionally print and capture them.
  * @module
  */
-import { openNic } from "../drivers/open.ts";
-import { macToString, type Nic, totalStats } from "../drivers/nic.ts";
-import { PcapWriter } from "../drivers/pcap.ts";
-import { FrameCheck } from "../drivers/frames.ts";
-import { receive } from "./traffic.ts";
+import { openNic } from "../drivers/table.ts";
+import { macToString, type Nic, totalStats } from "../drivers/net/nic.ts";
+import { PcapWriter } from "../apps/pcap.ts";
+import { FrameCheck } from "../apps/frames.ts";
+import { receive } from "../apps/traffic.ts";
 import { intArg, isTerminal, parse, runMain } from "./common.ts";
 import { irqArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals } from "./nic_args.ts";
 

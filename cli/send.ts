@@ -2,9 +2,9 @@
  * `deno task send <nic> [options]`: generate pvdrv test frames on a NIC.
  * @module
  */
-import { openNic } from "../drivers/open.ts";
-import { parseMac, totalStats } from "../drivers/nic.ts";
-import { generate } from "./traffic.ts";
+import { openNic } from "../drivers/table.ts";
+import { parseMac, totalStats } from "../drivers/net/nic.ts";
+import { generate } from "../apps/traffic.ts";
 import { intArg, isTerminal, parse, runMain, UsageError } from "./common.ts";
 import { irqArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals } from "./nic_args.ts";
 

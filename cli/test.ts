@@ -3,8 +3,8 @@
  * "N passed, N failed" line and exits non-zero if anything failed (including a lab that did not boot).
  * @module
  */
-import { HostPeer, LabError, runInGuest } from "../tests/vm/lab.ts";
-import { checkXenRun, isReportLine, runXenLab, xenBenchSummary } from "../tests/xen/lab.ts";
+import { HostPeer, LabError, runInGuest } from "../lab/qemu.ts";
+import { checkXenRun, isReportLine, runXenLab, xenBenchSummary } from "../lab/xen.ts";
 import { buildNative } from "../ffi/lib.ts";
 import { parse, runMain, UsageError } from "./common.ts";
 import { soakCommand } from "./soak.ts";

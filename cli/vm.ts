@@ -3,9 +3,9 @@
  * its output and exit with its status.
  * @module
  */
-import { shellQuote } from "../tests/vm/lab.ts";
+import { shellQuote } from "../lab/qemu.ts";
 import { runLabCommand } from "./lab_command.ts";
-import { buildGuest, ensureQemu } from "../tests/vm/guest.ts";
+import { buildGuest, ensureQemu } from "../lab/guest_image.ts";
 import { intArg, parse, runMain, UsageError } from "./common.ts";
 
 const USAGE = `usage: deno task vm [--timeout SEC] [--memory MIB] -- <command...>

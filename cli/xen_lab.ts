@@ -2,8 +2,8 @@
  * `deno task xen-lab`: build and boot the nested Xen lab and run pvdrv's netfront against dom0's xen-netback.
  * @module
  */
-import { checkXenRun, isReportLine, runXenLab, xenBenchSummary } from "../tests/xen/lab.ts";
-import { LabError } from "../tests/vm/lab.ts";
+import { checkXenRun, isReportLine, runXenLab, xenBenchSummary } from "../lab/xen.ts";
+import { LabError } from "../lab/qemu.ts";
 import { parse, runMain } from "./common.ts";
 
 await runMain("usage: deno task xen-lab [--verbose]", async () => {

@@ -4,16 +4,7 @@
  * @module
  */
 import { check, native } from "./lib.ts";
-
-/** Something a driver can await: an interrupt vector, an event channel. */
-export interface IrqSource {
-  /** Resolves at the next signal (signals that arrived since the last wait count). */
-  wait(): Promise<void>;
-  /** Consume a pending signal without waiting; true if there was one. */
-  poll(): boolean;
-  /** Stop waiting and release the source. */
-  close(): void;
-}
+import type { IrqSource } from "../hal/irq.ts";
 
 const EFD_NONBLOCK = 0o4000;
 

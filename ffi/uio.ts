@@ -4,8 +4,11 @@
  * @module
  */
 import { check, check64, cstr, native } from "./lib.ts";
-import { MappedRegion, type MmioRegion, PioRegion } from "./mmio.ts";
-import { type IrqSource, irqWaiter } from "./irq.ts";
+import { MappedRegion, PioRegion } from "./mmio.ts";
+import { irqWaiter } from "./irq.ts";
+import type { MmioRegion } from "../hal/mmio.ts";
+import { CMD_INTX_DISABLE } from "../hal/pci.ts";
+import type { IrqSource } from "../hal/irq.ts";
 
 const O_RDWR = 2, O_NONBLOCK = 0o4000;
 const PROT_RW = 3, MAP_SHARED = 1;
@@ -33,8 +36,6 @@ export function mapResource(path: string, size: number, name: string): MmioRegio
 export function fileRegion(path: string, size: number, name: string): MmioRegion {
   return new PioRegion(name, openFile(path), 0, size, true);
 }
-
-const CMD_INTX_DISABLE = 0x400;
 
 /**
  * INTx through /dev/uioN: each read returns the interrupt count. uio_pci_generic masks the line by setting

@@ -4,8 +4,10 @@
  * @module
  */
 import { check, cstr, native, NativeError } from "./lib.ts";
-import { allocHostMemory, type DmaAllocator, type DmaRegion, HUGE_PAGE, PAGE, roundUp } from "./dma.ts";
-import { MappedRegion, type MmioRegion, PioRegion } from "./mmio.ts";
+import { allocHostMemory } from "./dma.ts";
+import { type DmaAllocator, type DmaRegion, HUGE_PAGE, PAGE, roundUp } from "../hal/dma.ts";
+import { MappedRegion, PioRegion } from "./mmio.ts";
+import type { MmioRegion } from "../hal/mmio.ts";
 import { EventFdIrq } from "./irq.ts";
 
 const io = (n: number) => (0x3b << 8) | (100 + n); // _IO(VFIO_TYPE, VFIO_BASE + n)

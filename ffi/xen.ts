@@ -5,8 +5,13 @@
  */
 import { check, check64, cstr, native, NativeError } from "./lib.ts";
 import { irqWaiter } from "./irq.ts";
-import type { EventChannel, EventChannels, GrantedPages, GrantTable } from "../drivers/xen/grants.ts";
-import { XEN_PAGE } from "../drivers/xen/grants.ts";
+import {
+  type EventChannel,
+  type EventChannels,
+  type GrantedPages,
+  type GrantTable,
+  XEN_PAGE,
+} from "../hal/xen.ts";
 
 const O_RDWR = 2, O_NONBLOCK = 0o4000, PROT_RW = 3, MAP_SHARED = 1;
 const IOCTL_GNTALLOC_ALLOC_GREF = 0x184705, IOCTL_GNTALLOC_DEALLOC_GREF = 0x104706;

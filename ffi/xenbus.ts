@@ -5,7 +5,7 @@
  */
 import { check, cstr, native } from "./lib.ts";
 import { irqWaiter } from "./irq.ts";
-import type { XsTransport } from "../drivers/xen/xenstore.ts";
+import type { XsTransport } from "../hal/xen.ts";
 
 const O_RDWR = 2, O_NONBLOCK = 0o4000;
 

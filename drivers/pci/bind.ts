@@ -8,7 +8,7 @@
  */
 import { type HostNet, noHostNet, protectedReason, readHostNet } from "./host_net.ts";
 import { deviceKind } from "./ids.ts";
-import { devicePath, interfaceInUse, parsePciAddress, readDevice, SYSFS } from "./sysfs.ts";
+import { devicePath, interfaceInUse, parsePciAddress, readDevice, SYSFS } from "../../ffi/sysfs.ts";
 
 /** Where a device can be bound. */
 export type BindTarget = "vfio-pci" | "uio_pci_generic" | "kernel";

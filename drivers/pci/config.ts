@@ -4,11 +4,11 @@
  * malformed list (loops, pointers into the header, out-of-range lengths) gives an error, never a hang.
  * @module
  */
+import { PvdrvError } from "../../hal/errors.ts";
+import { type PciFunction, snapshotConfig } from "../../hal/pci.ts";
 
 /** Standard capability ids. */
 export const CAP_MSI = 0x05, CAP_VENDOR = 0x09, CAP_PCIE = 0x10, CAP_MSIX = 0x11;
-/** Command register bits. */
-export const CMD_IO = 1, CMD_MEMORY = 2, CMD_BUS_MASTER = 4, CMD_INTX_DISABLE = 0x400;
 
 /** virtio PCI capability types (virtio 1.2 §4.1.4). */
 export const VIRTIO_PCI_CAP = {
@@ -96,12 +96,16 @@ export interface PciConfig {
 }
 
 /** Error for a config space that does not parse. */
-export class PciConfigError extends Error {
+export class PciConfigError extends PvdrvError {
   /** Creates the error. */
   constructor(msg: string) {
-    super(msg);
-    this.name = "PciConfigError";
+    super("pci-config", msg);
   }
+}
+
+/** Read and parse the config space of an opened function. */
+export function readConfigOf(pci: PciFunction): PciConfig {
+  return parseConfig(snapshotConfig(pci.config));
 }
 
 /** Parse a config-space snapshot (at least the 64-byte header; usually 256 or 4096 bytes). */

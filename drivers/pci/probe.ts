@@ -6,7 +6,7 @@ import { bindCommands, hostNetFor, networkUse } from "./bind.ts";
 import { className, parseConfig } from "./config.ts";
 import type { HostNet } from "./host_net.ts";
 import { deviceKind } from "./ids.ts";
-import { listDevices, readConfigBytes, SYSFS } from "./sysfs.ts";
+import { listDevices, readConfigBytes, SYSFS } from "../../ffi/sysfs.ts";
 
 export { deviceKind } from "./ids.ts";
 

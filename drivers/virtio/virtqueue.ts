@@ -12,8 +12,8 @@
  * which also orders it before the notification-suppression read that follows (§2.7.10, §2.7.7).
  * @module
  */
-import type { DmaAllocator, DmaRegion } from "../../ffi/dma.ts";
 import type { QueueAddresses } from "./transport.ts";
+import type { DmaAllocator, DmaRegion } from "../../hal/dma.ts";
 
 const DESC_F_NEXT = 1, DESC_F_WRITE = 2;
 const AVAIL_F_NO_INTERRUPT = 1, USED_F_NO_NOTIFY = 1;

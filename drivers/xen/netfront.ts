@@ -1,56 +1,64 @@
 /**
- * Xen netfront (Xen public/io/netif.h) from a domU's userspace, behind the common {@link Nic} interface.
+ * Xen netfront (Xen public/io/netif.h) from a domU's userspace, on the common NIC queue core.
  *
- * XenBus: (a backend still Connected to a frontend that died is closed first: Closing → Closed) →
- * Initialising → (backend InitWait) → keys written in one transaction with Initialised → Connected →
- * (backend Connected: Linux's xen-netback connects on the frontend's Connected); Closing/Closed from either side;
- * a backend that comes back to InitWait is reconnected.
+ * XenBus handshake, in steps: close a stale backend (one still Connected to a frontend that died: Closing →
+ * Closed) → Initialising → (backend InitWait) → read the backend's features → grant the rings and publish them
+ * in one transaction with Initialised → Connected → (backend Connected: Linux's xen-netback connects on the
+ * frontend's Connected). Closing/Closed from either side; a backend that comes back to InitWait is reconnected.
+ *
  * Rings: TX (12-byte unions) and RX (8-byte unions), 256 slots each. TX buffers are 2 KiB halves of granted pages
  * (MTU 1500) or runs of whole pages (jumbo MTUs, sent as feature-sg multi-slot requests, at most 18 slots);
- * RX buffers are whole granted pages the backend copies into (request-rx-copy), and a frame spanning several slots
- * is gathered into one application buffer. Nothing the backend writes is trusted: ids, statuses, offsets and
- * lengths are copied out and checked before they index anything.
+ * RX buffers are whole granted pages the backend copies into (request-rx-copy). Receive is collect (copy out and
+ * check one frame's responses) → deliver the page itself, or gather a multi-slot frame into one buffer → recycle
+ * the pages. Nothing the backend writes is trusted: ids, statuses, offsets and lengths are checked before they
+ * index anything.
  * @module
  */
-import type { DmaRegion } from "../../ffi/dma.ts";
-import { emptyStats, type Nic, type PacketBuffer, PacketPool, parseMac, type QueueStats } from "../nic.ts";
-import { releaseOwned } from "../packet_pool.ts";
 import {
   type EventChannel,
   type EventChannels,
   type GrantedPages,
   type GrantTable,
   XEN_PAGE,
-} from "./grants.ts";
+} from "../../hal/xen.ts";
+import { type Closeable, NicCore } from "../net/core.ts";
+import { emptyStats, maxFrameFor, parseMac, type QueueStats } from "../net/nic.ts";
+import { type PacketBuffer, PacketPool } from "../net/packet_pool.ts";
+import {
+  extraInfoMore,
+  MAX_FRAME_SLOTS,
+  NETFRONT_MAX_MTU,
+  NETIF_RSP_NULL,
+  NETIF_RSP_OKAY,
+  NETRXF_extra_info,
+  NETRXF_more_data,
+  NETTXF_csum_blank,
+  NETTXF_data_validated,
+  NETTXF_more_data,
+  RX_ENTRY,
+  rxAppFlags,
+  rxResponseFlags,
+  rxResponseId,
+  rxResponseOffset,
+  rxResponseStatus,
+  TX_ENTRY,
+  txResponseId,
+  txResponseStatus,
+  writeRxRequest,
+  writeTxRequest,
+} from "./netif.ts";
 import { FrontRing } from "./ring.ts";
+import { readState, waitState, XenbusState } from "./xenbus.ts";
 import { type XenStore, XenStoreError } from "./xenstore.ts";
 
-/** XenBus states (Xen public/io/xenbus.h). */
-export const XenbusState = {
-  Unknown: 0,
-  Initialising: 1,
-  InitWait: 2,
-  Initialised: 3,
-  Connected: 4,
-  Closing: 5,
-  Closed: 6,
-  Reconfiguring: 7,
-  Reconfigured: 8,
-} as const;
+export { NETFRONT_MAX_MTU } from "./netif.ts";
+export { XenbusState } from "./xenbus.ts";
 
-// netif.h flags and statuses.
-const NETTXF_csum_blank = 1, NETTXF_data_validated = 2, NETTXF_more_data = 4;
-const NETRXF_data_validated = 1, NETRXF_csum_blank = 2, NETRXF_more_data = 4, NETRXF_extra_info = 8;
-const NETIF_RSP_OKAY = 0, NETIF_RSP_NULL = 1, XEN_NETIF_EXTRA_FLAG_MORE = 1;
-const TX_ENTRY = 12, RX_ENTRY = 8, RING = 256, HALF_PAGE = 2048;
-/** netif.h XEN_NETIF_NR_SLOTS_MIN: data slots a frame may use; plus one per extra-info type. */
-const MAX_DATA_SLOTS = 18, MAX_FRAME_SLOTS = MAX_DATA_SLOTS + 6;
+const RING = 256, HALF_PAGE = 2048;
 /** RX requests are posted once this many slots are free (or the ring runs low). */
 const RX_REFILL_BATCH = 32;
 /** Frames of several RX slots are gathered into these (per queue). */
 const RX_GATHER_BUFFERS = 32;
-/** Largest MTU: netback's limit with feature-sg (ETH_MAX_MTU - VLAN_ETH_HLEN). */
-export const NETFRONT_MAX_MTU = 65517;
 
 /** Options for {@link Netfront.open}. */
 export interface NetfrontOptions {
@@ -62,6 +70,8 @@ export interface NetfrontOptions {
   timeoutMs?: number;
   /** MTU (default 1500); above 1500 needs the backend's feature-sg. */
   mtu?: number;
+  /** Resources the NIC closes with itself once open succeeds (the xenstore connection, the grant device). */
+  owns?: Closeable[];
 }
 
 /** How TX buffers sit in granted pages for a given largest frame. */
@@ -70,6 +80,13 @@ export function txLayout(maxFrame: number): { buffers: number; bufferBytes: numb
   const per = Math.ceil(maxFrame / XEN_PAGE);
   const buffers = Math.max(16, Math.min(RING, Math.floor(RING / per)));
   return { buffers, bufferBytes: per * XEN_PAGE, pages: buffers * per };
+}
+
+/** The backend's features, read at InitWait. */
+interface BackendFeatures {
+  split: boolean;
+  sg: boolean;
+  maxQueues: number;
 }
 
 interface Queue {
@@ -97,6 +114,8 @@ interface Queue {
   rxSlot: (PacketBuffer | null)[];
   evTx: EventChannel;
   evRx: EventChannel;
+  /** The RX event channel (what waitRx awaits). */
+  irq: EventChannel;
   stats: QueueStats;
 }
 
@@ -119,17 +138,12 @@ function copy(
   for (; i < len; i++) d8[dOff + i] = s8[sOff + i];
 }
 
-function region(p: GrantedPages): DmaRegion {
-  return { bytes: p.bytes, deviceAddress: 0, size: p.bytes.length, free: () => p.free() };
-}
-
 /** A netfront NIC. */
-export class Netfront implements Nic {
+export class Netfront extends NicCore<Queue> {
   readonly name: string;
   readonly mac: Uint8Array;
   readonly mtu: number;
   readonly maxFrame: number;
-  queues = 0;
   /** The backend's xenstore directory. */
   readonly backend: string;
   /** The backend's domain id. */
@@ -140,17 +154,18 @@ export class Netfront implements Nic {
   readonly #grants: GrantTable;
   readonly #evtchns: EventChannels;
   readonly #opts: NetfrontOptions;
-  #q: Queue[] = [];
-  #split = false;
-  #sg = false;
-  #closed = false;
-  // Fields of the frame being received, copied out of the ring before use: offset, length, kind (1 data, 0 extra).
+  #features: BackendFeatures = { split: false, sg: false, maxQueues: 1 };
+  #stopped = false;
+  #connected = false;
+  // The frame being received, copied out of the ring before use: per slot offset, length, kind (1 data, 0 extra).
   readonly #rxOff = new Uint16Array(MAX_FRAME_SLOTS);
   readonly #rxLen = new Int32Array(MAX_FRAME_SLOTS);
   readonly #rxData = new Uint8Array(MAX_FRAME_SLOTS);
-  #connected = false;
-  /** Every pool this NIC made: buffers from a pool of an earlier connection may still be released. */
-  readonly #pools = new WeakSet<PacketPool>();
+  /** Totals of that frame: bytes, data slots, first flags, and whether a slot reported an error. */
+  #frameBytes = 0;
+  #frameData = 0;
+  #frameFlags = 0;
+  #frameBad = false;
   #watcher: Promise<void> | null = null;
   #stopWatch: (() => Promise<unknown>) | null = null;
   /** Reconnections after a backend restart. */
@@ -162,6 +177,7 @@ export class Netfront implements Nic {
     backendId: number;
     mac: Uint8Array;
   }) {
+    super();
     this.#xs = xs;
     this.#grants = grants;
     this.#evtchns = evtchns;
@@ -172,7 +188,7 @@ export class Netfront implements Nic {
     this.mac = info.mac;
     this.name = `netfront ${info.dir}`;
     this.mtu = opts.mtu ?? 1500;
-    this.maxFrame = this.mtu + 14;
+    this.maxFrame = maxFrameFor(this.mtu);
   }
 
   /** Find vif `opts.vif`, handshake with its backend and bring the rings up. */
@@ -212,92 +228,94 @@ export class Netfront implements Nic {
     try {
       await nf.#connect();
     } catch (e) {
-      await nf.#teardown(false);
+      await nf.#shutdown(false);
       throw e;
     }
+    for (const r of opts.owns ?? []) nf.own(r);
     nf.#watchBackend();
     return nf;
   }
 
-  async #backendState(): Promise<number> {
-    const s = await this.#xs.tryRead(`${this.backend}/state`);
-    const n = Number(s);
-    if (s === null || !/^\d$/.test(s) || n > 8) {
-      throw new XenStoreError("EPROTO", `${this.backend}/state is '${s}'`);
-    }
-    return n;
+  // ---- XenBus handshake ----
+
+  #timeout(): number {
+    return this.#opts.timeoutMs ?? 30_000;
   }
 
-  async #waitBackend(pred: (s: number) => boolean, what: string): Promise<number> {
-    const t = this.#opts.timeoutMs ?? 30_000;
-    try {
-      const v = await this.#xs.waitFor(
-        `${this.backend}/state`,
-        (s) => s !== null && /^\d$/.test(s) && pred(Number(s)),
-        t,
-      );
-      return Number(v);
-    } catch (e) {
-      if (e instanceof XenStoreError && e.code === "ETIMEDOUT") {
-        throw new XenStoreError(
-          "ETIMEDOUT",
-          `backend ${this.backend} did not reach ${what} within ${t} ms (state ${await this.#backendState()
-            .catch(() => "?")})`,
-        );
-      }
-      throw e;
-    }
+  #waitBackend(pred: (s: number) => boolean, what: string): Promise<number> {
+    return waitState(this.#xs, this.backend, pred, what, this.#timeout());
   }
 
-  async #feature(key: string): Promise<string | null> {
-    return await this.#xs.tryRead(`${this.backend}/${key}`);
+  #setState(s: number): Promise<void> {
+    return this.#xs.write(`${this.dir}/state`, String(s));
   }
 
   async #connect(): Promise<void> {
-    const xs = this.#xs;
-    const was = await xs.tryRead(`${this.backend}/state`);
-    if (was === String(XenbusState.Connected) || was === String(XenbusState.Closing)) {
-      // A frontend that died (SIGKILL, crash) left the backend on rings that are gone: close it first.
-      await xs.write(`${this.dir}/state`, String(XenbusState.Closing));
-      await this.#waitBackend((s) => s >= XenbusState.Closing || s === XenbusState.InitWait, "Closing");
-      await xs.write(`${this.dir}/state`, String(XenbusState.Closed));
-      await this.#waitBackend((s) => s === XenbusState.Closed || s === XenbusState.InitWait, "Closed");
-    }
-    await xs.write(`${this.dir}/state`, String(XenbusState.Initialising));
+    await this.#closeStaleBackend();
+    await this.#setState(XenbusState.Initialising);
     await this.#waitBackend((s) => s === XenbusState.InitWait, "InitWait");
-    if ((await this.#feature("feature-rx-copy")) !== "1") {
+    this.#features = await this.#readFeatures();
+    await this.#publishRings();
+    // Linux's xen-netback connects when the frontend says Connected (Initialised alone leaves it in InitWait).
+    await this.#setState(XenbusState.Connected);
+    await this.#waitBackend((s) => s === XenbusState.Connected, "Connected");
+    for (const q of this.pairs) {
+      this.refill(q);
+      q.rx.quiet();
+    }
+    this.#connected = true;
+  }
+
+  /** A frontend that died (SIGKILL, crash) left the backend on rings that are gone: close it first. */
+  async #closeStaleBackend(): Promise<void> {
+    const was = await this.#xs.tryRead(`${this.backend}/state`);
+    if (was !== String(XenbusState.Connected) && was !== String(XenbusState.Closing)) return;
+    await this.#setState(XenbusState.Closing);
+    await this.#waitBackend((s) => s >= XenbusState.Closing || s === XenbusState.InitWait, "Closing");
+    await this.#setState(XenbusState.Closed);
+    await this.#waitBackend((s) => s === XenbusState.Closed || s === XenbusState.InitWait, "Closed");
+  }
+
+  /** The backend's feature keys (netif.h), checked. */
+  async #readFeatures(): Promise<BackendFeatures> {
+    const feature = (key: string) => this.#xs.tryRead(`${this.backend}/${key}`);
+    if ((await feature("feature-rx-copy")) !== "1") {
       throw new XenStoreError("EOPNOTSUPP", `backend ${this.backend} does not offer feature-rx-copy`);
     }
-    this.#split = (await this.#feature("feature-split-event-channels")) === "1";
-    this.#sg = (await this.#feature("feature-sg")) === "1";
-    if (this.mtu > 1500 && !this.#sg) {
+    const split = (await feature("feature-split-event-channels")) === "1";
+    const sg = (await feature("feature-sg")) === "1";
+    if (this.mtu > 1500 && !sg) {
       throw new XenStoreError(
         "EOPNOTSUPP",
         `MTU ${this.mtu} needs multi-slot frames but backend ${this.backend} does not offer feature-sg`,
       );
     }
-    const maxText = await this.#feature("multi-queue-max-queues");
-    const maxQ = maxText === null ? 1 : Number(maxText);
-    if (!Number.isInteger(maxQ) || maxQ < 1 || maxQ > 256) {
+    const maxText = await feature("multi-queue-max-queues");
+    const maxQueues = maxText === null ? 1 : Number(maxText);
+    if (!Number.isInteger(maxQueues) || maxQueues < 1 || maxQueues > 256) {
       throw new XenStoreError("EPROTO", `multi-queue-max-queues is '${maxText}'`);
     }
-    const nq = Math.max(1, Math.min(this.#opts.queues ?? 1, maxQ));
+    return { split, sg, maxQueues };
+  }
+
+  /** Grant the queues' rings and buffers, and publish them with Initialised in one transaction. */
+  async #publishRings(): Promise<void> {
+    const xs = this.#xs, f = this.#features;
+    const nq = Math.max(1, Math.min(this.#opts.queues ?? 1, f.maxQueues));
     const need = nq * (2 + txLayout(this.maxFrame).pages + RING);
     if (need > this.#grants.remaining) {
       throw new Error(
         `${nq} queue(s) need ${need} grants, only ${this.#grants.remaining} left (gntalloc limit): use fewer queues or raise the limit`,
       );
     }
-    for (let i = 0; i < nq; i++) this.#q.push(this.#makeQueue(i));
-    this.queues = nq;
+    for (let i = 0; i < nq; i++) this.pairs.push(this.#makeQueue(i));
     await xs.transaction(async (tx) => {
-      const base = this.dir;
-      const put = (k: string, v: string | number) => xs.write(`${base}/${k}`, String(v), tx);
+      const put = (k: string, v: string | number) => xs.write(`${this.dir}/${k}`, String(v), tx);
       for (let i = 0; i < nq; i++) {
-        const q = this.#q[i], p = nq > 1 ? `queue-${i}/` : "";
+        const q = this.pairs[i], p = nq > 1 ? `queue-${i}/` : "";
         await put(`${p}tx-ring-ref`, q.ringPages.refs[0]);
         await put(`${p}rx-ring-ref`, q.ringPages.refs[1]);
-        if (this.#split) {
+        if (f.split) {
           await put(`${p}event-channel-tx`, q.evTx.port);
           await put(`${p}event-channel-rx`, q.evRx.port);
         } else await put(`${p}event-channel`, q.evTx.port);
@@ -305,17 +323,9 @@ export class Netfront implements Nic {
       if (nq > 1) await put("multi-queue-num-queues", nq);
       await put("request-rx-copy", 1);
       await put("feature-rx-notify", 1);
-      await put("feature-sg", this.#sg ? 1 : 0);
+      await put("feature-sg", f.sg ? 1 : 0);
       await put("state", XenbusState.Initialised);
     });
-    // Linux's xen-netback connects when the frontend says Connected (Initialised alone leaves it in InitWait).
-    await xs.write(`${this.dir}/state`, String(XenbusState.Connected));
-    await this.#waitBackend((s) => s === XenbusState.Connected, "Connected");
-    for (const q of this.#q) {
-      this.#refill(q);
-      q.rx.quiet();
-    }
-    this.#connected = true;
   }
 
   #makeQueue(i: number): Queue {
@@ -327,7 +337,7 @@ export class Netfront implements Nic {
       txPages = g.grant(lay.pages, dom);
       rxPages = g.grant(RING, dom);
       const evTx = this.#evtchns.bindUnbound(dom);
-      const evRx = this.#split ? this.#evtchns.bindUnbound(dom) : evTx;
+      const evRx = this.#features.split ? this.#evtchns.bindUnbound(dom) : evTx;
       // If this process dies with the rings mapped, gntalloc kicks the backend (IOCTL_GNTALLOC_SET_UNMAP_NOTIFY).
       ringPages.notifyOnUnmap?.(evTx.port);
       const txIds = new Uint16Array(RING);
@@ -339,18 +349,13 @@ export class Netfront implements Nic {
         ringPages,
         txPages,
         rxPages,
-        txPool: new PacketPool(`tx${i}`, region(txPages), lay.buffers, lay.bufferBytes, 0),
-        rxPool: new PacketPool(`rx${i}`, region(rxPages), RING, XEN_PAGE, 0),
+        txPool: new PacketPool(`tx${i}`, txPages, lay.buffers, lay.bufferBytes, 0),
+        rxPool: new PacketPool(`rx${i}`, rxPages, RING, XEN_PAGE, 0),
         rx32: new Uint32Array(rxPages.bytes.buffer, rxPages.bytes.byteOffset, rxPages.bytes.length >>> 2),
         gather32: new Uint32Array(gatherMem.buffer),
         rxGather: new PacketPool(
           `rx-gather${i}`,
-          {
-            bytes: gatherMem,
-            deviceAddress: 0,
-            size: gatherMem.length,
-            free: () => {},
-          },
+          { bytes: gatherMem, free: () => {} },
           RX_GATHER_BUFFERS,
           gather,
           0,
@@ -363,9 +368,10 @@ export class Netfront implements Nic {
         rxSlot: new Array(RING).fill(null),
         evTx,
         evRx,
+        irq: evRx,
         stats: emptyStats(),
       };
-      for (const p of [q.txPool, q.rxPool, q.rxGather]) this.#pools.add(p);
+      this.adopt(q.txPool, q.rxPool, q.rxGather);
       return q;
     } catch (e) {
       ringPages.free();
@@ -375,15 +381,21 @@ export class Netfront implements Nic {
     }
   }
 
-  #queue(i: number): Queue {
-    if (this.#closed) throw new Error(`${this.name} is closed`);
-    if (!this.#connected) throw new Error(`${this.name}: backend not connected (reconnecting?)`);
-    const q = this.#q[i];
-    if (!q) throw new RangeError(`${this.name}: queue ${i} out of range (0..${this.queues - 1})`);
-    return q;
+  linkUp(): boolean {
+    return this.#connected && !this.closed;
   }
 
-  #refill(q: Queue): void {
+  protected override unavailable(): string | null {
+    return this.#connected ? null : "backend not connected (reconnecting?)";
+  }
+
+  protected fault(q: Queue): Error | null {
+    return q.tx.broken ?? q.rx.broken;
+  }
+
+  // ---- ring steps (NicCore) ----
+
+  protected refill(q: Queue): void {
     const r = q.rx;
     if (r.broken || q.tx.broken) return; // a broken queue gets no more pages
     // Post in batches: refilling one or two slots at a time would cost the backend an event each time.
@@ -394,10 +406,8 @@ export class Netfront implements Nic {
       if (q.rxSlot[slot]) break; // still held: cannot happen while responses arrive in ring order
       const b = q.rxPool.takeForDevice();
       if (!b) break;
-      // netif_rx_request { u16 id; u16 pad; u32 gref; } — id is the ring slot (netback answers in ring order).
-      const e = r.entry(r.reqProdPvt);
-      r.u16[e >> 1] = slot;
-      r.u32[(e >> 2) + 1] = q.rxPages.refs[b.index];
+      // The request id is the ring slot (netback answers in ring order).
+      writeRxRequest(r, r.entry(r.reqProdPvt), slot, q.rxPages.refs[b.index]);
       q.rxSlot[slot] = b;
       r.reqProdPvt = (r.reqProdPvt + 1) >>> 0;
       added++;
@@ -408,27 +418,14 @@ export class Netfront implements Nic {
     }
   }
 
-  linkUp(): boolean {
-    return this.#connected && !this.#closed;
-  }
-
-  allocTx(out: PacketBuffer[], n: number, queue = 0): number {
-    const q = this.#queue(queue);
-    if (q.txPool.available < n) this.reclaimTx(queue);
-    return q.txPool.takeMany(out, n);
-  }
-
-  sendBatch(pkts: PacketBuffer[], n: number, queue = 0): number {
-    const q = this.#queue(queue);
+  /** Transmit: each frame as one request per page it touches; the first carries the whole length (netif.h). */
+  protected post(q: Queue, pkts: PacketBuffer[], n: number): number {
     const r = q.tx, refs = q.txPages.refs;
     if (r.broken || q.rx.broken) throw r.broken ?? q.rx.broken; // a broken queue takes no more requests
-    if (r.free < n) this.reclaimTx(queue);
+    if (r.free < n) this.reclaim(q);
     let k = 0;
     for (; k < n; k++) {
       const b = pkts[k], len = b.length;
-      if (!(len >= 14 && len <= this.maxFrame)) {
-        throw new RangeError(`${this.name}: frame length ${len} outside 14..${this.maxFrame}`);
-      }
       const first = b.slotOffset & (XEN_PAGE - 1);
       const slots = Math.ceil((first + len) / XEN_PAGE);
       if (slots > r.free || slots > q.txFreeIds) break;
@@ -438,17 +435,12 @@ export class Netfront implements Nic {
       const csum = b.csumOffset ? NETTXF_csum_blank | NETTXF_data_validated : 0;
       let page = b.slotOffset >>> 12, off = first, left = len;
       for (let s = 0; s < slots; s++) {
-        // netif_tx_request { u32 gref; u16 offset; u16 flags; u16 id; u16 size; }: the first slot's size is the
-        // whole frame's, the others their own; every slot but the last has more_data (netif.h).
+        // The first slot's size is the whole frame's, the others their own; all but the last have more_data.
         const chunk = Math.min(left, XEN_PAGE - off);
         const id = q.txIds[--q.txFreeIds];
         q.txIdBuf[id] = b.index;
-        const e = r.entry(r.reqProdPvt);
-        r.u32[e >> 2] = refs[page];
-        r.u16[(e >> 1) + 2] = off;
-        r.u16[(e >> 1) + 3] = (s === 0 ? csum : 0) | (s < slots - 1 ? NETTXF_more_data : 0);
-        r.u16[(e >> 1) + 4] = id;
-        r.u16[(e >> 1) + 5] = s === 0 ? len : chunk;
+        const flags = (s === 0 ? csum : 0) | (s < slots - 1 ? NETTXF_more_data : 0);
+        writeTxRequest(r, r.entry(r.reqProdPvt), refs[page], off, flags, id, s === 0 ? len : chunk);
         r.reqProdPvt = (r.reqProdPvt + 1) >>> 0;
         left -= chunk;
         off = 0;
@@ -462,15 +454,14 @@ export class Netfront implements Nic {
     return k;
   }
 
-  reclaimTx(queue = 0): number {
-    const q = this.#queue(queue);
+  /** TX responses: one per request slot, in any order; a frame completes with its last slot. */
+  protected reclaim(q: Queue): number {
     const r = q.tx;
     const n = r.available();
     let done = 0;
     for (let i = 0; i < n; i++) {
-      // netif_tx_response { u16 id; s16 status; }: one per request slot, in any order.
       const e = r.entry(r.rspCons);
-      const id = r.u16[e >> 1], status = r.i16[(e >> 1) + 1];
+      const id = txResponseId(r, e), status = txResponseStatus(r, e);
       const bi = id < RING ? q.txIdBuf[id] : -1;
       if (bi < 0) throw r.failure(`backend completed TX id ${id}, which is not in flight`);
       q.txIdBuf[id] = -1;
@@ -490,138 +481,120 @@ export class Netfront implements Nic {
     return done;
   }
 
-  receiveBatch(out: PacketBuffer[], max: number, queue = 0): number {
-    const q = this.#queue(queue);
-    const r = q.rx, mask = r.size - 1;
-    const offs = this.#rxOff, lens = this.#rxLen, isData = this.#rxData;
+  /** Receive: per frame, collect its responses, deliver or gather it, recycle its pages. */
+  protected collect(q: Queue, out: PacketBuffer[], max: number): void {
+    const r = q.rx;
     let avail = r.available(), k = 0;
-    try {
-      while (avail > 0 && k < max) {
-        // One frame (netif.h RX): a data response, its extra-info segments if it has NETRXF_extra_info, then more
-        // data responses while NETRXF_more_data is set. Every field is copied out and checked first.
-        let n = 0, more = true, extra = false, total = 0, bad = false, flags0 = 0, data = 0;
-        while (more || extra) {
-          if (n === avail) break;
-          if (n === MAX_FRAME_SLOTS) {
-            throw r.failure(`a received frame spans more than ${MAX_FRAME_SLOTS} slots`);
-          }
-          const idx = (r.rspCons + n) >>> 0, e = r.entry(idx);
-          if (extra) {
-            // netif_extra_info { u8 type; u8 flags; ... }
-            extra = (r.page[e + 1] & XEN_NETIF_EXTRA_FLAG_MORE) !== 0;
-            isData[n++] = 0;
-            continue;
-          }
-          // netif_rx_response { u16 id; u16 offset; u16 flags; s16 status; }
-          const id = r.u16[e >> 1], offset = r.u16[(e >> 1) + 1], flags = r.u16[(e >> 1) + 2];
-          const status = r.i16[(e >> 1) + 3];
-          if (id !== (idx & mask)) throw r.failure(`backend answered RX slot ${idx & mask} with id ${id}`);
-          if (status > 0 && offset + status > XEN_PAGE) {
-            throw r.failure(`backend placed ${status} bytes at offset ${offset} of a ${XEN_PAGE}-byte page`);
-          }
-          if (n === 0) {
-            flags0 = flags;
-            extra = (flags & NETRXF_extra_info) !== 0;
-          }
-          if (status < 0) bad = true;
-          else total += status;
-          more = (flags & NETRXF_more_data) !== 0;
-          offs[n] = offset;
-          lens[n] = status;
-          isData[n++] = 1;
-          data++;
-        }
-        if (more || extra) break; // the rest of the frame is not there yet
-        const start = r.rspCons;
-        r.rspCons = (r.rspCons + n) >>> 0;
-        avail -= n;
-        const flags = (flags0 & NETRXF_data_validated ? 2 : 0) | (flags0 & NETRXF_csum_blank ? 1 : 0);
-        let b: PacketBuffer | null = null;
-        if (!bad && total >= 14 && total <= this.maxFrame) {
-          if (data === 1) {
-            // One slot: hand the page itself to the application.
-            for (let s = 0; s < n; s++) {
-              if (!isData[s]) continue;
-              const slot = (start + s) & mask;
-              b = q.rxSlot[slot]!;
-              q.rxSlot[slot] = null;
-              if (offs[s]) b.data.copyWithin(0, offs[s], offs[s] + total);
-              q.rxPool.toApp(b);
-            }
-          } else if ((b = q.rxGather.take())) {
-            let at = b.slotOffset;
-            for (let s = 0; s < n; s++) {
-              if (!isData[s] || lens[s] === 0) continue;
-              const page = q.rxSlot[(start + s) & mask]!;
-              copy(
-                q.rxGather.bytes,
-                q.gather32,
-                at,
-                q.rxPages.bytes,
-                q.rx32,
-                page.slotOffset + offs[s],
-                lens[s],
-              );
-              at += lens[s];
-            }
-          }
-        }
-        // Give every slot's page still held back to the ring.
-        for (let s = 0; s < n; s++) {
-          const slot = (start + s) & mask, p = q.rxSlot[slot];
-          if (!p) continue;
-          q.rxSlot[slot] = null;
-          q.rxPool.put(p, "device");
-        }
-        if (!b) {
-          q.stats.rxDropped++; // errors, runts, frames over the MTU, or no gather buffer free
-          continue;
-        }
-        b.length = total;
-        b.flags = flags;
-        out[k++] = b;
-        q.stats.rxPackets++;
-        q.stats.rxBytes += total;
+    while (avail > 0 && k < max) {
+      const n = this.#collectFrame(r, avail);
+      if (n === 0) break; // the rest of the frame is not there yet
+      const start = r.rspCons;
+      r.rspCons = (r.rspCons + n) >>> 0;
+      avail -= n;
+      const b = this.#deliverOrGather(q, start, n);
+      this.#recycle(q, start, n);
+      if (!b) {
+        q.stats.rxDropped++; // errors, runts, frames over the MTU, or no gather buffer free
+        continue;
       }
-    } catch (e) {
-      // The ring broke part-way: frames already moved to `out` go back, so the caller holds nothing it was not told of.
-      for (let i = 0; i < k; i++) out[i].pool.put(out[i], "app");
-      throw e;
+      b.length = this.#frameBytes;
+      b.flags = rxAppFlags(this.#frameFlags);
+      this.deliver(q, out, b);
+      k++;
     }
-    try {
-      this.#refill(q);
-    } catch (e) {
-      // The ring broke while refilling: the frames in `out` are good and go to the caller; the next call throws.
-      if (k === 0) throw e;
-    }
-    return k;
   }
 
-  release(pkts: PacketBuffer[], n: number, queue = 0): void {
-    // A buffer of an earlier connection goes back to its retired pool, which ends its grants with the last one.
-    releaseOwned(pkts, n, this.#pools, this.name);
-    const q = this.#q[queue];
-    if (q && this.#connected && !this.#closed) this.#refill(q);
+  /**
+   * Copy out and check one frame's responses (netif.h RX: a data response, its extra-info segments if it has
+   * NETRXF_extra_info, then more data responses while NETRXF_more_data is set); returns its slots, or 0 when the
+   * frame is not complete in the ring yet.
+   */
+  #collectFrame(r: FrontRing, avail: number): number {
+    const mask = r.size - 1, offs = this.#rxOff, lens = this.#rxLen, isData = this.#rxData;
+    let n = 0, more = true, extra = false;
+    this.#frameBytes = 0;
+    this.#frameData = 0;
+    this.#frameBad = false;
+    while (more || extra) {
+      if (n === avail) return 0;
+      if (n === MAX_FRAME_SLOTS) throw r.failure(`a received frame spans more than ${MAX_FRAME_SLOTS} slots`);
+      const idx = (r.rspCons + n) >>> 0, e = r.entry(idx);
+      if (extra) {
+        extra = extraInfoMore(r, e);
+        isData[n++] = 0;
+        continue;
+      }
+      const id = rxResponseId(r, e), offset = rxResponseOffset(r, e), flags = rxResponseFlags(r, e);
+      const status = rxResponseStatus(r, e);
+      if (id !== (idx & mask)) throw r.failure(`backend answered RX slot ${idx & mask} with id ${id}`);
+      if (status > 0 && offset + status > XEN_PAGE) {
+        throw r.failure(`backend placed ${status} bytes at offset ${offset} of a ${XEN_PAGE}-byte page`);
+      }
+      if (n === 0) {
+        this.#frameFlags = flags;
+        extra = (flags & NETRXF_extra_info) !== 0;
+      }
+      if (status < 0) this.#frameBad = true;
+      else this.#frameBytes += status;
+      more = (flags & NETRXF_more_data) !== 0;
+      offs[n] = offset;
+      lens[n] = status;
+      isData[n++] = 1;
+      this.#frameData++;
+    }
+    return n;
   }
 
-  async waitRx(queue = 0): Promise<void> {
-    const q = this.#queue(queue);
-    if (q.rx.finalCheck()) {
-      q.rx.quiet();
-      return;
+  /** The frame's buffer for the application: its one page, or a gather buffer; null when it is dropped. */
+  #deliverOrGather(q: Queue, start: number, n: number): PacketBuffer | null {
+    const total = this.#frameBytes, mask = q.rx.size - 1, offs = this.#rxOff, lens = this.#rxLen;
+    const isData = this.#rxData;
+    if (this.#frameBad || total < 14 || total > this.maxFrame) return null;
+    if (this.#frameData === 1) {
+      // One slot: hand the page itself to the application.
+      for (let s = 0; s < n; s++) {
+        if (!isData[s]) continue;
+        const slot = (start + s) & mask, b = q.rxSlot[slot]!;
+        q.rxSlot[slot] = null;
+        if (offs[s]) b.data.copyWithin(0, offs[s], offs[s] + total);
+        q.rxPool.toApp(b);
+        return b;
+      }
     }
-    await q.evRx.wait();
-    q.stats.interrupts++;
+    const b = q.rxGather.take();
+    if (!b) return null;
+    let at = b.slotOffset;
+    for (let s = 0; s < n; s++) {
+      if (!isData[s] || lens[s] === 0) continue;
+      const page = q.rxSlot[(start + s) & mask]!;
+      copy(q.rxGather.bytes, q.gather32, at, q.rxPages.bytes, q.rx32, page.slotOffset + offs[s], lens[s]);
+      at += lens[s];
+    }
+    return b;
+  }
+
+  /** Give every page of the frame's slots still held back to the pool (refill posts them again). */
+  #recycle(q: Queue, start: number, n: number): void {
+    const mask = q.rx.size - 1;
+    for (let s = 0; s < n; s++) {
+      const slot = (start + s) & mask, p = q.rxSlot[slot];
+      if (!p) continue;
+      q.rxSlot[slot] = null;
+      q.rxPool.put(p, "device");
+    }
+  }
+
+  protected armRx(q: Queue): boolean {
+    return q.rx.finalCheck();
+  }
+
+  protected disarmRx(q: Queue): void {
     q.rx.quiet();
-  }
-
-  stats(): QueueStats[] {
-    return this.#q.map((q) => ({ ...q.stats }));
   }
 
   /** Ring indices, for diagnostics: [req_prod, req_event, rsp_prod, rsp_event] and our private counters. */
   ringState(queue = 0): string {
-    const q = this.#q[queue];
+    const q = this.pairs[queue];
     if (!q) return "no queue";
     const f = (r: FrontRing) =>
       `req_prod ${r.hdr[0]} req_event ${r.hdr[1]} rsp_prod ${r.hdr[2]} rsp_event ${
@@ -630,30 +603,24 @@ export class Netfront implements Nic {
     return `tx: ${f(q.tx)}; rx: ${f(q.rx)}`;
   }
 
-  /** Throws when a ring broke. */
-  checkHealth(): void {
-    for (const q of this.#q) {
-      if (q.tx.broken) throw q.tx.broken;
-      if (q.rx.broken) throw q.rx.broken;
-    }
-  }
+  // ---- backend changes and shutdown ----
 
   #watchBackend(): void {
     const it = this.#xs.watch(`${this.backend}/state`);
     this.#stopWatch = () => it.return!();
     this.#watcher = (async () => {
       for await (const _ of it) {
-        if (this.#closed) break;
-        const s = await this.#backendState().catch(() => XenbusState.Closed);
+        if (this.#stopped) break;
+        const s = await readState(this.#xs, this.backend).catch(() => XenbusState.Closed);
         if ((s === XenbusState.Closing || s === XenbusState.Closed) && this.#connected) {
           // Backend going away: stop using the rings, answer Closing/Closed, wait for it to come back.
           this.#connected = false;
-          await this.#xs.write(`${this.dir}/state`, String(XenbusState.Closing)).catch(() => {});
+          await this.#setState(XenbusState.Closing).catch(() => {});
           await this.#waitBackend((x) => x === XenbusState.Closed || x === XenbusState.InitWait, "Closed")
             .catch(() => {});
           this.#releaseQueues();
-          await this.#xs.write(`${this.dir}/state`, String(XenbusState.Closed)).catch(() => {});
-        } else if (s === XenbusState.InitWait && !this.#connected && !this.#closed) {
+          await this.#setState(XenbusState.Closed).catch(() => {});
+        } else if (s === XenbusState.InitWait && !this.#connected && !this.#stopped) {
           try {
             await this.#connect();
             this.reconnects++;
@@ -666,7 +633,7 @@ export class Netfront implements Nic {
   }
 
   #releaseQueues(): void {
-    for (const q of this.#q.splice(0)) {
+    for (const q of this.pairs.splice(0)) {
       q.evTx.close();
       if (q.evRx !== q.evTx) q.evRx.close();
       q.ringPages.free();
@@ -676,11 +643,10 @@ export class Netfront implements Nic {
       q.rxPool.retire();
       q.rxGather.retire();
     }
-    this.queues = 0;
   }
 
-  async #teardown(graceful: boolean): Promise<void> {
-    this.#closed = true;
+  async #shutdown(graceful: boolean): Promise<void> {
+    this.#stopped = true;
     this.#connected = false;
     // Once xenstore stops answering (or the connection is gone), the remaining XenBus steps are skipped: grants and
     // ports are released whatever xenstore does. A step xenstore refuses does not stop the others.
@@ -694,7 +660,7 @@ export class Netfront implements Nic {
       await step(async () => await this.#watcher);
       if (graceful) {
         // netif.h: Closing, wait for the backend to close (it unmaps our grants), then Closed.
-        await step(() => this.#xs.write(`${this.dir}/state`, String(XenbusState.Closing)));
+        await step(() => this.#setState(XenbusState.Closing));
         await step(() =>
           this.#waitBackend((s) => s >= XenbusState.Closing || s === XenbusState.InitWait, "Closing")
         );
@@ -702,16 +668,11 @@ export class Netfront implements Nic {
     } finally {
       this.#releaseQueues();
     }
-    await step(() => this.#xs.write(`${this.dir}/state`, String(XenbusState.Closed)));
+    await step(() => this.#setState(XenbusState.Closed));
   }
 
-  /** Disconnect gracefully (state Closing → Closed), end the grants and close the ports. */
-  async shutdown(): Promise<void> {
-    if (this.#closed) return;
-    await this.#teardown(true);
-  }
-
-  close(): Promise<void> {
-    return this.shutdown();
+  /** Disconnect gracefully (state Closing → Closed), end the grants, close the ports and what the NIC owns. */
+  protected teardown(): Promise<void> {
+    return this.#shutdown(true);
   }
 }

@@ -4,7 +4,7 @@
  * free-running u32. The backend's rsp_prod is checked before any response is read.
  * @module
  */
-import { XEN_PAGE } from "./grants.ts";
+import { XEN_PAGE } from "../../hal/xen.ts";
 
 /** A protocol violation by the backend: the ring is unusable. */
 export class RingError extends Error {

@@ -5,6 +5,8 @@
  * connection with a clear error rather than being half-used.
  * @module
  */
+import type { XsTransport } from "../../hal/xen.ts";
+import { PvdrvError } from "../../hal/errors.ts";
 
 /** xs_wire message types (xs_wire.h `enum xsd_sockmsg_type`). */
 export const XS = {
@@ -28,25 +30,11 @@ export const PAYLOAD_MAX = 4096;
 export const PATH_MAX = 3072;
 const HEADER = 16;
 
-/** The byte stream under a client: /dev/xen/xenbus, or an in-process server in tests. */
-export interface XsTransport {
-  /** Send one whole message. */
-  write(msg: Uint8Array): void;
-  /** The next chunk of bytes from the server (any framing); null at end of stream. */
-  read(): Promise<Uint8Array | null>;
-  /** Close the stream (a pending read resolves null). */
-  close(): void;
-}
-
 /** An error reply (`XS_ERROR`) or a protocol failure. */
-export class XenStoreError extends Error {
-  /** The errno name xenstored sent (ENOENT, EAGAIN, EACCES...), or "EPROTO" for protocol errors. */
-  readonly code: string;
-  /** Creates the error. */
+export class XenStoreError extends PvdrvError {
+  /** Creates the error; `code` is the errno name xenstored sent (ENOENT, EAGAIN...), or "EPROTO". */
   constructor(code: string, msg: string) {
-    super(msg);
-    this.code = code;
-    this.name = "XenStoreError";
+    super("xenstore", msg, { code });
   }
 }
 

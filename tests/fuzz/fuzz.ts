@@ -26,15 +26,15 @@ import { F, NET_F } from "../../drivers/virtio/features.ts";
 import { VirtqueueError } from "../../drivers/virtio/virtqueue.ts";
 import { VirtioError } from "../../drivers/virtio/transport.ts";
 import { PciConfigError } from "../../drivers/pci/config.ts";
-import { RegionBoundsError } from "../../ffi/mmio.ts";
 import { Netfront } from "../../drivers/xen/netfront.ts";
 import { RingError } from "../../drivers/xen/ring.ts";
 import { XenStore, XenStoreError, XS } from "../../drivers/xen/xenstore.ts";
-import { MIN_FRAME, writeFrame } from "../../drivers/frames.ts";
-import type { Nic, PacketBuffer } from "../../drivers/nic.ts";
+import { MIN_FRAME, writeFrame } from "../../apps/frames.ts";
+import type { Nic, PacketBuffer } from "../../drivers/net/nic.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
 import { XenStoreServer } from "../models/xenstore_server.ts";
 import { ModelEvtchns, ModelGrants, NetbackModel } from "../models/xen.ts";
+import { RegionBoundsError } from "../../hal/mmio.ts";
 
 /** Outcome classes. */
 export type Outcome = "ok" | "clean-break" | "other-exception" | "hang" | "silent" | "leak" | "memory";
@@ -247,7 +247,7 @@ function virtioIteration(rng: Rng, steps: number, mutateConfig: boolean): Result
   }
   let nic: VirtioNet;
   try {
-    nic = VirtioNet.open(model.pci(), {
+    nic = VirtioNet.openPci(model.pci(), {
       queuePairs: rng.int(1, 2),
       disable: rng.bool(0.2) ? rng.pick(OPTIONAL) : 0n,
       promiscuous: rng.bool(0.2),
@@ -365,7 +365,7 @@ function virtioIteration(rng: Rng, steps: number, mutateConfig: boolean): Result
 /** The driver polls while a Worker rewrites the RX used ring underneath it: values change between two reads. */
 async function raceIteration(rng: Rng, steps: number): Promise<Result> {
   const model = new VirtioNetModel({ sharedDma: true, queueMax: rng.pick([16, 256]) });
-  const nic = VirtioNet.open(model.pci());
+  const nic = VirtioNet.openPci(model.pci());
   const q = model.queue(0);
   const used = model.dma.resolve(q.device, 4 + 8 * q.size);
   const w = new Worker(new URL("./flipper.ts", import.meta.url).href, { type: "module" });
@@ -572,7 +572,7 @@ async function netfrontIteration(rng: Rng, steps: number, xenbus: boolean): Prom
     } else result = { outcome: "clean-break", events, event: step, detail: (e as Error).message };
   }
   try {
-    await bounded(nf.shutdown(), 5000, "shutdown");
+    await bounded(nf.close(), 5000, "shutdown");
     held.release(nf, held.list.length);
     await bounded(xs.close(), 2000, "xenstore close");
     if (grants.live !== 0 || evtchns.ports.size !== 0) {

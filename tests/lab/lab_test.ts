@@ -1,6 +1,6 @@
 // The lab's own failure handling, proven with real boots (run by `deno task test` with the VM tests).
 import assert from "assert";
-import { LabError, runInGuest } from "../vm/lab.ts";
+import { LabError, runInGuest } from "../../lab/qemu.ts";
 
 Deno.test("lab: a command's non-zero exit status comes back to the host, with its output", async () => {
   const lines: string[] = [];

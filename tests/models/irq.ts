@@ -1,5 +1,5 @@
 /** An in-process interrupt source for device models. */
-import type { IrqSource } from "../../ffi/irq.ts";
+import type { IrqSource } from "../../hal/irq.ts";
 
 /** Signals from a model, awaited by a driver. */
 export class ModelIrq implements IrqSource {

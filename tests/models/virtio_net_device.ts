@@ -3,13 +3,12 @@
  * (virtio 1.2 §4.1.4, §2.7, §5.1), reached through a model IOMMU ({@link ModelDmaAllocator.resolve}). The driver
  * under test runs unchanged against it. Tests can also make it misbehave.
  */
-import { ModelDmaAllocator } from "../../ffi/dma.ts";
-import { type MmioRegion, ModelRegion } from "../../ffi/mmio.ts";
-import type { IrqSource } from "../../ffi/irq.ts";
-import type { IrqKind, PciFunction } from "../../drivers/pci/device.ts";
-import { parseConfig, type PciConfig } from "../../drivers/pci/config.ts";
 import { F, NET_F } from "../../drivers/virtio/features.ts";
 import { ModelIrq } from "./irq.ts";
+import { ModelDmaAllocator } from "../../hal/dma.ts";
+import { type MmioRegion, ModelRegion } from "../../hal/mmio.ts";
+import type { IrqSource } from "../../hal/irq.ts";
+import type { IrqKind, PciFunction } from "../../hal/pci.ts";
 
 const COMMON = 0x0000, ISR = 0x1000, DEVCFG = 0x2000, NOTIFY = 0x3000, MULT = 4;
 
@@ -179,14 +178,10 @@ export class VirtioNetModel {
   pci(): PciFunction {
     return {
       address: "model:00.0",
-      access: "model",
+      iommu: false,
+      via: "model",
       config: this.config,
       dma: this.dma,
-      parseConfig: (): PciConfig => {
-        const b = new Uint8Array(256);
-        for (let i = 0; i < 256; i++) b[i] = this.config.view.getUint8(i);
-        return parseConfig(b);
-      },
       barSize: (i: number) => (i === 0 ? 0x4000 : 0),
       bar: (i: number): MmioRegion => {
         if (i !== 0) throw new Error(`model has no BAR${i}`);
@@ -205,7 +200,6 @@ export class VirtioNetModel {
       disableIrqs: () => {
         this.#irqKind = null;
       },
-      reset: () => {},
       close: () => {},
     };
   }

@@ -3,8 +3,8 @@
  * channels (a port pair), and a netback that follows the XenBus protocol through the xenstore model and serves the
  * netif rings (Xen public/io/netif.h, ring.h). It can also misbehave.
  */
-import type { EventChannel, EventChannels, GrantedPages, GrantTable } from "../../drivers/xen/grants.ts";
-import { XEN_PAGE } from "../../drivers/xen/grants.ts";
+import type { EventChannel, EventChannels, GrantedPages, GrantTable } from "../../hal/xen.ts";
+import { XEN_PAGE } from "../../hal/xen.ts";
 import { ringSize } from "../../drivers/xen/ring.ts";
 import { ModelIrq } from "./irq.ts";
 import type { XenStoreServer } from "./xenstore_server.ts";

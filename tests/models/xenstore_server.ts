@@ -3,8 +3,8 @@
  * transactions (a conflicting commit gets EAGAIN), watches (fired once on registration, then on every change at
  * or below the path), and ways to misbehave for tests.
  */
-import type { XsTransport } from "../../drivers/xen/xenstore.ts";
 import { XS } from "../../drivers/xen/xenstore.ts";
+import type { XsTransport } from "../../hal/xen.ts";
 
 const enc = new TextEncoder(), dec = new TextDecoder();
 

@@ -1,5 +1,5 @@
 import assert from "assert";
-import { PcapWriter } from "../../drivers/pcap.ts";
+import { PcapWriter } from "../../apps/pcap.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 

@@ -1,8 +1,8 @@
 /** Boundary cases the mutation tester found unguarded: each assertion fails on a one-token change of the code. */
 import assert from "assert";
-import { checkFrame, FrameCheck, PVDRV_ETHERTYPE } from "../../drivers/frames.ts";
-import { PcapWriter } from "../../drivers/pcap.ts";
-import { interfaceInUse } from "../../drivers/pci/sysfs.ts";
+import { checkFrame, FrameCheck, PVDRV_ETHERTYPE } from "../../apps/frames.ts";
+import { PcapWriter } from "../../apps/pcap.ts";
+import { interfaceInUse } from "../../ffi/sysfs.ts";
 import { bindDevice } from "../../drivers/pci/bind.ts";
 import { PATH_MAX, XenStore } from "../../drivers/xen/xenstore.ts";
 import { Netfront } from "../../drivers/xen/netfront.ts";

@@ -2,8 +2,8 @@
 import assert from "assert";
 import { fuzzTarget } from "../fuzz/fuzz.ts";
 import { VirtioNet } from "../../drivers/virtio/net.ts";
-import { PacketPool } from "../../drivers/packet_pool.ts";
-import type { PacketBuffer } from "../../drivers/nic.ts";
+import { PacketPool } from "../../drivers/net/packet_pool.ts";
+import type { PacketBuffer } from "../../drivers/net/nic.ts";
 
 Deno.test("fuzz: a clean driver gives only ok and clean breaks", async () => {
   const r = await fuzzTarget("virtio", 0.5, 7);

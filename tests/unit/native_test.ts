@@ -1,8 +1,10 @@
 import assert from "assert";
 import { native } from "../../ffi/lib.ts";
-import { allocHostMemory, ModelDmaAllocator, virtToPhys } from "../../ffi/dma.ts";
-import { MappedRegion, ModelRegion, RegionBoundsError, SubRegion, write64Split } from "../../ffi/mmio.ts";
+import { allocHostMemory, virtToPhys } from "../../ffi/dma.ts";
+import { MappedRegion } from "../../ffi/mmio.ts";
 import { EventFd, EventFdIrq, irqWaiter } from "../../ffi/irq.ts";
+import { ModelDmaAllocator } from "../../hal/dma.ts";
+import { ModelRegion, RegionBoundsError, SubRegion, write64Split } from "../../hal/mmio.ts";
 
 const isRoot = Deno.uid() === 0;
 

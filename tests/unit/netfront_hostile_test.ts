@@ -6,8 +6,8 @@ import assert from "assert";
 import { Netfront } from "../../drivers/xen/netfront.ts";
 import { XenStore, XS } from "../../drivers/xen/xenstore.ts";
 import { RingError } from "../../drivers/xen/ring.ts";
-import { checkFrame, FrameCheck, writeFrame } from "../../drivers/frames.ts";
-import type { PacketBuffer } from "../../drivers/nic.ts";
+import { checkFrame, FrameCheck, writeFrame } from "../../apps/frames.ts";
+import type { PacketBuffer } from "../../drivers/net/nic.ts";
 import { XenStoreServer } from "../models/xenstore_server.ts";
 import { ModelEvtchns, ModelGrants, NetbackModel } from "../models/xen.ts";
 
@@ -72,7 +72,7 @@ Deno.test("netfront: buffers held when the backend closes stay mapped; released 
     assert.equal(nf.sendBatch(fresh, fill(nf, fresh, 3, 10)), 3);
     assert.equal(back.sent[0].length, 3);
   } finally {
-    await nf.shutdown();
+    await nf.close();
     await xs.close();
   }
   assert.equal(grants.live, 0);
@@ -92,7 +92,7 @@ Deno.test("netfront: a broken ring takes no more requests or RX pages", async ()
     nf.release(tx, 4);
     assert.equal(back.rxPosted(0), posted, "no RX pages posted on a broken ring");
   } finally {
-    await nf.shutdown();
+    await nf.close();
     await xs.close();
   }
 });
@@ -108,7 +108,7 @@ Deno.test("netfront: rsp_prod published before any request is caught at the next
     assert.throws(() => nf.sendBatch(tx, 8), /rsp_prod to 1 with 0 requests outstanding/);
     assert.throws(() => nf.reclaimTx(), RingError, "stays broken: our own requests are never completions");
   } finally {
-    await nf.shutdown();
+    await nf.close();
     await xs.close();
   }
 });
@@ -125,7 +125,7 @@ Deno.test("xenstore: a daemon that never answers fails requests, open and waitFo
     /ETIMEDOUT|timed out|did not answer/,
   );
   const before = logged();
-  await nf.shutdown();
+  await nf.close();
   assert.ok(
     logged() - before <= 2,
     `after xenstore fell silent, shutdown sent ${logged() - before} more requests`,
@@ -173,7 +173,7 @@ Deno.test("netfront: TX id equal to the ring size, and RX offset + length exactl
     nf.sendBatch(tx, fill(nf, tx, 2));
     back.txResponse(0, 256, 0);
     assert.throws(() => nf.reclaimTx(), /TX id 256/);
-    await nf.shutdown();
+    await nf.close();
     await xs.close();
   }
   const { back, xs, open } = lab();
@@ -187,7 +187,7 @@ Deno.test("netfront: TX id equal to the ring size, and RX offset + length exactl
     back.rxResponse(0, 1, 4096 - 100, 0, 101);
     assert.throws(() => nf.receiveBatch(out, 8), /101 bytes at offset 3996/);
   } finally {
-    await nf.shutdown();
+    await nf.close();
     await xs.close();
   }
 });
@@ -203,7 +203,7 @@ Deno.test("netfront: a frame of 24 slots is taken (and dropped as oversized), 25
         assert.equal(nf.stats()[0].rxDropped, 1, "2,400 bytes exceed the MTU: dropped, counted");
       } else assert.throws(() => nf.receiveBatch([], 8), /more than 24 slots/);
     } finally {
-      await nf.shutdown();
+      await nf.close();
       await xs.close();
     }
   }
@@ -254,7 +254,7 @@ Deno.test("netfront: a zero-length slot inside a multi-slot frame is part of it,
     nf.release(out, 1);
     assert.equal(nf.stats()[0].rxDropped, 0);
   } finally {
-    await nf.shutdown();
+    await nf.close();
     await xs.close();
   }
 });
@@ -268,7 +268,7 @@ Deno.test("netfront: shutdown goes on after xenstore refuses a step (only silenc
     if (type === XS.WRITE && text.endsWith("/state\x005")) return c.reply(XS.ERROR, req, tx, "EACCES\0");
     handle(c, type, req, tx, payload);
   };
-  await nf.shutdown();
+  await nf.close();
   assert.equal(server.get(`${back.front}/state`), "6", "Closed was still written");
   await xs.close();
 });
@@ -297,7 +297,7 @@ Deno.test("netfront: gathering a frame never writes past it into another held fr
     }
     nf.release([held[0], held[2], out[0]], 3);
   } finally {
-    await nf.shutdown();
+    await nf.close();
     await xs.close();
   }
 });
@@ -305,7 +305,7 @@ Deno.test("netfront: gathering a frame never writes past it into another held fr
 Deno.test("netfront: multi-queue-max-queues that is not a whole number is refused", async () => {
   const ok = lab();
   ok.server.set(`${ok.back.back}/multi-queue-max-queues`, "256");
-  await (await ok.open()).shutdown(); // the largest value netback may offer
+  await (await ok.open()).close(); // the largest value netback may offer
   await ok.xs.close();
   for (const v of ["x", "1.5", "0", "257"]) {
     const l = lab();

@@ -2,8 +2,8 @@ import assert from "assert";
 import { Netfront } from "../../drivers/xen/netfront.ts";
 import { XenStore, XS } from "../../drivers/xen/xenstore.ts";
 import { RingError } from "../../drivers/xen/ring.ts";
-import { checkFrame, FrameCheck, writeFrame } from "../../drivers/frames.ts";
-import { macToString, type PacketBuffer } from "../../drivers/nic.ts";
+import { checkFrame, FrameCheck, writeFrame } from "../../apps/frames.ts";
+import { macToString, type PacketBuffer } from "../../drivers/net/nic.ts";
 import { XenStoreServer } from "../models/xenstore_server.ts";
 import { ModelEvtchns, ModelGrants, NetbackModel, type NetbackOptions } from "../models/xen.ts";
 
@@ -86,7 +86,7 @@ Deno.test("netfront: handshake writes every key in one transaction, Initialised 
       "the ring pages signal the TX port if this process dies with them mapped",
     );
   } finally {
-    await nf.shutdown();
+    await nf.close();
   }
   assert.equal(server.get(`${back.front}/state`), "6");
   await xs.close();
@@ -99,7 +99,7 @@ Deno.test("netfront: feature subsets — no split channels, multi-queue, no rx-c
     assert.ok(server.get(`${back.front}/event-channel`));
     assert.equal(send(nf, 10), 10);
     assert.equal(back.sent[0].length, 10);
-    await nf.shutdown();
+    await nf.close();
     await xs.close();
   }
   {
@@ -110,7 +110,7 @@ Deno.test("netfront: feature subsets — no split channels, multi-queue, no rx-c
     assert.ok(server.get(`${back.front}/queue-1/tx-ring-ref`));
     assert.equal(send(nf, 5, 0, 1), 5);
     assert.equal(back.sent[1].length, 5);
-    await nf.shutdown();
+    await nf.close();
     await xs.close();
   }
   {
@@ -129,7 +129,7 @@ Deno.test("netfront: feature subsets — no split channels, multi-queue, no rx-c
     const nf = await open();
     assert.equal(server.get(`${back.front}/feature-sg`), "0", "MTU 1500 works without feature-sg");
     assert.equal(send(nf, 3), 3);
-    await nf.shutdown();
+    await nf.close();
     await xs.close();
   }
   {
@@ -192,7 +192,7 @@ Deno.test("netfront: 20,000 frames each way byte-exact, rings wrapping many time
     assert.deepEqual([st.txPackets, st.rxPackets, st.txErrors, st.rxDropped], [N, N, 0, 0]);
     assert.ok(st.notifications < N / 4, `notifications ${st.notifications}`);
   } finally {
-    await nf.shutdown();
+    await nf.close();
   }
   assert.equal(grants.live, 0, "every grant ended");
   await xs.close();
@@ -240,7 +240,7 @@ Deno.test("netfront: RX offsets, multi-slot frames (gathered), extra-info slots,
     assert.equal(seq[0], 6);
     nf.release(odd, 1);
   } finally {
-    await nf.shutdown();
+    await nf.close();
     await xs.close();
   }
 });
@@ -249,7 +249,7 @@ Deno.test("netfront: jumbo MTU 9000 — 3,000 multi-slot frames each way byte-ex
   const { back, xs, open, grants, server } = lab({ mtu: 9000 });
   const nf = await open();
   try {
-    assert.equal(nf.maxFrame, 9014);
+    assert.equal(nf.maxFrame, 9018); // the one frame-size rule: MTU + Ethernet header + one VLAN tag
     assert.equal(server.get(`${back.front}/feature-sg`), "1");
     const big = (k: number) => 60 + (k * 1693) % 8955;
     const N = 3000, seq = new Uint32Array(1);
@@ -286,7 +286,7 @@ Deno.test("netfront: jumbo MTU 9000 — 3,000 multi-slot frames each way byte-ex
     assert.equal(nf.stats()[0].txPackets, N + 6);
     assert.equal(back.sent[0].length, N + 6);
   } finally {
-    await nf.shutdown();
+    await nf.close();
   }
   assert.equal(grants.live, 0);
   await xs.close();
@@ -310,7 +310,7 @@ Deno.test("netfront: the largest MTU (65517) — 16 slots per frame each way, 51
     assert.equal(checkFrame(got[0].data, got[0].length, seq), FrameCheck.Ok);
     nf.release(got, 1);
   } finally {
-    await nf.shutdown();
+    await nf.close();
     await xs.close();
   }
 });
@@ -348,7 +348,7 @@ Deno.test("netfront: a hostile backend (bad ids, offset+length past the page, rs
     assert.throws(run, RingError, name);
     assert.throws(run, re, `${name}: stays broken with a clear error`);
     assert.throws(() => nf.checkHealth(), RingError);
-    await nf.shutdown();
+    await nf.close();
     assert.equal(grants.live, 0, `${name}: nothing leaked`);
     await xs.close();
   }
@@ -368,7 +368,7 @@ Deno.test("netfront: interrupt mode wakes on the RX event channel", async () => 
     nf.release(got, 1);
     assert.equal(nf.stats()[0].interrupts, 1);
   } finally {
-    await nf.shutdown();
+    await nf.close();
     await xs.close();
   }
 });
@@ -387,7 +387,7 @@ Deno.test("netfront: reconnects after the backend restarts", async () => {
     assert.equal(send(nf, 4, 100), 4);
     assert.equal(back.sent[0].length, 4, "traffic flows on the new rings");
   } finally {
-    await nf.shutdown();
+    await nf.close();
     await xs.close();
   }
 });
@@ -409,7 +409,7 @@ Deno.test("netfront: a backend left Connected by a frontend that died is closed 
     assert.equal(send(nf, 5), 5);
     assert.equal(back.sent[0].length, 5, "traffic flows on the new rings");
   } finally {
-    await nf.shutdown();
+    await nf.close();
     await xs2.close();
   }
 });

@@ -6,7 +6,7 @@ import {
   PciConfigError,
   VIRTIO_PCI_CAP,
 } from "../../drivers/pci/config.ts";
-import { listDevices, parsePciAddress, parseResources, readDevice } from "../../drivers/pci/sysfs.ts";
+import { listDevices, parsePciAddress, parseResources, readDevice } from "../../ffi/sysfs.ts";
 import { deviceKind, formatTable, probe } from "../../drivers/pci/probe.ts";
 import { bindDevice, BindRefused } from "../../drivers/pci/bind.ts";
 import { protectedReason, readHostNet } from "../../drivers/pci/host_net.ts";

@@ -3,11 +3,12 @@
  * capability checks the modern transport relies on.
  */
 import assert from "assert";
-import { LegacyTransport, NO_VECTOR, VirtioError } from "../../drivers/virtio/transport.ts";
+import { NO_VECTOR, VirtioError } from "../../drivers/virtio/transport.ts";
 import { checkCapInBar, parseConfig, PciConfigError } from "../../drivers/pci/config.ts";
-import { ModelRegion } from "../../ffi/mmio.ts";
-import type { PciFunction } from "../../drivers/pci/device.ts";
-import { ModelDmaAllocator } from "../../ffi/dma.ts";
+import { ModelRegion } from "../../hal/mmio.ts";
+import type { PciFunction } from "../../hal/pci.ts";
+import { ModelDmaAllocator } from "../../hal/dma.ts";
+import { LegacyTransport } from "../../drivers/virtio/pci.ts";
 
 /** A legacy device's I/O BAR: registers as the spec lays them out, with a fixed queue size of 256. */
 function legacyDevice(opts: { bar0Io?: boolean; size?: number } = {}) {
@@ -36,9 +37,11 @@ function legacyDevice(opts: { bar0Io?: boolean; size?: number } = {}) {
   dv.setUint16(0, 0x1af4, true);
   dv.setUint16(2, 0x1000, true);
   dv.setUint32(0x10, opts.bar0Io ?? true ? 0xc001 : 0xfe000000, true);
+  const config = new ModelRegion("legacy config", 64);
+  new Uint8Array(config.view.buffer).set(cfg);
   const pci = {
     address: "fake:00.0",
-    parseConfig: () => parseConfig(cfg),
+    config,
     bar: (i: number) => {
       if (i !== 0) throw new Error("no BAR");
       return io;

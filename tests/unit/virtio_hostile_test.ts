@@ -7,8 +7,8 @@ import assert from "assert";
 import { VirtioNet } from "../../drivers/virtio/net.ts";
 import { F, NET_F } from "../../drivers/virtio/features.ts";
 import { VirtqueueError } from "../../drivers/virtio/virtqueue.ts";
-import { checkFrame, FrameCheck, writeFrame } from "../../drivers/frames.ts";
-import type { PacketBuffer } from "../../drivers/nic.ts";
+import { checkFrame, FrameCheck, writeFrame } from "../../apps/frames.ts";
+import type { PacketBuffer } from "../../drivers/net/nic.ts";
 import { type ModelOptions, VirtioNetModel } from "../models/virtio_net_device.ts";
 
 const DST = new Uint8Array([0x52, 0x54, 0, 0, 0, 2]);
@@ -28,7 +28,7 @@ function frame(len: number, seq: number): Uint8Array {
 
 function openFails(opts: ModelOptions, re: RegExp, nicOpts = {}): VirtioNetModel {
   const model = new VirtioNetModel(opts);
-  assert.throws(() => VirtioNet.open(model.pci(), nicOpts), re);
+  assert.throws(() => VirtioNet.openPci(model.pci(), nicOpts), re);
   assert.equal(model.dma.live, 0, "a failed open frees every DMA region");
   assert.deepEqual(model.enabledTwice, [], "no queue programmed twice");
   return model;
@@ -47,7 +47,7 @@ function send(nic: VirtioNet, sizes: number[]): number {
 Deno.test("virtio hostile: num_buffers beyond what is in the used ring breaks the queue; valid frames survive", () => {
   for (const nb of [65535, 2, 0]) {
     const model = new VirtioNetModel();
-    const nic = VirtioNet.open(model.pci());
+    const nic = VirtioNet.openPci(model.pci());
     try {
       model.deliver(frame(100, 1), 0, { numBuffers: nb });
       assert.throws(() => nic.receiveBatch([], 32), VirtqueueError, `num_buffers ${nb}`);
@@ -60,7 +60,7 @@ Deno.test("virtio hostile: num_buffers beyond what is in the used ring breaks th
   // A real multi-buffer frame (too long for one slot) is dropped with both buffers, counted; the frames after it
   // are delivered, within one call and across calls.
   const model = new VirtioNetModel({ mtu: 4000 });
-  const nic = VirtioNet.open(model.pci());
+  const nic = VirtioNet.openPci(model.pci());
   try {
     assert.ok(model.deliver(frame(3000, 1)));
     for (let i = 0; i < 3; i++) model.deliver(frame(60 + i, 2 + i));
@@ -100,7 +100,7 @@ Deno.test("virtio hostile: an odd notify_off_multiplier is refused; a doorbell t
   openFails({ notifyMultiplier: 3 }, /notify_off_multiplier 3/);
   openFails({ notifyMultiplier: 6 }, /notify_off_multiplier 6/);
   const model = new VirtioNetModel({ notifyMultiplier: 2 });
-  const nic = VirtioNet.open(model.pci());
+  const nic = VirtioNet.openPci(model.pci());
   try {
     assert.equal(send(nic, [60]), 1, "multiplier 2 works");
     model.failNotify = true;
@@ -115,7 +115,7 @@ Deno.test("virtio hostile: an odd notify_off_multiplier is refused; a doorbell t
 
 Deno.test("virtio hostile: lengths beyond the negotiated maximum are dropped; only defined flags reach the app", () => {
   const model = new VirtioNetModel({ mtu: 68 });
-  const nic = VirtioNet.open(model.pci());
+  const nic = VirtioNet.openPci(model.pci());
   const out: PacketBuffer[] = [];
   try {
     assert.equal(nic.maxFrame, 68 + 18);
@@ -131,7 +131,7 @@ Deno.test("virtio hostile: lengths beyond the negotiated maximum are dropped; on
     nic.close();
   }
   const m2 = new VirtioNetModel();
-  const n2 = VirtioNet.open(m2.pci(), { disable: NET_F.GUEST_CSUM });
+  const n2 = VirtioNet.openPci(m2.pci(), { disable: NET_F.GUEST_CSUM });
   try {
     m2.deliver(frame(80, 3), 0, { flags: 0xff });
     assert.equal(n2.receiveBatch(out, 32), 1);
@@ -144,7 +144,7 @@ Deno.test("virtio hostile: lengths beyond the negotiated maximum are dropped; on
 
 Deno.test("virtio hostile: used.idx published before buffers exist is caught at the next doorbell", () => {
   const model = new VirtioNetModel({ autoProcess: false });
-  const nic = VirtioNet.open(model.pci());
+  const nic = VirtioNet.openPci(model.pci());
   try {
     model.jumpUsedIdx(1, 3); // nothing is outstanding on TX
     assert.throws(() => send(nic, [60, 60, 60, 60, 60, 60, 60, 60]), /used\.idx .* 0 buffers outstanding/);
@@ -164,7 +164,7 @@ Deno.test("virtio hostile: used entries — idx one past outstanding, id == ring
   ];
   for (const [name, act] of cases) {
     const model = new VirtioNetModel({ autoProcess: false });
-    const nic = VirtioNet.open(model.pci());
+    const nic = VirtioNet.openPci(model.pci());
     try {
       assert.equal(send(nic, [60, 60]), 2); // ids 0 and 1 with the device
       act(model);
@@ -177,7 +177,7 @@ Deno.test("virtio hostile: used entries — idx one past outstanding, id == ring
 
 Deno.test("virtio: buffers held across close stay valid memory, the device loses them, release stays harmless", () => {
   const model = new VirtioNetModel();
-  const nic = VirtioNet.open(model.pci());
+  const nic = VirtioNet.openPci(model.pci());
   model.deliver(frame(300, 42));
   const out: PacketBuffer[] = [];
   assert.equal(nic.receiveBatch(out, 32), 1);
@@ -199,7 +199,7 @@ Deno.test("virtio: buffers held across close stay valid memory, the device loses
 
 Deno.test("virtio: VERSION_1 without MRG_RXBUF still uses the 12-byte header (TX bytes land unshifted)", () => {
   const model = new VirtioNetModel();
-  const nic = VirtioNet.open(model.pci(), { disable: NET_F.MRG_RXBUF });
+  const nic = VirtioNet.openPci(model.pci(), { disable: NET_F.MRG_RXBUF });
   try {
     assert.equal(nic.hdrLen, 12);
     assert.equal(send(nic, [60, 61]), 2);
@@ -221,7 +221,7 @@ Deno.test("virtio: VERSION_1 without MRG_RXBUF still uses the 12-byte header (TX
 
 Deno.test("virtio: runts are dropped, TX lengths are bounded both ways, a refused control command throws", () => {
   const model = new VirtioNetModel({ ctrlAck: 1 });
-  const nic = VirtioNet.open(model.pci());
+  const nic = VirtioNet.openPci(model.pci());
   try {
     model.deliver(new Uint8Array(13).fill(1));
     model.deliver(new Uint8Array(14).fill(2));
@@ -243,20 +243,20 @@ Deno.test("virtio: runts are dropped, TX lengths are bounded both ways, a refuse
     nic.close();
   }
   const refused = new VirtioNetModel({ ctrlAck: 1 });
-  assert.throws(() => VirtioNet.open(refused.pci(), { promiscuous: true }), /rejected control command/);
+  assert.throws(() => VirtioNet.openPci(refused.pci(), { promiscuous: true }), /rejected control command/);
   assert.equal(refused.dma.live, 0);
 });
 
 Deno.test("virtio: open resets the device before enabling bus mastering (a killed driver's device stops first)", () => {
   const model = new VirtioNetModel();
-  const nic = VirtioNet.open(model.pci());
+  const nic = VirtioNet.openPci(model.pci());
   nic.close();
   assert.deepEqual(model.order.slice(0, 2), ["reset", "bus master"]);
 });
 
 Deno.test("pools refuse buffers of another pool; the frame check covers the last byte", () => {
   const model = new VirtioNetModel();
-  const nic = VirtioNet.open(model.pci());
+  const nic = VirtioNet.openPci(model.pci());
   try {
     const tx: PacketBuffer[] = [];
     nic.allocTx(tx, 1);
@@ -281,8 +281,8 @@ Deno.test("pools refuse buffers of another pool; the frame check covers the last
 
 Deno.test("virtio: under VFIO a device without ACCESS_PLATFORM is refused with the fix named", () => {
   const model = new VirtioNetModel({ features: F.VERSION_1 | NET_F.MAC });
-  const pci = { ...model.pci(), access: "vfio" as const };
-  assert.throws(() => VirtioNet.open(pci), /VIRTIO_F_ACCESS_PLATFORM.*iommu_platform=on/);
+  const pci = { ...model.pci(), iommu: true };
+  assert.throws(() => VirtioNet.openPci(pci), /VIRTIO_F_ACCESS_PLATFORM.*iommu_platform=on/);
   const ok = new VirtioNetModel();
-  VirtioNet.open({ ...ok.pci(), access: "vfio" as const }).close();
+  VirtioNet.openPci({ ...ok.pci(), iommu: true }).close();
 });

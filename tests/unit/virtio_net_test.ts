@@ -3,14 +3,14 @@ import { VirtioNet } from "../../drivers/virtio/net.ts";
 import { F, NET_F, STATUS } from "../../drivers/virtio/features.ts";
 import { VirtqueueError } from "../../drivers/virtio/virtqueue.ts";
 import { VirtioError } from "../../drivers/virtio/transport.ts";
-import { checkFrame, FrameCheck, writeFrame } from "../../drivers/frames.ts";
-import type { PacketBuffer } from "../../drivers/nic.ts";
+import { checkFrame, FrameCheck, writeFrame } from "../../apps/frames.ts";
+import type { PacketBuffer } from "../../drivers/net/nic.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
 
 const DST = new Uint8Array([0x52, 0x54, 0, 0, 0, 2]);
 
 function open(model: VirtioNetModel, opts = {}) {
-  return VirtioNet.open(model.pci(), opts);
+  return VirtioNet.openPci(model.pci(), opts);
 }
 
 function sendFrames(nic: VirtioNet, sizes: number[], firstSeq = 0, queue = 0): number {
@@ -351,7 +351,8 @@ Deno.test("virtio-net: buffer ownership is enforced", () => {
     nic.close();
   }
   assert.throws(
-    () => VirtioNet.open(new VirtioNetModel().pci(), { queuePairs: 1, disable: 0n }).receiveBatch([], 1, 5),
+    () =>
+      VirtioNet.openPci(new VirtioNetModel().pci(), { queuePairs: 1, disable: 0n }).receiveBatch([], 1, 5),
     /out of range/,
   );
   void VirtioError;

@@ -5,9 +5,10 @@
  */
 import assert from "assert";
 import { VirtioNet } from "../../../drivers/virtio/net.ts";
-import { type PciFunction, UioPciFunction, VfioPciFunction } from "../../../drivers/pci/device.ts";
+import { UioPciFunction, VfioPciFunction } from "../../../ffi/pci.ts";
 import { ensureBound, guestTest, LAB } from "./env.ts";
-import { exchangeWithKernel, kernelInterface, Peer } from "./peer.ts";
+import { exchangeWithKernel, kernelInterface, Peer } from "../../../lab/kernel_peer.ts";
+import type { PciFunction } from "../../../hal/pci.ts";
 
 const ROOT = new URL("../../../", import.meta.url).pathname;
 const N = 10_000, WINDOW = 64;
@@ -71,7 +72,7 @@ async function killMidFlood(pci: string, k: { name: string; mac: string }, nicMa
 
 /** Open `pci` again after the kills and move N frames each way, every one verified by the side receiving it. */
 async function reopenAndExchange(pci: PciFunction, k: { name: string; mac: string }): Promise<void> {
-  const nic = VirtioNet.open(pci, { ownsPci: true });
+  const nic = VirtioNet.openPci(pci, { ownsPci: true });
   try {
     const x = await exchangeWithKernel(nic, k, N, WINDOW);
     assert.equal(x.kernelReceived.received, N);

@@ -1,8 +1,8 @@
 import assert from "assert";
 import { probe } from "../../../drivers/pci/probe.ts";
-import { readDevice } from "../../../drivers/pci/sysfs.ts";
-import { UioPciFunction, VfioPciFunction } from "../../../drivers/pci/device.ts";
-import { VIRTIO_PCI_CAP } from "../../../drivers/pci/config.ts";
+import { readDevice } from "../../../ffi/sysfs.ts";
+import { UioPciFunction, VfioPciFunction } from "../../../ffi/pci.ts";
+import { readConfigOf, VIRTIO_PCI_CAP } from "../../../drivers/pci/config.ts";
 import { IRQ_MSIX } from "../../../ffi/vfio.ts";
 import { ensureBound, guestTest, LAB, OUT } from "./env.ts";
 
@@ -32,7 +32,7 @@ guestTest(
     assert.equal(readDevice(LAB.vfioKernelPeer.pci).driver, "vfio-pci");
     const f = VfioPciFunction.open(LAB.vfioKernelPeer.pci);
     try {
-      const cfg = f.parseConfig();
+      const cfg = readConfigOf(f);
       assert.equal(cfg.vendorId, 0x1af4);
       assert.equal(cfg.deviceId, 0x1041);
       const common = cfg.virtio.find((c) => c.type === VIRTIO_PCI_CAP.COMMON)!;
@@ -86,7 +86,7 @@ guestTest("UIO: bind the transitional NIC and read its legacy registers through 
   ensureBound(LAB.uioKernelPeer.pci, "uio_pci_generic");
   const f = UioPciFunction.open(LAB.uioKernelPeer.pci);
   try {
-    const cfg = f.parseConfig();
+    const cfg = readConfigOf(f);
     assert.equal(cfg.deviceId, 0x1000);
     assert.equal(cfg.subsystemId, 1, "legacy subsystem id 1 = network");
     assert.ok(cfg.interruptPin > 0);

@@ -11,12 +11,13 @@
  */
 import { parseArgs } from "parse-args";
 import { VirtioNet } from "../../../drivers/virtio/net.ts";
-import { type PciFunction, UioPciFunction, VfioPciFunction } from "../../../drivers/pci/device.ts";
-import type { IrqMode } from "../../../drivers/virtio/net.ts";
-import { parseMac } from "../../../drivers/nic.ts";
-import { generate, receive } from "../../../cli/traffic.ts";
+import { UioPciFunction, VfioPciFunction } from "../../../ffi/pci.ts";
+import { parseMac } from "../../../drivers/net/nic.ts";
+import { generate, receive } from "../../../apps/traffic.ts";
 import { ensureBound, LAB } from "./env.ts";
-import { kernelInterface, Peer } from "./peer.ts";
+import { kernelInterface, Peer } from "../../../lab/kernel_peer.ts";
+import type { PciFunction } from "../../../hal/pci.ts";
+import type { IrqMode } from "../../../drivers/net/nic.ts";
 
 const WINDOW = 64;
 
@@ -69,7 +70,7 @@ async function round(
 ): Promise<{ lost: number; corrupt: number }> {
   const k = await kernelInterface(c.peer);
   const pci = c.open(c.pci);
-  const nic = VirtioNet.open(pci, { ownsPci: true, irq: c.irq });
+  const nic = VirtioNet.openPci(pci, { ownsPci: true, irq: c.irq });
   try {
     const kr = new Peer(["recv", k.name, String(frames), "15000", "16"]);
     await kr.ready;

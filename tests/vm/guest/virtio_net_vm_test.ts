@@ -1,11 +1,11 @@
 import assert from "assert";
 import { VirtioNet } from "../../../drivers/virtio/net.ts";
-import { UioPciFunction, VfioPciFunction } from "../../../drivers/pci/device.ts";
-import type { PciFunction } from "../../../drivers/pci/device.ts";
-import { parseMac, totalStats } from "../../../drivers/nic.ts";
-import { echoExchange, receive } from "../../../cli/traffic.ts";
+import { UioPciFunction, VfioPciFunction } from "../../../ffi/pci.ts";
+import { parseMac, totalStats } from "../../../drivers/net/nic.ts";
+import { echoExchange, receive } from "../../../apps/traffic.ts";
 import { ensureBound, guestTest, LAB, OUT } from "./env.ts";
-import { exchangeWithKernel, kernelInterface, Peer } from "./peer.ts";
+import { exchangeWithKernel, kernelInterface, Peer } from "../../../lab/kernel_peer.ts";
+import type { PciFunction } from "../../../hal/pci.ts";
 
 const N = 100_000;
 // Frames in flight: the lab's links are UDP sockets on the host (rmem_default 208 KiB, and a queued datagram costs
@@ -28,7 +28,7 @@ async function kernelExchangeTest(
   transport: "modern" | "legacy",
 ) {
   const k = await kernelInterface(peerPci);
-  const nic = VirtioNet.open(open(nicPci), { ownsPci: true, transport });
+  const nic = VirtioNet.openPci(open(nicPci), { ownsPci: true, transport });
   try {
     assert.equal(nic.transport, transport);
     assert.equal(nic.macString, transport === "modern" ? LAB.vfioKernelPeer.mac : LAB.uioKernelPeer.mac);
@@ -77,7 +77,7 @@ guestTest(
 guestTest(
   "virtio-net over VFIO ⇄ the host: 100k frames to a reflector on the host and back, checked both ends",
   async () => {
-    const nic = VirtioNet.open(vfio(LAB.vfioHostPeer.pci), { ownsPci: true });
+    const nic = VirtioNet.openPci(vfio(LAB.vfioHostPeer.pci), { ownsPci: true });
     try {
       const dst = parseMac("02:00:00:00:00:fe");
       const { tx, rx } = await echoExchange(nic, {
@@ -106,7 +106,7 @@ async function interruptBursts(
   irq: "msix" | "intx",
 ) {
   const k = await kernelInterface(peerPci);
-  const nic = VirtioNet.open(open(nicPci), { ownsPci: true, irq });
+  const nic = VirtioNet.openPci(open(nicPci), { ownsPci: true, irq });
   try {
     for (let burst = 0; burst < 3; burst++) {
       await new Promise((r) => setTimeout(r, 300)); // idle

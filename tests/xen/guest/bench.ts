@@ -1,15 +1,16 @@
-// The Xen lab's benchmark, run in the PV domU after the tests (tests/xen/lab.ts): TX and RX packets per second of
+// The Xen lab's benchmark, run in the PV domU after the tests (lab/xen.ts): TX and RX packets per second of
 // pvdrv's netfront, then of the kernel's own xen-netfront on the same vif, with dom0's pvpeer as the peer. Each
 // step is announced in xenstore (data/pvdrv-bench) and starts once dom0 acknowledges it (data/pvdrv-bench-ack).
 // Prints "PVDRV-BENCH <step> {json}" for what the domU measures; dom0 prints what it counts.
 // pvdrv is driven like pvpeer drives the kernel: TX resends frames written once (txrate), RX only counts (rxrate);
 // every byte is verified by the lab's tests, not here.
-import { Netfront, XenbusState } from "../../../drivers/xen/netfront.ts";
+import { Netfront } from "../../../drivers/xen/netfront.ts";
 import { XenStore } from "../../../drivers/xen/xenstore.ts";
 import { XenbusDevice } from "../../../ffi/xenbus.ts";
 import { Evtchn, Gntalloc } from "../../../ffi/xen.ts";
-import { type Nic, type PacketBuffer, parseMac } from "../../../drivers/nic.ts";
-import { writeFrame } from "../../../drivers/frames.ts";
+import { type Nic, type PacketBuffer, parseMac } from "../../../drivers/net/nic.ts";
+import { writeFrame } from "../../../apps/frames.ts";
+import { XenbusState } from "../../../drivers/xen/xenbus.ts";
 
 const S = Number(Deno.env.get("PVDRV_BENCH_SECONDS") ?? 4);
 const DST = "fe:ff:ff:ff:ff:ff";
@@ -101,7 +102,7 @@ async function countRx(nic: Nic, seconds: number, interrupts: boolean, ready: Pr
       report(name, await events(() => countRx(nf, S, interrupts, step(name)))());
     }
   } finally {
-    await nf.shutdown();
+    await nf.close();
     grants.close();
   }
 }

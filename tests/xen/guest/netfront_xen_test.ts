@@ -1,14 +1,14 @@
-// Runs inside the PV domU of the Xen lab (tests/xen/lab.ts), against dom0's real xen-netback. dom0 verifies the
+// Runs inside the PV domU of the Xen lab (lab/xen.ts), against dom0's real xen-netback. dom0 verifies the
 // frames we send (pvpeer on vif1.0) and, once it has all of them, sends us the same number back.
 import assert from "assert";
 import { Netfront } from "../../../drivers/xen/netfront.ts";
-import { XEN_PAGE } from "../../../drivers/xen/grants.ts";
+import { XEN_PAGE } from "../../../hal/xen.ts";
 import { XenStore } from "../../../drivers/xen/xenstore.ts";
 import { probeXen } from "../../../drivers/xen/probe.ts";
 import { XenbusDevice } from "../../../ffi/xenbus.ts";
 import { Evtchn, Gntalloc } from "../../../ffi/xen.ts";
-import { macToString, parseMac } from "../../../drivers/nic.ts";
-import { generate, receive } from "../../../cli/traffic.ts";
+import { macToString, parseMac } from "../../../drivers/net/nic.ts";
+import { generate, receive } from "../../../apps/traffic.ts";
 
 const IN_XEN = Deno.env.get("PVDRV_XEN_GUEST") === "1";
 const N = 10_000;
@@ -49,7 +49,7 @@ Deno.test({
       const st = nf.stats()[0];
       assert.deepEqual([st.txPackets, st.txErrors], [N, 0]);
     } finally {
-      await nf.shutdown();
+      await nf.close();
       grants.close();
       await xs.close();
     }
@@ -66,7 +66,7 @@ Deno.test({
     // dom0 raised vif1.0's MTU to 9000 once our first connection offered feature-sg.
     const nf = await Netfront.open(xs, grants, new Evtchn(), { timeoutMs: 60_000, mtu: 9000 });
     try {
-      assert.equal(nf.maxFrame, 9014);
+      assert.equal(nf.maxFrame, 9018); // the one frame-size rule: MTU + Ethernet header + one VLAN tag
       const rx = receive(nf, { count: J, idleTimeoutMs: 30_000 });
       const dst = parseMac("fe:ff:ff:ff:ff:ff");
       const tx = await generate(nf, { count: J, minSize: 60, maxSize: 9014, dst, rate: 200 });
@@ -85,7 +85,7 @@ Deno.test({
       assert.ok(r.bytes / J > XEN_PAGE, "most frames span several 4 KiB slots");
       assert.deepEqual([st.txPackets, st.txErrors, st.rxDropped], [J, 0, 0]);
     } finally {
-      await nf.shutdown();
+      await nf.close();
       grants.close();
       await xs.close();
     }
@@ -130,7 +130,7 @@ Deno.test({
       const st = nf.stats()[0];
       assert.deepEqual([st.txPackets, st.txErrors], [500, 0], "netback consumed the new rings");
     } finally {
-      await nf.shutdown();
+      await nf.close();
       grants.close();
       await xs.close();
     }

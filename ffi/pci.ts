@@ -1,66 +1,23 @@
 /**
- * An opened PCI function, the seam drivers program against: config space, BARs, DMA memory and interrupts,
- * whether it came through VFIO or UIO (or a model in tests).
+ * PCI functions opened through Linux: VFIO (IOMMU-translated DMA, MSI-X and INTx) and uio_pci_generic (physical
+ * DMA, INTx only), both behind the `PciFunction` seam (hal/pci.ts).
  * @module
  */
-import type { MmioRegion } from "../../ffi/mmio.ts";
-import { type DmaAllocator, PhysicalDmaAllocator } from "../../ffi/dma.ts";
-import type { IrqSource } from "../../ffi/irq.ts";
-import { IRQ_INTX, IRQ_MSIX, VfioContainer, type VfioDevice } from "../../ffi/vfio.ts";
-import { fileRegion, mapResource, UioIrq } from "../../ffi/uio.ts";
+import type { MmioRegion } from "../hal/mmio.ts";
+import type { DmaAllocator } from "../hal/dma.ts";
+import type { IrqSource } from "../hal/irq.ts";
 import {
   CMD_BUS_MASTER,
   CMD_INTX_DISABLE,
   CMD_IO,
   CMD_MEMORY,
-  parseConfig,
-  type PciConfig,
-} from "./config.ts";
+  type IrqKind,
+  type PciFunction,
+} from "../hal/pci.ts";
+import { PhysicalDmaAllocator } from "./dma.ts";
+import { IRQ_INTX, IRQ_MSIX, VfioContainer, type VfioDevice } from "./vfio.ts";
+import { fileRegion, mapResource, UioIrq } from "./uio.ts";
 import { devicePath, type PciDeviceInfo, readDevice, SYSFS } from "./sysfs.ts";
-
-/** Interrupt kinds a function can be asked for. */
-export type IrqKind = "msix" | "intx";
-
-/** What a driver sees of a PCI function. */
-export interface PciFunction {
-  /** PCI address. */
-  readonly address: string;
-  /** How it was opened: "vfio", "uio" or "model". */
-  readonly access: string;
-  /** Config space registers. */
-  readonly config: MmioRegion;
-  /** The DMA allocator for this function. */
-  readonly dma: DmaAllocator;
-  /** Parsed config header and capabilities. */
-  parseConfig(): PciConfig;
-  /** Size of BAR `i` (0 if absent). */
-  barSize(i: number): number;
-  /** BAR `i` as a register region (mapped once, cached). */
-  bar(i: number): MmioRegion;
-  /** Set bus mastering (and memory/IO decoding) in the command register. */
-  enableBusMaster(): void;
-  /** Interrupts: `n` MSI-X vectors, or the single INTx line. */
-  irqs(kind: IrqKind, n: number): IrqSource[];
-  /** Interrupt kinds this access method can deliver. */
-  irqKinds(): IrqKind[];
-  /** Re-arm INTx after handling it (a no-op for MSI-X). */
-  unmaskIntx(): void;
-  /** Release interrupts (before a device reset). */
-  disableIrqs(): void;
-  /** Function reset where supported. */
-  reset(): void;
-  /** Release every resource (regions, interrupts, DMA). */
-  close(): void;
-}
-
-/** Read a whole config region into a snapshot. */
-export function snapshotConfig(cfg: MmioRegion): Uint8Array {
-  const n = Math.min(cfg.size, 256);
-  const out = new Uint8Array(n);
-  const dv = new DataView(out.buffer);
-  for (let o = 0; o < n; o += 4) dv.setUint32(o, cfg.read32(o), true);
-  return out;
-}
 
 function enableCommand(cfg: MmioRegion, intx: boolean): void {
   let cmd = cfg.read16(4) | CMD_BUS_MASTER | CMD_MEMORY | CMD_IO;
@@ -70,7 +27,8 @@ function enableCommand(cfg: MmioRegion, intx: boolean): void {
 
 /** A function opened through VFIO. */
 export class VfioPciFunction implements PciFunction {
-  readonly access = "vfio";
+  readonly iommu = true;
+  readonly via = "vfio";
   readonly config: MmioRegion;
   readonly dma: DmaAllocator;
   readonly #bars = new Map<number, MmioRegion>();
@@ -102,9 +60,6 @@ export class VfioPciFunction implements PciFunction {
   constructor(readonly address: string, readonly container: VfioContainer, readonly device: VfioDevice) {
     this.config = device.config();
     this.dma = container.dmaAllocator();
-  }
-  parseConfig(): PciConfig {
-    return parseConfig(snapshotConfig(this.config));
   }
   barSize(i: number): number {
     return this.device.regionInfo(i).size;
@@ -139,9 +94,6 @@ export class VfioPciFunction implements PciFunction {
     this.#irqs = [];
     this.#irqIndex = -1;
   }
-  reset(): void {
-    if (this.device.canReset) this.device.reset();
-  }
   close(): void {
     this.disableIrqs();
     for (const r of this.#bars.values()) r.close();
@@ -154,7 +106,8 @@ export class VfioPciFunction implements PciFunction {
 
 /** A function opened through uio_pci_generic: INTx only, physical DMA addresses (no IOMMU protection). */
 export class UioPciFunction implements PciFunction {
-  readonly access = "uio";
+  readonly iommu = false;
+  readonly via = "uio";
   readonly config: MmioRegion;
   readonly dma: DmaAllocator = new PhysicalDmaAllocator();
   readonly #bars = new Map<number, MmioRegion>();
@@ -182,9 +135,6 @@ export class UioPciFunction implements PciFunction {
     this.#dir = devicePath(info.address, root);
     this.#info = info;
     this.config = fileRegion(`${this.#dir}/config`, 256, `${info.address} config`);
-  }
-  parseConfig(): PciConfig {
-    return parseConfig(snapshotConfig(this.config));
   }
   barSize(i: number): number {
     return this.#info.bars.find((b) => b.index === i)?.size ?? 0;
@@ -220,7 +170,6 @@ export class UioPciFunction implements PciFunction {
     this.#irq?.close();
     this.#irq = null;
   }
-  reset(): void {}
   close(): void {
     this.disableIrqs();
     for (const r of this.#bars.values()) r.close();

@@ -1,9 +1,10 @@
 /**
- * The grant and event-channel seams of Xen drivers (Xen public/grant_table.h, event_channel.h): pages shared with
- * another domain, and the doorbell between the two. Real implementations are in ffi/xen.ts; models in tests.
+ * The Xen seams: pages granted to another domain (Xen public/grant_table.h), the event channel between the two
+ * (event_channel.h), and the byte stream under a xenstore client (xs_wire.h). Linux implementations are in
+ * ffi/xen.ts and ffi/xenbus.ts; models in tests/models.
  * @module
  */
-import type { IrqSource } from "../../ffi/irq.ts";
+import type { IrqSource } from "./irq.ts";
 
 /** Xen pages are 4 KiB. */
 export const XEN_PAGE = 4096;
@@ -40,4 +41,14 @@ export interface EventChannel extends IrqSource {
 export interface EventChannels {
   /** Allocate a port that `remoteDomid` may bind to. */
   bindUnbound(remoteDomid: number): EventChannel;
+}
+
+/** The byte stream under a xenstore client: /dev/xen/xenbus, or an in-process server in tests. */
+export interface XsTransport {
+  /** Send one whole message. */
+  write(msg: Uint8Array): void;
+  /** The next chunk of bytes from the server (any framing); null at end of stream. */
+  read(): Promise<Uint8Array | null>;
+  /** Close the stream (a pending read resolves null). */
+  close(): void;
 }

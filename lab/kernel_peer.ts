@@ -1,10 +1,10 @@
-/** The guest kernel as a peer: runs build/pvpeer (tests/vm/pvpeer.c) on a kernel-driven NIC. */
-import { generate, receive, type RecvResult, type SendResult, type Window } from "../../../cli/traffic.ts";
-import { parseMac } from "../../../drivers/nic.ts";
-import type { Nic } from "../../../drivers/nic.ts";
-import { readDevice } from "../../../drivers/pci/sysfs.ts";
+/** The guest kernel as a peer: runs build/pvpeer (lab/pvpeer.c) on a kernel-driven NIC. */
+import { generate, receive, type RecvResult, type SendResult, type Window } from "../apps/traffic.ts";
+import { parseMac } from "../drivers/net/nic.ts";
+import type { Nic } from "../drivers/net/nic.ts";
+import { readDevice } from "../ffi/sysfs.ts";
 
-const PVPEER = new URL("../../../build/pvpeer", import.meta.url).pathname;
+const PVPEER = new URL("../build/pvpeer", import.meta.url).pathname;
 
 /** Bring up the kernel interface of `pci` and return its name and MAC. */
 export async function kernelInterface(pci: string): Promise<{ name: string; mac: string }> {

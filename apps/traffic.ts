@@ -4,9 +4,9 @@
  * recv tasks, the VM tests and the benchmarks. Neither loop allocates per packet.
  * @module
  */
-import type { Nic, PacketBuffer } from "../drivers/nic.ts";
-import { checkFrame, FrameCheck, writeFrame } from "../drivers/frames.ts";
-import type { PcapWriter } from "../drivers/pcap.ts";
+import type { Nic, PacketBuffer } from "../drivers/net/nic.ts";
+import { checkFrame, FrameCheck, writeFrame } from "./frames.ts";
+import type { PcapWriter } from "./pcap.ts";
 
 /** Lets a sender stay at most `size` frames ahead of what the receiver has confirmed. */
 export interface Window {

@@ -8,7 +8,22 @@
  * buffer never points at unmapped memory or at memory reused for a later connection's rings.
  * @module
  */
-import type { DmaRegion } from "../ffi/dma.ts";
+import { PvdrvError } from "../../hal/errors.ts";
+
+/**
+ * Memory a pool carves into buffers: DMA memory (a `DmaRegion`, whose buffers get device addresses) or plain bytes
+ * (Xen granted pages, which the backend reaches by grant reference; gather buffers no device sees).
+ */
+export interface PoolMemory {
+  /** The bytes (CPU view). */
+  readonly bytes: Uint8Array<ArrayBuffer>;
+  /** Device address of byte 0, when the device addresses this memory directly (DMA). */
+  readonly deviceAddress?: number;
+  /** Give the memory back (idempotent). */
+  free(): void;
+  /** End device access now, keeping the bytes valid until {@link PoolMemory.free}. */
+  revoke?(): void;
+}
 
 const FREE = 0, APP = 1, DEVICE = 2;
 
@@ -30,7 +45,7 @@ export class PacketBuffer {
     readonly index: number,
     /** Byte offset of the slot in the pool memory. */
     readonly slotOffset: number,
-    /** Device address of the slot start (headroom included). */
+    /** Device address of the slot start (headroom included); -1 when the pool's memory has none (plain bytes). */
     readonly deviceAddress: number,
     data: Uint8Array<ArrayBuffer>,
   ) {
@@ -55,14 +70,15 @@ export class PacketPool {
   /** `count` slots of `slotSize` bytes with `headroom` bytes before each frame, in `region`. */
   constructor(
     readonly name: string,
-    readonly region: DmaRegion,
+    readonly region: PoolMemory,
     count: number,
     readonly slotSize: number,
     readonly headroom: number,
   ) {
-    if (count * slotSize > region.size) {
+    if (count * slotSize > region.bytes.length) {
       throw new RangeError(`${name}: ${count} x ${slotSize} bytes exceed the region`);
     }
+    const base = region.deviceAddress ?? -1;
     if (slotSize % 4 !== 0) throw new RangeError("slot size must be a multiple of 4");
     this.bytes = region.bytes;
     this.u16 = new Uint16Array(region.bytes.buffer, region.bytes.byteOffset, region.bytes.byteLength >> 1);
@@ -70,7 +86,7 @@ export class PacketPool {
     for (let i = 0; i < count; i++) {
       const off = i * slotSize;
       const data = region.bytes.subarray(off + headroom, off + slotSize);
-      this.buffers.push(new PacketBuffer(this, i, off, region.deviceAddress + off, data));
+      this.buffers.push(new PacketBuffer(this, i, off, base < 0 ? -1 : base + off, data));
     }
     this.#free = new Uint32Array(count);
     for (let i = 0; i < count; i++) this.#free[i] = count - 1 - i;
@@ -129,17 +145,18 @@ export class PacketPool {
   /** Check that the application holds `b` (from this pool) before it goes to the device. */
   toDevice(b: PacketBuffer): void {
     if (b.pool !== this) {
-      throw new Error(
+      throw new PvdrvError(
+        "nic",
         b.pool.retired
           ? `${this.name}: the buffer is from a pool retired when its NIC closed or disconnected: release it`
           : `${this.name}: buffer belongs to pool ${b.pool.name}`,
       );
     }
     if (this.#state[b.index] !== APP) {
-      throw new Error(`${this.name}: buffer ${b.index} is not held by the application`);
+      throw new PvdrvError("nic", `${this.name}: buffer ${b.index} is not held by the application`);
     }
     if (this.#retired) {
-      throw new Error(`${this.name}: the NIC was closed or disconnected; release the buffer`);
+      throw new PvdrvError("nic", `${this.name}: the NIC was closed or disconnected; release the buffer`);
     }
     this.#state[b.index] = DEVICE;
     this.#held--;
@@ -148,7 +165,8 @@ export class PacketPool {
   /** The device gave `b` back to the application (a received frame). */
   toApp(b: PacketBuffer): void {
     if (this.#state[b.index] !== DEVICE) {
-      throw new Error(
+      throw new PvdrvError(
+        "nic",
         `${this.name}: buffer ${b.index} handed to the application but the device did not hold it`,
       );
     }
@@ -158,10 +176,10 @@ export class PacketPool {
 
   /** Return `b` to the free list; `from` is who must hold it. */
   put(b: PacketBuffer, from: "app" | "device"): void {
-    if (b.pool !== this) throw new Error(`${this.name}: buffer belongs to pool ${b.pool.name}`);
+    if (b.pool !== this) throw new PvdrvError("nic", `${this.name}: buffer belongs to pool ${b.pool.name}`);
     const want = from === "app" ? APP : DEVICE;
     if (this.#state[b.index] !== want) {
-      throw new Error(`${this.name}: buffer ${b.index} returned twice or by the wrong owner`);
+      throw new PvdrvError("nic", `${this.name}: buffer ${b.index} returned twice or by the wrong owner`);
     }
     this.#state[b.index] = FREE;
     this.#free[this.#nfree++] = b.index;
@@ -193,15 +211,7 @@ export class PacketPool {
 export function releaseOwned(pkts: PacketBuffer[], n: number, owned: WeakSet<PacketPool>, nic: string): void {
   for (let i = 0; i < n; i++) {
     const b = pkts[i], p = b.pool;
-    if (!owned.has(p)) throw new Error(`${nic}: buffer from pool ${p.name} is not ours`);
+    if (!owned.has(p)) throw new PvdrvError("nic", `${nic}: buffer from pool ${p.name} is not ours`);
     p.put(b, "app");
-  }
-}
-
-/** Give `n` application-held buffers back to whichever of `rx` and `tx` they came from. */
-export function releaseTo(pkts: PacketBuffer[], n: number, rx: PacketPool, tx: PacketPool): void {
-  for (let i = 0; i < n; i++) {
-    const b = pkts[i];
-    (b.pool === rx ? rx : tx).put(b, "app");
   }
 }

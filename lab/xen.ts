@@ -12,7 +12,7 @@
  * Everything comes from Debian's packages (apt-get download, debootstrap) and this repository; cached in build/xen.
  * @module
  */
-import { addTree, CpioWriter } from "../vm/cpio.ts";
+import { addTree, CpioWriter } from "./cpio.ts";
 import {
   aptUpdate,
   busyboxInitramfs,
@@ -23,11 +23,13 @@ import {
   resolveModules,
   run,
   VM_DIR,
-} from "../vm/guest.ts";
-import { buildPeerTool, LabError, runQemu } from "../vm/lab.ts";
-import { buildNative } from "../../ffi/lib.ts";
+} from "./guest_image.ts";
+import { buildPeerTool, LabError, runQemu } from "./qemu.ts";
+import { buildNative } from "../ffi/lib.ts";
 
-const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
+/** The library and tool folders the domU needs (the tests it runs import them). */
+const CODE_DIRS = ["ffi", "hal", "drivers", "apps", "cli", "lab"];
 /** Where the Xen lab keeps its builds. */
 export const XEN_DIR = `${ROOT}/build/xen`;
 const DOM0_PACKAGES = ["xen-utils-4.17", "xenstore-utils", "iproute2", "bridge-utils", "kmod", "busybox"];
@@ -233,10 +235,10 @@ export async function buildXenLab(benchSeconds = XEN_BENCH_SECONDS): Promise<Xen
     deno: Deno.execPath(),
     dirs: ["pvdrv", "pvdrv/build"],
   });
-  for (const d of ["ffi", "drivers", "cli", "tests", "tests/xen", "tests/xen/guest"]) {
+  for (const d of [...CODE_DIRS, "tests", "tests/xen", "tests/xen/guest"]) {
     w.add({ path: `pvdrv/${d}`, type: "dir" });
   }
-  for (const d of ["ffi", "drivers", "cli", "tests/xen/guest"]) addTree(w, `${ROOT}/${d}`, `pvdrv/${d}`);
+  for (const d of [...CODE_DIRS, "tests/xen/guest"]) addTree(w, `${ROOT}/${d}`, `pvdrv/${d}`);
   for (const f of ["deno.json", "mod.ts", "build/libpvdrv.so"]) {
     w.add({ path: `pvdrv/${f}`, type: "file", data: Deno.readFileSync(`${ROOT}/${f}`), mode: 0o755 });
   }

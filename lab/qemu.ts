@@ -10,14 +10,14 @@
  * Every link is `-netdev dgram` on 127.0.0.1; no other address is used.
  * @module
  */
-import { buildNative, isStale } from "../../ffi/lib.ts";
-import { buildGuest, ensureQemu, type GuestImage, VM_DIR } from "./guest.ts";
-import { checkFrame, FrameCheck } from "../../drivers/frames.ts";
+import { buildNative, isStale } from "../ffi/lib.ts";
+import { buildGuest, ensureQemu, type GuestImage, VM_DIR } from "./guest_image.ts";
+import { checkFrame, FrameCheck } from "../apps/frames.ts";
 
 /** The host peer's MAC (locally administered). */
 export const HOST_MAC = new Uint8Array([0x02, 0, 0, 0, 0, 0xfe]);
 
-const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
 
 /** PCI addresses and MACs of the lab's NICs, as the guest sees them. */
 export const LAB = {
@@ -91,9 +91,9 @@ export function shellQuote(s: string): string {
   return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
 }
 
-/** Build tests/vm/pvpeer.c statically into build/pvpeer when missing or stale (the guest has no compiler). */
+/** Build lab/pvpeer.c statically into build/pvpeer when missing or stale (the guest has no compiler). */
 export function buildPeerTool(): string {
-  const src = `${ROOT}/tests/vm/pvpeer.c`, out = `${ROOT}/build/pvpeer`;
+  const src = `${ROOT}/lab/pvpeer.c`, out = `${ROOT}/build/pvpeer`;
   if (!isStale(out, src)) return out;
   const r = new Deno.Command(Deno.env.get("CC") ?? "cc", {
     args: ["-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", out, src],

@@ -6,7 +6,7 @@
  */
 import { CpioWriter } from "./cpio.ts";
 
-const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
 /** Where the lab keeps its builds. */
 export const VM_DIR = `${ROOT}/build/vm`;
 /** Bump when the image layout or /init changes. */

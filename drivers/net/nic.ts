@@ -1,11 +1,24 @@
 /**
- * The NIC interface every pvdrv network driver implements (virtio-net now, Xen netfront next), and the packet
- * buffers it moves. Buffers live in device-reachable memory and are reused: the hot path copies nothing it does
- * not have to and allocates nothing.
+ * The NIC interface every pvdrv network driver implements (virtio-net, Xen netfront), its counters, the frame-size
+ * rule, and MAC helpers. Drivers build on the queue core (core.ts); buffers come from packet pools
+ * (packet_pool.ts), live in device-reachable memory and are reused: the hot path allocates nothing.
  * @module
  */
-export { PacketBuffer, PacketPool, releaseTo } from "./packet_pool.ts";
+export { PacketBuffer, PacketPool } from "./packet_pool.ts";
 import type { PacketBuffer } from "./packet_pool.ts";
+
+/** Interrupt delivery: polling, one MSI-X vector per queue, or the shared INTx line (netfront: event channels). */
+export type IrqMode = "poll" | "msix" | "intx";
+
+/** Shortest frame a NIC sends or delivers: an Ethernet header. */
+export const MIN_FRAME = 14;
+/** What a frame adds to the MTU: the Ethernet header and one 802.1Q tag. */
+export const FRAME_OVERHEAD = 18;
+
+/** The frame-size rule of every pvdrv NIC: the largest frame for `mtu` is mtu + 18, capped by one buffer. */
+export function maxFrameFor(mtu: number, bufferLimit = Infinity): number {
+  return Math.min(mtu + FRAME_OVERHEAD, bufferLimit);
+}
 
 /** Receive flag: the device validated the checksum (virtio VIRTIO_NET_HDR_F_DATA_VALID, netif data_validated). */
 export const RX_CSUM_VALID = 2;
@@ -96,6 +109,8 @@ export interface Nic {
   reclaimTx(queue?: number): number;
   /** Per-queue counters. */
   stats(): QueueStats[];
-  /** Stop the device and release everything (idempotent); netfront finishes its XenBus close asynchronously. */
-  close(): void | Promise<void>;
+  /** Throws the error that broke a queue or the device, if any. */
+  checkHealth(): void;
+  /** Stop the device and release everything, owned resources included (idempotent). */
+  close(): Promise<void>;
 }

@@ -1,0 +1,77 @@
+/**
+ * virtio-net wire formats (virtio 1.2 §5.1): the device configuration, the `virtio_net_hdr` in front of every frame,
+ * and control-queue commands. Header accessors work on a pool's u16 view at a buffer's slot, so the hot path makes
+ * no views.
+ * @module
+ */
+
+/** virtio_net_config offsets (virtio 1.2 §5.1.4): mac[6], status u16, max_virtqueue_pairs u16, mtu u16. */
+export const NET_CONFIG = { MAC: 0, STATUS: 6, MAX_PAIRS: 8, MTU: 10 } as const;
+/** virtio_net_config.status bit: link up. */
+export const NET_S_LINK_UP = 1;
+
+/** virtio_net_hdr length: 12 with VERSION_1 or MRG_RXBUF (num_buffers present), else 10 (§5.1.6). */
+export function netHdrLen(version1OrMergeable: boolean): number {
+  return version1OrMergeable ? 12 : 10;
+}
+
+/** virtio_net_hdr.flags: the driver asks the device to checksum (§5.1.6.2). */
+export const HDR_F_NEEDS_CSUM = 1;
+/** virtio_net_hdr flags an application sees on receive: NEEDS_CSUM (1) and DATA_VALID (2), §5.1.6.4. */
+export const HDR_RX_FLAGS = 3;
+
+/**
+ * Write the header of a frame to send at u16 index `h` (the slot start / 2): flags and gso_type, hdr_len, gso_size,
+ * csum_start, csum_offset[, num_buffers] (§5.1.6). With `csumOffset` 0 no checksum offload is asked for.
+ */
+export function writeTxHeader(
+  u16: Uint16Array,
+  h: number,
+  hdrLen: number,
+  csumStart: number,
+  csumOffset: number,
+): void {
+  const csum = csumOffset !== 0;
+  u16[h] = csum ? HDR_F_NEEDS_CSUM : 0; // flags u8, gso_type u8 (GSO_NONE)
+  u16[h + 1] = 0; // hdr_len
+  u16[h + 2] = 0; // gso_size
+  u16[h + 3] = csum ? csumStart : 0;
+  u16[h + 4] = csum ? csumOffset : 0;
+  if (hdrLen === 12) u16[h + 5] = 0;
+}
+
+/** num_buffers of a received header at u16 index `h` (§5.1.6.4; only with MRG_RXBUF or VERSION_1). */
+export function rxNumBuffers(u16: Uint16Array, h: number): number {
+  return u16[h + 5];
+}
+
+/** Control-queue classes and commands (§5.1.6.5). */
+export const CTRL = {
+  RX: 0,
+  RX_PROMISC: 0,
+  RX_ALLMULTI: 1,
+  MAC: 1,
+  MAC_TABLE_SET: 0,
+  MAC_ADDR_SET: 1,
+  MQ: 4,
+  MQ_VQ_PAIRS_SET: 0,
+  /** The device's answer: done. */
+  OK: 0,
+} as const;
+
+/** Data of VIRTIO_NET_CTRL_MAC_TABLE_SET: two tables, each a le32 count then 6-byte entries (§5.1.6.5.2). */
+export function macTableData(unicast: Uint8Array[], multicast: Uint8Array[]): Uint8Array {
+  const data = new Uint8Array(8 + 6 * (unicast.length + multicast.length));
+  const dv = new DataView(data.buffer);
+  let o = 0;
+  for (const t of [unicast, multicast]) {
+    dv.setUint32(o, t.length, true);
+    o += 4;
+    for (const m of t) {
+      if (m.length !== 6) throw new RangeError("MAC addresses are 6 bytes");
+      data.set(m, o);
+      o += 6;
+    }
+  }
+  return data;
+}

@@ -1,0 +1,16 @@
+/**
+ * The interrupt seam: an {@link IrqSource} is something a driver awaits (an MSI-X vector or the INTx line through
+ * VFIO, /dev/uioN, a Xen event channel, a model's signal). Real sources share one parked poll() per process
+ * (ffi/irq.ts).
+ * @module
+ */
+
+/** Something a driver can await: an interrupt vector, an event channel. */
+export interface IrqSource {
+  /** Resolves at the next signal (signals that arrived since the last wait count). */
+  wait(): Promise<void>;
+  /** Consume a pending signal without waiting; true if there was one. */
+  poll(): boolean;
+  /** Stop waiting and release the source. */
+  close(): void;
+}
