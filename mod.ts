@@ -1,99 +1,176 @@
 /**
  * pvdrv: device drivers in TypeScript, running as ordinary Linux processes on Deno.
  *
- * The public API: hardware seams (MMIO regions, DMA memory, interrupts), PCI access through VFIO and UIO, and
- * (as they land) the virtio-net and Xen netfront drivers behind one NIC interface.
+ * The layers, each importing only those below it:
+ * - the hardware seam (`hal/`): the interfaces drivers see (DMA memory, register regions, interrupts, PCI
+ *   functions, Xen grants, event channels and the xenstore byte stream) with in-memory implementations for tests;
+ * - Linux implementations over the native shim (`ffi/`): VFIO, UIO, sysfs, gntalloc, evtchn, xenbus;
+ * - drivers (`drivers/`): the NIC queue core, virtio (transports, split virtqueue, virtio-net), Xen (xenstore,
+ *   XenBus, netif, netfront), PCI (config, probe, bind) and the driver table that opens a NIC by name;
+ * - applications (`apps/`): traffic generation and checking, the test frame format, pcap.
+ *
+ * ```ts
+ * import { openNic } from "./mod.ts";
+ * const nic = await openNic("0000:00:04.0"); // bound to vfio-pci or uio_pci_generic first
+ * console.log(nic.name, nic.mtu);
+ * await nic.close();
+ * ```
  * @module
  */
 
-/** Native shim loading and build. */
-export { buildNative, libraryPath, NativeError } from "./ffi/lib.ts";
-/** Register regions. */
-export { MappedRegion, PioRegion } from "./ffi/mmio.ts";
-/** DMA memory. */
-export { allocHostMemory, PhysicalDmaAllocator, virtToPhys } from "./ffi/dma.ts";
-/** Interrupts. */
-export { EventFd, EventFdIrq, IrqWaiter, irqWaiter } from "./ffi/irq.ts";
-/** VFIO. */
-export { VfioContainer, VfioDevice, VfioDmaAllocator, VfioGroup } from "./ffi/vfio.ts";
-/** UIO. */
-export { UioIrq } from "./ffi/uio.ts";
-/** PCI enumeration, config space, binding and opened functions. */
-export { listDevices, parsePciAddress, type PciDeviceInfo, readDevice } from "./ffi/sysfs.ts";
-/** PCI config parsing. */
+// ---- the hardware seam ----
+export { type ErrorKind, isPvdrvError, PvdrvError, type PvdrvErrorOptions } from "./hal/errors.ts";
 export {
-  type MsixCap,
-  parseConfig,
-  type PciConfig,
-  VIRTIO_PCI_CAP,
-  type VirtioCap,
-} from "./drivers/pci/config.ts";
-/** Binding. */
-export { bindDevice, BindRefused, type BindTarget } from "./drivers/pci/bind.ts";
-/** Opened PCI functions. */
-export { openPci, UioPciFunction, VfioPciFunction } from "./ffi/pci.ts";
-/** The probe. */
-export { probe, type ProbeEntry } from "./drivers/pci/probe.ts";
+  CheckedRegion,
+  type MmioRegion,
+  ModelRegion,
+  RegionBoundsError,
+  type RegisterModel,
+  SubRegion,
+  write64Split,
+} from "./hal/mmio.ts";
+export { type DmaAllocator, type DmaRegion, HUGE_PAGE, ModelDmaAllocator, PAGE, roundUp } from "./hal/dma.ts";
+export type { IrqSource } from "./hal/irq.ts";
+export {
+  CMD_BUS_MASTER,
+  CMD_INTX_DISABLE,
+  CMD_IO,
+  CMD_MEMORY,
+  type IrqKind,
+  type PciFunction,
+  snapshotConfig,
+} from "./hal/pci.ts";
+export {
+  type EventChannel,
+  type EventChannels,
+  type GrantedPages,
+  type GrantTable,
+  XEN_PAGE,
+  type XsTransport,
+} from "./hal/xen.ts";
 
-/** The NIC interface, packet buffers and the test frame format. */
+// ---- Linux implementations ----
 export {
+  buildNative,
+  IoctlStruct,
+  libraryPath,
+  NativeError,
+  type OpenHints,
+  prepareNative,
+} from "./ffi/lib.ts";
+export { MappedRegion, PioRegion } from "./ffi/mmio.ts";
+export { allocHostMemory, type HostMemory, PhysicalDmaAllocator, virtToPhys } from "./ffi/dma.ts";
+export { EventFd, EventFdIrq, IrqWaiter, irqWaiter } from "./ffi/irq.ts";
+export { type RegionInfo, VfioContainer, VfioDevice, VfioDmaAllocator, VfioGroup } from "./ffi/vfio.ts";
+export { UioIrq } from "./ffi/uio.ts";
+export { openPci, UioPciFunction, VfioPciFunction } from "./ffi/pci.ts";
+export {
+  type BarResource,
+  listDevices,
+  parsePciAddress,
+  type PciDeviceInfo,
+  readDevice,
+} from "./ffi/sysfs.ts";
+export { Evtchn, Gntalloc } from "./ffi/xen.ts";
+export { XenbusDevice } from "./ffi/xenbus.ts";
+
+// ---- drivers ----
+export {
+  emptyStats,
+  FRAME_OVERHEAD,
+  type IrqMode,
   macToString,
+  maxFrameFor,
+  MIN_FRAME,
   type Nic,
-  PacketBuffer,
-  PacketPool,
   parseMac,
   type QueueStats,
   RX_CSUM_PARTIAL,
   RX_CSUM_VALID,
+  totalStats,
 } from "./drivers/net/nic.ts";
-/** Open any NIC by name (PCI address or vif/N). */
-export { openNic, type OpenOptions } from "./drivers/table.ts";
-/** The pvdrv test frame format. */
-export { checkFrame, FrameCheck, writeFrame } from "./apps/frames.ts";
-/** pcap capture. */
-export { PcapWriter } from "./apps/pcap.ts";
-/** virtio: the net driver, its transports and the split virtqueue. */
-export { VirtioNet, type VirtioNetOptions, WANTED_FEATURES } from "./drivers/virtio/net.ts";
-/** virtio transports. */
-export { VirtioError, type VirtioTransport } from "./drivers/virtio/transport.ts";
-/** The split virtqueue. */
-export { SplitQueue, VirtqueueError } from "./drivers/virtio/virtqueue.ts";
-/** virtio feature bits. */
-export { F, featureNames, NET_F, STATUS } from "./drivers/virtio/features.ts";
-/** Xen: xenstore client. */
-export { XenStore, XenStoreError } from "./drivers/xen/xenstore.ts";
-/** Xen: grant and event-channel seams. */
-/** Xen: netfront. */
-export { Netfront, type NetfrontOptions } from "./drivers/xen/netfront.ts";
-/** Xen: the shared ring front end. */
+export { PacketBuffer, PacketPool, type PoolMemory } from "./drivers/net/packet_pool.ts";
+export { type Closeable, type CoreQueue, NicCore } from "./drivers/net/core.ts";
+export {
+  NIC_DRIVERS,
+  type NicDriver,
+  openNic,
+  type OpenOptions,
+  pciDriverFor,
+  type PciIds,
+  xenbusDriverFor,
+} from "./drivers/table.ts";
+export {
+  type Capability,
+  type MsixCap,
+  parseConfig,
+  type PciConfig,
+  PciConfigError,
+  readConfigOf,
+  VIRTIO_PCI_CAP,
+  type VirtioCap,
+} from "./drivers/pci/config.ts";
+export { bindDevice, type BindOptions, BindRefused, type BindTarget } from "./drivers/pci/bind.ts";
+export { type HostNet } from "./drivers/pci/host_net.ts";
+export { probe, type ProbeEntry } from "./drivers/pci/probe.ts";
+export {
+  VIRTIO_NET,
+  VirtioNet,
+  type VirtioNetOptions,
+  type VirtioNetPair,
+  WANTED_FEATURES,
+} from "./drivers/virtio/net.ts";
+export {
+  negotiate,
+  NO_VECTOR,
+  type QueueAddresses,
+  readConfig,
+  type VirtioBus,
+  VirtioError,
+  type VirtioTransport,
+} from "./drivers/virtio/transport.ts";
+export {
+  LegacyTransport,
+  ModernTransport,
+  openTransport,
+  openVirtioPci,
+  VIRTIO_VENDOR,
+  virtioDeviceType,
+  type VirtioPciOptions,
+} from "./drivers/virtio/pci.ts";
+export { type Segment, SplitQueue, VirtqueueError } from "./drivers/virtio/virtqueue.ts";
+export {
+  F,
+  featureNames,
+  NET_F,
+  type NetFeature,
+  type ReservedFeature,
+  STATUS,
+} from "./drivers/virtio/features.ts";
+export { XenStore, XenStoreError, type XenStoreOptions } from "./drivers/xen/xenstore.ts";
+export { readState, waitState, XenbusState } from "./drivers/xen/xenbus.ts";
+export { Netfront, type NetfrontOptions, type NetfrontQueue, txLayout } from "./drivers/xen/netfront.ts";
+export { NETFRONT_MAX_MTU } from "./drivers/xen/netif.ts";
 export { FrontRing, RingError } from "./drivers/xen/ring.ts";
-/** Xen: the guest agent. */
 export {
   type AgentOptions,
   installKernelHandoff,
   runAgent,
   type ShutdownAction,
 } from "./drivers/xen/agent.ts";
-/** Xen: detection. */
-export { probeXen, type XenProbe } from "./drivers/xen/probe.ts";
-/** Xen devices of a Linux guest: /dev/xen/gntalloc, /dev/xen/evtchn, /dev/xen/xenbus. */
-export { Evtchn, Gntalloc } from "./ffi/xen.ts";
-/** /dev/xen/xenbus as a xenstore transport. */
-export { XenbusDevice } from "./ffi/xenbus.ts";
-/** Traffic loops (generator, verifying receiver) over any NIC. */
-export { echoExchange, generate, receive, type RecvOptions, type SendOptions } from "./apps/traffic.ts";
-export { type MmioRegion, ModelRegion, type RegisterModel, SubRegion } from "./hal/mmio.ts";
-export { type DmaAllocator, type DmaRegion, ModelDmaAllocator } from "./hal/dma.ts";
-export { type IrqSource } from "./hal/irq.ts";
-export { type PciFunction } from "./hal/pci.ts";
+export { probeXen, type XenBusDevice, type XenProbe } from "./drivers/xen/probe.ts";
+
+// ---- applications ----
+export { checkFrame, FrameCheck, writeFrame } from "./apps/frames.ts";
+export { PcapWriter } from "./apps/pcap.ts";
 export {
-  type EventChannel,
-  type EventChannels,
-  type GrantedPages,
-  type GrantTable,
-  type XsTransport,
-} from "./hal/xen.ts";
-export { type IrqMode } from "./drivers/net/nic.ts";
-export { LegacyTransport, ModernTransport, openTransport } from "./drivers/virtio/pci.ts";
-export { NETFRONT_MAX_MTU } from "./drivers/xen/netif.ts";
-export { XenbusState } from "./drivers/xen/xenbus.ts";
+  echoExchange,
+  type EchoResult,
+  generate,
+  receive,
+  type RecvOptions,
+  type RecvResult,
+  type SendOptions,
+  type SendResult,
+  type Window,
+} from "./apps/traffic.ts";

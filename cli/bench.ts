@@ -1,17 +1,13 @@
 /**
  * `deno task bench`: pvdrv's speed, always as a ratio against a peer measured in the same run.
- *  1. In-process: ns per packet of the driver's TX and RX paths (virtqueue + NIC layer) against the device model
- *     doing only ring work, beside a plain typed-array copy loop of the same frames as a floor.
+ *  1. In-process (bench/, `deno bench`): the driver's TX and RX paths (virtqueue + NIC core) against the device
+ *     model doing only ring work, beside a plain typed-array copy loop of the same frames as the baseline.
  *  2. In the VM lab, one boot, one NIC: the guest kernel's virtio_net (AF_PACKET, pktgen) vs pvdrv over VFIO —
  *     TX and RX pps with 64-byte frames, and guest CPU time per packet at a fixed offered rate.
  *  3. In the nested Xen lab, one domU, one vif: the domU kernel's xen-netfront vs pvdrv's netfront, TX and RX pps
  *     with 60-byte frames against dom0's xen-netback (the lab's tests run first).
  * @module
  */
-import { VirtioNet } from "../drivers/virtio/net.ts";
-import { NET_F } from "../drivers/virtio/features.ts";
-import type { PacketBuffer } from "../drivers/net/nic.ts";
-import { VirtioNetModel } from "../tests/models/virtio_net_device.ts";
 import { HostPeer, LabError, runInGuest } from "../lab/qemu.ts";
 import { runXenLab, XEN_BENCH_SECONDS, xenBenchSummary } from "../lab/xen.ts";
 import { intArg, parse, runMain, UsageError } from "./common.ts";
@@ -22,47 +18,12 @@ const USAGE = `usage: deno task bench [--in-process | --vm | --xen] [--seconds N
   --xen          only the Xen lab comparison with the domU kernel's xen-netfront (boots the whole lab, ≈ 2 min)
   --seconds N    length of each VM measurement (default 10; Xen steps: 4)`;
 
-function inProcess(): { txNs: number; rxNs: number; copyNs: number } {
-  const model = new VirtioNetModel({ autoProcess: false });
-  // Without MRG_RXBUF the device need not write num_buffers, so the model can complete RX without touching data.
-  const nic = VirtioNet.openPci(model.pci(), { disable: NET_F.MRG_RXBUF });
-  const bufs: PacketBuffer[] = new Array(32), out: PacketBuffer[] = new Array(64);
-  const run = (n: number) => {
-    let t = 0, r = 0;
-    const t0 = performance.now();
-    while (t < n) {
-      const k = nic.allocTx(bufs, 32);
-      for (let i = 0; i < k; i++) bufs[i].length = 64;
-      t += nic.sendBatch(bufs, k);
-      model.fastComplete(1, 0);
-    }
-    const t1 = performance.now();
-    while (r < n) {
-      model.fastComplete(0, nic.hdrLen + 64);
-      const k = nic.receiveBatch(out, 64);
-      nic.release(out, k);
-      r += k;
-    }
-    const t2 = performance.now();
-    return { txNs: ((t1 - t0) * 1e6) / t, rxNs: ((t2 - t1) * 1e6) / r };
-  };
-  run(200_000); // warm up (JIT, FFI fast paths)
-  const best = { txNs: Infinity, rxNs: Infinity };
-  for (let i = 0; i < 5; i++) {
-    const r = run(1_000_000);
-    best.txNs = Math.min(best.txNs, r.txNs);
-    best.rxNs = Math.min(best.rxNs, r.rxNs);
-  }
-  nic.close();
-  // Floor: copying a 64-byte frame between typed arrays, the least any JS packet path does per frame.
-  const src = new Uint8Array(64), dst = new Uint8Array(2048 * 256);
-  let copyNs = Infinity;
-  for (let rep = 0; rep < 5; rep++) {
-    const t0 = performance.now();
-    for (let i = 0; i < 1_000_000; i++) dst.set(src, (i & 255) << 11);
-    copyNs = Math.min(copyNs, ((performance.now() - t0) * 1e6) / 1_000_000);
-  }
-  return { ...best, copyNs };
+/** The in-process benchmarks (bench/*.bench.ts, Deno.bench with a baseline per group), in a child `deno bench`. */
+async function inProcess(): Promise<void> {
+  const root = new URL("../", import.meta.url).pathname;
+  const st = await new Deno.Command(Deno.execPath(), { args: ["bench", "--allow-all", "bench/"], cwd: root })
+    .spawn().status;
+  if (!st.success) throw new Error(`deno bench failed (exit ${st.code})`);
 }
 
 await runMain(USAGE, async () => {
@@ -80,15 +41,10 @@ await runMain(USAGE, async () => {
   }
   if (values.xen) return await xenBench(values.seconds ? seconds : XEN_BENCH_SECONDS);
   if (!values.vm) {
-    const r = inProcess();
-    console.log("== in-process (driver cost per packet, model device doing ring work only) ==");
-    console.log(`  TX  ${r.txNs.toFixed(1)} ns/packet   (${(1000 / r.txNs).toFixed(1)} Mpps)`);
-    console.log(`  RX  ${r.rxNs.toFixed(1)} ns/packet   (${(1000 / r.rxNs).toFixed(1)} Mpps)`);
     console.log(
-      `  floor: one 64-byte TypedArray.set ${r.copyNs.toFixed(1)} ns; TX/copy ${
-        (r.txNs / r.copyNs).toFixed(1)
-      }x, RX/copy ${(r.rxNs / r.copyNs).toFixed(1)}x`,
+      "== in-process (bench/: the driver against the device model, beside a copy-loop baseline) ==",
     );
+    await inProcess();
   }
   if (values["in-process"]) return 0;
   console.log(`\n== VM lab: the same NIC, guest kernel vs pvdrv, 64-byte frames, ${seconds} s each ==`);

@@ -3,9 +3,11 @@
  * @module
  */
 import { buildNative } from "../ffi/lib.ts";
+import { ensureCompiler } from "../lab/guest_image.ts";
 import { parse, runMain } from "./common.ts";
 
-await runMain("usage: deno task build [--force]", () => {
+await runMain("usage: deno task build [--force]", async () => {
   const { values } = parse(Deno.args, { force: { type: "boolean" } }, false);
+  await ensureCompiler();
   console.log(buildNative({ force: values.force ?? true }));
 });

@@ -2,14 +2,14 @@
  * Shared CLI plumbing: argument parsing with clear messages, and error reporting without stack traces.
  * @module
  */
+import { PvdrvError } from "../hal/errors.ts";
 import { parseArgs, type ParseArgsConfig } from "parse-args";
 
 /** Thrown for bad command-line input: printed as a message with usage, exit code 2. */
-export class UsageError extends Error {
+export class UsageError extends PvdrvError {
   /** Creates the error. */
   constructor(msg: string) {
-    super(msg);
-    this.name = "UsageError";
+    super("usage", msg);
   }
 }
 

@@ -6,6 +6,7 @@
 import { HostPeer, LabError, runInGuest } from "../lab/qemu.ts";
 import { checkXenRun, isReportLine, runXenLab, xenBenchSummary } from "../lab/xen.ts";
 import { buildNative } from "../ffi/lib.ts";
+import { ensureCompiler } from "../lab/guest_image.ts";
 import { parse, runMain, UsageError } from "./common.ts";
 import { soakCommand } from "./soak.ts";
 
@@ -174,6 +175,7 @@ await runMain(USAGE, async () => {
   if (values["unit-only"] && values["vm-only"]) {
     throw new UsageError("--unit-only and --vm-only exclude each other (give neither to run everything)");
   }
+  await ensureCompiler();
   buildNative({ quiet: true });
   const t0 = performance.now();
   const results: { name: string; ok: boolean; t: Tally }[] = [];

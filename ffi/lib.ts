@@ -5,7 +5,9 @@
  * @module
  */
 
-const ABI_VERSION = 3;
+import { PvdrvError } from "../hal/errors.ts";
+
+const ABI_VERSION = 4;
 
 const SYMBOLS = {
   pvdrv_abi_version: { parameters: [], result: "u32" },
@@ -27,8 +29,6 @@ const SYMBOLS = {
   pvdrv_ioctl_int: { parameters: ["i32", "u32", "u32"], result: "i32" },
   pvdrv_read: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   pvdrv_write: { parameters: ["i32", "buffer", "u32"], result: "i32" },
-  pvdrv_pread: { parameters: ["i32", "buffer", "u32", "u64"], result: "i32" },
-  pvdrv_pwrite: { parameters: ["i32", "buffer", "u32", "u64"], result: "i32" },
   pvdrv_pio_read: { parameters: ["i32", "u32", "u32", "u32"], result: "u32" },
   pvdrv_pio_write: { parameters: ["i32", "u32", "u32", "u32", "u32"], result: "i32" },
   pvdrv_pio_last_status: { parameters: [], result: "i32" },
@@ -47,12 +47,53 @@ const SYMBOLS = {
 /** The bound native symbols. */
 export type Native = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 
-const ROOT = new URL("../", import.meta.url);
-const SOURCE = new URL("native/pvdrv.c", ROOT);
+const SOURCE = new URL("../native/pvdrv.c", import.meta.url);
 
-/** Path of the built shared library (override with PVDRV_LIB). */
+/** Per-user cache for shims built from a source pvdrv cannot build next to (read-only or remote imports). */
+function cacheDir(): string {
+  const base = Deno.env.get("XDG_CACHE_HOME") ?? `${Deno.env.get("HOME") ?? "/tmp"}/.cache`;
+  return `${base}/pvdrv`;
+}
+
+/** FNV-1a of the source, so a cached shim is rebuilt whenever the C source changes. */
+function sourceTag(src: Uint8Array): string {
+  let h = 0x811c9dc5;
+  for (const b of src) h = Math.imul(h ^ b, 0x01000193) >>> 0;
+  return h.toString(16).padStart(8, "0");
+}
+
+function writable(dir: string): boolean {
+  try {
+    Deno.mkdirSync(dir, { recursive: true });
+    const probe = `${dir}/.pvdrv-write-test-${Deno.pid}`;
+    Deno.writeTextFileSync(probe, "");
+    Deno.removeSync(probe);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The C source when this module was imported from the file system, else null (a remote import). */
+function localSource(): string | null {
+  return SOURCE.protocol === "file:" ? SOURCE.pathname : null;
+}
+
+/**
+ * Where the shared library is (or will be built): PVDRV_LIB when set; build/libpvdrv.so in the pvdrv folder when
+ * pvdrv is a local, writable checkout; otherwise a per-user cache keyed by the source's hash, so a project that
+ * imports mod.ts from a read-only folder or over the network still finds (or builds) its shim.
+ */
 export function libraryPath(): string {
-  return Deno.env.get("PVDRV_LIB") ?? new URL("build/libpvdrv.so", ROOT).pathname;
+  const env = Deno.env.get("PVDRV_LIB");
+  if (env) return env;
+  const src = localSource();
+  if (src) {
+    const build = src.replace(/native\/pvdrv\.c$/, "build");
+    if (writable(build)) return `${build}/libpvdrv.so`;
+    return `${cacheDir()}/libpvdrv-${ABI_VERSION}-${sourceTag(Deno.readFileSync(src))}.so`;
+  }
+  return `${cacheDir()}/libpvdrv-${ABI_VERSION}-remote.so`;
 }
 
 function mtime(path: string | URL): number {
@@ -71,65 +112,70 @@ export function isStale(output: string | URL, source: string | URL): boolean {
 
 /** True when the library is missing or older than its C source. */
 export function needsBuild(): boolean {
-  return isStale(libraryPath(), SOURCE);
+  const src = localSource();
+  return src ? isStale(libraryPath(), src) : mtime(libraryPath()) < 0;
 }
 
-/** Compile native/pvdrv.c into the shared library with the system C compiler. */
+/**
+ * Compile native/pvdrv.c into the shared library with the system C compiler (`CC`, default `cc`). The compiler is
+ * not installed here: `deno task build` and the labs install gcc with apt when it is missing.
+ */
 export function buildNative(opts: { force?: boolean; quiet?: boolean } = {}): string {
   const out = libraryPath();
   if (!opts.force && !needsBuild()) return out;
-  const dir = out.slice(0, out.lastIndexOf("/"));
-  Deno.mkdirSync(dir, { recursive: true });
-  const cc = Deno.env.get("CC") ?? "cc";
-  const args = [
-    "-O2",
-    "-Wall",
-    "-Wextra",
-    "-Werror",
-    "-shared",
-    "-fPIC",
-    "-o",
-    out + ".tmp",
-    SOURCE.pathname,
-  ];
-  const compile = (): Deno.CommandOutput | null => {
-    try {
-      return new Deno.Command(cc, { args, stdout: "piped", stderr: "piped" }).outputSync();
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) return null;
-      throw e;
-    }
-  };
-  let res = compile();
-  if (!res && installCompiler()) res = compile();
-  if (!res) throw new Error(`cannot run the C compiler '${cc}' to build ${out} (apt-get install gcc)`);
-  if (!res.success) {
-    throw new Error(`building ${out} failed:\n${new TextDecoder().decode(res.stderr)}`);
+  const src = localSource();
+  if (!src) {
+    throw new Error(
+      `pvdrv was imported from ${SOURCE.origin}: fetch and build its shim once with 'await prepareNative()' ` +
+        `(or set PVDRV_LIB to a built libpvdrv.so)`,
+    );
   }
-  Deno.renameSync(out + ".tmp", out);
-  if (!opts.quiet) console.error(`pvdrv: built ${out}`);
+  compile(src, out, opts.quiet ?? false);
   return out;
 }
 
-/** As root on Debian/Ubuntu, install gcc and the C library headers with apt; false when that is not possible. */
-function installCompiler(): boolean {
-  if (Deno.uid() !== 0) return false;
-  console.error("pvdrv: no C compiler: installing gcc and libc6-dev with apt-get");
-  const apt = (args: string[]) => {
-    try {
-      return new Deno.Command("apt-get", {
-        args,
-        stdout: "null",
-        stderr: "inherit",
-        env: { DEBIAN_FRONTEND: "noninteractive" },
-      })
-        .outputSync().success;
-    } catch {
-      return false;
+/**
+ * Make sure the shim exists, fetching the C source first when pvdrv was imported over the network (JSR, https).
+ * Local imports need no call: the shim is built on first use.
+ */
+export async function prepareNative(): Promise<string> {
+  if (localSource()) return buildNative({ quiet: true });
+  const out = libraryPath();
+  if (mtime(out) >= 0) return out;
+  const res = await fetch(SOURCE);
+  if (!res.ok) throw new Error(`cannot fetch ${SOURCE.href}: HTTP ${res.status}`);
+  const dir = cacheDir();
+  Deno.mkdirSync(dir, { recursive: true });
+  const src = `${dir}/pvdrv-${Deno.pid}.c`;
+  Deno.writeFileSync(src, new Uint8Array(await res.arrayBuffer()));
+  try {
+    compile(src, out, true);
+  } finally {
+    Deno.removeSync(src);
+  }
+  return out;
+}
+
+function compile(src: string, out: string, quiet: boolean): void {
+  Deno.mkdirSync(out.slice(0, out.lastIndexOf("/")), { recursive: true });
+  const cc = Deno.env.get("CC") ?? "cc";
+  const tmp = `${out}.${Deno.pid}.tmp`;
+  const args = ["-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o", tmp, src];
+  let res: Deno.CommandOutput;
+  try {
+    res = new Deno.Command(cc, { args, stdout: "piped", stderr: "piped" }).outputSync();
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new Error(
+        `cannot run the C compiler '${cc}' to build ${out}: install gcc (apt-get install gcc libc6-dev, ` +
+          `or 'deno task build' as root does it)`,
+      );
     }
-  };
-  return apt(["update", "-qq"]) &&
-    apt(["install", "-y", "-qq", "--no-install-recommends", "gcc", "libc6-dev"]);
+    throw e;
+  }
+  if (!res.success) throw new Error(`building ${out} failed:\n${new TextDecoder().decode(res.stderr)}`);
+  Deno.renameSync(tmp, out);
+  if (!quiet) console.error(`pvdrv: built ${out}`);
 }
 
 let lib: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
@@ -158,14 +204,13 @@ export function cstr(s: string): Uint8Array<ArrayBuffer> {
 }
 
 /** Error carrying the errno a native wrapper returned. */
-export class NativeError extends Error {
+export class NativeError extends PvdrvError {
   /** The positive errno value. */
   readonly errno: number;
   /** Creates the error for `what` failing with `-errno` (a negative return value). */
   constructor(what: string, negErrno: number) {
-    super(`${what}: ${errnoName(-negErrno)}`);
+    super("native", `${what}: ${errnoName(-negErrno)}`, { code: errnoName(-negErrno).split(" ")[0] });
     this.errno = -negErrno;
-    this.name = "NativeError";
   }
 }
 
@@ -202,4 +247,77 @@ export function check(what: string, r: number): number {
 export function check64(what: string, r: bigint): bigint {
   if (r < 0n) throw new NativeError(what, Number(r));
   return r;
+}
+
+/** open(2) flags pvdrv uses. */
+export const O_RDWR = 2, O_NONBLOCK = 0o4000;
+/** mmap(2) protection and flags pvdrv uses. */
+export const PROT_RW = 3, MAP_SHARED = 1;
+
+/** What to tell the user when an open fails the common ways. */
+export interface OpenHints {
+  /** When the path does not exist (ENOENT): which module or driver to load. */
+  missing?: string;
+  /** When access is refused (EACCES/EPERM). */
+  denied?: string;
+}
+
+/** open(2) through the shim: the fd, or a {@link NativeError} naming the path and what to do about it. */
+export function openPath(path: string, flags = O_RDWR, hints: OpenHints = {}): number {
+  const r = native().pvdrv_open(cstr(path), flags, 0);
+  if (r === -2) throw new NativeError(`${path} is missing${hints.missing ? `: ${hints.missing}` : ""}`, r);
+  if (r === -13 || r === -1) throw new NativeError(`opening ${path} ${hints.denied ?? "needs root"}`, r);
+  return check(`opening ${path}`, r);
+}
+
+/**
+ * An ioctl argument structure: little-endian fields written and read by byte offset, passed to the kernel by
+ * pointer. Layouts come from the kernel headers each caller cites.
+ */
+export class IoctlStruct {
+  /** The bytes handed to the kernel. */
+  readonly bytes: Uint8Array<ArrayBuffer>;
+  readonly #dv: DataView;
+  /** `size` zeroed bytes; with `argsz`, the first u32 holds the size (VFIO's convention). */
+  constructor(size: number, argsz = false) {
+    this.bytes = new Uint8Array(size);
+    this.#dv = new DataView(this.bytes.buffer);
+    if (argsz) this.#dv.setUint32(0, size, true);
+  }
+  /** Write a u16 at `off`. */
+  u16(off: number, v: number): this {
+    this.#dv.setUint16(off, v, true);
+    return this;
+  }
+  /** Write a u32 at `off`. */
+  u32(off: number, v: number): this {
+    this.#dv.setUint32(off, v >>> 0, true);
+    return this;
+  }
+  /** Write an i32 at `off`. */
+  i32(off: number, v: number): this {
+    this.#dv.setInt32(off, v, true);
+    return this;
+  }
+  /** Write a u64 at `off`. */
+  u64(off: number, v: bigint | number): this {
+    this.#dv.setBigUint64(off, BigInt(v), true);
+    return this;
+  }
+  /** Read the u32 at `off`. */
+  getU32(off: number): number {
+    return this.#dv.getUint32(off, true);
+  }
+  /** Read the u64 at `off`. */
+  getU64(off: number): bigint {
+    return this.#dv.getBigUint64(off, true);
+  }
+  /** ioctl(fd, request, this): the raw result (negative errno on failure). */
+  call(fd: number, request: number): number {
+    return native().pvdrv_ioctl_ptr(fd, request, this.bytes);
+  }
+  /** ioctl(fd, request, this), throwing a {@link NativeError} named `what` on failure. */
+  ioctl(fd: number, request: number, what: string): number {
+    return check(what, this.call(fd, request));
+  }
 }

@@ -23,30 +23,37 @@ export class MappedRegion extends CheckedRegion {
     if (!this.#ptr) throw new Error(`${this.name}: region is closed`);
     return this.#ptr;
   }
+  /** Read an 8-bit register. */
   read8(off: number): number {
     this.check(off, 1);
     return this.#n.pvdrv_read8(this.#p(), off);
   }
+  /** Read a 16-bit register. */
   read16(off: number): number {
     this.check(off, 2);
     return this.#n.pvdrv_read16(this.#p(), off);
   }
+  /** Read a 32-bit register. */
   read32(off: number): number {
     this.check(off, 4);
     return this.#n.pvdrv_read32(this.#p(), off);
   }
+  /** Write an 8-bit register. */
   write8(off: number, v: number): void {
     this.check(off, 1);
     this.#n.pvdrv_write8(this.#p(), off, v);
   }
+  /** Write a 16-bit register. */
   write16(off: number, v: number): void {
     this.check(off, 2);
     this.#n.pvdrv_write16(this.#p(), off, v);
   }
+  /** Write a 32-bit register. */
   write32(off: number, v: number): void {
     this.check(off, 4);
     this.#n.pvdrv_write32(this.#p(), off, v);
   }
+  /** Release the region (idempotent). */
   close(): void {
     if (!this.#ptr) return;
     this.#ptr = null;
@@ -86,24 +93,31 @@ export class PioRegion extends CheckedRegion {
       this.#n.pvdrv_pio_write(this.#fd, width, this.#baseHi, off, v),
     );
   }
+  /** Read an 8-bit register. */
   read8(off: number): number {
     return this.#read(off, 1);
   }
+  /** Read a 16-bit register. */
   read16(off: number): number {
     return this.#read(off, 2);
   }
+  /** Read a 32-bit register. */
   read32(off: number): number {
     return this.#read(off, 4);
   }
+  /** Write an 8-bit register. */
   write8(off: number, v: number): void {
     this.#write(off, 1, v);
   }
+  /** Write a 16-bit register. */
   write16(off: number, v: number): void {
     this.#write(off, 2, v);
   }
+  /** Write a 32-bit register. */
   write32(off: number, v: number): void {
     this.#write(off, 4, v);
   }
+  /** Release the region (idempotent). */
   close(): void {
     if (this.#fd < 0) return;
     if (this.#ownsFd) this.#n.pvdrv_close(this.#fd);

@@ -3,25 +3,16 @@
  * BARs), config space through sysfs `config`, and INTx through `/dev/uioN`.
  * @module
  */
-import { check, check64, cstr, native } from "./lib.ts";
+import { check, check64, MAP_SHARED, native, O_NONBLOCK, O_RDWR, openPath, PROT_RW } from "./lib.ts";
 import { MappedRegion, PioRegion } from "./mmio.ts";
 import { irqWaiter } from "./irq.ts";
 import type { MmioRegion } from "../hal/mmio.ts";
 import { CMD_INTX_DISABLE } from "../hal/pci.ts";
 import type { IrqSource } from "../hal/irq.ts";
 
-const O_RDWR = 2, O_NONBLOCK = 0o4000;
-const PROT_RW = 3, MAP_SHARED = 1;
-
-function openFile(path: string, flags = O_RDWR): number {
-  const r = native().pvdrv_open(cstr(path), flags, 0);
-  if (r === -13 || r === -1) check(`opening ${path} needs root`, r);
-  return check(`opening ${path}`, r);
-}
-
 /** Map a memory BAR's sysfs resource file. */
 export function mapResource(path: string, size: number, name: string): MmioRegion {
-  const fd = openFile(path);
+  const fd = openPath(path);
   const n = native();
   try {
     const addr = check64(`mmap ${path}`, n.pvdrv_mmap(BigInt(size), PROT_RW, MAP_SHARED, fd, 0n));
@@ -34,7 +25,7 @@ export function mapResource(path: string, size: number, name: string): MmioRegio
 
 /** An I/O-port BAR (or config space) through pread/pwrite of a sysfs file. */
 export function fileRegion(path: string, size: number, name: string): MmioRegion {
-  return new PioRegion(name, openFile(path), 0, size, true);
+  return new PioRegion(name, openPath(path), 0, size, true);
 }
 
 /**
@@ -50,17 +41,12 @@ export class UioIrq implements IrqSource {
 
   /** Opens /dev/<name> (e.g. uio0); `config` is the function's config space. */
   constructor(readonly name: string, readonly config: MmioRegion) {
-    this.#fd = openFile(`/dev/${name}`, O_RDWR | O_NONBLOCK);
+    this.#fd = openPath(`/dev/${name}`, O_RDWR | O_NONBLOCK);
   }
 
   /** Unmask INTx. */
   enable(): void {
     this.config.write16(4, this.config.read16(4) & ~CMD_INTX_DISABLE);
-  }
-
-  /** Mask INTx. */
-  disable(): void {
-    this.config.write16(4, this.config.read16(4) | CMD_INTX_DISABLE);
   }
 
   poll(): boolean {

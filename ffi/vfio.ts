@@ -3,7 +3,7 @@
  * Struct layouts and ioctl numbers come from linux/vfio.h (`_IO(';', 100 + n)`).
  * @module
  */
-import { check, cstr, native, NativeError } from "./lib.ts";
+import { check, cstr, IoctlStruct, MAP_SHARED, native, openPath, PROT_RW } from "./lib.ts";
 import { allocHostMemory } from "./dma.ts";
 import { type DmaAllocator, type DmaRegion, HUGE_PAGE, PAGE, roundUp } from "../hal/dma.ts";
 import { MappedRegion, PioRegion } from "./mmio.ts";
@@ -20,11 +20,9 @@ export const VFIO = {
   GROUP_SET_CONTAINER: io(4),
   GROUP_UNSET_CONTAINER: io(5),
   GROUP_GET_DEVICE_FD: io(6),
-  DEVICE_GET_INFO: io(7),
   DEVICE_GET_REGION_INFO: io(8),
   DEVICE_GET_IRQ_INFO: io(9),
   DEVICE_SET_IRQS: io(10),
-  DEVICE_RESET: io(11),
   IOMMU_MAP_DMA: io(13),
   IOMMU_UNMAP_DMA: io(14),
 } as const;
@@ -43,19 +41,16 @@ const IRQ_SET_DATA_NONE = 1,
   IRQ_SET_ACTION_UNMASK = 16,
   IRQ_SET_ACTION_TRIGGER = 32;
 
-const O_RDWR = 2;
-const PROT_RW = 3, MAP_SHARED = 1;
-
 function openDev(path: string): number {
-  const r = native().pvdrv_open(cstr(path), O_RDWR, 0);
-  if (r === -2) {
-    throw new NativeError(
-      `${path} does not exist: load the vfio modules (vfio, vfio_iommu_type1, vfio-pci)`,
-      r,
-    );
-  }
-  if (r === -13 || r === -1) throw new NativeError(`opening ${path} needs root (or access to /dev/vfio)`, r);
-  return check(`opening ${path}`, r);
+  return openPath(path, undefined, {
+    missing: "load the vfio modules (vfio, vfio_iommu_type1, vfio-pci)",
+    denied: "needs root (or access to /dev/vfio)",
+  });
+}
+
+/** struct vfio_irq_set { u32 argsz, flags, index, start, count; u8 data[]; } with `fds` eventfd slots. */
+function irqSet(flags: number, index: number, start: number, count: number, fds = 0): IoctlStruct {
+  return new IoctlStruct(20 + 4 * fds, true).u32(4, flags).u32(8, index).u32(12, start).u32(16, count);
 }
 
 /** A type1 IOMMU container: one address space shared by its groups. */
@@ -116,27 +111,24 @@ export class VfioContainer {
 
   /** VFIO_IOMMU_MAP_DMA `size` bytes at `ptr` to `iova`, readable and writable by the device. */
   mapDma(ptr: Deno.PointerObject, iova: number, size: number): void {
-    const b = new Uint8Array(32);
-    const dv = new DataView(b.buffer);
-    dv.setUint32(0, 32, true);
-    dv.setUint32(4, 3, true); // READ | WRITE
-    dv.setBigUint64(8, native().pvdrv_addr(ptr), true);
-    dv.setBigUint64(16, BigInt(iova), true);
-    dv.setBigUint64(24, BigInt(size), true);
-    check(
-      `VFIO_IOMMU_MAP_DMA iova 0x${iova.toString(16)} size 0x${size.toString(16)}`,
-      native().pvdrv_ioctl_ptr(this.fd, VFIO.IOMMU_MAP_DMA, b),
-    );
+    // struct vfio_iommu_type1_dma_map { u32 argsz, flags; u64 vaddr, iova, size; }
+    new IoctlStruct(32, true).u32(4, 3) // READ | WRITE
+      .u64(8, native().pvdrv_addr(ptr)).u64(16, iova).u64(24, size)
+      .ioctl(
+        this.fd,
+        VFIO.IOMMU_MAP_DMA,
+        `VFIO_IOMMU_MAP_DMA iova 0x${iova.toString(16)} size 0x${size.toString(16)}`,
+      );
   }
 
   /** VFIO_IOMMU_UNMAP_DMA. */
   unmapDma(iova: number, size: number): void {
-    const b = new Uint8Array(24);
-    const dv = new DataView(b.buffer);
-    dv.setUint32(0, 24, true);
-    dv.setBigUint64(8, BigInt(iova), true);
-    dv.setBigUint64(16, BigInt(size), true);
-    check("VFIO_IOMMU_UNMAP_DMA", native().pvdrv_ioctl_ptr(this.fd, VFIO.IOMMU_UNMAP_DMA, b));
+    // struct vfio_iommu_type1_dma_unmap { u32 argsz, flags; u64 iova, size; }
+    new IoctlStruct(24, true).u64(8, iova).u64(16, size).ioctl(
+      this.fd,
+      VFIO.IOMMU_UNMAP_DMA,
+      "VFIO_IOMMU_UNMAP_DMA",
+    );
   }
 
   /** A DMA allocator mapping host memory into this container's IOMMU space. */
@@ -159,17 +151,16 @@ export class VfioGroup {
   /** Opens /dev/vfio/<id>, checks viability and attaches it to `container`. */
   constructor(readonly container: VfioContainer, readonly id: number) {
     this.fd = openDev(`/dev/vfio/${id}`);
-    const st = new Uint8Array(8);
-    new DataView(st.buffer).setUint32(0, 8, true);
-    check("VFIO_GROUP_GET_STATUS", native().pvdrv_ioctl_ptr(this.fd, VFIO.GROUP_GET_STATUS, st));
-    if (!(new DataView(st.buffer).getUint32(4, true) & GROUP_FLAGS_VIABLE)) {
+    // struct vfio_group_status { u32 argsz, flags; }
+    const st = new IoctlStruct(8, true);
+    st.ioctl(this.fd, VFIO.GROUP_GET_STATUS, "VFIO_GROUP_GET_STATUS");
+    if (!(st.getU32(4) & GROUP_FLAGS_VIABLE)) {
       this.close();
       throw new Error(
         `IOMMU group ${id} is not viable: every device in /sys/kernel/iommu_groups/${id}/devices must be bound to vfio-pci (or no driver)`,
       );
     }
-    const cfd = new Uint8Array(new Int32Array([container.fd]).buffer);
-    const r = native().pvdrv_ioctl_ptr(this.fd, VFIO.GROUP_SET_CONTAINER, cfd);
+    const r = new IoctlStruct(4).i32(0, container.fd).call(this.fd, VFIO.GROUP_SET_CONTAINER);
     if (r < 0) {
       this.close();
       check(`VFIO_GROUP_SET_CONTAINER (group ${id})`, r);
@@ -203,40 +194,15 @@ export interface RegionInfo {
 
 /** A VFIO device fd: regions, config space, interrupts, reset. */
 export class VfioDevice {
-  /** Number of regions and interrupt indices. */
-  readonly numRegions: number;
-  /** Number of interrupt indices. */
-  readonly numIrqs: number;
-  /** Whether VFIO_DEVICE_RESET is supported. */
-  readonly canReset: boolean;
-
   /** Wraps a device fd from VFIO_GROUP_GET_DEVICE_FD. */
-  constructor(public fd: number, readonly bdf: string) {
-    const b = new Uint8Array(16);
-    const dv = new DataView(b.buffer);
-    dv.setUint32(0, 16, true);
-    check("VFIO_DEVICE_GET_INFO", native().pvdrv_ioctl_ptr(fd, VFIO.DEVICE_GET_INFO, b));
-    this.canReset = (dv.getUint32(4, true) & 1) !== 0;
-    this.numRegions = dv.getUint32(8, true);
-    this.numIrqs = dv.getUint32(12, true);
-  }
+  constructor(public fd: number, readonly bdf: string) {}
 
   /** VFIO_DEVICE_GET_REGION_INFO. */
   regionInfo(index: number): RegionInfo {
-    const b = new Uint8Array(32);
-    const dv = new DataView(b.buffer);
-    dv.setUint32(0, 32, true);
-    dv.setUint32(8, index, true);
-    check(
-      `VFIO_DEVICE_GET_REGION_INFO ${index}`,
-      native().pvdrv_ioctl_ptr(this.fd, VFIO.DEVICE_GET_REGION_INFO, b),
-    );
-    return {
-      index,
-      flags: dv.getUint32(4, true),
-      size: Number(dv.getBigUint64(16, true)),
-      offset: dv.getBigUint64(24, true),
-    };
+    // struct vfio_region_info { u32 argsz, flags, index, cap_offset; u64 size, offset; }
+    const b = new IoctlStruct(32, true).u32(8, index);
+    b.ioctl(this.fd, VFIO.DEVICE_GET_REGION_INFO, `VFIO_DEVICE_GET_REGION_INFO ${index}`);
+    return { index, flags: b.getU32(4), size: Number(b.getU64(16)), offset: b.getU64(24) };
   }
 
   /**
@@ -268,12 +234,10 @@ export class VfioDevice {
 
   /** Number of vectors of interrupt index `index` (IRQ_INTX, IRQ_MSI, IRQ_MSIX). */
   irqCount(index: number): number {
-    const b = new Uint8Array(16);
-    const dv = new DataView(b.buffer);
-    dv.setUint32(0, 16, true);
-    dv.setUint32(8, index, true);
-    check("VFIO_DEVICE_GET_IRQ_INFO", native().pvdrv_ioctl_ptr(this.fd, VFIO.DEVICE_GET_IRQ_INFO, b));
-    return dv.getUint32(12, true);
+    // struct vfio_irq_info { u32 argsz, flags, index, count; }
+    const b = new IoctlStruct(16, true).u32(8, index);
+    b.ioctl(this.fd, VFIO.DEVICE_GET_IRQ_INFO, "VFIO_DEVICE_GET_IRQ_INFO");
+    return b.getU32(12);
   }
 
   /** Route `count` vectors of `index` to new eventfds; returns one IrqSource per vector. */
@@ -283,15 +247,9 @@ export class VfioDevice {
       throw new Error(`${this.bdf}: asked ${count} vectors of interrupt index ${index}, device has ${avail}`);
     }
     const srcs = Array.from({ length: count }, () => new EventFdIrq());
-    const b = new Uint8Array(20 + 4 * count);
-    const dv = new DataView(b.buffer);
-    dv.setUint32(0, b.length, true);
-    dv.setUint32(4, IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER, true);
-    dv.setUint32(8, index, true);
-    dv.setUint32(12, 0, true);
-    dv.setUint32(16, count, true);
-    srcs.forEach((s, i) => dv.setInt32(20 + 4 * i, s.efd.fd, true));
-    const r = native().pvdrv_ioctl_ptr(this.fd, VFIO.DEVICE_SET_IRQS, b);
+    const b = irqSet(IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER, index, 0, count, count);
+    srcs.forEach((s, i) => b.i32(20 + 4 * i, s.efd.fd));
+    const r = b.call(this.fd, VFIO.DEVICE_SET_IRQS);
     if (r < 0) {
       for (const s of srcs) s.close();
       check(`VFIO_DEVICE_SET_IRQS index ${index} x${count}`, r);
@@ -301,40 +259,19 @@ export class VfioDevice {
 
   /** Disable every vector of `index`. */
   disableIrqs(index: number): void {
-    const b = new Uint8Array(20);
-    const dv = new DataView(b.buffer);
-    dv.setUint32(0, 20, true);
-    dv.setUint32(4, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER, true);
-    dv.setUint32(8, index, true);
-    native().pvdrv_ioctl_ptr(this.fd, VFIO.DEVICE_SET_IRQS, b);
+    irqSet(IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER, index, 0, 0).call(this.fd, VFIO.DEVICE_SET_IRQS);
   }
 
   /** Fire vector `vector` of `index` from the kernel side (VFIO's loopback test: DATA_NONE | ACTION_TRIGGER). */
   triggerIrq(index: number, vector: number): void {
-    const b = new Uint8Array(20);
-    const dv = new DataView(b.buffer);
-    dv.setUint32(0, 20, true);
-    dv.setUint32(4, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER, true);
-    dv.setUint32(8, index, true);
-    dv.setUint32(12, vector, true);
-    dv.setUint32(16, 1, true);
-    check(`VFIO trigger irq ${index}/${vector}`, native().pvdrv_ioctl_ptr(this.fd, VFIO.DEVICE_SET_IRQS, b));
+    irqSet(IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER, index, vector, 1)
+      .ioctl(this.fd, VFIO.DEVICE_SET_IRQS, `VFIO trigger irq ${index}/${vector}`);
   }
 
   /** Unmask INTx after handling (VFIO masks a level-triggered line when it fires). */
   unmaskIntx(): void {
-    const b = new Uint8Array(20);
-    const dv = new DataView(b.buffer);
-    dv.setUint32(0, 20, true);
-    dv.setUint32(4, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_UNMASK, true);
-    dv.setUint32(8, IRQ_INTX, true);
-    dv.setUint32(16, 1, true);
-    check("VFIO unmask INTx", native().pvdrv_ioctl_ptr(this.fd, VFIO.DEVICE_SET_IRQS, b));
-  }
-
-  /** VFIO_DEVICE_RESET (function-level or bus reset as the kernel sees fit). */
-  reset(): void {
-    check(`VFIO_DEVICE_RESET ${this.bdf}`, native().pvdrv_ioctl_int(this.fd, VFIO.DEVICE_RESET, 0));
+    irqSet(IRQ_SET_DATA_NONE | IRQ_SET_ACTION_UNMASK, IRQ_INTX, 0, 1)
+      .ioctl(this.fd, VFIO.DEVICE_SET_IRQS, "VFIO unmask INTx");
   }
 
   /** Close the device fd. */

@@ -3,7 +3,18 @@
  * /dev/xen/evtchn (event channels). Layouts and ioctl numbers from linux/xen/gntalloc.h and evtchn.h.
  * @module
  */
-import { check, check64, cstr, native, NativeError } from "./lib.ts";
+import {
+  check,
+  check64,
+  IoctlStruct,
+  MAP_SHARED,
+  native,
+  NativeError,
+  O_NONBLOCK,
+  O_RDWR,
+  openPath,
+  PROT_RW,
+} from "./lib.ts";
 import { irqWaiter } from "./irq.ts";
 import {
   type EventChannel,
@@ -13,7 +24,6 @@ import {
   XEN_PAGE,
 } from "../hal/xen.ts";
 
-const O_RDWR = 2, O_NONBLOCK = 0o4000, PROT_RW = 3, MAP_SHARED = 1;
 const IOCTL_GNTALLOC_ALLOC_GREF = 0x184705, IOCTL_GNTALLOC_DEALLOC_GREF = 0x104706;
 const IOCTL_GNTALLOC_SET_UNMAP_NOTIFY = 0x104707, UNMAP_NOTIFY_SEND_EVENT = 2;
 const GNTALLOC_FLAG_WRITABLE = 1;
@@ -22,12 +32,9 @@ const IOCTL_EVTCHN_BIND_UNBOUND_PORT = 0x44502, IOCTL_EVTCHN_NOTIFY = 0x44504, I
 export const GNTALLOC_DEFAULT_LIMIT = 1024;
 
 function openDev(path: string, what: string): number {
-  const r = native().pvdrv_open(cstr(path), O_RDWR | O_NONBLOCK, 0);
-  if (r === -2) {
-    throw new NativeError(`${path} is missing: load the ${what} module (xen-${what}) in this Xen guest`, r);
-  }
-  if (r === -13 || r === -1) throw new NativeError(`opening ${path} needs root`, r);
-  return check(`opening ${path}`, r);
+  return openPath(path, O_RDWR | O_NONBLOCK, {
+    missing: `load the ${what} module (xen-${what}) in this Xen guest`,
+  });
 }
 
 /** Grants through /dev/xen/gntalloc. */
@@ -54,12 +61,10 @@ export class Gntalloc implements GrantTable {
   grant(count: number, domid: number): GrantedPages {
     if (this.#fd < 0) throw new Error("gntalloc is closed");
     if (!(count >= 1 && count <= 65536)) throw new RangeError(`cannot grant ${count} pages`);
-    const b = new Uint8Array(Math.max(24, 16 + 4 * count));
-    const dv = new DataView(b.buffer);
-    dv.setUint16(0, domid, true);
-    dv.setUint16(2, GNTALLOC_FLAG_WRITABLE, true);
-    dv.setUint32(4, count, true);
-    const r = native().pvdrv_ioctl_ptr(this.#fd, IOCTL_GNTALLOC_ALLOC_GREF, b);
+    // struct ioctl_gntalloc_alloc_gref { u16 domid, flags; u32 count; u64 index; u32 gref_ids[count]; }
+    const b = new IoctlStruct(Math.max(24, 16 + 4 * count)).u16(0, domid).u16(2, GNTALLOC_FLAG_WRITABLE)
+      .u32(4, count);
+    const r = b.call(this.#fd, IOCTL_GNTALLOC_ALLOC_GREF);
     if (r === -28 || r === -12) {
       throw new NativeError(
         `gntalloc refused ${count} more grants (${this.#used} in use, limit ${this.limit}): raise it with ` +
@@ -68,9 +73,9 @@ export class Gntalloc implements GrantTable {
       );
     }
     check("IOCTL_GNTALLOC_ALLOC_GREF", r);
-    const index = dv.getBigUint64(8, true);
+    const index = b.getU64(8);
     const refs = new Uint32Array(count);
-    for (let i = 0; i < count; i++) refs[i] = dv.getUint32(16 + 4 * i, true);
+    for (let i = 0; i < count; i++) refs[i] = b.getU32(16 + 4 * i);
     const n = native(), len = BigInt(count * XEN_PAGE);
     const addr = n.pvdrv_mmap(len, PROT_RW, MAP_SHARED, this.#fd, index);
     if (addr < 0n) this.#dealloc(index, count);
@@ -90,24 +95,15 @@ export class Gntalloc implements GrantTable {
       },
       notifyOnUnmap: (port: number) => {
         // struct ioctl_gntalloc_unmap_notify { u64 index; u32 action; u32 event_channel_port; }
-        const a = new Uint8Array(16), v = new DataView(a.buffer);
-        v.setBigUint64(0, index, true);
-        v.setUint32(8, UNMAP_NOTIFY_SEND_EVENT, true);
-        v.setUint32(12, port, true);
-        check(
-          "IOCTL_GNTALLOC_SET_UNMAP_NOTIFY",
-          native().pvdrv_ioctl_ptr(this.#fd, IOCTL_GNTALLOC_SET_UNMAP_NOTIFY, a),
-        );
+        new IoctlStruct(16).u64(0, index).u32(8, UNMAP_NOTIFY_SEND_EVENT).u32(12, port)
+          .ioctl(this.#fd, IOCTL_GNTALLOC_SET_UNMAP_NOTIFY, "IOCTL_GNTALLOC_SET_UNMAP_NOTIFY");
       },
     };
   }
 
   #dealloc(index: bigint, count: number): void {
-    const b = new Uint8Array(16);
-    const dv = new DataView(b.buffer);
-    dv.setBigUint64(0, index, true);
-    dv.setUint32(8, count, true);
-    native().pvdrv_ioctl_ptr(this.#fd, IOCTL_GNTALLOC_DEALLOC_GREF, b);
+    // struct ioctl_gntalloc_dealloc_gref { u64 index; u32 count; }
+    new IoctlStruct(16).u64(0, index).u32(8, count).call(this.#fd, IOCTL_GNTALLOC_DEALLOC_GREF);
   }
 
   /** Close the device (grants still mapped stay until unmapped). */
@@ -151,8 +147,8 @@ class EvtchnPort implements EventChannel {
 export class Evtchn implements EventChannels {
   bindUnbound(remoteDomid: number): EventChannel {
     const fd = openDev("/dev/xen/evtchn", "evtchn");
-    const arg = new Uint32Array([remoteDomid]);
-    const port = native().pvdrv_ioctl_ptr(fd, IOCTL_EVTCHN_BIND_UNBOUND_PORT, new Uint8Array(arg.buffer));
+    // struct ioctl_evtchn_bind_unbound_port { u32 remote_domain; }
+    const port = new IoctlStruct(4).u32(0, remoteDomid).call(fd, IOCTL_EVTCHN_BIND_UNBOUND_PORT);
     if (port < 0) {
       native().pvdrv_close(fd);
       check(`IOCTL_EVTCHN_BIND_UNBOUND_PORT (remote domain ${remoteDomid})`, port);

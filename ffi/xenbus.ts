@@ -3,11 +3,9 @@
  * through the shared irq waiter so a pending read never blocks Deno's event loop.
  * @module
  */
-import { check, cstr, native } from "./lib.ts";
+import { check, cstr, native, O_NONBLOCK, O_RDWR } from "./lib.ts";
 import { irqWaiter } from "./irq.ts";
 import type { XsTransport } from "../hal/xen.ts";
-
-const O_RDWR = 2, O_NONBLOCK = 0o4000;
 
 /** /dev/xen/xenbus as an {@link XsTransport}. */
 export class XenbusDevice implements XsTransport {

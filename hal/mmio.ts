@@ -96,24 +96,31 @@ export class ModelRegion extends CheckedRegion {
     else this.view.setUint32(off, v, true);
     this.model.write?.(off, width, v);
   }
+  /** Read an 8-bit register. */
   read8(off: number): number {
     return this.#r(off, 1);
   }
+  /** Read a 16-bit register. */
   read16(off: number): number {
     return this.#r(off, 2);
   }
+  /** Read a 32-bit register. */
   read32(off: number): number {
     return this.#r(off, 4);
   }
+  /** Write an 8-bit register. */
   write8(off: number, v: number): void {
     this.#w(off, 1, v);
   }
+  /** Write a 16-bit register. */
   write16(off: number, v: number): void {
     this.#w(off, 2, v);
   }
+  /** Write a 32-bit register. */
   write32(off: number, v: number): void {
     this.#w(off, 4, v);
   }
+  /** Release the region (idempotent). */
   close(): void {}
 }
 

@@ -115,6 +115,17 @@ export async function ensureQemu(): Promise<void> {
   await run("apt-get", ["install", "-y", "-qq", "--no-install-recommends", "qemu-system-x86"]);
 }
 
+/** Make sure a C compiler is there for the native shim: as root, install gcc and libc6-dev with apt when missing. */
+export async function ensureCompiler(): Promise<void> {
+  if (await which(Deno.env.get("CC") ?? "cc")) return;
+  if (Deno.uid() !== 0) {
+    throw new Error("no C compiler for the native shim: install one (sudo apt-get install gcc libc6-dev)");
+  }
+  await aptUpdate();
+  log("installing gcc and libc6-dev with apt-get");
+  await run("apt-get", ["install", "-y", "-qq", "--no-install-recommends", "gcc", "libc6-dev"]);
+}
+
 /** The kernel package linux-image-amd64 depends on (or PVDRV_KERNEL_PACKAGE). */
 export async function kernelPackage(): Promise<string> {
   const override = Deno.env.get("PVDRV_KERNEL_PACKAGE");

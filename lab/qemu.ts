@@ -10,8 +10,9 @@
  * Every link is `-netdev dgram` on 127.0.0.1; no other address is used.
  * @module
  */
+import { PvdrvError } from "../hal/errors.ts";
 import { buildNative, isStale } from "../ffi/lib.ts";
-import { buildGuest, ensureQemu, type GuestImage, VM_DIR } from "./guest_image.ts";
+import { buildGuest, ensureCompiler, ensureQemu, type GuestImage, VM_DIR } from "./guest_image.ts";
 import { checkFrame, FrameCheck } from "../apps/frames.ts";
 
 /** The host peer's MAC (locally administered). */
@@ -63,11 +64,10 @@ export interface LabRun {
 }
 
 /** A lab failure that is not the command's own exit status (boot, modules, timeout). */
-export class LabError extends Error {
+export class LabError extends PvdrvError {
   /** Creates the error. */
   constructor(msg: string) {
-    super(msg);
-    this.name = "LabError";
+    super("lab", msg);
   }
 }
 
@@ -145,6 +145,7 @@ export async function runQemu(
 
 /** Boot the lab, run `command` (a shell command line) in /pvdrv, power off. */
 export async function runInGuest(command: string, opts: LabOptions = {}): Promise<LabRun> {
+  await ensureCompiler();
   buildNative({ quiet: true });
   buildPeerTool();
   await ensureQemu();

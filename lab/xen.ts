@@ -17,6 +17,7 @@ import {
   aptUpdate,
   busyboxInitramfs,
   download,
+  ensureCompiler,
   exists,
   extractKernel,
   kernelPackage,
@@ -204,6 +205,7 @@ export interface XenImage {
 
 /** Build (or reuse) the Xen lab; `benchSeconds` is the length of each benchmark step. */
 export async function buildXenLab(benchSeconds = XEN_BENCH_SECONDS): Promise<XenImage> {
+  await ensureCompiler();
   buildNative({ quiet: true });
   const peer = buildPeerTool();
   const pkg = await kernelPackage();

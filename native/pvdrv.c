@@ -18,7 +18,7 @@
 #define NEG_ERRNO(r) ((r) < 0 ? -errno : (r))
 
 // ---- ABI version: bump when a signature changes, checked by ffi/lib.ts ----
-uint32_t pvdrv_abi_version(void) { return 3; }
+uint32_t pvdrv_abi_version(void) { return 4; }
 
 // ---- volatile MMIO (base + offset; offset is a byte offset) ----
 uint8_t pvdrv_read8(void *base, uint32_t off) { return *(volatile uint8_t *)((char *)base + off); }
@@ -79,14 +79,6 @@ int32_t pvdrv_read(int32_t fd, void *buf, uint32_t len) {
 }
 int32_t pvdrv_write(int32_t fd, const void *buf, uint32_t len) {
   ssize_t r = write(fd, buf, len);
-  return r < 0 ? -errno : (int32_t)r;
-}
-int32_t pvdrv_pread(int32_t fd, void *buf, uint32_t len, uint64_t off) {
-  ssize_t r = pread(fd, buf, len, (off_t)off);
-  return r < 0 ? -errno : (int32_t)r;
-}
-int32_t pvdrv_pwrite(int32_t fd, const void *buf, uint32_t len, uint64_t off) {
-  ssize_t r = pwrite(fd, buf, len, (off_t)off);
   return r < 0 ? -errno : (int32_t)r;
 }
 // Port-I/O style register access through pread/pwrite of a sysfs resource file or a VFIO region

@@ -6,6 +6,7 @@
  * the machine's own network. One whose interface is merely up needs `--force`.
  * @module
  */
+import { PvdrvError } from "../../hal/errors.ts";
 import { type HostNet, noHostNet, protectedReason, readHostNet } from "./host_net.ts";
 import { deviceKind } from "./ids.ts";
 import { devicePath, interfaceInUse, parsePciAddress, readDevice, SYSFS } from "../../ffi/sysfs.ts";
@@ -27,11 +28,10 @@ export interface BindOptions {
 }
 
 /** Thrown when binding is refused for safety. */
-export class BindRefused extends Error {
+export class BindRefused extends PvdrvError {
   /** Creates the error. */
   constructor(msg: string) {
-    super(msg);
-    this.name = "BindRefused";
+    super("bind", msg);
   }
 }
 

@@ -72,22 +72,35 @@ interface NetConfig {
   mtu: number;
 }
 
-interface Pair {
+/** One RX/TX queue pair of a {@link VirtioNet}: its virtqueues, buffer pools, in-flight buffers and counters. */
+export interface VirtioNetPair {
+  /** The receive virtqueue (index 2i). */
   rx: SplitQueue;
+  /** The transmit virtqueue (index 2i + 1). */
   tx: SplitQueue;
+  /** Receive buffers. */
   rxPool: PacketPool;
+  /** Transmit buffers. */
   txPool: PacketPool;
+  /** Descriptor head → the RX buffer posted there. */
   rxByHead: (PacketBuffer | null)[];
+  /** Descriptor head → the TX buffer in flight there. */
   txByHead: (PacketBuffer | null)[];
+  /** The RX interrupt, or null when polling. */
   irq: IrqSource | null;
+  /** Counters. */
   stats: QueueStats;
 }
 
 /** A virtio-net device driven from userspace. */
-export class VirtioNet extends NicCore<Pair> {
+export class VirtioNet extends NicCore<VirtioNetPair> {
+  /** Human name (driver and address). */
   readonly name: string;
+  /** The MAC address. */
   readonly mac: Uint8Array;
+  /** Largest payload (without the Ethernet header). */
   readonly mtu: number;
+  /** Largest frame (mtu + 18, capped by one buffer). */
   readonly maxFrame: number;
   /** Negotiated features. */
   readonly features: bigint;
@@ -256,7 +269,7 @@ export class VirtioNet extends NicCore<Pair> {
       const rx = setup(2 * i, msix ? 1 + i : NO_VECTOR), tx = setup(2 * i + 1, NO_VECTOR);
       const pool = (name: string, size: number) =>
         new PacketPool(name, dma.alloc(2 * size * SLOT), 2 * size, SLOT, this.hdrLen);
-      const p: Pair = {
+      const p: VirtioNetPair = {
         rx,
         tx,
         rxPool: pool(`rx${i}`, rx.size),
@@ -293,6 +306,7 @@ export class VirtioNet extends NicCore<Pair> {
     return macToString(this.mac);
   }
 
+  /** Link state as the device reports it. */
   linkUp(): boolean {
     if (!(this.features & NET_F.STATUS)) return true;
     return (this.#t.deviceConfig.read16(NET_CONFIG.STATUS) & NET_S_LINK_UP) !== 0;
@@ -309,11 +323,13 @@ export class VirtioNet extends NicCore<Pair> {
 
   // ---- ring steps (NicCore) ----
 
-  protected fault(p: Pair): Error | null {
+  /** The error that broke this queue pair, or null. */
+  protected fault(p: VirtioNetPair): Error | null {
     return p.rx.broken ?? p.tx.broken;
   }
 
-  protected refill(p: Pair): void {
+  /** Post free RX buffers to the ring. */
+  protected refill(p: VirtioNetPair): void {
     const vq = p.rx, pool = p.rxPool;
     let added = 0;
     while (vq.freeCount > 0) {
@@ -327,7 +343,7 @@ export class VirtioNet extends NicCore<Pair> {
   }
 
   /** Receive (§5.1.6.4): pop used buffers, check each frame's length and num_buffers, deliver or drop. */
-  protected collect(p: Pair, out: PacketBuffer[], max: number): void {
+  protected collect(p: VirtioNetPair, out: PacketBuffer[], max: number): void {
     const vq = p.rx, hdr = this.hdrLen, mrg = (this.features & NET_F.MRG_RXBUF) !== 0n;
     const u16 = p.rxPool.u16, bytes = p.rxPool.bytes, maxLen = hdr + this.maxFrame;
     const flagMask = this.features & NET_F.GUEST_CSUM ? HDR_RX_FLAGS : 0;
@@ -366,7 +382,8 @@ export class VirtioNet extends NicCore<Pair> {
     }
   }
 
-  protected reclaim(p: Pair): number {
+  /** Return completed TX buffers to their pool. */
+  protected reclaim(p: VirtioNetPair): number {
     const vq = p.tx;
     const n = vq.pending();
     for (let i = 0; i < n; i++) {
@@ -381,7 +398,7 @@ export class VirtioNet extends NicCore<Pair> {
   }
 
   /** Transmit (§5.1.6.2): header in the slot's headroom, one descriptor per frame, one doorbell per batch. */
-  protected post(p: Pair, pkts: PacketBuffer[], n: number): number {
+  protected post(p: VirtioNetPair, pkts: PacketBuffer[], n: number): number {
     const vq = p.tx, hdr = this.hdrLen, u16 = p.txPool.u16, csum = (this.features & NET_F.CSUM) !== 0n;
     vq.verify(); // a broken or lying queue refuses before it takes any buffer
     if (vq.freeCount < n) this.reclaim(p);
@@ -398,14 +415,17 @@ export class VirtioNet extends NicCore<Pair> {
     return k;
   }
 
-  protected armRx(p: Pair): boolean {
+  /** Ask for an RX interrupt; true when frames already wait. */
+  protected armRx(p: VirtioNetPair): boolean {
     return p.rx.enableInterrupts();
   }
 
-  protected disarmRx(p: Pair): void {
+  /** Stop RX interrupts (polling resumes). */
+  protected disarmRx(p: VirtioNetPair): void {
     p.rx.disableInterrupts();
   }
 
+  /** Acknowledge an INTx interrupt (read the ISR, unmask). */
   protected override ackIrq(): void {
     this.#bus.ackIntx();
   }
@@ -465,6 +485,7 @@ export class VirtioNet extends NicCore<Pair> {
     this.mac.set(mac);
   }
 
+  /** Stop the device and release its memory. */
   protected teardown(): void {
     const t = this.#t;
     try {

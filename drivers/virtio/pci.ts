@@ -51,7 +51,9 @@ const C = {
 export class ModernTransport implements VirtioTransport {
   readonly kind = "modern";
   readonly legacy = false;
+  /** virtio_pci_common_cfg (virtio 1.2 §4.1.4.3). */
   readonly common: MmioRegion;
+  /** The ISR status byte (virtio 1.2 §4.1.4.5). */
   readonly isr: MmioRegion;
   readonly deviceConfig: MmioRegion;
   readonly #notifyBar: MmioRegion;
@@ -182,6 +184,7 @@ const L = {
 export class LegacyTransport implements VirtioTransport {
   readonly kind = "legacy";
   readonly legacy = true;
+  /** The legacy header in I/O BAR0 (virtio 1.2 §4.1.4.10). */
   readonly io: MmioRegion;
   readonly deviceConfig: MmioRegion;
   readonly #msix: boolean;

@@ -12,6 +12,7 @@
  * which also orders it before the notification-suppression read that follows (§2.7.10, §2.7.7).
  * @module
  */
+import { PvdrvError } from "../../hal/errors.ts";
 import type { QueueAddresses } from "./transport.ts";
 import type { DmaAllocator, DmaRegion } from "../../hal/dma.ts";
 
@@ -19,11 +20,10 @@ const DESC_F_NEXT = 1, DESC_F_WRITE = 2;
 const AVAIL_F_NO_INTERRUPT = 1, USED_F_NO_NOTIFY = 1;
 
 /** The queue is unusable: the device broke the protocol. */
-export class VirtqueueError extends Error {
+export class VirtqueueError extends PvdrvError {
   /** Creates the error. */
   constructor(msg: string) {
-    super(msg);
-    this.name = "VirtqueueError";
+    super("virtqueue", msg);
   }
 }
 

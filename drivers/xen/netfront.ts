@@ -89,33 +89,47 @@ interface BackendFeatures {
   maxQueues: number;
 }
 
-interface Queue {
+/** One queue pair of a {@link Netfront}: rings, granted pages, pools, TX id bookkeeping, event channels, counters. */
+export interface NetfrontQueue {
+  /** The TX shared ring. */
   tx: FrontRing;
+  /** The RX shared ring. */
   rx: FrontRing;
+  /** The two granted ring pages (TX, RX). */
   ringPages: GrantedPages;
+  /** Granted pages under the TX buffers. */
   txPages: GrantedPages;
+  /** Granted pages the backend copies received frames into. */
   rxPages: GrantedPages;
+  /** Transmit buffers. */
   txPool: PacketPool;
+  /** Receive pages. */
   rxPool: PacketPool;
   /** Multi-slot frames are gathered into these. */
   rxGather: PacketPool;
   /** Word views of the RX pages and the gather buffers (copies without per-packet views). */
   rx32: Uint32Array;
+  /** Word view of the gather buffers. */
   gather32: Uint32Array;
   /** Free TX request ids (a stack) and how many. */
   txIds: Uint16Array;
+  /** How many ids are free. */
   txFreeIds: number;
   /** TX request id → buffer index, -1 when the id is not in flight. */
   txIdBuf: Int16Array;
   /** Per TX buffer: slots not yet answered, and whether one failed. */
   txSlots: Uint8Array;
+  /** Per TX buffer: whether a slot failed. */
   txFailed: Uint8Array;
   /** RX ring slot → the page posted there (the request id is the slot). */
   rxSlot: (PacketBuffer | null)[];
+  /** The TX event channel (also RX without split channels). */
   evTx: EventChannel;
+  /** The RX event channel. */
   evRx: EventChannel;
   /** The RX event channel (what waitRx awaits). */
   irq: EventChannel;
+  /** Counters. */
   stats: QueueStats;
 }
 
@@ -139,10 +153,14 @@ function copy(
 }
 
 /** A netfront NIC. */
-export class Netfront extends NicCore<Queue> {
+export class Netfront extends NicCore<NetfrontQueue> {
+  /** Human name (driver and address). */
   readonly name: string;
+  /** The MAC address. */
   readonly mac: Uint8Array;
+  /** Largest payload (without the Ethernet header). */
   readonly mtu: number;
+  /** Largest frame (mtu + 18, capped by one buffer). */
   readonly maxFrame: number;
   /** The backend's xenstore directory. */
   readonly backend: string;
@@ -328,7 +346,7 @@ export class Netfront extends NicCore<Queue> {
     });
   }
 
-  #makeQueue(i: number): Queue {
+  #makeQueue(i: number): NetfrontQueue {
     const g = this.#grants, dom = this.backendId;
     const ringPages = g.grant(2, dom);
     const lay = txLayout(this.maxFrame), gather = (this.maxFrame + 3) & ~3;
@@ -343,7 +361,7 @@ export class Netfront extends NicCore<Queue> {
       const txIds = new Uint16Array(RING);
       for (let k = 0; k < RING; k++) txIds[k] = RING - 1 - k;
       const gatherMem = new Uint8Array(RX_GATHER_BUFFERS * gather);
-      const q: Queue = {
+      const q: NetfrontQueue = {
         tx: new FrontRing(ringPages.bytes.subarray(0, XEN_PAGE), TX_ENTRY, `vif tx ring ${i}`),
         rx: new FrontRing(ringPages.bytes.subarray(XEN_PAGE, 2 * XEN_PAGE), RX_ENTRY, `vif rx ring ${i}`),
         ringPages,
@@ -381,21 +399,25 @@ export class Netfront extends NicCore<Queue> {
     }
   }
 
+  /** Link state as the device reports it. */
   linkUp(): boolean {
     return this.#connected && !this.closed;
   }
 
+  /** Why no queue can be used now (backend reconnecting), or null. */
   protected override unavailable(): string | null {
     return this.#connected ? null : "backend not connected (reconnecting?)";
   }
 
-  protected fault(q: Queue): Error | null {
+  /** The error that broke this queue pair, or null. */
+  protected fault(q: NetfrontQueue): Error | null {
     return q.tx.broken ?? q.rx.broken;
   }
 
   // ---- ring steps (NicCore) ----
 
-  protected refill(q: Queue): void {
+  /** Post free RX buffers to the ring. */
+  protected refill(q: NetfrontQueue): void {
     const r = q.rx;
     if (r.broken || q.tx.broken) return; // a broken queue gets no more pages
     // Post in batches: refilling one or two slots at a time would cost the backend an event each time.
@@ -419,7 +441,7 @@ export class Netfront extends NicCore<Queue> {
   }
 
   /** Transmit: each frame as one request per page it touches; the first carries the whole length (netif.h). */
-  protected post(q: Queue, pkts: PacketBuffer[], n: number): number {
+  protected post(q: NetfrontQueue, pkts: PacketBuffer[], n: number): number {
     const r = q.tx, refs = q.txPages.refs;
     if (r.broken || q.rx.broken) throw r.broken ?? q.rx.broken; // a broken queue takes no more requests
     if (r.free < n) this.reclaim(q);
@@ -455,7 +477,7 @@ export class Netfront extends NicCore<Queue> {
   }
 
   /** TX responses: one per request slot, in any order; a frame completes with its last slot. */
-  protected reclaim(q: Queue): number {
+  protected reclaim(q: NetfrontQueue): number {
     const r = q.tx;
     const n = r.available();
     let done = 0;
@@ -482,7 +504,7 @@ export class Netfront extends NicCore<Queue> {
   }
 
   /** Receive: per frame, collect its responses, deliver or gather it, recycle its pages. */
-  protected collect(q: Queue, out: PacketBuffer[], max: number): void {
+  protected collect(q: NetfrontQueue, out: PacketBuffer[], max: number): void {
     const r = q.rx;
     let avail = r.available(), k = 0;
     while (avail > 0 && k < max) {
@@ -546,7 +568,7 @@ export class Netfront extends NicCore<Queue> {
   }
 
   /** The frame's buffer for the application: its one page, or a gather buffer; null when it is dropped. */
-  #deliverOrGather(q: Queue, start: number, n: number): PacketBuffer | null {
+  #deliverOrGather(q: NetfrontQueue, start: number, n: number): PacketBuffer | null {
     const total = this.#frameBytes, mask = q.rx.size - 1, offs = this.#rxOff, lens = this.#rxLen;
     const isData = this.#rxData;
     if (this.#frameBad || total < 14 || total > this.maxFrame) return null;
@@ -574,7 +596,7 @@ export class Netfront extends NicCore<Queue> {
   }
 
   /** Give every page of the frame's slots still held back to the pool (refill posts them again). */
-  #recycle(q: Queue, start: number, n: number): void {
+  #recycle(q: NetfrontQueue, start: number, n: number): void {
     const mask = q.rx.size - 1;
     for (let s = 0; s < n; s++) {
       const slot = (start + s) & mask, p = q.rxSlot[slot];
@@ -584,11 +606,13 @@ export class Netfront extends NicCore<Queue> {
     }
   }
 
-  protected armRx(q: Queue): boolean {
+  /** Ask for an RX interrupt; true when frames already wait. */
+  protected armRx(q: NetfrontQueue): boolean {
     return q.rx.finalCheck();
   }
 
-  protected disarmRx(q: Queue): void {
+  /** Stop RX interrupts (polling resumes). */
+  protected disarmRx(q: NetfrontQueue): void {
     q.rx.quiet();
   }
 

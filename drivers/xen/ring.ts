@@ -4,14 +4,14 @@
  * free-running u32. The backend's rsp_prod is checked before any response is read.
  * @module
  */
+import { PvdrvError } from "../../hal/errors.ts";
 import { XEN_PAGE } from "../../hal/xen.ts";
 
 /** A protocol violation by the backend: the ring is unusable. */
-export class RingError extends Error {
+export class RingError extends PvdrvError {
   /** Creates the error. */
   constructor(msg: string) {
-    super(msg);
-    this.name = "RingError";
+    super("ring", msg);
   }
 }
 

@@ -1,0 +1,193 @@
+/**
+ * The architecture's promises, checked: dependencies point one way, the driver table decides what pvdrv drives,
+ * both NIC drivers share the queue core's rules (frame size, whole-batch length check, async idempotent close that
+ * also closes what the NIC owns), ioctl structures are laid out as the kernel headers say, and a project that
+ * imports mod.ts over the network still gets its native shim.
+ */
+import assert from "assert";
+import { NET_F } from "../../drivers/virtio/features.ts";
+import { VirtioNet } from "../../drivers/virtio/net.ts";
+import { openVirtioPci } from "../../drivers/virtio/pci.ts";
+import { Netfront } from "../../drivers/xen/netfront.ts";
+import { XenStore } from "../../drivers/xen/xenstore.ts";
+import { maxFrameFor, type Nic } from "../../drivers/net/nic.ts";
+import type { PacketBuffer } from "../../drivers/net/packet_pool.ts";
+import { NIC_DRIVERS, openNic, pciDriverFor, xenbusDriverFor } from "../../drivers/table.ts";
+import { deviceKind } from "../../drivers/pci/ids.ts";
+import { IoctlStruct } from "../../ffi/lib.ts";
+import { isPvdrvError, PvdrvError } from "../../hal/errors.ts";
+import { VirtioNetModel } from "../models/virtio_net_device.ts";
+import { ModelEvtchns, ModelGrants, NetbackModel } from "../models/xen.ts";
+import { XenStoreServer } from "../models/xenstore_server.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+/** Relative imports of every .ts file under `dir`, as [file, target folder] pairs (paths from the repo root). */
+function imports(dir: string): [string, string][] {
+  const out: [string, string][] = [];
+  const walk = (d: string) => {
+    for (const e of Deno.readDirSync(`${ROOT}${d}`)) {
+      const p = `${d}/${e.name}`;
+      if (e.isDirectory) walk(p);
+      else if (e.name.endsWith(".ts")) {
+        const src = Deno.readTextFileSync(`${ROOT}${p}`);
+        for (const m of src.matchAll(/(?:from|import)\s*\(?\s*"(\.\.?\/[^"]+)"/g)) {
+          const target = new URL(m[1], `file://${ROOT}${p}`).pathname.slice(ROOT.length);
+          out.push([p, target]);
+        }
+      }
+    }
+  };
+  walk(dir);
+  return out;
+}
+
+Deno.test("layers: native ← ffi ← hal ← drivers ← apps ← cli; labs apart from tests; mod.ts exports the library only", () => {
+  const top = (p: string) => p.split("/")[0];
+  const allowed: Record<string, string[]> = {
+    hal: ["hal"],
+    ffi: ["ffi", "hal"],
+    drivers: ["drivers", "hal", "ffi"],
+    apps: ["apps", "drivers", "hal"],
+    lab: ["lab", "apps", "drivers", "hal", "ffi"],
+    cli: ["cli", "lab", "apps", "drivers", "hal", "ffi"],
+  };
+  const bad: string[] = [];
+  for (const [layer, ok] of Object.entries(allowed)) {
+    for (const [file, target] of imports(layer)) {
+      if (!ok.includes(top(target))) bad.push(`${file} imports ${target}`);
+    }
+  }
+  // Inside drivers, only the system-facing parts reach Linux (the table opens devices; probe and bind read sysfs).
+  for (const [file, target] of imports("drivers")) {
+    const systemFacing = /^drivers\/(table|pci\/(probe|bind)|xen\/probe)\.ts$/.test(file);
+    if (top(target) === "ffi" && !systemFacing) bad.push(`${file} (a driver) imports ${target}`);
+  }
+  const mod = Deno.readTextFileSync(`${ROOT}mod.ts`);
+  for (const m of mod.matchAll(/from "\.\/([a-z]+)\//g)) {
+    if (!["hal", "ffi", "drivers", "apps"].includes(m[1])) bad.push(`mod.ts exports from ${m[1]}/`);
+  }
+  assert.deepEqual(bad, []);
+});
+
+Deno.test("driver table: probe, bind and openNic ask one table what pvdrv drives", async () => {
+  const net = { vendorId: 0x1af4, deviceId: 0x1041, subsystemId: 1 };
+  const legacyNet = { vendorId: 0x1af4, deviceId: 0x1000, subsystemId: 1 };
+  const blk = { vendorId: 0x1af4, deviceId: 0x1042, subsystemId: 2 };
+  assert.equal(pciDriverFor(net)?.name, "virtio-net");
+  assert.equal(pciDriverFor(legacyNet)?.name, "virtio-net");
+  assert.equal(pciDriverFor(blk), null);
+  assert.equal(pciDriverFor({ vendorId: 0x8086, deviceId: 0x100e, subsystemId: 0 }), null);
+  assert.equal(xenbusDriverFor("vif")?.name, "netfront");
+  assert.equal(xenbusDriverFor("vbd"), null);
+  assert.deepEqual(deviceKind(net), { kind: "virtio-net (modern)", supported: true });
+  assert.deepEqual(deviceKind(blk), { kind: "virtio-block (modern)", supported: false });
+  assert.ok(NIC_DRIVERS.every((d) => (d.pci !== undefined) !== (d.xenbus !== undefined)));
+  await assert.rejects(
+    () => openNic("vbd/0"),
+    (e) => isPvdrvError(e, "nic") && /no pvdrv driver/.test(e.message),
+  );
+});
+
+/** A virtio-net NIC on the model and a netfront on the netback model, for checks both must pass. */
+async function bothDrivers(): Promise<{ nic: Nic; owned: () => boolean }[]> {
+  const model = new VirtioNetModel();
+  let pciClosed = false;
+  const pci = { ...model.pci(), close: () => void (pciClosed = true) };
+  const virtio = VirtioNet.openPci(pci, { ownsPci: true });
+  const server = new XenStoreServer();
+  const grants = new ModelGrants(1024), evtchns = new ModelEvtchns();
+  const back = new NetbackModel(server, grants, evtchns, {});
+  const xs = new XenStore(server.connect(back.frontDomid).transport);
+  let xsClosed = false;
+  const owned = { close: async () => void (await xs.close(), xsClosed = true) };
+  const nf = await Netfront.open(xs, grants, evtchns, { timeoutMs: 2000, owns: [owned] });
+  return [{ nic: virtio, owned: () => pciClosed }, { nic: nf, owned: () => xsClosed }];
+}
+
+Deno.test("NIC core: one frame-size rule, whole-batch length check, async idempotent close closing what it owns", async () => {
+  for (const { nic, owned } of await bothDrivers()) {
+    assert.equal(nic.maxFrame, maxFrameFor(nic.mtu), `${nic.name}: maxFrame is mtu + 18`);
+    assert.equal(nic.maxFrame, 1518, nic.name);
+    const bufs: PacketBuffer[] = [];
+    assert.equal(nic.allocTx(bufs, 3), 3);
+    bufs[0].length = 60;
+    bufs[1].length = nic.maxFrame + 1;
+    bufs[2].length = 60;
+    assert.throws(() => nic.sendBatch(bufs, 3), RangeError);
+    // Nothing was taken: all three are still the application's, and a good batch of them goes out.
+    for (const b of bufs) assert.equal(b.pool.owner(b), "app", nic.name);
+    bufs[1].length = nic.maxFrame;
+    assert.equal(nic.sendBatch(bufs, 3), 3);
+    const closing = nic.close();
+    assert.ok(closing instanceof Promise);
+    assert.equal(nic.close(), closing, `${nic.name}: close is idempotent`);
+    await closing;
+    assert.ok(owned(), `${nic.name}: owned resources closed with the NIC`);
+    assert.throws(() => nic.allocTx(bufs, 1), (e) => isPvdrvError(e, "nic") && /closed/.test(e.message));
+  }
+});
+
+Deno.test("virtio bus: the driver refuses a virtio device that is not a network card", () => {
+  const model = new VirtioNetModel({ features: NET_F.MAC });
+  model.config.view.setUint16(2, 0x1042, true); // virtio-block's modern device id
+  const bus = openVirtioPci(model.pci());
+  assert.equal(bus.deviceType, 2);
+  assert.throws(
+    () => VirtioNet.open(bus),
+    (e) => isPvdrvError(e, "virtio") && /not a network card/.test(e.message),
+  );
+});
+
+Deno.test("errors: one base class with a kind", () => {
+  const e = new PvdrvError("usage", "bad", { code: "EINVAL" });
+  assert.ok(e instanceof Error);
+  assert.equal(e.kind, "usage");
+  assert.equal(e.code, "EINVAL");
+  assert.equal(e.name, "PvdrvError");
+});
+
+Deno.test("ioctl structures: little-endian fields at the header's offsets (struct vfio_irq_set)", () => {
+  const s = new IoctlStruct(24, true).u32(4, 0x24).u32(8, 2).u32(12, 0).u32(16, 1).i32(20, -1);
+  assert.deepEqual(
+    [...s.bytes],
+    [24, 0, 0, 0, 0x24, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 255, 255, 255, 255],
+  );
+  assert.equal(new IoctlStruct(16).u64(8, 0x1_0000_0002n).getU64(8), 0x1_0000_0002n);
+});
+
+Deno.test("shim: a project importing mod.ts over the network fetches and builds it into a per-user cache", async () => {
+  const cache = Deno.makeTempDirSync();
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+    const path = new URL(req.url).pathname;
+    try {
+      return new Response(Deno.readFileSync(`${ROOT}${path.slice(1)}`));
+    } catch {
+      return new Response("not found", { status: 404 });
+    }
+  });
+  try {
+    const url = `http://127.0.0.1:${server.addr.port}/mod.ts`;
+    const code = `const m = await import("${url}");
+      const lib = await m.prepareNative();
+      const mem = m.allocHostMemory(4096, false);
+      console.log(JSON.stringify({ lib, size: mem.size }));
+      mem.free();`;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--no-config", "--no-lock", "--unstable-net", code],
+      env: { XDG_CACHE_HOME: cache, PVDRV_LIB: "", DENO_DIR: `${cache}/deno` },
+      cwd: cache,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    assert.ok(out.success, new TextDecoder().decode(out.stderr));
+    const r = JSON.parse(text.trim().split("\n").pop()!);
+    assert.equal(r.size, 4096);
+    assert.ok(r.lib.startsWith(`${cache}/pvdrv/libpvdrv-`), r.lib);
+    assert.ok(Deno.statSync(r.lib).isFile);
+  } finally {
+    await server.shutdown();
+    Deno.removeSync(cache, { recursive: true });
+  }
+});
