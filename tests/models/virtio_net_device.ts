@@ -6,7 +6,13 @@
 import { F, NET_F } from "../../drivers/virtio/features.ts";
 import { ModelIrq } from "./irq.ts";
 import { ModelDmaAllocator } from "../../hal/dma.ts";
-import { type MmioRegion, ModelRegion } from "../../hal/mmio.ts";
+import { type MmioRegion, ModelRegion, SubRegion } from "../../hal/mmio.ts";
+import {
+  NO_VECTOR,
+  type QueueAddresses,
+  type VirtioBus,
+  type VirtioTransport,
+} from "../../drivers/virtio/transport.ts";
 import type { IrqSource } from "../../hal/irq.ts";
 import type { IrqKind, PciFunction } from "../../hal/pci.ts";
 
@@ -200,6 +206,63 @@ export class VirtioNetModel {
       disableIrqs: () => {
         this.#irqKind = null;
       },
+      close: () => {},
+    };
+  }
+
+  /**
+   * The same device behind a fake legacy transport (a {@link VirtioTransport} on the model's state, no registers):
+   * 32 feature bits, fixed queue sizes, no FEATURES_OK step (virtio 1.2 §4.1.4.10 semantics). Drivers take it as
+   * any other {@link VirtioBus}.
+   */
+  legacyBus(): VirtioBus {
+    const fixed = (q: number) => this.#queues[q]?.max ?? 0;
+    const transport: VirtioTransport = {
+      kind: "legacy",
+      legacy: true,
+      deviceConfig: new SubRegion(this.bar0, DEVCFG, 0x100, "fake legacy device config"),
+      reset: () => this.#setStatus(0),
+      status: () => this.#status,
+      setStatus: (v: number) => this.#setStatus(v & ~8), // no FEATURES_OK in legacy
+      deviceFeatures: () => this.offered & 0xffffffffn,
+      setDriverFeatures: (f: bigint) => {
+        if (f >> 32n) throw new Error("legacy devices have 32 feature bits");
+        this.driverFeatures = f;
+      },
+      numQueues: () => 0,
+      queueMaxSize: fixed,
+      setupQueue: (q: number, size: number, a: QueueAddresses) => {
+        const Q = this.#queues[q];
+        if (!Q || size !== Q.max) {
+          throw new Error(`legacy queue ${q} has fixed size ${fixed(q)}, asked ${size}`);
+        }
+        if (a.desc % 4096 !== 0) throw new Error("legacy queue address must be page aligned");
+        Object.assign(Q, { size, desc: a.desc, driver: a.driver, device: a.device, enabled: true });
+      },
+      notifier: (q: number) => () => {
+        this.notifies[q]++;
+        if (this.autoProcess || q === this.#ctrlQueue()) this.process(q);
+      },
+      setConfigVector: () => NO_VECTOR,
+      readIsr: () => {
+        const v = this.#isr;
+        this.#isr = 0;
+        return v;
+      },
+      configGeneration: () => 0,
+      close: () => {},
+    };
+    return {
+      name: "model-legacy",
+      deviceType: 1,
+      transport,
+      dma: this.dma,
+      iommu: false,
+      irqModes: ["poll", "intx"],
+      irqs: (mode) => (mode === "intx" ? [this.intx] : []),
+      ackIntx: () => void transport.readIsr(),
+      enableBusMaster: () => void this.order.push("bus master"),
+      disableIrqs: () => {},
       close: () => {},
     };
   }

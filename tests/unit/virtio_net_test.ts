@@ -357,3 +357,29 @@ Deno.test("virtio-net: buffer ownership is enforced", () => {
   );
   void VirtioError;
 });
+
+Deno.test("virtio-net over a fake legacy transport: 32 feature bits, fixed queue sizes, frames both ways", () => {
+  const model = new VirtioNetModel({ queueMax: 128 });
+  const nic = VirtioNet.open(model.legacyBus(), { queueSize: 64 });
+  try {
+    assert.equal(nic.transport, "legacy");
+    assert.equal(nic.features >> 32n, 0n, "only the low 32 feature bits exist");
+    assert.equal(nic.features & F.VERSION_1, 0n);
+    assert.equal(nic.hdrLen, 12, "MRG_RXBUF negotiated: num_buffers present");
+    assert.equal(model.status & STATUS.FEATURES_OK, 0, "legacy has no FEATURES_OK step");
+    assert.equal(model.rxAvailable(), 128, "the device's fixed queue size wins over queueSize");
+    const sizes = Array.from({ length: 50 }, (_, i) => 60 + ((i * 149) % 1455));
+    assert.equal(sendFrames(nic, sizes), 50);
+    assert.deepEqual(model.sent[0].map((f) => f.length), sizes);
+    const frame = new Uint8Array(300).map((_, i) => i);
+    assert.ok(model.deliver(frame));
+    const out: PacketBuffer[] = [];
+    assert.equal(nic.receiveBatch(out, 8), 1);
+    assert.deepEqual(out[0].data.subarray(0, out[0].length), frame);
+    nic.release(out, 1);
+  } finally {
+    nic.close();
+  }
+  assert.equal(model.status, 0, "close resets the device");
+  assert.equal(model.dma.live, 0);
+});
