@@ -81,7 +81,7 @@ function localSource(): string | null {
 
 /**
  * Where the shared library is (or will be built): PVDRV_LIB when set; build/libpvdrv.so in the pvdrv folder when
- * pvdrv is a local, writable checkout; otherwise a per-user cache keyed by the source's hash, so a project that
+ * pvdrv is a local checkout and that build is current or can be written; otherwise a per-user cache keyed by the source's hash, so a project that
  * imports mod.ts from a read-only folder or over the network still finds (or builds) its shim.
  */
 export function libraryPath(): string {
@@ -89,8 +89,9 @@ export function libraryPath(): string {
   if (env) return env;
   const src = localSource();
   if (src) {
-    const build = src.replace(/native\/pvdrv\.c$/, "build");
-    if (writable(build)) return `${build}/libpvdrv.so`;
+    const build = src.replace(/native\/pvdrv\.c$/, "build"), lib = `${build}/libpvdrv.so`;
+    // A checkout's own build is used when it is current, even on a read-only mount (the lab guest's 9p share).
+    if (!isStale(lib, src) || writable(build)) return lib;
     return `${cacheDir()}/libpvdrv-${ABI_VERSION}-${sourceTag(Deno.readFileSync(src))}.so`;
   }
   return `${cacheDir()}/libpvdrv-${ABI_VERSION}-remote.so`;
