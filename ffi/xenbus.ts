@@ -3,28 +3,29 @@
  * through the shared irq waiter so a pending read never blocks Deno's event loop.
  * @module
  */
-import { check, cstr, native, O_NONBLOCK, O_RDWR } from "./lib.ts";
+import { check, native, NativeError, O_NONBLOCK, O_RDWR, openPath } from "./lib.ts";
 import { irqWaiter } from "./irq.ts";
 import type { XsTransport } from "../hal/xen.ts";
 
 /** /dev/xen/xenbus as an {@link XsTransport}. */
 export class XenbusDevice implements XsTransport {
-  #fd: number;
+  #fd = -1;
   readonly #buf = new Uint8Array(4096 + 16);
 
   /** Opens the first of `paths` that exists. */
   constructor(paths = ["/dev/xen/xenbus", "/proc/xen/xenbus"]) {
-    let r = -2;
     for (const p of paths) {
-      r = native().pvdrv_open(cstr(p), O_RDWR | O_NONBLOCK, 0);
-      if (r !== -2) break;
+      try {
+        this.#fd = openPath(p, O_RDWR | O_NONBLOCK);
+        return;
+      } catch (e) {
+        if (!(e instanceof NativeError && e.errno === 2)) throw e;
+      }
     }
-    if (r === -2) {
-      throw new Error(
-        `no xenstore device (${paths.join(", ")}): not a Xen guest, or xenfs/xen modules not loaded`,
-      );
-    }
-    this.#fd = check(`opening ${paths[0]}`, r);
+    throw new NativeError(
+      `no xenstore device (${paths.join(", ")}): not a Xen guest, or xenfs/xen modules not loaded`,
+      -2,
+    );
   }
 
   write(msg: Uint8Array): void {
