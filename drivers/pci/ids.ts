@@ -5,9 +5,9 @@
  * @module
  */
 import { pciDriverFor } from "../table.ts";
-import { virtioDeviceType } from "../virtio/pci.ts";
+import { VIRTIO_VENDOR, virtioDeviceType } from "../virtio/pci.ts";
 
-/** virtio device types by modern PCI id (0x1040 + type) (virtio 1.2 §5). */
+/** Names of virtio device types (virtio 1.2 §5). */
 const VIRTIO_TYPES: Record<number, string> = {
   1: "net",
   2: "block",
@@ -32,8 +32,7 @@ export function deviceKind(
 
 function kindName(d: { vendorId: number; deviceId: number; subsystemId: number }): string {
   if (d.vendorId === 0x5853 && d.deviceId === 0x0001) return "xen-platform";
-  if (d.vendorId !== 0x1af4) return "-";
   const t = virtioDeviceType(d);
-  if (t === null) return "virtio (unknown)";
+  if (t === null) return d.vendorId === VIRTIO_VENDOR ? "virtio (unknown)" : "-";
   return `virtio-${VIRTIO_TYPES[t] ?? t} (${d.deviceId >= 0x1040 ? "modern" : "transitional"})`;
 }

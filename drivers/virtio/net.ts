@@ -13,7 +13,14 @@ import type { DmaAllocator, DmaRegion } from "../../hal/dma.ts";
 import type { IrqSource } from "../../hal/irq.ts";
 import type { PciFunction } from "../../hal/pci.ts";
 import { NicCore } from "../net/core.ts";
-import { emptyStats, type IrqMode, macToString, maxFrameFor, type QueueStats } from "../net/nic.ts";
+import {
+  emptyStats,
+  FRAME_OVERHEAD,
+  type IrqMode,
+  macToString,
+  maxFrameFor,
+  type QueueStats,
+} from "../net/nic.ts";
 import { type PacketBuffer, PacketPool } from "../net/packet_pool.ts";
 import { F, featureNames, NET_F, STATUS } from "./features.ts";
 import {
@@ -56,7 +63,7 @@ export interface VirtioNetOptions {
   disable?: bigint;
   /** Enable promiscuous mode (needs CTRL_VQ + CTRL_RX). */
   promiscuous?: boolean;
-  /** Close the bus (and the PCI function under it, if the bus owns it) with the NIC. */
+  /** Close the bus (and the PCI function under it, if the bus owns it) with the NIC, or when the open fails. */
   ownsBus?: boolean;
 }
 
@@ -120,22 +127,33 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
     return new VirtioNet(bus, opts);
   }
 
-  /** Bring up the virtio-net device of an opened PCI function; the NIC owns the function. */
+  /**
+   * Bring up the virtio-net device of an opened PCI function. With `ownsPci` the NIC closes the function when it
+   * closes, or at once when the open fails.
+   */
   static openPci(
     pci: PciFunction,
     opts: VirtioNetOptions & Pick<VirtioPciOptions, "transport"> & { ownsPci?: boolean } = {},
   ): VirtioNet {
-    const bus = openVirtioPci(pci, {
-      transport: opts.transport,
-      msix: opts.irq === "msix",
-      ownsPci: opts.ownsPci ?? false,
-    });
+    let bus: VirtioBus;
+    try {
+      bus = openVirtioPci(pci, {
+        transport: opts.transport,
+        msix: opts.irq === "msix",
+        ownsPci: opts.ownsPci,
+      });
+    } catch (e) {
+      if (opts.ownsPci) pci.close();
+      throw e;
+    }
     return new VirtioNet(bus, { ...opts, ownsBus: true });
   }
 
   private constructor(bus: VirtioBus, opts: VirtioNetOptions) {
     super();
     if (bus.deviceType !== VIRTIO_NET) {
+      // Not ours to touch: no reset, no FAILED status; only what we were given to own is released.
+      if (opts.ownsBus) bus.close();
       throw new VirtioError(`${bus.name} is virtio device type ${bus.deviceType}, not a network card (1)`);
     }
     if (opts.ownsBus) this.own(bus);
@@ -156,7 +174,7 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
       const cfg = this.#readNetConfig();
       this.mac = cfg.mac;
       this.maxFrame = maxFrameFor(cfg.mtu, SLOT - this.hdrLen);
-      this.mtu = Math.min(cfg.mtu, this.maxFrame - 18);
+      this.mtu = Math.min(cfg.mtu, this.maxFrame - FRAME_OVERHEAD);
       const pairs = Math.min(wantPairs, cfg.maxPairs);
       if (this.#irqMode === "msix" && t.setConfigVector(0) !== 0) {
         throw new VirtioError("device refused MSI-X vector 0 for config");

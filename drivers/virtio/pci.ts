@@ -280,16 +280,30 @@ export function openTransport(
 /** Red Hat's virtio vendor id (virtio 1.2 §4.1.2). */
 export const VIRTIO_VENDOR = 0x1af4;
 
+/** Transitional PCI device ids and the virtio device types they stand for (virtio 1.2 §4.1.2.3). */
+const TRANSITIONAL_TYPE: Record<number, number> = {
+  0x1000: 1,
+  0x1001: 2,
+  0x1002: 5,
+  0x1003: 3,
+  0x1004: 8,
+  0x1005: 4,
+  0x1009: 9,
+};
+
 /**
  * The virtio device type of a PCI function, or null when it is not virtio (virtio 1.2 §4.1.2: modern device ids
- * are 0x1040 + type; transitional ones 0x1000..0x103f carry the type in the subsystem device id).
+ * are 0x1040 + type; the transitional ids above name their type, other ids in 0x1000..0x103f carry it in the
+ * subsystem device id).
  */
 export function virtioDeviceType(
   cfg: { vendorId: number; deviceId: number; subsystemId: number },
 ): number | null {
   if (cfg.vendorId !== VIRTIO_VENDOR) return null;
   if (cfg.deviceId >= 0x1040 && cfg.deviceId <= 0x107f) return cfg.deviceId - 0x1040;
-  if (cfg.deviceId >= 0x1000 && cfg.deviceId <= 0x103f) return cfg.subsystemId;
+  if (cfg.deviceId >= 0x1000 && cfg.deviceId <= 0x103f) {
+    return TRANSITIONAL_TYPE[cfg.deviceId] ?? cfg.subsystemId;
+  }
   return null;
 }
 
@@ -326,7 +340,6 @@ export function openVirtioPci(pci: PciFunction, opts: VirtioPciOptions = {}): Vi
     transport: t,
     dma: pci.dma,
     iommu: pci.iommu,
-    irqModes: ["poll", ...kinds],
     irqs(mode: IrqMode, n: number): IrqSource[] {
       if (mode === "poll") return [];
       if (!kinds.includes(mode)) {

@@ -191,3 +191,18 @@ Deno.test("shim: a project importing mod.ts over the network fetches and builds 
     Deno.removeSync(cache, { recursive: true });
   }
 });
+
+Deno.test("virtio-net with ownsPci closes the PCI function when the open fails, at every step", () => {
+  const closes = (model: VirtioNetModel, mutate: (m: VirtioNetModel) => void = () => {}) => {
+    mutate(model);
+    let closed = 0;
+    const pci = { ...model.pci(), close: () => void closed++ };
+    assert.throws(() => VirtioNet.openPci(pci, { ownsPci: true }), (e) => isPvdrvError(e, "virtio"));
+    return closed;
+  };
+  // Not a virtio device at all (openVirtioPci refuses), a virtio device of another type (the driver refuses it
+  // untouched), and a network card whose handshake fails (FEATURES_OK refused).
+  assert.equal(closes(new VirtioNetModel(), (m) => m.config.view.setUint16(0, 0x8086, true)), 1);
+  assert.equal(closes(new VirtioNetModel(), (m) => m.config.view.setUint16(2, 0x1042, true)), 1);
+  assert.equal(closes(new VirtioNetModel({ rejectFeatures: true })), 1);
+});

@@ -7,7 +7,8 @@ import {
   VIRTIO_PCI_CAP,
 } from "../../drivers/pci/config.ts";
 import { listDevices, parsePciAddress, parseResources, readDevice } from "../../ffi/sysfs.ts";
-import { deviceKind, formatTable, probe } from "../../drivers/pci/probe.ts";
+import { formatTable, probe } from "../../drivers/pci/probe.ts";
+import { deviceKind } from "../../drivers/pci/ids.ts";
 import { bindDevice, BindRefused } from "../../drivers/pci/bind.ts";
 import { protectedReason, readHostNet } from "../../drivers/pci/host_net.ts";
 import { makeSysfs } from "./sysfs_fixture.ts";
@@ -289,6 +290,15 @@ Deno.test("probe: device kinds", () => {
     kind: "virtio-net (transitional)",
     supported: true,
   });
+  // A transitional id names its type (virtio 1.2 §4.1.2.3), whatever the subsystem id says.
+  assert.deepEqual(deviceKind({ vendorId: 0x1af4, deviceId: 0x1000, subsystemId: 0 }), {
+    kind: "virtio-net (transitional)",
+    supported: true,
+  });
+  assert.equal(
+    deviceKind({ vendorId: 0x1af4, deviceId: 0x1001, subsystemId: 1 }).kind,
+    "virtio-block (transitional)",
+  );
   assert.equal(deviceKind({ vendorId: 0x1af4, deviceId: 0x1042, subsystemId: 2 }).supported, false);
   assert.equal(
     deviceKind({ vendorId: 0x1af4, deviceId: 0x103f, subsystemId: 1 }).kind,
