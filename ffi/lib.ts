@@ -81,8 +81,9 @@ function localSource(): string | null {
 
 /**
  * Where the shared library is (or will be built): PVDRV_LIB when set; build/libpvdrv.so in the pvdrv folder when
- * pvdrv is a local checkout and that build is current or can be written; otherwise a per-user cache keyed by the source's hash, so a project that
- * imports mod.ts from a read-only folder or over the network still finds (or builds) its shim.
+ * pvdrv is a local checkout and that build is current or can be written; otherwise a per-user cache keyed by the
+ * source (its hash, or its URL for a remote import), so a project that imports mod.ts from a read-only folder or
+ * over the network still finds (or builds) its shim.
  */
 export function libraryPath(): string {
   const env = Deno.env.get("PVDRV_LIB");
@@ -94,7 +95,7 @@ export function libraryPath(): string {
     if (!isStale(lib, src) || writable(build)) return lib;
     return `${cacheDir()}/libpvdrv-${ABI_VERSION}-${sourceTag(Deno.readFileSync(src))}.so`;
   }
-  return `${cacheDir()}/libpvdrv-${ABI_VERSION}-remote.so`;
+  return `${cacheDir()}/libpvdrv-${ABI_VERSION}-${sourceTag(new TextEncoder().encode(SOURCE.href))}.so`;
 }
 
 function mtime(path: string | URL): number {
@@ -111,10 +112,10 @@ export function isStale(output: string | URL, source: string | URL): boolean {
   return out < 0 || mtime(source) > out;
 }
 
-/** True when the library is missing or older than its C source. */
-export function needsBuild(): boolean {
+/** True when the library (at `lib`, default {@link libraryPath}) is missing or older than its C source. */
+export function needsBuild(lib: string = libraryPath()): boolean {
   const src = localSource();
-  return src ? isStale(libraryPath(), src) : mtime(libraryPath()) < 0;
+  return src ? isStale(lib, src) : mtime(lib) < 0;
 }
 
 /**
@@ -123,7 +124,7 @@ export function needsBuild(): boolean {
  */
 export function buildNative(opts: { force?: boolean; quiet?: boolean } = {}): string {
   const out = libraryPath();
-  if (!opts.force && !needsBuild()) return out;
+  if (!opts.force && !needsBuild(out)) return out;
   const src = localSource();
   if (!src) {
     throw new Error(
@@ -184,13 +185,13 @@ let lib: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
 /** Open (building first if needed) the native shim; the same table is shared by the whole process. */
 export function native(): Native {
   if (lib) return lib.symbols;
-  if (needsBuild()) buildNative({ quiet: true });
-  lib = Deno.dlopen(libraryPath(), SYMBOLS);
+  const path = buildNative({ quiet: true }); // resolves the path once; compiles only when missing or stale
+  lib = Deno.dlopen(path, SYMBOLS);
   const v = lib.symbols.pvdrv_abi_version();
   if (v !== ABI_VERSION) {
     lib.close();
     lib = undefined;
-    throw new Error(`${libraryPath()} has ABI ${v}, expected ${ABI_VERSION}: run 'deno task build'`);
+    throw new Error(`${path} has ABI ${v}, expected ${ABI_VERSION}: run 'deno task build'`);
   }
   return lib.symbols;
 }

@@ -1,7 +1,7 @@
 /**
  * The DMA seam: a {@link DmaRegion} is a zeroed, page-aligned buffer with its CPU view and the address the device
- * must use (an IOVA behind VFIO, a physical address with UIO, granted pages' offsets for Xen, a fake address in a
- * model). Drivers never learn which.
+ * must use (an IOVA behind VFIO, a physical address with UIO, a fake address in a model). Drivers never learn
+ * which. (Xen memory is not DMA memory: the backend reaches granted pages by reference, see hal/xen.ts.)
  *
  * Device addresses are JS numbers: every allocator keeps them below 2^53 so they are exact, and drivers split
  * them into u32 halves for descriptors without BigInt on the hot path.

@@ -102,28 +102,29 @@ export async function aptUpdate(): Promise<void> {
   aptUpdated = true;
 }
 
-/** Install QEMU with apt when it is missing (root only; otherwise explain). */
-export async function ensureQemu(): Promise<void> {
-  if (await which("qemu-system-x86_64")) return;
+/**
+ * Make sure `command` is on the PATH: as root, install `packages` with apt-get when it is missing; otherwise say
+ * what to install.
+ */
+export async function ensureTool(command: string, packages: string[], what = command): Promise<void> {
+  if (await which(command)) return;
+  const list = packages.join(" ");
   if (Deno.uid() !== 0) {
-    throw new Error(
-      "qemu-system-x86_64 is missing: install it (sudo apt-get install qemu-system-x86) or run as root",
-    );
+    throw new Error(`${what} is missing: install it (sudo apt-get install ${list}) or run as root`);
   }
   await aptUpdate();
-  log("installing qemu-system-x86 with apt-get");
-  await run("apt-get", ["install", "-y", "-qq", "--no-install-recommends", "qemu-system-x86"]);
+  log(`installing ${list} with apt-get`);
+  await run("apt-get", ["install", "-y", "-qq", "--no-install-recommends", ...packages]);
 }
 
-/** Make sure a C compiler is there for the native shim: as root, install gcc and libc6-dev with apt when missing. */
-export async function ensureCompiler(): Promise<void> {
-  if (await which(Deno.env.get("CC") ?? "cc")) return;
-  if (Deno.uid() !== 0) {
-    throw new Error("no C compiler for the native shim: install one (sudo apt-get install gcc libc6-dev)");
-  }
-  await aptUpdate();
-  log("installing gcc and libc6-dev with apt-get");
-  await run("apt-get", ["install", "-y", "-qq", "--no-install-recommends", "gcc", "libc6-dev"]);
+/** QEMU for the lab (qemu-system-x86). */
+export function ensureQemu(): Promise<void> {
+  return ensureTool("qemu-system-x86_64", ["qemu-system-x86"]);
+}
+
+/** A C compiler for the native shim (gcc and libc6-dev; `CC` names another). */
+export function ensureCompiler(): Promise<void> {
+  return ensureTool(Deno.env.get("CC") ?? "cc", ["gcc", "libc6-dev"], "a C compiler for the native shim");
 }
 
 /** The kernel package linux-image-amd64 depends on (or PVDRV_KERNEL_PACKAGE). */

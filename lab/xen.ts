@@ -14,10 +14,10 @@
  */
 import { addTree, CpioWriter } from "./cpio.ts";
 import {
-  aptUpdate,
   busyboxInitramfs,
   download,
   ensureCompiler,
+  ensureTool,
   exists,
   extractKernel,
   kernelPackage,
@@ -57,16 +57,6 @@ function log(m: string): void {
   console.error(`xen-lab: ${m}`);
 }
 
-async function ensureDebootstrap(): Promise<void> {
-  try {
-    await run("sh", ["-c", "command -v debootstrap"]);
-  } catch {
-    if (Deno.uid() !== 0) throw new LabError("debootstrap is missing (apt-get install debootstrap)");
-    await aptUpdate();
-    await run("apt-get", ["install", "-y", "-qq", "--no-install-recommends", "debootstrap"]);
-  }
-}
-
 function mirror(): string {
   try {
     const src = Deno.readTextFileSync("/etc/apt/sources.list.d/debian.sources");
@@ -79,7 +69,7 @@ function mirror(): string {
 async function dom0Root(): Promise<string> {
   const dir = `${XEN_DIR}/dom0root`;
   if (exists(`${dir}/.pvdrv-done`)) return dir;
-  await ensureDebootstrap();
+  await ensureTool("debootstrap", ["debootstrap"]);
   if (exists(dir)) Deno.removeSync(dir, { recursive: true });
   log("debootstrap of dom0's root (about a minute)");
   await run("debootstrap", [

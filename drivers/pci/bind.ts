@@ -9,7 +9,13 @@
 import { PvdrvError } from "../../hal/errors.ts";
 import { type HostNet, noHostNet, protectedReason, readHostNet } from "./host_net.ts";
 import { deviceKind } from "./ids.ts";
+import { NIC_DRIVERS } from "../table.ts";
 import { devicePath, interfaceInUse, parsePciAddress, readDevice, SYSFS } from "../../ffi/sysfs.ts";
+
+/** The names of the drivers the driver table has for PCI devices. */
+function pciDriverNames(): string {
+  return NIC_DRIVERS.filter((d) => d.pci).map((d) => d.name).join(", ");
+}
 
 /** Where a device can be bound. */
 export type BindTarget = "vfio-pci" | "uio_pci_generic" | "kernel";
@@ -89,7 +95,8 @@ export function bindDevice(address: string, target: BindTarget, opts: BindOption
         `${addr} is ${
           kind === "-" ? "not a device pvdrv drives" : kind
         }: pvdrv has no driver for it, so it ` +
-          `stays with the kernel (pvdrv binds virtio-net devices only; --force does not change this)`,
+          `stays with the kernel (pvdrv binds only what its drivers serve: ${pciDriverNames()}; --force does not ` +
+          `change this)`,
       );
     }
     if (info.driver === target) return info.driver;

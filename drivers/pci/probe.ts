@@ -8,8 +8,6 @@ import type { HostNet } from "./host_net.ts";
 import { deviceKind } from "./ids.ts";
 import { listDevices, readConfigBytes, SYSFS } from "../../ffi/sysfs.ts";
 
-export { deviceKind } from "./ids.ts";
-
 /** The probe's view of one function. */
 export interface ProbeEntry {
   /** PCI address. */

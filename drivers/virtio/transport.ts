@@ -80,8 +80,6 @@ export interface VirtioBus {
   readonly dma: DmaAllocator;
   /** Whether an IOMMU translates the device's DMA (the device must then use VIRTIO_F_ACCESS_PLATFORM). */
   readonly iommu: boolean;
-  /** Interrupt modes this bus can deliver ("poll" always). */
-  readonly irqModes: readonly IrqMode[];
   /** Interrupt sources: `n` MSI-X vectors (vector i is index i), the one INTx line, or none when polling. */
   irqs(mode: IrqMode, n: number): IrqSource[];
   /** After an INTx wait: read (and so clear) the ISR, and re-arm the line (virtio 1.2 §4.1.4.5). */

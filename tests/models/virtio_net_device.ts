@@ -258,7 +258,6 @@ export class VirtioNetModel {
       transport,
       dma: this.dma,
       iommu: false,
-      irqModes: ["poll", "intx"],
       irqs: (mode) => (mode === "intx" ? [this.intx] : []),
       ackIntx: () => void transport.readIsr(),
       enableBusMaster: () => void this.order.push("bus master"),
