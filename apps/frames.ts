@@ -24,6 +24,18 @@ export function writeFrame(
   dst: Uint8Array,
   src: Uint8Array,
 ): void {
+  writeHeader(buf, len, seq, dst, src);
+  for (let i = MIN_FRAME; i < len; i++) buf[i] = (seq * 7 + i) & 0xff;
+}
+
+/** Write only the first {@link MIN_FRAME} bytes of frame `seq` (benchmarks leave the payload as it was). */
+export function writeHeader(
+  buf: Uint8Array,
+  len: number,
+  seq: number,
+  dst: Uint8Array,
+  src: Uint8Array,
+): void {
   if (len < MIN_FRAME || len > buf.length) {
     throw new RangeError(`frame length ${len} outside ${MIN_FRAME}..${buf.length}`);
   }
@@ -41,7 +53,6 @@ export function writeFrame(
   buf[21] = seq & 0xff;
   buf[22] = len >> 8;
   buf[23] = len & 0xff;
-  for (let i = MIN_FRAME; i < len; i++) buf[i] = (seq * 7 + i) & 0xff;
 }
 
 /** Result of checking a received frame. */

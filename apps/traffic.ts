@@ -4,8 +4,9 @@
  * recv tasks, the VM tests and the benchmarks. Neither loop allocates per packet.
  * @module
  */
+import { setImmediate } from "node:timers";
 import type { Nic, PacketBuffer } from "../drivers/net/nic.ts";
-import { checkFrame, FrameCheck, writeFrame } from "./frames.ts";
+import { checkFrame, FrameCheck, writeFrame, writeHeader } from "./frames.ts";
 import type { PcapWriter } from "./pcap.ts";
 
 /** Lets a sender stay at most `size` frames ahead of what the receiver has confirmed. */
@@ -44,6 +45,11 @@ export interface SendOptions {
   durationMs?: number;
   /** Called about once a second. */
   onProgress?: (sent: number, seconds: number) => void;
+  /**
+   * Benchmarks: write only the Ethernet header and the sequence number, leaving the rest of the buffer as it was
+   * (the way DPDK's txonly works); frames are not verifiable then.
+   */
+  headerOnly?: boolean;
 }
 
 /** Generator result. */
@@ -58,7 +64,11 @@ export interface SendResult {
   pps: number;
 }
 
-const tick = () => new Promise<void>((r) => setTimeout(r, 0));
+/**
+ * Let timers and I/O run, then continue. setImmediate costs a few µs; a chained `setTimeout(0)` is clamped to
+ * >= 4 ms by Deno (the HTML nesting rule), which would cap a loop that yields often.
+ */
+export const tick = (): Promise<void> => new Promise<void>((r) => setImmediate(r));
 /** The receiver yields to the event loop once per this many frames handled (of any kind). */
 export const YIELD_EVERY = 4096;
 
@@ -109,19 +119,20 @@ export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
     }
     const got = nic.allocTx(bufs, room, q);
     if (got === 0) {
-      // The ring is full: the device is the bottleneck. Spin briefly, then sleep so this vCPU (or core) goes
-      // idle and whatever drains the ring (in a VM, the hypervisor's I/O thread) gets the CPU.
+      // The ring is full: the device is the bottleneck. Keep polling for completions (like a DPDK sender), letting
+      // the event loop run now and then (setImmediate: a timer sleep would be clamped to >= 4 ms and idle the ring).
       if (spins === 0) stalledSince = performance.now();
       else if (performance.now() - stalledSince > 10_000) {
         throw new Error(`${nic.name}: the device completed nothing for 10 s (${sent} frames queued so far)`);
       }
-      if (++spins % 64 === 0) await new Promise((r) => setTimeout(r, 1));
+      if (++spins % 64 === 0) await tick();
       continue;
     }
     spins = 0;
     for (let i = 0; i < got; i++) {
       const seq = first + sent + i, len = frameSize(seq, o.minSize, o.maxSize);
-      writeFrame(bufs[i].data, len, seq, o.dst, nic.mac);
+      if (o.headerOnly) writeHeader(bufs[i].data, len, seq, o.dst, nic.mac);
+      else writeFrame(bufs[i].data, len, seq, o.dst, nic.mac);
       bufs[i].length = len;
       bytes += len;
     }
@@ -306,4 +317,121 @@ export async function echoExchange(
     window: { size: o.window, acked: () => echoed, changed: () => new Promise<void>((r) => wake.push(r)) },
   });
   return { tx, rx: await back };
+}
+
+/** {@link countFrames} options. */
+export interface CountOptions {
+  /** Frames taken per receiveBatch call (1–256). */
+  batch: number;
+  /** Times (performance.now() ms, ascending) at which the count is sampled; the loop ends after the last. */
+  marks: number[];
+  /** Called at each mark with the frames counted so far. */
+  onMark?: (index: number, count: number) => void;
+  /** Queue pair. */
+  queue?: number;
+  /** Sleep on the interrupt when the ring is empty (the NIC must be open with interrupts). */
+  interrupts?: boolean;
+  /**
+   * Interrupt mode, NAPI-style: after the ring runs dry keep polling this long (µs) before re-arming the interrupt,
+   * so a steady stream is taken without a wake-up per frame. 0 (default): adaptive, from the recent gap between
+   * frames (poll when frames come closer than a wake-up costs).
+   */
+  busyPollUs?: number;
+}
+
+/** What a wake-up from the interrupt costs, about (µs, native): the poll() syscall and the return to JS. */
+const WAKE_US = 10;
+/** Longest a receive loop blocks its thread in one interrupt sleep (ms). */
+const SLEEP_SLICE_MS = 10;
+
+/**
+ * Count received frames of any kind (not verified: the receive half of a benchmark, like DPDK's rxonly), sampling
+ * the count at `marks`. Returns the count at each mark.
+ */
+export async function countFrames(nic: Nic, o: CountOptions): Promise<number[]> {
+  const batch = Math.max(1, Math.min(o.batch, 256)), q = o.queue ?? 0;
+  const out: PacketBuffer[] = new Array(batch);
+  const counts: number[] = [];
+  let got = 0, m = 0, handled = 0, empty = 0, lastFrame = performance.now(), gapUs = 1e6;
+  while (m < o.marks.length) {
+    const n = nic.receiveBatch(out, batch, q);
+    const now = performance.now();
+    if (n > 0) {
+      got += n;
+      nic.release(out, n, q);
+      gapUs = 0.75 * gapUs + 0.25 * ((now - lastFrame) * 1000 / n); // moving average of the per-frame gap
+      lastFrame = now;
+    }
+    while (m < o.marks.length && now >= o.marks[m]) {
+      counts.push(got);
+      o.onMark?.(m, got);
+      m++;
+    }
+    if (n > 0) {
+      if ((handled += n) >= YIELD_EVERY) {
+        handled = 0;
+        await tick();
+      }
+      continue;
+    }
+    if (!o.interrupts) {
+      if (++empty % 64 === 0) await tick();
+      continue;
+    }
+    const budgetUs = o.busyPollUs || (gapUs < WAKE_US ? 2 * gapUs : 0);
+    if ((now - lastFrame) * 1000 < budgetUs) continue;
+    if (m >= o.marks.length) break;
+    // Sleep in poll() on the interrupt (no thread hop), at most one slice; an idle slice lets the event loop run.
+    if (!nic.sleepRx(Math.min(SLEEP_SLICE_MS, Math.max(0, o.marks[m] - now)), q)) await tick();
+  }
+  return counts;
+}
+
+/** {@link forward} options. */
+export interface ForwardOptions {
+  /** Frames moved per batch (1–256). */
+  batch: number;
+  /** Stop at this time (performance.now() ms). */
+  until: number;
+}
+
+/** What {@link forward} moved. */
+export interface ForwardResult {
+  /** Frames received on `from` and queued on `to`. */
+  forwarded: number;
+  /** Frames received but dropped because `to` had no free TX buffer. */
+  dropped: number;
+}
+
+/**
+ * Move every frame received on `from` out of `to`, unchanged (a two-port forwarder, like testpmd's io mode; the
+ * bytes are copied because the two NICs' buffers live in different DMA mappings). Allocates nothing per frame.
+ */
+export async function forward(from: Nic, to: Nic, o: ForwardOptions): Promise<ForwardResult> {
+  const batch = Math.max(1, Math.min(o.batch, 256));
+  const rx: PacketBuffer[] = new Array(batch), tx: PacketBuffer[] = new Array(batch);
+  let forwarded = 0, dropped = 0, handled = 0, empty = 0;
+  while (performance.now() < o.until) {
+    const n = from.receiveBatch(rx, batch);
+    if (n === 0) {
+      if (++empty % 64 === 0) await tick();
+      continue;
+    }
+    const room = to.allocTx(tx, n);
+    for (let i = 0; i < room; i++) {
+      const len = rx[i].length;
+      tx[i].data.set(rx[i].data.subarray(0, len));
+      tx[i].length = len;
+    }
+    const sent = to.sendBatch(tx, room);
+    if (sent < room) to.release(tx.slice(sent, room), room - sent);
+    from.release(rx, n);
+    forwarded += sent;
+    dropped += n - sent;
+    if ((handled += n) >= YIELD_EVERY) {
+      handled = 0;
+      await tick();
+    }
+  }
+  return { forwarded, dropped };
 }

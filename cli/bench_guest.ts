@@ -1,119 +1,358 @@
 /**
- * The in-guest half of `deno task bench`: the same NIC (0000:00:04.0) first driven by the guest kernel's
- * virtio_net (AF_PACKET sendmmsg/recvmmsg through pvpeer, and pktgen), then by pvdrv over VFIO, in one boot.
- * Prints one JSON line.
+ * The in-guest half of `deno task bench --vm`: in one boot, the same NIC (0000:00:06.0, whose host end is
+ * build/pvhost) driven first by the guest kernel's virtio_net (AF_PACKET through pvpeer, and pktgen), then by pvdrv
+ * over VFIO, then by DPDK's testpmd; forwarding from 0000:00:06.0 to 0000:00:09.0 by pvdrv and by testpmd.
+ * TX and forwarding are counted by the host (it brackets each phase by this script's PVDRV-PHASE lines); RX and
+ * CPU rows are measured here and printed as PVDRV-RESULT lines. The plan comes as JSON in PVDRV_BENCH_PLAN.
  * @module
  */
-import process from "node:process";
 import { bindDevice } from "../drivers/pci/bind.ts";
 import { VfioPciFunction } from "../ffi/pci.ts";
 import { VirtioNet } from "../drivers/virtio/net.ts";
 import { parseMac } from "../drivers/net/nic.ts";
-import { generate, receive } from "../apps/traffic.ts";
+import { countFrames, forward, generate } from "../apps/traffic.ts";
 import { LAB } from "../lab/qemu.ts";
 import { kernelInterface, Peer } from "../lab/kernel_peer.ts";
+import { Testpmd } from "../lab/testpmd.ts";
+import {
+  type BenchDriver,
+  type BenchPlan,
+  type BenchTest,
+  type CpuRow,
+  FULL_PLAN,
+  LINE,
+} from "../lab/bench_plan.ts";
 
-const SECONDS = Number(Deno.env.get("PVDRV_BENCH_SECONDS") ?? 10);
-const RATE = Number(Deno.env.get("PVDRV_BENCH_RATE") ?? 5000);
-const SIZE = 64;
+const plan: BenchPlan = JSON.parse(Deno.env.get("PVDRV_BENCH_PLAN") ?? JSON.stringify(FULL_PLAN));
+const DPDK = Deno.env.get("PVDRV_DPDK") ?? "";
+const HOST = "02:00:00:00:00:fe";
+const NIC = LAB.vfioHostPeer;
 const log = (s: string) => console.error(`bench: ${s}`);
-const cpu = () => {
-  const u = process.cpuUsage();
-  return (u.user + u.system) / 1e6;
-};
+const say = (s: string) => console.log(s);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, Math.max(0, ms)));
+const phaseMs = () => (plan.warmSec + plan.windows * plan.windowSec) * 1000;
 
-async function pktgen(ifname: string, dst: string, seconds: number): Promise<{ pps: number; sent: number }> {
+/** Busy (non-idle) CPU seconds of the whole guest, from /proc/stat's first line (USER_HZ = 100). */
+function busySeconds(): number {
+  const f = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/).slice(1).map(Number);
+  const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+  return (total - f[3] - f[4]) / 100;
+}
+
+/** A measured phase: the host brackets it (TX and forwarding are counted there). */
+async function phase(
+  test: BenchTest,
+  driver: BenchDriver,
+  size: number,
+  batch: number,
+  run: () => Promise<void>,
+) {
+  log(`${test} ${driver} ${size} B, batch ${batch}`);
+  say(`${LINE.phase} ${test} ${driver} ${size} ${batch}`);
+  try {
+    await run();
+  } finally {
+    say(LINE.phaseEnd);
+  }
+}
+
+/** The marks (performance.now() ms) of the windows of a phase starting now. */
+function marks(): number[] {
+  const t0 = performance.now() + plan.warmSec * 1000;
+  return Array.from({ length: plan.windows + 1 }, (_, i) => t0 + i * plan.windowSec * 1000);
+}
+
+/** Sample `read` at each mark; returns per-window rates (frames/s). */
+async function sampleWindows(read: () => number | Promise<number>): Promise<number[]> {
+  const at: { t: number; n: number }[] = [];
+  for (const m of marks()) {
+    await sleep(m - performance.now());
+    const n = await read();
+    at.push({ t: performance.now(), n });
+  }
+  return at.slice(1).map((s, i) => (s.n - at[i].n) / ((s.t - at[i].t) / 1000));
+}
+
+/** An RX row: the host blasts `size`-byte frames at the NIC while `measure` counts them. */
+async function rxPhase(driver: BenchDriver, size: number, batch: number, measure: () => Promise<number[]>) {
+  await phase("rx", driver, size, batch, async () => {
+    say(`${LINE.blast} ${plan.offered} ${size} ${NIC.mac}`);
+    try {
+      const windows = await measure();
+      say(
+        `${LINE.result} ${JSON.stringify({ test: "rx", driver, size, batch, windows, countedBy: driver })}`,
+      );
+    } finally {
+      say(LINE.blastStop);
+      await sleep(300); // let the ring drain before the next phase
+    }
+  });
+}
+
+/** A CPU row: the host offers `rate` frames/s; `count` samples the receiver at the two marks. */
+async function cpuPhase(
+  mode: string,
+  rate: number,
+  count: (marks: number[], onMark: () => void) => Promise<number[]>,
+) {
+  log(`cpu ${mode} at ${rate} pps`);
+  say(`${LINE.blast} ${rate} 64 ${NIC.mac}`);
+  try {
+    const t0 = performance.now() + plan.warmSec * 1000;
+    const ms = [t0, t0 + plan.cpuSec * 1000];
+    const busy: number[] = [], times: number[] = [];
+    const counts = await count(ms, () => {
+      busy.push(busySeconds());
+      times.push(performance.now());
+    });
+    const row: CpuRow = {
+      mode,
+      rate,
+      received: counts[1] - counts[0],
+      seconds: (times[1] - times[0]) / 1000,
+      busySeconds: busy[1] - busy[0],
+    };
+    say(`${LINE.result} ${JSON.stringify({ cpu: row })}`);
+  } finally {
+    say(LINE.blastStop);
+    await sleep(300);
+  }
+}
+
+/** Sample `read` at each of `ms`, calling onMark right after each read. */
+async function sampleAt(
+  ms: number[],
+  read: () => number | Promise<number>,
+  onMark: () => void,
+): Promise<number[]> {
+  const out: number[] = [];
+  for (const m of ms) {
+    await sleep(m - performance.now());
+    out.push(await read());
+    onMark();
+  }
+  return out;
+}
+
+// ---- 0. The idle guest's CPU (subtracted from the CPU rows) ----
+{
+  const b0 = busySeconds(), t0 = performance.now();
+  await sleep(plan.cpuSec * 1000);
+  const row: CpuRow = {
+    mode: "idle",
+    rate: 0,
+    received: 0,
+    seconds: (performance.now() - t0) / 1000,
+    busySeconds: busySeconds() - b0,
+  };
+  say(`${LINE.result} ${JSON.stringify({ cpu: row })}`);
+}
+
+// ---- 1. The guest kernel's virtio_net on 0000:00:06.0 ----
+const k = await kernelInterface(NIC.pci);
+for (const size of plan.sizes) {
+  for (const batch of plan.batches) {
+    await phase("tx", "kernel", size, batch, async () => {
+      const p = new Peer([
+        "txrate",
+        k.name,
+        String(phaseMs() / 1000),
+        String(size),
+        HOST,
+        "0",
+        String(batch),
+      ]);
+      await p.result();
+    });
+  }
+}
+for (const size of plan.sizes) {
+  for (const batch of plan.batches) {
+    try {
+      await phase("tx", "pktgen", size, batch, () => pktgen(k.name, size, batch, phaseMs()));
+    } catch (e) {
+      log(`pktgen unavailable: ${(e as Error).message}`);
+    }
+  }
+}
+for (const size of plan.sizes) {
+  for (const batch of plan.batches) {
+    await rxPhase("kernel", size, batch, async () => {
+      const p = new Peer(["rxrate", k.name, String(phaseMs() / 1000 + 1), String(batch)]);
+      await p.ready;
+      const w = await sampleWindows(() => p.progress);
+      await p.result();
+      return w;
+    });
+  }
+}
+for (const rate of plan.cpuRates) {
+  await cpuPhase("kernel", rate, async (ms, onMark) => {
+    const p = new Peer(["rxrate", k.name, String(plan.warmSec + plan.cpuSec + 1), "32"]);
+    await p.ready;
+    const c = await sampleAt(ms, () => p.progress, onMark);
+    await p.result();
+    return c;
+  });
+}
+
+// ---- 2. pvdrv over VFIO (this guest's own lab NICs: safe to take from the kernel) ----
+bindDevice(NIC.pci, "vfio-pci", { force: true });
+bindDevice(LAB.vfioForwardOut.pci, "vfio-pci", { force: true });
+{
+  const nic = VirtioNet.openPci(VfioPciFunction.open(NIC.pci), { ownsPci: true });
+  const out = VirtioNet.openPci(VfioPciFunction.open(LAB.vfioForwardOut.pci), { ownsPci: true });
+  try {
+    const dst = parseMac(HOST);
+    for (const size of plan.sizes) {
+      for (const batch of plan.batches) {
+        await phase("tx", "pvdrv", size, batch, async () => {
+          await generate(nic, {
+            count: 2 ** 31 - 1,
+            minSize: size,
+            maxSize: size,
+            dst,
+            batch,
+            durationMs: phaseMs(),
+            headerOnly: true,
+          });
+        });
+      }
+    }
+    for (const size of plan.sizes) {
+      for (const batch of plan.batches) {
+        await rxPhase("pvdrv", size, batch, async () => {
+          const at: number[] = [];
+          const counts = await countFrames(nic, {
+            batch,
+            marks: marks(),
+            onMark: () => at.push(performance.now()),
+          });
+          return counts.slice(1).map((c, i) => (c - counts[i]) / ((at[i + 1] - at[i]) / 1000));
+        });
+      }
+    }
+    for (const batch of plan.batches) {
+      await phase("fwd", "pvdrv", 64, batch, async () => {
+        say(`${LINE.blast} ${plan.offered} 64 ${NIC.mac}`);
+        try {
+          await forward(nic, out, { batch, until: performance.now() + phaseMs() });
+        } finally {
+          say(LINE.blastStop);
+        }
+      });
+      await sleep(300);
+    }
+    for (const rate of plan.cpuRates) {
+      await cpuPhase("pvdrv-poll", rate, (ms, onMark) => countFrames(nic, { batch: 32, marks: ms, onMark }));
+    }
+  } finally {
+    await nic.close();
+    await out.close();
+  }
+}
+{
+  const nic = VirtioNet.openPci(VfioPciFunction.open(NIC.pci), { ownsPci: true, irq: "msix" });
+  try {
+    for (const rate of plan.cpuRates) {
+      await cpuPhase(
+        "pvdrv-irq",
+        rate,
+        (ms, onMark) => countFrames(nic, { batch: 32, marks: ms, onMark, interrupts: true }),
+      );
+    }
+  } finally {
+    await nic.close();
+  }
+}
+
+// ---- 3. DPDK testpmd ----
+if (!DPDK) {
+  log("PVDRV_DPDK not set: skipping testpmd");
+} else {
+  Deno.writeTextFileSync("/proc/sys/vm/nr_hugepages", "256");
+  let tp = await Testpmd.start(DPDK, [NIC.pci]);
+  try {
+    await tp.cmd(`set eth-peer 0 ${HOST}`);
+    await tp.cmd("set fwd txonly");
+    for (const size of plan.sizes) {
+      await tp.cmd(`set txpkts ${size}`);
+      for (const batch of plan.batches) {
+        await tp.cmd(`set burst ${batch}`);
+        await phase("tx", "testpmd", size, batch, async () => {
+          await tp.cmd("start");
+          await sleep(phaseMs());
+          await tp.cmd("stop");
+        });
+      }
+    }
+    await tp.cmd("set fwd rxonly");
+    for (const size of plan.sizes) {
+      for (const batch of plan.batches) {
+        await tp.cmd(`set burst ${batch}`);
+        await rxPhase("testpmd", size, batch, async () => {
+          await tp.cmd("start");
+          const w = await sampleWindows(async () => (await tp.stats(0)).rx);
+          await tp.cmd("stop");
+          return w;
+        });
+      }
+    }
+    await tp.cmd("set burst 32");
+    for (const rate of plan.cpuRates) {
+      await cpuPhase("testpmd", rate, async (ms, onMark) => {
+        await tp.cmd("start");
+        const c = await sampleAt(ms, async () => (await tp.stats(0)).rx, onMark);
+        await tp.cmd("stop");
+        return c;
+      });
+    }
+  } finally {
+    await tp.quit();
+  }
+  tp = await Testpmd.start(DPDK, [NIC.pci, LAB.vfioForwardOut.pci]);
+  try {
+    await tp.cmd("set fwd io");
+    for (const batch of plan.batches) {
+      await tp.cmd(`set burst ${batch}`);
+      await phase("fwd", "testpmd", 64, batch, async () => {
+        say(`${LINE.blast} ${plan.offered} 64 ${NIC.mac}`);
+        try {
+          await tp.cmd("start");
+          await sleep(phaseMs());
+          await tp.cmd("stop");
+        } finally {
+          say(LINE.blastStop);
+        }
+      });
+      await sleep(300);
+    }
+  } finally {
+    await tp.quit();
+  }
+}
+say("PVDRV-BENCH-DONE");
+
+/** The kernel's packet generator on `ifname` for `ms`, `batch` frames per burst (skb reuse). */
+async function pktgen(ifname: string, size: number, batch: number, ms: number): Promise<void> {
   const w = (f: string, s: string) => Deno.writeTextFileSync(`/proc/net/pktgen/${f}`, s + "\n");
   w("kpktgend_0", "rem_device_all");
   w("kpktgend_0", `add_device ${ifname}`);
+  // pkt_size counts the 4-byte FCS.
   for (
-    const c of ["count 0", `pkt_size ${SIZE + 4}`, `dst_mac ${dst}`, "burst 32", "delay 0", "clone_skb 0"]
-  ) w(ifname, c);
+    const c of [
+      "count 0",
+      `pkt_size ${size + 4}`,
+      `dst_mac ${HOST}`,
+      `burst ${batch}`,
+      "delay 0",
+      "clone_skb 0",
+    ]
+  ) {
+    w(ifname, c);
+  }
   const run = new Deno.Command("sh", { args: ["-c", "echo start > /proc/net/pktgen/pgctrl"] }).spawn();
-  await new Promise((r) => setTimeout(r, seconds * 1000));
+  await sleep(ms);
   w("pgctrl", "stop");
   await run.status;
-  const out = Deno.readTextFileSync(`/proc/net/pktgen/${ifname}`);
-  const pps = Number(out.match(/(\d+)pps/)?.[1] ?? 0),
-    sent = Number(out.match(/pkts-sofar: (\d+)/)?.[1] ?? 0);
-  return { pps, sent };
 }
-
-const k04 = await kernelInterface(LAB.vfioKernelPeer.pci);
-const k05 = await kernelInterface(LAB.kernelPeer.pci);
-const k06 = await kernelInterface(LAB.vfioHostPeer.pci);
-const HOST = "02:00:00:00:00:fe";
-const results: Record<string, Record<string, number>> = {};
-const mark = (what: string) => Deno.writeTextFileSync("/out/bench-phase", what); // the host counts per phase
-
-// TX: 0000:00:06.0 into a UDP sink on the host (nothing in the guest pays for receiving).
-mark("kernelTx");
-log(`kernel AF_PACKET TX on ${k06.name} for ${SECONDS} s`);
-results.kernelTx = await new Peer(["txrate", k06.name, String(SECONDS), String(SIZE), HOST]).result();
-mark("pktgenTx");
-log(`kernel pktgen TX on ${k06.name}`);
-try {
-  results.pktgenTx = await pktgen(k06.name, HOST, SECONDS);
-} catch (e) {
-  log(`pktgen unavailable: ${(e as Error).message}`);
-}
-mark("idle");
-log(`kernel AF_PACKET RX on ${k04.name} while ${k05.name} floods`);
-{
-  const rx = new Peer(["rxrate", k04.name, String(SECONDS)]);
-  await rx.ready;
-  const tx = new Peer(["txrate", k05.name, String(SECONDS + 1), String(SIZE), k04.mac]);
-  results.kernelRx = await rx.result();
-  results.kernelRxOffered = await tx.result();
-}
-log(`kernel AF_PACKET TX at a fixed ${RATE} pps`);
-results.kernelTxFixed = await new Peer(["txrate", k06.name, "5", String(SIZE), HOST, String(RATE)]).result();
-
-// This guest's own lab NICs: safe to take from the kernel.
-bindDevice(LAB.vfioHostPeer.pci, "vfio-pci", { force: true });
-bindDevice(LAB.vfioKernelPeer.pci, "vfio-pci", { force: true });
-{
-  const nic = VirtioNet.openPci(VfioPciFunction.open(LAB.vfioHostPeer.pci), { ownsPci: true });
-  try {
-    const dst = parseMac(HOST);
-    const flood = { count: 2 ** 31 - 1, minSize: SIZE, maxSize: SIZE, dst, durationMs: SECONDS * 1000 };
-    for (const batch of [32, 256]) {
-      mark(`pvdrvTx${batch}`);
-      log(`pvdrv TX flood, batch ${batch}, for ${SECONDS} s`);
-      const c0 = cpu();
-      const tx = await generate(nic, { ...flood, batch });
-      results[`pvdrvTx${batch}`] = {
-        sent: tx.sent,
-        seconds: tx.seconds,
-        pps: tx.pps,
-        cpuSeconds: cpu() - c0,
-      };
-    }
-    mark("idle");
-    log(`pvdrv TX at a fixed ${RATE} pps`);
-    const c0 = cpu();
-    const fixed = await generate(nic, { ...flood, rate: RATE, durationMs: 5000 });
-    results.pvdrvTxFixed = {
-      sent: fixed.sent,
-      seconds: fixed.seconds,
-      pps: fixed.pps,
-      cpuSeconds: cpu() - c0,
-    };
-  } finally {
-    nic.close();
-  }
-}
-{
-  const nic = VirtioNet.openPci(VfioPciFunction.open(LAB.vfioKernelPeer.pci), { ownsPci: true });
-  try {
-    log(`pvdrv RX while ${k05.name} floods`);
-    const flood = new Peer(["txrate", k05.name, String(SECONDS), String(SIZE), nic.macString]);
-    const rx = await receive(nic, { count: 0, idleTimeoutMs: 3000 });
-    const got = rx.received + rx.duplicate; // the flood repeats 32 sequence numbers
-    results.pvdrvRx = { received: got, seconds: rx.seconds, pps: got / rx.seconds };
-    results.pvdrvRxOffered = await flood.result();
-  } finally {
-    nic.close();
-  }
-}
-console.log("PVDRV-BENCH " + JSON.stringify(results));

@@ -128,6 +128,17 @@ export function irqWaiter(): IrqWaiter {
 }
 
 /** An {@link IrqSource} over an eventfd (VFIO interrupts, test signals). */
+const syncFd = new Int32Array(1), syncRevents = new Int16Array(1);
+
+/** Block the thread until `fd` is readable or `timeoutMs` passes (poll(2)); true when readable. */
+export function waitReadableSync(fd: number, timeoutMs: number): boolean {
+  syncFd[0] = fd;
+  syncRevents[0] = 0;
+  const r = native().pvdrv_poll_sync(syncFd, syncRevents, 1, Math.max(0, Math.floor(timeoutMs)));
+  if (r < 0 && r !== -4) check("poll", r); // -EINTR: a signal; report no event
+  return r > 0;
+}
+
 export class EventFdIrq implements IrqSource {
   /** The eventfd. */
   readonly efd: EventFd;
@@ -137,6 +148,9 @@ export class EventFdIrq implements IrqSource {
   }
   async wait(): Promise<void> {
     while (!this.efd.drain()) await irqWaiter().waitReadable(this.efd.fd);
+  }
+  waitSync(timeoutMs: number): boolean {
+    return this.efd.drain() || (waitReadableSync(this.efd.fd, timeoutMs) && this.efd.drain());
   }
   poll(): boolean {
     return this.efd.drain();

@@ -36,6 +36,8 @@ const SYMBOLS = {
   pvdrv_eventfd_drain: { parameters: ["i32"], result: "i32" },
   pvdrv_eventfd_signal: { parameters: ["i32"], result: "i32" },
   pvdrv_poll: { parameters: ["buffer", "buffer", "u32", "i32"], result: "i32", nonblocking: true },
+  // The same poll() on the calling thread: a receive loop that sleeps in the kernel until its interrupt.
+  pvdrv_poll_sync: { name: "pvdrv_poll", parameters: ["buffer", "buffer", "u32", "i32"], result: "i32" },
   pvdrv_mmap: { parameters: ["u64", "i32", "i32", "i32", "u64"], result: "i64" },
   pvdrv_munmap: { parameters: ["pointer", "u64"], result: "i32" },
   pvdrv_ptr: { parameters: ["u64"], result: "pointer" },

@@ -15,7 +15,7 @@ import {
   openPath,
   PROT_RW,
 } from "./lib.ts";
-import { irqWaiter } from "./irq.ts";
+import { irqWaiter, waitReadableSync } from "./irq.ts";
 import {
   type EventChannel,
   type EventChannels,
@@ -134,6 +134,9 @@ class EvtchnPort implements EventChannel {
   }
   async wait(): Promise<void> {
     while (!this.poll()) await irqWaiter().waitReadable(this.fd);
+  }
+  waitSync(timeoutMs: number): boolean {
+    return this.poll() || (waitReadableSync(this.fd, timeoutMs) && this.poll());
   }
   close(): void {
     if (this.fd < 0) return;

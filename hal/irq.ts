@@ -11,6 +11,12 @@ export interface IrqSource {
   wait(): Promise<void>;
   /** Consume a pending signal without waiting; true if there was one. */
   poll(): boolean;
+  /**
+   * Block the calling thread (its event loop too) until a signal arrives or `timeoutMs` passes; true when a
+   * signal was consumed. For dedicated receive loops: one poll() syscall, no thread hop. An in-process source
+   * cannot be signalled while its thread blocks, so it only polls.
+   */
+  waitSync(timeoutMs: number): boolean;
   /** Stop waiting and release the source. */
   close(): void;
 }

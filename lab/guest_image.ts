@@ -164,6 +164,34 @@ export async function download(pkg: string, dir: string): Promise<string> {
   return `${dir}/${got.name}`;
 }
 
+/** `apt-get download` every package of `pkgs` not yet in `dir`, in one apt run; returns name → .deb path. */
+export async function downloadAll(pkgs: string[], dir: string): Promise<Map<string, string>> {
+  Deno.mkdirSync(dir, { recursive: true });
+  const find = (pkg: string) =>
+    [...Deno.readDirSync(dir)].find((e) => e.name.startsWith(pkg + "_") && e.name.endsWith(".deb"))?.name;
+  const missing = pkgs.filter((p) => !find(p));
+  if (missing.length) {
+    log(
+      `apt-get download ${missing.length} packages (${missing.slice(0, 4).join(", ")}${
+        missing.length > 4 ? ", …" : ""
+      })`,
+    );
+    try {
+      await run("apt-get", ["download", "-qq", ...missing], { cwd: dir });
+    } catch {
+      await aptUpdate();
+      await run("apt-get", ["download", "-qq", ...missing], { cwd: dir });
+    }
+  }
+  const out = new Map<string, string>();
+  for (const p of pkgs) {
+    const name = find(p);
+    if (!name) throw new Error(`apt-get download ${p} produced no .deb`);
+    out.set(p, `${dir}/${name}`);
+  }
+  return out;
+}
+
 /** Resolve `wanted` modules and their dependencies to .ko paths, dependencies first. */
 export function resolveModules(modRoot: string, wanted: string[]): { name: string; path: string }[] {
   const index = new Map<string, string>();

@@ -61,6 +61,11 @@ export class Peer {
     return json;
   }
 
+  /** The count in the peer's latest "progress N" line. */
+  get progress(): number {
+    return this.#progress;
+  }
+
   /** Flow control from the peer's "progress N" lines (a receiving peer). */
   window(size: number): Window {
     return {

@@ -4,8 +4,9 @@
 //   pvpeer recv IF COUNT TIMEOUT_MS [PROGRESS]         receive and verify COUNT frames; "progress N" lines
 //   pvpeer send IF COUNT MIN MAX DSTMAC [WINDOW [PPS]] send COUNT frames (sizes MIN..MAX); with WINDOW, stay at most
 //                                                      WINDOW frames ahead of the acked count read from stdin
-//   pvpeer txrate IF SECONDS SIZE DSTMAC [PPS]         send as fast as possible (or at PPS), sendmmsg x32
-//   pvpeer rxrate IF SECONDS                           count pvdrv frames (recvmmsg x32), report pps
+//   pvpeer txrate IF SECONDS SIZE DSTMAC [PPS [BATCH]] send as fast as possible (or at PPS), sendmmsg xBATCH (32)
+//   pvpeer rxrate IF SECONDS [BATCH]                   count pvdrv frames (recvmmsg xBATCH, 32), report pps;
+//                                                      "progress N" every 10 ms
 // Results are one JSON line on stdout.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -212,13 +213,16 @@ static int do_send(const char *ifn, long count, int min, int max, const char *ds
   return 0;
 }
 
-static int do_txrate(const char *ifn, double seconds, int size, const char *dsts, double rate) {
+#define MAXBATCH 256
+
+static int do_txrate(const char *ifn, double seconds, int size, const char *dsts, double rate, int batch) {
   unsigned char mac[6], dst[6];
   int s = open_sender(ifn, dsts, size, mac, dst);
-  static unsigned char buf[BATCH][MAXF];
-  struct mmsghdr msgs[BATCH];
-  struct iovec iov[BATCH];
-  for (int i = 0; i < BATCH; i++) {
+  static unsigned char buf[MAXBATCH][MAXF];
+  struct mmsghdr msgs[MAXBATCH];
+  struct iovec iov[MAXBATCH];
+  if (batch < 1 || batch > MAXBATCH) batch = BATCH;
+  for (int i = 0; i < batch; i++) {
     write_frame(buf[i], size, i, dst, mac);
     set_msg(&msgs[i], &iov[i], buf[i], size, NULL);
   }
@@ -228,10 +232,10 @@ static int do_txrate(const char *ifn, double seconds, int size, const char *dsts
   double t0 = now(), t;
   while ((t = now()) - t0 < seconds) {
     if (rate > 0 && sent >= (t - t0) * rate) {  // paced: sleep until the next batch is due
-      usleep((useconds_t)(1e6 * BATCH / rate));
+      usleep((useconds_t)(1e6 * batch / rate));
       continue;
     }
-    int r = sendmmsg(s, msgs, BATCH, 0);
+    int r = sendmmsg(s, msgs, batch, 0);
     if (r > 0) sent += r;
   }
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
@@ -240,24 +244,30 @@ static int do_txrate(const char *ifn, double seconds, int size, const char *dsts
   return 0;
 }
 
-static int do_rxrate(const char *ifn, double seconds) {
+static int do_rxrate(const char *ifn, double seconds, int batch) {
   unsigned char mac[6];
   int ifindex, s = open_sock(ifn, mac, &ifindex);
-  static unsigned char buf[BATCH][MAXF];
-  struct mmsghdr msgs[BATCH];
-  struct iovec iov[BATCH];
-  struct sockaddr_ll from[BATCH];
-  for (int i = 0; i < BATCH; i++) set_msg(&msgs[i], &iov[i], buf[i], sizeof buf[i], &from[i]);
+  static unsigned char buf[MAXBATCH][1536];
+  struct mmsghdr msgs[MAXBATCH];
+  struct iovec iov[MAXBATCH];
+  struct sockaddr_ll from[MAXBATCH];
+  if (batch < 1 || batch > MAXBATCH) batch = BATCH;
+  for (int i = 0; i < batch; i++) set_msg(&msgs[i], &iov[i], buf[i], sizeof buf[i], &from[i]);
   printf("ready\n");
   fflush(stdout);
   long got = 0;
-  double t0 = 0, t1 = 0, start = now();
+  double t0 = 0, t1 = 0, start = now(), shown = 0;
   while (now() - start < seconds + 5) {
     // poll first: recvmmsg's timeout is only checked after a datagram arrives, so it would block forever once
     // the sender stopped.
     struct pollfd p = {.fd = s, .events = POLLIN};
-    int n = poll(&p, 1, 200) > 0 ? recvmmsg(s, msgs, BATCH, MSG_DONTWAIT, NULL) : 0;
-    if (n <= 0) { if (t0 && now() - t1 > 0.5) break; continue; }
+    int n = poll(&p, 1, 10) > 0 ? recvmmsg(s, msgs, batch, MSG_DONTWAIT, NULL) : 0;
+    double t = now();
+    if (t - shown >= 0.01) {
+      shown = t;
+      printf("progress %ld\n", got);
+    }
+    if (n <= 0) { if (t0 && t - t1 > 0.5) break; continue; }
     t1 = now();
     if (!t0) t0 = t1;
     for (int i = 0; i < n; i++) got += from[i].sll_pkttype != PACKET_OUTGOING;
@@ -274,10 +284,12 @@ int main(int argc, char **argv) {
   if (argc >= 7 && !strcmp(argv[1], "send"))
     return do_send(argv[2], atol(argv[3]), atoi(argv[4]), atoi(argv[5]), argv[6], argc > 7 ? atol(argv[7]) : 0,
                    argc > 8 ? atof(argv[8]) : 0);
-  if ((argc == 6 || argc == 7) && !strcmp(argv[1], "txrate"))
-    return do_txrate(argv[2], atof(argv[3]), atoi(argv[4]), argv[5], argc == 7 ? atof(argv[6]) : 0);
-  if (argc == 4 && !strcmp(argv[1], "rxrate")) return do_rxrate(argv[2], atof(argv[3]));
+  if (argc >= 6 && argc <= 8 && !strcmp(argv[1], "txrate"))
+    return do_txrate(argv[2], atof(argv[3]), atoi(argv[4]), argv[5], argc >= 7 ? atof(argv[6]) : 0,
+                     argc == 8 ? atoi(argv[7]) : BATCH);
+  if ((argc == 4 || argc == 5) && !strcmp(argv[1], "rxrate"))
+    return do_rxrate(argv[2], atof(argv[3]), argc == 5 ? atoi(argv[4]) : BATCH);
   fprintf(stderr, "usage: pvpeer recv IF COUNT TIMEOUT_MS [PROGRESS] | send IF COUNT MIN MAX DSTMAC [WINDOW [PPS]] |\n"
-                  "       txrate IF SECONDS SIZE DSTMAC [PPS] | rxrate IF SECONDS\n");
+                  "       txrate IF SECONDS SIZE DSTMAC [PPS [BATCH]] | rxrate IF SECONDS [BATCH]\n");
   return 2;
 }

@@ -7,6 +7,7 @@
  *  - 0000:00:04.0 modern virtio-net (iommu_platform, for VFIO)  ⇄  0000:00:05.0 virtio-net driven by the guest kernel
  *  - 0000:00:06.0 modern virtio-net (iommu_platform, for VFIO)  ⇄  a UDP socket on the host (the host peer)
  *  - 0000:00:07.0 transitional virtio-net (legacy I/O BAR, UIO) ⇄  0000:00:08.0 virtio-net driven by the guest kernel
+ *  - 0000:00:09.0 modern virtio-net (iommu_platform, for VFIO)  ⇄  a second UDP port on the host (forwarding out)
  * Every link is `-netdev dgram` on 127.0.0.1; no other address is used.
  * @module
  */
@@ -27,6 +28,7 @@ export const LAB = {
   vfioHostPeer: { pci: "0000:00:06.0", mac: "52:54:00:12:34:03" },
   uioKernelPeer: { pci: "0000:00:07.0", mac: "52:54:00:12:34:04" },
   uioPeer: { pci: "0000:00:08.0", mac: "52:54:00:12:34:05" },
+  vfioForwardOut: { pci: "0000:00:09.0", mac: "52:54:00:12:34:06" },
 } as const;
 
 /** Options for {@link runInGuest}. */
@@ -41,6 +43,8 @@ export interface LabOptions {
   hostPeerPort?: number;
   /** UDP port QEMU listens on for the host peer's frames (frames sent there arrive at 0000:00:06.0). */
   guestPortForHost?: number;
+  /** UDP port on 127.0.0.1 where frames sent by 0000:00:09.0 go (the benchmark's forwarding sink). */
+  forwardSinkPort?: number;
   /** Files to place in /out before boot (name → contents). */
   files?: Record<string, string | Uint8Array>;
   /** Told the run's /out folder before boot. */
@@ -93,10 +97,15 @@ export function shellQuote(s: string): string {
 
 /** Build lab/pvpeer.c statically into build/pvpeer when missing or stale (the guest has no compiler). */
 export function buildPeerTool(): string {
-  const src = `${ROOT}/lab/pvpeer.c`, out = `${ROOT}/build/pvpeer`;
+  return buildLabTool("pvpeer", true);
+}
+
+/** Build lab/<name>.c into build/<name> when missing or stale (`guest`: statically, for the guest). */
+export function buildLabTool(name: string, guest = false): string {
+  const src = `${ROOT}/lab/${name}.c`, out = `${ROOT}/build/${name}`;
   if (!isStale(out, src)) return out;
   const r = new Deno.Command(Deno.env.get("CC") ?? "cc", {
-    args: ["-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", out, src],
+    args: ["-O2", "-Wall", "-Wextra", "-Werror", ...(guest ? ["-static"] : []), "-o", out, src],
     stderr: "piped",
   }).outputSync();
   if (!r.success) throw new LabError(`building ${out} failed:\n${new TextDecoder().decode(r.stderr)}`);
@@ -159,7 +168,7 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
     if (typeof data === "string") Deno.writeTextFileSync(`${outDir}/${name}`, data);
     else Deno.writeFileSync(`${outDir}/${name}`, data);
   }
-  const [a, b, c, d] = [freeUdpPort(), freeUdpPort(), freeUdpPort(), freeUdpPort()];
+  const [a, b, c, d, e] = [freeUdpPort(), freeUdpPort(), freeUdpPort(), freeUdpPort(), freeUdpPort()];
   const hostPeer = opts.hostPeerPort ?? freeUdpPort();
   const guestForHost = opts.guestPortForHost ?? freeUdpPort();
   const nic = (
@@ -202,6 +211,8 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
     ...nic("n3", 7, LAB.uioKernelPeer.mac, ",disable-legacy=off,disable-modern=off"),
     ...dgram("n4", d, c),
     ...nic("n4", 8, LAB.uioPeer.mac, ""),
+    ...dgram("n5", e, opts.forwardSinkPort ?? freeUdpPort()),
+    ...nic("n5", 9, LAB.vfioForwardOut.mac, modern),
   ]; // deno-fmt-ignore
   const t0 = performance.now();
   const timeoutSec = opts.timeoutSec ?? 900;

@@ -181,6 +181,24 @@ export abstract class NicCore<Q extends CoreQueue> implements Nic {
     this.disarmRx(q);
   }
 
+  sleepRx(timeoutMs: number, queue = 0): boolean {
+    const q = this.queue(queue);
+    if (!q.irq) {
+      throw new PvdrvError("nic", `${this.name} was opened in polling mode: open it with interrupts to wait`);
+    }
+    if (this.armRx(q)) {
+      this.disarmRx(q);
+      return true;
+    }
+    const woke = q.irq.waitSync(timeoutMs);
+    if (woke) {
+      q.stats.interrupts++;
+      this.ackIrq(q);
+    }
+    this.disarmRx(q);
+    return woke;
+  }
+
   stats(): QueueStats[] {
     return this.pairs.map((q) => ({ ...q.stats }));
   }

@@ -105,6 +105,12 @@ export interface Nic {
   release(pkts: PacketBuffer[], n: number, queue?: number): void;
   /** Resolve when frames may be waiting on `queue` (interrupt mode; resolves at once when some are). */
   waitRx(queue?: number): Promise<void>;
+  /**
+   * Block this thread, event loop included, until frames may be waiting on `queue` or `timeoutMs` passes
+   * (interrupt mode). True when woken by the interrupt or frames are already there. The cheapest sleep for a
+   * dedicated receive loop (one poll() syscall, no thread hop); yield to the event loop yourself between sleeps.
+   */
+  sleepRx(timeoutMs: number, queue?: number): boolean;
   /** Reclaim completed TX buffers now; returns how many. */
   reclaimTx(queue?: number): number;
   /** Per-queue counters. */

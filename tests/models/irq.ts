@@ -17,6 +17,9 @@ export class ModelIrq implements IrqSource {
   async wait(): Promise<void> {
     while (!this.poll()) await new Promise<void>((r) => this.#waiters.push(r));
   }
+  waitSync(_timeoutMs: number): boolean {
+    return this.poll();
+  }
   poll(): boolean {
     if (this.#pending === 0) return false;
     this.#pending = 0;

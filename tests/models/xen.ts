@@ -70,6 +70,7 @@ export class ModelEvtchns implements EventChannels {
       notify: () => e.back?.(),
       wait: () => front.wait(),
       poll: () => front.poll(),
+      waitSync: (ms: number) => front.waitSync(ms),
       close: () => {
         e.closed = true;
         this.ports.delete(port);
