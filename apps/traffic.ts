@@ -125,7 +125,7 @@ export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
       else if (performance.now() - stalledSince > 10_000) {
         throw new Error(`${nic.name}: the device completed nothing for 10 s (${sent} frames queued so far)`);
       }
-      if (++spins % 64 === 0) await tick();
+      if (++spins % 1024 === 0) await tick();
       continue;
     }
     spins = 0;

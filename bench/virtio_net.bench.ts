@@ -1,10 +1,11 @@
 /**
  * In-process cost of virtio-net's hot paths (`deno bench`, or `deno task bench --in-process`): batches of 32
- * frames through the real driver (virtqueue + NIC core) against the device model doing only ring work, each beside
- * a baseline of the least any JS packet path does per frame (copying 64 bytes between typed arrays), so the report
- * is a ratio against a peer measured in the same run.
+ * frames through the real driver (virtqueue + NIC core) against the device model doing only ring work. The baseline
+ * of each group is C doing the same split-ring work, driver and device side (bench/ring_loop.c, test-only, built
+ * here with `cc`), so the report reads as TS/C; a plain 64-byte typed-array copy per frame is shown for scale.
  * @module
  */
+import { isStale } from "../ffi/lib.ts";
 import { VirtioNet } from "../drivers/virtio/net.ts";
 import { NET_F } from "../drivers/virtio/features.ts";
 import type { PacketBuffer } from "../drivers/net/packet_pool.ts";
@@ -22,7 +23,35 @@ function copyFloor(): void {
   for (let i = 0; i < BATCH; i++) dst.set(src, (slot++ & 255) << 11);
 }
 
-Deno.bench({ name: "floor: 32 x 64-byte TypedArray.set", group: "tx", baseline: true, fn: copyFloor });
+/** bench/ring_loop.c as a shared library (rebuilt when the source is newer). */
+function ringLoop() {
+  const root = new URL("../", import.meta.url).pathname;
+  const src = `${root}bench/ring_loop.c`, so = `${root}build/ring_loop.so`;
+  if (isStale(so, src)) {
+    Deno.mkdirSync(`${root}build`, { recursive: true });
+    const r = new Deno.Command(Deno.env.get("CC") ?? "cc", {
+      args: ["-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", so, src],
+    }).outputSync();
+    if (!r.success) throw new Error(`building ${so} failed: ${new TextDecoder().decode(r.stderr)}`);
+  }
+  return Deno.dlopen(so, {
+    ring_new: { parameters: [], result: "pointer" },
+    ring_tx_batch: { parameters: ["pointer", "i32", "u32"], result: "i32" },
+    ring_rx_batch: { parameters: ["pointer", "i32", "u32"], result: "i32" },
+  }).symbols;
+}
+const c = ringLoop();
+const ctx = c.ring_new(), crx = c.ring_new();
+
+Deno.bench({
+  name: "C ring loop: 32-frame TX batch (post, device completes, reclaim)",
+  group: "tx",
+  baseline: true,
+  fn() {
+    if (c.ring_tx_batch(ctx, BATCH, FRAME) !== BATCH) throw new Error("C TX batch short");
+  },
+});
+Deno.bench({ name: "floor: 32 x 64-byte TypedArray.set", group: "tx", fn: copyFloor });
 
 Deno.bench({
   name: "virtio-net TX: allocTx + sendBatch, 32 x 64-byte frames",
@@ -36,7 +65,15 @@ Deno.bench({
   },
 });
 
-Deno.bench({ name: "floor: 32 x 64-byte TypedArray.set", group: "rx", baseline: true, fn: copyFloor });
+Deno.bench({
+  name: "C ring loop: 32-frame RX batch (device fills, take, check, repost)",
+  group: "rx",
+  baseline: true,
+  fn() {
+    if (c.ring_rx_batch(crx, BATCH, FRAME) !== BATCH) throw new Error("C RX batch short");
+  },
+});
+Deno.bench({ name: "floor: 32 x 64-byte TypedArray.set", group: "rx", fn: copyFloor });
 
 Deno.bench({
   name: "virtio-net RX: receiveBatch + release, 32 x 64-byte frames",

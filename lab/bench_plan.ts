@@ -21,6 +21,8 @@ export interface BenchPlan {
   windowSec: number;
   /** Seconds before the first window (ramp-up; discarded). */
   warmSec: number;
+  /** Seconds pvdrv runs its paths unmeasured before its first phase (V8 compiles them meanwhile). */
+  warmupSec: number;
   /** Frames/s the host blaster offers for RX and forwarding (more than any driver here takes). */
   offered: number;
   /** Fixed offered rates for CPU per packet (frames/s). */
@@ -36,6 +38,7 @@ export const FULL_PLAN: BenchPlan = {
   windows: 3,
   windowSec: 1,
   warmSec: 0.5,
+  warmupSec: 4,
   offered: 300_000,
   cpuRates: [10_000, 50_000],
   cpuSec: 3,
@@ -48,6 +51,7 @@ export const QUICK_PLAN: BenchPlan = {
   windows: 3,
   windowSec: 0.4,
   warmSec: 0.3,
+  warmupSec: 2,
   offered: 100_000,
   cpuRates: [10_000],
   cpuSec: 1,

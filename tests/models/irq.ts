@@ -7,6 +7,11 @@ export class ModelIrq implements IrqSource {
   #waiters: (() => void)[] = [];
   /** Times the model raised it. */
   raised = 0;
+  /**
+   * Runs while a driver blocks in {@link waitSync}: what the device does during that sleep (a model shares the
+   * driver's thread, so nothing else can).
+   */
+  whileBlocked: (() => void) | null = null;
   /** Raise the interrupt. */
   signal(): void {
     this.raised++;
@@ -18,6 +23,7 @@ export class ModelIrq implements IrqSource {
     while (!this.poll()) await new Promise<void>((r) => this.#waiters.push(r));
   }
   waitSync(_timeoutMs: number): boolean {
+    this.whileBlocked?.();
     return this.poll();
   }
   poll(): boolean {

@@ -1,0 +1,179 @@
+/**
+ * The benchmark machinery: window rates from host samples, medians, the report's ratios and CPU rows, the SVG plot,
+ * and the driver-side loops the VM benchmark runs (countFrames in polling and interrupt mode, forward, headerOnly).
+ */
+import assert from "assert";
+import { type HostSample, summarize, windowRates } from "../../lab/host_traffic.ts";
+import { markdownTables, svgPlot } from "../../lab/bench_report.ts";
+import type { VmBenchResult } from "../../lab/vm_bench.ts";
+import { FULL_PLAN } from "../../lab/bench_plan.ts";
+import { countFrames, forward, generate } from "../../apps/traffic.ts";
+import { checkFrame, FrameCheck, writeFrame } from "../../apps/frames.ts";
+import { VirtioNet } from "../../drivers/virtio/net.ts";
+import { VirtioNetModel } from "../models/virtio_net_device.ts";
+
+/** Samples every 20 ms from t=100 s for `secs`, sink1 growing at `rate(t)`. */
+function samples(secs: number, rate: (t: number) => number): HostSample[] {
+  const out: HostSample[] = [];
+  let n = 0;
+  for (let t = 100; t <= 100 + secs + 1e-9; t += 0.02) {
+    out.push({ t, sink1: Math.round(n), sink2: 0, blasted: Math.round(2 * n) });
+    n += rate(t) * 0.02;
+  }
+  return out;
+}
+
+Deno.test("windowRates: per-window rates from cumulative samples; windows past the samples are left out", () => {
+  const s = samples(3, (t) => (t < 101 ? 1000 : t < 102 ? 2000 : 4000));
+  const w = windowRates(s, (x) => x.sink1, 100, 103, 3);
+  assert.equal(w.length, 3);
+  for (const [i, want] of [1000, 2000, 4000].entries()) {
+    assert.ok(Math.abs(w[i] - want) / want < 0.03, `window ${i}: ${w[i]} vs ${want}`);
+  }
+  assert.ok(Math.abs(windowRates(s, (x) => x.blasted, 100, 101, 1)[0] - 2000) < 60);
+  // A window reaching past the last sample has no right edge.
+  assert.equal(windowRates(s, (x) => x.sink1, 102, 106, 2).length, 0);
+});
+
+Deno.test("summarize: median of odd and even counts, min and max", () => {
+  assert.deepEqual(summarize([3, 1, 2]), { median: 2, min: 1, max: 3, windows: [3, 1, 2] });
+  assert.equal(summarize([4, 1, 3, 2]).median, 2.5);
+  assert.equal(summarize([]).median, 0);
+});
+
+function result(): VmBenchResult {
+  const row = (test: "tx" | "rx" | "fwd", driver: "pvdrv" | "testpmd" | "kernel", batch: number, w: number[]) => ({
+    test,
+    driver,
+    size: 64,
+    batch,
+    windows: w,
+    countedBy: "test",
+    offered: test === "tx" ? undefined : 300_000,
+  });
+  return {
+    plan: FULL_PLAN,
+    date: "",
+    dpdk: "22.11",
+    rows: [
+      row("tx", "pvdrv", 32, [40_000, 50_000, 60_000]),
+      row("tx", "testpmd", 32, [100_000, 90_000, 110_000]),
+      row("tx", "kernel", 32, [25_000, 25_000, 25_000]),
+      row("rx", "pvdrv", 32, [70_000, 80_000, 75_000]),
+      row("rx", "testpmd", 32, [75_000, 75_000, 75_000]),
+    ],
+    cpu: [
+      { mode: "idle", rate: 0, received: 0, seconds: 2, busySeconds: 0.2 }, // 10% busy when idle
+      { mode: "kernel", rate: 10_000, received: 30_000, seconds: 3, busySeconds: 1.5 }, // (1.5-0.3)/30k = 40 µs
+      { mode: "pvdrv-irq", rate: 10_000, received: 30_000, seconds: 3, busySeconds: 0.9 }, // 20 µs
+    ],
+  };
+}
+
+Deno.test("markdownTables: medians with min–max, ratios from the medians, CPU less the idle guest", () => {
+  const md = markdownTables(result());
+  assert.match(md, /\| 32 \| 50k \(40k–60k\) \| 100k \(90k–110k\) \| 25k \(25k–25k\) \| 0\.50x \| 2\.00x \|/);
+  assert.match(md, /\| 32 \| 75k \(70k–80k\) \| 75k \(75k–75k\) \| 1\.00x \| 300k \|/);
+  assert.match(md, /\| 10k \| kernel \| 10k \| 40\.0 \| 1\.00x \|/);
+  assert.match(md, /\| 10k \| pvdrv-irq \| 10k \| 20\.0 \| 0\.50x \|/);
+  assert.doesNotMatch(md, /\| idle \|/);
+});
+
+Deno.test("svgPlot: one panel per test and size, one line per driver with data", () => {
+  const svg = svgPlot(result());
+  assert.ok(svg.startsWith("<svg") && svg.trimEnd().endsWith("</svg>"));
+  assert.equal((svg.match(/<path /g) ?? []).length, 5); // tx: 3 drivers, rx: 2
+  assert.match(svg, /TX \(host-counted\), 64 B/);
+  assert.match(svg, /RX \(receiver-counted, host offers\), 64 B/);
+});
+
+function frame(seq: number, dst: Uint8Array): Uint8Array {
+  const f = new Uint8Array(60);
+  writeFrame(f, 60, seq, dst, new Uint8Array([2, 0, 0, 0, 0, 0xfe]));
+  return f;
+}
+
+Deno.test("countFrames: counts every frame at its marks, polling and on interrupts (NAPI-style sleepRx)", async () => {
+  for (const irq of ["poll", "msix"] as const) {
+    const model = new VirtioNetModel();
+    const nic = VirtioNet.openPci(model.pci(), { irq });
+    let delivered = 0;
+    const burst = () => {
+      for (let i = 0; i < 5; i++) delivered += model.deliver(frame(delivered, nic.mac)) ? 1 : 0;
+    };
+    // Polling: frames arrive between loop turns; interrupt mode: while the driver sleeps on the vector.
+    const feeder = setInterval(burst, 5);
+    if (irq === "msix") model.vectors[model.queue(0).vector].whileBlocked = burst;
+    try {
+      const t0 = performance.now();
+      const counts = await countFrames(nic, {
+        batch: 8,
+        marks: [t0 + 30, t0 + 120, t0 + 200],
+        interrupts: irq === "msix",
+      });
+      assert.equal(counts.length, 3);
+      assert.ok(counts[0] <= counts[1] && counts[1] <= counts[2], `${irq}: ${counts}`);
+      assert.ok(counts[2] - counts[0] >= 20, `${irq}: frames counted between marks: ${counts}`);
+      assert.ok(counts[2] <= delivered, "never more than was delivered");
+      // Interrupt mode slept on the interrupt and was woken by it; polling never arms it.
+      assert.equal(nic.stats()[0].interrupts > 0, irq === "msix", `${irq}: ${nic.stats()[0].interrupts} wake-ups`);
+    } finally {
+      clearInterval(feeder);
+      await nic.close();
+    }
+  }
+});
+
+Deno.test("sleepRx: true at once with frames waiting, false after the timeout without; refused when polling", () => {
+  const model = new VirtioNetModel();
+  const nic = VirtioNet.openPci(model.pci(), { irq: "msix" });
+  try {
+    assert.equal(nic.sleepRx(1), false);
+    model.deliver(frame(1, nic.mac));
+    assert.equal(nic.sleepRx(1000), true);
+  } finally {
+    nic.close();
+  }
+  const polled = VirtioNet.openPci(new VirtioNetModel().pci());
+  assert.throws(() => polled.sleepRx(1), /polling mode/);
+  polled.close();
+});
+
+Deno.test("forward: every frame received on one NIC leaves the other unchanged", async () => {
+  const a = new VirtioNetModel(), b = new VirtioNetModel();
+  const from = VirtioNet.openPci(a.pci()), to = VirtioNet.openPci(b.pci());
+  try {
+    for (let i = 0; i < 40; i++) a.deliver(frame(i, from.mac));
+    const r = await forward(from, to, { batch: 16, until: performance.now() + 50 });
+    assert.deepEqual(r, { forwarded: 40, dropped: 0 });
+    const sent = b.sent[0];
+    assert.equal(sent.length, 40);
+    const seq = new Uint32Array(1);
+    for (let i = 0; i < 40; i++) {
+      assert.equal(checkFrame(sent[i], sent[i].length, seq), FrameCheck.Ok);
+      assert.equal(seq[0], i);
+    }
+  } finally {
+    await from.close();
+    await to.close();
+  }
+});
+
+Deno.test("generate headerOnly: writes the header and sequence only, the payload stays as it was", async () => {
+  const model = new VirtioNetModel();
+  const nic = VirtioNet.openPci(model.pci());
+  try {
+    const dst = new Uint8Array([2, 0, 0, 0, 0, 1]);
+    await generate(nic, { count: 300, minSize: 100, maxSize: 100, dst, headerOnly: true });
+    const sent = model.sent[0];
+    assert.equal(sent.length, 300);
+    const seq = new Uint32Array(1);
+    // Never-written buffers still hold zeros: a headerOnly frame fails the payload check but names its sequence.
+    assert.equal(checkFrame(sent[0], 100, seq), FrameCheck.Corrupt);
+    assert.deepEqual([...sent[299].subarray(0, 6)], [...dst]);
+    assert.equal(new DataView(sent[299].buffer, sent[299].byteOffset).getUint32(18), 299);
+    assert.ok(sent[0].subarray(24).every((x) => x === 0));
+  } finally {
+    await nic.close();
+  }
+});
