@@ -4,7 +4,6 @@
  * recv tasks, the VM tests and the benchmarks. Neither loop allocates per packet.
  * @module
  */
-import { setImmediate } from "node:timers";
 import type { Nic, PacketBuffer } from "../drivers/net/nic.ts";
 import { checkFrame, FrameCheck, writeFrame, writeHeader } from "./frames.ts";
 import type { PcapWriter } from "./pcap.ts";
@@ -68,7 +67,7 @@ export interface SendResult {
  * Let timers and I/O run, then continue. setImmediate costs a few µs; a chained `setTimeout(0)` is clamped to
  * >= 4 ms by Deno (the HTML nesting rule), which would cap a loop that yields often.
  */
-export const tick = (): Promise<void> => new Promise<void>((r) => setImmediate(r));
+export const tick = (): Promise<void> => new Promise<void>((r) => globalThis.setImmediate(r));
 /** The receiver yields to the event loop once per this many frames handled (of any kind). */
 export const YIELD_EVERY = 4096;
 

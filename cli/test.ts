@@ -12,7 +12,7 @@ import { soakCommand } from "./soak.ts";
 
 const USAGE = `usage: deno task test [--unit-only | --vm-only] [--no-xen] [--filter TEXT]
   Runs tests/unit on the host and 30 s of the fuzzer (tests/fuzz, fixed seed), then tests/vm/guest inside one boot
-  of the QEMU lab, then tests/lab (the lab's own failure handling, two short boots), then the nested Xen lab
+  of the QEMU lab, then tests/lab (the lab's own failure handling and a quick VM benchmark), then the nested Xen lab
   (tests/xen: netfront against xen-netback).`;
 
 interface Tally {
@@ -189,7 +189,7 @@ await runMain(USAGE, async () => {
   if (!values["unit-only"]) {
     console.log("\n=== VM tests (QEMU lab) ===");
     results.push({ name: "vm", ...(await vm(values.filter)) });
-    console.log("\n=== lab failure handling (two short boots) ===");
+    console.log("\n=== lab: failure handling (two short boots) and bench --vm --quick (one boot) ===");
     results.push({ name: "lab", ...(await hostTests("tests/lab/", values.filter)) });
     if (!values["no-xen"] && !values.filter) {
       console.log("\n=== Xen lab (nested Xen under QEMU: netfront against dom0's xen-netback) ===");

@@ -127,7 +127,6 @@ export function irqWaiter(): IrqWaiter {
   return shared ??= new IrqWaiter();
 }
 
-/** An {@link IrqSource} over an eventfd (VFIO interrupts, test signals). */
 const syncFd = new Int32Array(1), syncRevents = new Int16Array(1);
 
 /** Block the thread until `fd` is readable or `timeoutMs` passes (poll(2)); true when readable. */
@@ -139,6 +138,7 @@ export function waitReadableSync(fd: number, timeoutMs: number): boolean {
   return r > 0;
 }
 
+/** An {@link IrqSource} over an eventfd (VFIO interrupts, test signals). */
 export class EventFdIrq implements IrqSource {
   /** The eventfd. */
   readonly efd: EventFd;

@@ -1,6 +1,10 @@
-// The lab's own failure handling, proven with real boots (run by `deno task test` with the VM tests).
+// The lab's own failure handling, and the VM benchmark's machinery, proven with real boots (run by
+// `deno task test` with the VM tests).
 import assert from "assert";
 import { LabError, runInGuest } from "../../lab/qemu.ts";
+import { runVmBench } from "../../lab/vm_bench.ts";
+import { QUICK_PLAN } from "../../lab/bench_plan.ts";
+import { markdownTables } from "../../lab/bench_report.ts";
 
 Deno.test("lab: a command's non-zero exit status comes back to the host, with its output", async () => {
   const lines: string[] = [];
@@ -22,4 +26,32 @@ Deno.test("lab: a hung guest command is killed at the timeout with a clear error
       /started/.test(e.message),
   );
   assert.ok(performance.now() - t0 < 60_000);
+});
+
+Deno.test("lab: bench --vm --quick measures pvdrv, DPDK testpmd and the kernel on one NIC in one boot", async () => {
+  const res = await runVmBench(QUICK_PLAN, () => {});
+  assert.ok(res.dpdk, "DPDK was prepared");
+  const want: [string, string][] = [
+    ["tx", "pvdrv"],
+    ["tx", "testpmd"],
+    ["tx", "kernel"],
+    ["rx", "pvdrv"],
+    ["rx", "testpmd"],
+    ["rx", "kernel"],
+    ["fwd", "pvdrv"],
+    ["fwd", "testpmd"],
+  ];
+  for (const [test, driver] of want) {
+    const r = res.rows.find((x) => x.test === test && x.driver === driver);
+    assert.ok(r, `${test} ${driver} measured`);
+    assert.equal(r.windows.length, QUICK_PLAN.windows, `${test} ${driver}: every window counted`);
+    assert.ok(r.windows.every((w) => w > 0), `${test} ${driver}: ${r.windows}`);
+    if (test !== "tx") assert.ok((r.offered ?? 0) > 0, `${test} ${driver}: the host blaster offered frames`);
+  }
+  for (const mode of ["idle", "kernel", "pvdrv-poll", "pvdrv-irq", "testpmd"]) {
+    const c = res.cpu.find((x) => x.mode === mode);
+    assert.ok(c && c.seconds > 0, `CPU row ${mode}`);
+    if (mode !== "idle") assert.ok(c.received > 0, `${mode} received frames at a fixed rate`);
+  }
+  assert.match(markdownTables(res), /pvdrv\/testpmd/);
 });

@@ -42,7 +42,12 @@ Deno.test("summarize: median of odd and even counts, min and max", () => {
 });
 
 function result(): VmBenchResult {
-  const row = (test: "tx" | "rx" | "fwd", driver: "pvdrv" | "testpmd" | "kernel", batch: number, w: number[]) => ({
+  const row = (
+    test: "tx" | "rx" | "fwd",
+    driver: "pvdrv" | "testpmd" | "kernel",
+    batch: number,
+    w: number[],
+  ) => ({
     test,
     driver,
     size: 64,
@@ -116,7 +121,11 @@ Deno.test("countFrames: counts every frame at its marks, polling and on interrup
       assert.ok(counts[2] - counts[0] >= 20, `${irq}: frames counted between marks: ${counts}`);
       assert.ok(counts[2] <= delivered, "never more than was delivered");
       // Interrupt mode slept on the interrupt and was woken by it; polling never arms it.
-      assert.equal(nic.stats()[0].interrupts > 0, irq === "msix", `${irq}: ${nic.stats()[0].interrupts} wake-ups`);
+      assert.equal(
+        nic.stats()[0].interrupts > 0,
+        irq === "msix",
+        `${irq}: ${nic.stats()[0].interrupts} wake-ups`,
+      );
     } finally {
       clearInterval(feeder);
       await nic.close();

@@ -121,12 +121,17 @@ Deno.test("receive yields to the event loop by frames handled, not per batch, wh
       for (let i = 0; i < n; i++) pool.put(pkts[i], "app");
     },
   } as unknown as Nic;
-  const realSetTimeout = globalThis.setTimeout;
+  // Loops yield with setImmediate (a chained setTimeout is clamped to >= 4 ms); count both.
+  const realSetTimeout = globalThis.setTimeout, realSetImmediate = globalThis.setImmediate;
   let yields = 0;
   globalThis.setTimeout = ((fn: () => void, ms?: number) => {
     yields++;
     return realSetTimeout(fn, ms);
   }) as typeof setTimeout;
+  globalThis.setImmediate = ((fn: () => void) => {
+    yields++;
+    return realSetImmediate(fn);
+  }) as typeof setImmediate;
   try {
     const frames = 20 * YIELD_EVERY;
     const r = await receive(nic, { count: 0, idleTimeoutMs: 1000, stop: () => delivered >= frames });
@@ -134,5 +139,6 @@ Deno.test("receive yields to the event loop by frames handled, not per batch, wh
     assert.ok(yields <= frames / YIELD_EVERY + 1, `${yields} yields for ${frames} frames`);
   } finally {
     globalThis.setTimeout = realSetTimeout;
+    globalThis.setImmediate = realSetImmediate;
   }
 });
