@@ -20,20 +20,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#define TOOL "pvhost"
+#include "test_frame.h"
+
 #define BATCH 64
 #define FRAMES 256  // distinct frames the blaster cycles through (sequence numbers 0..255)
 #define MAXF 1518
-
-static double now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec + t.tv_nsec / 1e9;
-}
-
-static void die(const char *what) {
-  fprintf(stderr, "pvhost: %s: %s\n", what, strerror(errno));
-  exit(2);
-}
 
 static int udp_on(int port) {
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
@@ -44,17 +36,6 @@ static int udp_on(int port) {
   setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big);
   setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof big);
   return s;
-}
-
-// The pvdrv test frame (apps/frames.ts): dst, src, 0x88b5, magic "PVDR", seq, length, payload (seq * 7 + i).
-static void write_frame(unsigned char *b, int len, uint32_t seq, const unsigned char *dst) {
-  static const unsigned char src[6] = {2, 0, 0, 0, 0, 0xfe};
-  memcpy(b, dst, 6);
-  memcpy(b + 6, src, 6);
-  b[12] = 0x88, b[13] = 0xb5, b[14] = 'P', b[15] = 'V', b[16] = 'D', b[17] = 'R';
-  b[18] = seq >> 24, b[19] = seq >> 16, b[20] = seq >> 8, b[21] = seq;
-  b[22] = len >> 8, b[23] = len;
-  for (int i = 24; i < len; i++) b[i] = (seq * 7 + i) & 0xff;
 }
 
 static long drain(int s, struct mmsghdr *m, long *bytes) {
@@ -136,7 +117,8 @@ int main(int argc, char **argv) {
           sz >= 60 && sz <= MAXF && rt >= 0) {
         unsigned char dst[6];
         for (int i = 0; i < 6; i++) dst[i] = m[i];
-        for (int i = 0; i < FRAMES; i++) write_frame(frames[i], sz, i, dst);
+        static const unsigned char host[6] = {2, 0, 0, 0, 0, 0xfe};
+        for (int i = 0; i < FRAMES; i++) write_frame(frames[i], sz, i, dst, host);
         size = sz, rate = rt, t_start = now(), base = blasted, next = 0;
       } else if (!strcmp(line, "stop")) {
         rate = -1;

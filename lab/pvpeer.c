@@ -25,21 +25,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define ETHERTYPE_PVDRV 0x88b5
-#define MAGIC 0x50564452u
+#define TOOL "pvpeer"
+#include "test_frame.h"
+
 #define BATCH 32
 #define MAXF 9216 // largest frame (jumbo MTU 9000 + header, rounded)
-
-static double now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec + t.tv_nsec / 1e9;
-}
-
-static void die(const char *what) {
-  fprintf(stderr, "pvpeer: %s: %s\n", what, strerror(errno));
-  exit(2);
-}
 
 static int open_sock(const char *ifname, unsigned char mac[6], int *ifindex) {
   int s = socket(AF_PACKET, SOCK_RAW, htons(ETHERTYPE_PVDRV));
@@ -56,17 +46,6 @@ static int open_sock(const char *ifname, unsigned char mac[6], int *ifindex) {
   setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big);
   setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof big);
   return s;
-}
-
-static void write_frame(unsigned char *b, int len, uint32_t seq, const unsigned char *dst, const unsigned char *src) {
-  memcpy(b, dst, 6);
-  memcpy(b + 6, src, 6);
-  b[12] = ETHERTYPE_PVDRV >> 8;
-  b[13] = ETHERTYPE_PVDRV & 0xff;
-  b[14] = (MAGIC >> 24) & 0xff, b[15] = (MAGIC >> 16) & 0xff, b[16] = (MAGIC >> 8) & 0xff, b[17] = MAGIC & 0xff;
-  b[18] = (seq >> 24) & 0xff, b[19] = (seq >> 16) & 0xff, b[20] = (seq >> 8) & 0xff, b[21] = seq & 0xff;
-  b[22] = (len >> 8) & 0xff, b[23] = len & 0xff;
-  for (int i = 24; i < len; i++) b[i] = (seq * 7 + i) & 0xff;
 }
 
 // 1 ok, 0 foreign, -1 corrupt (same rules as checkFrame in drivers/frames.ts)

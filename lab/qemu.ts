@@ -103,7 +103,7 @@ export function buildPeerTool(): string {
 /** Build lab/<name>.c into build/<name> when missing or stale (`guest`: statically, for the guest). */
 export function buildLabTool(name: string, guest = false): string {
   const src = `${ROOT}/lab/${name}.c`, out = `${ROOT}/build/${name}`;
-  if (!isStale(out, src)) return out;
+  if (!isStale(out, src) && !isStale(out, `${ROOT}/lab/test_frame.h`)) return out;
   const r = new Deno.Command(Deno.env.get("CC") ?? "cc", {
     args: ["-O2", "-Wall", "-Wextra", "-Werror", ...(guest ? ["-static"] : []), "-o", out, src],
     stderr: "piped",
