@@ -5,7 +5,7 @@
  * here with `cc`), so the report reads as TS/C; a plain 64-byte typed-array copy per frame is shown for scale.
  * @module
  */
-import { isStale } from "../ffi/lib.ts";
+import { compileC } from "../lab/qemu.ts";
 import { VirtioNet } from "../drivers/virtio/net.ts";
 import { NET_F } from "../drivers/virtio/features.ts";
 import type { PacketBuffer } from "../drivers/net/packet_pool.ts";
@@ -26,14 +26,7 @@ function copyFloor(): void {
 /** bench/ring_loop.c as a shared library (rebuilt when the source is newer). */
 function ringLoop() {
   const root = new URL("../", import.meta.url).pathname;
-  const src = `${root}bench/ring_loop.c`, so = `${root}build/ring_loop.so`;
-  if (isStale(so, src)) {
-    Deno.mkdirSync(`${root}build`, { recursive: true });
-    const r = new Deno.Command(Deno.env.get("CC") ?? "cc", {
-      args: ["-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", so, src],
-    }).outputSync();
-    if (!r.success) throw new Error(`building ${so} failed: ${new TextDecoder().decode(r.stderr)}`);
-  }
+  const so = compileC(`${root}bench/ring_loop.c`, `${root}build/ring_loop.so`, ["-shared", "-fPIC"]);
   return Deno.dlopen(so, {
     ring_new: { parameters: [], result: "pointer" },
     ring_tx_batch: { parameters: ["pointer", "i32", "u32"], result: "i32" },

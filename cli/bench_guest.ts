@@ -29,7 +29,7 @@ const HOST = "02:00:00:00:00:fe";
 const NIC = LAB.vfioHostPeer;
 const log = (s: string) => console.error(`bench: ${s}`);
 const say = (s: string) => console.log(s);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, Math.max(0, ms)));
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, ms)));
 const phaseMs = () => (plan.warmSec + plan.windows * plan.windowSec) * 1000;
 
 /** Busy (non-idle) CPU seconds of the whole guest, from /proc/stat's first line (USER_HZ = 100). */
@@ -45,7 +45,7 @@ async function phase(
   driver: BenchDriver,
   size: number,
   batch: number,
-  run: () => Promise<void>,
+  run: () => Promise<unknown>,
 ) {
   log(`${test} ${driver} ${size} B, batch ${batch}`);
   say(`${LINE.phase} ${test} ${driver} ${size} ${batch}`);
@@ -62,31 +62,44 @@ function marks(): number[] {
   return Array.from({ length: plan.windows + 1 }, (_, i) => t0 + i * plan.windowSec * 1000);
 }
 
-/** Sample `read` at each mark; returns per-window rates (frames/s). */
-async function sampleWindows(read: () => number | Promise<number>): Promise<number[]> {
-  const at: { t: number; n: number }[] = [];
-  for (const m of marks()) {
-    await sleep(m - performance.now());
-    const n = await read();
-    at.push({ t: performance.now(), n });
-  }
-  return at.slice(1).map((s, i) => (s.n - at[i].n) / ((s.t - at[i].t) / 1000));
+/** Per-window rates (frames/s) from counts sampled at `times` (performance.now() ms). */
+function rates(counts: number[], times: number[]): number[] {
+  return counts.slice(1).map((c, i) => (c - counts[i]) / ((times[i + 1] - times[i]) / 1000));
 }
+
+/** Sample `read` at each window mark of a phase starting now; returns per-window rates (frames/s). */
+async function sampleWindows(read: () => number | Promise<number>): Promise<number[]> {
+  const times: number[] = [];
+  const counts = await sampleAt(marks(), read, () => times.push(performance.now()));
+  return rates(counts, times);
+}
+
+/** Run `fn` while the host blasts `size`-byte test frames at the NIC at `rate` frames/s. */
+async function withBlast<T>(rate: number, size: number, fn: () => Promise<T>): Promise<T> {
+  say(`${LINE.blast} ${rate} ${size} ${NIC.mac}`);
+  try {
+    return await fn();
+  } finally {
+    say(LINE.blastStop);
+  }
+}
+
+/** Let the ring drain (and QEMU's socket empty) after a blast, before the next phase. */
+const drain = () => sleep(300);
 
 /** An RX row: the host blasts `size`-byte frames at the NIC while `measure` counts them. */
 async function rxPhase(driver: BenchDriver, size: number, batch: number, measure: () => Promise<number[]>) {
   await phase("rx", driver, size, batch, async () => {
-    say(`${LINE.blast} ${plan.offered} ${size} ${NIC.mac}`);
-    try {
-      const windows = await measure();
-      say(
-        `${LINE.result} ${JSON.stringify({ test: "rx", driver, size, batch, windows, countedBy: driver })}`,
-      );
-    } finally {
-      say(LINE.blastStop);
-      await sleep(300); // let the ring drain before the next phase
-    }
+    const windows = await withBlast(plan.offered, size, measure);
+    say(`${LINE.result} ${JSON.stringify({ test: "rx", driver, size, batch, windows, countedBy: driver })}`);
   });
+  await drain();
+}
+
+/** A forwarding row: the host blasts 64-byte frames at 0000:00:06.0 while `run` forwards them to 0000:00:09.0. */
+async function fwdPhase(driver: BenchDriver, batch: number, run: () => Promise<unknown>) {
+  await phase("fwd", driver, 64, batch, () => withBlast(plan.offered, 64, run));
+  await drain();
 }
 
 /** A CPU row: the host offers `rate` frames/s; `count` samples the receiver at the two marks. */
@@ -96,8 +109,7 @@ async function cpuPhase(
   count: (marks: number[], onMark: () => void) => Promise<number[]>,
 ) {
   log(`cpu ${mode} at ${rate} pps`);
-  say(`${LINE.blast} ${rate} 64 ${NIC.mac}`);
-  try {
+  await withBlast(rate, 64, async () => {
     const t0 = performance.now() + plan.warmSec * 1000;
     const ms = [t0, t0 + plan.cpuSec * 1000];
     const busy: number[] = [], times: number[] = [];
@@ -113,10 +125,8 @@ async function cpuPhase(
       busySeconds: busy[1] - busy[0],
     };
     say(`${LINE.result} ${JSON.stringify({ cpu: row })}`);
-  } finally {
-    say(LINE.blastStop);
-    await sleep(300);
-  }
+  });
+  await drain();
 }
 
 /** Sample `read` at each of `ms`, calling onMark right after each read. */
@@ -208,12 +218,12 @@ bindDevice(LAB.vfioForwardOut.pci, "vfio-pci", { force: true });
     log("pvdrv warm-up (TX, RX and forwarding paths, not measured)");
     const flood = { count: 2 ** 31 - 1, minSize: 64, maxSize: 64, dst, batch: 32, headerOnly: true };
     await generate(nic, { ...flood, durationMs: plan.warmupSec * 1000 });
-    say(`${LINE.blast} ${plan.offered} 64 ${NIC.mac}`);
-    const t = performance.now() + plan.warmupSec * 500;
-    await countFrames(nic, { batch: 32, marks: [t] });
-    await forward(nic, out, { batch: 32, until: t + plan.warmupSec * 500 });
-    say(LINE.blastStop);
-    await sleep(300);
+    await withBlast(plan.offered, 64, async () => {
+      const t = performance.now() + plan.warmupSec * 500;
+      await countFrames(nic, { batch: 32, marks: [t] });
+      await forward(nic, out, { batch: 32, until: t + plan.warmupSec * 500 });
+    });
+    await drain();
     for (const size of plan.sizes) {
       for (const batch of plan.batches) {
         await phase("tx", "pvdrv", size, batch, async () => {
@@ -232,26 +242,22 @@ bindDevice(LAB.vfioForwardOut.pci, "vfio-pci", { force: true });
     for (const size of plan.sizes) {
       for (const batch of plan.batches) {
         await rxPhase("pvdrv", size, batch, async () => {
-          const at: number[] = [];
+          const times: number[] = [];
           const counts = await countFrames(nic, {
             batch,
             marks: marks(),
-            onMark: () => at.push(performance.now()),
+            onMark: () => times.push(performance.now()),
           });
-          return counts.slice(1).map((c, i) => (c - counts[i]) / ((at[i + 1] - at[i]) / 1000));
+          return rates(counts, times);
         });
       }
     }
     for (const batch of plan.batches) {
-      await phase("fwd", "pvdrv", 64, batch, async () => {
-        say(`${LINE.blast} ${plan.offered} 64 ${NIC.mac}`);
-        try {
-          await forward(nic, out, { batch, until: performance.now() + phaseMs() });
-        } finally {
-          say(LINE.blastStop);
-        }
-      });
-      await sleep(300);
+      await fwdPhase(
+        "pvdrv",
+        batch,
+        () => forward(nic, out, { batch, until: performance.now() + phaseMs() }),
+      );
     }
     for (const rate of plan.cpuRates) {
       await cpuPhase("pvdrv-poll", rate, (ms, onMark) => countFrames(nic, { batch: 32, marks: ms, onMark }));
@@ -289,33 +295,28 @@ if (!DPDK) {
       await tp.cmd(`set txpkts ${size}`);
       for (const batch of plan.batches) {
         await tp.cmd(`set burst ${batch}`);
-        await phase("tx", "testpmd", size, batch, async () => {
-          await tp.cmd("start");
-          await sleep(phaseMs());
-          await tp.cmd("stop");
-        });
+        await phase("tx", "testpmd", size, batch, () => tp.forwarding(() => sleep(phaseMs())));
       }
     }
     await tp.cmd("set fwd rxonly");
     for (const size of plan.sizes) {
       for (const batch of plan.batches) {
         await tp.cmd(`set burst ${batch}`);
-        await rxPhase("testpmd", size, batch, async () => {
-          await tp.cmd("start");
-          const w = await sampleWindows(async () => (await tp.stats(0)).rx);
-          await tp.cmd("stop");
-          return w;
-        });
+        await rxPhase(
+          "testpmd",
+          size,
+          batch,
+          () => tp.forwarding(() => sampleWindows(() => tp.rxPackets(0))),
+        );
       }
     }
     await tp.cmd("set burst 32");
     for (const rate of plan.cpuRates) {
-      await cpuPhase("testpmd", rate, async (ms, onMark) => {
-        await tp.cmd("start");
-        const c = await sampleAt(ms, async () => (await tp.stats(0)).rx, onMark);
-        await tp.cmd("stop");
-        return c;
-      });
+      await cpuPhase(
+        "testpmd",
+        rate,
+        (ms, onMark) => tp.forwarding(() => sampleAt(ms, () => tp.rxPackets(0), onMark)),
+      );
     }
   } finally {
     await tp.quit();
@@ -325,23 +326,13 @@ if (!DPDK) {
     await tp.cmd("set fwd io");
     for (const batch of plan.batches) {
       await tp.cmd(`set burst ${batch}`);
-      await phase("fwd", "testpmd", 64, batch, async () => {
-        say(`${LINE.blast} ${plan.offered} 64 ${NIC.mac}`);
-        try {
-          await tp.cmd("start");
-          await sleep(phaseMs());
-          await tp.cmd("stop");
-        } finally {
-          say(LINE.blastStop);
-        }
-      });
-      await sleep(300);
+      await fwdPhase("testpmd", batch, () => tp.forwarding(() => sleep(phaseMs())));
     }
   } finally {
     await tp.quit();
   }
 }
-say("PVDRV-BENCH-DONE");
+say(LINE.done);
 
 /** The kernel's packet generator on `ifname` for `ms`, `batch` frames per burst (skb reuse). */
 async function pktgen(ifname: string, size: number, batch: number, ms: number): Promise<void> {

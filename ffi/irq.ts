@@ -129,13 +129,17 @@ export function irqWaiter(): IrqWaiter {
 
 const syncFd = new Int32Array(1), syncRevents = new Int16Array(1);
 
-/** Block the thread until `fd` is readable or `timeoutMs` passes (poll(2)); true when readable. */
-export function waitReadableSync(fd: number, timeoutMs: number): boolean {
+/**
+ * {@link IrqSource.waitSync} for a source signalled through `fd`: consume a pending signal, else block the thread in
+ * poll(2) until `fd` is readable or `timeoutMs` passes, then consume it. True when a signal was consumed.
+ */
+export function waitSyncOn(src: { poll(): boolean }, fd: number, timeoutMs: number): boolean {
+  if (src.poll()) return true;
   syncFd[0] = fd;
   syncRevents[0] = 0;
   const r = native().pvdrv_poll_sync(syncFd, syncRevents, 1, Math.max(0, Math.floor(timeoutMs)));
   if (r < 0 && r !== -4) check("poll", r); // -EINTR: a signal; report no event
-  return r > 0;
+  return r > 0 && src.poll();
 }
 
 /** An {@link IrqSource} over an eventfd (VFIO interrupts, test signals). */
@@ -150,7 +154,7 @@ export class EventFdIrq implements IrqSource {
     while (!this.efd.drain()) await irqWaiter().waitReadable(this.efd.fd);
   }
   waitSync(timeoutMs: number): boolean {
-    return this.efd.drain() || (waitReadableSync(this.efd.fd, timeoutMs) && this.efd.drain());
+    return waitSyncOn(this, this.efd.fd, timeoutMs);
   }
   poll(): boolean {
     return this.efd.drain();

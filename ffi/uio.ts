@@ -5,7 +5,7 @@
  */
 import { check, check64, MAP_SHARED, native, O_NONBLOCK, O_RDWR, openPath, PROT_RW } from "./lib.ts";
 import { MappedRegion, PioRegion } from "./mmio.ts";
-import { irqWaiter, waitReadableSync } from "./irq.ts";
+import { irqWaiter, waitSyncOn } from "./irq.ts";
 import type { MmioRegion } from "../hal/mmio.ts";
 import { CMD_INTX_DISABLE } from "../hal/pci.ts";
 import type { IrqSource } from "../hal/irq.ts";
@@ -62,7 +62,7 @@ export class UioIrq implements IrqSource {
   }
 
   waitSync(timeoutMs: number): boolean {
-    return this.poll() || (waitReadableSync(this.#fd, timeoutMs) && this.poll());
+    return waitSyncOn(this, this.#fd, timeoutMs);
   }
 
   close(): void {

@@ -15,7 +15,7 @@ import {
   openPath,
   PROT_RW,
 } from "./lib.ts";
-import { irqWaiter, waitReadableSync } from "./irq.ts";
+import { irqWaiter, waitSyncOn } from "./irq.ts";
 import {
   type EventChannel,
   type EventChannels,
@@ -136,7 +136,7 @@ class EvtchnPort implements EventChannel {
     while (!this.poll()) await irqWaiter().waitReadable(this.fd);
   }
   waitSync(timeoutMs: number): boolean {
-    return this.poll() || (waitReadableSync(this.fd, timeoutMs) && this.poll());
+    return waitSyncOn(this, this.fd, timeoutMs);
   }
   close(): void {
     if (this.fd < 0) return;

@@ -101,4 +101,6 @@ export const LINE = {
   blastStop: "PVDRV-BLAST-STOP",
   /** `PVDRV-RESULT <json>`: a row the guest measured itself (rx, cpu). */
   result: "PVDRV-RESULT",
+  /** Every phase ran. */
+  done: "PVDRV-BENCH-DONE",
 } as const;

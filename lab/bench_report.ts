@@ -45,8 +45,7 @@ export function markdownTables(res: VmBenchResult): string {
     const sizes = [...new Set(res.rows.filter((r) => r.test === test).map((r) => r.size))];
     for (const size of sizes) {
       const drivers = DRIVERS.filter((d) => res.rows.some((r) => r.test === test && r.driver === d));
-      const kernelBase = test === "tx" ? "kernel" : "kernel";
-      const hasKernel = drivers.includes(kernelBase);
+      const hasKernel = drivers.includes("kernel");
       out.push(
         `**${TITLES[test]}, ${size}-byte frames** (frames/s: median of ${res.plan.windows} windows, min–max)`,
       );
@@ -78,7 +77,7 @@ export function markdownTables(res: VmBenchResult): string {
           : "";
         out.push(
           `| ${b} | ${cells.join(" | ")} | ${ratio(p, median(find(res.rows, test, "testpmd", size, b)))} |${
-            hasKernel ? ` ${ratio(p, median(find(res.rows, test, kernelBase, size, b)))} |` : ""
+            hasKernel ? ` ${ratio(p, median(find(res.rows, test, "kernel", size, b)))} |` : ""
           }${offered}`,
         );
       }

@@ -147,21 +147,7 @@ export async function kernelPackage(): Promise<string> {
 
 /** `apt-get download` a package into `dir` (cached); returns the .deb path. */
 export async function download(pkg: string, dir: string): Promise<string> {
-  Deno.mkdirSync(dir, { recursive: true });
-  const have = [...Deno.readDirSync(dir)].find((e) =>
-    e.name.startsWith(pkg + "_") && e.name.endsWith(".deb")
-  );
-  if (have) return `${dir}/${have.name}`;
-  log(`apt-get download ${pkg}`);
-  try {
-    await run("apt-get", ["download", "-qq", pkg], { cwd: dir });
-  } catch {
-    await aptUpdate();
-    await run("apt-get", ["download", "-qq", pkg], { cwd: dir });
-  }
-  const got = [...Deno.readDirSync(dir)].find((e) => e.name.startsWith(pkg + "_") && e.name.endsWith(".deb"));
-  if (!got) throw new Error(`apt-get download ${pkg} produced no .deb`);
-  return `${dir}/${got.name}`;
+  return (await downloadAll([pkg], dir)).get(pkg)!;
 }
 
 /** `apt-get download` every package of `pkgs` not yet in `dir`, in one apt run; returns name → .deb path. */
@@ -171,10 +157,11 @@ export async function downloadAll(pkgs: string[], dir: string): Promise<Map<stri
     [...Deno.readDirSync(dir)].find((e) => e.name.startsWith(pkg + "_") && e.name.endsWith(".deb"))?.name;
   const missing = pkgs.filter((p) => !find(p));
   if (missing.length) {
+    const few = missing.length <= 4;
     log(
-      `apt-get download ${missing.length} packages (${missing.slice(0, 4).join(", ")}${
-        missing.length > 4 ? ", …" : ""
-      })`,
+      `apt-get download ${
+        few ? missing.join(" ") : `${missing.length} packages (${missing.slice(0, 4).join(", ")}, …)`
+      }`,
     );
     try {
       await run("apt-get", ["download", "-qq", ...missing], { cwd: dir });

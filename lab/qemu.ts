@@ -102,10 +102,20 @@ export function buildPeerTool(): string {
 
 /** Build lab/<name>.c into build/<name> when missing or stale (`guest`: statically, for the guest). */
 export function buildLabTool(name: string, guest = false): string {
-  const src = `${ROOT}/lab/${name}.c`, out = `${ROOT}/build/${name}`;
-  if (!isStale(out, src) && !isStale(out, `${ROOT}/lab/test_frame.h`)) return out;
+  return compileC(`${ROOT}/lab/${name}.c`, `${ROOT}/build/${name}`, guest ? ["-static"] : [], [
+    `${ROOT}/lab/test_frame.h`,
+  ]);
+}
+
+/**
+ * Compile the C file `src` into `out` with `flags` (warnings are errors) when `out` is missing or older than `src`
+ * or one of `deps`; returns `out`.
+ */
+export function compileC(src: string, out: string, flags: string[], deps: string[] = []): string {
+  if (![src, ...deps].some((d) => isStale(out, d))) return out;
+  Deno.mkdirSync(out.slice(0, out.lastIndexOf("/")), { recursive: true });
   const r = new Deno.Command(Deno.env.get("CC") ?? "cc", {
-    args: ["-O2", "-Wall", "-Wextra", "-Werror", ...(guest ? ["-static"] : []), "-o", out, src],
+    args: ["-O2", "-Wall", "-Wextra", "-Werror", ...flags, "-o", out, src],
     stderr: "piped",
   }).outputSync();
   if (!r.success) throw new LabError(`building ${out} failed:\n${new TextDecoder().decode(r.stderr)}`);

@@ -100,6 +100,21 @@ export class Testpmd {
     return await this.#untilPrompt(timeoutMs);
   }
 
+  /** Run `fn` while testpmd forwards (`start` … `stop`, in its current mode and burst). */
+  async forwarding<T>(fn: () => Promise<T>): Promise<T> {
+    await this.cmd("start");
+    try {
+      return await fn();
+    } finally {
+      await this.cmd("stop");
+    }
+  }
+
+  /** Port `port`'s RX-packets. */
+  async rxPackets(port: number): Promise<number> {
+    return (await this.stats(port)).rx;
+  }
+
   /** Port `port`'s packet counters. */
   async stats(port: number): Promise<PortStats> {
     const out = await this.cmd(`show port stats ${port}`);

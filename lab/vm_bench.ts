@@ -59,7 +59,7 @@ export async function runVmBench(
       const r = JSON.parse(line.slice(LINE.result.length + 1));
       if (r.cpu) cpu.push(r.cpu);
       else guestRx.set([r.test, r.driver, r.size, r.batch].join(" "), r.windows);
-    } else if (line === "PVDRV-BENCH-DONE") {
+    } else if (line === LINE.done) {
       done = true;
     } else {
       onLine(line);

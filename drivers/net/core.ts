@@ -168,35 +168,38 @@ export abstract class NicCore<Q extends CoreQueue> implements Nic {
 
   async waitRx(queue = 0): Promise<void> {
     const q = this.queue(queue);
-    if (!q.irq) {
-      throw new PvdrvError("nic", `${this.name} was opened in polling mode: open it with interrupts to wait`);
-    }
-    if (this.armRx(q)) {
-      this.disarmRx(q);
-      return;
-    }
-    await q.irq.wait();
-    q.stats.interrupts++;
-    this.ackIrq(q);
-    this.disarmRx(q);
+    if (!this.#armForWait(q)) return;
+    await q.irq!.wait();
+    this.#endWait(q, true);
   }
 
   sleepRx(timeoutMs: number, queue = 0): boolean {
     const q = this.queue(queue);
+    if (!this.#armForWait(q)) return true;
+    const woke = q.irq!.waitSync(timeoutMs);
+    this.#endWait(q, woke);
+    return woke;
+  }
+
+  /** Arm `q`'s RX interrupt before a wait; false (and disarmed again) when frames already wait. */
+  #armForWait(q: Q): boolean {
     if (!q.irq) {
       throw new PvdrvError("nic", `${this.name} was opened in polling mode: open it with interrupts to wait`);
     }
     if (this.armRx(q)) {
       this.disarmRx(q);
-      return true;
+      return false;
     }
-    const woke = q.irq.waitSync(timeoutMs);
-    if (woke) {
+    return true;
+  }
+
+  /** After a wait on `q`'s interrupt: count and acknowledge it if it fired, then go back to polling. */
+  #endWait(q: Q, fired: boolean): void {
+    if (fired) {
       q.stats.interrupts++;
       this.ackIrq(q);
     }
     this.disarmRx(q);
-    return woke;
   }
 
   stats(): QueueStats[] {
