@@ -7,7 +7,8 @@
  * - Linux implementations over the native shim (`ffi/`): VFIO, UIO, sysfs, gntalloc, evtchn, xenbus;
  * - drivers (`drivers/`): the NIC queue core, virtio (transports, split virtqueue, virtio-net), Xen (xenstore,
  *   XenBus, netif, netfront), PCI (config, probe, bind) and the driver table that opens a NIC by name;
- * - applications (`apps/`): traffic generation and checking, the test frame format, pcap.
+ * - a network host (`net/`): Ethernet, ARP, IPv4, ICMP echo, UDP sockets and a DHCP client on any NIC;
+ * - applications (`apps/`): traffic generation and checking, the test frame format, pcap, the TAP bridge.
  *
  * ```ts
  * import { openNic } from "./mod.ts";
@@ -159,6 +160,14 @@ export {
   type ShutdownAction,
 } from "./drivers/xen/agent.ts";
 export { probeXen, type XenBusDevice, type XenProbe } from "./drivers/xen/probe.ts";
+
+// ---- the network host ----
+export { type HostOptions, type HostStats, NetHost, type PingReply } from "./net/host.ts";
+export { type Datagram, UdpSocket } from "./net/udp.ts";
+export { type Cidr, ipText, parseCidr, parseIp } from "./net/ipv4.ts";
+export { DhcpClient, type DhcpSend, type DhcpState, type DhcpTiming, type Lease } from "./net/dhcp.ts";
+export { ArpCache, type ArpTiming } from "./net/arp.ts";
+export { finish as checksumFinish, pseudoSum, sum16 } from "./net/checksum.ts";
 
 // ---- applications ----
 export { checkFrame, FrameCheck, writeFrame } from "./apps/frames.ts";

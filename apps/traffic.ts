@@ -7,6 +7,7 @@
 import type { Nic, PacketBuffer } from "../drivers/net/nic.ts";
 import { checkFrame, FrameCheck, writeFrame, writeHeader } from "./frames.ts";
 import type { PcapWriter } from "./pcap.ts";
+import { tick } from "../hal/event_loop.ts";
 
 /** Lets a sender stay at most `size` frames ahead of what the receiver has confirmed. */
 export interface Window {
@@ -63,11 +64,7 @@ export interface SendResult {
   pps: number;
 }
 
-/**
- * Let timers and I/O run, then continue. setImmediate costs a few µs; a chained `setTimeout(0)` is clamped to
- * >= 4 ms by Deno (the HTML nesting rule), which would cap a loop that yields often.
- */
-export const tick = (): Promise<void> => new Promise<void>((r) => globalThis.setImmediate(r));
+export { tick };
 /** The receiver yields to the event loop once per this many frames handled (of any kind). */
 export const YIELD_EVERY = 4096;
 

@@ -38,6 +38,7 @@ export abstract class NicCore<Q extends CoreQueue> implements Nic {
   abstract readonly mac: Uint8Array;
   abstract readonly mtu: number;
   abstract readonly maxFrame: number;
+  abstract readonly txChecksum: boolean;
   /** Queue pairs, in queue order (drivers fill it when they connect). */
   protected readonly pairs: Q[] = [];
   /** Every pool the NIC made: buffers from retired pools may still be released. */

@@ -93,6 +93,13 @@ export interface Nic {
   readonly queues: number;
   /** Largest frame (with Ethernet header) a buffer holds. */
   readonly maxFrame: number;
+  /**
+   * True when the device completes checksums on send: a frame whose `csumStart`/`csumOffset` are set goes out with
+   * the ones' complement sum from csumStart to its end stored at csumStart + csumOffset (the field holding the
+   * pseudo-header sum beforehand). virtio-net: VIRTIO_NET_F_CSUM negotiated (virtio 1.2 §5.1.6.2); netfront:
+   * NETTXF_csum_blank, which every netback accepts (netif.h).
+   */
+  readonly txChecksum: boolean;
   /** Link state as the device reports it (true when it cannot tell). */
   linkUp(): boolean;
   /** Take up to `n` empty TX buffers into `out` (reclaiming completed ones first); returns how many. */

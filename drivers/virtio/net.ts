@@ -309,6 +309,11 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
     }
   }
 
+  /** Whether the device completes TX checksums (VIRTIO_NET_F_CSUM negotiated). */
+  get txChecksum(): boolean {
+    return (this.features & NET_F.CSUM) !== 0n;
+  }
+
   /** Names of the negotiated features. */
   featureNames(): string[] {
     return featureNames(this.features);

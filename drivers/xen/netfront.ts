@@ -162,6 +162,8 @@ export class Netfront extends NicCore<NetfrontQueue> {
   readonly mtu: number;
   /** Largest frame (mtu + 18, capped by one buffer). */
   readonly maxFrame: number;
+  /** Netback completes checksums of NETTXF_csum_blank requests (netif.h), part of the base protocol. */
+  readonly txChecksum = true;
   /** The backend's xenstore directory. */
   readonly backend: string;
   /** The backend's domain id. */

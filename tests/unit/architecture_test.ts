@@ -42,15 +42,16 @@ function imports(dir: string): [string, string][] {
   return out;
 }
 
-Deno.test("layers: native ← ffi ← hal ← drivers ← apps ← cli; labs apart from tests; mod.ts exports the library only", () => {
+Deno.test("layers: native ← ffi ← hal ← drivers ← net ← apps ← cli; labs apart from tests; mod.ts exports the library only", () => {
   const top = (p: string) => p.split("/")[0];
   const allowed: Record<string, string[]> = {
     hal: ["hal"],
     ffi: ["ffi", "hal"],
     drivers: ["drivers", "hal", "ffi"],
-    apps: ["apps", "drivers", "hal"],
-    lab: ["lab", "apps", "drivers", "hal", "ffi"],
-    cli: ["cli", "lab", "apps", "drivers", "hal", "ffi"],
+    net: ["net", "drivers", "hal"],
+    apps: ["apps", "net", "drivers", "hal"],
+    lab: ["lab", "apps", "net", "drivers", "hal", "ffi"],
+    cli: ["cli", "lab", "apps", "net", "drivers", "hal", "ffi"],
   };
   const bad: string[] = [];
   for (const [layer, ok] of Object.entries(allowed)) {
@@ -65,7 +66,7 @@ Deno.test("layers: native ← ffi ← hal ← drivers ← apps ← cli; labs apa
   }
   const mod = Deno.readTextFileSync(`${ROOT}mod.ts`);
   for (const m of mod.matchAll(/from "\.\/([a-z]+)\//g)) {
-    if (!["hal", "ffi", "drivers", "apps"].includes(m[1])) bad.push(`mod.ts exports from ${m[1]}/`);
+    if (!["hal", "ffi", "drivers", "net", "apps"].includes(m[1])) bad.push(`mod.ts exports from ${m[1]}/`);
   }
   assert.deepEqual(bad, []);
 });

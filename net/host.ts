@@ -1,0 +1,758 @@
+/**
+ * An IPv4 host on a pvdrv NIC: Ethernet, ARP, IPv4, ICMP echo, UDP sockets and a DHCP client, over the common
+ * {@link Nic} interface, so it runs on virtio-net and Xen netfront alike. One queue pair; frames are handled in
+ * place in the driver's buffers and replies are batched into one doorbell per received batch. Every received
+ * frame is validated and anything malformed or not for this host is counted and dropped.
+ *
+ * ```ts ignore
+ * const host = NetHost.start(nic, { ip: "10.0.0.2/24", interrupts: true });
+ * const rtt = await host.ping(parseIp("10.0.0.1"));
+ * ```
+ * @module
+ */
+import { PvdrvError } from "../hal/errors.ts";
+import { type Nic, RX_CSUM_PARTIAL, RX_CSUM_VALID } from "../drivers/net/nic.ts";
+import type { PacketBuffer } from "../drivers/net/packet_pool.ts";
+import {
+  ARP_DEFAULTS,
+  ARP_REPLY,
+  ARP_REQUEST,
+  ArpCache,
+  type ArpTiming,
+  type ArpView,
+  readArp,
+  writeArp,
+} from "./arp.ts";
+import { finish, fold, pseudoSum, sum16 } from "./checksum.ts";
+import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DhcpClient, type DhcpSend, type Lease } from "./dhcp.ts";
+import {
+  BROADCAST_MAC,
+  ETH_HLEN,
+  ETHERTYPE_ARP,
+  ETHERTYPE_IPV4,
+  macNumber,
+  readMac,
+  writeEthernet,
+  writeMac,
+} from "./ethernet.ts";
+import { echoPattern, ICMP_ECHO_HLEN, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, writeEcho } from "./icmp.ts";
+import {
+  BROADCAST_IP,
+  checkIpv4,
+  type Cidr,
+  IpCheck,
+  ipText,
+  IPV4_HLEN,
+  maskOf,
+  parseCidr,
+  parseIp,
+  PROTO_ICMP,
+  PROTO_UDP,
+  readU16,
+  readU32,
+  writeIpv4,
+  writeU16,
+} from "./ipv4.ts";
+import { type Datagram, UDP_HLEN, UdpSocket } from "./udp.ts";
+import { tick } from "../hal/event_loop.ts";
+
+/** How a host is set up. */
+export interface HostOptions {
+  /** Static address with prefix ("10.0.0.2/24"); omit and call {@link NetHost.dhcp} to lease one. */
+  ip?: string | Cidr;
+  /** Default gateway (off-subnet destinations go there). */
+  gateway?: string | number;
+  /** TTL of sent packets (default 64). */
+  ttl?: number;
+  /** The NIC was opened with interrupts: sleep on them when idle (else busy-poll, yielding by count). */
+  interrupts?: boolean;
+  /** With interrupts: keep polling this long after the last frame before sleeping (default 0.2 ms). */
+  spinMs?: number;
+  /** ARP cache timing. */
+  arp?: Partial<ArpTiming>;
+  /** Queue pair to use (default 0). */
+  queue?: number;
+}
+
+/** What the host counted. Every dropped frame lands in exactly one counter. */
+export interface HostStats {
+  /** Frames received. */
+  rxFrames: number;
+  /** Frames for another MAC (promiscuous NIC, multicast) or of an unknown EtherType. */
+  rxIgnored: number;
+  /** Frames too short for their headers, or whose IPv4 total length exceeds the frame. */
+  rxTruncated: number;
+  /** ARP requests for this host, answered. */
+  arpRequests: number;
+  /** ARP replies received. */
+  arpReplies: number;
+  /** ARP packets about other hosts (learned from, if known, and dropped). */
+  arpOther: number;
+  /** Malformed ARP (not IPv4 over Ethernet). */
+  arpBad: number;
+  /** IPv4 headers with a bad version or IHL, or a total length below the header. */
+  ipBadHeader: number;
+  /** IPv4 header checksum failures. */
+  ipBadChecksum: number;
+  /** IPv4 fragments (not reassembled). */
+  ipFragments: number;
+  /** IPv4 packets for another address. */
+  ipNotForUs: number;
+  /** IPv4 packets of a protocol other than ICMP and UDP. */
+  ipUnknownProtocol: number;
+  /** ICMP echo requests answered. */
+  icmpEchoRequests: number;
+  /** ICMP echo replies received. */
+  icmpEchoReplies: number;
+  /** Other ICMP messages, or ICMP with a bad checksum or length. */
+  icmpOther: number;
+  /** UDP datagrams delivered to a socket (or to the DHCP client). */
+  udpDelivered: number;
+  /** UDP checksum failures. */
+  udpBadChecksum: number;
+  /** UDP length field disagreeing with the IPv4 packet. */
+  udpBadLength: number;
+  /** UDP datagrams to a port nobody bound. */
+  udpNoPort: number;
+  /** Frames sent. */
+  txFrames: number;
+  /** Frames not sent: no TX buffer, ring full, no route, or ARP never resolved. */
+  txDropped: number;
+}
+
+function emptyHostStats(): HostStats {
+  return {
+    rxFrames: 0,
+    rxIgnored: 0,
+    rxTruncated: 0,
+    arpRequests: 0,
+    arpReplies: 0,
+    arpOther: 0,
+    arpBad: 0,
+    ipBadHeader: 0,
+    ipBadChecksum: 0,
+    ipFragments: 0,
+    ipNotForUs: 0,
+    ipUnknownProtocol: 0,
+    icmpEchoRequests: 0,
+    icmpEchoReplies: 0,
+    icmpOther: 0,
+    udpDelivered: 0,
+    udpBadChecksum: 0,
+    udpBadLength: 0,
+    udpNoPort: 0,
+    txFrames: 0,
+    txDropped: 0,
+  };
+}
+
+/** The answer to one echo request. */
+export interface PingReply {
+  /** Round trip in ms, from the doorbell of the request to the batch that held the reply. */
+  rtt: number;
+  /** TTL of the reply. */
+  ttl: number;
+  /** ICMP bytes (header and payload). */
+  bytes: number;
+}
+
+interface PendingPing {
+  t0: number;
+  size: number;
+  resolve: (r: PingReply | null) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+const L3 = ETH_HLEN, L4 = ETH_HLEN + IPV4_HLEN;
+const BATCH = 64;
+
+/** An IPv4 host on one NIC queue pair. */
+export class NetHost {
+  /** Counters. */
+  readonly stats: HostStats = emptyHostStats();
+  /** The ARP cache. */
+  readonly arp: ArpCache;
+  /** The MAC as a number. */
+  readonly macNum: number;
+  /** Our address (0: none yet). */
+  ip = 0;
+  /** Prefix length of our subnet. */
+  prefix = 0;
+  /** Default gateway (0: none). */
+  gateway = 0;
+  /** TTL of sent packets. */
+  readonly ttl: number;
+  readonly #queue: number;
+  readonly #interrupts: boolean;
+  readonly #spinMs: number;
+  readonly #rx: PacketBuffer[] = new Array(BATCH);
+  readonly #tx: PacketBuffer[] = new Array(BATCH);
+  readonly #one: PacketBuffer[] = new Array(1);
+  #txn = 0;
+  #inPoll = false;
+  readonly #arpView: ArpView = { op: 0, sha: 0, spa: 0, tpa: 0 };
+  readonly #dgram: Datagram = {
+    src: 0,
+    srcPort: 0,
+    dst: 0,
+    dstPort: 0,
+    bytes: new Uint8Array(0),
+    offset: 0,
+    length: 0,
+  };
+  readonly #sockets = new Map<number, UdpSocket>();
+  readonly #pings = new Map<number, PendingPing>();
+  #ipId = 0;
+  #pingId: number;
+  #pingSeq = 0;
+  #dhcp: DhcpClient | null = null;
+  readonly #dhcpOut: DhcpSend = { length: 0, dst: 0, src: 0 };
+  #dhcpWaiters: { resolve: (l: Lease) => void; reject: (e: Error) => void; deadline: number }[] = [];
+  #nextHousekeep = 0;
+  #running: Promise<void> | null = null;
+  #stopped = false;
+  #wake: Promise<void> | null = null;
+  #error: Error | null = null;
+
+  /** A host on `nic` (not yet running: see {@link NetHost.start}). */
+  constructor(readonly nic: Nic, opts: HostOptions = {}) {
+    this.macNum = macNumber(nic.mac);
+    this.ttl = opts.ttl ?? 64;
+    if (!(this.ttl >= 1 && this.ttl <= 255)) throw new RangeError(`ttl must be 1..255, got ${opts.ttl}`);
+    this.#queue = opts.queue ?? 0;
+    this.#interrupts = opts.interrupts ?? false;
+    this.#spinMs = opts.spinMs ?? 0.2;
+    this.arp = new ArpCache({ ...ARP_DEFAULTS, ...opts.arp });
+    this.#pingId = (Math.random() * 0x10000) & 0xffff;
+    if (opts.ip !== undefined) {
+      const c = typeof opts.ip === "string" ? parseCidr(opts.ip) : opts.ip;
+      this.#configure(c.ip, c.prefix, 0);
+    }
+    if (opts.gateway !== undefined) {
+      this.gateway = typeof opts.gateway === "string" ? parseIp(opts.gateway) : opts.gateway;
+    }
+  }
+
+  /** Make a host and start its receive loop (a static address is announced with a gratuitous ARP). */
+  static start(nic: Nic, opts: HostOptions = {}): NetHost {
+    const h = new NetHost(nic, opts);
+    h.start();
+    return h;
+  }
+
+  /** Start the receive loop (it runs until {@link NetHost.close}). */
+  start(): void {
+    if (this.#running) return;
+    if (this.ip) this.announce();
+    this.#running = this.#loop();
+  }
+
+  /** "10.0.0.2/24" or "unconfigured". */
+  get address(): string {
+    return this.ip ? `${ipText(this.ip)}/${this.prefix}` : "unconfigured";
+  }
+
+  /** The DHCP lease, when the address came from one. */
+  get lease(): Lease | null {
+    return this.#dhcp?.lease ?? null;
+  }
+
+  /** Send a gratuitous ARP for our address (RFC 5227 §3: an ARP request with sender and target our address). */
+  announce(): void {
+    const b = this.#frame();
+    if (!b) return;
+    b.length = writeArp(b.data, ARP_REQUEST, BROADCAST_MAC, this.macNum, this.ip, 0, this.ip);
+    this.#queueTx(b);
+    this.#flushOutside();
+  }
+
+  /** Bind a UDP port (0: an ephemeral port). */
+  udp(port = 0): UdpSocket {
+    if (port === 0) {
+      do port = 49152 + Math.floor(Math.random() * 16384); while (this.#sockets.has(port));
+    }
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`bad UDP port ${port}`);
+    if (this.#sockets.has(port) || port === DHCP_CLIENT_PORT && this.#dhcp) {
+      throw new PvdrvError("nic", `udp port ${port} is already bound`);
+    }
+    const s = new UdpSocket(
+      port,
+      (sp, dst, dp, bytes, off, len) => this.#sendUdp(sp, dst, dp, bytes, off, len),
+      () => this.#sockets.delete(port),
+    );
+    this.#sockets.set(port, s);
+    return s;
+  }
+
+  /**
+   * Send one ICMP echo request of `size` payload bytes to `dst` and resolve with the reply, or null after
+   * `timeoutMs` (the reply must carry the payload back unchanged).
+   */
+  ping(dst: number, o: { size?: number; timeoutMs?: number; seq?: number } = {}): Promise<PingReply | null> {
+    this.#check();
+    const size = o.size ?? 56, timeoutMs = o.timeoutMs ?? 1000;
+    const max = this.nic.maxFrame - L4 - ICMP_ECHO_HLEN - 4;
+    if (!Number.isInteger(size) || size < 0 || size > max) {
+      throw new RangeError(`ping size must be 0..${max}`);
+    }
+    const seq = (o.seq ?? this.#pingSeq++) & 0xffff;
+    if (this.#pings.has(seq)) throw new PvdrvError("nic", `ping seq ${seq} is already outstanding`);
+    const b = this.#frame();
+    if (!b) return Promise.resolve(null);
+    const d = b.data, icmp = L4, len = ICMP_ECHO_HLEN + size;
+    for (let i = 0; i < size; i++) d[icmp + ICMP_ECHO_HLEN + i] = echoPattern(seq, i);
+    writeEcho(d, icmp, len, ICMP_ECHO_REQUEST, this.#pingId, seq);
+    return new Promise((resolve) => {
+      const p = { t0: 0, size, resolve } as PendingPing;
+      p.timer = setTimeout(() => {
+        this.#pings.delete(seq);
+        resolve(null);
+      }, timeoutMs);
+      this.#pings.set(seq, p);
+      try {
+        this.#sendIp(b, dst, PROTO_ICMP, len, -1);
+      } catch (e) {
+        this.#pings.delete(seq);
+        clearTimeout(p.timer);
+        throw e;
+      }
+      p.t0 = performance.now(); // after the doorbell
+    });
+  }
+
+  /**
+   * Lease an address with DHCP (the loop must be running). Resolves with the lease once bound; the client keeps
+   * renewing it until {@link NetHost.close}.
+   */
+  dhcp(timeoutMs = 30_000): Promise<Lease> {
+    this.#check();
+    if (this.#sockets.has(DHCP_CLIENT_PORT)) throw new PvdrvError("nic", "udp port 68 is bound to a socket");
+    const now = performance.now();
+    if (!this.#dhcp) {
+      this.#dhcp = new DhcpClient(this.macNum, { retryMs: 2000, maxRetryMs: 16_000 });
+      this.#dhcp.start(now);
+      this.#nextHousekeep = now;
+    } else if (this.#dhcp.state === "bound") return Promise.resolve(this.#dhcp.lease!);
+    return new Promise((resolve, reject) =>
+      this.#dhcpWaiters.push({ resolve, reject, deadline: now + timeoutMs })
+    );
+  }
+
+  /**
+   * Receive and handle one batch (at most 64 frames), send what it produced; returns the frame count. The loop
+   * started by {@link NetHost.start} calls this; call it yourself only on a host you did not start.
+   */
+  poll(): number {
+    const nic = this.nic, rx = this.#rx;
+    const n = nic.receiveBatch(rx, BATCH, this.#queue);
+    if (n === 0) return 0;
+    const now = performance.now();
+    this.#inPoll = true;
+    try {
+      for (let i = 0; i < n; i++) this.#input(rx[i], now);
+    } finally {
+      this.#inPoll = false;
+      nic.release(rx, n, this.#queue);
+      this.#flush();
+    }
+    return n;
+  }
+
+  /** Throw the error that stopped the loop, if any. */
+  checkHealth(): void {
+    if (this.#error) throw this.#error;
+  }
+
+  /** Stop the loop, close sockets, answer outstanding pings with null (the NIC stays open: it is yours). */
+  async close(): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    await this.#running;
+    this.#wake?.catch(() => {});
+    for (const s of [...this.#sockets.values()]) s.close();
+    for (const [, p] of this.#pings) clearTimeout(p.timer), p.resolve(null);
+    this.#pings.clear();
+    this.#failDhcp(new PvdrvError("nic", "host closed"));
+  }
+
+  // ---- receive ----
+
+  #input(b: PacketBuffer, now: number): void {
+    const s = this.stats, d = b.data, len = b.length;
+    s.rxFrames++;
+    if (len < ETH_HLEN) return void s.rxTruncated++;
+    const dstMac = readMac(d, 0);
+    if (dstMac !== this.macNum && dstMac !== BROADCAST_MAC) return void s.rxIgnored++;
+    const type = (d[12] << 8) | d[13];
+    if (type === ETHERTYPE_ARP) return this.#arpInput(d, len, now);
+    if (type !== ETHERTYPE_IPV4) return void s.rxIgnored++;
+    const c = checkIpv4(d, L3, len - L3);
+    if (c !== IpCheck.Ok) {
+      if (c === IpCheck.Truncated) s.rxTruncated++;
+      else if (c === IpCheck.BadHeader) s.ipBadHeader++;
+      else if (c === IpCheck.BadChecksum) s.ipBadChecksum++;
+      else s.ipFragments++;
+      return;
+    }
+    const ihl = (d[L3] & 15) * 4, total = readU16(d, L3 + 2), proto = d[L3 + 9];
+    const src = readU32(d, L3 + 12), dst = readU32(d, L3 + 16);
+    const l4 = L3 + ihl, l4len = total - ihl;
+    const forUs = this.ip !== 0 &&
+      (dst === this.ip || dst === BROADCAST_IP || dst === this.#subnetBroadcast());
+    if (!forUs) {
+      // Before an address is leased, only the DHCP client's replies are taken (RFC 2131 §4.1).
+      const dhcpReply = this.#dhcp && this.ip === 0 && proto === PROTO_UDP && l4len >= UDP_HLEN &&
+        readU16(d, l4 + 2) === DHCP_CLIENT_PORT;
+      if (!dhcpReply) return void s.ipNotForUs++;
+    }
+    if (proto === PROTO_ICMP) this.#icmpInput(b, l4, l4len, src, dst, now);
+    else if (proto === PROTO_UDP) this.#udpInput(b, l4, l4len, src, dst, now);
+    else s.ipUnknownProtocol++;
+  }
+
+  #arpInput(d: Uint8Array, len: number, now: number): void {
+    const v = this.#arpView, s = this.stats;
+    if (!readArp(d, len, v)) return void s.arpBad++;
+    const forUs = this.ip !== 0 && v.tpa === this.ip;
+    // RFC 826: update an entry we have; add one when the packet is for us. A sender claiming our address or a
+    // group MAC is not learned.
+    let waiting: Uint8Array[] | null = null;
+    if (v.spa !== 0 && v.spa !== this.ip && v.sha !== BROADCAST_MAC) {
+      waiting = this.arp.learn(v.spa, v.sha, now, forUs);
+    }
+    if (waiting) { for (const w of waiting) this.#sendResolved(w, v.sha); }
+    if (!forUs) return void s.arpOther++;
+    if (v.op === ARP_REPLY) return void s.arpReplies++;
+    s.arpRequests++;
+    const r = this.#frame();
+    if (!r) return;
+    r.length = writeArp(r.data, ARP_REPLY, v.sha, this.macNum, this.ip, v.sha, v.spa);
+    this.#queueTx(r);
+  }
+
+  #icmpInput(b: PacketBuffer, off: number, len: number, src: number, dst: number, now: number): void {
+    const d = b.data, s = this.stats;
+    if (len < ICMP_ECHO_HLEN || finish(sum16(d, off, len)) !== 0) return void s.icmpOther++;
+    const type = d[off], code = d[off + 1];
+    if (type === ICMP_ECHO_REQUEST && code === 0) {
+      // Echo requests to a broadcast address are not answered (RFC 1122 §3.2.2.6 allows either; Linux ignores).
+      if (dst !== this.ip || src === 0 || src === BROADCAST_IP) return void s.icmpOther++;
+      s.icmpEchoRequests++;
+      const r = this.#frame();
+      if (!r) return;
+      const o = r.data;
+      // The reply carries the request's identifier, sequence and data (RFC 792); it goes back to the sender's MAC.
+      for (let i = ICMP_ECHO_HLEN; i < len; i++) o[L4 + i] = d[off + i];
+      writeEcho(o, L4, len, ICMP_ECHO_REPLY, readU16(d, off + 4), readU16(d, off + 6));
+      this.#writeHeaders(r, readMac(d, 6), src, PROTO_ICMP, len);
+      return;
+    }
+    if (type === ICMP_ECHO_REPLY && code === 0 && readU16(d, off + 4) === this.#pingId) {
+      const seq = readU16(d, off + 6), p = this.#pings.get(seq);
+      if (!p || len !== ICMP_ECHO_HLEN + p.size) return void s.icmpOther++;
+      for (let i = 0; i < p.size; i++) {
+        if (d[off + ICMP_ECHO_HLEN + i] !== echoPattern(seq, i)) return void s.icmpOther++;
+      }
+      s.icmpEchoReplies++;
+      this.#pings.delete(seq);
+      clearTimeout(p.timer);
+      p.resolve({ rtt: now - p.t0, ttl: d[L3 + 8], bytes: len });
+      return;
+    }
+    s.icmpOther++;
+  }
+
+  #udpInput(b: PacketBuffer, off: number, len: number, src: number, dst: number, now: number): void {
+    const d = b.data, s = this.stats;
+    if (len < UDP_HLEN) return void s.udpBadLength++;
+    const ulen = readU16(d, off + 4);
+    if (ulen < UDP_HLEN || ulen > len) return void s.udpBadLength++;
+    // RFC 768: checksum 0 means none was sent. A device that validated it (or a local sender that left it
+    // partial, virtio NEEDS_CSUM / netif csum_blank) spares the sum.
+    if (readU16(d, off + 6) !== 0 && !(b.flags & (RX_CSUM_VALID | RX_CSUM_PARTIAL))) {
+      if (finish(sum16(d, off, ulen, pseudoSum(src, dst, PROTO_UDP, ulen))) !== 0) {
+        return void s.udpBadChecksum++;
+      }
+    }
+    const sport = readU16(d, off), dport = readU16(d, off + 2);
+    if (dport === DHCP_CLIENT_PORT && this.#dhcp && sport === DHCP_SERVER_PORT) {
+      s.udpDelivered++;
+      const r = this.#dhcp.receive(d, off + UDP_HLEN, ulen - UDP_HLEN, now);
+      if (r) this.#dhcpEvent(r, now);
+      return;
+    }
+    const sock = this.#sockets.get(dport);
+    if (!sock) return void s.udpNoPort++;
+    s.udpDelivered++;
+    const g = this.#dgram;
+    g.src = src, g.srcPort = sport, g.dst = dst, g.dstPort = dport;
+    g.bytes = d, g.offset = off + UDP_HLEN, g.length = ulen - UDP_HLEN;
+    sock.deliver(g);
+  }
+
+  // ---- send ----
+
+  /** A TX buffer for one frame, or null (counted) when none is free. */
+  #frame(): PacketBuffer | null {
+    if (this.#txn === BATCH) this.#flush();
+    if (this.nic.allocTx(this.#one, 1, this.#queue) === 0) {
+      this.stats.txDropped++;
+      return null;
+    }
+    const b = this.#one[0];
+    b.csumStart = 0;
+    b.csumOffset = 0;
+    return b;
+  }
+
+  #queueTx(b: PacketBuffer): void {
+    this.#tx[this.#txn++] = b;
+  }
+
+  /** Send the queued frames with one doorbell; what the ring does not take is released and counted. */
+  #flush(): void {
+    const n = this.#txn;
+    if (n === 0) return;
+    this.#txn = 0;
+    const tx = this.#tx;
+    let k = 0;
+    try {
+      k = this.nic.sendBatch(tx, n, this.#queue);
+    } finally {
+      if (k < n) {
+        for (let i = k; i < n; i++) tx[i - k] = tx[i];
+        this.nic.release(tx, n - k, this.#queue);
+        this.stats.txDropped += n - k;
+      }
+      this.stats.txFrames += k;
+    }
+  }
+
+  /** Flush now unless inside {@link NetHost.poll}, which flushes once per batch. */
+  #flushOutside(): void {
+    if (!this.#inPoll) this.#flush();
+  }
+
+  #subnetBroadcast(): number {
+    return (this.ip | ~maskOf(this.prefix)) >>> 0;
+  }
+
+  /**
+   * Write the IPv4 and Ethernet headers of `b` (payload of `len` bytes at L4 already there) for `dst` and queue
+   * it: to `dstMac` when given (≥ 0), else to the broadcast MAC for broadcasts, else through ARP.
+   */
+  #sendIp(b: PacketBuffer, dst: number, proto: number, len: number, dstMac: number, src = this.ip): void {
+    if (dstMac < 0 && (dst === BROADCAST_IP || (this.ip && dst === this.#subnetBroadcast()))) {
+      dstMac = BROADCAST_MAC;
+    }
+    this.#writeHeaders(b, dstMac, dst, proto, len, src);
+    if (dstMac >= 0) return this.#flushOutside();
+    // Resolve the next hop: the destination on our subnet, else the gateway.
+    const mask = maskOf(this.prefix);
+    const hop = this.ip && (dst & mask) === (this.ip & mask) ? dst : this.gateway;
+    const now = performance.now();
+    if (hop === 0) {
+      this.#unqueueLast();
+      this.#one[0] = b;
+      this.nic.release(this.#one, 1, this.#queue);
+      this.stats.txDropped++;
+      throw new PvdrvError("nic", `no route to ${ipText(dst)} (${this.address}, no gateway)`);
+    }
+    const mac = this.arp.lookup(hop, now);
+    if (mac >= 0) {
+      writeMac(b.data, 0, mac);
+      return this.#flushOutside();
+    }
+    // Park a copy until the address resolves, give the buffer back, and ask. The copy is sent later from a fresh
+    // buffer, so a checksum left to the device is completed here, as the device would (same sum, same field).
+    this.#unqueueLast();
+    if (b.csumOffset) {
+      const d = b.data,
+        at = b.csumStart + b.csumOffset,
+        c = finish(sum16(d, b.csumStart, b.length - b.csumStart));
+      writeU16(d, at, c === 0 && proto === PROTO_UDP ? 0xffff : c);
+    }
+    if (this.arp.enqueue(hop, b.data.subarray(0, b.length), now)) this.#arpRequest(hop);
+    this.#one[0] = b;
+    this.nic.release(this.#one, 1, this.#queue);
+    this.#flushOutside();
+  }
+
+  /** Write headers and queue: dstMac < 0 leaves the destination MAC for {@link NetHost.#sendIp} to fill. */
+  #writeHeaders(
+    b: PacketBuffer,
+    dstMac: number,
+    dst: number,
+    proto: number,
+    len: number,
+    src = this.ip,
+  ): void {
+    const d = b.data;
+    writeEthernet(d, dstMac < 0 ? 0 : dstMac, this.macNum, ETHERTYPE_IPV4);
+    writeIpv4(d, L3, src, dst, proto, len, this.ttl, this.#ipId = (this.#ipId + 1) & 0xffff);
+    b.length = L4 + len;
+    this.#queueTx(b);
+  }
+
+  #unqueueLast(): void {
+    this.#txn--;
+  }
+
+  /** Send a frame that waited for ARP, now that its next hop's MAC is known. */
+  #sendResolved(frame: Uint8Array, mac: number): void {
+    const b = this.#frame();
+    if (!b) return;
+    b.data.set(frame);
+    writeMac(b.data, 0, mac);
+    b.length = frame.length;
+    this.#queueTx(b);
+    this.#flushOutside();
+  }
+
+  #arpRequest(ip: number): void {
+    const r = this.#frame();
+    if (!r) return;
+    r.length = writeArp(r.data, ARP_REQUEST, BROADCAST_MAC, this.macNum, this.ip, 0, ip);
+    this.#queueTx(r);
+  }
+
+  #sendUdp(
+    sport: number,
+    dst: number,
+    dport: number,
+    bytes: Uint8Array,
+    off: number,
+    len: number,
+    src = this.ip,
+  ) {
+    this.#check();
+    if (src === 0 && dst !== BROADCAST_IP) {
+      throw new PvdrvError("nic", "no address yet: configure one or lease with DHCP");
+    }
+    const max = this.nic.maxFrame - L4 - UDP_HLEN - 4; // leave room for a VLAN tag the frame rule allows
+    if (len > max) throw new RangeError(`UDP payload of ${len} bytes exceeds ${max} (MTU ${this.nic.mtu})`);
+    const b = this.#frame();
+    if (!b) return false;
+    const d = b.data, u = L4, ulen = UDP_HLEN + len;
+    for (let i = 0; i < len; i++) d[u + UDP_HLEN + i] = bytes[off + i];
+    writeU16(d, u, sport);
+    writeU16(d, u + 2, dport);
+    writeU16(d, u + 4, ulen);
+    const pseudo = pseudoSum(src, dst, PROTO_UDP, ulen);
+    if (this.nic.txChecksum) {
+      // The device sums from csum_start to the end into csum_start + csum_offset; the field holds the
+      // pseudo-header sum meanwhile (virtio 1.2 §5.1.6.2, netif.h NETTXF_csum_blank).
+      writeU16(d, u + 6, fold(pseudo));
+      b.csumStart = u;
+      b.csumOffset = 6;
+    } else {
+      writeU16(d, u + 6, 0);
+      const c = finish(sum16(d, u, ulen, pseudo));
+      writeU16(d, u + 6, c === 0 ? 0xffff : c); // RFC 768: a computed zero is sent as all ones
+    }
+    this.#sendIp(b, dst, PROTO_UDP, ulen, -1, src);
+    return true;
+  }
+
+  // ---- configuration and timers ----
+
+  #configure(ip: number, prefix: number, gateway: number): void {
+    if (prefix < 1 || prefix > 30) throw new RangeError(`prefix /${prefix}: a host needs /1 to /30`);
+    const mask = maskOf(prefix);
+    if ((ip & ~mask) === 0 || ((ip | mask) >>> 0) === 0xffffffff) {
+      throw new RangeError(`${ipText(ip)}/${prefix} is a network or broadcast address, not a host's`);
+    }
+    this.ip = ip;
+    this.prefix = prefix;
+    if (gateway) this.gateway = gateway;
+  }
+
+  #dhcpEvent(r: "bound" | "nak", now: number): void {
+    const c = this.#dhcp!;
+    if (r === "nak") {
+      this.ip = 0;
+      this.#nextHousekeep = now;
+      return;
+    }
+    const l = c.lease!;
+    const fresh = l.ip !== this.ip;
+    this.#configure(l.ip, l.prefix, l.gateway);
+    if (fresh) this.announce();
+    for (const w of this.#dhcpWaiters.splice(0)) w.resolve(l);
+  }
+
+  #failDhcp(e: Error): void {
+    for (const w of this.#dhcpWaiters.splice(0)) w.reject(e);
+  }
+
+  /** ARP retries, DHCP sends and timeouts; returns when it next needs running. */
+  #housekeep(now: number): void {
+    for (const ip of this.arp.due(now)) this.#arpRequest(ip);
+    const c = this.#dhcp;
+    if (c) {
+      const out = this.#dhcpOut;
+      if (c.poll(now, out)) {
+        if (c.state === "selecting") this.ip = 0; // lease expired or NAKed: no address until the next ACK
+        try {
+          this.#sendUdp(DHCP_CLIENT_PORT, out.dst, DHCP_SERVER_PORT, c.buf, 0, out.length, out.src);
+        } catch {
+          this.stats.txDropped++; // no route to the server: the next retry (or rebinding's broadcast) tries again
+        }
+      }
+      for (const w of this.#dhcpWaiters) {
+        if (now > w.deadline) {
+          this.#dhcpWaiters.splice(this.#dhcpWaiters.indexOf(w), 1);
+          w.reject(
+            new PvdrvError("nic", `no DHCP lease after ${Math.round(c.elapsed(now) / 1000)} s (${c.state})`),
+          );
+          break;
+        }
+      }
+    }
+    this.#flush();
+    this.#nextHousekeep = now + 50;
+  }
+
+  #check(): void {
+    if (this.#error) throw this.#error;
+    if (this.#stopped) throw new PvdrvError("nic", "host is closed");
+  }
+
+  // ---- the loop ----
+
+  async #loop(): Promise<void> {
+    let lastFrame = performance.now(), spins = 0;
+    try {
+      while (!this.#stopped) {
+        const n = this.poll();
+        const now = performance.now();
+        if (now >= this.#nextHousekeep) this.#housekeep(now);
+        if (n > 0) lastFrame = now;
+        if (n > 0 || !this.#interrupts || now - lastFrame < this.#spinMs) {
+          // Busy: let the event loop run every 64 rounds (setImmediate: timers are clamped to >= 4 ms).
+          if (++spins >= 64) spins = 0, await tick();
+          continue;
+        }
+        spins = 0;
+        await this.#sleep(Math.max(1, Math.min(50, this.#nextHousekeep - now)));
+      }
+    } catch (e) {
+      this.#error = e as Error;
+      for (const [, p] of this.#pings) clearTimeout(p.timer), p.resolve(null);
+      this.#pings.clear();
+      this.#failDhcp(this.#error);
+    }
+  }
+
+  /** Wait for the RX interrupt or `ms`, whichever first (one interrupt wait outstanding at a time). */
+  async #sleep(ms: number): Promise<void> {
+    this.#wake ??= this.nic.waitRx(this.#queue).then(() => void (this.#wake = null), (e) => {
+      this.#wake = null;
+      this.#error ??= e;
+    });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([this.#wake, new Promise<void>((r) => timer = setTimeout(r, ms))]);
+    clearTimeout(timer);
+    if (this.#error) throw this.#error;
+  }
+}

@@ -1,0 +1,407 @@
+/**
+ * The IPv4 host (net/) against two virtio-net models joined by a wire: ARP, ping both ways, UDP echo with and
+ * without checksum offload, DHCP with renewal against a server written here, and bad frames counted and dropped.
+ */
+import assert from "assert";
+import { VirtioNet } from "../../drivers/virtio/net.ts";
+import { F, NET_F } from "../../drivers/virtio/features.ts";
+import { VirtioNetModel } from "../models/virtio_net_device.ts";
+import { Wire } from "../models/wire.ts";
+import { NetHost } from "../../net/host.ts";
+import { finish, pseudoSum, sum16 } from "../../net/checksum.ts";
+import {
+  ipText,
+  maskOf,
+  parseCidr,
+  parseIp,
+  prefixOf,
+  readU16,
+  readU32,
+  writeU16,
+  writeU32,
+} from "../../net/ipv4.ts";
+import { macText, readMac } from "../../net/ethernet.ts";
+import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT } from "../../net/dhcp.ts";
+
+const A_IP = "10.0.0.2/24", B_IP = "10.0.0.1/24";
+const ALL = F.VERSION_1 | F.ACCESS_PLATFORM | F.RING_EVENT_IDX | NET_F.MAC | NET_F.STATUS | NET_F.MRG_RXBUF |
+  NET_F.CTRL_VQ | NET_F.CTRL_RX | NET_F.MTU;
+
+interface Pair {
+  a: NetHost;
+  b: NetHost;
+  wire: Wire;
+  ma: VirtioNetModel;
+  close(): Promise<void>;
+}
+
+function pair(
+  o: { offload?: boolean; aIp?: string | null; arp?: { retryMs: number } } = {},
+): Pair {
+  const features = o.offload === false ? ALL : ALL | NET_F.CSUM | NET_F.GUEST_CSUM;
+  const ma = new VirtioNetModel({ mac: [2, 0, 0, 0, 0, 0xa], features });
+  const mb = new VirtioNetModel({ mac: [2, 0, 0, 0, 0, 0xb], features });
+  const na = VirtioNet.openPci(ma.pci()), nb = VirtioNet.openPci(mb.pci());
+  assert.equal(na.txChecksum, o.offload !== false);
+  const wire = new Wire(ma, mb).start();
+  const a = NetHost.start(na, { ip: o.aIp === null ? undefined : o.aIp ?? A_IP, arp: o.arp });
+  const b = NetHost.start(nb, { ip: B_IP, arp: o.arp });
+  return {
+    a,
+    b,
+    wire,
+    ma,
+    async close() {
+      await a.close();
+      await b.close();
+      wire.stop();
+      await na.close();
+      await nb.close();
+    },
+  };
+}
+
+Deno.test("net: checksum, addresses and MACs parse, format and refuse clearly", () => {
+  // RFC 1071 §3 example: words 0001 f203 f4f5 f6f7 sum to ddf2 (folded), checksum 220d.
+  assert.equal(finish(sum16(new Uint8Array([0, 1, 0xf2, 3, 0xf4, 0xf5, 0xf6, 0xf7]), 0, 8)), 0x220d);
+  assert.equal(finish(sum16(new Uint8Array([0xff]), 0, 1)), 0x00ff); // odd length pads with zero
+  assert.equal(ipText(parseIp("192.168.1.254")), "192.168.1.254");
+  assert.deepEqual(parseCidr("10.1.2.3/8"), { ip: parseIp("10.1.2.3"), prefix: 8 });
+  assert.equal(maskOf(24), 0xffffff00);
+  assert.equal(prefixOf(0xffff0000), 16);
+  assert.equal(prefixOf(0xff00ff00), -1);
+  for (const bad of ["10.0.0", "10.0.0.256", "a.b.c.d", "10.0.0.01", ""]) {
+    assert.throws(() => parseIp(bad), /IPv4/);
+  }
+  for (const bad of ["10.0.0.1", "10.0.0.1/33", "10.0.0.1/"]) assert.throws(() => parseCidr(bad), /prefix/);
+  assert.equal(macText(readMac(new Uint8Array([0xfe, 1, 2, 3, 4, 0xff]), 0)), "fe:01:02:03:04:ff");
+});
+
+Deno.test("net: a host refuses addresses no host can have", () => {
+  const m = new VirtioNetModel();
+  const nic = VirtioNet.openPci(m.pci());
+  assert.throws(() => new NetHost(nic, { ip: "10.0.0.0/24" }), /network or broadcast/);
+  assert.throws(() => new NetHost(nic, { ip: "10.0.0.255/24" }), /network or broadcast/);
+  assert.throws(() => new NetHost(nic, { ip: "10.0.0.1/31" }), /\/1 to \/30/);
+  assert.throws(() => new NetHost(nic, { ip: "10.0.0.1/24", ttl: 0 }), /ttl/);
+  return nic.close();
+});
+
+Deno.test("net: ARP resolves, then 200 pings each way with no loss, announced by gratuitous ARP", async () => {
+  const p = pair();
+  try {
+    p.wire.pump();
+    const garp = p.wire.carried[0];
+    assert.ok(garp >= 1, "the gratuitous ARP went out");
+    for (const [from, to] of [[p.a, p.b], [p.b, p.a]] as const) {
+      for (let i = 0; i < 200; i++) {
+        const r = await from.ping(to.ip, { size: i % 3 === 0 ? 0 : 56 + i, timeoutMs: 2000 });
+        assert.ok(r, `ping ${i} from ${from.address} answered`);
+        assert.equal(r.ttl, 64);
+        assert.ok(r.rtt >= 0);
+      }
+    }
+    assert.equal(p.a.stats.icmpEchoReplies, 200);
+    assert.equal(p.a.stats.icmpEchoRequests, 200);
+    assert.equal(p.b.stats.icmpEchoRequests, 200);
+    assert.equal(p.a.arp.lookup(p.b.ip, performance.now()), readMac(p.b.nic.mac, 0));
+    assert.equal(p.b.arp.lookup(p.a.ip, performance.now()), readMac(p.a.nic.mac, 0));
+    assert.equal(p.a.stats.txDropped + p.b.stats.txDropped, 0);
+  } finally {
+    await p.close();
+  }
+});
+
+for (const offload of [true, false]) {
+  Deno.test(`net: UDP echo of 2,000 datagrams of mixed sizes, every byte checked (checksum offload ${offload ? "on" : "off"})`, async () => {
+    const p = pair({ offload });
+    try {
+      const server = p.b.udp(7);
+      server.onDatagram = (d) => void server.reply(d);
+      const client = p.a.udp();
+      const max = p.a.nic.mtu - 28;
+      let sent = 0;
+      for (let i = 0; i < 2000; i++) {
+        const size = (i * 97) % (max + 1);
+        const payload = new Uint8Array(size);
+        for (let j = 0; j < size; j++) payload[j] = (i * 31 + j) & 0xff;
+        client.send(payload, p.b.ip, 7);
+        sent++;
+        const d = await client.next(2000);
+        assert.ok(d);
+        assert.equal(d.src, p.b.ip);
+        assert.equal(d.srcPort, 7);
+        assert.deepEqual(d.bytes, payload, `datagram ${i} (${size} bytes) came back intact`);
+      }
+      assert.equal(sent, 2000);
+      assert.equal(p.b.stats.udpBadChecksum + p.a.stats.udpBadChecksum, 0);
+      assert.equal(p.b.stats.udpDelivered, 2000);
+      // The frames on the wire carry correct checksums whoever computed them (the device or the host).
+      assert.equal(p.a.stats.txDropped, 0);
+    } finally {
+      await p.close();
+    }
+  });
+}
+
+Deno.test("net: a corrupted UDP checksum is counted and dropped, and a zero checksum means none", async () => {
+  const p = pair({ offload: false });
+  try {
+    const server = p.b.udp(9);
+    const got: number[] = [];
+    server.onDatagram = (d) => void got.push(d.length);
+    const client = p.a.udp(1000);
+    await p.a.ping(p.b.ip); // ARP done
+    p.wire.taps[0] = (f) => {
+      if (readU16(f, 12) === 0x0800 && f[23] === 17) f[f.length - 1] ^= 0x40; // flip a payload bit
+      return f;
+    };
+    client.send(new Uint8Array(10).fill(1), p.b.ip, 9);
+    await waitFor(() => p.b.stats.udpBadChecksum === 1);
+    p.wire.taps[0] = (f) => {
+      if (readU16(f, 12) === 0x0800 && f[23] === 17) writeU16(f, 40, 0); // checksum 0: not computed
+      return f;
+    };
+    client.send(new Uint8Array(12).fill(2), p.b.ip, 9);
+    await waitFor(() => got.length === 1);
+    assert.deepEqual(got, [12]);
+  } finally {
+    await p.close();
+  }
+});
+
+/** Poll `cond` until true (or fail after 3 s). */
+async function waitFor(cond: () => boolean, ms = 3000): Promise<void> {
+  const end = performance.now() + ms;
+  while (!cond()) {
+    if (performance.now() > end) throw new Error("timed out waiting");
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+/** A well-formed IPv4/UDP frame from b to a, to be broken by the caller. */
+function udpFrame(p: Pair, payload = 16): Uint8Array {
+  const f = new Uint8Array(42 + payload);
+  f.set(p.a.nic.mac, 0);
+  f.set(p.b.nic.mac, 6);
+  writeU16(f, 12, 0x0800);
+  f[14] = 0x45;
+  writeU16(f, 16, 28 + payload);
+  f[22] = 64;
+  f[23] = 17;
+  writeU32(f, 26, p.b.ip);
+  writeU32(f, 30, p.a.ip);
+  writeU16(f, 24, finish(sum16(f, 14, 20)));
+  writeU16(f, 34, 5000);
+  writeU16(f, 36, 9);
+  writeU16(f, 38, 8 + payload);
+  writeU16(f, 40, finish(sum16(f, 34, 8 + payload, pseudoSum(p.b.ip, p.a.ip, 17, 8 + payload))));
+  return f;
+}
+
+function refreshIpSum(f: Uint8Array): Uint8Array {
+  const ihl = (f[14] & 15) * 4;
+  writeU16(f, 24, 0);
+  writeU16(f, 24, finish(sum16(f, 14, Math.min(ihl, f.length - 14))));
+  return f;
+}
+
+Deno.test("net: bad frames are counted in their own counter and dropped; the host still answers after", async () => {
+  const p = pair({ offload: false });
+  try {
+    const sink = p.a.udp(9);
+    let delivered = 0;
+    sink.onDatagram = () => void delivered++;
+    assert.ok(await p.a.ping(p.b.ip), "ARP settled both ways before the baseline");
+    const inject = (f: Uint8Array) => assert.ok(p.ma.deliver(f), "delivered to the model RX ring");
+    const cases: [string, keyof typeof p.a.stats, () => Uint8Array][] = [
+      ["Ethernet header alone", "rxTruncated", () => udpFrame(p).slice(0, 14)],
+      ["IPv4 header cut", "rxTruncated", () => udpFrame(p).slice(0, 30)],
+      ["total length past the frame", "rxTruncated", () =>
+        refreshIpSum((() => {
+          const f = udpFrame(p);
+          writeU16(f, 16, 200);
+          return f;
+        })())],
+      ["bad IP checksum", "ipBadChecksum", () => {
+        const f = udpFrame(p);
+        f[24] ^= 1;
+        return f;
+      }],
+      ["version 6", "ipBadHeader", () =>
+        refreshIpSum((() => {
+          const f = udpFrame(p);
+          f[14] = 0x65;
+          return f;
+        })())],
+      ["IHL 4", "ipBadHeader", () =>
+        refreshIpSum((() => {
+          const f = udpFrame(p);
+          f[14] = 0x44;
+          return f;
+        })())],
+      ["total length below IHL", "ipBadHeader", () =>
+        refreshIpSum((() => {
+          const f = udpFrame(p);
+          writeU16(f, 16, 12);
+          return f;
+        })())],
+      ["first fragment (MF)", "ipFragments", () =>
+        refreshIpSum((() => {
+          const f = udpFrame(p);
+          writeU16(f, 20, 0x2000);
+          return f;
+        })())],
+      ["later fragment (offset)", "ipFragments", () =>
+        refreshIpSum((() => {
+          const f = udpFrame(p);
+          writeU16(f, 20, 0x0010);
+          return f;
+        })())],
+      ["another host's address", "ipNotForUs", () =>
+        refreshIpSum((() => {
+          const f = udpFrame(p);
+          writeU32(f, 30, parseIp("10.0.0.77"));
+          return f;
+        })())],
+      ["UDP length past the packet", "udpBadLength", () => {
+        const f = udpFrame(p);
+        writeU16(f, 38, 100);
+        return f;
+      }],
+      ["UDP length below its header", "udpBadLength", () => {
+        const f = udpFrame(p);
+        writeU16(f, 38, 4);
+        return f;
+      }],
+      ["UDP bad checksum", "udpBadChecksum", () => {
+        const f = udpFrame(p);
+        f[45] ^= 0xff;
+        return f;
+      }],
+      ["UDP to an unbound port", "udpNoPort", () => {
+        const f = udpFrame(p);
+        writeU16(f, 36, 4444);
+        writeU16(f, 40, 0);
+        return f;
+      }],
+      ["unknown protocol", "ipUnknownProtocol", () =>
+        refreshIpSum((() => {
+          const f = udpFrame(p);
+          f[23] = 6;
+          return f;
+        })())],
+      ["another MAC", "rxIgnored", () => {
+        const f = udpFrame(p);
+        f[5] ^= 1;
+        return f;
+      }],
+      ["ARP for another host", "arpOther", () => arpFrame(p, parseIp("10.0.0.99"))],
+      ["ARP of another hardware type", "arpBad", () => {
+        const f = arpFrame(p, p.a.ip);
+        f[15] = 6;
+        return f;
+      }],
+    ];
+    for (const [what, counter, make] of cases) {
+      const before = { ...p.a.stats };
+      inject(make());
+      await waitFor(() => p.a.stats.rxFrames > before.rxFrames);
+      const changed = Object.keys(before).filter((k) =>
+        k !== "rxFrames" && p.a.stats[k as keyof typeof before] !== before[k as keyof typeof before]
+      );
+      assert.deepEqual(changed, [counter], `${what}: counted as ${counter} only`);
+    }
+    assert.equal(delivered, 0, "nothing bad reached the socket");
+    // A good frame is still delivered, padding beyond the IPv4 total length ignored, and pings still work.
+    const padded = new Uint8Array(80);
+    padded.set(udpFrame(p, 4));
+    inject(padded);
+    await waitFor(() => delivered === 1);
+    assert.ok(await p.b.ping(p.a.ip));
+  } finally {
+    await p.close();
+  }
+});
+
+function arpFrame(p: Pair, target: number): Uint8Array {
+  const f = new Uint8Array(42);
+  f.fill(0xff, 0, 6);
+  f.set(p.b.nic.mac, 6);
+  writeU16(f, 12, 0x0806);
+  writeU16(f, 14, 1);
+  writeU16(f, 16, 0x0800);
+  f[18] = 6, f[19] = 4;
+  writeU16(f, 20, 1);
+  f.set(p.b.nic.mac, 22);
+  writeU32(f, 28, p.b.ip);
+  writeU32(f, 38, target);
+  return f;
+}
+
+Deno.test("net: an address that never answers ARP drops its queued frames after the retries; no route is an error", async () => {
+  const p = pair({ arp: { retryMs: 20 } });
+  try {
+    const r = await p.a.ping(parseIp("10.0.0.50"), { timeoutMs: 300 });
+    assert.equal(r, null);
+    await waitFor(() => p.a.arp.dropped === 1);
+    await assert.rejects(() => p.a.ping(parseIp("192.168.9.9")), /no route to 192\.168\.9\.9/);
+    assert.ok(await p.a.ping(p.b.ip), "the host still works");
+  } finally {
+    await p.close();
+  }
+});
+
+Deno.test("net: DHCP DISCOVER/OFFER/REQUEST/ACK against a server on the other host, then renewal at T1", async () => {
+  const p = pair({ aIp: null });
+  try {
+    const seen: number[] = [];
+    const server = p.b.udp(DHCP_SERVER_PORT);
+    const reply = new Uint8Array(300);
+    server.onDatagram = (d) => {
+      const m = d.bytes, o = d.offset;
+      let type = 0;
+      for (let i = o + 240; i < o + d.length && m[i] !== 255;) {
+        if (m[i] === 0) {
+          i++;
+          continue;
+        }
+        if (m[i] === 53) type = m[i + 2];
+        i += 2 + m[i + 1];
+      }
+      seen.push(type);
+      reply.fill(0);
+      reply[0] = 2, reply[1] = 1, reply[2] = 6;
+      reply.set(m.subarray(o + 4, o + 8), 4); // xid
+      reply.set(m.subarray(o + 28, o + 34), 28); // chaddr
+      writeU32(reply, 16, parseIp("10.0.0.42"));
+      writeU32(reply, 236, 0x63825363);
+      let k = 240;
+      const opt = (
+        code: number,
+        v: number[],
+      ) => (reply[k++] = code, reply[k++] = v.length, v.forEach((x) => reply[k++] = x));
+      opt(53, [type === 1 ? 2 : 5]);
+      opt(54, [10, 0, 0, 1]);
+      opt(1, [255, 255, 255, 0]);
+      opt(3, [10, 0, 0, 1]);
+      opt(51, [0, 0, 0, 2]); // a 2 s lease: T1 at 1 s
+      reply[k++] = 255;
+      // Before the lease the client has no address: broadcast (it set the flag); renewal replies go unicast.
+      const ciaddr = readU32(m, o + 12);
+      server.send(reply, ciaddr || 0xffffffff, DHCP_CLIENT_PORT);
+    };
+    const lease = await p.a.dhcp(5000);
+    assert.equal(ipText(lease.ip), "10.0.0.42");
+    assert.equal(lease.prefix, 24);
+    assert.equal(ipText(lease.gateway), "10.0.0.1");
+    assert.equal(p.a.address, "10.0.0.42/24");
+    assert.deepEqual(seen, [1, 3]);
+    await waitFor(() => seen.length >= 3, 4000);
+    assert.equal(seen[2], 3, "a REQUEST renews the lease");
+    assert.equal(p.a.lease?.ip, parseIp("10.0.0.42"));
+    assert.ok(await p.b.ping(parseIp("10.0.0.42")), "the leased address answers");
+  } finally {
+    await p.close();
+  }
+});
