@@ -127,17 +127,20 @@ export function irqWaiter(): IrqWaiter {
   return shared ??= new IrqWaiter();
 }
 
-const syncFd = new Int32Array(1), syncRevents = new Int16Array(1);
+const syncFd = new Int32Array(2), syncRevents = new Int16Array(2);
 
 /**
  * {@link IrqSource.waitSync} for a source signalled through `fd`: consume a pending signal, else block the thread in
- * poll(2) until `fd` is readable or `timeoutMs` passes, then consume it. True when a signal was consumed.
+ * poll(2) until `fd` (or `alsoFd`, when given) is readable or `timeoutMs` passes, then consume it. True when a
+ * signal was consumed.
  */
-export function waitSyncOn(src: { poll(): boolean }, fd: number, timeoutMs: number): boolean {
+export function waitSyncOn(src: { poll(): boolean }, fd: number, timeoutMs: number, alsoFd = -1): boolean {
   if (src.poll()) return true;
   syncFd[0] = fd;
-  syncRevents[0] = 0;
-  const r = native().pvdrv_poll_sync(syncFd, syncRevents, 1, Math.max(0, Math.floor(timeoutMs)));
+  syncFd[1] = alsoFd;
+  syncRevents[0] = syncRevents[1] = 0;
+  const n = alsoFd >= 0 ? 2 : 1;
+  const r = native().pvdrv_poll_sync(syncFd, syncRevents, n, Math.max(0, Math.floor(timeoutMs)));
   if (r < 0 && r !== -4) check("poll", r); // -EINTR: a signal; report no event
   return r > 0 && src.poll();
 }
@@ -153,8 +156,8 @@ export class EventFdIrq implements IrqSource {
   async wait(): Promise<void> {
     while (!this.efd.drain()) await irqWaiter().waitReadable(this.efd.fd);
   }
-  waitSync(timeoutMs: number): boolean {
-    return waitSyncOn(this, this.efd.fd, timeoutMs);
+  waitSync(timeoutMs: number, alsoFd?: number): boolean {
+    return waitSyncOn(this, this.efd.fd, timeoutMs, alsoFd);
   }
   poll(): boolean {
     return this.efd.drain();

@@ -61,8 +61,8 @@ export class UioIrq implements IrqSource {
     while (!this.poll()) await irqWaiter().waitReadable(this.#fd);
   }
 
-  waitSync(timeoutMs: number): boolean {
-    return waitSyncOn(this, this.#fd, timeoutMs);
+  waitSync(timeoutMs: number, alsoFd?: number): boolean {
+    return waitSyncOn(this, this.#fd, timeoutMs, alsoFd);
   }
 
   close(): void {

@@ -135,8 +135,8 @@ class EvtchnPort implements EventChannel {
   async wait(): Promise<void> {
     while (!this.poll()) await irqWaiter().waitReadable(this.fd);
   }
-  waitSync(timeoutMs: number): boolean {
-    return waitSyncOn(this, this.fd, timeoutMs);
+  waitSync(timeoutMs: number, alsoFd?: number): boolean {
+    return waitSyncOn(this, this.fd, timeoutMs, alsoFd);
   }
   close(): void {
     if (this.fd < 0) return;

@@ -14,9 +14,10 @@ export interface IrqSource {
   /**
    * Block the calling thread (its event loop too) until a signal arrives or `timeoutMs` passes; true when a
    * signal was consumed. For dedicated receive loops: one poll() syscall, no thread hop. An in-process source
-   * cannot be signalled while its thread blocks, so it only polls.
+   * cannot be signalled while its thread blocks, so it only polls. With `alsoFd` (a file descriptor, real sources
+   * only) the sleep also ends when that becomes readable: a bridge sleeps on its NIC and its TAP at once.
    */
-  waitSync(timeoutMs: number): boolean;
+  waitSync(timeoutMs: number, alsoFd?: number): boolean;
   /** Stop waiting and release the source. */
   close(): void;
 }

@@ -27,6 +27,7 @@ export const GUEST_MODULES = [
   "uio",
   "uio_pci_generic",
   "pktgen",
+  "tun",
 ];
 
 /** The built guest. */

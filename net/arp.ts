@@ -89,8 +89,8 @@ export interface ArpTiming {
   queue: number;
 }
 
-/** RFC 1122 §2.3.2.1-style defaults: a minute of validity, one request per second, three tries. */
-export const ARP_DEFAULTS: ArpTiming = { ttlMs: 60_000, retryMs: 1000, tries: 3, queue: 16 };
+/** RFC 1122 §2.3.2.1-style defaults: a minute of validity, one request per second, three tries, 128 frames held. */
+export const ARP_DEFAULTS: ArpTiming = { ttlMs: 60_000, retryMs: 1000, tries: 3, queue: 128 };
 
 /** The ARP cache. Lookups of resolved addresses allocate nothing. */
 export class ArpCache {

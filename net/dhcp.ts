@@ -316,3 +316,10 @@ function parseOptions(d: Uint8Array, o: number, end: number): Options | null {
   }
   return r.type ? r : null;
 }
+
+/** Whether the Ethernet frame `d[0..len)` is an IPv4/UDP datagram from port 67 to port 68 (a server's reply). */
+export function isDhcpReplyFrame(d: Uint8Array, len: number): boolean {
+  if (len < 14 + 20 + 8 || d[12] !== 0x08 || d[13] !== 0 || d[14] >> 4 !== 4 || d[23] !== 17) return false;
+  const l4 = 14 + (d[14] & 15) * 4;
+  return len >= l4 + 8 && readU16(d, l4) === DHCP_SERVER_PORT && readU16(d, l4 + 2) === DHCP_CLIENT_PORT;
+}

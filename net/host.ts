@@ -72,6 +72,11 @@ export interface HostOptions {
   arp?: Partial<ArpTiming>;
   /** Queue pair to use (default 0). */
   queue?: number;
+  /**
+   * Another stack owns the address (a TAP bridge's kernel): answer no ARP requests and no pings, only run what was
+   * asked of this host (its DHCP lease, its sockets).
+   */
+  passive?: boolean;
 }
 
 /** What the host counted. Every dropped frame lands in exactly one counter. */
@@ -185,6 +190,7 @@ export class NetHost {
   readonly #queue: number;
   readonly #interrupts: boolean;
   readonly #spinMs: number;
+  readonly #passive: boolean;
   readonly #rx: PacketBuffer[] = new Array(BATCH);
   readonly #tx: PacketBuffer[] = new Array(BATCH);
   readonly #one: PacketBuffer[] = new Array(1);
@@ -222,6 +228,7 @@ export class NetHost {
     this.#queue = opts.queue ?? 0;
     this.#interrupts = opts.interrupts ?? false;
     this.#spinMs = opts.spinMs ?? 0.2;
+    this.#passive = opts.passive ?? false;
     this.arp = new ArpCache({ ...ARP_DEFAULTS, ...opts.arp });
     this.#pingId = (Math.random() * 0x10000) & 0xffff;
     if (opts.ip !== undefined) {
@@ -358,6 +365,34 @@ export class NetHost {
     return n;
   }
 
+  /**
+   * Stop the receive loop but keep everything else (address, lease, sockets, ARP): the caller now hands this host
+   * the frames it wants handled ({@link NetHost.handle}) and runs its timers ({@link NetHost.service}), as a TAP
+   * bridge does for the DHCP client.
+   */
+  async detach(): Promise<void> {
+    this.#stopped = true;
+    await this.#running;
+    this.#running = null;
+    this.#stopped = false;
+  }
+
+  /** Handle one received frame (a detached host; the buffer stays the caller's) and send what it produced. */
+  handle(b: PacketBuffer): void {
+    this.#inPoll = true;
+    try {
+      this.#input(b, performance.now());
+    } finally {
+      this.#inPoll = false;
+      this.#flush();
+    }
+  }
+
+  /** Run due timers (ARP retries, DHCP) of a detached host. */
+  service(now: number = performance.now()): void {
+    if (now >= this.#nextHousekeep) this.#housekeep(now);
+  }
+
   /** Throw the error that stopped the loop, if any. */
   checkHealth(): void {
     if (this.#error) throw this.#error;
@@ -424,6 +459,7 @@ export class NetHost {
     if (!forUs) return void s.arpOther++;
     if (v.op === ARP_REPLY) return void s.arpReplies++;
     s.arpRequests++;
+    if (this.#passive) return;
     const r = this.#frame();
     if (!r) return;
     r.length = writeArp(r.data, ARP_REPLY, v.sha, this.macNum, this.ip, v.sha, v.spa);
@@ -436,7 +472,7 @@ export class NetHost {
     const type = d[off], code = d[off + 1];
     if (type === ICMP_ECHO_REQUEST && code === 0) {
       // Echo requests to a broadcast address are not answered (RFC 1122 §3.2.2.6 allows either; Linux ignores).
-      if (dst !== this.ip || src === 0 || src === BROADCAST_IP) return void s.icmpOther++;
+      if (this.#passive || dst !== this.ip || src === 0 || src === BROADCAST_IP) return void s.icmpOther++;
       s.icmpEchoRequests++;
       const r = this.#frame();
       if (!r) return;

@@ -174,10 +174,10 @@ export abstract class NicCore<Q extends CoreQueue> implements Nic {
     this.#endWait(q, true);
   }
 
-  sleepRx(timeoutMs: number, queue = 0): boolean {
+  sleepRx(timeoutMs: number, queue = 0, alsoFd?: number): boolean {
     const q = this.queue(queue);
     if (!this.#armForWait(q)) return true;
-    const woke = q.irq!.waitSync(timeoutMs);
+    const woke = q.irq!.waitSync(timeoutMs, alsoFd);
     this.#endWait(q, woke);
     return woke;
   }

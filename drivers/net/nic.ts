@@ -116,8 +116,9 @@ export interface Nic {
    * Block this thread, event loop included, until frames may be waiting on `queue` or `timeoutMs` passes
    * (interrupt mode). True when woken by the interrupt or frames are already there. The cheapest sleep for a
    * dedicated receive loop (one poll() syscall, no thread hop); yield to the event loop yourself between sleeps.
+   * With `alsoFd` the sleep also ends when that file descriptor becomes readable (a TAP bridge's other side).
    */
-  sleepRx(timeoutMs: number, queue?: number): boolean;
+  sleepRx(timeoutMs: number, queue?: number, alsoFd?: number): boolean;
   /** Reclaim completed TX buffers now; returns how many. */
   reclaimTx(queue?: number): number;
   /** Per-queue counters. */

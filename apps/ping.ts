@@ -1,0 +1,90 @@
+/**
+ * Ping over a {@link NetHost}: echo requests at an interval (or back to back), and the summary ping(8) prints, with
+ * percentiles.
+ * @module
+ */
+import type { NetHost, PingReply } from "../net/host.ts";
+
+/** What a ping run is asked. */
+export interface PingOptions {
+  /** Requests to send. */
+  count: number;
+  /** Milliseconds between requests; 0 sends each as soon as the previous one is answered (or timed out). */
+  intervalMs: number;
+  /** Payload bytes. */
+  size: number;
+  /** How long to wait for each reply (ms). */
+  timeoutMs: number;
+  /** Called with each reply (null: timed out). */
+  onReply?: (seq: number, r: PingReply | null) => void;
+  /** Stop early when this returns true. */
+  stop?: () => boolean;
+}
+
+/** ping(8)'s summary, plus percentiles. */
+export interface PingSummary {
+  /** Requests sent. */
+  transmitted: number;
+  /** Replies received. */
+  received: number;
+  /** Percent lost. */
+  lossPercent: number;
+  /** RTT minimum (ms). */
+  min: number;
+  /** RTT mean (ms). */
+  avg: number;
+  /** RTT maximum (ms). */
+  max: number;
+  /** RTT median (ms). */
+  p50: number;
+  /** RTT 99th percentile (ms). */
+  p99: number;
+  /** Mean absolute deviation (ms), as ping's mdev. */
+  mdev: number;
+}
+
+/** The p-th percentile (0..100) of sorted `v` (nearest rank). */
+export function percentile(sorted: number[], p: number): number {
+  if (!sorted.length) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
+}
+
+/** Summarize RTTs (ms) of `transmitted` requests. */
+export function summarizePings(transmitted: number, rtts: number[]): PingSummary {
+  const s = [...rtts].sort((a, b) => a - b), n = s.length;
+  const avg = n ? s.reduce((a, b) => a + b, 0) / n : 0;
+  return {
+    transmitted,
+    received: n,
+    lossPercent: transmitted ? ((transmitted - n) / transmitted) * 100 : 0,
+    min: n ? s[0] : 0,
+    avg,
+    max: n ? s[n - 1] : 0,
+    p50: percentile(s, 50),
+    p99: percentile(s, 99),
+    mdev: n ? Math.sqrt(s.reduce((a, b) => a + (b - avg) ** 2, 0) / n) : 0,
+  };
+}
+
+/** Ping `dst` from `host`. */
+export async function pingRun(host: NetHost, dst: number, o: PingOptions): Promise<PingSummary> {
+  const rtts: number[] = [];
+  const pending: Promise<void>[] = [];
+  let sent = 0;
+  for (let seq = 0; seq < o.count && !o.stop?.(); seq++) {
+    const t0 = performance.now();
+    const p = host.ping(dst, { seq, size: o.size, timeoutMs: o.timeoutMs }).then((r) => {
+      if (r) rtts.push(r.rtt);
+      o.onReply?.(seq, r);
+    });
+    sent++;
+    if (o.intervalMs === 0) await p;
+    else {
+      pending.push(p);
+      const wait = t0 + o.intervalMs - performance.now();
+      if (seq + 1 < o.count && wait > 0) await new Promise((r) => setTimeout(r, wait));
+    }
+  }
+  await Promise.all(pending);
+  return summarizePings(sent, rtts);
+}

@@ -1,0 +1,116 @@
+/**
+ * `deno task serve <nic>`: an HTTP server (Deno.serve) reached through a pvdrv NIC, by way of the TAP bridge: the
+ * kernel's TCP runs on the TAP, every frame crosses pvdrv's driver.
+ * @module
+ */
+import { intArg, parse, runMain, UsageError } from "./common.ts";
+import { mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg } from "./nic_args.ts";
+import { HOST_OPTIONS, HOST_USAGE, hostArgs, hostIrqArg } from "./host_args.ts";
+import { startBridge } from "./tap_bridge.ts";
+import { bridgeLine } from "./tap_lines.ts";
+import { ipText } from "../net/ipv4.ts";
+
+const USAGE = `usage: deno task serve <nic> (--ip CIDR | --dhcp) [options]
+  <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic, or vif/N (Xen)
+  --port N          HTTP port (default 8080)
+  --dir DIR         serve the files under DIR (default: only the built-in pages)
+  --name NAME       TAP interface name (default pvtap%d)
+  Built in: GET /         what this is, and the bridge's counters
+            GET /bytes/N  N bytes (up to 1 GiB) of a fixed pattern: byte i is (i * 7 + (i >> 8)) & 255
+${HOST_USAGE}
+${NIC_USAGE.replace("(default poll)", "(default: interrupts)")}`;
+
+/** Byte `i` of GET /bytes/N. */
+export function servedByte(i: number): number {
+  return (i * 7 + (i >>> 8)) & 255;
+}
+
+await runMain(USAGE, async () => {
+  const { values, positionals } = parse(Deno.args, {
+    port: { type: "string" },
+    dir: { type: "string" },
+    name: { type: "string" },
+    ...HOST_OPTIONS,
+    ...NIC_OPTIONS,
+  });
+  if (values.help) return void console.log(USAGE);
+  const nic = nicArg(positionals);
+  const addr = hostArgs(values);
+  const port = intArg("port", values.port, 8080, 1, 65535);
+  if (values.dir !== undefined) {
+    let ok = false;
+    try {
+      ok = Deno.statSync(values.dir).isDirectory;
+    } catch { /* reported below */ }
+    if (!ok) throw new UsageError(`--dir ${values.dir} is not a directory`);
+  }
+  const name = values.name ?? "pvtap%d";
+  if (!/^[A-Za-z0-9_.%-]{1,15}$/.test(name)) {
+    throw new UsageError(`--name '${name}' is not an interface name`);
+  }
+  const b = await startBridge({
+    nic,
+    irq: hostIrqArg(values.irq, nic),
+    mtu: mtuArg(values.mtu, nic),
+    tap: name,
+    cidr: addr.cidr ? `${ipText(addr.cidr.ip)}/${addr.cidr.prefix}` : undefined,
+    gateway: addr.gateway === undefined ? undefined : ipText(addr.gateway),
+    dhcp: addr.dhcp,
+  });
+  const hostname = b.address!.split("/")[0];
+  const root = values.dir ? await Deno.realPath(values.dir) : null;
+  let requests = 0;
+  const server = Deno.serve({ hostname, port, onListen: () => {} }, async (req) => {
+    requests++;
+    const path = decodeURIComponent(new URL(req.url).pathname);
+    const m = path.match(/^\/bytes\/(\d{1,10})$/);
+    if (m) {
+      const n = Number(m[1]);
+      if (n > 2 ** 30) return new Response("at most 1 GiB\n", { status: 400 });
+      return new Response(patternStream(n), { headers: { "content-length": String(n) } });
+    }
+    if (path === "/") {
+      return new Response(
+        `pvdrv serve: ${b.nic} through ${b.tap} (${b.mac}), ${b.address}\n${
+          bridgeLine(b.stats())
+        }\nrequests ${requests}\n`,
+      );
+    }
+    if (root && !path.split("/").includes("..")) {
+      try {
+        const f = await Deno.open(`${root}${path}`);
+        const st = await f.stat();
+        if (st.isFile) return new Response(f.readable, { headers: { "content-length": String(st.size) } });
+        f.close();
+      } catch { /* not found */ }
+    }
+    return new Response("not found\n", { status: 404 });
+  });
+  console.log(`serve: http://${hostname}:${port}/ through ${b.tap} bridged to ${b.nic} (${b.mac})`);
+  let stopping = false;
+  const stop = async () => {
+    if (stopping) return;
+    stopping = true;
+    await server.shutdown();
+    await b.stop();
+  };
+  for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, () => void stop());
+  const s = await b.done.finally(() => stop());
+  await server.finished;
+  console.log(`serve: stopped after ${requests} requests; ${bridgeLine(s)}`);
+  return 0;
+});
+
+/** N bytes of {@link servedByte}, in 64 KiB chunks. */
+function patternStream(n: number): ReadableStream<Uint8Array> {
+  let off = 0;
+  return new ReadableStream({
+    pull(c) {
+      if (off >= n) return c.close();
+      const len = Math.min(65536, n - off), chunk = new Uint8Array(len);
+      for (let i = 0; i < len; i++) chunk[i] = servedByte(off + i);
+      off += len;
+      c.enqueue(chunk);
+    },
+  });
+}

@@ -1,0 +1,76 @@
+/**
+ * `deno task tap <nic>`: a TAP interface whose frames go out and come in through a pvdrv NIC, so the kernel's own
+ * stack (TCP, any server, ping, wget) runs over pvdrv's driver. Live counters; Ctrl-C or SIGTERM tear it down.
+ * @module
+ */
+import type { BridgeStats } from "../apps/bridge.ts";
+import { isTerminal, parse, runMain, UsageError } from "./common.ts";
+import { mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg } from "./nic_args.ts";
+import { hostIrqArg, ipArg } from "./host_args.ts";
+import { parseCidr } from "../net/ipv4.ts";
+import { startBridge } from "./tap_bridge.ts";
+import { bridgeLine } from "./tap_lines.ts";
+
+const USAGE = `usage: deno task tap <nic> [options]
+  <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic, or vif/N (Xen)
+  --name NAME       TAP interface name (default pvtap%d: the kernel numbers it)
+  --ip CIDR         give the TAP this address (default: none, configure it yourself)
+  --dhcp            lease the TAP's address with pvdrv's DHCP client on the NIC (renewed while running)
+  --gw IP           default route through the TAP
+${NIC_USAGE.replace("(default poll)", "(default: interrupts)")}`;
+
+await runMain(USAGE, async () => {
+  const { values, positionals } = parse(Deno.args, {
+    name: { type: "string" },
+    ip: { type: "string" },
+    gw: { type: "string" },
+    dhcp: { type: "boolean" },
+    ...NIC_OPTIONS,
+  });
+  if (values.help) return void console.log(USAGE);
+  const nic = nicArg(positionals);
+  if (values.ip !== undefined && values.dhcp) {
+    throw new UsageError("--ip and --dhcp exclude each other: give one");
+  }
+  if (values.ip !== undefined) {
+    try {
+      parseCidr(values.ip);
+    } catch {
+      throw new UsageError(`--ip must be an address with a prefix such as 10.0.0.2/24, got '${values.ip}'`);
+    }
+  }
+  if (values.gw !== undefined) ipArg("--gw", values.gw);
+  const name = values.name ?? "pvtap%d";
+  if (!/^[A-Za-z0-9_.%-]{1,15}$/.test(name)) {
+    throw new UsageError(`--name '${name}' is not an interface name`);
+  }
+  const b = await startBridge({
+    nic,
+    irq: hostIrqArg(values.irq, nic),
+    mtu: mtuArg(values.mtu, nic),
+    tap: name,
+    cidr: values.ip,
+    gateway: values.gw,
+    dhcp: !!values.dhcp,
+  }, (a) => console.error(`tap: ${name} now has ${a} (new lease)`));
+  console.log(
+    `tap: ${b.tap} (${b.mac}) bridged to ${b.nic}` + (b.address ? `, address ${b.address}` : "") +
+      (b.gateway ? `, default via ${b.gateway}` : ""),
+  );
+  let stopping: Promise<BridgeStats> | null = null;
+  for (const sig of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(sig, () => void (stopping ??= b.stop()));
+  }
+  const live = isTerminal();
+  const timer = setInterval(() => {
+    if (live) Deno.stderr.writeSync(new TextEncoder().encode(`\r${bridgeLine(b.stats())}   `));
+  }, 1000);
+  try {
+    const s = await b.done;
+    if (values.json) console.log(JSON.stringify({ tap: b.tap, nic: b.nic, ...s }));
+    else console.log(`${live ? "\n" : ""}tap: ${b.tap} removed; ${bridgeLine(s)}`);
+    return 0;
+  } finally {
+    clearInterval(timer);
+  }
+});

@@ -1,0 +1,271 @@
+/**
+ * pvdrv as a network host on a real QEMU virtio-net NIC (0000:00:04.0 over VFIO), against the guest kernel's own
+ * stack on the NIC at the other end of the wire (0000:00:05.0), moved into a network namespace of its own so every
+ * frame crosses the emulated link. The peers are real programs: busybox ping, udhcpd, wget and httpd, and a Deno
+ * UDP socket on the kernel's stack (lab/udp_peer.ts).
+ */
+import assert from "assert";
+import { ensureBound, guestTest, LAB } from "./env.ts";
+import { NetNs, run } from "../../../lab/netns.ts";
+import { readDevice } from "../../../ffi/sysfs.ts";
+
+const ROOT = new URL("../../../", import.meta.url).pathname;
+const PV = "10.0.0.2", KERNEL = "10.0.0.1";
+const dec = new TextDecoder();
+
+function task(script: string, args: string[]): Deno.Command {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--no-check", `${ROOT}${script}`, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  });
+}
+
+/** Run a task to completion; its parsed last stdout line (JSON) and stderr, asserting exit 0. */
+async function taskJson(script: string, args: string[]): Promise<Record<string, unknown>> {
+  const r = await task(script, args).output();
+  const out = dec.decode(r.stdout), err = dec.decode(r.stderr);
+  assert.equal(r.code, 0, `${script} ${args.join(" ")} exited ${r.code}\n${out}\n${err}`);
+  return JSON.parse(out.trim().split("\n").pop()!);
+}
+
+/** A long-running child whose output is read line by line; `waitFor` resolves at the first line matching. */
+class Running {
+  readonly child: Deno.ChildProcess;
+  text = "";
+  #waiters: { re: RegExp; resolve: (m: RegExpMatchArray) => void }[] = [];
+  readonly #done: Promise<void>;
+  constructor(cmd: Deno.Command) {
+    this.child = cmd.spawn();
+    this.#done = Promise.all([this.#read(this.child.stdout), this.#read(this.child.stderr)]).then(() => {});
+  }
+  async #read(s: ReadableStream<Uint8Array>) {
+    const d = new TextDecoder();
+    for await (const c of s) {
+      this.text += d.decode(c, { stream: true });
+      for (const w of [...this.#waiters]) {
+        const m = this.text.match(w.re);
+        if (m) this.#waiters.splice(this.#waiters.indexOf(w), 1), w.resolve(m);
+      }
+    }
+  }
+  waitFor(re: RegExp, ms = 60_000): Promise<RegExpMatchArray> {
+    const m = this.text.match(re);
+    if (m) return Promise.resolve(m);
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(
+        () => reject(new Error(`no ${re} within ${ms} ms; output so far:\n${this.text}`)),
+        ms,
+      );
+      this.#waiters.push({ re, resolve: (m) => (clearTimeout(t), resolve(m)) });
+    });
+  }
+  async stop(signal: Deno.Signal = "SIGTERM"): Promise<number> {
+    try {
+      this.child.kill(signal);
+    } catch { /* already gone */ }
+    const st = await this.child.status;
+    await this.#done;
+    return st.code;
+  }
+  async exit(): Promise<number> {
+    const st = await this.child.status;
+    await this.#done;
+    return st.code;
+  }
+}
+
+/** The lab's kernel peer NIC in a fresh namespace at 10.0.0.1/24; pvdrv's NIC bound to vfio-pci. */
+async function setup(): Promise<{ ns: NetNs; dev: string }> {
+  ensureBound(LAB.vfioKernelPeer.pci, "vfio-pci");
+  const dev = readDevice(LAB.kernelPeer.pci).netInterfaces[0];
+  assert.ok(dev, "the kernel drives the peer NIC");
+  const ns = await NetNs.create();
+  await ns.adopt(dev, `${KERNEL}/24`);
+  return { ns, dev };
+}
+
+const PCI = LAB.vfioKernelPeer.pci;
+
+guestTest("net: pvdrv pings the kernel and the kernel pings pvdrv, 1,000 each way, no loss", async () => {
+  const { ns, dev } = await setup();
+  try {
+    const c0 = await ns.packets(dev);
+    const p = await taskJson("cli/ping.ts", [
+      PCI,
+      KERNEL,
+      "--ip",
+      `${PV}/24`,
+      "--count",
+      "1000",
+      "--interval",
+      "0",
+      "--json",
+    ]);
+    assert.equal(p.transmitted, 1000);
+    assert.equal(p.received, 1000, "pvdrv got every reply");
+    // The kernel's NIC counted them on the wire (plus ARP and the gratuitous ARP).
+    const c1 = await ns.packets(dev);
+    assert.ok(
+      c1.rx - c0.rx >= 1000 && c1.tx - c0.tx >= 1000,
+      `kernel NIC counters ${JSON.stringify([c0, c1])}`,
+    );
+    // The other way: pvdrv answers while it runs a UDP echo (any host task answers pings).
+    const echo = new Running(task("cli/udp.ts", [PCI, "echo", "--ip", `${PV}/24`, "--json"]));
+    await echo.waitFor(/echoing on/);
+    const out = await ns.sh(`ping -c 1000 -i 0.01 -W 5 -q ${PV}`);
+    assert.match(out, /1000 packets transmitted, 1000 packets received, 0% packet loss/, out);
+    assert.equal(await echo.stop(), 0, echo.text);
+    assert.match(echo.text, /"icmpEchoRequests":1000\b/, echo.text);
+  } finally {
+    await ns.close();
+  }
+});
+
+guestTest("net: UDP echo of 10,000 datagrams of mixed sizes each way, every byte checked", async () => {
+  const { ns } = await setup();
+  try {
+    // Kernel → pvdrv → kernel: pvdrv's `udp echo` answers a kernel socket that checks every byte.
+    const echo = new Running(
+      task("cli/udp.ts", [PCI, "echo", "--ip", `${PV}/24`, "--count", "10000", "--json"]),
+    );
+    await echo.waitFor(/echoing on/);
+    const c = ns.command(Deno.execPath(), [
+      "run",
+      "-A",
+      "--no-check",
+      `${ROOT}lab/udp_peer.ts`,
+      "client",
+      KERNEL,
+      `${PV}:7`,
+      "10000",
+      "4",
+      "1472",
+    ], { stdout: "piped", stderr: "piped" });
+    const cr = await c.output();
+    assert.equal(cr.code, 0, dec.decode(cr.stderr));
+    const k = JSON.parse(dec.decode(cr.stdout).trim());
+    assert.deepEqual([k.echoed, k.corrupt, k.lost], [10000, 0, 0], JSON.stringify(k));
+    assert.equal(await echo.exit(), 0, echo.text);
+    // pvdrv → kernel → pvdrv: a kernel UDP echo socket; pvdrv sends and checks every byte.
+    const peer = new Running(ns.command(Deno.execPath(), [
+      "run",
+      "-A",
+      "--no-check",
+      `${ROOT}lab/udp_peer.ts`,
+      "echo",
+      `${KERNEL}:7`,
+      "10000",
+    ], { stdout: "piped", stderr: "piped" }));
+    await peer.waitFor(/ready/);
+    const s = await taskJson("cli/udp.ts", [
+      PCI,
+      "send",
+      `${KERNEL}:7`,
+      "--echo",
+      "--count",
+      "10000",
+      "--sizes",
+      "4-1472",
+      "--ip",
+      `${PV}/24`,
+      "--json",
+    ]);
+    assert.deepEqual([s.sent, s.echoed, s.corrupt, s.lost], [10000, 10000, 0, 0], JSON.stringify(s));
+    assert.equal(await peer.exit(), 0, peer.text);
+  } finally {
+    await ns.close();
+  }
+});
+
+guestTest("net: pvdrv leases its address from busybox udhcpd and pings through it", async () => {
+  const { ns, dev } = await setup();
+  const conf = "/tmp/udhcpd.conf";
+  Deno.writeTextFileSync(
+    conf,
+    `start 10.0.0.100\nend 10.0.0.120\ninterface ${dev}\nlease_file /tmp/udhcpd.leases\nmin_lease 10\n` +
+      `option subnet 255.255.255.0\noption router ${KERNEL}\noption lease 10\n`,
+  );
+  Deno.writeTextFileSync("/tmp/udhcpd.leases", "");
+  const server = new Running(ns.command("udhcpd", ["-f", conf], { stdout: "piped", stderr: "piped" }));
+  try {
+    // 8 pings a second apart: the 10 s lease is renewed at T1 (5 s) on the way.
+    const p = await taskJson("cli/ping.ts", [
+      PCI,
+      KERNEL,
+      "--dhcp",
+      "--count",
+      "8",
+      "--interval",
+      "1000",
+      "--json",
+    ]);
+    assert.match(String(p.src), /^10\.0\.0\.1(0\d|1\d|20)\/24$/, `leased address ${p.src}`);
+    assert.equal(p.received, 8);
+    const host = p.host as Record<string, number>;
+    assert.ok(
+      host.udpDelivered >= 3,
+      `OFFER, ACK and the renewal's ACK reached the client (${host.udpDelivered})`,
+    );
+  } finally {
+    await server.stop();
+    await ns.close();
+  }
+});
+
+guestTest(
+  "net: wget fetches 1 MiB from `deno task serve` through the TAP bridge, and pvdrv's side fetches from httpd",
+  async () => {
+    const { ns } = await setup();
+    const www = await Deno.makeTempDir();
+    const blob = crypto.getRandomValues(new Uint8Array(65536));
+    const file = new Uint8Array(1 << 20);
+    for (let i = 0; i < 16; i++) file.set(blob, i * 65536), file[i * 65536] = i;
+    Deno.writeFileSync(`${www}/blob`, file);
+    const want = (await run("sha256sum", [`${www}/blob`])).split(" ")[0];
+    try {
+      const serve = new Running(
+        task("cli/serve.ts", [PCI, "--ip", `${PV}/24`, "--dir", www, "--port", "8080"]),
+      );
+      await serve.waitFor(/serve: http:\/\/10\.0\.0\.2:8080\//);
+      await ns.sh(`wget -q -O /tmp/got http://${PV}:8080/blob`);
+      const got = (await ns.sh("sha256sum /tmp/got")).split(" ")[0];
+      assert.equal(got, want, "the file came through intact");
+      const status = await ns.sh(`wget -q -O - http://${PV}:8080/`);
+      assert.match(status, /pvdrv serve: virtio-net 0000:00:04\.0 through pvtap\d/, status);
+      assert.equal(await serve.stop(), 0, serve.text);
+      // Every frame crossed pvdrv's driver: 1 MiB out through the NIC, the ACKs in.
+      const m = serve.text.match(
+        /stopped after \d+ requests; nic→tap (\d+) \(\d+ B\), tap→nic \d+ \((\d+) B\)/,
+      );
+      assert.ok(m, serve.text);
+      assert.ok(Number(m[1]) > 100 && Number(m[2]) > 1 << 20, m[0]);
+      assert.ok(!readLinks().some((l) => l.startsWith("pvtap")), "the TAP interface is gone");
+
+      // The other way: the kernel behind `deno task tap` fetches from busybox httpd in the namespace.
+      await ns.sh(`mkdir -p /tmp/www2 && cp ${www}/blob /tmp/www2/blob`);
+      const httpd = new Running(
+        ns.command("httpd", ["-f", "-p", `${KERNEL}:80`, "-h", "/tmp/www2"], {
+          stdout: "piped",
+          stderr: "piped",
+        }),
+      );
+      const tap = new Running(task("cli/tap.ts", [PCI, "--ip", `${PV}/24`, "--name", "pvtest0", "--json"]));
+      await tap.waitFor(/tap: pvtest0 .* bridged to virtio-net 0000:00:04\.0/);
+      await run("wget", ["-q", "-O", "/tmp/got2", `http://${KERNEL}/blob`]);
+      assert.equal((await run("sha256sum", ["/tmp/got2"])).split(" ")[0], want);
+      assert.equal(await tap.stop(), 0, tap.text);
+      const summary = JSON.parse(tap.text.trim().split("\n").pop()!);
+      assert.ok(summary.toTap > 700 && summary.toTapBytes > 1 << 20, JSON.stringify(summary));
+      assert.ok(!readLinks().includes("pvtest0"), "the TAP interface is gone");
+      await httpd.stop();
+    } finally {
+      await ns.close();
+      await Deno.remove(www, { recursive: true });
+    }
+  },
+);
+
+function readLinks(): string[] {
+  return [...Deno.readDirSync("/sys/class/net")].map((e) => e.name);
+}
