@@ -3,7 +3,7 @@
  * --dhcp, the gateway, and the interrupt mode such a task defaults to.
  * @module
  */
-import { type Cidr, ipText, parseCidr, parseIp } from "../net/ipv4.ts";
+import { type Cidr, ipText, maskOf, parseCidr, parseIp } from "../net/ipv4.ts";
 import { NetHost } from "../net/host.ts";
 import type { IrqMode, Nic } from "../drivers/net/nic.ts";
 import { readDevice } from "../ffi/sysfs.ts";
@@ -63,6 +63,10 @@ export function hostArgs(v: { ip?: string; gw?: string; dhcp?: boolean }): HostA
     }
     if (cidr.prefix < 1 || cidr.prefix > 30) {
       throw new UsageError(`--ip prefix must be /1 to /30, got /${cidr.prefix}`);
+    }
+    const mask = maskOf(cidr.prefix);
+    if ((cidr.ip & ~mask) === 0 || ((cidr.ip | mask) >>> 0) === 0xffffffff) {
+      throw new UsageError(`--ip ${v.ip} is the subnet's network or broadcast address, not a host's`);
     }
   }
   return { cidr, gateway: v.gw === undefined ? undefined : ipArg("--gw", v.gw), dhcp: !!v.dhcp };

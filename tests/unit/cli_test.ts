@@ -37,6 +37,36 @@ Deno.test("cli: bad input gets one clear line and the usage, never a stack trace
     ["bind.ts", ["00:04.0", "dpdk"], /unknown target 'dpdk'/],
     ["probe.ts", ["extra"], /unexpected argument/],
     ["vm.ts", ["--timeout", "1"], /--timeout must be between/],
+    ["ping.ts", ["00:04.0"], /expected a NIC and an address to ping/],
+    [
+      "ping.ts",
+      ["00:04.0", "10.0.0.300", "--ip", "10.0.0.2/24"],
+      /the address to ping must be an IPv4 address/,
+    ],
+    ["ping.ts", ["00:04.0", "10.0.0.1"], /give this host an address: --ip CIDR or --dhcp/],
+    ["ping.ts", ["00:04.0", "10.0.0.1", "--ip", "10.0.0.2"], /--ip must be an address with a prefix/],
+    ["ping.ts", ["00:04.0", "10.0.0.1", "--ip", "10.0.0.0/24"], /network or broadcast address/],
+    ["ping.ts", ["00:04.0", "10.0.0.1", "--ip", "10.0.0.2/31"], /--ip prefix must be \/1 to \/30/],
+    [
+      "ping.ts",
+      ["00:04.0", "10.0.0.1", "--ip", "10.0.0.2/24", "--dhcp"],
+      /--ip and --dhcp exclude each other/,
+    ],
+    ["ping.ts", ["00:04.0", "10.0.0.1", "--dhcp", "--gw", "gateway"], /--gw must be an IPv4 address/],
+    ["ping.ts", ["00:04.0", "10.0.0.1", "--dhcp", "--count", "0"], /--count must be between 1/],
+    ["udp.ts", ["00:04.0", "shout", "--dhcp"], /mode must be echo, send or recv/],
+    ["udp.ts", ["00:04.0", "send", "--dhcp"], /send needs a destination IP:PORT/],
+    ["udp.ts", ["00:04.0", "send", "10.0.0.1", "--dhcp"], /the destination must be IP:PORT/],
+    ["udp.ts", ["00:04.0", "echo", "10.0.0.1:7", "--dhcp"], /unexpected argument '10\.0\.0\.1:7'/],
+    ["udp.ts", ["00:04.0", "recv", "--sizes", "9-3", "--dhcp"], /--sizes must be MIN-MAX/],
+    ["tap.ts", ["00:04.0", "--name", "far-too-long-a-name"], /not an interface name/],
+    ["tap.ts", ["00:04.0", "--ip", "10.0.0.2"], /--ip must be an address with a prefix/],
+    [
+      "serve.ts",
+      ["00:04.0", "--ip", "10.0.0.2/24", "--dir", "/nonexistent"],
+      /--dir \/nonexistent is not a directory/,
+    ],
+    ["serve.ts", ["00:04.0"], /give this host an address/],
   ];
   for (const [script, args, re] of cases) {
     const r = await run(script, args);
