@@ -5,7 +5,9 @@
  *  2. In the VM lab, one boot, one NIC: pvdrv over VFIO vs DPDK's testpmd vs the guest kernel's virtio_net
  *     (AF_PACKET, pktgen): TX, RX and forwarding at 64 and 1514 bytes and batches 1–256, counted by a C tool on the
  *     host, medians of several windows; guest CPU per packet at fixed offered rates (lab/vm_bench.ts).
- *  3. In the nested Xen lab, one domU, one vif: the domU kernel's xen-netfront vs pvdrv's netfront, TX and RX pps
+ *  3. The network host (`--net`): the same NIC under the guest kernel's virtio_net, then under pvdrv, against the
+ *     kernel's stack in a namespace: ping RTT p50/p99, UDP echo rate, HTTP requests/s through the TAP bridge.
+ *  4. In the nested Xen lab, one domU, one vif: the domU kernel's xen-netfront vs pvdrv's netfront, TX and RX pps
  *     with 60-byte frames against dom0's xen-netback (the lab's tests run first).
  * @module
  */
@@ -15,10 +17,14 @@ import { FULL_PLAN, QUICK_PLAN } from "../lab/bench_plan.ts";
 import { markdownTables, svgPlot } from "../lab/bench_report.ts";
 import { runXenLab, XEN_BENCH_SECONDS, xenBenchSummary } from "../lab/xen.ts";
 import { intArg, parse, runMain, UsageError } from "./common.ts";
+import { runInGuest } from "../lab/qemu.ts";
 
-const USAGE = `usage: deno task bench [--in-process | --vm | --xen] [--quick] [--json FILE.json] [--seconds N]
+const USAGE =
+  `usage: deno task bench [--in-process | --vm | --net | --xen] [--quick] [--json FILE.json] [--seconds N]
   --in-process   only the in-process driver cost
   --vm           only the VM lab: pvdrv vs DPDK testpmd vs the guest kernel on one NIC, one boot (≈ 8 min)
+  --net          only the network host: ping RTT, UDP echo and HTTP requests/s, pvdrv vs the kernel's driver on
+                 one NIC, one boot (≈ 3 min)
   --xen          only the Xen lab comparison with the domU kernel's xen-netfront (boots the whole lab, ≈ 2 min)
   --quick        VM lab: one frame size and batch, short windows (checks the machinery, ≈ 2 min)
   --json FILE    VM lab: write the results to FILE.json and a plot to FILE.svg
@@ -37,14 +43,15 @@ await runMain(USAGE, async () => {
     "in-process": { type: "boolean" },
     vm: { type: "boolean" },
     xen: { type: "boolean" },
+    net: { type: "boolean" },
     quick: { type: "boolean" },
     json: { type: "string" },
     seconds: { type: "string" },
     help: { type: "boolean", short: "h" },
   }, false);
   if (values.help) return void console.log(USAGE);
-  if ([values["in-process"], values.vm, values.xen].filter(Boolean).length > 1) {
-    throw new UsageError("--in-process, --vm and --xen each select one part: give at most one");
+  if ([values["in-process"], values.vm, values.xen, values.net].filter(Boolean).length > 1) {
+    throw new UsageError("--in-process, --vm, --net and --xen each select one part: give at most one");
   }
   if (values.json !== undefined && !values.json.endsWith(".json")) {
     throw new UsageError(
@@ -53,6 +60,7 @@ await runMain(USAGE, async () => {
   }
   const seconds = intArg("seconds", values.seconds, XEN_BENCH_SECONDS, 2, 600);
   if (values.xen) return await xenBench(seconds);
+  if (values.net) return await netBench(values.json);
   if (!values.vm) {
     console.log(
       "== in-process (bench/: the driver against the device model, beside a copy-loop baseline) ==",
@@ -73,8 +81,59 @@ await runMain(USAGE, async () => {
     Deno.writeTextFileSync(svg, svgPlot(res));
     console.log(`wrote ${values.json} and ${svg}`);
   }
-  if (!values.vm) return await xenBench(seconds);
+  if (!values.vm) {
+    await netBench(undefined);
+    return await xenBench(seconds);
+  }
 });
+
+/** Row values of the network benchmark, from the guest's PVDRV-NETBENCH lines. */
+function netTable(rows: Record<string, Record<string, number> | string>[]): string {
+  const by = (d: string) =>
+    rows.find((r) => r.driver === d) as Record<string, Record<string, number>> | undefined;
+  const k = by("kernel"), p = by("pvdrv");
+  if (!k || !p) return "(incomplete: no result for one driver)";
+  const f = (x: number, d = 3) => x.toFixed(d);
+  const line = (name: string, kv: number, pv: number, pp: number | null, lowerBetter: boolean, d = 3) =>
+    `| ${name} | ${f(kv, d)} | ${f(pv, d)} | ${pp === null ? "–" : f(pp, d)} | ` +
+    `${f(lowerBetter ? kv / pv : pv / kv, 2)}x |`;
+  return [
+    "| | kernel virtio_net | pvdrv (interrupts) | pvdrv (polling) | pvdrv vs kernel (higher is better) |",
+    "|---|---|---|---|---|",
+    line("ping RTT p50 (ms)", k.ping.p50, p.ping.p50, p.pingPoll.p50, true),
+    line("ping RTT p99 (ms)", k.ping.p99, p.ping.p99, p.pingPoll.p99, true),
+    line("ping loss (%)", k.ping.lossPercent, p.ping.lossPercent, p.pingPoll.lossPercent, true, 1).replace(
+      /\| [^|]*x \|$/,
+      "| |",
+    ),
+    line("UDP echo, 64 B, 16 in flight (datagrams/s)", k.udp.pps, p.udp.pps, null, false, 0),
+    line("HTTP GET 1000 B, 4 connections (requests/s)", k.http.rps, p.http.rps, null, false, 0),
+  ].join("\n");
+}
+
+async function netBench(json: string | undefined): Promise<number> {
+  console.log(
+    "\n== network host, one boot, NIC 0000:00:04.0: the guest kernel's virtio_net, then pvdrv (VFIO); the peer is " +
+      "the kernel's stack on 0000:00:05.0 in a namespace ==",
+  );
+  const rows: Record<string, Record<string, number> | string>[] = [];
+  const r = await runInGuest("deno run -A --no-check cli/bench_net_guest.ts", {
+    timeoutSec: 900,
+    onLine: (l) => {
+      const m = l.match(/PVDRV-NETBENCH (\{.*\})/);
+      if (m) rows.push(JSON.parse(m[1]));
+    },
+  });
+  if (r.code !== 0) {
+    throw new Error(`the network benchmark failed in the guest (exit ${r.code}):\n${r.output.slice(-3000)}`);
+  }
+  console.log(netTable(rows));
+  if (json) {
+    Deno.writeTextFileSync(json, JSON.stringify(rows, null, 1) + "\n");
+    console.log(`wrote ${json}`);
+  }
+  return 0;
+}
 
 async function xenBench(seconds: number): Promise<number> {
   console.log(

@@ -9,6 +9,7 @@ import { HOST_OPTIONS, HOST_USAGE, hostArgs, hostIrqArg } from "./host_args.ts";
 import { startBridge } from "./tap_bridge.ts";
 import { bridgeLine } from "./tap_lines.ts";
 import { ipText } from "../net/ipv4.ts";
+import { bytesResponse } from "../apps/pattern_http.ts";
 
 const USAGE = `usage: deno task serve <nic> (--ip CIDR | --dhcp) [options]
   <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic, or vif/N (Xen)
@@ -19,11 +20,6 @@ const USAGE = `usage: deno task serve <nic> (--ip CIDR | --dhcp) [options]
             GET /bytes/N  N bytes (up to 1 GiB) of a fixed pattern: byte i is (i * 7 + (i >> 8)) & 255
 ${HOST_USAGE}
 ${NIC_USAGE.replace("(default poll)", "(default: interrupts)")}`;
-
-/** Byte `i` of GET /bytes/N. */
-export function servedByte(i: number): number {
-  return (i * 7 + (i >>> 8)) & 255;
-}
 
 await runMain(USAGE, async () => {
   const { values, positionals } = parse(Deno.args, {
@@ -63,12 +59,8 @@ await runMain(USAGE, async () => {
   const server = Deno.serve({ hostname, port, onListen: () => {} }, async (req) => {
     requests++;
     const path = decodeURIComponent(new URL(req.url).pathname);
-    const m = path.match(/^\/bytes\/(\d{1,10})$/);
-    if (m) {
-      const n = Number(m[1]);
-      if (n > 2 ** 30) return new Response("at most 1 GiB\n", { status: 400 });
-      return new Response(patternStream(n), { headers: { "content-length": String(n) } });
-    }
+    const bytes = bytesResponse(path);
+    if (bytes) return bytes;
     if (path === "/") {
       return new Response(
         `pvdrv serve: ${b.nic} through ${b.tap} (${b.mac}), ${b.address}\n${
@@ -100,17 +92,3 @@ await runMain(USAGE, async () => {
   console.log(`serve: stopped after ${requests} requests; ${bridgeLine(s)}`);
   return 0;
 });
-
-/** N bytes of {@link servedByte}, in 64 KiB chunks. */
-function patternStream(n: number): ReadableStream<Uint8Array> {
-  let off = 0;
-  return new ReadableStream({
-    pull(c) {
-      if (off >= n) return c.close();
-      const len = Math.min(65536, n - off), chunk = new Uint8Array(len);
-      for (let i = 0; i < len; i++) chunk[i] = servedByte(off + i);
-      off += len;
-      c.enqueue(chunk);
-    },
-  });
-}

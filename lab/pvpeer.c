@@ -7,6 +7,8 @@
 //   pvpeer txrate IF SECONDS SIZE DSTMAC [PPS [BATCH]] send as fast as possible (or at PPS), sendmmsg xBATCH (32)
 //   pvpeer rxrate IF SECONDS [BATCH]                   count pvdrv frames (recvmmsg xBATCH, 32), report pps;
 //                                                      "progress N" every 10 ms
+//   pvpeer udpecho IP PORT IDLE_MS                     a UDP echo server on the kernel's stack (Xen dom0 has no
+//                                                      Deno); ends after IDLE_MS without a datagram
 // Results are one JSON line on stdout.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -257,6 +259,27 @@ static int do_rxrate(const char *ifn, double seconds, int batch) {
   return 0;
 }
 
+static int do_udpecho(const char *ip, int port, int idle_ms) {
+  int s = socket(AF_INET, SOCK_DGRAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+  if (s < 0 || inet_pton(AF_INET, ip, &a.sin_addr) != 1 || bind(s, (struct sockaddr *)&a, sizeof a) < 0)
+    die("udpecho: socket/bind");
+  static unsigned char buf[65536];
+  long echoed = 0;
+  printf("ready\n");
+  for (;;) {
+    struct pollfd p = {.fd = s, .events = POLLIN};
+    if (poll(&p, 1, idle_ms) <= 0) break;
+    struct sockaddr_in from;
+    socklen_t fl = sizeof from;
+    ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
+    if (n < 0) continue;
+    if (sendto(s, buf, n, 0, (struct sockaddr *)&from, fl) == n) echoed++;
+  }
+  printf("{\"echoed\":%ld}\n", echoed);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc >= 5 && !strcmp(argv[1], "recv")) return do_recv(argv[2], atol(argv[3]), atoi(argv[4]), argc > 5 ? atol(argv[5]) : 0);
@@ -268,7 +291,9 @@ int main(int argc, char **argv) {
                      argc == 8 ? atoi(argv[7]) : BATCH);
   if ((argc == 4 || argc == 5) && !strcmp(argv[1], "rxrate"))
     return do_rxrate(argv[2], atof(argv[3]), argc == 5 ? atoi(argv[4]) : BATCH);
+  if (argc == 5 && !strcmp(argv[1], "udpecho")) return do_udpecho(argv[2], atoi(argv[3]), atoi(argv[4]));
   fprintf(stderr, "usage: pvpeer recv IF COUNT TIMEOUT_MS [PROGRESS] | send IF COUNT MIN MAX DSTMAC [WINDOW [PPS]] |\n"
-                  "       txrate IF SECONDS SIZE DSTMAC [PPS [BATCH]] | rxrate IF SECONDS [BATCH]\n");
+                  "       txrate IF SECONDS SIZE DSTMAC [PPS [BATCH]] | rxrate IF SECONDS [BATCH] |\n"
+                  "       udpecho IP PORT IDLE_MS\n");
   return 2;
 }

@@ -3,13 +3,13 @@
  * that sends pvdrv's test datagrams (apps/datagrams.ts) and checks every echo byte for byte. Prints one JSON line.
  *
  *   deno run -A lab/udp_peer.ts echo IP:PORT COUNT
- *   deno run -A lab/udp_peer.ts client LOCAL_IP IP:PORT COUNT MIN MAX
+ *   deno run -A lab/udp_peer.ts client LOCAL_IP IP:PORT COUNT MIN MAX [WINDOW]
  * @module
  */
 import { checkDatagram, writeDatagram } from "../apps/datagrams.ts";
 import { frameSize } from "../apps/traffic.ts";
 
-const [mode, a, b, c, d, e] = Deno.args;
+const [mode, a, b, c, d, e, f] = Deno.args;
 
 function endpoint(s: string): { hostname: string; port: number } {
   const [hostname, port] = s.split(":");
@@ -31,7 +31,7 @@ if (mode === "echo") {
 } else if (mode === "client") {
   const sock = Deno.listenDatagram({ transport: "udp", hostname: a, port: 0 });
   const to = { transport: "udp" as const, ...endpoint(b) };
-  const count = Number(c), min = Number(d), max = Number(e), window = 16;
+  const count = Number(c), min = Number(d), max = Number(e), window = Number(f ?? 16);
   const buf = new Uint8Array(max);
   const got = new Uint8Array(count);
   let sent = 0, echoed = 0, corrupt = 0, lost = 0, outstanding = 0;

@@ -2,7 +2,7 @@
  * The nested Xen lab (../shared/lab-notes.md recipe): Xen 4.17 under QEMU TCG (`-cpu qemu64`), a PV dom0 from a
  * debootstrapped Debian with xen-utils, and a PV domU running Deno + pvdrv's netfront against dom0's real
  * xen-netback. dom0's /init runs the whole scenario and prints markers the host collects:
- *  - domU (console streamed through dom0): pvdrv's Xen tests (tests/xen/guest) → PVDRV-DOMU-EXIT=n; the
+ *  - domU (console streamed through dom0): pvdrv's Xen tests (tests/xen/guest, then tests/xen/net against dom0's stack) → PVDRV-DOMU-EXIT=n; the
  *    benchmark (tests/xen/guest/bench.ts: pvdrv, then the kernel's xen-netfront on the same vif) → PVDRV-BENCH
  *    lines; then the guest agent, left running for dom0's `xl shutdown`.
  *  - dom0: pvpeer on vif1.0 verifies every frame from the domU → DOM0-RECV {json}, sends frames to it
@@ -30,7 +30,7 @@ import { buildNative } from "../ffi/lib.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
 /** The library and tool folders the domU needs (the tests it runs import them). */
-const CODE_DIRS = ["ffi", "hal", "drivers", "apps", "cli", "lab"];
+const CODE_DIRS = ["ffi", "hal", "drivers", "net", "apps", "cli", "lab"];
 /** Where the Xen lab keeps its builds. */
 export const XEN_DIR = `${ROOT}/build/xen`;
 const DOM0_PACKAGES = ["xen-utils-4.17", "xenstore-utils", "iproute2", "bridge-utils", "kmod", "busybox"];
@@ -43,7 +43,7 @@ const DOM0_MODULES = [
   "xen-netback",
   "bridge",
 ];
-const DOMU_MODULES = ["xen-evtchn", "xen-gntalloc", "xen-gntdev", "xenfs"];
+const DOMU_MODULES = ["xen-evtchn", "xen-gntalloc", "xen-gntdev", "xenfs", "tun"];
 /** The domU's MAC (set in its vif config). */
 export const DOMU_MAC = "00:16:3e:12:34:56";
 /** Frames each way at MTU 1500 (60..1514 bytes), then at MTU 9000 (60..9014 bytes). */
@@ -107,8 +107,10 @@ for m in ${
     modules.join(" ")
   }; do insmod /lib/modules/$m.ko 2>/dev/null || echo "PVDRV-MODULE-FAIL domU $m"; done
 echo "PVDRV-DOMU-BOOTED $(cut -d' ' -f1 /proc/uptime)"
-cd /pvdrv && deno test -A --no-check tests/xen/guest/
-echo "PVDRV-DOMU-EXIT=$?"
+cd /pvdrv && deno test -A --no-check tests/xen/guest/; t=$?
+# The network host on netfront (ping, UDP echo, HTTP both ways) against dom0's stack, in steps dom0 acknowledges.
+deno test -A --no-check tests/xen/net/; n=$?
+echo "PVDRV-DOMU-EXIT=$((t | n))"
 deno run -A --no-check tests/xen/guest/bench.ts
 echo "PVDRV-DOMU-BENCH-EXIT=$?"
 # dom0 ends the run with 'xl shutdown': the agent must power the domain off (busybox's poweroff would not: PID 1
@@ -157,12 +159,23 @@ $P send vif1.0 ${XEN_JUMBO_FRAMES} 60 9014 ${DOMU_MAC} 0 ${JUMBO_RATE} > /tmp/se
 echo "DOM0-SEND-JUMBO $(tail -n 1 /tmp/sendj.json)"
 # Benchmark steps: the domU names one in data/pvdrv-bench; tx-* we count (pvpeer rxrate), rx-* we flood.
 B=/local/domain/$D/data; last=""; i=0
-while [ $i -lt 3000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
+while [ $i -lt 6000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
   s=$(xenstore-read $B/pvdrv-bench 2>/dev/null)
   if [ -n "$s" ] && [ "$s" != "$last" ]; then
     last=$s
     case $s in
       done) break;;
+      # The network tests: dom0's stack at 10.0.1.1 on vif1.0 (busybox httpd, pvpeer's UDP echo, ping, wget).
+      net-up) ip link set vif1.0 mtu 1500; ip addr add 10.0.1.1/24 dev vif1.0
+              mkdir -p /tmp/www; head -c 1048576 /dev/urandom > /tmp/www/blob
+              xenstore-write $B/pvdrv-net-blob "$(sha256sum /tmp/www/blob | cut -d' ' -f1)"
+              busybox httpd -p 10.0.1.1:80 -h /tmp/www
+              ( $P udpecho 10.0.1.1 7 120000 > /tmp/echo.json 2>&1 ) &
+              xenstore-write $B/pvdrv-bench-ack "$s";;
+      net-ping) r=$(busybox ping -c 200 -i 0.01 -W 5 -q 10.0.1.2 2>&1 | grep transmitted)
+              xenstore-write $B/pvdrv-net-result "$r"; xenstore-write $B/pvdrv-bench-ack "$s";;
+      net-wget) r=$(busybox wget -q -O /tmp/got http://10.0.1.2:8080/blob 2>&1; sha256sum /tmp/got | cut -d' ' -f1)
+              xenstore-write $B/pvdrv-net-result "$r"; xenstore-write $B/pvdrv-bench-ack "$s";;
       tx-*) rm -f /tmp/b.json; $P rxrate vif1.0 ${benchSeconds} > /tmp/b.json 2>&1 & p=$!
             k=0; while ! grep -q ready /tmp/b.json 2>/dev/null && [ $k -lt 200 ]; do sleep 0.05; k=$((k+1)); done
             xenstore-write $B/pvdrv-bench-ack "$s"; wait $p
@@ -227,10 +240,12 @@ export async function buildXenLab(benchSeconds = XEN_BENCH_SECONDS): Promise<Xen
     deno: Deno.execPath(),
     dirs: ["pvdrv", "pvdrv/build"],
   });
-  for (const d of [...CODE_DIRS, "tests", "tests/xen", "tests/xen/guest"]) {
+  for (const d of [...CODE_DIRS, "tests", "tests/xen", "tests/xen/guest", "tests/xen/net"]) {
     w.add({ path: `pvdrv/${d}`, type: "dir" });
   }
-  for (const d of [...CODE_DIRS, "tests/xen/guest"]) addTree(w, `${ROOT}/${d}`, `pvdrv/${d}`);
+  for (const d of [...CODE_DIRS, "tests/xen/guest", "tests/xen/net"]) {
+    addTree(w, `${ROOT}/${d}`, `pvdrv/${d}`);
+  }
   for (const f of ["deno.json", "mod.ts", "build/libpvdrv.so"]) {
     w.add({ path: `pvdrv/${f}`, type: "file", data: Deno.readFileSync(`${ROOT}/${f}`), mode: 0o755 });
   }
