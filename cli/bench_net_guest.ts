@@ -138,6 +138,7 @@ try {
   };
   console.log(`PVDRV-NETBENCH ${JSON.stringify(kernel)}`);
   await run("ip", ["addr", "flush", "dev", dev]);
+  await run("ip", ["link", "set", dev, "down"]);
 
   // 2. pvdrv on the same NIC over VFIO (interrupts; ping also polling).
   bindDevice(PCI, "vfio-pci");

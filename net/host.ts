@@ -169,6 +169,8 @@ interface PendingPing {
 }
 
 const L3 = ETH_HLEN, L4 = ETH_HLEN + IPV4_HLEN;
+/** How long after the last frame the loop still sleeps in-thread (else it waits without holding the event loop). */
+const HOT_MS = 100;
 const BATCH = 64;
 
 /** An IPv4 host on one NIC queue pair. */
@@ -770,7 +772,12 @@ export class NetHost {
           continue;
         }
         spins = 0;
-        await this.#sleep(Math.max(1, Math.min(50, this.#nextHousekeep - now)));
+        if (now - lastFrame < HOT_MS) {
+          // Traffic a moment ago: sleep in this thread on the interrupt (one poll(), no thread hop: the lowest wake
+          // latency), at most 1 ms, then let the event loop run.
+          this.nic.sleepRx(1, this.#queue);
+          await tick();
+        } else await this.#sleep(Math.max(1, Math.min(50, this.#nextHousekeep - now)));
       }
     } catch (e) {
       this.#error = e as Error;
