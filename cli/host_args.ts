@@ -7,7 +7,7 @@ import { type Cidr, ipText, maskOf, parseCidr, parseIp } from "../net/ipv4.ts";
 import { NetHost } from "../net/host.ts";
 import type { IrqMode, Nic } from "../drivers/net/nic.ts";
 import { readDevice } from "../ffi/sysfs.ts";
-import { UsageError } from "./common.ts";
+import { intArg, UsageError } from "./common.ts";
 import { irqArg } from "./nic_args.ts";
 
 /** Options of {@link hostArgs}, spread into a task's `parse` options. */
@@ -48,6 +48,18 @@ export function endpointArg(what: string, v: string): { ip: number; port: number
     throw new UsageError(`${what} must be IP:PORT such as 10.0.0.1:7, got '${v}'`);
   }
   return { ip: ipArg(what, m[1]), port: Number(m[2]) };
+}
+
+/** --size N / --sizes MIN-MAX as UDP payload bytes (4 .. 65000; default 64). */
+export function payloadSizes(size: string | undefined, sizes: string | undefined): [number, number] {
+  if (size !== undefined && sizes !== undefined) throw new UsageError("give --size or --sizes, not both");
+  const min = intArg("size", size, 64, 4, 65000);
+  if (sizes === undefined) return [min, min];
+  const m = sizes.match(/^(\d+)-(\d+)$/);
+  if (!m || Number(m[1]) < 4 || Number(m[1]) > Number(m[2]) || Number(m[2]) > 65000) {
+    throw new UsageError(`--sizes must be MIN-MAX with 4 <= MIN <= MAX <= 65000, got '${sizes}'`);
+  }
+  return [Number(m[1]), Number(m[2])];
 }
 
 /** --ip / --dhcp / --gw: exactly one of --ip and --dhcp. */

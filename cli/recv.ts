@@ -7,8 +7,10 @@ import { macToString, type Nic, totalStats } from "../drivers/net/nic.ts";
 import { PcapWriter } from "../apps/pcap.ts";
 import { FrameCheck } from "../apps/frames.ts";
 import { receive } from "../apps/traffic.ts";
-import { intArg, isTerminal, parse, runMain } from "./common.ts";
+import { intArg, isTerminal, parse, runMain, UsageError } from "./common.ts";
 import { irqArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals } from "./nic_args.ts";
+import { HOST_OPTIONS, HOST_USAGE, hostArgs, hostIrqArg } from "./host_args.ts";
+import { runUdp } from "./udp_run.ts";
 
 const USAGE = `usage: deno task recv <nic> [options]
   <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic, or vif/N (Xen)
@@ -17,6 +19,9 @@ const USAGE = `usage: deno task recv <nic> [options]
   --print           print one line per frame
   --pcap FILE       write every frame to FILE (pcap, for tshark/Wireshark)
   --promisc         promiscuous mode
+  --udp PORT        receive pvdrv's test datagrams in real IPv4/UDP frames on PORT of pvdrv's IPv4 host instead
+                    (needs --ip CIDR or --dhcp), every byte checked
+${HOST_USAGE}
 ${NIC_USAGE}`;
 
 await runMain(USAGE, async () => {
@@ -26,10 +31,35 @@ await runMain(USAGE, async () => {
     print: { type: "boolean" },
     pcap: { type: "string" },
     promisc: { type: "boolean" },
+    udp: { type: "string" },
+    ...HOST_OPTIONS,
     ...NIC_OPTIONS,
   });
   if (values.help) return void console.log(USAGE);
   const name = nicArg(positionals);
+  if (values.udp !== undefined) {
+    for (const o of ["print", "pcap", "promisc"] as const) {
+      if (values[o] !== undefined) throw new UsageError(`--${o} does not apply with --udp`);
+    }
+    return await runUdp({
+      name,
+      mode: "recv",
+      to: null,
+      port: intArg("udp", values.udp, 0, 1, 65535),
+      count: intArg("count", values.count, 0, 0, 2 ** 31),
+      min: 4,
+      max: 65000,
+      window: 1,
+      timeoutMs: intArg("timeout", values.timeout, 10, 1, 86400) * 1000,
+      addr: hostArgs(values),
+      irq: hostIrqArg(values.irq, name),
+      mtu: mtuArg(values.mtu, name),
+      json: !!values.json,
+    });
+  }
+  if (values.ip !== undefined || values.dhcp || values.gw !== undefined) {
+    throw new UsageError("--ip, --dhcp and --gw go with --udp");
+  }
   const count = intArg("count", values.count, 0, 0, 2 ** 31);
   const timeout = intArg("timeout", values.timeout, 10, 1, 86400);
   const irq = irqArg(values.irq);

@@ -7,6 +7,8 @@ import { parseMac, totalStats } from "../drivers/net/nic.ts";
 import { generate } from "../apps/traffic.ts";
 import { intArg, isTerminal, parse, runMain, UsageError } from "./common.ts";
 import { irqArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals } from "./nic_args.ts";
+import { endpointArg, HOST_OPTIONS, HOST_USAGE, hostArgs, hostIrqArg, payloadSizes } from "./host_args.ts";
+import { runUdp } from "./udp_run.ts";
 
 const USAGE = `usage: deno task send <nic> [options]
   <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic, or vif/N (Xen)
@@ -17,6 +19,9 @@ const USAGE = `usage: deno task send <nic> [options]
   --dst MAC         destination MAC (default ff:ff:ff:ff:ff:ff)
   --batch N         frames per doorbell, 1..256 (default 32)
   --queue Q         queue pair (default 0)
+  --udp IP:PORT     send pvdrv's test datagrams in real IPv4/UDP frames from pvdrv's IPv4 host instead (needs
+                    --ip CIDR or --dhcp; --size/--sizes are then payload bytes, at least 4; --echo checks each reply)
+${HOST_USAGE}
 ${NIC_USAGE}`;
 
 await runMain(USAGE, async () => {
@@ -28,10 +33,39 @@ await runMain(USAGE, async () => {
     dst: { type: "string" },
     batch: { type: "string" },
     queue: { type: "string" },
+    udp: { type: "string" },
+    echo: { type: "boolean" },
+    ...HOST_OPTIONS,
     ...NIC_OPTIONS,
   });
   if (values.help) return void console.log(USAGE);
   const name = nicArg(positionals);
+  if (values.udp !== undefined) {
+    // Real IPv4/UDP: the same run as `deno task udp <nic> send IP:PORT`.
+    for (const o of ["dst", "batch", "queue", "rate"] as const) {
+      if (values[o] !== undefined) throw new UsageError(`--${o} does not apply with --udp`);
+    }
+    const [min, max] = payloadSizes(values.size, values.sizes);
+    return await runUdp({
+      name,
+      mode: "send",
+      to: endpointArg("--udp", values.udp),
+      port: 0,
+      count: intArg("count", values.count, 10000, 1, 2 ** 31),
+      min,
+      max,
+      echo: !!values.echo,
+      window: 32,
+      timeoutMs: 2000,
+      addr: hostArgs(values),
+      irq: hostIrqArg(values.irq, name),
+      mtu: mtuArg(values.mtu, name),
+      json: !!values.json,
+    });
+  }
+  if (values.echo || values.ip !== undefined || values.dhcp || values.gw !== undefined) {
+    throw new UsageError("--echo, --ip, --dhcp and --gw go with --udp");
+  }
   const count = intArg("count", values.count, 10000, 1, 2 ** 31);
   if (values.size !== undefined && values.sizes !== undefined) {
     throw new UsageError("--size and --sizes exclude each other: give one");

@@ -4,6 +4,8 @@
  *
  *   deno run -A lab/udp_peer.ts echo IP:PORT COUNT
  *   deno run -A lab/udp_peer.ts client LOCAL_IP IP:PORT COUNT MIN MAX [WINDOW]
+ *   deno run -A lab/udp_peer.ts send LOCAL_IP IP:PORT COUNT MIN MAX     (paced: a 1 ms pause every 32)
+ *   deno run -A lab/udp_peer.ts recv IP:PORT COUNT IDLE_MS              (every byte checked)
  * @module
  */
 import { checkDatagram, writeDatagram } from "../apps/datagrams.ts";
@@ -70,7 +72,42 @@ if (mode === "echo") {
   await reader;
   const seconds = (performance.now() - t0) / 1000;
   console.log(JSON.stringify({ sent, echoed, corrupt, lost, seconds }));
+} else if (mode === "send") {
+  const sock = Deno.listenDatagram({ transport: "udp", hostname: a, port: 0 });
+  const to = { transport: "udp" as const, ...endpoint(b) };
+  const count = Number(c), min = Number(d), max = Number(e), buf = new Uint8Array(max);
+  for (let seq = 0; seq < count; seq++) {
+    const size = frameSize(seq, min, max);
+    writeDatagram(buf, seq, size);
+    await sock.send(buf.subarray(0, size), to);
+    if (seq % 32 === 31) await new Promise((r) => setTimeout(r, 1));
+  }
+  sock.close();
+  console.log(JSON.stringify({ sent: count }));
+} else if (mode === "recv") {
+  const sock = Deno.listenDatagram({ transport: "udp", ...endpoint(a) });
+  const count = Number(b), idle = Number(c), seen = new Uint8Array(count);
+  let received = 0, corrupt = 0, duplicate = 0;
+  console.log("ready");
+  while (received < count) {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const r = await Promise.race([
+      sock.receive(),
+      new Promise<null>((res) => timer = setTimeout(() => res(null), idle)),
+    ]);
+    clearTimeout(timer);
+    if (!r) break;
+    const seq = checkDatagram(r[0], 0, r[0].length);
+    if (seq < 0 || seq >= count) corrupt++;
+    else if (seen[seq]) duplicate++;
+    else seen[seq] = 1, received++;
+  }
+  sock.close();
+  console.log(JSON.stringify({ received, corrupt, duplicate }));
 } else {
-  console.error("usage: udp_peer.ts echo IP:PORT COUNT | client LOCAL_IP IP:PORT COUNT MIN MAX");
+  console.error(
+    "usage: udp_peer.ts echo IP:PORT COUNT | client LOCAL_IP IP:PORT COUNT MIN MAX [WINDOW] | " +
+      "send LOCAL_IP IP:PORT COUNT MIN MAX | recv IP:PORT COUNT IDLE_MS",
+  );
   Deno.exit(2);
 }

@@ -67,6 +67,15 @@ Deno.test("cli: bad input gets one clear line and the usage, never a stack trace
       /--dir \/nonexistent is not a directory/,
     ],
     ["serve.ts", ["00:04.0"], /give this host an address/],
+    ["send.ts", ["00:04.0", "--udp", "10.0.0.1"], /--udp must be IP:PORT/],
+    [
+      "send.ts",
+      ["00:04.0", "--udp", "10.0.0.1:7", "--dst", "ff:ff:ff:ff:ff:ff", "--dhcp"],
+      /--dst does not apply with --udp/,
+    ],
+    ["send.ts", ["00:04.0", "--ip", "10.0.0.2/24"], /--echo, --ip, --dhcp and --gw go with --udp/],
+    ["recv.ts", ["00:04.0", "--udp", "70000", "--dhcp"], /--udp must be between 1 and 65535/],
+    ["recv.ts", ["00:04.0", "--udp", "9000"], /give this host an address/],
   ];
   for (const [script, args, re] of cases) {
     const r = await run(script, args);

@@ -178,6 +178,66 @@ guestTest("net: UDP echo of 10,000 datagrams of mixed sizes each way, every byte
   }
 });
 
+guestTest(
+  "net: `send --udp` and `recv --udp` speak real IPv4/UDP with a kernel socket, every byte checked",
+  async () => {
+    const { ns } = await setup();
+    try {
+      // The kernel sends 2,000 test datagrams of 4-1472 bytes; `recv --udp` checks each one.
+      const recv = new Running(
+        task("cli/recv.ts", [PCI, "--udp", "9000", "--count", "2000", "--ip", `${PV}/24`, "--json"]),
+      );
+      await recv.waitFor(/receiving on/);
+      const sender = await ns.command(Deno.execPath(), [
+        "run",
+        "-A",
+        "--no-check",
+        `${ROOT}lab/udp_peer.ts`,
+        "send",
+        KERNEL,
+        `${PV}:9000`,
+        "2000",
+        "4",
+        "1472",
+      ], { stdout: "piped", stderr: "piped" }).output();
+      assert.equal(sender.code, 0, dec.decode(sender.stderr));
+      assert.equal(await recv.exit(), 0, recv.text);
+      const r = JSON.parse(recv.text.trim().split("\n").pop()!);
+      assert.deepEqual([r.received, r.corrupt, r.duplicate], [2000, 0, 0], recv.text);
+      // `send --udp` to a kernel socket that checks every byte.
+      const peer = new Running(ns.command(Deno.execPath(), [
+        "run",
+        "-A",
+        "--no-check",
+        `${ROOT}lab/udp_peer.ts`,
+        "recv",
+        `${KERNEL}:9001`,
+        "500",
+        "5000",
+      ], { stdout: "piped", stderr: "piped" }));
+      await peer.waitFor(/ready/);
+      const s = await taskJson("cli/send.ts", [
+        PCI,
+        "--udp",
+        `${KERNEL}:9001`,
+        "--count",
+        "500",
+        "--sizes",
+        "4-1472",
+        "--ip",
+        `${PV}/24`,
+        "--json",
+      ]);
+      assert.equal(s.sent, 500);
+      assert.equal(await peer.exit(), 0, peer.text);
+      const k = JSON.parse(peer.text.trim().split("\n").pop()!);
+      assert.deepEqual([k.received, k.corrupt], [500, 0], peer.text);
+    } finally {
+      await ns.close();
+    }
+  },
+);
+
 guestTest("net: pvdrv leases its address from busybox udhcpd and pings through it", async () => {
   const { ns, dev } = await setup();
   const conf = "/tmp/udhcpd.conf";
