@@ -62,10 +62,12 @@ export function payloadSizes(size: string | undefined, sizes: string | undefined
   return [Number(m[1]), Number(m[2])];
 }
 
-/** --ip / --dhcp / --gw: exactly one of --ip and --dhcp. */
-export function hostArgs(v: { ip?: string; gw?: string; dhcp?: boolean }): HostArgs {
+/** --ip / --dhcp / --gw: at most one of --ip and --dhcp (exactly one when `required`). */
+export function hostArgs(v: { ip?: string; gw?: string; dhcp?: boolean }, required = true): HostArgs {
   if (v.ip !== undefined && v.dhcp) throw new UsageError("--ip and --dhcp exclude each other: give one");
-  if (v.ip === undefined && !v.dhcp) throw new UsageError("give this host an address: --ip CIDR or --dhcp");
+  if (required && v.ip === undefined && !v.dhcp) {
+    throw new UsageError("give this host an address: --ip CIDR or --dhcp");
+  }
   let cidr: Cidr | undefined;
   if (v.ip !== undefined) {
     try {

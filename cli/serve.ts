@@ -4,11 +4,10 @@
  * @module
  */
 import { intArg, parse, runMain, UsageError } from "./common.ts";
-import { mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg } from "./nic_args.ts";
-import { HOST_OPTIONS, HOST_USAGE, hostArgs, hostIrqArg } from "./host_args.ts";
-import { startBridge } from "./tap_bridge.ts";
+import { NIC_OPTIONS, NIC_USAGE, nicArg } from "./nic_args.ts";
+import { HOST_OPTIONS, HOST_USAGE } from "./host_args.ts";
+import { bridgeConfig, startBridge } from "./tap_bridge.ts";
 import { bridgeLine } from "./tap_lines.ts";
-import { ipText } from "../net/ipv4.ts";
 import { bytesResponse } from "../apps/pattern_http.ts";
 
 const USAGE = `usage: deno task serve <nic> (--ip CIDR | --dhcp) [options]
@@ -31,7 +30,7 @@ await runMain(USAGE, async () => {
   });
   if (values.help) return void console.log(USAGE);
   const nic = nicArg(positionals);
-  const addr = hostArgs(values);
+  const cfg = bridgeConfig(values, nic, true); // every argument checked before the NIC is touched
   const port = intArg("port", values.port, 8080, 1, 65535);
   if (values.dir !== undefined) {
     let ok = false;
@@ -40,19 +39,7 @@ await runMain(USAGE, async () => {
     } catch { /* reported below */ }
     if (!ok) throw new UsageError(`--dir ${values.dir} is not a directory`);
   }
-  const name = values.name ?? "pvtap%d";
-  if (!/^[A-Za-z0-9_.%-]{1,15}$/.test(name)) {
-    throw new UsageError(`--name '${name}' is not an interface name`);
-  }
-  const b = await startBridge({
-    nic,
-    irq: hostIrqArg(values.irq, nic),
-    mtu: mtuArg(values.mtu, nic),
-    tap: name,
-    cidr: addr.cidr ? `${ipText(addr.cidr.ip)}/${addr.cidr.prefix}` : undefined,
-    gateway: addr.gateway === undefined ? undefined : ipText(addr.gateway),
-    dhcp: addr.dhcp,
-  });
+  const b = await startBridge(cfg);
   const hostname = b.address!.split("/")[0];
   const root = values.dir ? await Deno.realPath(values.dir) : null;
   let requests = 0;

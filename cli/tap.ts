@@ -4,11 +4,9 @@
  * @module
  */
 import type { BridgeStats } from "../apps/bridge.ts";
-import { isTerminal, parse, runMain, UsageError } from "./common.ts";
-import { mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg } from "./nic_args.ts";
-import { hostIrqArg, ipArg } from "./host_args.ts";
-import { parseCidr } from "../net/ipv4.ts";
-import { startBridge } from "./tap_bridge.ts";
+import { isTerminal, parse, runMain } from "./common.ts";
+import { NIC_OPTIONS, NIC_USAGE, nicArg } from "./nic_args.ts";
+import { bridgeConfig, startBridge } from "./tap_bridge.ts";
 import { bridgeLine } from "./tap_lines.ts";
 
 const USAGE = `usage: deno task tap <nic> [options]
@@ -29,30 +27,10 @@ await runMain(USAGE, async () => {
   });
   if (values.help) return void console.log(USAGE);
   const nic = nicArg(positionals);
-  if (values.ip !== undefined && values.dhcp) {
-    throw new UsageError("--ip and --dhcp exclude each other: give one");
-  }
-  if (values.ip !== undefined) {
-    try {
-      parseCidr(values.ip);
-    } catch {
-      throw new UsageError(`--ip must be an address with a prefix such as 10.0.0.2/24, got '${values.ip}'`);
-    }
-  }
-  if (values.gw !== undefined) ipArg("--gw", values.gw);
-  const name = values.name ?? "pvtap%d";
-  if (!/^[A-Za-z0-9_.%-]{1,15}$/.test(name)) {
-    throw new UsageError(`--name '${name}' is not an interface name`);
-  }
-  const b = await startBridge({
-    nic,
-    irq: hostIrqArg(values.irq, nic),
-    mtu: mtuArg(values.mtu, nic),
-    tap: name,
-    cidr: values.ip,
-    gateway: values.gw,
-    dhcp: !!values.dhcp,
-  }, (a) => console.error(`tap: ${name} now has ${a} (new lease)`));
+  const b = await startBridge(
+    bridgeConfig(values, nic, false),
+    (a) => console.error(`tap: ${b.tap} now has ${a} (new lease)`),
+  );
   console.log(
     `tap: ${b.tap} (${b.mac}) bridged to ${b.nic}` + (b.address ? `, address ${b.address}` : "") +
       (b.gateway ? `, default via ${b.gateway}` : ""),

@@ -5,6 +5,10 @@
 import type { BridgeStats } from "../apps/bridge.ts";
 import { emptyBridgeStats } from "../apps/bridge.ts";
 import type { IrqMode } from "../drivers/net/nic.ts";
+import { ipText } from "../net/ipv4.ts";
+import { UsageError } from "./common.ts";
+import { hostArgs, hostIrqArg } from "./host_args.ts";
+import { mtuArg } from "./nic_args.ts";
 
 /** What the worker is told. */
 export interface BridgeConfig {
@@ -24,6 +28,29 @@ export interface BridgeConfig {
   dhcp: boolean;
   /** Int32 [0]: the stop flag, set by the main thread. */
   control: SharedArrayBuffer;
+}
+
+/**
+ * The bridge's configuration from a task's options (--name, --ip/--dhcp/--gw, --irq, --mtu), checked; the address
+ * is optional for `tap` (the user may configure the interface) and required for `serve`.
+ */
+export function bridgeConfig(
+  v: { name?: string; ip?: string; gw?: string; dhcp?: boolean; irq?: string; mtu?: string },
+  nic: string,
+  addressRequired: boolean,
+): Omit<BridgeConfig, "control"> {
+  const addr = hostArgs(v, addressRequired);
+  const tap = v.name ?? "pvtap%d";
+  if (!/^[A-Za-z0-9_.%-]{1,15}$/.test(tap)) throw new UsageError(`--name '${tap}' is not an interface name`);
+  return {
+    nic,
+    irq: hostIrqArg(v.irq, nic),
+    mtu: mtuArg(v.mtu, nic),
+    tap,
+    cidr: addr.cidr ? `${ipText(addr.cidr.ip)}/${addr.cidr.prefix}` : undefined,
+    gateway: addr.gateway === undefined ? undefined : ipText(addr.gateway),
+    dhcp: addr.dhcp,
+  };
 }
 
 /** The bridge once up. */

@@ -8,72 +8,11 @@ import assert from "assert";
 import { ensureBound, guestTest, LAB } from "./env.ts";
 import { NetNs, run } from "../../../lab/netns.ts";
 import { readDevice } from "../../../ffi/sysfs.ts";
+import { Running, task, taskJson } from "../../../lab/tasks.ts";
 
 const ROOT = new URL("../../../", import.meta.url).pathname;
 const PV = "10.0.0.2", KERNEL = "10.0.0.1";
 const dec = new TextDecoder();
-
-function task(script: string, args: string[]): Deno.Command {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--no-check", `${ROOT}${script}`, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  });
-}
-
-/** Run a task to completion; its parsed last stdout line (JSON) and stderr, asserting exit 0. */
-async function taskJson(script: string, args: string[]): Promise<Record<string, unknown>> {
-  const r = await task(script, args).output();
-  const out = dec.decode(r.stdout), err = dec.decode(r.stderr);
-  assert.equal(r.code, 0, `${script} ${args.join(" ")} exited ${r.code}\n${out}\n${err}`);
-  return JSON.parse(out.trim().split("\n").pop()!);
-}
-
-/** A long-running child whose output is read line by line; `waitFor` resolves at the first line matching. */
-class Running {
-  readonly child: Deno.ChildProcess;
-  text = "";
-  #waiters: { re: RegExp; resolve: (m: RegExpMatchArray) => void }[] = [];
-  readonly #done: Promise<void>;
-  constructor(cmd: Deno.Command) {
-    this.child = cmd.spawn();
-    this.#done = Promise.all([this.#read(this.child.stdout), this.#read(this.child.stderr)]).then(() => {});
-  }
-  async #read(s: ReadableStream<Uint8Array>) {
-    const d = new TextDecoder();
-    for await (const c of s) {
-      this.text += d.decode(c, { stream: true });
-      for (const w of [...this.#waiters]) {
-        const m = this.text.match(w.re);
-        if (m) this.#waiters.splice(this.#waiters.indexOf(w), 1), w.resolve(m);
-      }
-    }
-  }
-  waitFor(re: RegExp, ms = 60_000): Promise<RegExpMatchArray> {
-    const m = this.text.match(re);
-    if (m) return Promise.resolve(m);
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(
-        () => reject(new Error(`no ${re} within ${ms} ms; output so far:\n${this.text}`)),
-        ms,
-      );
-      this.#waiters.push({ re, resolve: (m) => (clearTimeout(t), resolve(m)) });
-    });
-  }
-  async stop(signal: Deno.Signal = "SIGTERM"): Promise<number> {
-    try {
-      this.child.kill(signal);
-    } catch { /* already gone */ }
-    const st = await this.child.status;
-    await this.#done;
-    return st.code;
-  }
-  async exit(): Promise<number> {
-    const st = await this.child.status;
-    await this.#done;
-    return st.code;
-  }
-}
 
 /** The lab's kernel peer NIC in a fresh namespace at 10.0.0.1/24; pvdrv's NIC bound to vfio-pci. */
 async function setup(): Promise<{ ns: NetNs; dev: string }> {

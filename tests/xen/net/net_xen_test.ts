@@ -5,8 +5,8 @@
 import assert from "assert";
 import { XenStore } from "../../../drivers/xen/xenstore.ts";
 import { XenbusDevice } from "../../../ffi/xenbus.ts";
+import { Running, task, taskJson } from "../../../lab/tasks.ts";
 
-const ROOT = new URL("../../../", import.meta.url).pathname;
 const PV = "10.0.1.2", DOM0 = "10.0.1.1";
 const dec = new TextDecoder();
 const IN_XEN = Deno.env.get("PVDRV_XEN_GUEST") === "1";
@@ -37,51 +37,6 @@ async function readKey(key: string): Promise<string> {
   }
 }
 
-function task(script: string, args: string[]): Deno.Command {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--no-check", `${ROOT}${script}`, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  });
-}
-
-async function taskJson(script: string, args: string[]): Promise<Record<string, unknown>> {
-  const r = await task(script, args).output();
-  const out = dec.decode(r.stdout);
-  assert.equal(r.code, 0, `${script} ${args.join(" ")} exited ${r.code}\n${out}\n${dec.decode(r.stderr)}`);
-  return JSON.parse(out.trim().split("\n").pop()!);
-}
-
-/** A background task; `until` waits for a pattern in its output. */
-function background(script: string, args: string[]) {
-  const child = task(script, args).spawn();
-  let text = "";
-  const read = async (s: ReadableStream<Uint8Array>) => {
-    for await (const c of s.pipeThrough(new TextDecoderStream())) text += c;
-  };
-  const done = Promise.all([read(child.stdout), read(child.stderr)]);
-  return {
-    get text() {
-      return text;
-    },
-    async until(re: RegExp, ms = 60_000) {
-      const end = performance.now() + ms;
-      while (!re.test(text)) {
-        if (performance.now() > end) throw new Error(`no ${re} in:\n${text}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    },
-    async stop(): Promise<number> {
-      try {
-        child.kill("SIGTERM");
-      } catch { /* gone */ }
-      const st = await child.status;
-      await done;
-      return st.code;
-    },
-  };
-}
-
 let up = false;
 async function netUp(): Promise<void> {
   if (!up) await step("net-up");
@@ -102,8 +57,8 @@ xenTest("xen net: pvdrv pings dom0 and dom0 pings pvdrv, 200 each way, no loss",
     "--json",
   ]);
   assert.equal(p.received, 200, JSON.stringify(p));
-  const echo = background("cli/udp.ts", ["vif/0", "echo", "--ip", `${PV}/24`, "--json"]);
-  await echo.until(/echoing on/);
+  const echo = new Running(task("cli/udp.ts", ["vif/0", "echo", "--ip", `${PV}/24`, "--json"]));
+  await echo.waitFor(/echoing on/);
   const r = await step("net-ping");
   assert.equal(await echo.stop(), 0, echo.text);
   assert.match(r, /200 packets transmitted, 200 packets received, 0% packet loss/, r);
@@ -140,14 +95,16 @@ xenTest(
     const hex = (b: ArrayBuffer) =>
       [...new Uint8Array(b)].map((x) => x.toString(16).padStart(2, "0")).join("");
     const want = hex(await crypto.subtle.digest("SHA-256", blob));
-    const serve = background("cli/serve.ts", ["vif/0", "--ip", `${PV}/24`, "--dir", www, "--port", "8080"]);
-    await serve.until(/serve: http:\/\/10\.0\.1\.2:8080\//);
+    const serve = new Running(
+      task("cli/serve.ts", ["vif/0", "--ip", `${PV}/24`, "--dir", www, "--port", "8080"]),
+    );
+    await serve.waitFor(/serve: http:\/\/10\.0\.1\.2:8080\//);
     const got = await step("net-wget");
     assert.equal(await serve.stop(), 0, serve.text);
     assert.equal(got.trim().split(/\s+/).pop(), want, `dom0's copy: ${got}`);
     // The other way: the domU kernel behind `deno task tap` fetches dom0's file with busybox wget.
-    const tap = background("cli/tap.ts", ["vif/0", "--ip", `${PV}/24`, "--name", "pvtest0", "--json"]);
-    await tap.until(/tap: pvtest0 .* bridged to/);
+    const tap = new Running(task("cli/tap.ts", ["vif/0", "--ip", `${PV}/24`, "--name", "pvtest0", "--json"]));
+    await tap.waitFor(/tap: pvtest0 .* bridged to/);
     const w = await new Deno.Command("wget", { args: ["-q", "-O", "/tmp/got", `http://${DOM0}/blob`] })
       .output();
     assert.equal(w.code, 0, dec.decode(w.stderr));
