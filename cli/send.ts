@@ -20,7 +20,8 @@ const USAGE = `usage: deno task send <nic> [options]
   --batch N         frames per doorbell, 1..256 (default 32)
   --queue Q         queue pair (default 0)
   --udp IP:PORT     send pvdrv's test datagrams in real IPv4/UDP frames from pvdrv's IPv4 host instead (needs
-                    --ip CIDR or --dhcp; --size/--sizes are then payload bytes, at least 4; --echo checks each reply)
+                    --ip CIDR or --dhcp; --size/--sizes are then payload bytes, at least 4; --rate paces them;
+                    --echo checks each reply instead)
 ${HOST_USAGE}
 ${NIC_USAGE}`;
 
@@ -42,7 +43,7 @@ await runMain(USAGE, async () => {
   const name = nicArg(positionals);
   if (values.udp !== undefined) {
     // Real IPv4/UDP: the same run as `deno task udp <nic> send IP:PORT`.
-    for (const o of ["dst", "batch", "queue", "rate"] as const) {
+    for (const o of ["dst", "batch", "queue"] as const) {
       if (values[o] !== undefined) throw new UsageError(`--${o} does not apply with --udp`);
     }
     const [min, max] = payloadSizes(values.size, values.sizes);
@@ -55,6 +56,7 @@ await runMain(USAGE, async () => {
       min,
       max,
       echo: !!values.echo,
+      rate: intArg("rate", values.rate, 0, 1, 100_000_000),
       window: 32,
       timeoutMs: 2000,
       addr: hostArgs(values),

@@ -16,6 +16,7 @@ const USAGE = `usage: deno task udp <nic> echo|send|recv [options]
   --count N         datagrams (send: default 1000; echo, recv: default 0 = no limit)
   --size N | --sizes MIN-MAX   payload bytes (default 64; at least ${MIN_DATAGRAM})
   --echo            send: expect each datagram back, byte for byte
+  --rate PPS        send without --echo: datagrams per second (default: as fast as the ring takes them)
   --window N        send --echo: datagrams in flight (default 32)
   --timeout MS      send --echo: wait per window; recv: stop after this long idle (default 2000)
 ${HOST_USAGE}
@@ -29,6 +30,7 @@ await runMain(USAGE, async () => {
     sizes: { type: "string" },
     echo: { type: "boolean" },
     window: { type: "string" },
+    rate: { type: "string" },
     timeout: { type: "string" },
     ...HOST_OPTIONS,
     ...NIC_OPTIONS,
@@ -58,6 +60,7 @@ await runMain(USAGE, async () => {
     min,
     max,
     echo: !!values.echo,
+    rate: intArg("rate", values.rate, 0, 1, 100_000_000),
     window,
     timeoutMs,
     addr: hostArgs(values),

@@ -33,6 +33,8 @@ export interface UdpRunOptions {
   max: number;
   /** send: check each echo. */
   echo?: boolean;
+  /** send without --echo: datagrams per second (0: as fast as the ring takes them). */
+  rate?: number;
   /** send --echo: datagrams in flight. */
   window: number;
   /** send --echo: wait per window; recv: idle limit (ms). */
@@ -53,7 +55,7 @@ export async function runUdp(o: UdpRunOptions): Promise<number> {
   const nic: Nic = await openNic(name, { irq, mtu: o.mtu });
   let stopping = false;
   try {
-    if (max > nic.mtu - 28) {
+    if (mode === "send" && max > nic.mtu - 28) {
       throw new UsageError(`datagrams can be at most ${nic.mtu - 28} bytes (MTU ${nic.mtu})`);
     }
     const host = await startHost(nic, addr, irq);
@@ -85,16 +87,22 @@ export async function runUdp(o: UdpRunOptions): Promise<number> {
         result = { mode, to: `${ipText(to!.ip)}:${to!.port}`, ...r };
         ok = r.echoed === count && r.corrupt === 0;
       } else {
-        const buf = new Uint8Array(max);
+        const buf = new Uint8Array(max), t0 = performance.now();
         let sent = 0;
         for (let seq = 0; seq < count && !stopping; seq++) {
           const size = frameSize(seq, min, max);
           writeDatagram(buf, seq, size);
           while (!sock.sendBytes(buf, 0, size, to!.ip, to!.port)) await tick(); // ring full: completions free it
           sent++;
+          if (o.rate) {
+            // Paced: sleep once at least 5 ms ahead of schedule (timers are clamped to 4 ms anyway).
+            const ahead = t0 + (sent * 1000) / o.rate - performance.now();
+            if (ahead >= 5) await new Promise((r) => setTimeout(r, ahead));
+          }
           if (sent % 256 === 0) await tick();
         }
-        result = { mode, to: `${ipText(to!.ip)}:${to!.port}`, sent };
+        const seconds = (performance.now() - t0) / 1000;
+        result = { mode, to: `${ipText(to!.ip)}:${to!.port}`, sent, seconds, pps: sent / seconds };
         ok = sent === count;
       }
     } else {

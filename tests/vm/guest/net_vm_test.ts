@@ -161,6 +161,8 @@ guestTest(
         `${KERNEL}:9001`,
         "--count",
         "500",
+        "--rate",
+        "200",
         "--sizes",
         "4-1472",
         "--ip",
