@@ -179,40 +179,54 @@ guestTest(
   },
 );
 
-guestTest("net: pvdrv leases its address from busybox udhcpd and pings through it", async () => {
-  const { ns, dev } = await setup();
-  const conf = "/tmp/udhcpd.conf";
-  Deno.writeTextFileSync(
-    conf,
-    `start 10.0.0.100\nend 10.0.0.120\ninterface ${dev}\nlease_file /tmp/udhcpd.leases\nmin_lease 10\n` +
-      `option subnet 255.255.255.0\noption router ${KERNEL}\noption lease 10\n`,
-  );
-  Deno.writeTextFileSync("/tmp/udhcpd.leases", "");
-  const server = new Running(ns.command("udhcpd", ["-f", conf], { stdout: "piped", stderr: "piped" }));
-  try {
-    // 8 pings a second apart: the 10 s lease is renewed at T1 (5 s) on the way.
-    const p = await taskJson("cli/ping.ts", [
-      PCI,
-      KERNEL,
-      "--dhcp",
-      "--count",
-      "8",
-      "--interval",
-      "1000",
-      "--json",
-    ]);
-    assert.match(String(p.src), /^10\.0\.0\.1(0\d|1\d|20)\/24$/, `leased address ${p.src}`);
-    assert.equal(p.received, 8);
-    const host = p.host as Record<string, number>;
-    assert.ok(
-      host.udpDelivered >= 3,
-      `OFFER, ACK and the renewal's ACK reached the client (${host.udpDelivered})`,
+guestTest(
+  "net: pvdrv leases its address from busybox udhcpd (ping, then serve through the bridge), renewing at T1",
+  async () => {
+    const { ns, dev } = await setup();
+    const conf = "/tmp/udhcpd.conf";
+    Deno.writeTextFileSync(
+      conf,
+      `start 10.0.0.100\nend 10.0.0.120\ninterface ${dev}\nlease_file /tmp/udhcpd.leases\nmin_lease 10\n` +
+        `option subnet 255.255.255.0\noption router ${KERNEL}\noption lease 10\n`,
     );
-  } finally {
-    await server.stop();
-    await ns.close();
-  }
-});
+    Deno.writeTextFileSync("/tmp/udhcpd.leases", "");
+    const server = new Running(ns.command("udhcpd", ["-f", conf], { stdout: "piped", stderr: "piped" }));
+    try {
+      // 8 pings a second apart: the 10 s lease is renewed at T1 (5 s) on the way.
+      const p = await taskJson("cli/ping.ts", [
+        PCI,
+        KERNEL,
+        "--dhcp",
+        "--count",
+        "8",
+        "--interval",
+        "1000",
+        "--json",
+      ]);
+      assert.match(String(p.src), /^10\.0\.0\.1(0\d|1\d|20)\/24$/, `leased address ${p.src}`);
+      assert.equal(p.received, 8);
+      const host = p.host as Record<string, number>;
+      assert.ok(
+        host.udpDelivered >= 3,
+        `OFFER, ACK and the renewal's ACK reached the client (${host.udpDelivered})`,
+      );
+      // `serve --dhcp`: the bridge's worker leases the TAP's address and keeps renewing it from inside the bridge.
+      const serve = new Running(task("cli/serve.ts", [PCI, "--dhcp", "--port", "8080"]));
+      const [, ip] = await serve.waitFor(/serve: http:\/\/(10\.0\.0\.1(?:0\d|1\d|20)):8080\//);
+      const body = await ns.sh(`wget -q -O - http://${ip}:8080/bytes/1000 | wc -c`);
+      assert.equal(body.trim(), "1000");
+      await new Promise((r) => setTimeout(r, 7000)); // past T1 (5 s of the 10 s lease)
+      const again = await ns.sh(`wget -q -O - http://${ip}:8080/bytes/3000 | wc -c`);
+      assert.equal(again.trim(), "3000");
+      assert.equal(await serve.stop(), 0, serve.text);
+      const renewals = Number(serve.text.match(/stopped after \d+ requests; .*dhcp (\d+)/)?.[1] ?? -1);
+      assert.ok(renewals >= 1, `the bridge took the renewal's ACK (dhcp ${renewals}):\n${serve.text}`);
+    } finally {
+      await server.stop();
+      await ns.close();
+    }
+  },
+);
 
 guestTest(
   "net: wget fetches 1 MiB from `deno task serve` through the TAP bridge, and pvdrv's side fetches from httpd",
