@@ -254,7 +254,7 @@ guestTest(
         /stopped after \d+ requests; nic→tap (\d+) \(\d+ B\), tap→nic \d+ \((\d+) B\)/,
       );
       assert.ok(m, serve.text);
-      assert.ok(Number(m[1]) > 100 && Number(m[2]) > 1 << 20, m[0]);
+      assert.ok(Number(m[1]) > 10 && Number(m[2]) > 1 << 20, m[0]); // the ACK count varies (delayed ACKs)
       assert.ok(!readLinks().some((l) => l.startsWith("pvtap")), "the TAP interface is gone");
 
       // The other way: the kernel behind `deno task tap` fetches from busybox httpd in the namespace.
