@@ -106,9 +106,7 @@ export async function bridge(nic: Nic, port: FramePort, o: BridgeOptions): Promi
         s.nicDropped++;
         continue;
       }
-      b.length = len;
-      b.csumStart = 0;
-      b.csumOffset = 0;
+      b.length = len; // offload fields are clear in a buffer fresh from allocTx
       m++;
     }
     const sent = m ? nic.sendBatch(tx, m, q) : 0;

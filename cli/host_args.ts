@@ -3,7 +3,7 @@
  * --dhcp, the gateway, and the interrupt mode such a task defaults to.
  * @module
  */
-import { type Cidr, ipText, maskOf, parseCidr, parseIp } from "../net/ipv4.ts";
+import { type Cidr, hostCidrProblem, ipText, parseCidr, parseIp } from "../net/ipv4.ts";
 import { NetHost } from "../net/host.ts";
 import type { IrqMode, Nic } from "../drivers/net/nic.ts";
 import { readDevice } from "../ffi/sysfs.ts";
@@ -75,11 +75,9 @@ export function hostArgs(v: { ip?: string; gw?: string; dhcp?: boolean }, requir
     } catch {
       throw new UsageError(`--ip must be an address with a prefix such as 10.0.0.2/24, got '${v.ip}'`);
     }
-    if (cidr.prefix < 1 || cidr.prefix > 30) {
-      throw new UsageError(`--ip prefix must be /1 to /30, got /${cidr.prefix}`);
-    }
-    const mask = maskOf(cidr.prefix);
-    if ((cidr.ip & ~mask) === 0 || ((cidr.ip | mask) >>> 0) === 0xffffffff) {
+    const why = hostCidrProblem(cidr);
+    if (why === "prefix") throw new UsageError(`--ip prefix must be /1 to /30, got /${cidr.prefix}`);
+    if (why === "reserved") {
       throw new UsageError(`--ip ${v.ip} is the subnet's network or broadcast address, not a host's`);
     }
   }

@@ -23,6 +23,18 @@ export function finish(acc: number): number {
   return ~fold(acc) & 0xffff;
 }
 
+/**
+ * Complete a checksum as a device does for a partial one (virtio 1.2 §5.1.6.2): sum `d[start..end)`, whose field
+ * at `at` holds the seed (the pseudo-header sum), and store the result there big-endian. UDP sends a computed zero
+ * as all ones (RFC 768).
+ */
+export function completeAt(d: Uint8Array, start: number, end: number, at: number, udp: boolean): void {
+  const c = finish(sum16(d, start, end - start));
+  const v = c === 0 && udp ? 0xffff : c;
+  d[at] = v >>> 8;
+  d[at + 1] = v;
+}
+
 /** The sum of the IPv4 pseudo header (RFC 768, RFC 793): addresses, protocol and the L4 length. */
 export function pseudoSum(src: number, dst: number, proto: number, len: number): number {
   return (src >>> 16) + (src & 0xffff) + (dst >>> 16) + (dst & 0xffff) + proto + len;

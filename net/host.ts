@@ -23,7 +23,7 @@ import {
   readArp,
   writeArp,
 } from "./arp.ts";
-import { finish, fold, pseudoSum, sum16 } from "./checksum.ts";
+import { completeAt, finish, fold, pseudoSum, sum16 } from "./checksum.ts";
 import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DhcpClient, type DhcpSend, type Lease } from "./dhcp.ts";
 import {
   BROADCAST_MAC,
@@ -40,6 +40,7 @@ import {
   BROADCAST_IP,
   checkIpv4,
   type Cidr,
+  hostCidrProblem,
   IpCheck,
   ipText,
   IPV4_HLEN,
@@ -483,6 +484,7 @@ export class NetHost {
       for (let i = ICMP_ECHO_HLEN; i < len; i++) o[L4 + i] = d[off + i];
       writeEcho(o, L4, len, ICMP_ECHO_REPLY, readU16(d, off + 4), readU16(d, off + 6));
       this.#writeHeaders(r, readMac(d, 6), src, PROTO_ICMP, len);
+      this.#queueTx(r);
       return;
     }
     if (type === ICMP_ECHO_REPLY && code === 0 && readU16(d, off + 4) === this.#pingId) {
@@ -537,10 +539,7 @@ export class NetHost {
       this.stats.txDropped++;
       return null;
     }
-    const b = this.#one[0];
-    b.csumStart = 0;
-    b.csumOffset = 0;
-    return b;
+    return this.#one[0]; // fresh from the pool: length, flags and offload fields cleared
   }
 
   #queueTx(b: PacketBuffer): void {
@@ -584,39 +583,39 @@ export class NetHost {
       dstMac = BROADCAST_MAC;
     }
     this.#writeHeaders(b, dstMac, dst, proto, len, src);
-    if (dstMac >= 0) return this.#flushOutside();
-    // Resolve the next hop: the destination on our subnet, else the gateway.
-    const mask = maskOf(this.prefix);
-    const hop = this.ip && (dst & mask) === (this.ip & mask) ? dst : this.gateway;
-    const now = performance.now();
-    if (hop === 0) {
-      this.#unqueueLast();
-      this.#one[0] = b;
-      this.nic.release(this.#one, 1, this.#queue);
-      this.stats.txDropped++;
-      throw new PvdrvError("nic", `no route to ${ipText(dst)} (${this.address}, no gateway)`);
-    }
-    const mac = this.arp.lookup(hop, now);
-    if (mac >= 0) {
+    if (dstMac < 0) {
+      // Resolve the next hop: the destination on our subnet, else the gateway.
+      const mask = maskOf(this.prefix);
+      const hop = this.ip && (dst & mask) === (this.ip & mask) ? dst : this.gateway;
+      if (hop === 0) {
+        this.#giveBack(b);
+        this.stats.txDropped++;
+        throw new PvdrvError("nic", `no route to ${ipText(dst)} (${this.address}, no gateway)`);
+      }
+      const now = performance.now(), mac = this.arp.lookup(hop, now);
+      if (mac < 0) {
+        // Park a copy until the address resolves, give the buffer back, and ask. The copy is sent later from a
+        // fresh buffer, so a checksum left to the device is completed here, as the device would.
+        if (b.csumOffset) {
+          completeAt(b.data, b.csumStart, b.length, b.csumStart + b.csumOffset, proto === PROTO_UDP);
+        }
+        if (this.arp.enqueue(hop, b.data.subarray(0, b.length), now)) this.#arpRequest(hop);
+        this.#giveBack(b);
+        return this.#flushOutside();
+      }
       writeMac(b.data, 0, mac);
-      return this.#flushOutside();
     }
-    // Park a copy until the address resolves, give the buffer back, and ask. The copy is sent later from a fresh
-    // buffer, so a checksum left to the device is completed here, as the device would (same sum, same field).
-    this.#unqueueLast();
-    if (b.csumOffset) {
-      const d = b.data,
-        at = b.csumStart + b.csumOffset,
-        c = finish(sum16(d, b.csumStart, b.length - b.csumStart));
-      writeU16(d, at, c === 0 && proto === PROTO_UDP ? 0xffff : c);
-    }
-    if (this.arp.enqueue(hop, b.data.subarray(0, b.length), now)) this.#arpRequest(hop);
-    this.#one[0] = b;
-    this.nic.release(this.#one, 1, this.#queue);
+    this.#queueTx(b);
     this.#flushOutside();
   }
 
-  /** Write headers and queue: dstMac < 0 leaves the destination MAC for {@link NetHost.#sendIp} to fill. */
+  /** Return an unsent TX buffer to the driver. */
+  #giveBack(b: PacketBuffer): void {
+    this.#one[0] = b;
+    this.nic.release(this.#one, 1, this.#queue);
+  }
+
+  /** Write the Ethernet and IPv4 headers: dstMac < 0 leaves the destination MAC for {@link NetHost.#sendIp}. */
   #writeHeaders(
     b: PacketBuffer,
     dstMac: number,
@@ -629,11 +628,6 @@ export class NetHost {
     writeEthernet(d, dstMac < 0 ? 0 : dstMac, this.macNum, ETHERTYPE_IPV4);
     writeIpv4(d, L3, src, dst, proto, len, this.ttl, this.#ipId = (this.#ipId + 1) & 0xffff);
     b.length = L4 + len;
-    this.#queueTx(b);
-  }
-
-  #unqueueLast(): void {
-    this.#txn--;
   }
 
   /** Send a frame that waited for ARP, now that its next hop's MAC is known. */
@@ -676,18 +670,13 @@ export class NetHost {
     writeU16(d, u, sport);
     writeU16(d, u + 2, dport);
     writeU16(d, u + 4, ulen);
-    const pseudo = pseudoSum(src, dst, PROTO_UDP, ulen);
+    // The field holds the pseudo-header sum; the device sums from csum_start to the end into csum_start +
+    // csum_offset (virtio 1.2 §5.1.6.2, netif.h NETTXF_csum_blank), or we do the same here.
+    writeU16(d, u + 6, fold(pseudoSum(src, dst, PROTO_UDP, ulen)));
     if (this.nic.txChecksum) {
-      // The device sums from csum_start to the end into csum_start + csum_offset; the field holds the
-      // pseudo-header sum meanwhile (virtio 1.2 §5.1.6.2, netif.h NETTXF_csum_blank).
-      writeU16(d, u + 6, fold(pseudo));
       b.csumStart = u;
       b.csumOffset = 6;
-    } else {
-      writeU16(d, u + 6, 0);
-      const c = finish(sum16(d, u, ulen, pseudo));
-      writeU16(d, u + 6, c === 0 ? 0xffff : c); // RFC 768: a computed zero is sent as all ones
-    }
+    } else completeAt(d, u, u + ulen, u + 6, true);
     this.#sendIp(b, dst, PROTO_UDP, ulen, -1, src);
     return true;
   }
@@ -695,9 +684,9 @@ export class NetHost {
   // ---- configuration and timers ----
 
   #configure(ip: number, prefix: number, gateway: number): void {
-    if (prefix < 1 || prefix > 30) throw new RangeError(`prefix /${prefix}: a host needs /1 to /30`);
-    const mask = maskOf(prefix);
-    if ((ip & ~mask) === 0 || ((ip | mask) >>> 0) === 0xffffffff) {
+    const why = hostCidrProblem({ ip, prefix });
+    if (why === "prefix") throw new RangeError(`prefix /${prefix}: a host needs /1 to /30`);
+    if (why === "reserved") {
       throw new RangeError(`${ipText(ip)}/${prefix} is a network or broadcast address, not a host's`);
     }
     this.ip = ip;

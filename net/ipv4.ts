@@ -45,6 +45,16 @@ export function parseCidr(s: string): Cidr {
   return { ip: parseIp(m[1]), prefix: Number(m[2]) };
 }
 
+/**
+ * Why `c` cannot be a host's address, or null when it can: "prefix" (not /1 to /30) or "reserved" (the subnet's
+ * network or broadcast address).
+ */
+export function hostCidrProblem(c: Cidr): "prefix" | "reserved" | null {
+  if (c.prefix < 1 || c.prefix > 30) return "prefix";
+  const mask = maskOf(c.prefix);
+  return (c.ip & ~mask) === 0 || ((c.ip | mask) >>> 0) === 0xffffffff ? "reserved" : null;
+}
+
 /** The netmask of a prefix length. */
 export function maskOf(prefix: number): number {
   return prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;

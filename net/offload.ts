@@ -5,9 +5,9 @@
  * would have.
  * @module
  */
-import { finish, sum16 } from "./checksum.ts";
+import { completeAt } from "./checksum.ts";
 import { ETH_HLEN, ETHERTYPE_IPV4 } from "./ethernet.ts";
-import { PROTO_UDP, readU16, writeU16 } from "./ipv4.ts";
+import { PROTO_UDP, readU16 } from "./ipv4.ts";
 
 const PROTO_TCP = 6;
 
@@ -22,7 +22,6 @@ export function completeChecksum(d: Uint8Array, len: number): boolean {
   if (ihl < 20 || ETH_HLEN + total > len || (readU16(d, ETH_HLEN + 6) & 0x3fff) !== 0) return false;
   const field = proto === PROTO_TCP ? 16 : proto === PROTO_UDP ? 6 : -1;
   if (field < 0 || l4len < field + 2) return false;
-  const c = finish(sum16(d, l4, l4len));
-  writeU16(d, l4 + field, c === 0 && proto === PROTO_UDP ? 0xffff : c);
+  completeAt(d, l4, l4 + l4len, l4 + field, proto === PROTO_UDP);
   return true;
 }
