@@ -25,7 +25,7 @@ export function writeFrame(
   src: Uint8Array,
 ): void {
   writeHeader(buf, len, seq, dst, src);
-  for (let i = MIN_FRAME; i < len; i++) buf[i] = (seq * 7 + i) & 0xff;
+  for (let i = MIN_FRAME; i < len; i++) buf[i] = patternByte(seq, i);
 }
 
 /** Write only the first {@link MIN_FRAME} bytes of frame `seq` (benchmarks leave the payload as it was). */

@@ -64,7 +64,6 @@ export interface SendResult {
   pps: number;
 }
 
-export { tick };
 /** The receiver yields to the event loop once per this many frames handled (of any kind). */
 export const YIELD_EVERY = 4096;
 

@@ -10,89 +10,38 @@ import { NetNs, run } from "../lab/netns.ts";
 import { readDevice } from "../ffi/sysfs.ts";
 import { bindDevice } from "../drivers/pci/bind.ts";
 import { summarizePings } from "../apps/ping.ts";
+import { commandJson, Running, task } from "../lab/tasks.ts";
 
-const ROOT = new URL("../", import.meta.url).pathname;
 const PCI = LAB.vfioKernelPeer.pci, PEER = LAB.kernelPeer.pci;
 const PV = "10.0.0.2", K = "10.0.0.1";
 const PINGS = Number(Deno.env.get("PVDRV_NETBENCH_PINGS") ?? 500);
 const DATAGRAMS = Number(Deno.env.get("PVDRV_NETBENCH_DATAGRAMS") ?? 5000);
 const HTTP_SECONDS = Number(Deno.env.get("PVDRV_NETBENCH_HTTP_SECONDS") ?? 5);
 const WINDOW = 16, CONCURRENCY = 4, BODY = 1000;
-const dec = new TextDecoder();
 
-function deno(args: string[], o: Deno.CommandOptions = {}): Deno.Command {
-  return new Deno.Command(Deno.execPath(), { args: ["run", "-A", "--no-check", ...args], ...o });
-}
-
-async function json(cmd: Deno.Command): Promise<Record<string, number>> {
-  const r = await cmd.output();
-  const out = dec.decode(r.stdout);
-  if (r.code !== 0) throw new Error(`exit ${r.code}: ${out} ${dec.decode(r.stderr)}`);
-  return JSON.parse(out.trim().split("\n").pop()!);
-}
-
-/** Spawn and wait for `marker` on stdout. */
-async function started(cmd: Deno.Command, marker: RegExp): Promise<Deno.ChildProcess> {
-  const child = cmd.spawn();
-  const reader = child.stdout!.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
-  while (!marker.test(text)) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`exited before ${marker}: ${text}`);
-    text += value;
-  }
-  (async () => {
-    while (!(await reader.read()).done);
-  })();
-  return child;
-}
-
-async function stop(child: Deno.ChildProcess): Promise<void> {
-  try {
-    child.kill("SIGTERM");
-  } catch { /* gone */ }
-  await child.status;
-}
+type Numbers = Record<string, number>;
 
 /** UDP echo rate: the kernel's echo socket in the namespace, `client` run against it. */
-async function udpEcho(ns: NetNs, client: Deno.Command): Promise<Record<string, number>> {
-  const echo = await started(
-    ns.command(Deno.execPath(), [
-      "run",
-      "-A",
-      "--no-check",
-      `${ROOT}lab/udp_peer.ts`,
-      "echo",
-      `${K}:7`,
-      String(DATAGRAMS),
-    ], {
-      stdout: "piped",
-      stderr: "inherit",
-    }),
-    /ready/,
-  );
+async function udpEcho(ns: NetNs, client: Deno.Command): Promise<Numbers> {
+  const echo = new Running(ns.task("lab/udp_peer.ts", ["echo", `${K}:7`, String(DATAGRAMS)]));
+  await echo.waitFor(/ready/);
   try {
-    const r = await json(client);
+    const r = await commandJson<Numbers>(client, "the UDP client");
     return { echoed: r.echoed, lost: r.lost, pps: r.echoed / r.seconds };
   } finally {
-    await stop(echo);
+    await echo.stop();
   }
 }
 
-/** HTTP requests per second from the namespace to the server at PV:8080. */
-function httpLoad(ns: NetNs): Promise<Record<string, number>> {
-  return json(
-    ns.command(Deno.execPath(), [
-      "run",
-      "-A",
-      "--no-check",
-      `${ROOT}lab/http_load.ts`,
-      `http://${PV}:8080/bytes/${BODY}`,
-      String(HTTP_SECONDS),
-      String(CONCURRENCY),
-      String(BODY),
-    ], { stdout: "piped", stderr: "inherit" }),
-  );
+/** HTTP requests per second from the namespace against `server` (started here, stopped after). */
+async function httpLoad(ns: NetNs, server: Running, ready: RegExp): Promise<Numbers> {
+  await server.waitFor(ready);
+  try {
+    const args = [`http://${PV}:8080/bytes/${BODY}`, String(HTTP_SECONDS), String(CONCURRENCY), String(BODY)];
+    return await commandJson<Numbers>(ns.task("lab/http_load.ts", args), "the HTTP load");
+  } finally {
+    await server.stop();
+  }
 }
 
 const ns = await NetNs.create();
@@ -117,24 +66,9 @@ try {
     ping: summarizePings(PINGS, rtts),
     udp: await udpEcho(
       ns,
-      deno(
-        [`${ROOT}lab/udp_peer.ts`, "client", PV, `${K}:7`, String(DATAGRAMS), "64", "64", String(WINDOW)],
-        {
-          stdout: "piped",
-        },
-      ),
+      task("lab/udp_peer.ts", ["client", PV, `${K}:7`, String(DATAGRAMS), "64", "64", String(WINDOW)]),
     ),
-    http: await (async () => {
-      const server = await started(
-        deno([`${ROOT}lab/http_server.ts`, PV, "8080"], { stdout: "piped" }),
-        /listening/,
-      );
-      try {
-        return await httpLoad(ns);
-      } finally {
-        await stop(server);
-      }
-    })(),
+    http: await httpLoad(ns, new Running(task("lab/http_server.ts", [PV, "8080"])), /listening/),
   };
   console.log(`PVDRV-NETBENCH ${JSON.stringify(kernel)}`);
   await run("ip", ["addr", "flush", "dev", dev]);
@@ -143,9 +77,8 @@ try {
   // 2. pvdrv on the same NIC over VFIO (interrupts; ping also polling).
   bindDevice(PCI, "vfio-pci");
   const ping = async (irq: string) => {
-    const r = await json(
-      deno([
-        `${ROOT}cli/ping.ts`,
+    const r = await commandJson<Numbers>(
+      task("cli/ping.ts", [
         PCI,
         K,
         "--ip",
@@ -157,9 +90,8 @@ try {
         "--irq",
         irq,
         "--json",
-      ], {
-        stdout: "piped",
-      }),
+      ]),
+      "deno task ping",
     );
     return {
       transmitted: r.transmitted,
@@ -179,8 +111,7 @@ try {
     pingPoll: await ping("poll"),
     udp: await udpEcho(
       ns,
-      deno([
-        `${ROOT}cli/udp.ts`,
+      task("cli/udp.ts", [
         PCI,
         "send",
         `${K}:7`,
@@ -194,19 +125,13 @@ try {
         "--ip",
         `${PV}/24`,
         "--json",
-      ], { stdout: "piped" }),
+      ]),
     ),
-    http: await (async () => {
-      const server = await started(
-        deno([`${ROOT}cli/serve.ts`, PCI, "--ip", `${PV}/24`, "--port", "8080"], { stdout: "piped" }),
-        /serve: http/,
-      );
-      try {
-        return await httpLoad(ns);
-      } finally {
-        await stop(server);
-      }
-    })(),
+    http: await httpLoad(
+      ns,
+      new Running(task("cli/serve.ts", [PCI, "--ip", `${PV}/24`, "--port", "8080"])),
+      /serve: http/,
+    ),
   };
   console.log(`PVDRV-NETBENCH ${JSON.stringify(pv)}`);
 } finally {

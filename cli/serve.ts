@@ -6,8 +6,7 @@
 import { intArg, parse, runMain, UsageError } from "./common.ts";
 import { NIC_OPTIONS, NIC_USAGE, nicArg } from "./nic_args.ts";
 import { HOST_OPTIONS, HOST_USAGE } from "./host_args.ts";
-import { bridgeConfig, startBridge } from "./tap_bridge.ts";
-import { bridgeLine } from "./tap_lines.ts";
+import { bridgeConfig, bridgeLine, startBridge } from "./tap_bridge.ts";
 import { bytesResponse } from "../apps/pattern_http.ts";
 
 const USAGE = `usage: deno task serve <nic> (--ip CIDR | --dhcp) [options]

@@ -6,8 +6,7 @@
 import type { BridgeStats } from "../apps/bridge.ts";
 import { isTerminal, parse, runMain } from "./common.ts";
 import { NIC_OPTIONS, NIC_USAGE, nicArg } from "./nic_args.ts";
-import { bridgeConfig, startBridge } from "./tap_bridge.ts";
-import { bridgeLine } from "./tap_lines.ts";
+import { bridgeConfig, bridgeLine, startBridge } from "./tap_bridge.ts";
 
 const USAGE = `usage: deno task tap <nic> [options]
   <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic, or vif/N (Xen)

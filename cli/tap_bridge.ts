@@ -53,6 +53,12 @@ export function bridgeConfig(
   };
 }
 
+/** One status line of the bridge's counters (tap and serve print it). */
+export function bridgeLine(s: BridgeStats): string {
+  return `nic→tap ${s.toTap} (${s.toTapBytes} B), tap→nic ${s.toNic} (${s.toNicBytes} B), dropped ` +
+    `${s.tapDropped}/${s.nicDropped}, dhcp ${s.intercepted}`;
+}
+
 /** The bridge once up. */
 export interface BridgeReady {
   /** The TAP interface's name. */

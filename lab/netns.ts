@@ -6,6 +6,8 @@
  * @module
  */
 
+import { denoRunArgs } from "./tasks.ts";
+
 const dec = new TextDecoder();
 
 /** Run `cmd args` and return stdout; throws with stderr when it fails. */
@@ -60,6 +62,11 @@ export class NetNs {
   /** A command to run inside the namespace (spawn it yourself). */
   command(cmd: string, args: string[], o: Deno.CommandOptions = {}): Deno.Command {
     return new Deno.Command("nsenter", { ...o, args: ["-t", String(this.pid), "-n", cmd, ...args] });
+  }
+
+  /** `deno run` of a project script inside the namespace, output piped (lab/tasks.ts's task, there). */
+  task(script: string, args: string[]): Deno.Command {
+    return this.command(Deno.execPath(), denoRunArgs(script, args), { stdout: "piped", stderr: "piped" });
   }
 
   /** Move interface `name` in, give it `cidr` and bring it up. */

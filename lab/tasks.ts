@@ -6,23 +6,34 @@
 const ROOT = new URL("../", import.meta.url).pathname;
 const dec = new TextDecoder();
 
+/** The arguments of `deno run -A --no-check <script> <args>`, the script relative to the project root. */
+export function denoRunArgs(script: string, args: string[]): string[] {
+  return ["run", "-A", "--no-check", `${ROOT}${script}`, ...args];
+}
+
 /** `deno run -A --no-check <script> <args>` from the project root, output piped. */
 export function task(script: string, args: string[]): Deno.Command {
   return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--no-check", `${ROOT}${script}`, ...args],
+    args: denoRunArgs(script, args),
     stdout: "piped",
     stderr: "piped",
   });
 }
 
-/** Run a task to completion; its last stdout line parsed as JSON. Throws with its output unless it exits 0. */
-export async function taskJson(script: string, args: string[]): Promise<Record<string, unknown>> {
-  const r = await task(script, args).output();
+/** Run `cmd` (output piped) to completion; its last stdout line as JSON. Throws with its output unless it exits 0. */
+export async function commandJson<T = Record<string, unknown>>(
+  cmd: Deno.Command,
+  what = "command",
+): Promise<T> {
+  const r = await cmd.output();
   const out = dec.decode(r.stdout);
-  if (r.code !== 0) {
-    throw new Error(`${script} ${args.join(" ")} exited ${r.code}\n${out}\n${dec.decode(r.stderr)}`);
-  }
+  if (r.code !== 0) throw new Error(`${what} exited ${r.code}\n${out}\n${dec.decode(r.stderr)}`);
   return JSON.parse(out.trim().split("\n").pop()!);
+}
+
+/** Run a task to completion; its last stdout line parsed as JSON (see {@link commandJson}). */
+export function taskJson(script: string, args: string[]): Promise<Record<string, unknown>> {
+  return commandJson(task(script, args), `${script} ${args.join(" ")}`);
 }
 
 /** A running child (stdout and stderr piped) whose output is collected; {@link Running.waitFor} a pattern. */

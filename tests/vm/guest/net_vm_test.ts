@@ -8,11 +8,9 @@ import assert from "assert";
 import { ensureBound, guestTest, LAB } from "./env.ts";
 import { NetNs, run } from "../../../lab/netns.ts";
 import { readDevice } from "../../../ffi/sysfs.ts";
-import { Running, task, taskJson } from "../../../lab/tasks.ts";
+import { commandJson, Running, task, taskJson } from "../../../lab/tasks.ts";
 
-const ROOT = new URL("../../../", import.meta.url).pathname;
 const PV = "10.0.0.2", KERNEL = "10.0.0.1";
-const dec = new TextDecoder();
 
 /** The lab's kernel peer NIC in a fresh namespace at 10.0.0.1/24; pvdrv's NIC bound to vfio-pci. */
 async function setup(): Promise<{ ns: NetNs; dev: string }> {
@@ -69,33 +67,14 @@ guestTest("net: UDP echo of 10,000 datagrams of mixed sizes each way, every byte
       task("cli/udp.ts", [PCI, "echo", "--ip", `${PV}/24`, "--count", "10000", "--json"]),
     );
     await echo.waitFor(/echoing on/);
-    const c = ns.command(Deno.execPath(), [
-      "run",
-      "-A",
-      "--no-check",
-      `${ROOT}lab/udp_peer.ts`,
-      "client",
-      KERNEL,
-      `${PV}:7`,
-      "10000",
-      "4",
-      "1472",
-    ], { stdout: "piped", stderr: "piped" });
-    const cr = await c.output();
-    assert.equal(cr.code, 0, dec.decode(cr.stderr));
-    const k = JSON.parse(dec.decode(cr.stdout).trim());
+    const k = await commandJson(
+      ns.task("lab/udp_peer.ts", ["client", KERNEL, `${PV}:7`, "10000", "4", "1472"]),
+      "the kernel's UDP client",
+    );
     assert.deepEqual([k.echoed, k.corrupt, k.lost], [10000, 0, 0], JSON.stringify(k));
     assert.equal(await echo.exit(), 0, echo.text);
     // pvdrv → kernel → pvdrv: a kernel UDP echo socket; pvdrv sends and checks every byte.
-    const peer = new Running(ns.command(Deno.execPath(), [
-      "run",
-      "-A",
-      "--no-check",
-      `${ROOT}lab/udp_peer.ts`,
-      "echo",
-      `${KERNEL}:7`,
-      "10000",
-    ], { stdout: "piped", stderr: "piped" }));
+    const peer = new Running(ns.task("lab/udp_peer.ts", ["echo", `${KERNEL}:7`, "10000"]));
     await peer.waitFor(/ready/);
     const s = await taskJson("cli/udp.ts", [
       PCI,
@@ -127,33 +106,16 @@ guestTest(
         task("cli/recv.ts", [PCI, "--udp", "9000", "--count", "2000", "--ip", `${PV}/24`, "--json"]),
       );
       await recv.waitFor(/receiving on/);
-      const sender = await ns.command(Deno.execPath(), [
-        "run",
-        "-A",
-        "--no-check",
-        `${ROOT}lab/udp_peer.ts`,
-        "send",
-        KERNEL,
-        `${PV}:9000`,
-        "2000",
-        "4",
-        "1472",
-      ], { stdout: "piped", stderr: "piped" }).output();
-      assert.equal(sender.code, 0, dec.decode(sender.stderr));
+      const sent = await commandJson(
+        ns.task("lab/udp_peer.ts", ["send", KERNEL, `${PV}:9000`, "2000", "4", "1472"]),
+        "the kernel's UDP sender",
+      );
+      assert.equal(sent.sent, 2000);
       assert.equal(await recv.exit(), 0, recv.text);
       const r = JSON.parse(recv.text.trim().split("\n").pop()!);
       assert.deepEqual([r.received, r.corrupt, r.duplicate], [2000, 0, 0], recv.text);
       // `send --udp` to a kernel socket that checks every byte.
-      const peer = new Running(ns.command(Deno.execPath(), [
-        "run",
-        "-A",
-        "--no-check",
-        `${ROOT}lab/udp_peer.ts`,
-        "recv",
-        `${KERNEL}:9001`,
-        "500",
-        "5000",
-      ], { stdout: "piped", stderr: "piped" }));
+      const peer = new Running(ns.task("lab/udp_peer.ts", ["recv", `${KERNEL}:9001`, "500", "5000"]));
       await peer.waitFor(/ready/);
       const s = await taskJson("cli/send.ts", [
         PCI,

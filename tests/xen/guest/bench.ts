@@ -10,7 +10,7 @@ import { XenbusDevice } from "../../../ffi/xenbus.ts";
 import { Evtchn, Gntalloc } from "../../../ffi/xen.ts";
 import { type Nic, type PacketBuffer, parseMac } from "../../../drivers/net/nic.ts";
 import { writeFrame } from "../../../apps/frames.ts";
-import { tick } from "../../../apps/traffic.ts";
+import { tick } from "../../../hal/event_loop.ts";
 import { XenbusState } from "../../../drivers/xen/xenbus.ts";
 
 const S = Number(Deno.env.get("PVDRV_BENCH_SECONDS") ?? 4);
