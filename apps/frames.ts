@@ -81,3 +81,108 @@ export function checkFrame(buf: Uint8Array, len: number, seqOut: Uint32Array): F
   for (let i = MIN_FRAME; i < want; i++) if (buf[i] !== ((seq * 7 + i) & 0xff)) return FrameCheck.Corrupt;
   return FrameCheck.Ok;
 }
+
+/**
+ * Flow frames: pvdrv's test frame carried in IPv4/UDP, so a device that spreads traffic by flow hash (tun's
+ * multi-queue TAP, RSS) sees distinct flows. Layout (lab/mqpeer.c speaks it): Ethernet (type 0x0800), IPv4 10.77.0.2
+ * → 10.77.0.1 (DF, TTL 64, UDP), UDP from port {@link FLOW_PORT} + flow to port 9 (checksum 0), then at
+ * {@link FLOW_HDR}: "PVDR", the sequence number, the frame length, the flow again, and byte `i` = (h * 7 + i) & 0xff
+ * where h folds every byte of the sequence number (so no flipped bit of it goes unseen).
+ * Replies swap MACs, addresses and ports: the flow is the one port at or above {@link FLOW_PORT}.
+ */
+export const FLOW_HDR = 42;
+/** UDP port of flow 0. */
+export const FLOW_PORT = 0x8000;
+/** Smallest flow frame (an Ethernet minimum frame). */
+export const MIN_FLOW_FRAME = 60;
+/** Flows available (ports FLOW_PORT..0xfffe). */
+export const MAX_FLOWS = 0x7fff;
+const GUEST_IP = [10, 77, 0, 2];
+const PEER_IP = [10, 77, 0, 1];
+
+/** The fold of `seq` the flow frame pattern starts from. */
+function seqFold(seq: number): number {
+  return (seq ^ (seq >>> 8) ^ (seq >>> 16) ^ (seq >>> 24)) & 0xff;
+}
+
+function ipHeaderSum(b: Uint8Array): number {
+  let s = 0;
+  for (let i = 14; i < 34; i += 2) s += (b[i] << 8) | b[i + 1];
+  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
+  return s;
+}
+
+/** Fill `buf[0..len)` with flow frame `seq` of `flow`, from the guest side (`src`) to `dst`. */
+export function writeFlowFrame(
+  buf: Uint8Array,
+  len: number,
+  seq: number,
+  flow: number,
+  dst: Uint8Array,
+  src: Uint8Array,
+): void {
+  if (len < MIN_FLOW_FRAME || len > buf.length) {
+    throw new RangeError(`flow frame length ${len} outside ${MIN_FLOW_FRAME}..${buf.length}`);
+  }
+  if (!(flow >= 0 && flow < MAX_FLOWS)) throw new RangeError(`flow ${flow} outside 0..${MAX_FLOWS - 1}`);
+  buf.set(dst, 0);
+  buf.set(src, 6);
+  buf[12] = 0x08;
+  buf[13] = 0;
+  buf.fill(0, 14, 34);
+  buf[14] = 0x45;
+  put16(buf, 16, len - 14);
+  buf[20] = 0x40; // DF
+  buf[22] = 64;
+  buf[23] = 17;
+  for (let i = 0; i < 4; i++) buf[26 + i] = GUEST_IP[i], buf[30 + i] = PEER_IP[i];
+  put16(buf, 24, ~ipHeaderSum(buf) & 0xffff);
+  put16(buf, 34, FLOW_PORT + flow);
+  put16(buf, 36, 9);
+  put16(buf, 38, len - 34);
+  put16(buf, 40, 0);
+  buf[42] = MAGIC >>> 24;
+  buf[43] = (MAGIC >>> 16) & 0xff;
+  buf[44] = (MAGIC >>> 8) & 0xff;
+  buf[45] = MAGIC & 0xff;
+  put16(buf, 46, seq >>> 16);
+  put16(buf, 48, seq & 0xffff);
+  put16(buf, 50, len);
+  put16(buf, 52, flow);
+  const h = seqFold(seq);
+  for (let i = FLOW_HDR + 12; i < len; i++) buf[i] = patternByte(h, i);
+}
+
+function put16(b: Uint8Array, at: number, v: number): void {
+  b[at] = (v >>> 8) & 0xff;
+  b[at + 1] = v & 0xff;
+}
+
+function get16(b: Uint8Array, at: number): number {
+  return (b[at] << 8) | b[at + 1];
+}
+
+/**
+ * Check flow frame `buf[0..len)` (either direction); its sequence number goes to `out[0]` and its flow to `out[1]`.
+ * A frame that is not a flow frame is Foreign; one with a wrong length, IPv4 checksum or byte is Corrupt.
+ */
+export function checkFlowFrame(buf: Uint8Array, len: number, out: Uint32Array): FrameCheck {
+  if (len < MIN_FLOW_FRAME || get16(buf, 12) !== 0x0800 || buf[14] !== 0x45 || buf[23] !== 17) {
+    return FrameCheck.Foreign;
+  }
+  if (((buf[42] << 24) | (buf[43] << 16) | (buf[44] << 8) | buf[45]) >>> 0 !== MAGIC) {
+    return FrameCheck.Foreign;
+  }
+  if (get16(buf, 50) !== len || get16(buf, 16) !== len - 14 || get16(buf, 38) !== len - 34) {
+    return FrameCheck.Corrupt;
+  }
+  if (ipHeaderSum(buf) !== 0xffff) return FrameCheck.Corrupt;
+  const sport = get16(buf, 34), dport = get16(buf, 36);
+  const [port, other] = sport >= FLOW_PORT ? [sport, dport] : [dport, sport];
+  if (other !== 9 || get16(buf, 40) !== 0 || port - FLOW_PORT !== get16(buf, 52)) return FrameCheck.Corrupt;
+  const seq = ((get16(buf, 46) << 16) | get16(buf, 48)) >>> 0, h = seqFold(seq);
+  for (let i = FLOW_HDR + 12; i < len; i++) if (buf[i] !== patternByte(h, i)) return FrameCheck.Corrupt;
+  out[0] = seq;
+  out[1] = port - FLOW_PORT;
+  return FrameCheck.Ok;
+}

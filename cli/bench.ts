@@ -20,14 +20,16 @@ import { intArg, parse, runMain, UsageError } from "./common.ts";
 import { runInGuest } from "../lab/qemu.ts";
 
 const USAGE =
-  `usage: deno task bench [--in-process | --vm | --net | --xen] [--quick] [--json FILE.json] [--seconds N]
+  `usage: deno task bench [--in-process | --vm | --net | --mq | --xen] [--quick] [--json FILE.json] [--seconds N]
   --in-process   only the in-process driver cost
   --vm           only the VM lab: pvdrv vs DPDK testpmd vs the guest kernel on one NIC, one boot (≈ 8 min)
   --net          only the network host: ping RTT, UDP echo and HTTP requests/s, pvdrv vs the kernel's driver on
                  one NIC, one boot (≈ 3 min)
+  --mq           only multi-queue scaling: pvdrv with 1, 2 and 4 queue pairs on a multi-queue TAP NIC whose host
+                 side lives in a namespace made for the run, one boot (≈ 1 min)
   --xen          only the Xen lab comparison with the domU kernel's xen-netfront (boots the whole lab, ≈ 2 min)
   --quick        VM lab: one frame size and batch, short windows (checks the machinery, ≈ 2 min)
-  --json FILE    VM lab: write the results to FILE.json and a plot to FILE.svg
+  --json FILE    VM lab: write the results to FILE.json and a plot to FILE.svg (--net, --mq: FILE.json only)
   --seconds N    length of each Xen step (default 4)`;
 
 /** The in-process benchmarks (bench/*.bench.ts, Deno.bench with a baseline per group), in a child `deno bench`. */
@@ -44,14 +46,15 @@ await runMain(USAGE, async () => {
     vm: { type: "boolean" },
     xen: { type: "boolean" },
     net: { type: "boolean" },
+    mq: { type: "boolean" },
     quick: { type: "boolean" },
     json: { type: "string" },
     seconds: { type: "string" },
     help: { type: "boolean", short: "h" },
   }, false);
   if (values.help) return void console.log(USAGE);
-  if ([values["in-process"], values.vm, values.xen, values.net].filter(Boolean).length > 1) {
-    throw new UsageError("--in-process, --vm, --net and --xen each select one part: give at most one");
+  if ([values["in-process"], values.vm, values.xen, values.net, values.mq].filter(Boolean).length > 1) {
+    throw new UsageError("--in-process, --vm, --net, --mq and --xen each select one part: give at most one");
   }
   if (values.json !== undefined && !values.json.endsWith(".json")) {
     throw new UsageError(
@@ -61,6 +64,7 @@ await runMain(USAGE, async () => {
   const seconds = intArg("seconds", values.seconds, XEN_BENCH_SECONDS, 2, 600);
   if (values.xen) return await xenBench(seconds);
   if (values.net) return await netBench(values.json);
+  if (values.mq) return await mqBench(values.json);
   if (!values.vm) {
     console.log(
       "== in-process (bench/: the driver against the device model, beside a copy-loop baseline) ==",
@@ -128,6 +132,58 @@ async function netBench(json: string | undefined): Promise<number> {
     throw new Error(`the network benchmark failed in the guest (exit ${r.code}):\n${r.output.slice(-3000)}`);
   }
   console.log(netTable(rows));
+  if (json) {
+    Deno.writeTextFileSync(json, JSON.stringify(rows, null, 1) + "\n");
+    console.log(`wrote ${json}`);
+  }
+  return 0;
+}
+
+/** One queue count's result from cli/bench_mq_guest.ts. */
+interface MqRow {
+  queues: number;
+  tx: { median: number; min: number; max: number };
+  rx: { median: number; min: number; max: number };
+  rxPerQueue: number[];
+}
+
+/** The scaling table: frames/s per queue count, and the gain over one queue pair. */
+function mqTable(rows: MqRow[]): string {
+  const one = rows.find((r) => r.queues === 1);
+  const k = (x: number) => `${(x / 1000).toFixed(1)}k`;
+  const cell = (c: MqRow["tx"]) => `${k(c.median)} (${k(c.min)}–${k(c.max)})`;
+  const gain = (x: number, base?: number) => (base ? `${(x / base).toFixed(2)}×` : "–");
+  return [
+    "| queue pairs | TX 64 B, counted by the host's TAP | vs 1 pair | RX 64 B, 64 flows | vs 1 pair | RX frames per queue |",
+    "|---:|---|---:|---|---:|---|",
+    ...rows.map((r) =>
+      `| ${r.queues} | ${cell(r.tx)} | ${gain(r.tx.median, one?.tx.median)} | ${cell(r.rx)} | ` +
+      `${gain(r.rx.median, one?.rx.median)} | ${r.rxPerQueue.map(k).join(" / ")} |`
+    ),
+  ].join("\n");
+}
+
+async function mqBench(json: string | undefined): Promise<number> {
+  console.log(
+    "\n== multi-queue, one boot, NIC 0000:00:0a.0 (4 queue pairs on a multi-queue TAP in a namespace made for the " +
+      "run): pvdrv with 1, 2 and 4 pairs, one thread; medians of 3 one-second windows (min–max) ==",
+  );
+  const rows: MqRow[] = [];
+  const r = await runInGuest("deno run -A --no-check cli/bench_mq_guest.ts", {
+    timeoutSec: 600,
+    multiQueueTap: true,
+    onLine: (l) => {
+      const m = l.match(/PVDRV-MQBENCH (\{.*\})/);
+      if (m) rows.push(JSON.parse(m[1]));
+      else console.log(l);
+    },
+  });
+  if (r.code !== 0) {
+    throw new Error(
+      `the multi-queue benchmark failed in the guest (exit ${r.code}):\n${r.output.slice(-3000)}`,
+    );
+  }
+  console.log(mqTable(rows));
   if (json) {
     Deno.writeTextFileSync(json, JSON.stringify(rows, null, 1) + "\n");
     console.log(`wrote ${json}`);

@@ -11,6 +11,7 @@ export async function runLabCommand(cmd: string, opts: LabOptions): Promise<numb
     console.error(
       `lab: boot ${r.bootSeconds.toFixed(1)} s, command ${r.commandSeconds.toFixed(1)} s, exit ${r.code}`,
     );
+    if (r.mqPeer) console.error(`lab: multi-queue TAP peer counted ${JSON.stringify(r.mqPeer)}`);
     return r.code;
   } catch (e) {
     if (e instanceof LabError) {

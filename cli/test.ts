@@ -107,6 +107,15 @@ async function xen(): Promise<{ ok: boolean; t: Tally }> {
   }
 }
 
+/** What a guest test told the host to expect from its peer, or null when the test did not run (filtered). */
+function readExpect(path: string): { valid: number } | null {
+  try {
+    return JSON.parse(Deno.readTextFileSync(path));
+  } catch {
+    return null;
+  }
+}
+
 async function vm(filter?: string): Promise<{ ok: boolean; t: Tally }> {
   const f = filter ? ` --filter '${filter.replaceAll("'", "")}'` : "";
   // The host side of 0000:00:06.0: reflects pvdrv frames and checks each one here, outside the guest.
@@ -120,6 +129,7 @@ async function vm(filter?: string): Promise<{ ok: boolean; t: Tally }> {
       {
         hostPeerPort: host.port,
         guestPortForHost: host.guestPort,
+        multiQueueTap: true,
       },
     );
     console.log(`lab: boot ${r.bootSeconds.toFixed(1)} s, tests ${r.commandSeconds.toFixed(1)} s`);
@@ -130,10 +140,7 @@ async function vm(filter?: string): Promise<{ ok: boolean; t: Tally }> {
     let ok = r.code === 0;
     if (!ok && t.failed === 0) t.failed = 1; // a crash without a summary still fails
     // Host-side verdict of the host-peer test: the guest says how many frames it sent, the host counted them.
-    let expect: { valid: number } | null = null;
-    try {
-      expect = JSON.parse(Deno.readTextFileSync(`${r.outDir}/host-peer-expect.json`));
-    } catch { /* the test did not run (filtered) */ }
+    const expect = readExpect(`${r.outDir}/host-peer-expect.json`);
     if (expect) {
       const h = host.reflected;
       const good = h.valid === expect.valid && h.corrupt === 0 && h.sendErrors === 0;
@@ -142,6 +149,21 @@ async function vm(filter?: string): Promise<{ ok: boolean; t: Tally }> {
           good ? "ok" : "FAILED"
         } — verified ${h.valid} of ${expect.valid} frames from the guest, ` +
           `${h.corrupt} corrupt, ${h.foreign} other, ${h.sendErrors} send errors`,
+      );
+      if (good) t.passed++;
+      else {
+        t.failed++;
+        ok = false;
+      }
+    }
+    // Host-side verdict of the multi-queue test: lab/mqpeer.c in the run's namespace counted what the guest sent.
+    const mq = readExpect(`${r.outDir}/mq-expect.json`);
+    if (mq) {
+      const m = r.mqPeer!;
+      const good = m.valid === mq.valid && m.corrupt === 0;
+      console.log(
+        `multi-queue TAP peer: ${good ? "ok" : "FAILED"} — verified ${m.valid} of ${mq.valid} flow frames, ` +
+          `${m.corrupt} corrupt, ${m.foreign} other, reflected ${m.reflected}, blasted ${m.blasted}`,
       );
       if (good) t.passed++;
       else {

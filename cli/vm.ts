@@ -8,9 +8,11 @@ import { runLabCommand } from "./lab_command.ts";
 import { buildGuest, ensureQemu } from "../lab/guest_image.ts";
 import { intArg, parse, runMain, UsageError } from "./common.ts";
 
-const USAGE = `usage: deno task vm [--timeout SEC] [--memory MIB] -- <command...>
+const USAGE = `usage: deno task vm [--timeout SEC] [--memory MIB] [--mq] -- <command...>
        deno task vm --build          build (or check) the guest image only
   Boots the QEMU lab (VFIO-capable virtio-net NICs, see README) and runs <command> in /pvdrv.
+  --mq adds 0000:00:0a.0, 4 queue pairs on a multi-queue TAP device in a network namespace made for the run,
+  answered there by lab/mqpeer.c (whose counters are printed at the end).
   examples:  deno task vm -- deno task probe
              deno task vm -- true`;
 
@@ -19,6 +21,7 @@ await runMain(USAGE, async () => {
     timeout: { type: "string" },
     memory: { type: "string" },
     build: { type: "boolean" },
+    mq: { type: "boolean" },
     rebuild: { type: "boolean" },
     help: { type: "boolean", short: "h" },
   });
@@ -41,5 +44,5 @@ await runMain(USAGE, async () => {
   const args = positionals[0] === "--" ? positionals.slice(1) : positionals;
   if (!args.length) throw new UsageError("no command given");
   const cmd = args.length === 1 ? args[0] : args.map(shellQuote).join(" ");
-  return await runLabCommand(cmd, { timeoutSec, memoryMb });
+  return await runLabCommand(cmd, { timeoutSec, memoryMb, multiQueueTap: values.mq });
 });

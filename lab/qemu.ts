@@ -8,13 +8,17 @@
  *  - 0000:00:06.0 modern virtio-net (iommu_platform, for VFIO)  ⇄  a UDP socket on the host (the host peer)
  *  - 0000:00:07.0 transitional virtio-net (legacy I/O BAR, UIO) ⇄  0000:00:08.0 virtio-net driven by the guest kernel
  *  - 0000:00:09.0 modern virtio-net (iommu_platform, for VFIO)  ⇄  a second UDP port on the host (forwarding out)
- * Every link is `-netdev dgram` on 127.0.0.1; no other address is used.
+ *  - 0000:00:0a.0 (with `multiQueueTap`) modern virtio-net, 4 queue pairs  ⇄  a multi-queue TAP device in a network
+ *    namespace made for the run, where lab/mqpeer.c answers (lab/tapfds.c creates the TAP there and starts QEMU)
+ * Every other link is `-netdev dgram` on 127.0.0.1; no other address is used, and the host's own network
+ * namespace gets no device.
  * @module
  */
 import { PvdrvError } from "../hal/errors.ts";
 import { buildNative, isStale } from "../ffi/lib.ts";
 import { buildGuest, ensureCompiler, ensureQemu, type GuestImage, VM_DIR } from "./guest_image.ts";
 import { checkFrame, FrameCheck } from "../apps/frames.ts";
+import { NetNs } from "./netns.ts";
 
 /** The host peer's MAC (locally administered). */
 export const HOST_MAC = new Uint8Array([0x02, 0, 0, 0, 0, 0xfe]);
@@ -29,7 +33,13 @@ export const LAB = {
   uioKernelPeer: { pci: "0000:00:07.0", mac: "52:54:00:12:34:04" },
   uioPeer: { pci: "0000:00:08.0", mac: "52:54:00:12:34:05" },
   vfioForwardOut: { pci: "0000:00:09.0", mac: "52:54:00:12:34:06" },
+  multiQueueTap: { pci: "0000:00:0a.0", mac: "52:54:00:12:34:07" },
 } as const;
+
+/** Queue pairs of the multi-queue TAP NIC (0000:00:0a.0). */
+export const MQ_QUEUES = 4;
+/** The TAP device's name inside the run's namespace. */
+const MQ_TAP = "pvmq0";
 
 /** Options for {@link runInGuest}. */
 export interface LabOptions {
@@ -49,6 +59,31 @@ export interface LabOptions {
   files?: Record<string, string | Uint8Array>;
   /** Told the run's /out folder before boot. */
   onOutDir?: (dir: string) => void;
+  /**
+   * Add 0000:00:0a.0 on a multi-queue TAP device in a network namespace made for the run, answered there by
+   * lab/mqpeer.c (needs root, `unshare` and `ip`). Its counters come back in {@link LabRun.mqPeer}.
+   */
+  multiQueueTap?: boolean;
+}
+
+/** What lab/mqpeer.c counted on the multi-queue TAP link over the whole run. */
+export interface MqPeerCounts {
+  /** Flow frames from the guest with every byte right. */
+  valid: number;
+  /** Flow frames from the guest with a wrong length, checksum or byte. */
+  corrupt: number;
+  /** Other frames from the guest. */
+  foreign: number;
+  /** Bytes of the valid frames. */
+  bytes: number;
+  /** Frames sent back. */
+  reflected: number;
+  /** Frames blasted on request. */
+  blasted: number;
+  /** Frames the TAP device refused. */
+  dropped: number;
+  /** Flow frames the peer's socket lost (not read in time, or not read at all while listening is off). */
+  socketDrops: number;
 }
 
 /** The result of one lab run. */
@@ -65,6 +100,8 @@ export interface LabRun {
   commandSeconds: number;
   /** The guest image used. */
   image: GuestImage;
+  /** The multi-queue TAP peer's counters (with `multiQueueTap`). */
+  mqPeer?: MqPeerCounts;
 }
 
 /** A lab failure that is not the command's own exit status (boot, modules, timeout). */
@@ -130,10 +167,12 @@ export async function runQemu(
   args: string[],
   timeoutSec: number,
   onLine: (line: string) => void,
+  launcher: string[] = [],
 ): Promise<{ status: Deno.CommandStatus; stderr: string; timedOut: boolean }> {
   const serialConsole = ["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"];
-  const child = new Deno.Command("qemu-system-x86_64", {
-    args: [...serialConsole, ...args],
+  const [cmd, ...pre] = [...launcher, "qemu-system-x86_64"];
+  const child = new Deno.Command(cmd, {
+    args: [...pre, ...serialConsole, ...args],
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -160,6 +199,48 @@ export async function runQemu(
   const status = await child.status;
   clearTimeout(timer);
   return { status, stderr: (await stderrP).trim(), timedOut };
+}
+
+/** The run's network namespace, its multi-queue TAP peer and QEMU's launcher (lab/tapfds.c). */
+async function startMqTap(): Promise<
+  { launcher: string[]; args: string[]; finish(): Promise<MqPeerCounts> }
+> {
+  const ns = await NetNs.create();
+  try {
+    const tapfds = buildLabTool("tapfds");
+    const peer = ns.command(buildLabTool("mqpeer"), [MQ_TAP], {
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    })
+      .spawn();
+    const out = new Response(peer.stdout).text();
+    const err = new Response(peer.stderr).text();
+    return {
+      launcher: [tapfds, String(ns.pid), MQ_TAP, String(MQ_QUEUES)],
+      args: [
+        "-netdev",
+        "tap,id=mq,fds=@FDS@,vhost=off",
+        "-device",
+        `virtio-net-pci,netdev=mq,addr=a.0,mac=${LAB.multiQueueTap.mac},mq=on,vectors=${2 * MQ_QUEUES + 2},` +
+        "disable-legacy=on,iommu_platform=on,romfile=",
+      ],
+      async finish() {
+        try {
+          await peer.stdin.close();
+          const [{ code }, text, e] = await Promise.all([peer.status, out, err]);
+          const last = text.trim().split("\n").at(-1) ?? "";
+          if (code !== 0 || !last.startsWith("{")) throw new LabError(`mqpeer failed (${code}): ${e.trim()}`);
+          return JSON.parse(last) as MqPeerCounts;
+        } finally {
+          await ns.close();
+        }
+      },
+    };
+  } catch (e) {
+    await ns.close();
+    throw e;
+  }
 }
 
 /** Boot the lab, run `command` (a shell command line) in /pvdrv, power off. */
@@ -224,6 +305,8 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
     ...dgram("n5", e, opts.forwardSinkPort ?? freeUdpPort()),
     ...nic("n5", 9, LAB.vfioForwardOut.mac, modern),
   ]; // deno-fmt-ignore
+  const mq = opts.multiQueueTap ? await startMqTap() : null;
+  if (mq) args.push(...mq.args);
   const t0 = performance.now();
   const timeoutSec = opts.timeoutSec ?? 900;
   const onLine = opts.onLine ?? ((l: string) => console.log(l));
@@ -252,7 +335,13 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
       before.push(line);
     }
   };
-  const { status, stderr, timedOut } = await runQemu(args, timeoutSec, handle);
+  let qemu: Awaited<ReturnType<typeof runQemu>>, mqPeer: MqPeerCounts | undefined;
+  try {
+    qemu = await runQemu(args, timeoutSec, handle, mq?.launcher);
+  } finally {
+    mqPeer = await mq?.finish();
+  }
+  const { status, stderr, timedOut } = qemu;
   const tail = (l: string[]) => l.slice(-40).join("\n");
   if (problems.length) {
     throw new LabError(`guest setup failed:\n  ${problems.join("\n  ")}\n--- console ---\n${tail(before)}`);
@@ -278,6 +367,7 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
     bootSeconds: (tBegin - t0) / 1000,
     commandSeconds: (tEnd - tBegin) / 1000,
     image,
+    mqPeer,
   };
 }
 

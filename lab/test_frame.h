@@ -12,18 +12,18 @@
 #define ETHERTYPE_PVDRV 0x88b5
 #define MAGIC 0x50564452u
 
-static double now(void) {
+static inline double now(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
   return t.tv_sec + t.tv_nsec / 1e9;
 }
 
-static void die(const char *what) {
+static inline void die(const char *what) {
   fprintf(stderr, TOOL ": %s: %s\n", what, strerror(errno));
   exit(2);
 }
 
-static void write_frame(unsigned char *b, int len, uint32_t seq, const unsigned char *dst, const unsigned char *src) {
+static inline void write_frame(unsigned char *b, int len, uint32_t seq, const unsigned char *dst, const unsigned char *src) {
   memcpy(b, dst, 6);
   memcpy(b + 6, src, 6);
   b[12] = ETHERTYPE_PVDRV >> 8;
