@@ -3,7 +3,10 @@
  * NIC whose host side, lab/mqpeer.c, lives in a namespace made for the run) opened by pvdrv with 1, 2 and 4 queue
  * pairs, one thread serving every queue. TX: 64-byte flow frames, batches of 32 round-robin over the queues (16
  * flows per queue), counted by the host peer. RX: the peer floods 64 flows at the NIC and tun spreads them over
- * the queues the device enabled; counted by the receiver. Prints one "PVDRV-MQBENCH {json}" line per queue count.
+ * the queues the device enabled; counted by the receiver. Then the guest kernel's virtio_net on the same NIC with
+ * its default of 2 queue pairs (one per vCPU) as the reference: TX from `pvpeer txrate` (AF_PACKET, one flow)
+ * counted by the host's TAP, RX counted by the interface. Prints one "PVDRV-MQBENCH {json}" line per driver and
+ * queue count.
  * @module
  */
 import { checkFlowFrame, FrameCheck, writeFlowFrame } from "../apps/frames.ts";
@@ -13,6 +16,8 @@ import { bindDevice } from "../drivers/pci/bind.ts";
 import { VfioPciFunction } from "../ffi/pci.ts";
 import { MqPeerClient } from "../lab/mq_peer.ts";
 import { LAB, MQ_QUEUES } from "../lab/qemu.ts";
+import { kernelInterface, Peer } from "../lab/kernel_peer.ts";
+import { macToString } from "../drivers/net/nic.ts";
 
 const WARMUP_S = Number(Deno.env.get("PVDRV_MQBENCH_WARMUP") ?? 3);
 const WINDOW_S = Number(Deno.env.get("PVDRV_MQBENCH_WINDOW") ?? 1);
@@ -115,22 +120,72 @@ async function rxRates(nic: VirtioNet, peer: MqPeerClient): Promise<{ rates: num
   return { rates, perQueue };
 }
 
-bindDevice(LAB.multiQueueTap.pci, "vfio-pci", { force: true });
-for (const queues of [1, 2, MQ_QUEUES]) {
-  const nic = VirtioNet.openPci(VfioPciFunction.open(LAB.multiQueueTap.pci), {
-    ownsPci: true,
-    queuePairs: queues,
-  });
+const PCI = LAB.multiQueueTap.pci;
+const openNic = (queuePairs: number) =>
+  VirtioNet.openPci(VfioPciFunction.open(PCI), { ownsPci: true, queuePairs });
+
+/** With pvdrv on the NIC: `fn` (which may talk to the peer), then close it. */
+async function withPvdrv<T>(
+  queuePairs: number,
+  fn: (nic: VirtioNet, peer: MqPeerClient) => Promise<T>,
+): Promise<T> {
+  bindDevice(PCI, "vfio-pci", { force: true });
+  const nic = openNic(queuePairs);
   try {
-    const peer = new MqPeerClient(nic);
-    const t = await txRates(nic, peer), tx = spread(t.rates), txSent = spread(t.sent);
-    const rx = await rxRates(nic, peer);
-    console.log(
-      `PVDRV-MQBENCH ${
-        JSON.stringify({ queues, tx, txSent, rx: spread(rx.rates), rxPerQueue: rx.perQueue })
-      }`,
-    );
+    return await fn(nic, new MqPeerClient(nic));
   } finally {
     await nic.close();
   }
 }
+
+/** The guest kernel's virtio_net on the NIC (pvdrv tells the peer what to do before and after). */
+async function kernelRates(): Promise<{ tx: number[]; rx: number[]; queues: number }> {
+  const before = await withPvdrv(1, (_, peer) => peer.stats());
+  bindDevice(PCI, "kernel", { force: true });
+  let k = await kernelInterface(PCI);
+  const tx = await new Peer([
+    "txrate",
+    k.name,
+    String(WINDOWS * WINDOW_S),
+    String(SIZE),
+    macToString(before.mac),
+  ])
+    .result();
+  const after = await withPvdrv(1, async (_, peer) => {
+    const s = await peer.stats();
+    await peer.command(`blast 1000000000 64 100 ${SIZE} 0`);
+    return s;
+  });
+  bindDevice(PCI, "kernel", { force: true });
+  k = await kernelInterface(PCI);
+  const counter = `/sys/class/net/${k.name}/statistics/rx_packets`;
+  const read = () => Number(Deno.readTextFileSync(counter));
+  await new Promise((r) => setTimeout(r, WARMUP_S * 1000));
+  const rx: number[] = [];
+  for (let w = 0; w < WINDOWS; w++) {
+    const n0 = read(), t0 = performance.now();
+    await new Promise((r) => setTimeout(r, WINDOW_S * 1000));
+    rx.push((read() - n0) / ((performance.now() - t0) / 1000));
+  }
+  // The queue pairs the kernel enabled (/sys/class/net/X/queues has one rx-N per pair in use).
+  const queues =
+    [...Deno.readDirSync(`/sys/class/net/${k.name}/queues`)].filter((e) => e.name.startsWith("rx-"))
+      .length;
+  await withPvdrv(1, (_, peer) => peer.command("blast 0 1 0 60 0"));
+  return { tx: [(after.tapRx - before.tapRx) / tx.seconds], rx, queues };
+}
+
+for (const queues of [1, 2, MQ_QUEUES]) {
+  const row = await withPvdrv(queues, async (nic, peer) => {
+    const t = await txRates(nic, peer);
+    const rx = await rxRates(nic, peer);
+    return { tx: spread(t.rates), txSent: spread(t.sent), rx: spread(rx.rates), rxPerQueue: rx.perQueue };
+  });
+  console.log(`PVDRV-MQBENCH ${JSON.stringify({ driver: "pvdrv", queues, ...row })}`);
+}
+const kr = await kernelRates();
+console.log(
+  `PVDRV-MQBENCH ${
+    JSON.stringify({ driver: "kernel", queues: kr.queues, tx: spread(kr.tx), rx: spread(kr.rx) })
+  }`,
+);

@@ -48,9 +48,14 @@ export class MqPeerClient {
     f.data[13] = MQ_CTRL_ETHERTYPE & 0xff;
     f.data.set(text, 14);
     f.length = Math.max(60, 14 + text.length + 1);
-    if (this.nic.sendBatch(b, 1, 0) !== 1) {
-      this.nic.release(b, 1, 0);
-      throw new Error("mqpeer: the TX ring took no control frame");
+    // The ring may still be full of a flood's frames: wait for the device to complete some.
+    for (let i = 0; this.nic.sendBatch(b, 1, 0) !== 1; i++) {
+      if (i === 1000) {
+        this.nic.release(b, 1, 0);
+        throw new Error("mqpeer: the TX ring took no control frame in a second");
+      }
+      this.nic.reclaimTx(0);
+      await new Promise((r) => setTimeout(r, 1));
     }
     this.sent++;
   }
