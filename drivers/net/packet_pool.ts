@@ -209,9 +209,13 @@ export class PacketPool {
  * retired ones included: a buffer held across a close or a reconnect goes back to its retired pool).
  */
 export function releaseOwned(pkts: PacketBuffer[], n: number, owned: WeakSet<PacketPool>, nic: string): void {
+  let checked: PacketPool | null = null; // a batch comes from one pool: one WeakSet lookup per pool change
   for (let i = 0; i < n; i++) {
     const b = pkts[i], p = b.pool;
-    if (!owned.has(p)) throw new PvdrvError("nic", `${nic}: buffer from pool ${p.name} is not ours`);
+    if (p !== checked) {
+      if (!owned.has(p)) throw new PvdrvError("nic", `${nic}: buffer from pool ${p.name} is not ours`);
+      checked = p;
+    }
     p.put(b, "app");
   }
 }

@@ -113,6 +113,11 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
   readonly features: bigint;
   /** virtio_net_hdr length: 12 with VERSION_1 or MRG_RXBUF, else 10. */
   readonly hdrLen: number;
+  /** Whether the device completes TX checksums (VIRTIO_NET_F_CSUM negotiated). */
+  readonly txChecksum: boolean;
+  // Feature tests the hot paths need, as plain values (a BigInt `&` allocates).
+  readonly #mergeable: boolean;
+  readonly #rxFlagMask: number;
   readonly #bus: VirtioBus;
   readonly #t: VirtioTransport;
   readonly #irqMode: IrqMode;
@@ -171,6 +176,9 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
       const irqs = bus.irqs(this.#irqMode, this.#irqMode === "msix" ? 1 + wantPairs : 1);
       this.features = this.#negotiate(opts.disable ?? 0n);
       this.hdrLen = netHdrLen((this.features & (F.VERSION_1 | NET_F.MRG_RXBUF)) !== 0n);
+      this.txChecksum = (this.features & NET_F.CSUM) !== 0n;
+      this.#mergeable = (this.features & NET_F.MRG_RXBUF) !== 0n;
+      this.#rxFlagMask = this.features & NET_F.GUEST_CSUM ? HDR_RX_FLAGS : 0;
       const cfg = this.#readNetConfig();
       this.mac = cfg.mac;
       this.maxFrame = maxFrameFor(cfg.mtu, SLOT - this.hdrLen);
@@ -309,11 +317,6 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
     }
   }
 
-  /** Whether the device completes TX checksums (VIRTIO_NET_F_CSUM negotiated). */
-  get txChecksum(): boolean {
-    return (this.features & NET_F.CSUM) !== 0n;
-  }
-
   /** Names of the negotiated features. */
   featureNames(): string[] {
     return featureNames(this.features);
@@ -367,9 +370,9 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
 
   /** Receive (§5.1.6.4): pop used buffers, check each frame's length and num_buffers, deliver or drop. */
   protected collect(p: VirtioNetPair, out: PacketBuffer[], max: number): void {
-    const vq = p.rx, hdr = this.hdrLen, mrg = (this.features & NET_F.MRG_RXBUF) !== 0n;
+    const vq = p.rx, hdr = this.hdrLen, mrg = this.#mergeable;
     const u16 = p.rxPool.u16, bytes = p.rxPool.bytes, maxLen = hdr + this.maxFrame;
-    const flagMask = this.features & NET_F.GUEST_CSUM ? HDR_RX_FLAGS : 0;
+    const flagMask = this.#rxFlagMask;
     let n = vq.pending(), k = 0;
     while (n > 0 && k < max) {
       n--;
@@ -422,7 +425,7 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
 
   /** Transmit (§5.1.6.2): header in the slot's headroom, one descriptor per frame, one doorbell per batch. */
   protected post(p: VirtioNetPair, pkts: PacketBuffer[], n: number): number {
-    const vq = p.tx, hdr = this.hdrLen, u16 = p.txPool.u16, csum = (this.features & NET_F.CSUM) !== 0n;
+    const vq = p.tx, hdr = this.hdrLen, u16 = p.txPool.u16, csum = this.txChecksum;
     vq.verify(); // a broken or lying queue refuses before it takes any buffer
     if (vq.freeCount < n) this.reclaim(p);
     let k = 0;

@@ -128,7 +128,7 @@ export class SplitQueue {
   #setDesc(i: number, addr: number, len: number, flags: number, next: number): void {
     const d = this.#desc, o = i << 2;
     d[o] = addr >>> 0;
-    d[o + 1] = (addr / 0x1_0000_0000) >>> 0;
+    d[o + 1] = addr > 0xffff_ffff ? (addr / 0x1_0000_0000) >>> 0 : 0;
     d[o + 2] = len;
     d[o + 3] = flags | (next << 16);
   }
