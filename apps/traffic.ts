@@ -179,7 +179,7 @@ export interface RecvOptions {
   firstSeq?: number;
   /** Queue pair. */
   queue?: number;
-  /** Wait for interrupts instead of busy-polling. */
+  /** Sleep on the interrupt in this thread (`Nic.sleepRx`, in slices) instead of busy-polling. */
   interrupts?: boolean;
   /** Capture every frame. */
   pcap?: PcapWriter;
@@ -220,20 +220,24 @@ export async function receive(nic: Nic, o: RecvOptions): Promise<RecvResult> {
   const out: PacketBuffer[] = new Array(64);
   const seqBox = new Uint32Array(1);
   let ok = 0, corrupt = 0, foreign = 0, dup = 0, bytes = 0, waits = 0, empty = 0, handled = 0;
-  let tFirst = 0, tLast = performance.now();
+  let tFirst = 0, tLast = performance.now(), progressed = false;
   const every = o.progressEvery ?? 0;
   while ((o.count === 0 || ok < o.count) && !o.stop?.()) {
     const n = nic.receiveBatch(out, 64, q);
     if (n === 0) {
-      if (performance.now() - tLast > o.idleTimeoutMs) break;
+      const idle = performance.now() - tLast;
+      if (idle > o.idleTimeoutMs) break;
       if (o.interrupts) {
-        const left = o.idleTimeoutMs - (performance.now() - tLast);
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        const woke = nic.waitRx(q);
-        woke.catch(() => {}); // if the timeout wins and the NIC closes, the abandoned wait rejects
-        await Promise.race([woke, new Promise<void>((r) => timer = setTimeout(r, Math.max(1, left)))]);
-        clearTimeout(timer);
+        // Acknowledgements written by onProgress go out before this thread sleeps (a windowed sender waits on them).
+        if (progressed) {
+          progressed = false;
+          await tick();
+          continue;
+        }
+        // Sleep in poll() on the interrupt in this thread (no thread-pool hop, no promise per wait), one slice at a
+        // time; a slice that ends without an interrupt lets the event loop run.
         waits++;
+        if (!nic.sleepRx(Math.min(SLEEP_SLICE_MS, Math.max(1, o.idleTimeoutMs - idle)), q)) await tick();
       } else if (++empty % 64 === 0) await tick();
       continue;
     }
@@ -251,7 +255,10 @@ export async function receive(nic: Nic, o: RecvOptions): Promise<RecvResult> {
         if (o.count) seen[rel] = 1;
         ok++;
         bytes += b.length;
-        if (every && ok % every === 0) o.onProgress?.(ok);
+        if (every && ok % every === 0) {
+          o.onProgress?.(ok);
+          progressed = true;
+        }
       }
       o.onFrame?.(b, c, seqBox[0]);
     }

@@ -7,7 +7,7 @@ import { type HostSample, summarize, windowRates } from "../../lab/host_traffic.
 import { markdownTables, svgPlot } from "../../lab/bench_report.ts";
 import type { VmBenchResult } from "../../lab/vm_bench.ts";
 import { FULL_PLAN } from "../../lab/bench_plan.ts";
-import { countFrames, forward, generate } from "../../apps/traffic.ts";
+import { countFrames, forward, generate, receive } from "../../apps/traffic.ts";
 import { checkFrame, FrameCheck, writeFrame } from "../../apps/frames.ts";
 import { VirtioNet } from "../../drivers/virtio/net.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
@@ -130,6 +130,35 @@ Deno.test("countFrames: counts every frame at its marks, polling and on interrup
       clearInterval(feeder);
       await nic.close();
     }
+  }
+});
+
+Deno.test("receive on interrupts sleeps in this thread (sleepRx), woken by the vector, and flushes acks first", async () => {
+  const model = new VirtioNetModel();
+  const nic = VirtioNet.openPci(model.pci(), { irq: "msix" });
+  let delivered = 0, acked = 0;
+  // The device delivers only while the driver sleeps on the vector, and only once the last ack went out.
+  model.vectors[model.queue(0).vector].whileBlocked = () => {
+    if (delivered - acked >= 10) return;
+    for (let i = 0; i < 5 && delivered < 100; i++) {
+      delivered += model.deliver(frame(delivered, nic.mac)) ? 1 : 0;
+    }
+  };
+  try {
+    const r = await receive(nic, {
+      count: 100,
+      idleTimeoutMs: 2000,
+      interrupts: true,
+      progressEvery: 5,
+      onProgress: (ok) => queueMicrotask(() => acked = ok), // delivered when the loop yields
+    });
+    assert.deepEqual({ received: r.received, corrupt: r.corrupt }, { received: 100, corrupt: 0 });
+    assert.ok(
+      r.waits >= 10 && nic.stats()[0].interrupts >= 10,
+      `waits ${r.waits}, ${nic.stats()[0].interrupts}`,
+    );
+  } finally {
+    await nic.close();
   }
 });
 
