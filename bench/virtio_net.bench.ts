@@ -2,7 +2,8 @@
  * In-process cost of virtio-net's hot paths (`deno bench`, or `deno task bench --in-process`): batches of 32
  * frames through the real driver (virtqueue + NIC core) against the device model doing only ring work. The baseline
  * of each group is C doing the same split-ring work, driver and device side (bench/ring_loop.c, test-only, built
- * here with `cc`), so the report reads as TS/C; a plain 64-byte typed-array copy per frame is shown for scale.
+ * here with `cc`), so the report reads as TS/C; a plain 64-byte typed-array copy per frame is shown for scale, and
+ * bench/ring_loop.ts, the C loop's work in plain TypeScript, separates the language's share from pvdrv's own.
  * @module
  */
 import { compileC } from "../lab/qemu.ts";
@@ -10,6 +11,7 @@ import { VirtioNet } from "../drivers/virtio/net.ts";
 import { NET_F } from "../drivers/virtio/features.ts";
 import type { PacketBuffer } from "../drivers/net/packet_pool.ts";
 import { VirtioNetModel } from "../tests/models/virtio_net_device.ts";
+import { RingLoop } from "./ring_loop.ts";
 
 const BATCH = 32, FRAME = 64;
 const model = new VirtioNetModel({ autoProcess: false });
@@ -35,6 +37,8 @@ function ringLoop() {
 }
 const c = ringLoop();
 const ctx = c.ring_new(), crx = c.ring_new();
+// The same ring work in plain TypeScript typed arrays: how much of TS/C is the language, how much pvdrv's bookkeeping.
+const ttx = new RingLoop(), trx = new RingLoop();
 
 Deno.bench({
   name: "C ring loop: 32-frame TX batch (post, device completes, reclaim)",
@@ -45,6 +49,13 @@ Deno.bench({
   },
 });
 Deno.bench({ name: "floor: 32 x 64-byte TypedArray.set", group: "tx", fn: copyFloor });
+Deno.bench({
+  name: "TS ring loop: the C loop's TX work in plain typed arrays",
+  group: "tx",
+  fn() {
+    if (ttx.txBatch(BATCH, FRAME) !== BATCH) throw new Error("TS TX batch short");
+  },
+});
 
 Deno.bench({
   name: "virtio-net TX: allocTx + sendBatch, 32 x 64-byte frames",
@@ -67,6 +78,13 @@ Deno.bench({
   },
 });
 Deno.bench({ name: "floor: 32 x 64-byte TypedArray.set", group: "rx", fn: copyFloor });
+Deno.bench({
+  name: "TS ring loop: the C loop's RX work in plain typed arrays",
+  group: "rx",
+  fn() {
+    if (trx.rxBatch(BATCH, FRAME) !== BATCH) throw new Error("TS RX batch short");
+  },
+});
 
 Deno.bench({
   name: "virtio-net RX: receiveBatch + release, 32 x 64-byte frames",
