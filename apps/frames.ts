@@ -4,6 +4,9 @@
  * and a byte pattern derived from both, so a receiver can verify every byte.
  * @module
  */
+import { ETH_HLEN, ETHERTYPE_IPV4 } from "../net/ethernet.ts";
+import { IPV4_HLEN, PROTO_UDP, readU16, readU32, writeIpv4, writeU16, writeU32 } from "../net/ipv4.ts";
+import { finish, sum16 } from "../net/checksum.ts";
 
 /** Ethertype of pvdrv frames. */
 export const PVDRV_ETHERTYPE = 0x88b5;
@@ -101,19 +104,13 @@ export const FLOW_PORT = 0x8000;
 export const MIN_FLOW_FRAME = 60;
 /** Flows available (ports FLOW_PORT..0xfffe). */
 export const MAX_FLOWS = 0x7fff;
-const GUEST_IP = [10, 77, 0, 2];
-const PEER_IP = [10, 77, 0, 1];
+const GUEST_IP = 0x0a4d0002; // 10.77.0.2
+const PEER_IP = 0x0a4d0001; // 10.77.0.1
+const FLOW_PEER_PORT = 9;
 
 /** The fold of `seq` the flow frame pattern starts from. */
 function seqFold(seq: number): number {
   return (seq ^ (seq >>> 8) ^ (seq >>> 16) ^ (seq >>> 24)) & 0xff;
-}
-
-function ipHeaderSum(b: Uint8Array): number {
-  let s = 0;
-  for (let i = 14; i < 34; i += 2) s += (b[i] << 8) | b[i + 1];
-  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
-  return s;
 }
 
 /** Fill `buf[0..len)` with flow frame `seq` of `flow`, from the guest side (`src`) to `dst`. */
@@ -131,39 +128,18 @@ export function writeFlowFrame(
   if (!(flow >= 0 && flow < MAX_FLOWS)) throw new RangeError(`flow ${flow} outside 0..${MAX_FLOWS - 1}`);
   buf.set(dst, 0);
   buf.set(src, 6);
-  buf[12] = 0x08;
-  buf[13] = 0;
-  buf.fill(0, 14, 34);
-  buf[14] = 0x45;
-  put16(buf, 16, len - 14);
-  buf[20] = 0x40; // DF
-  buf[22] = 64;
-  buf[23] = 17;
-  for (let i = 0; i < 4; i++) buf[26 + i] = GUEST_IP[i], buf[30 + i] = PEER_IP[i];
-  put16(buf, 24, ~ipHeaderSum(buf) & 0xffff);
-  put16(buf, 34, FLOW_PORT + flow);
-  put16(buf, 36, 9);
-  put16(buf, 38, len - 34);
-  put16(buf, 40, 0);
-  buf[42] = MAGIC >>> 24;
-  buf[43] = (MAGIC >>> 16) & 0xff;
-  buf[44] = (MAGIC >>> 8) & 0xff;
-  buf[45] = MAGIC & 0xff;
-  put16(buf, 46, seq >>> 16);
-  put16(buf, 48, seq & 0xffff);
-  put16(buf, 50, len);
-  put16(buf, 52, flow);
+  writeU16(buf, 12, ETHERTYPE_IPV4);
+  writeIpv4(buf, ETH_HLEN, GUEST_IP, PEER_IP, PROTO_UDP, len - ETH_HLEN - IPV4_HLEN, 64, 0);
+  writeU16(buf, 34, FLOW_PORT + flow);
+  writeU16(buf, 36, FLOW_PEER_PORT);
+  writeU16(buf, 38, len - 34);
+  writeU16(buf, 40, 0);
+  writeU32(buf, 42, MAGIC);
+  writeU32(buf, 46, seq);
+  writeU16(buf, 50, len);
+  writeU16(buf, 52, flow);
   const h = seqFold(seq);
   for (let i = FLOW_HDR + 12; i < len; i++) buf[i] = patternByte(h, i);
-}
-
-function put16(b: Uint8Array, at: number, v: number): void {
-  b[at] = (v >>> 8) & 0xff;
-  b[at + 1] = v & 0xff;
-}
-
-function get16(b: Uint8Array, at: number): number {
-  return (b[at] << 8) | b[at + 1];
 }
 
 /**
@@ -171,20 +147,23 @@ function get16(b: Uint8Array, at: number): number {
  * A frame that is not a flow frame is Foreign; one with a wrong length, IPv4 checksum or byte is Corrupt.
  */
 export function checkFlowFrame(buf: Uint8Array, len: number, out: Uint32Array): FrameCheck {
-  if (len < MIN_FLOW_FRAME || get16(buf, 12) !== 0x0800 || buf[14] !== 0x45 || buf[23] !== 17) {
+  if (
+    len < MIN_FLOW_FRAME || readU16(buf, 12) !== ETHERTYPE_IPV4 || buf[14] !== 0x45 || buf[23] !== PROTO_UDP
+  ) {
     return FrameCheck.Foreign;
   }
-  if (((buf[42] << 24) | (buf[43] << 16) | (buf[44] << 8) | buf[45]) >>> 0 !== MAGIC) {
-    return FrameCheck.Foreign;
-  }
-  if (get16(buf, 50) !== len || get16(buf, 16) !== len - 14 || get16(buf, 38) !== len - 34) {
+  if (readU32(buf, 42) !== MAGIC) return FrameCheck.Foreign;
+  if (readU16(buf, 50) !== len || readU16(buf, 16) !== len - 14 || readU16(buf, 38) !== len - 34) {
     return FrameCheck.Corrupt;
   }
-  if (ipHeaderSum(buf) !== 0xffff) return FrameCheck.Corrupt;
-  const sport = get16(buf, 34), dport = get16(buf, 36);
-  const [port, other] = sport >= FLOW_PORT ? [sport, dport] : [dport, sport];
-  if (other !== 9 || get16(buf, 40) !== 0 || port - FLOW_PORT !== get16(buf, 52)) return FrameCheck.Corrupt;
-  const seq = ((get16(buf, 46) << 16) | get16(buf, 48)) >>> 0, h = seqFold(seq);
+  if (finish(sum16(buf, ETH_HLEN, IPV4_HLEN)) !== 0) return FrameCheck.Corrupt;
+  // The flow's port is the one at or above FLOW_PORT (replies swap the ports); the other is the peer's.
+  const sport = readU16(buf, 34), dport = readU16(buf, 36), fromGuest = sport >= FLOW_PORT;
+  const port = fromGuest ? sport : dport, other = fromGuest ? dport : sport;
+  if (other !== FLOW_PEER_PORT || readU16(buf, 40) !== 0 || port - FLOW_PORT !== readU16(buf, 52)) {
+    return FrameCheck.Corrupt;
+  }
+  const seq = readU32(buf, 46), h = seqFold(seq);
   for (let i = FLOW_HDR + 12; i < len; i++) if (buf[i] !== patternByte(h, i)) return FrameCheck.Corrupt;
   out[0] = seq;
   out[1] = port - FLOW_PORT;

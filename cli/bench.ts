@@ -115,28 +115,45 @@ function netTable(rows: Record<string, Record<string, number> | string>[]): stri
   ].join("\n");
 }
 
-async function netBench(json: string | undefined): Promise<number> {
-  console.log(
-    "\n== network host, one boot, NIC 0000:00:04.0: the guest kernel's virtio_net, then pvdrv (VFIO); the peer is " +
-      "the kernel's stack on 0000:00:05.0 in a namespace ==",
-  );
-  const rows: Record<string, Record<string, number> | string>[] = [];
-  const r = await runInGuest("deno run -A --no-check cli/bench_net_guest.ts", {
-    timeoutSec: 900,
+/**
+ * Run a benchmark script in one lab boot and collect its `MARKER {json}` lines; print `table(rows)` and, with
+ * `json`, write the rows there. Other guest lines are echoed when `echo` is set.
+ */
+async function guestBench<T>(
+  script: string,
+  marker: string,
+  table: (rows: T[]) => string,
+  json: string | undefined,
+  opts: { timeoutSec: number; multiQueueTap?: boolean; echo?: boolean },
+): Promise<number> {
+  const rows: T[] = [];
+  const line = new RegExp(`${marker} (\\{.*\\})`);
+  const r = await runInGuest(`deno run -A --no-check ${script}`, {
+    timeoutSec: opts.timeoutSec,
+    multiQueueTap: opts.multiQueueTap,
     onLine: (l) => {
-      const m = l.match(/PVDRV-NETBENCH (\{.*\})/);
+      const m = l.match(line);
       if (m) rows.push(JSON.parse(m[1]));
+      else if (opts.echo) console.log(l);
     },
   });
   if (r.code !== 0) {
-    throw new Error(`the network benchmark failed in the guest (exit ${r.code}):\n${r.output.slice(-3000)}`);
+    throw new Error(`${script} failed in the guest (exit ${r.code}):\n${r.output.slice(-3000)}`);
   }
-  console.log(netTable(rows));
+  console.log(table(rows));
   if (json) {
     Deno.writeTextFileSync(json, JSON.stringify(rows, null, 1) + "\n");
     console.log(`wrote ${json}`);
   }
   return 0;
+}
+
+function netBench(json: string | undefined): Promise<number> {
+  console.log(
+    "\n== network host, one boot, NIC 0000:00:04.0: the guest kernel's virtio_net, then pvdrv (VFIO); the peer is " +
+      "the kernel's stack on 0000:00:05.0 in a namespace ==",
+  );
+  return guestBench("cli/bench_net_guest.ts", "PVDRV-NETBENCH", netTable, json, { timeoutSec: 900 });
 }
 
 /** One queue count's result from cli/bench_mq_guest.ts. */
@@ -166,32 +183,16 @@ function mqTable(rows: MqRow[]): string {
   ].join("\n");
 }
 
-async function mqBench(json: string | undefined): Promise<number> {
+function mqBench(json: string | undefined): Promise<number> {
   console.log(
     "\n== multi-queue, one boot, NIC 0000:00:0a.0 (4 queue pairs on a multi-queue TAP in a namespace made for the " +
       "run): pvdrv with 1, 2 and 4 pairs, one thread; medians of 3 one-second windows (min–max) ==",
   );
-  const rows: MqRow[] = [];
-  const r = await runInGuest("deno run -A --no-check cli/bench_mq_guest.ts", {
+  return guestBench("cli/bench_mq_guest.ts", "PVDRV-MQBENCH", mqTable, json, {
     timeoutSec: 600,
     multiQueueTap: true,
-    onLine: (l) => {
-      const m = l.match(/PVDRV-MQBENCH (\{.*\})/);
-      if (m) rows.push(JSON.parse(m[1]));
-      else console.log(l);
-    },
+    echo: true,
   });
-  if (r.code !== 0) {
-    throw new Error(
-      `the multi-queue benchmark failed in the guest (exit ${r.code}):\n${r.output.slice(-3000)}`,
-    );
-  }
-  console.log(mqTable(rows));
-  if (json) {
-    Deno.writeTextFileSync(json, JSON.stringify(rows, null, 1) + "\n");
-    console.log(`wrote ${json}`);
-  }
-  return 0;
 }
 
 async function xenBench(seconds: number): Promise<number> {

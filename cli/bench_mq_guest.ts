@@ -18,16 +18,15 @@ import { MqPeerClient } from "../lab/mq_peer.ts";
 import { LAB, MQ_QUEUES } from "../lab/qemu.ts";
 import { kernelInterface, Peer } from "../lab/kernel_peer.ts";
 import { macToString } from "../drivers/net/nic.ts";
+import { summarize } from "../lab/host_traffic.ts";
+import { releaseUnsent } from "../apps/traffic.ts";
 
 const WARMUP_S = Number(Deno.env.get("PVDRV_MQBENCH_WARMUP") ?? 3);
 const WINDOW_S = Number(Deno.env.get("PVDRV_MQBENCH_WINDOW") ?? 1);
 const WINDOWS = 3, BATCH = 32, SIZE = 64, FLOWS_PER_QUEUE = 16;
 
-/** Median, min and max of per-window rates. */
-function spread(v: number[]): { median: number; min: number; max: number } {
-  const s = [...v].sort((a, b) => a - b);
-  return { median: s[Math.floor(s.length / 2)], min: s[0], max: s.at(-1)! };
-}
+/** The RX flood: 64 flows as fast as the TAP takes them, far longer than any run. */
+const FLOOD = { count: 1e9, flows: 64, first: 100, size: SIZE, pps: 0 };
 
 /** Run `step` for `seconds` without yielding to timers (it returns frames handled). */
 function spin(seconds: number, step: () => number): number {
@@ -69,7 +68,7 @@ async function txRates(
       b.length = SIZE;
     }
     const sent = n ? nic.sendBatch(bufs, n, q) : 0;
-    if (sent < n) nic.release(bufs.slice(sent, n), n - sent, q);
+    releaseUnsent(nic, bufs, sent, n, q);
     q = q + 1 === nic.queues ? 0 : q + 1;
     return sent;
   };
@@ -90,7 +89,7 @@ async function txRates(
 
 async function rxRates(nic: VirtioNet, peer: MqPeerClient): Promise<{ rates: number[]; perQueue: number[] }> {
   await peer.stats();
-  await peer.command(`blast 1000000000 64 100 ${SIZE} 0`);
+  await peer.blast(FLOOD);
   const bufs: PacketBuffer[] = [], out = new Uint32Array(2);
   const perQueue = new Array<number>(nic.queues).fill(0);
   let corrupt = 0, q = 0;
@@ -115,7 +114,7 @@ async function rxRates(nic: VirtioNet, peer: MqPeerClient): Promise<{ rates: num
     const n = spin(WINDOW_S, step);
     rates.push(n / ((performance.now() - t0) / 1000));
   }
-  await peer.command("blast 0 1 0 60 0");
+  await peer.stopBlast();
   if (corrupt) throw new Error(`${corrupt} corrupt frames received`);
   return { rates, perQueue };
 }
@@ -153,7 +152,7 @@ async function kernelRates(): Promise<{ tx: number[]; rx: number[]; queues: numb
     .result();
   const after = await withPvdrv(1, async (_, peer) => {
     const s = await peer.stats();
-    await peer.command(`blast 1000000000 64 100 ${SIZE} 0`);
+    await peer.blast(FLOOD);
     return s;
   });
   bindDevice(PCI, "kernel", { force: true });
@@ -171,7 +170,7 @@ async function kernelRates(): Promise<{ tx: number[]; rx: number[]; queues: numb
   const queues =
     [...Deno.readDirSync(`/sys/class/net/${k.name}/queues`)].filter((e) => e.name.startsWith("rx-"))
       .length;
-  await withPvdrv(1, (_, peer) => peer.command("blast 0 1 0 60 0"));
+  await withPvdrv(1, (_, peer) => peer.stopBlast());
   return { tx: [(after.tapRx - before.tapRx) / tx.seconds], rx, queues };
 }
 
@@ -179,13 +178,18 @@ for (const queues of [1, 2, MQ_QUEUES]) {
   const row = await withPvdrv(queues, async (nic, peer) => {
     const t = await txRates(nic, peer);
     const rx = await rxRates(nic, peer);
-    return { tx: spread(t.rates), txSent: spread(t.sent), rx: spread(rx.rates), rxPerQueue: rx.perQueue };
+    return {
+      tx: summarize(t.rates),
+      txSent: summarize(t.sent),
+      rx: summarize(rx.rates),
+      rxPerQueue: rx.perQueue,
+    };
   });
   console.log(`PVDRV-MQBENCH ${JSON.stringify({ driver: "pvdrv", queues, ...row })}`);
 }
 const kr = await kernelRates();
 console.log(
   `PVDRV-MQBENCH ${
-    JSON.stringify({ driver: "kernel", queues: kr.queues, tx: spread(kr.tx), rx: spread(kr.rx) })
+    JSON.stringify({ driver: "kernel", queues: kr.queues, tx: summarize(kr.tx), rx: summarize(kr.rx) })
   }`,
 );

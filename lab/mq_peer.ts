@@ -7,6 +7,7 @@
 import type { Nic } from "../drivers/net/nic.ts";
 import type { PacketBuffer } from "../drivers/net/packet_pool.ts";
 import type { MqPeerCounts } from "./qemu.ts";
+import { MIN_FLOW_FRAME } from "../apps/frames.ts";
 
 /** Ethertype of mqpeer's control frames. */
 export const MQ_CTRL_ETHERTYPE = 0x88b6;
@@ -58,6 +59,19 @@ export class MqPeerClient {
       await new Promise((r) => setTimeout(r, 1));
     }
     this.sent++;
+  }
+
+  /**
+   * Ask for `count` flow frames of `size` bytes, round-robin over flows `first`..`first + flows - 1`, at `pps`
+   * frames/s (0: as fast as the TAP takes them); a new blast replaces a running one.
+   */
+  blast(o: { count: number; flows: number; first: number; size: number; pps: number }): Promise<void> {
+    return this.command(`blast ${o.count} ${o.flows} ${o.first} ${o.size} ${o.pps}`);
+  }
+
+  /** End a running blast. */
+  stopBlast(): Promise<void> {
+    return this.blast({ count: 0, flows: 1, first: 0, size: MIN_FLOW_FRAME, pps: 0 });
   }
 
   /**

@@ -94,27 +94,6 @@ static void swap(unsigned char *a, unsigned char *b, int n) {
   memcpy(t, a, n), memcpy(a, b, n), memcpy(b, t, n);
 }
 
-// An AF_PACKET socket on `ifn` for ethertype `proto` (waits up to 60 s for the device: QEMU's launcher makes it).
-static int open_on(const char *ifn, int proto, unsigned char mac[6]) {
-  int s = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK, htons(proto));
-  if (s < 0) die("socket(AF_PACKET)");
-  struct ifreq ifr = {0};
-  snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifn);
-  for (int i = 0; ioctl(s, SIOCGIFINDEX, &ifr) < 0; i++) {
-    if (i == 600) die("SIOCGIFINDEX");
-    usleep(100000);
-  }
-  int ifindex = ifr.ifr_ifindex;
-  if (ioctl(s, SIOCGIFHWADDR, &ifr) < 0) die("SIOCGIFHWADDR");
-  memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
-  struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = htons(proto), .sll_ifindex = ifindex};
-  if (bind(s, (struct sockaddr *)&sll, sizeof sll) < 0) die("bind");
-  int big = 8 << 20;
-  setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big);
-  setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof big);
-  return s;
-}
-
 static struct {
   long valid, corrupt, foreign, bytes, reflected, blasted, dropped, sockdrops;
 } c;
@@ -141,22 +120,6 @@ static void count_sockdrops(int s) {
   if (!getsockopt(s, SOL_PACKET, PACKET_STATISTICS, &st, &l)) c.sockdrops += st.tp_drops;
 }
 
-// Point the receive messages at the buffers again.
-static void prime(struct mmsghdr *m, struct iovec *v, unsigned char (*buf)[MAXF], struct sockaddr_ll *from) {
-  for (int i = 0; i < BATCH; i++) {
-    v[i] = (struct iovec){buf[i], MAXF};
-    memset(&m[i].msg_hdr, 0, sizeof m[i].msg_hdr);
-    m[i].msg_hdr.msg_iov = &v[i], m[i].msg_hdr.msg_iovlen = 1;
-    m[i].msg_hdr.msg_name = &from[i], m[i].msg_hdr.msg_namelen = sizeof from[i];
-  }
-}
-
-static void set_out(struct mmsghdr *m, struct iovec *v, unsigned char *b, int len) {
-  *v = (struct iovec){b, len};
-  memset(&m->msg_hdr, 0, sizeof m->msg_hdr);
-  m->msg_hdr.msg_iov = v, m->msg_hdr.msg_iovlen = 1;
-}
-
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: mqpeer IFNAME\n");
@@ -166,7 +129,9 @@ int main(int argc, char **argv) {
   unsigned char mac[6], guest[6] = {0};
   // Flow frames (IPv4) and control frames arrive on sockets of their own: a control frame never waits behind a
   // flood, and with listening off the flood is not even read (the kernel drops what the socket cannot hold).
-  int s = open_on(argv[1], 0x0800, mac), k = open_on(argv[1], ETHERTYPE_CTRL, mac);
+  // QEMU's launcher makes the device: wait up to 60 s for it.
+  int s = packet_socket(argv[1], 0x0800, SOCK_NONBLOCK, 600, mac);
+  int k = packet_socket(argv[1], ETHERTYPE_CTRL, SOCK_NONBLOCK, 600, mac);
   static unsigned char rbuf[BATCH][MAXF], tbuf[BATCH][MAXF], reply[MAXF];
   struct mmsghdr rm[BATCH], tm[BATCH];
   struct iovec riov[BATCH], tiov[BATCH];
@@ -183,7 +148,7 @@ int main(int argc, char **argv) {
       char tmp[64];
       if (read(0, tmp, sizeof tmp) <= 0) break;
     }
-    prime(rm, riov, rbuf, from);
+    for (int i = 0; i < BATCH; i++) set_msg(&rm[i], &riov[i], rbuf[i], MAXF, &from[i]);
     int n = recvmmsg(k, rm, BATCH, MSG_DONTWAIT, NULL);
     for (int i = 0; i < n; i++) {
       if (from[i].sll_pkttype == PACKET_OUTGOING) continue;  // our own replies
@@ -223,7 +188,7 @@ int main(int argc, char **argv) {
       if (v < 0) { c.corrupt++; continue; }
       c.valid++, c.bytes += len;
       swap(b, b + 6, 6), swap(b + 26, b + 30, 4), swap(b + 34, b + 36, 2);
-      set_out(&tm[out], &tiov[out], b, len);
+      set_msg(&tm[out], &tiov[out], b, len, NULL);
       out++;
     }
     if (out) {
@@ -238,7 +203,7 @@ int main(int argc, char **argv) {
       for (; m < BATCH && blast_sent + m < to_blast && blast_sent + m < due; m++) {
         long q = blast_sent + m;
         write_flow(tbuf[m], size, (uint32_t)q, first + q % flows, guest, mac);
-        set_out(&tm[m], &tiov[m], tbuf[m], size);
+        set_msg(&tm[m], &tiov[m], tbuf[m], size, NULL);
       }
       if (m) {
         int r = sendmmsg(s, tm, m, 0);

@@ -33,22 +33,6 @@
 #define BATCH 32
 #define MAXF 9216 // largest frame (jumbo MTU 9000 + header, rounded)
 
-static int open_sock(const char *ifname, unsigned char mac[6], int *ifindex) {
-  int s = socket(AF_PACKET, SOCK_RAW, htons(ETHERTYPE_PVDRV));
-  if (s < 0) die("socket(AF_PACKET)");
-  struct ifreq ifr = {0};
-  snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifname);
-  if (ioctl(s, SIOCGIFINDEX, &ifr) < 0) die("SIOCGIFINDEX");
-  *ifindex = ifr.ifr_ifindex;
-  if (ioctl(s, SIOCGIFHWADDR, &ifr) < 0) die("SIOCGIFHWADDR");
-  memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
-  struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = htons(ETHERTYPE_PVDRV), .sll_ifindex = *ifindex};
-  if (bind(s, (struct sockaddr *)&sll, sizeof sll) < 0) die("bind");
-  int big = 8 << 20;
-  setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big);
-  setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof big);
-  return s;
-}
 
 // 1 ok, 0 foreign, -1 corrupt (same rules as checkFrame in drivers/frames.ts)
 static int check_frame(const unsigned char *b, int len, uint32_t *seq) {
@@ -67,14 +51,6 @@ static int parse_mac(const char *s, unsigned char m[6]) {
   return sscanf(s, "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx", &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]) == 6 ? 0 : -1;
 }
 
-// Point message `m` at one buffer (and, when receiving, at `from` for the packet type).
-static void set_msg(struct mmsghdr *m, struct iovec *v, void *buf, size_t len, struct sockaddr_ll *from) {
-  v->iov_base = buf, v->iov_len = len;
-  memset(&m->msg_hdr, 0, sizeof m->msg_hdr);
-  m->msg_hdr.msg_iov = v, m->msg_hdr.msg_iovlen = 1;
-  if (from) m->msg_hdr.msg_name = from, m->msg_hdr.msg_namelen = sizeof *from;
-}
-
 static void check_size(int max) {
   if (max > MAXF) {
     fprintf(stderr, "pvpeer: frames above %d bytes are not supported\n", MAXF);
@@ -85,18 +61,17 @@ static void check_size(int max) {
 // A sending socket on `ifn` for frames up to `max` bytes; its MAC in `mac`, the parsed destination in `dst`.
 // Exits on a bad MAC or size.
 static int open_sender(const char *ifn, const char *dsts, int max, unsigned char mac[6], unsigned char dst[6]) {
-  int ifindex;
   check_size(max);
   if (parse_mac(dsts, dst)) {
     fprintf(stderr, "pvpeer: bad MAC %s\n", dsts);
     exit(2);
   }
-  return open_sock(ifn, mac, &ifindex);
+  return packet_socket(ifn, ETHERTYPE_PVDRV, 0, 0, mac);
 }
 
 static int do_recv(const char *ifn, long count, int timeout_ms, long progress) {
   unsigned char mac[6];
-  int ifindex, s = open_sock(ifn, mac, &ifindex);
+  int s = packet_socket(ifn, ETHERTYPE_PVDRV, 0, 0, mac);
   unsigned char *seen = calloc(count > 0 ? count : 1, 1);
   static unsigned char buf[BATCH][MAXF];
   struct mmsghdr msgs[BATCH];
@@ -227,7 +202,7 @@ static int do_txrate(const char *ifn, double seconds, int size, const char *dsts
 
 static int do_rxrate(const char *ifn, double seconds, int batch) {
   unsigned char mac[6];
-  int ifindex, s = open_sock(ifn, mac, &ifindex);
+  int s = packet_socket(ifn, ETHERTYPE_PVDRV, 0, 0, mac);
   static unsigned char buf[MAXBATCH][1536];
   struct mmsghdr msgs[MAXBATCH];
   struct iovec iov[MAXBATCH];

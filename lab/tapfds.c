@@ -25,7 +25,7 @@ static void die(const char *what) {
   exit(125);
 }
 
-// Write "0"/"1" to a sysctl of the current namespace's IPv6 config (absent when IPv6 is off in the kernel).
+// Set disable_ipv6 for `dev` in the current namespace (the sysctl is absent when the kernel has no IPv6).
 static void ipv6_off(const char *dev) {
   char path[128];
   snprintf(path, sizeof path, "/proc/sys/net/ipv6/conf/%s/disable_ipv6", dev);
@@ -63,7 +63,6 @@ int main(int argc, char **argv) {
     if (ioctl(fd, TUNSETIFF, &ifr) < 0) die("TUNSETIFF");
     snprintf(fds + strlen(fds), sizeof fds - strlen(fds), "%s%d", q ? ":" : "", fd);
   }
-  ipv6_off(argv[2]);
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   struct ifreq up = {0};
   snprintf(up.ifr_name, IFNAMSIZ, "%s", argv[2]);

@@ -214,88 +214,36 @@ Deno.test("net: bad frames are counted in their own counter and dropped; the hos
     sink.onDatagram = () => void delivered++;
     assert.ok(await p.a.ping(p.b.ip), "ARP settled both ways before the baseline");
     const inject = (f: Uint8Array) => assert.ok(p.ma.deliver(f), "delivered to the model RX ring");
+    // A good UDP frame with one edit (and, with `ipSum`, its IPv4 header checksum made right again).
+    const udpEdit = (edit: (f: Uint8Array) => void, ipSum = false) => () => {
+      const f = udpFrame(p);
+      edit(f);
+      return ipSum ? refreshIpSum(f) : f;
+    };
     const cases: [string, keyof typeof p.a.stats, () => Uint8Array][] = [
       ["Ethernet header alone", "rxTruncated", () => udpFrame(p).slice(0, 14)],
       ["IPv4 header cut", "rxTruncated", () => udpFrame(p).slice(0, 30)],
-      ["total length past the frame", "rxTruncated", () =>
-        refreshIpSum((() => {
-          const f = udpFrame(p);
-          writeU16(f, 16, 200);
-          return f;
-        })())],
-      ["bad IP checksum", "ipBadChecksum", () => {
-        const f = udpFrame(p);
-        f[24] ^= 1;
-        return f;
-      }],
-      ["version 6", "ipBadHeader", () =>
-        refreshIpSum((() => {
-          const f = udpFrame(p);
-          f[14] = 0x65;
-          return f;
-        })())],
-      ["IHL 4", "ipBadHeader", () =>
-        refreshIpSum((() => {
-          const f = udpFrame(p);
-          f[14] = 0x44;
-          return f;
-        })())],
-      ["total length below IHL", "ipBadHeader", () =>
-        refreshIpSum((() => {
-          const f = udpFrame(p);
-          writeU16(f, 16, 12);
-          return f;
-        })())],
-      ["first fragment (MF)", "ipFragments", () =>
-        refreshIpSum((() => {
-          const f = udpFrame(p);
-          writeU16(f, 20, 0x2000);
-          return f;
-        })())],
-      ["later fragment (offset)", "ipFragments", () =>
-        refreshIpSum((() => {
-          const f = udpFrame(p);
-          writeU16(f, 20, 0x0010);
-          return f;
-        })())],
-      ["another host's address", "ipNotForUs", () =>
-        refreshIpSum((() => {
-          const f = udpFrame(p);
-          writeU32(f, 30, parseIp("10.0.0.77"));
-          return f;
-        })())],
-      ["UDP length past the packet", "udpBadLength", () => {
-        const f = udpFrame(p);
-        writeU16(f, 38, 100);
-        return f;
-      }],
-      ["UDP length below its header", "udpBadLength", () => {
-        const f = udpFrame(p);
-        writeU16(f, 38, 4);
-        return f;
-      }],
-      ["UDP bad checksum", "udpBadChecksum", () => {
-        const f = udpFrame(p);
-        f[45] ^= 0xff;
-        return f;
-      }],
-      ["UDP to an unbound port", "udpNoPort", () => {
-        const f = udpFrame(p);
-        writeU16(f, 36, 4444);
-        writeU16(f, 40, 0);
-        return f;
-      }],
-      ["unknown protocol", "ipUnknownProtocol", () =>
-        refreshIpSum((() => {
-          const f = udpFrame(p);
-          f[23] = 6;
-          return f;
-        })())],
-      ["another MAC", "rxIgnored", () => {
-        const f = udpFrame(p);
-        f[5] ^= 1;
-        return f;
-      }],
+      ["total length past the frame", "rxTruncated", udpEdit((f) => writeU16(f, 16, 200), true)],
+      ["bad IP checksum", "ipBadChecksum", udpEdit((f) => void (f[24] ^= 1))],
+      ["version 6", "ipBadHeader", udpEdit((f) => void (f[14] = 0x65), true)],
+      ["IHL 4", "ipBadHeader", udpEdit((f) => void (f[14] = 0x44), true)],
+      ["total length below IHL", "ipBadHeader", udpEdit((f) => writeU16(f, 16, 12), true)],
+      ["first fragment (MF)", "ipFragments", udpEdit((f) => writeU16(f, 20, 0x2000), true)],
+      ["later fragment (offset)", "ipFragments", udpEdit((f) => writeU16(f, 20, 0x0010), true)],
+      ["another host's address", "ipNotForUs", udpEdit((f) => writeU32(f, 30, parseIp("10.0.0.77")), true)],
+      ["UDP length past the packet", "udpBadLength", udpEdit((f) => writeU16(f, 38, 100))],
+      ["UDP length below its header", "udpBadLength", udpEdit((f) => writeU16(f, 38, 4))],
+      ["UDP bad checksum", "udpBadChecksum", udpEdit((f) => void (f[45] ^= 0xff))],
+      [
+        "UDP to an unbound port",
+        "udpNoPort",
+        udpEdit((f) => {
+          writeU16(f, 36, 4444);
+          writeU16(f, 40, 0);
+        }),
+      ],
+      ["unknown protocol", "ipUnknownProtocol", udpEdit((f) => void (f[23] = 6), true)],
+      ["another MAC", "rxIgnored", udpEdit((f) => void (f[5] ^= 1))],
       ["ARP for another host", "arpOther", () => arpFrame(p, parseIp("10.0.0.99"))],
       ["ARP of another hardware type", "arpBad", () => {
         const f = arpFrame(p, p.a.ip);

@@ -129,7 +129,7 @@ guestTest(
       const peer = new MqPeerClient(nic);
       await peer.stats(); // the peer learns our MAC
       const COUNT = 4000;
-      await peer.command(`blast ${COUNT} 64 5000 128 4000`);
+      await peer.blast({ count: COUNT, flows: 64, first: 5000, size: 128, pps: 4000 });
       const tally = new FlowTally();
       await tally.until(nic, COUNT, 3000);
       assert.deepEqual({ received: tally.received, corrupt: tally.corrupt }, { received: COUNT, corrupt: 0 });
@@ -152,7 +152,7 @@ guestTest(
       const peer = new MqPeerClient(nic);
       await peer.stats();
       const COUNT = 1000;
-      await peer.command(`blast ${COUNT} 64 7000 200 2000`);
+      await peer.blast({ count: COUNT, flows: 64, first: 7000, size: 200, pps: 2000 });
       const tally = new FlowTally();
       const t0 = performance.now();
       while (tally.received < COUNT && performance.now() - t0 < 10000) {
