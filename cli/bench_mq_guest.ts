@@ -153,6 +153,7 @@ async function kernelRates(): Promise<{ tx: number[]; rx: number[]; queues: numb
   const after = await withPvdrv(1, async (_, peer) => {
     const s = await peer.stats();
     await peer.blast(FLOOD);
+    await peer.confirm(); // the NIC closes next
     return s;
   });
   bindDevice(PCI, "kernel", { force: true });
@@ -170,7 +171,10 @@ async function kernelRates(): Promise<{ tx: number[]; rx: number[]; queues: numb
   const queues =
     [...Deno.readDirSync(`/sys/class/net/${k.name}/queues`)].filter((e) => e.name.startsWith("rx-"))
       .length;
-  await withPvdrv(1, (_, peer) => peer.stopBlast());
+  await withPvdrv(1, async (_, peer) => {
+    await peer.stopBlast();
+    await peer.confirm(); // the NIC closes next
+  });
   return { tx: [(after.tapRx - before.tapRx) / tx.seconds], rx, queues };
 }
 

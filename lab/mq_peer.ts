@@ -75,6 +75,15 @@ export class MqPeerClient {
   }
 
   /**
+   * Return once the peer has acted on every command sent before (control frames go in order on queue 0, and
+   * the peer answers in order): call it before closing the NIC, whose reset would drop a control frame still in
+   * the TX ring. Received frames are released unread meanwhile, like {@link stats}.
+   */
+  async confirm(): Promise<void> {
+    await this.stats();
+  }
+
+  /**
    * Ask for the peer's counters and wait for the reply on any queue (frames that are not the reply are released
    * unread: call it when the peer sends nothing else). Each request carries a new token, so a late reply to an
    * earlier request is never taken for this one. Retries every 500 ms; throws after `timeoutMs`.
