@@ -30,7 +30,10 @@ export interface BridgeStats {
   toNicBytes: number;
   /** Frames from the NIC the TAP refused (interface down, queue full). */
   tapDropped: number;
-  /** Frames from the TAP the NIC could not take (no TX buffer, ring full, bad length). */
+  /**
+   * Frames from the TAP the NIC could not carry (shorter than an Ethernet header, longer than its largest frame),
+   * or held for a full ring when the bridge stopped. A full ring alone drops nothing: the frame waits.
+   */
   nicDropped: number;
   /** Frames handed to {@link BridgeOptions.intercept} and taken by it. */
   intercepted: number;
@@ -81,57 +84,77 @@ const BATCH = 32;
 export async function bridge(nic: Nic, port: FramePort, o: BridgeOptions): Promise<BridgeStats> {
   const s = o.stats ?? emptyBridgeStats(), q = o.queue ?? 0, reportMs = o.reportMs ?? 1000;
   const rx: PacketBuffer[] = new Array(BATCH), tx: PacketBuffer[] = new Array(BATCH);
+  const fresh: PacketBuffer[] = new Array(BATCH);
+  // tx[0..held): frames read from the TAP that the NIC has not taken yet (its ring was full). They are held, in
+  // order, for the next round, and the TAP is not read past them: a frame read is never dropped for a full ring.
+  let held = 0;
   let nextReport = performance.now() + reportMs, rounds = 0;
-  while (!o.stop()) {
-    // NIC → TAP.
-    const n = nic.receiveBatch(rx, BATCH, q);
-    for (let i = 0; i < n; i++) {
-      const b = rx[i];
-      if (o.intercept && o.intercept(b)) {
-        s.intercepted++;
+  try {
+    while (!o.stop()) {
+      // NIC → TAP.
+      const n = nic.receiveBatch(rx, BATCH, q);
+      for (let i = 0; i < n; i++) {
+        const b = rx[i];
+        if (o.intercept && o.intercept(b)) {
+          s.intercepted++;
+          continue;
+        }
+        if (b.flags & RX_CSUM_PARTIAL) completeChecksum(b.data, b.length);
+        if (port.write(b.data, b.length)) s.toTap++, s.toTapBytes += b.length;
+        else s.tapDropped++;
+      }
+      if (n) nic.release(rx, n, q);
+      // TAP → NIC: read straight into TX buffers, behind what is held.
+      let read = 0;
+      if (held < BATCH) {
+        const k = nic.allocTx(fresh, BATCH - held, q);
+        while (read < k) {
+          const b = fresh[read], len = port.read(b.data, nic.maxFrame);
+          if (len < 0) break;
+          if (len < MIN_FRAME || len > nic.maxFrame) {
+            s.nicDropped++; // no frame a NIC can carry: the buffer takes the next one
+            continue;
+          }
+          b.length = len; // offload fields are clear in a buffer fresh from allocTx
+          tx[held++] = b;
+          read++;
+        }
+        if (read < k) {
+          for (let i = read; i < k; i++) fresh[i - read] = fresh[i];
+          nic.release(fresh, k - read, q);
+        }
+      }
+      const sent = held ? nic.sendBatch(tx, held, q) : 0;
+      for (let i = 0; i < sent; i++) s.toNic++, s.toNicBytes += tx[i].length;
+      if (sent) {
+        for (let i = sent; i < held; i++) tx[i - sent] = tx[i];
+        held -= sent;
+      }
+      const now = performance.now();
+      o.onRound?.(now);
+      if (now >= nextReport) {
+        nextReport = now + reportMs;
+        o.onReport?.(s);
+      }
+      if (n || read || held) {
+        if (++rounds % 64 === 0) await tick(); // busy: let the event loop in by count
         continue;
       }
-      if (b.flags & RX_CSUM_PARTIAL) completeChecksum(b.data, b.length);
-      if (port.write(b.data, b.length)) s.toTap++, s.toTapBytes += b.length;
-      else s.tapDropped++;
+      if (o.interrupts) {
+        // Idle: one poll() over the NIC's interrupt and the TAP, then let the event loop run (signals, reports).
+        nic.sleepRx(Math.max(0, Math.min(100, nextReport - now)), q, port.fd);
+        s.sleeps++;
+        await tick();
+      } else if (++rounds % 64 === 0) await tick();
     }
-    if (n) nic.release(rx, n, q);
-    // TAP → NIC: read straight into TX buffers.
-    const k = nic.allocTx(tx, BATCH, q);
-    let m = 0;
-    while (m < k) {
-      const b = tx[m], len = port.read(b.data, nic.maxFrame);
-      if (len < 0) break;
-      if (len < MIN_FRAME || len > nic.maxFrame) {
-        s.nicDropped++;
-        continue;
-      }
-      b.length = len; // offload fields are clear in a buffer fresh from allocTx
-      m++;
+  } finally {
+    // Stopping (or failing) with frames held: they are the bridge's to give back, and counted.
+    if (held) {
+      s.nicDropped += held;
+      try {
+        nic.release(tx, held, q);
+      } catch { /* a NIC that failed has taken its buffers back already */ }
     }
-    const sent = m ? nic.sendBatch(tx, m, q) : 0;
-    for (let i = 0; i < sent; i++) s.toNic++, s.toNicBytes += tx[i].length;
-    if (sent < k) {
-      s.nicDropped += m - sent;
-      for (let i = sent; i < k; i++) tx[i - sent] = tx[i];
-      nic.release(tx, k - sent, q);
-    }
-    const now = performance.now();
-    o.onRound?.(now);
-    if (now >= nextReport) {
-      nextReport = now + reportMs;
-      o.onReport?.(s);
-    }
-    if (n || m) {
-      if (++rounds % 64 === 0) await tick(); // busy: let the event loop in by count
-      continue;
-    }
-    if (o.interrupts) {
-      // Idle: one poll() over the NIC's interrupt and the TAP, then let the event loop run (signals, reports).
-      nic.sleepRx(Math.max(0, Math.min(100, nextReport - now)), q, port.fd);
-      s.sleeps++;
-      await tick();
-    } else if (++rounds % 64 === 0) await tick();
   }
   return s;
 }

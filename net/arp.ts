@@ -77,7 +77,7 @@ export interface ArpEntry {
   nextTry: number;
 }
 
-/** Cache tuning. */
+/** Cache timing and bounds: what a hostile link can make the cache hold or send is capped by these. */
 export interface ArpTiming {
   /** How long a resolved entry lives (ms). */
   ttlMs: number;
@@ -87,19 +87,76 @@ export interface ArpTiming {
   tries: number;
   /** Frames kept per unresolved address (older ones are dropped). */
   queue: number;
+  /** Entries, resolved and resolving, at most (Linux's gc_thresh3 is 1024); incomplete ones are evicted first. */
+  maxEntries: number;
+  /** Addresses being resolved at once, at most; a new resolution past it is refused (its frame dropped). */
+  maxResolving: number;
+  /** Frames waiting over all addresses, at most. */
+  maxQueued: number;
+  /** Requests sent per second over all addresses, at most (as many may go out in a burst). */
+  requestsPerSecond: number;
 }
 
-/** RFC 1122 §2.3.2.1-style defaults: a minute of validity, one request per second, three tries, 128 frames held. */
-export const ARP_DEFAULTS: ArpTiming = { ttlMs: 60_000, retryMs: 1000, tries: 3, queue: 128 };
+/**
+ * RFC 1122 §2.3.2.1-style defaults: a minute of validity, one request per second per address, three tries, 128
+ * frames held per address and 512 in all, 512 entries, 64 resolutions at once, 50 requests a second.
+ */
+export const ARP_DEFAULTS: ArpTiming = {
+  ttlMs: 60_000,
+  retryMs: 1000,
+  tries: 3,
+  queue: 128,
+  maxEntries: 512,
+  maxResolving: 64,
+  maxQueued: 512,
+  requestsPerSecond: 50,
+};
 
-/** The ARP cache. Lookups of resolved addresses allocate nothing. */
+/** What {@link ArpCache.enqueue} did with a frame. */
+export const enum Enqueued {
+  /** Held; a request for the address is already out (or waits for the rate limit). */
+  Queued = 0,
+  /** Held, and a new resolution began: send a request now. */
+  Request = 1,
+  /** Not held: the table, the resolutions or the queue are at their bound (counted in `dropped`). */
+  Refused = 2,
+}
+
+/** The ARP cache, bounded in entries, resolutions, queued frames and request rate. Lookups allocate nothing. */
 export class ArpCache {
   readonly #map = new Map<number, ArpEntry>();
-  /** Frames dropped because their address did not resolve, or the queue overflowed. */
+  readonly timing: ArpTiming;
+  #resolving = 0;
+  #queued = 0;
+  #tokens: number;
+  #refilled = -Infinity;
+  /** Frames dropped: their address did not resolve, a queue overflowed, or the cache was at a bound. */
   dropped = 0;
+  /** Entries evicted to make room. */
+  evicted = 0;
+  /** Requests held back by the rate limit (sent later, when due). */
+  limited = 0;
 
   /** Creates an empty cache. */
-  constructor(readonly timing: ArpTiming = ARP_DEFAULTS) {}
+  constructor(timing: Partial<ArpTiming> = {}) {
+    this.timing = { ...ARP_DEFAULTS, ...timing };
+    this.#tokens = this.timing.requestsPerSecond;
+  }
+
+  /** Entries held (resolved and resolving). */
+  get size(): number {
+    return this.#map.size;
+  }
+
+  /** Addresses being resolved. */
+  get resolving(): number {
+    return this.#resolving;
+  }
+
+  /** Frames waiting over all addresses. */
+  get queued(): number {
+    return this.#queued;
+  }
 
   /** The MAC for `ip` if resolved and fresh at `now`, else -1. */
   lookup(ip: number, now: number): number {
@@ -108,43 +165,70 @@ export class ArpCache {
   }
 
   /**
-   * Learn `ip` → `mac` (RFC 826: update an existing entry always, add one when `create`); returns the frames that
-   * were waiting for it (to be sent now, their destination MAC still to fill in).
+   * Learn `ip` → `mac` (RFC 826: update an existing entry always, add one when `create`, evicting to stay within
+   * the bound); returns the frames that were waiting for it (to be sent now, their destination MAC still to fill
+   * in).
    */
   learn(ip: number, mac: number, now: number, create: boolean): Uint8Array[] | null {
     let e = this.#map.get(ip);
     if (!e) {
       if (!create) return null;
+      if (this.#map.size >= this.timing.maxEntries) this.#evict(true);
       this.#map.set(ip, e = { mac, expires: 0, waiting: [], tries: 0, nextTry: 0 });
-    }
+    } else if (e.mac < 0) this.#resolving--;
     e.mac = mac;
     e.expires = now + this.timing.ttlMs;
     e.tries = 0;
     if (e.waiting.length === 0) return null;
     const w = e.waiting;
+    this.#queued -= w.length;
     e.waiting = [];
     return w;
   }
 
-  /** Queue a copy of `frame` for `ip`; true when a request should be sent now (a new resolution). */
-  enqueue(ip: number, frame: Uint8Array, now: number): boolean {
+  /**
+   * Queue a copy of `frame` for `ip`. {@link Enqueued.Request} when a request should be sent now (a new
+   * resolution, within the rate limit); {@link Enqueued.Refused} when a bound left no room (the frame dropped).
+   */
+  enqueue(ip: number, frame: Uint8Array, now: number): Enqueued {
+    const t = this.timing;
     let e = this.#map.get(ip);
-    if (!e) this.#map.set(ip, e = { mac: -1, expires: 0, waiting: [], tries: 0, nextTry: 0 });
-    const fresh = e.tries === 0; // no request out for it yet (new, or resolved before and expired)
-    e.mac = -1;
-    if (e.waiting.length >= this.timing.queue) {
+    if (!e || e.mac >= 0) {
+      // A new resolution (or a resolved entry gone stale): within the bounds only.
+      if (
+        this.#resolving >= t.maxResolving || (!e && this.#map.size >= t.maxEntries && !this.#evict(false))
+      ) {
+        this.dropped++;
+        return Enqueued.Refused;
+      }
+      if (!e) this.#map.set(ip, e = { mac: -1, expires: 0, waiting: [], tries: 0, nextTry: now });
+      e.mac = -1;
+      e.tries = 0;
+      e.nextTry = now;
+      this.#resolving++;
+    }
+    if (e.waiting.length >= t.queue) {
       e.waiting.shift();
+      this.#queued--;
       this.dropped++;
     }
-    e.waiting.push(frame.slice());
-    if (fresh) {
-      e.tries = 1;
-      e.nextTry = now + this.timing.retryMs;
+    if (this.#queued >= t.maxQueued) this.dropped++;
+    else {
+      e.waiting.push(frame.slice());
+      this.#queued++;
     }
-    return fresh;
+    if (e.tries === 0 && e.nextTry <= now && this.#token(now)) {
+      e.tries = 1;
+      e.nextTry = now + t.retryMs;
+      return Enqueued.Request;
+    }
+    return Enqueued.Queued;
   }
 
-  /** Addresses whose next request is due at `now` (retries); entries out of tries are dropped with their frames. */
+  /**
+   * Addresses whose next request is due at `now` and within the rate limit (retries); entries out of tries are
+   * dropped with their frames, long-stale resolved ones forgotten.
+   */
   due(now: number): number[] {
     const out: number[] = [];
     for (const [ip, e] of this.#map) {
@@ -154,10 +238,10 @@ export class ArpCache {
       }
       if (e.nextTry > now) continue;
       if (e.tries >= this.timing.tries) {
-        this.dropped += e.waiting.length;
-        this.#map.delete(ip);
+        this.#drop(ip, e);
         continue;
       }
+      if (!this.#token(now)) continue; // over the rate: asked again at the next call
       e.tries++;
       e.nextTry = now + this.timing.retryMs;
       out.push(ip);
@@ -165,8 +249,55 @@ export class ArpCache {
     return out;
   }
 
+  /** Drop every frame waiting for resolution and the resolutions themselves (the sender's address changed). */
+  clearWaiting(): void {
+    for (const [ip, e] of this.#map) if (e.mac < 0) this.#drop(ip, e);
+  }
+
   /** Entries as [ip, mac] for display (-1: unresolved). */
   entries(): [number, number][] {
     return [...this.#map].map(([ip, e]) => [ip, e.mac]);
+  }
+
+  /** Take a request token (the bucket refills at requestsPerSecond, up to as many). */
+  #token(now: number): boolean {
+    const rate = this.timing.requestsPerSecond;
+    this.#tokens = Math.min(rate, this.#tokens + ((now - this.#refilled) * rate) / 1000);
+    this.#refilled = now;
+    if (this.#tokens < 1) {
+      this.limited++;
+      return false;
+    }
+    this.#tokens--;
+    return true;
+  }
+
+  #drop(ip: number, e: ArpEntry): void {
+    if (e.mac < 0) this.#resolving--;
+    this.dropped += e.waiting.length;
+    this.#queued -= e.waiting.length;
+    this.#map.delete(ip);
+  }
+
+  /**
+   * Make room for one entry. A neighbour learned makes room by ending the oldest resolution first (RFC 1122
+   * §2.3.2.2 lets a cache drop what it must), else the oldest entry; a new resolution only by the oldest resolved
+   * entry (resolutions are bounded by maxResolving instead). False when nothing could go.
+   */
+  #evict(resolutionFirst: boolean): boolean {
+    let victim = -1;
+    for (const [ip, e] of this.#map) {
+      if (e.mac < 0) {
+        if (!resolutionFirst) continue;
+        victim = ip;
+        break;
+      }
+      if (victim < 0) victim = ip;
+      if (!resolutionFirst || this.#resolving === 0) break; // the oldest resolved entry goes
+    }
+    if (victim < 0) return false;
+    this.#drop(victim, this.#map.get(victim)!);
+    this.evicted++;
+    return true;
   }
 }

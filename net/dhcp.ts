@@ -5,7 +5,17 @@
  * REBINDING at T2 (broadcast REQUEST) → INIT when the lease runs out or a NAK arrives.
  * @module
  */
-import { ipText, prefixOf, readU16, readU32, writeU16, writeU32 } from "./ipv4.ts";
+import {
+  hostCidrProblem,
+  ipText,
+  maskOf,
+  prefixOf,
+  readU16,
+  readU32,
+  specialAddress,
+  writeU16,
+  writeU32,
+} from "./ipv4.ts";
 import { writeMac } from "./ethernet.ts";
 
 /** Server port. */
@@ -69,6 +79,8 @@ export class DhcpClient {
   readonly buf: Uint8Array<ArrayBuffer> = new Uint8Array(576);
   /** Messages refused (not BOOTP replies for us, bad options). */
   rejected = 0;
+  /** Offers and acks refused for what they grant: not a host address in a sane prefix, a bad router or server. */
+  refused = 0;
   #xid = 0;
   #offered = 0;
   #server = 0;
@@ -145,9 +157,10 @@ export class DhcpClient {
 
   /**
    * Handle a BOOTP message (the UDP payload at `d[off..off+len)`) at `now`. Returns "bound" when a lease was
-   * granted or renewed, "nak" when the server refused (the client restarts), else null.
+   * granted or renewed, "nak" when the server refused (the client restarts), "refused" when what a server offered
+   * or granted is no lease a host can take (counted in {@link DhcpClient.refused}; the client goes on), else null.
    */
-  receive(d: Uint8Array, off: number, len: number, now: number): "bound" | "nak" | null {
+  receive(d: Uint8Array, off: number, len: number, now: number): "bound" | "nak" | "refused" | null {
     if (
       len < FIXED + 3 || d[off] !== 2 || d[off + 1] !== 1 || d[off + 2] !== 6 ||
       readU32(d, off + 4) !== this.#xid || readU32(d, off + 236) !== COOKIE || !this.#forMe(d, off + 28)
@@ -163,6 +176,7 @@ export class DhcpClient {
     const yiaddr = readU32(d, off + 16);
     if (o.type === DHCPOFFER && this.state === "selecting") {
       if (!o.server || yiaddr === 0) return this.#reject();
+      if (leaseProblem(yiaddr, o)) return this.#refuse();
       this.#offered = yiaddr;
       this.#server = o.server;
       this.state = "requesting";
@@ -175,18 +189,25 @@ export class DhcpClient {
       (this.state === "requesting" || this.state === "renewing" || this.state === "rebinding")
     ) {
       if (yiaddr === 0 || (this.state === "requesting" && yiaddr !== this.#offered)) return this.#reject();
+      const server = o.server || this.#server || this.lease?.server || 0;
+      if (leaseProblem(yiaddr, o) || (server !== 0 && specialAddress(server) !== null)) {
+        // Requesting: start over (RFC 2131 §4.4.1 does so after a DECLINE); renewing: keep the lease we have.
+        if (this.state === "requesting") this.start(now);
+        return this.#refuse();
+      }
       const leaseSeconds = o.lease || 3600;
-      const prefix = o.mask ? prefixOf(o.mask) : 24;
-      if (prefix < 0 || prefix > 30) return this.#reject();
+      // RFC 2131 §4.4.5: T1 < T2 < lease; values out of that order fall back to 0.5 and 0.875 of the lease.
+      let t1 = o.t1 || leaseSeconds / 2, t2 = o.t2 || leaseSeconds * 0.875;
+      if (!(t1 < t2 && t2 < leaseSeconds)) t1 = leaseSeconds / 2, t2 = leaseSeconds * 0.875;
       this.lease = {
         ip: yiaddr,
-        prefix,
+        prefix: o.mask ? prefixOf(o.mask) : 24,
         gateway: o.router,
         dns: o.dns,
-        server: o.server || this.#server || this.lease?.server || 0,
+        server,
         leaseSeconds,
-        t1: o.t1 && o.t1 < leaseSeconds ? o.t1 : leaseSeconds / 2,
-        t2: o.t2 && o.t2 < leaseSeconds ? o.t2 : leaseSeconds * 0.875,
+        t1,
+        t2,
       };
       this.state = "bound";
       this.#boundAt = now;
@@ -215,6 +236,11 @@ export class DhcpClient {
   #reject(): null {
     this.rejected++;
     return null;
+  }
+
+  #refuse(): "refused" {
+    this.refused++;
+    return "refused";
   }
 
   #forMe(d: Uint8Array, chaddr: number): boolean {
@@ -269,6 +295,24 @@ interface Options {
   lease: number;
   t1: number;
   t2: number;
+}
+
+/**
+ * Why the address `ip` with the options `o` is no lease a host can take, or null: the mask is not a contiguous
+ * /1../30, the address is special-purpose (RFC 6890) or the subnet's network or broadcast address, the router is
+ * not another host on the subnet.
+ */
+function leaseProblem(ip: number, o: Options): string | null {
+  const prefix = o.mask ? prefixOf(o.mask) : 24;
+  if (prefix < 1 || prefix > 30) return "mask";
+  if (specialAddress(ip) !== null || hostCidrProblem({ ip, prefix }) !== null) return "address";
+  const r = o.router, mask = maskOf(prefix);
+  if (
+    r !== 0 &&
+    (r === ip || (r & mask) !== (ip & mask) || specialAddress(r) !== null ||
+      hostCidrProblem({ ip: r, prefix }))
+  ) return "router";
+  return null;
 }
 
 /** Parse options in `d[o..end)`; null when malformed (an option running past the end, no message type). */

@@ -14,12 +14,12 @@ import { PvdrvError } from "../hal/errors.ts";
 import { type Nic, RX_CSUM_PARTIAL, RX_CSUM_VALID } from "../drivers/net/nic.ts";
 import type { PacketBuffer } from "../drivers/net/packet_pool.ts";
 import {
-  ARP_DEFAULTS,
   ARP_REPLY,
   ARP_REQUEST,
   ArpCache,
   type ArpTiming,
   type ArpView,
+  Enqueued,
   readArp,
   writeArp,
 } from "./arp.ts";
@@ -30,6 +30,7 @@ import {
   ETH_HLEN,
   ETHERTYPE_ARP,
   ETHERTYPE_IPV4,
+  isGroupMac,
   macNumber,
   readMac,
   writeEthernet,
@@ -51,6 +52,7 @@ import {
   PROTO_UDP,
   readU16,
   readU32,
+  specialAddress,
   writeIpv4,
   writeU16,
 } from "./ipv4.ts";
@@ -69,8 +71,14 @@ export interface HostOptions {
   interrupts?: boolean;
   /** With interrupts: keep polling this long after the last frame before sleeping (default 0.2 ms). */
   spinMs?: number;
-  /** ARP cache timing. */
+  /** ARP cache timing and bounds. */
   arp?: Partial<ArpTiming>;
+  /**
+   * Told of the first failure of each kind: an application callback that threw ("app", such as a socket's
+   * `onDatagram`) and a frame whose handling failed inside the host ("frame"). Later ones are only counted
+   * (`appErrors`, `rxErrors`). Default: one line on stderr.
+   */
+  onError?: (e: Error, where: "app" | "frame") => void;
   /** Queue pair to use (default 0). */
   queue?: number;
   /**
@@ -88,21 +96,34 @@ export interface HostStats {
   rxIgnored: number;
   /** Frames too short for their headers, or whose IPv4 total length exceeds the frame. */
   rxTruncated: number;
+  /** Frames from a group (multicast, broadcast) or all-zero source MAC: no host sends those. */
+  rxBadSource: number;
+  /** Frames whose handling failed inside the host (counted and dropped; the loop goes on). */
+  rxErrors: number;
+  /** Application callbacks (a socket's `onDatagram`) that threw: counted, the loop goes on. */
+  appErrors: number;
   /** ARP requests for this host, answered. */
   arpRequests: number;
   /** ARP replies received. */
   arpReplies: number;
   /** ARP packets about other hosts (learned from, if known, and dropped). */
   arpOther: number;
-  /** Malformed ARP (not IPv4 over Ethernet). */
+  /** Malformed ARP (not IPv4 over Ethernet), or a sender no host can be (a group or zero MAC, a special address). */
   arpBad: number;
   /** IPv4 headers with a bad version or IHL, or a total length below the header. */
   ipBadHeader: number;
   /** IPv4 header checksum failures. */
   ipBadChecksum: number;
+  /** IPv4 packets longer than the MTU (a frame may be MTU + 18 for a VLAN tag, its IPv4 packet not). */
+  ipTooBig: number;
+  /**
+   * IPv4 packets from a source no host can have (RFC 1122 §3.2.1.3): 0.0.0.0/8 (except 0.0.0.0 to a DHCP server
+   * port), loopback, multicast, class E, the limited or the subnet broadcast, our own address.
+   */
+  ipBadSource: number;
   /** IPv4 fragments (not reassembled). */
   ipFragments: number;
-  /** IPv4 packets for another address. */
+  /** IPv4 packets for another address (or a unicast address in a link-layer broadcast, RFC 1122 §3.3.6). */
   ipNotForUs: number;
   /** IPv4 packets of a protocol other than ICMP and UDP. */
   ipUnknownProtocol: number;
@@ -120,10 +141,16 @@ export interface HostStats {
   udpBadLength: number;
   /** UDP datagrams to a port nobody bound. */
   udpNoPort: number;
+  /** DHCP offers and acks refused for what they grant (not a host address in a sane prefix; a bad router). */
+  dhcpRefused: number;
   /** Frames sent. */
   txFrames: number;
-  /** Frames not sent: no TX buffer, ring full, no route, or ARP never resolved. */
+  /** Frames not sent: no TX buffer, or the ring full. */
   txDropped: number;
+  /** Replies not sent: no route to the destination (off the subnet with no gateway). */
+  txNoRoute: number;
+  /** Replies not sent: larger than the MTU allows. */
+  txTooBig: number;
 }
 
 function emptyHostStats(): HostStats {
@@ -131,12 +158,17 @@ function emptyHostStats(): HostStats {
     rxFrames: 0,
     rxIgnored: 0,
     rxTruncated: 0,
+    rxBadSource: 0,
+    rxErrors: 0,
+    appErrors: 0,
     arpRequests: 0,
     arpReplies: 0,
     arpOther: 0,
     arpBad: 0,
     ipBadHeader: 0,
     ipBadChecksum: 0,
+    ipTooBig: 0,
+    ipBadSource: 0,
     ipFragments: 0,
     ipNotForUs: 0,
     ipUnknownProtocol: 0,
@@ -147,8 +179,11 @@ function emptyHostStats(): HostStats {
     udpBadChecksum: 0,
     udpBadLength: 0,
     udpNoPort: 0,
+    dhcpRefused: 0,
     txFrames: 0,
     txDropped: 0,
+    txNoRoute: 0,
+    txTooBig: 0,
   };
 }
 
@@ -182,10 +217,8 @@ export class NetHost {
   readonly arp: ArpCache;
   /** The MAC as a number. */
   readonly macNum: number;
-  /** Our address (0: none yet). */
-  ip = 0;
-  /** Prefix length of our subnet. */
-  prefix = 0;
+  #ip = 0;
+  #prefix = 0;
   /** Default gateway (0: none). */
   gateway = 0;
   /** TTL of sent packets. */
@@ -194,6 +227,8 @@ export class NetHost {
   readonly #interrupts: boolean;
   readonly #spinMs: number;
   readonly #passive: boolean;
+  readonly #onError: (e: Error, where: "app" | "frame") => void;
+  readonly #reported = { app: false, frame: false };
   readonly #rx: PacketBuffer[] = new Array(BATCH);
   readonly #tx: PacketBuffer[] = new Array(BATCH);
   readonly #one: PacketBuffer[] = new Array(1);
@@ -212,6 +247,8 @@ export class NetHost {
   readonly #sockets = new Map<number, UdpSocket>();
   readonly #pings = new Map<number, PendingPing>();
   #ipId = 0;
+  /** The subnet broadcast address (0: no address); kept, not computed per frame (a boxed number each time). */
+  #bcast = 0;
   #pingId: number;
   #pingSeq = 0;
   #dhcp: DhcpClient | null = null;
@@ -232,7 +269,12 @@ export class NetHost {
     this.#interrupts = opts.interrupts ?? false;
     this.#spinMs = opts.spinMs ?? 0.2;
     this.#passive = opts.passive ?? false;
-    this.arp = new ArpCache({ ...ARP_DEFAULTS, ...opts.arp });
+    this.arp = new ArpCache(opts.arp);
+    this.#onError = opts.onError ?? ((e, where) =>
+      console.error(
+        `pvdrv: ${where === "app" ? "an application callback" : "handling a frame"} failed: ${e.message} ` +
+          `(dropped and counted in ${where === "app" ? "appErrors" : "rxErrors"}; later ones only counted)`,
+      ));
     this.#pingId = (Math.random() * 0x10000) & 0xffff;
     if (opts.ip !== undefined) {
       const c = typeof opts.ip === "string" ? parseCidr(opts.ip) : opts.ip;
@@ -255,6 +297,16 @@ export class NetHost {
     if (this.#running) return;
     if (this.ip) this.announce();
     this.#running = this.#loop();
+  }
+
+  /** Our address (0: none yet). */
+  get ip(): number {
+    return this.#ip;
+  }
+
+  /** Prefix length of our subnet. */
+  get prefix(): number {
+    return this.#prefix;
   }
 
   /** "10.0.0.2/24" or "unconfigured". */
@@ -287,7 +339,7 @@ export class NetHost {
     }
     const s = new UdpSocket(
       port,
-      (sp, dst, dp, bytes, off, len) => this.#sendUdp(sp, dst, dp, bytes, off, len),
+      (sp, dst, dp, bytes, off, len, reply) => this.#sendUdp(sp, dst, dp, bytes, off, len, reply),
       () => this.#sockets.delete(port),
     );
     this.#sockets.set(port, s);
@@ -301,7 +353,7 @@ export class NetHost {
   ping(dst: number, o: { size?: number; timeoutMs?: number; seq?: number } = {}): Promise<PingReply | null> {
     this.#check();
     const size = o.size ?? 56, timeoutMs = o.timeoutMs ?? 1000;
-    const max = this.nic.maxFrame - L4 - ICMP_ECHO_HLEN - 4;
+    const max = Math.min(this.nic.mtu - IPV4_HLEN, this.nic.maxFrame - L4) - ICMP_ECHO_HLEN;
     if (!Number.isInteger(size) || size < 0 || size > max) {
       throw new RangeError(`ping size must be 0..${max}`);
     }
@@ -319,12 +371,10 @@ export class NetHost {
         resolve(null);
       }, timeoutMs);
       this.#pings.set(seq, p);
-      try {
-        this.#sendIp(b, dst, PROTO_ICMP, len, -1);
-      } catch (e) {
+      if (!this.#sendIp(b, dst, PROTO_ICMP, len, -1)) {
         this.#pings.delete(seq);
         clearTimeout(p.timer);
-        throw e;
+        throw this.#noRoute(dst);
       }
       p.t0 = performance.now(); // after the doorbell
     });
@@ -359,7 +409,14 @@ export class NetHost {
     const now = performance.now();
     this.#inPoll = true;
     try {
-      for (let i = 0; i < n; i++) this.#input(rx[i], now);
+      // One frame's failure is that frame's: counted, and the rest of the batch is handled all the same.
+      for (let i = 0; i < n; i++) {
+        try {
+          this.#input(rx[i], now);
+        } catch (e) {
+          this.#frameFailed(e);
+        }
+      }
     } finally {
       this.#inPoll = false;
       nic.release(rx, n, this.#queue);
@@ -385,6 +442,8 @@ export class NetHost {
     this.#inPoll = true;
     try {
       this.#input(b, performance.now());
+    } catch (e) {
+      this.#frameFailed(e);
     } finally {
       this.#inPoll = false;
       this.#flush();
@@ -396,9 +455,14 @@ export class NetHost {
     if (now >= this.#nextHousekeep) this.#housekeep(now);
   }
 
-  /** Throw the error that stopped the loop, if any. */
+  /** Throw the error that stopped the loop, if any (only the NIC failing stops it: frames cannot). */
   checkHealth(): void {
     if (this.#error) throw this.#error;
+  }
+
+  /** The error that stopped the loop, or null while it runs (or ended by {@link NetHost.close}). */
+  get error(): Error | null {
+    return this.#error;
   }
 
   /** Stop the loop, close sockets, answer outstanding pings with null (the NIC stays open: it is yours). */
@@ -421,6 +485,9 @@ export class NetHost {
     if (len < ETH_HLEN) return void s.rxTruncated++;
     const dstMac = readMac(d, 0);
     if (dstMac !== this.macNum && dstMac !== BROADCAST_MAC) return void s.rxIgnored++;
+    // No station sends from a group (I/G bit set) or an all-zero MAC: nothing from one is answered, learned or
+    // delivered. Read from the bytes: a 48-bit number here would be a heap number per frame.
+    if ((d[6] & 1) || (d[6] | d[7] | d[8] | d[9] | d[10] | d[11]) === 0) return void s.rxBadSource++;
     const type = (d[12] << 8) | d[13];
     if (type === ETHERTYPE_ARP) return this.#arpInput(d, len, now);
     if (type !== ETHERTYPE_IPV4) return void s.rxIgnored++;
@@ -433,16 +500,19 @@ export class NetHost {
       return;
     }
     const ihl = (d[L3] & 15) * 4, total = readU16(d, L3 + 2), proto = d[L3 + 9];
+    // The frame rule leaves room for a VLAN tag; an untagged packet past the MTU is not one any link carries.
+    if (total > this.nic.mtu) return void s.ipTooBig++;
     const src = readU32(d, L3 + 12), dst = readU32(d, L3 + 16);
     const l4 = L3 + ihl, l4len = total - ihl;
-    const forUs = this.ip !== 0 &&
-      (dst === this.ip || dst === BROADCAST_IP || dst === this.#subnetBroadcast());
-    if (!forUs) {
-      // Before an address is leased, only the DHCP client's replies are taken (RFC 2131 §4.1).
-      const dhcpReply = this.#dhcp && this.ip === 0 && proto === PROTO_UDP && l4len >= UDP_HLEN &&
-        readU16(d, l4 + 2) === DHCP_CLIENT_PORT;
-      if (!dhcpReply) return void s.ipNotForUs++;
-    }
+    const toDhcpServer = proto === PROTO_UDP && l4len >= UDP_HLEN && readU16(d, l4 + 2) === DHCP_SERVER_PORT;
+    if (!this.#sourceOk(src, toDhcpServer)) return void s.ipBadSource++;
+    const forUs = this.ip !== 0 && (dst === this.ip || dst === BROADCAST_IP || dst === this.#bcast);
+    // Before an address is leased, only the DHCP client's replies are taken (RFC 2131 §4.1).
+    const dhcpReply = !forUs && this.#dhcp !== null && this.ip === 0 && proto === PROTO_UDP &&
+      l4len >= UDP_HLEN && readU16(d, l4 + 2) === DHCP_CLIENT_PORT;
+    if (!forUs && !dhcpReply) return void s.ipNotForUs++;
+    // RFC 1122 §3.3.6: a unicast IP destination in a link-layer broadcast is discarded.
+    if (dstMac === BROADCAST_MAC && dst === this.ip) return void s.ipNotForUs++;
     if (proto === PROTO_ICMP) this.#icmpInput(b, l4, l4len, src, dst, now);
     else if (proto === PROTO_UDP) this.#udpInput(b, l4, l4len, src, dst, now);
     else s.ipUnknownProtocol++;
@@ -451,14 +521,20 @@ export class NetHost {
   #arpInput(d: Uint8Array, len: number, now: number): void {
     const v = this.#arpView, s = this.stats;
     if (!readArp(d, len, v)) return void s.arpBad++;
+    // A sender no host can be is neither learned nor answered: a group or zero MAC, a special-purpose address
+    // other than 0.0.0.0 (an RFC 5227 probe), a broadcast address.
+    if (
+      v.sha === 0 || isGroupMac(v.sha) || (v.spa !== 0 && specialAddress(v.spa) !== null &&
+        specialAddress(v.spa) !== "link-local") ||
+      (this.ip !== 0 && v.spa === this.#bcast)
+    ) return void s.arpBad++;
     const forUs = this.ip !== 0 && v.tpa === this.ip;
-    // RFC 826: update an entry we have; add one when the packet is for us. A sender claiming our address or a
-    // group MAC is not learned.
-    let waiting: Uint8Array[] | null = null;
-    if (v.spa !== 0 && v.spa !== this.ip && v.sha !== BROADCAST_MAC) {
-      waiting = this.arp.learn(v.spa, v.sha, now, forUs);
+    // RFC 826: update an entry we have; add one when the packet is for us. Only senders on our subnet are learned
+    // (a neighbour off it is never a next hop), and never one claiming our own address.
+    if (v.spa !== 0 && v.spa !== this.ip && this.#onSubnet(v.spa)) {
+      const waiting = this.arp.learn(v.spa, v.sha, now, forUs);
+      if (waiting) { for (const w of waiting) this.#sendResolved(w, v.sha); }
     }
-    if (waiting) { for (const w of waiting) this.#sendResolved(w, v.sha); }
     if (!forUs) return void s.arpOther++;
     if (v.op === ARP_REPLY) return void s.arpReplies++;
     s.arpRequests++;
@@ -518,7 +594,8 @@ export class NetHost {
     if (dport === DHCP_CLIENT_PORT && this.#dhcp && sport === DHCP_SERVER_PORT) {
       s.udpDelivered++;
       const r = this.#dhcp.receive(d, off + UDP_HLEN, ulen - UDP_HLEN, now);
-      if (r) this.#dhcpEvent(r, now);
+      if (r === "refused") s.dhcpRefused++;
+      else if (r) this.#dhcpEvent(r, now);
       return;
     }
     const sock = this.#sockets.get(dport);
@@ -527,7 +604,42 @@ export class NetHost {
     const g = this.#dgram;
     g.src = src, g.srcPort = sport, g.dst = dst, g.dstPort = dport;
     g.bytes = d, g.offset = off + UDP_HLEN, g.length = ulen - UDP_HLEN;
-    sock.deliver(g);
+    try {
+      sock.deliver(g);
+    } catch (e) {
+      // The application's failure is the application's: counted, reported once, and the host goes on.
+      s.appErrors++;
+      this.#reportOnce(e, "app");
+    }
+  }
+
+  /** Whether `src` may be a packet's source (RFC 1122 §3.2.1.3); 0.0.0.0 only for a DHCP server's port. */
+  #sourceOk(src: number, toDhcpServer: boolean): boolean {
+    if (src === 0) return toDhcpServer; // a DHCP client before its lease (RFC 2131 §4.1)
+    const special = specialAddress(src);
+    if (special !== null && special !== "link-local") return false;
+    return this.ip === 0 || (src !== this.ip && src !== this.#bcast);
+  }
+
+  #onSubnet(ip: number): boolean {
+    const mask = maskOf(this.prefix);
+    return this.ip !== 0 && (ip & mask) === (this.ip & mask);
+  }
+
+  /** A frame's handling failed. A NIC that broke ends the loop (its error); anything else is counted. */
+  #frameFailed(e: unknown): void {
+    this.nic.checkHealth();
+    this.stats.rxErrors++;
+    this.#reportOnce(e, "frame");
+  }
+
+  #reportOnce(e: unknown, where: "app" | "frame"): void {
+    if (this.#reported[where]) return;
+    this.#reported[where] = true;
+    const err = e instanceof Error ? e : new Error(String(e));
+    try {
+      this.#onError(err, where);
+    } catch { /* a failing reporter is not the host's failure */ }
   }
 
   // ---- send ----
@@ -570,27 +682,23 @@ export class NetHost {
     if (!this.#inPoll) this.#flush();
   }
 
-  #subnetBroadcast(): number {
-    return (this.ip | ~maskOf(this.prefix)) >>> 0;
-  }
-
   /**
    * Write the IPv4 and Ethernet headers of `b` (payload of `len` bytes at L4 already there) for `dst` and queue
-   * it: to `dstMac` when given (≥ 0), else to the broadcast MAC for broadcasts, else through ARP.
+   * it: to `dstMac` when given (≥ 0), else to the broadcast MAC for broadcasts, else through ARP. False when there
+   * is no route (the buffer given back, counted in txNoRoute).
    */
-  #sendIp(b: PacketBuffer, dst: number, proto: number, len: number, dstMac: number, src = this.ip): void {
-    if (dstMac < 0 && (dst === BROADCAST_IP || (this.ip && dst === this.#subnetBroadcast()))) {
+  #sendIp(b: PacketBuffer, dst: number, proto: number, len: number, dstMac: number, src = this.ip): boolean {
+    if (dstMac < 0 && (dst === BROADCAST_IP || (this.ip && dst === this.#bcast))) {
       dstMac = BROADCAST_MAC;
     }
     this.#writeHeaders(b, dstMac, dst, proto, len, src);
     if (dstMac < 0) {
       // Resolve the next hop: the destination on our subnet, else the gateway.
-      const mask = maskOf(this.prefix);
-      const hop = this.ip && (dst & mask) === (this.ip & mask) ? dst : this.gateway;
+      const hop = this.#onSubnet(dst) ? dst : this.gateway;
       if (hop === 0) {
         this.#giveBack(b);
-        this.stats.txDropped++;
-        throw new PvdrvError("nic", `no route to ${ipText(dst)} (${this.address}, no gateway)`);
+        this.stats.txNoRoute++;
+        return false;
       }
       const now = performance.now(), mac = this.arp.lookup(hop, now);
       if (mac < 0) {
@@ -599,14 +707,22 @@ export class NetHost {
         if (b.csumOffset) {
           completeAt(b.data, b.csumStart, b.length, b.csumStart + b.csumOffset, proto === PROTO_UDP);
         }
-        if (this.arp.enqueue(hop, b.data.subarray(0, b.length), now)) this.#arpRequest(hop);
+        if (this.arp.enqueue(hop, b.data.subarray(0, b.length), now) === Enqueued.Request) {
+          this.#arpRequest(hop);
+        }
         this.#giveBack(b);
-        return this.#flushOutside();
+        this.#flushOutside();
+        return true;
       }
       writeMac(b.data, 0, mac);
     }
     this.#queueTx(b);
     this.#flushOutside();
+    return true;
+  }
+
+  #noRoute(dst: number): PvdrvError {
+    return new PvdrvError("nic", `no route to ${ipText(dst)} (${this.address}, no gateway)`);
   }
 
   /** Return an unsent TX buffer to the driver. */
@@ -648,6 +764,10 @@ export class NetHost {
     this.#queueTx(r);
   }
 
+  /**
+   * Send a datagram. A `reply` (an answer to what the wire sent) never throws: one that cannot be routed or does
+   * not fit is dropped and counted. Anything else the application asked for that cannot be sent throws.
+   */
   #sendUdp(
     sport: number,
     dst: number,
@@ -655,14 +775,20 @@ export class NetHost {
     bytes: Uint8Array,
     off: number,
     len: number,
+    reply: boolean,
     src = this.ip,
-  ) {
+  ): boolean {
+    if (reply && (this.#error || this.#stopped)) return false;
     this.#check();
     if (src === 0 && dst !== BROADCAST_IP) {
+      if (reply) return void this.stats.txNoRoute++, false;
       throw new PvdrvError("nic", "no address yet: configure one or lease with DHCP");
     }
-    const max = this.nic.maxFrame - L4 - UDP_HLEN - 4; // leave room for a VLAN tag the frame rule allows
-    if (len > max) throw new RangeError(`UDP payload of ${len} bytes exceeds ${max} (MTU ${this.nic.mtu})`);
+    const max = Math.min(this.nic.mtu - IPV4_HLEN - UDP_HLEN, this.nic.maxFrame - L4 - UDP_HLEN);
+    if (len > max) {
+      if (reply) return void this.stats.txTooBig++, false;
+      throw new RangeError(`UDP payload of ${len} bytes exceeds ${max} (MTU ${this.nic.mtu})`);
+    }
     const b = this.#frame();
     if (!b) return false;
     const d = b.data, u = L4, ulen = UDP_HLEN + len;
@@ -677,8 +803,9 @@ export class NetHost {
       b.csumStart = u;
       b.csumOffset = 6;
     } else completeAt(d, u, u + ulen, u + 6, true);
-    this.#sendIp(b, dst, PROTO_UDP, ulen, -1, src);
-    return true;
+    if (this.#sendIp(b, dst, PROTO_UDP, ulen, -1, src)) return true;
+    if (reply) return false;
+    throw this.#noRoute(dst);
   }
 
   // ---- configuration and timers ----
@@ -689,15 +816,25 @@ export class NetHost {
     if (why === "reserved") {
       throw new RangeError(`${ipText(ip)}/${prefix} is a network or broadcast address, not a host's`);
     }
-    this.ip = ip;
-    this.prefix = prefix;
+    this.#setAddress(ip, prefix);
     if (gateway) this.gateway = gateway;
+  }
+
+  /**
+   * Take (or, with 0, give up) an address. Frames parked for ARP carry the old source address: they are dropped,
+   * never sent from an address the host no longer has (RFC 2131 §4.4.5).
+   */
+  #setAddress(ip: number, prefix: number): void {
+    if (ip !== this.ip) this.arp.clearWaiting();
+    this.#ip = ip;
+    this.#prefix = prefix;
+    this.#bcast = ip === 0 ? 0 : (ip | ~maskOf(prefix)) >>> 0;
   }
 
   #dhcpEvent(r: "bound" | "nak", now: number): void {
     const c = this.#dhcp!;
     if (r === "nak") {
-      this.ip = 0;
+      this.#setAddress(0, 0);
       this.#nextHousekeep = now;
       return;
     }
@@ -719,12 +856,9 @@ export class NetHost {
     if (c) {
       const out = this.#dhcpOut;
       if (c.poll(now, out)) {
-        if (c.state === "selecting") this.ip = 0; // lease expired or NAKed: no address until the next ACK
-        try {
-          this.#sendUdp(DHCP_CLIENT_PORT, out.dst, DHCP_SERVER_PORT, c.buf, 0, out.length, out.src);
-        } catch {
-          this.stats.txDropped++; // no route to the server: the next retry (or rebinding's broadcast) tries again
-        }
+        if (c.state === "selecting") this.#setAddress(0, 0); // expired or NAKed: no address until the next ACK
+        // No route to the server is counted; the next retry (or rebinding's broadcast) tries again.
+        this.#sendUdp(DHCP_CLIENT_PORT, out.dst, DHCP_SERVER_PORT, c.buf, 0, out.length, true, out.src);
       }
       for (const w of this.#dhcpWaiters) {
         if (now > w.deadline) {

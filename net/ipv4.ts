@@ -55,6 +55,24 @@ export function hostCidrProblem(c: Cidr): "prefix" | "reserved" | null {
   return (c.ip & ~mask) === 0 || ((c.ip | mask) >>> 0) === 0xffffffff ? "reserved" : null;
 }
 
+/** The special-purpose address blocks a host meets on a link (RFC 1122 §3.2.1.3, RFC 6890). */
+export type SpecialAddress = "this-network" | "loopback" | "link-local" | "multicast" | "reserved";
+
+/**
+ * Which special-purpose block `ip` lies in, or null for an ordinary unicast address: 0.0.0.0/8 ("this network"),
+ * 127.0.0.0/8 (loopback), 169.254.0.0/16 (link-local), 224.0.0.0/4 (multicast), 240.0.0.0/4 (reserved, the
+ * limited broadcast included).
+ */
+export function specialAddress(ip: number): SpecialAddress | null {
+  const a = ip >>> 24;
+  if (a === 0) return "this-network";
+  if (a === 127) return "loopback";
+  if (a >= 240) return "reserved";
+  if (a >= 224) return "multicast";
+  if (ip >>> 16 === 0xa9fe) return "link-local";
+  return null;
+}
+
 /** The netmask of a prefix length. */
 export function maskOf(prefix: number): number {
   return prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;

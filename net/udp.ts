@@ -28,7 +28,10 @@ export interface Datagram {
   length: number;
 }
 
-/** How a socket sends: bound once to the host that made it. */
+/**
+ * How a socket sends: bound once to the host that made it. A `reply` never throws (what cannot be routed or does
+ * not fit is dropped and counted); any other send throws when there is no route or the payload is too large.
+ */
 export type UdpSend = (
   srcPort: number,
   dst: number,
@@ -36,6 +39,7 @@ export type UdpSend = (
   bytes: Uint8Array,
   offset: number,
   length: number,
+  reply: boolean,
 ) => boolean;
 
 /** A bound UDP port. */
@@ -62,7 +66,10 @@ export class UdpSocket implements AsyncIterable<Datagram> {
     this.#unbind = unbind;
   }
 
-  /** Send `payload` to `dst:port`; false when it could not be queued (no TX buffer, no route; counted). */
+  /**
+   * Send `payload` to `dst:port`; false when no TX buffer was free (counted). Throws when there is no route to
+   * `dst` or the payload exceeds the MTU: the application asked for something the host cannot do.
+   */
   send(payload: Uint8Array, dst: number, dstPort: number): boolean {
     return this.sendBytes(payload, 0, payload.length, dst, dstPort);
   }
@@ -70,12 +77,16 @@ export class UdpSocket implements AsyncIterable<Datagram> {
   /** Send `bytes[offset..offset+length)` (no copy of a view is made): the allocation-free form of send. */
   sendBytes(bytes: Uint8Array, offset: number, length: number, dst: number, dstPort: number): boolean {
     if (this.#closed) throw new PvdrvError("nic", `udp port ${this.port} is closed`);
-    return this.#send(this.port, dst, dstPort, bytes, offset, length);
+    return this.#send(this.port, dst, dstPort, bytes, offset, length, false);
   }
 
-  /** Send a datagram's payload back to where it came from (an echo, without allocating). */
+  /**
+   * Send a datagram's payload back to where it came from (an echo, without allocating). Never throws: a reply
+   * that cannot go (no route, too large, the socket or host closed) is dropped, counted by the host, and false.
+   */
   reply(d: Datagram): boolean {
-    return this.sendBytes(d.bytes, d.offset, d.length, d.src, d.srcPort);
+    if (this.#closed) return false;
+    return this.#send(this.port, d.src, d.srcPort, d.bytes, d.offset, d.length, true);
   }
 
   /** Deliver a received datagram (the host calls this). */

@@ -4,9 +4,7 @@
  */
 import assert from "assert";
 import { VirtioNet } from "../../drivers/virtio/net.ts";
-import { F, NET_F } from "../../drivers/virtio/features.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
-import { Wire } from "../models/wire.ts";
 import { NetHost } from "../../net/host.ts";
 import { finish, pseudoSum, sum16 } from "../../net/checksum.ts";
 import {
@@ -22,44 +20,18 @@ import {
 } from "../../net/ipv4.ts";
 import { macText, readMac } from "../../net/ethernet.ts";
 import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT } from "../../net/dhcp.ts";
-
-const A_IP = "10.0.0.2/24", B_IP = "10.0.0.1/24";
-const ALL = F.VERSION_1 | F.ACCESS_PLATFORM | F.RING_EVENT_IDX | NET_F.MAC | NET_F.STATUS | NET_F.MRG_RXBUF |
-  NET_F.CTRL_VQ | NET_F.CTRL_RX | NET_F.MTU;
-
-interface Pair {
-  a: NetHost;
-  b: NetHost;
-  wire: Wire;
-  ma: VirtioNetModel;
-  close(): Promise<void>;
-}
-
-function pair(
-  o: { offload?: boolean; aIp?: string | null; arp?: { retryMs: number } } = {},
-): Pair {
-  const features = o.offload === false ? ALL : ALL | NET_F.CSUM | NET_F.GUEST_CSUM;
-  const ma = new VirtioNetModel({ mac: [2, 0, 0, 0, 0, 0xa], features });
-  const mb = new VirtioNetModel({ mac: [2, 0, 0, 0, 0, 0xb], features });
-  const na = VirtioNet.openPci(ma.pci()), nb = VirtioNet.openPci(mb.pci());
-  assert.equal(na.txChecksum, o.offload !== false);
-  const wire = new Wire(ma, mb).start();
-  const a = NetHost.start(na, { ip: o.aIp === null ? undefined : o.aIp ?? A_IP, arp: o.arp });
-  const b = NetHost.start(nb, { ip: B_IP, arp: o.arp });
-  return {
-    a,
-    b,
-    wire,
-    ma,
-    async close() {
-      await a.close();
-      await b.close();
-      wire.stop();
-      await na.close();
-      await nb.close();
-    },
-  };
-}
+import {
+  A_IP,
+  ALL,
+  arpFrame,
+  B_IP,
+  dhcpReply,
+  dhcpType,
+  pair,
+  refreshIpSum,
+  udpFrame,
+  waitFor,
+} from "./net_fixture.ts";
 
 Deno.test("net: checksum, addresses and MACs parse, format and refuse clearly", () => {
   // RFC 1071 §3 example: words 0001 f203 f4f5 f6f7 sum to ddf2 (folded), checksum 220d.
@@ -170,42 +142,6 @@ Deno.test("net: a corrupted UDP checksum is counted and dropped, and a zero chec
   }
 });
 
-/** Poll `cond` until true (or fail after 3 s). */
-async function waitFor(cond: () => boolean, ms = 3000): Promise<void> {
-  const end = performance.now() + ms;
-  while (!cond()) {
-    if (performance.now() > end) throw new Error("timed out waiting");
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
-
-/** A well-formed IPv4/UDP frame from b to a, to be broken by the caller. */
-function udpFrame(p: Pair, payload = 16): Uint8Array {
-  const f = new Uint8Array(42 + payload);
-  f.set(p.a.nic.mac, 0);
-  f.set(p.b.nic.mac, 6);
-  writeU16(f, 12, 0x0800);
-  f[14] = 0x45;
-  writeU16(f, 16, 28 + payload);
-  f[22] = 64;
-  f[23] = 17;
-  writeU32(f, 26, p.b.ip);
-  writeU32(f, 30, p.a.ip);
-  writeU16(f, 24, finish(sum16(f, 14, 20)));
-  writeU16(f, 34, 5000);
-  writeU16(f, 36, 9);
-  writeU16(f, 38, 8 + payload);
-  writeU16(f, 40, finish(sum16(f, 34, 8 + payload, pseudoSum(p.b.ip, p.a.ip, 17, 8 + payload))));
-  return f;
-}
-
-function refreshIpSum(f: Uint8Array): Uint8Array {
-  const ihl = (f[14] & 15) * 4;
-  writeU16(f, 24, 0);
-  writeU16(f, 24, finish(sum16(f, 14, Math.min(ihl, f.length - 14))));
-  return f;
-}
-
 Deno.test("net: bad frames are counted in their own counter and dropped; the host still answers after", async () => {
   const p = pair({ offload: false });
   try {
@@ -272,21 +208,6 @@ Deno.test("net: bad frames are counted in their own counter and dropped; the hos
   }
 });
 
-function arpFrame(p: Pair, target: number): Uint8Array {
-  const f = new Uint8Array(42);
-  f.fill(0xff, 0, 6);
-  f.set(p.b.nic.mac, 6);
-  writeU16(f, 12, 0x0806);
-  writeU16(f, 14, 1);
-  writeU16(f, 16, 0x0800);
-  f[18] = 6, f[19] = 4;
-  writeU16(f, 20, 1);
-  f.set(p.b.nic.mac, 22);
-  writeU32(f, 28, p.b.ip);
-  writeU32(f, 38, target);
-  return f;
-}
-
 Deno.test("net: an address that never answers ARP drops its queued frames after the retries; no route is an error", async () => {
   const p = pair({ arp: { retryMs: 20 } });
   try {
@@ -305,36 +226,14 @@ Deno.test("net: DHCP DISCOVER/OFFER/REQUEST/ACK against a server on the other ho
   try {
     const seen: number[] = [];
     const server = p.b.udp(DHCP_SERVER_PORT);
-    const reply = new Uint8Array(300);
     server.onDatagram = (d) => {
-      const m = d.bytes, o = d.offset;
-      let type = 0;
-      for (let i = o + 240; i < o + d.length && m[i] !== 255;) {
-        if (m[i] === 0) {
-          i++;
-          continue;
-        }
-        if (m[i] === 53) type = m[i + 2];
-        i += 2 + m[i + 1];
-      }
+      const m = d.bytes, o = d.offset, type = dhcpType(m, o, d.length);
       seen.push(type);
-      reply.fill(0);
-      reply[0] = 2, reply[1] = 1, reply[2] = 6;
-      reply.set(m.subarray(o + 4, o + 8), 4); // xid
-      reply.set(m.subarray(o + 28, o + 34), 28); // chaddr
-      writeU32(reply, 16, parseIp("10.0.0.42"));
-      writeU32(reply, 236, 0x63825363);
-      let k = 240;
-      const opt = (
-        code: number,
-        v: number[],
-      ) => (reply[k++] = code, reply[k++] = v.length, v.forEach((x) => reply[k++] = x));
-      opt(53, [type === 1 ? 2 : 5]);
-      opt(54, [10, 0, 0, 1]);
-      opt(1, [255, 255, 255, 0]);
-      opt(3, [10, 0, 0, 1]);
-      opt(51, [0, 0, 0, 2]); // a 2 s lease: T1 at 1 s
-      reply[k++] = 255;
+      const reply = dhcpReply(m, o, type === 1 ? 2 : 5, parseIp("10.0.0.42"), [
+        [1, [255, 255, 255, 0]],
+        [3, [10, 0, 0, 1]],
+        [51, [0, 0, 0, 2]], // a 2 s lease: T1 at 1 s
+      ]);
       // Before the lease the client has no address: broadcast (it set the flag); renewal replies go unicast.
       const ciaddr = readU32(m, o + 12);
       server.send(reply, ciaddr || 0xffffffff, DHCP_CLIENT_PORT);
