@@ -3,7 +3,7 @@
  * @module
  */
 import { openNic } from "../drivers/table.ts";
-import type { Nic } from "../drivers/net/nic.ts";
+import { type Nic, totalStats } from "../drivers/net/nic.ts";
 import { ipText } from "../net/ipv4.ts";
 import { pingRun } from "../apps/ping.ts";
 import { intArg, parse, runMain, UsageError } from "./common.ts";
@@ -59,7 +59,7 @@ await runMain(USAGE, async () => {
       intervalMs,
       size,
       timeoutMs,
-      stop: () => stopping,
+      stop: () => stopping || host.error !== null,
       onReply: values.quiet || values.json ? undefined : (seq, r) => {
         if (r) {
           console.log(
@@ -68,10 +68,12 @@ await runMain(USAGE, async () => {
         } else console.log(`no reply from ${ipText(dst)}: icmp_seq=${seq}`);
       },
     });
-    const stats = { ...host.stats };
+    host.checkHealth(); // a host whose NIC failed ends the task with that error, not a loss summary
+    const stats = { ...host.stats }, nicStats = totalStats(nic.stats());
     await host.close();
-    if (values.json) console.log(JSON.stringify({ dst: ipText(dst), src: host.address, ...s, host: stats }));
-    else {
+    if (values.json) {
+      console.log(JSON.stringify({ dst: ipText(dst), src: host.address, ...s, host: stats, nic: nicStats }));
+    } else {
       console.log(`\n--- ${ipText(dst)} ping statistics ---`);
       console.log(
         `${s.transmitted} packets transmitted, ${s.received} received, ${

@@ -4,7 +4,7 @@
  * @module
  */
 import { openNic } from "../drivers/table.ts";
-import type { IrqMode, Nic } from "../drivers/net/nic.ts";
+import { type IrqMode, type Nic, totalStats } from "../drivers/net/nic.ts";
 import { ipText } from "../net/ipv4.ts";
 import { checkDatagram, echoRun, recvRun, writeDatagram } from "../apps/datagrams.ts";
 import { frameSize } from "../apps/traffic.ts";
@@ -64,7 +64,7 @@ export async function runUdp(o: UdpRunOptions): Promise<number> {
       Deno.addSignalListener(sig, () => void (stopping = true));
     }
     const sock = host.udp(port);
-    const stop = () => stopping;
+    const stop = () => stopping || host.error !== null;
     let result: Record<string, unknown>, ok: boolean;
     if (mode === "echo") {
       let echoed = 0, bad = 0;
@@ -76,9 +76,11 @@ export async function runUdp(o: UdpRunOptions): Promise<number> {
         if (count && echoed >= count) done();
       };
       console.error(`udp: echoing on ${host.address.split("/")[0]}:${port}`);
-      const t = setInterval(() => stopping && done(), 100);
+      // The host's health is checked too: a host whose NIC failed ends the run with that error.
+      const t = setInterval(() => (stopping || host.error) && done(), 100);
       await finished;
       clearInterval(t);
+      host.checkHealth();
       result = { mode, port, echoed, nonTest: bad };
       ok = true;
     } else if (mode === "send") {
@@ -92,7 +94,9 @@ export async function runUdp(o: UdpRunOptions): Promise<number> {
         for (let seq = 0; seq < count && !stopping; seq++) {
           const size = frameSize(seq, min, max);
           writeDatagram(buf, seq, size);
-          while (!sock.sendBytes(buf, 0, size, to!.ip, to!.port)) await tick(); // ring full: completions free it
+          while (!sock.sendBytes(buf, 0, size, to!.ip, to!.port)) {
+            await tick(); // ring full: completions free it
+          }
           sent++;
           if (o.rate) {
             // Paced: sleep once at least 5 ms ahead of schedule (timers are clamped to 4 ms anyway).
@@ -111,11 +115,15 @@ export async function runUdp(o: UdpRunOptions): Promise<number> {
       result = { mode, port, ...r };
       ok = r.corrupt === 0 && (count === 0 || r.received === count);
     }
+    host.checkHealth(); // a run cut short by a failed host is that failure, not a summary
     result.host = { ...host.stats };
+    result.nic = totalStats(nic.stats());
     await host.close();
     if (o.json) console.log(JSON.stringify(result));
     else {console.log(
-        Object.entries(result).filter(([k]) => k !== "host").map(([k, v]) => `${k} ${v}`).join(", "),
+        Object.entries(result).filter(([k]) => k !== "host" && k !== "nic").map(([k, v]) => `${k} ${v}`).join(
+          ", ",
+        ),
       );}
     return ok ? 0 : 1;
   } finally {
