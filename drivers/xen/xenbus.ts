@@ -18,9 +18,9 @@ export const XenbusState = {
   Reconfigured: 8,
 } as const;
 
-/** The state under `dir` (its `state` key), checked to be a XenBus state. */
-export async function readState(xs: XenStore, dir: string): Promise<number> {
-  const s = await xs.tryRead(`${dir}/state`);
+/** The state under `dir` (its `state` key), checked to be a XenBus state; `timeoutMs` bounds the read. */
+export async function readState(xs: XenStore, dir: string, timeoutMs?: number): Promise<number> {
+  const s = await xs.tryRead(`${dir}/state`, 0, timeoutMs);
   const n = Number(s);
   if (s === null || !/^\d$/.test(s) || n > XenbusState.Reconfigured) {
     throw new XenStoreError("EPROTO", `${dir}/state is '${s}'`);
@@ -45,7 +45,9 @@ export async function waitState(
     return Number(v);
   } catch (e) {
     if (e instanceof XenStoreError && e.code === "ETIMEDOUT") {
-      const seen = await readState(xs, dir).catch(() => "?");
+      // The state seen, for the message: asked within the caller's bound, not a whole request deadline. A
+      // xenstore that does not answer it is marked silent, so the caller's cleanup skips what it would wait for.
+      const seen = await readState(xs, dir, Math.min(timeoutMs, 1000)).catch(() => "?");
       throw new XenStoreError(
         "ETIMEDOUT",
         `backend ${dir} did not reach ${what} within ${timeoutMs} ms (state ${seen})`,

@@ -173,7 +173,7 @@ export class XenStore {
     for (const w of this.#watches.values()) w.fail(e);
   }
 
-  #request(type: number, payload: Uint8Array, tx = 0): Promise<Uint8Array> {
+  #request(type: number, payload: Uint8Array, tx = 0, timeoutMs = this.#timeoutMs): Promise<Uint8Array> {
     if (this.#failed) return Promise.reject(this.#failed);
     if (payload.length > PAYLOAD_MAX) {
       return Promise.reject(new XenStoreError("E2BIG", "xenstore request too long"));
@@ -195,10 +195,10 @@ export class XenStore {
         reject(
           new XenStoreError(
             "ETIMEDOUT",
-            `xenstore did not answer request ${req} (type ${type}) within ${this.#timeoutMs} ms`,
+            `xenstore did not answer request ${req} (type ${type}) within ${timeoutMs} ms`,
           ),
         );
-      }, this.#timeoutMs);
+      }, timeoutMs);
       this.#pending.set(req, { type, resolve, reject, timer });
       try {
         this.#t.write(msg);
@@ -210,10 +210,10 @@ export class XenStore {
     });
   }
 
-  /** Read a value. */
-  async read(path: string, tx = 0): Promise<string> {
+  /** Read a value; `timeoutMs` shortens this request's deadline (its expiry marks xenstore unresponsive). */
+  async read(path: string, tx = 0, timeoutMs?: number): Promise<string> {
     checkPath(path);
-    const v = await this.#request(XS.READ, nul(path), tx);
+    const v = await this.#request(XS.READ, nul(path), tx, timeoutMs);
     try {
       return dec.decode(v);
     } catch {
@@ -222,9 +222,9 @@ export class XenStore {
   }
 
   /** Read a value, or null when the node does not exist. */
-  async tryRead(path: string, tx = 0): Promise<string | null> {
+  async tryRead(path: string, tx = 0, timeoutMs?: number): Promise<string | null> {
     try {
-      return await this.read(path, tx);
+      return await this.read(path, tx, timeoutMs);
     } catch (e) {
       if (e instanceof XenStoreError && e.code === "ENOENT") return null;
       throw e;
@@ -370,12 +370,12 @@ export class XenStore {
     timeoutMs = 30_000,
   ): Promise<string | null> {
     const it = this.watch(path);
-    let timer: ReturnType<typeof setTimeout> | undefined;
+    let timer: ReturnType<typeof setTimeout> | undefined, timedOut = false;
     const timeout = new Promise<never>((_, rej) =>
-      timer = setTimeout(
-        () => rej(new XenStoreError("ETIMEDOUT", `timed out waiting for ${path}`)),
-        timeoutMs,
-      )
+      timer = setTimeout(() => {
+        timedOut = true;
+        rej(new XenStoreError("ETIMEDOUT", `timed out waiting for ${path}`));
+      }, timeoutMs)
     );
     try {
       while (true) {
@@ -386,8 +386,10 @@ export class XenStore {
       }
     } finally {
       clearTimeout(timer);
-      // Removing the watch is bounded by the request deadline; its failure does not hide the result.
-      await it.return!().catch(() => {});
+      // Removing the watch is bounded by the request deadline; its failure does not hide the result. After a
+      // timeout nobody waits for it: a silent xenstore would add a whole request deadline to the caller's bound.
+      const unwatched = it.return!().catch(() => {});
+      if (!timedOut) await unwatched;
     }
   }
 
@@ -414,15 +416,23 @@ function concatNul(a: string, b: string): Uint8Array {
   return out;
 }
 
+/** The bytes as UTF-8, or a protocol error: every reply is text, and read() already refuses anything else. */
+function utf8(b: Uint8Array): string {
+  try {
+    return dec.decode(b);
+  } catch {
+    throw new XenStoreError("EPROTO", "xenstore reply is not UTF-8");
+  }
+}
+
 function cstring(b: Uint8Array): string {
   const end = b.indexOf(0);
-  return new TextDecoder().decode(end < 0 ? b : b.subarray(0, end));
+  return utf8(end < 0 ? b : b.subarray(0, end));
 }
 
 function splitNul(b: Uint8Array): string[] {
   if (!b.length) return [];
-  const s = new TextDecoder().decode(b[b.length - 1] === 0 ? b.subarray(0, -1) : b);
-  return s.split("\0");
+  return utf8(b[b.length - 1] === 0 ? b.subarray(0, -1) : b).split("\0");
 }
 
 function expectOk(r: Uint8Array): void {

@@ -315,3 +315,34 @@ Deno.test("netfront: multi-queue-max-queues that is not a whole number is refuse
     await l.xs.close();
   }
 });
+
+Deno.test("xenstore: open with a short timeout returns in its bound when xenstore falls silent mid-wait", async () => {
+  const server = new XenStoreServer();
+  const grants = new ModelGrants(), evtchns = new ModelEvtchns();
+  const back = new NetbackModel(server, grants, evtchns);
+  const { transport, conn } = server.connect(back.frontDomid);
+  // The backend never answers the frontend; once the frontend has written its state, xenstore stops answering.
+  server.onWrite = (path) => void (path.endsWith("/state") && setTimeout(() => conn.mute = true, 30));
+  const xs = new XenStore(transport); // the default 10 s request deadline
+  const t0 = performance.now();
+  await assert.rejects(() => Netfront.open(xs, grants, evtchns, { timeoutMs: 150 }), /150 ms/);
+  const ms = performance.now() - t0;
+  // Was ~20 s: an UNWATCH and a state read each waited a whole request deadline after the wait had ended.
+  assert.ok(ms < 5000, `open returned after ${ms.toFixed(0)} ms`);
+  assert.equal(grants.live, 0);
+  await xs.close();
+});
+
+Deno.test("xenstore: directory and domain-path replies that are not UTF-8 are protocol errors, as values are", async () => {
+  const server = new XenStoreServer();
+  const { transport, conn } = server.connect(0);
+  const xs = new XenStore(transport);
+  server.set("/local/x", "1");
+  const bad = new Uint8Array([0x61, 0xff, 0xfe, 0]);
+  const reply = conn.reply.bind(conn);
+  conn.reply = (type, req, tx, payload) =>
+    reply(type, req, tx, type === XS.DIRECTORY || type === XS.GET_DOMAIN_PATH ? bad : payload);
+  await assert.rejects(() => xs.directory("/local"), /not UTF-8/);
+  await assert.rejects(() => xs.domainPath(3), /not UTF-8/);
+  await xs.close();
+});
