@@ -190,6 +190,12 @@ function parseVirtioCap(dv: DataView, at: number, limit: number): VirtioCap | un
 /** Size in bytes of a capability-described structure, checked against its BAR size. */
 export function checkCapInBar(cap: VirtioCap, barSize: number): void {
   if (cap.bar > 5) throw new PciConfigError(`virtio capability type ${cap.type} names BAR ${cap.bar}`);
+  // virtio 1.2 §4.1.4: a structure's offset (and so every register in it) is 4-byte aligned.
+  if (cap.offset % 4 !== 0) {
+    throw new PciConfigError(
+      `virtio capability type ${cap.type} at BAR${cap.bar} offset 0x${cap.offset.toString(16)} is not 4-byte aligned`,
+    );
+  }
   if (cap.offset + cap.length > barSize) {
     throw new PciConfigError(
       `virtio capability type ${cap.type} (BAR${cap.bar} 0x${cap.offset.toString(16)}+0x${

@@ -223,6 +223,22 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
   /** virtio_net_config (§5.1.4), read consistently (§4.1.4.3.1) and checked. */
   #readNetConfig(): NetConfig {
     const f = this.features;
+    // §5.1.4: each negotiated feature's field must lie inside the device-config structure the device described.
+    const size = this.#t.deviceConfig.size;
+    for (
+      const [bit, name, end] of [
+        [NET_F.MAC, "MAC", NET_CONFIG.MAC + 6],
+        [NET_F.STATUS, "STATUS", NET_CONFIG.STATUS + 2],
+        [NET_F.MQ, "MQ", NET_CONFIG.MAX_PAIRS + 2],
+        [NET_F.MTU, "MTU", NET_CONFIG.MTU + 2],
+      ] as const
+    ) {
+      if (f & bit && size < end) {
+        throw new VirtioError(
+          `${this.name}: device config is ${size} bytes, too short for VIRTIO_NET_F_${name} (needs ${end})`,
+        );
+      }
+    }
     const cfg = readConfig(this.#t, (dc) => {
       const mac = new Uint8Array(6);
       if (f & NET_F.MAC) { for (let i = 0; i < 6; i++) mac[i] = dc.read8(NET_CONFIG.MAC + i); }

@@ -5,6 +5,9 @@
  */
 import type { VirtioNetModel } from "./virtio_net_device.ts";
 
+/** csum_offset of UDP's checksum field within its header (TCP's is 16). */
+const UDP_CSUM_OFFSET = 6;
+
 /** One direction's hook: return null to drop the frame, or the frame to deliver (possibly rewritten). */
 export type Tap = (frame: Uint8Array) => Uint8Array | null;
 
@@ -17,7 +20,8 @@ export function completeChecksum(header: Uint8Array, frame: Uint8Array): void {
     acc += (frame[i] << 8) | (i + 1 < frame.length ? frame[i + 1] : 0);
   }
   while (acc > 0xffff) acc = (acc & 0xffff) + Math.floor(acc / 0x10000);
-  const c = ~acc & 0xffff;
+  // RFC 768: a UDP checksum that computes to 0 is sent as all ones (0 means "none"); real devices do the same.
+  const c = (~acc & 0xffff) || (off === UDP_CSUM_OFFSET ? 0xffff : 0);
   frame[start + off] = c >> 8;
   frame[start + off + 1] = c & 0xff;
 }

@@ -11,6 +11,7 @@ import { DhcpClient, type DhcpSend } from "../../net/dhcp.ts";
 import { finish, pseudoSum, sum16 } from "../../net/checksum.ts";
 import { ipText, parseIp, readU16, readU32, writeU16, writeU32 } from "../../net/ipv4.ts";
 import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT } from "../../net/dhcp.ts";
+import { completeChecksum } from "../models/wire.ts";
 import {
   ALL,
   arpFrame,
@@ -444,4 +445,18 @@ Deno.test("net hostile: frames parked for ARP are not sent from an address the h
   } finally {
     await p.close();
   }
+});
+
+Deno.test("test wire: an offloaded UDP checksum that computes to 0 goes out as 0xffff (RFC 768), as devices send it", () => {
+  const frame = new Uint8Array(42 + 6), header = new Uint8Array(12);
+  header[0] = 1; // NEEDS_CSUM
+  header[6] = 34, header[8] = 6; // csum_start 34, csum_offset 6
+  writeU16(frame, 34, 5000), writeU16(frame, 36, 7), writeU16(frame, 38, 14);
+  // Two payload bytes chosen so that the sum folds to 0xffff: the checksum computes to 0.
+  let acc = 0;
+  for (let i = 34; i < frame.length; i += 2) acc += readU16(frame, i);
+  while (acc > 0xffff) acc = (acc & 0xffff) + (acc >>> 16);
+  writeU16(frame, 42, 0xffff - acc);
+  completeChecksum(header, frame);
+  assert.equal(readU16(frame, 40), 0xffff);
 });

@@ -286,3 +286,21 @@ Deno.test("virtio: under VFIO a device without ACCESS_PLATFORM is refused with t
   const ok = new VirtioNetModel();
   VirtioNet.openPci({ ...ok.pci(), iommu: true }).close();
 });
+
+Deno.test("virtio hostile: a misaligned capability and a device config too short for its features name the fault", () => {
+  const misaligned = new VirtioNetModel();
+  const v = misaligned.config.view;
+  v.setUint32(0x74 + 8, v.getUint32(0x74 + 8, true) + 2, true); // the device-config structure at offset + 2
+  assert.throws(
+    () => VirtioNet.openPci(misaligned.pci()),
+    /capability type 4 at BAR0 offset 0x[0-9a-f]+ is not 4-byte aligned/,
+  );
+  const short = new VirtioNetModel({
+    features: F.VERSION_1 | F.ACCESS_PLATFORM | NET_F.MAC | NET_F.STATUS | NET_F.MTU,
+  });
+  short.config.view.setUint32(0x74 + 12, 10, true); // 10 bytes: MAC and status, not the MTU at 10..11
+  assert.throws(
+    () => VirtioNet.openPci(short.pci()),
+    /device config is 10 bytes, too short for VIRTIO_NET_F_MTU \(needs 12\)/,
+  );
+});
