@@ -1,5 +1,5 @@
 /**
- * `deno task fuzz [--target virtio|virtio-config|netfront|xenbus|xenstore|all] [--seconds N] [--seed S]
+ * `deno task fuzz [--target virtio|virtio-config|virtio-race|netfront|xenbus|xenstore|net|all] [--seconds N] [--seed S]
  * [--iteration I] [--json FILE]`: the real driver code against the in-process models made hostile.
  *
  * Each iteration builds a fresh model and driver from a seeded PRNG, then interleaves valid traffic with hostile
@@ -23,84 +23,27 @@
 import { parseArgs } from "parse-args";
 import { VirtioNet } from "../../drivers/virtio/net.ts";
 import { F, NET_F } from "../../drivers/virtio/features.ts";
-import { VirtqueueError } from "../../drivers/virtio/virtqueue.ts";
-import { VirtioError } from "../../drivers/virtio/transport.ts";
-import { PciConfigError } from "../../drivers/pci/config.ts";
 import { Netfront } from "../../drivers/xen/netfront.ts";
-import { RingError } from "../../drivers/xen/ring.ts";
 import { XenStore, XenStoreError, XS } from "../../drivers/xen/xenstore.ts";
 import { MIN_FRAME, writeFrame } from "../../apps/frames.ts";
 import type { Nic, PacketBuffer } from "../../drivers/net/nic.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
 import { XenStoreServer } from "../models/xenstore_server.ts";
 import { ModelEvtchns, ModelGrants, NetbackModel } from "../models/xen.ts";
-import { RegionBoundsError } from "../../hal/mmio.ts";
+import { netIteration } from "./net_target.ts";
+import {
+  BAD,
+  bounded,
+  classify,
+  Leak,
+  type Outcome,
+  type Result,
+  Rng,
+  Silent,
+  type TargetReport,
+} from "./oracle.ts";
 
-/** Outcome classes. */
-export type Outcome = "ok" | "clean-break" | "other-exception" | "hang" | "silent" | "leak" | "memory";
-const BAD: Outcome[] = ["other-exception", "hang", "silent", "leak", "memory"];
-
-/** What one target did. */
-export interface TargetReport {
-  /** Target name. */
-  target: string;
-  /** Iterations run (a fresh model and driver each). */
-  iterations: number;
-  /** Hostile-run events: steps, frames moved, and (virtio-race) bytes flipped. */
-  events: number;
-  /** Iterations per outcome. */
-  counts: Record<Outcome, number>;
-  /** First few bad outcomes, each reproducible. */
-  failures: { outcome: Outcome; seed: number; iteration: number; event: number; detail: string }[];
-  /** Heap growth between the first and last tenth of the run, after GC (0.05 = 5%). */
-  heapGrowth: number;
-  /** Wall time. */
-  seconds: number;
-}
-
-/** A small seeded PRNG (mulberry32). */
-export class Rng {
-  #s: number;
-  /** A generator whose whole sequence follows from `seed`. */
-  constructor(seed: number) {
-    this.#s = seed >>> 0;
-  }
-  /** Uniform in [0, 1). */
-  next(): number {
-    let t = (this.#s = (this.#s + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  /** Uniform integer in lo..hi (both included). */
-  int(lo: number, hi: number): number {
-    return lo + Math.floor(this.next() * (hi - lo + 1));
-  }
-  /** True with probability `p`. */
-  bool(p = 0.5): boolean {
-    return this.next() < p;
-  }
-  /** One element of `a`. */
-  pick<T>(a: readonly T[]): T {
-    return a[Math.floor(this.next() * a.length)];
-  }
-}
-
-const CLEAN = [VirtqueueError, VirtioError, PciConfigError, RegionBoundsError, RingError, XenStoreError];
-function isClean(e: unknown): boolean {
-  return CLEAN.some((c) => e instanceof c) && !!(e as Error).message;
-}
-
-/** One iteration's result. */
-interface Result {
-  outcome: Outcome;
-  events: number;
-  event: number;
-  detail: string;
-}
-
-class Silent extends Error {}
-class Leak extends Error {}
+export { type Outcome, Rng, type TargetReport } from "./oracle.ts";
 
 const DST = new Uint8Array([0x52, 0x54, 0, 0, 0, 2]);
 const SRC = new Uint8Array([0x52, 0x54, 0, 0, 0, 3]);
@@ -161,32 +104,6 @@ class Held {
       throw e;
     }
   }
-}
-
-/** Bound an async step: a step that never settles is a hang. */
-async function bounded<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const t = new Promise<never>((_, rej) => timer = setTimeout(() => rej(new Hang(what)), ms));
-  try {
-    return await Promise.race([p, t]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-class Hang extends Error {}
-
-function classify(e: unknown, events: number, event: number): Result {
-  if (e instanceof Silent) return { outcome: "silent", events, event, detail: e.message };
-  if (e instanceof Leak) return { outcome: "leak", events, event, detail: e.message };
-  if (e instanceof Hang) return { outcome: "hang", events, event, detail: e.message };
-  if (isClean(e)) return { outcome: "clean-break", events, event, detail: (e as Error).message };
-  const err = e as Error;
-  return {
-    outcome: "other-exception",
-    events,
-    event,
-    detail: `${err?.name}: ${err?.message}\n${err?.stack ?? ""}`,
-  };
 }
 
 // ---------------------------------------------------------------- virtio: rings made hostile
@@ -675,6 +592,7 @@ const TARGETS: Record<string, { steps: number; run: (rng: Rng, steps: number) =>
     netfront: { steps: 2000, run: (r, s) => netfrontIteration(r, s, false) },
     xenbus: { steps: 60, run: (r, s) => netfrontIteration(r, s, true) },
     xenstore: { steps: 60, run: (r, s) => xenstoreIteration(r, s) },
+    net: { steps: 300, run: netIteration },
   };
 
 function gc(): void {
@@ -746,7 +664,7 @@ export async function fuzzTarget(
 export const FUZZ_TARGETS: string[] = Object.keys(TARGETS);
 
 const USAGE =
-  `usage: deno task fuzz [--target virtio|virtio-config|netfront|xenbus|xenstore|all] [--seconds N]
+  `usage: deno task fuzz [--target virtio|virtio-config|virtio-race|netfront|xenbus|xenstore|net|all] [--seconds N]
                        [--seed S] [--iteration I] [--json FILE]
   --seconds N    per target (default 10)
   --seed S       PRNG seed (default 1); with --iteration I, replay that one iteration`;
