@@ -1,6 +1,14 @@
 /** Flow frames (apps/frames.ts) and the multi-queue peer's control replies (lab/mq_peer.ts). */
 import assert from "assert";
-import { checkFlowFrame, FLOW_PORT, FrameCheck, MIN_FLOW_FRAME, writeFlowFrame } from "../../apps/frames.ts";
+import {
+  checkFlowFrame,
+  FLOW_PORT,
+  FrameCheck,
+  MIN_FLOW_FRAME,
+  MIN_FRAME,
+  writeFlowFrame,
+  writeFrame,
+} from "../../apps/frames.ts";
 import { finish, sum16 } from "../../net/checksum.ts";
 import { MQ_CTRL_ETHERTYPE, parseStats } from "../../lab/mq_peer.ts";
 
@@ -85,4 +93,12 @@ Deno.test("mqpeer stats: only the reply to this request's token is taken, and on
   const other = statsFrame("stats 7 10 0 1 640 10 4000 0 123 5");
   other[13] = 0xb5;
   assert.equal(parseStats(other, 128, 7), null, "another ethertype");
+});
+
+Deno.test("frames: writeFrame refuses a length below an Ethernet header or past the buffer", () => {
+  const buf = new Uint8Array(100), mac = new Uint8Array(6);
+  writeFrame(buf, MIN_FRAME, 1, mac, mac);
+  writeFrame(buf, 100, 1, mac, mac);
+  assert.throws(() => writeFrame(buf, MIN_FRAME - 1, 1, mac, mac), RangeError);
+  assert.throws(() => writeFrame(buf, 101, 1, mac, mac), RangeError);
 });

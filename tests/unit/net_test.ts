@@ -8,6 +8,7 @@ import { VirtioNetModel } from "../models/virtio_net_device.ts";
 import { NetHost } from "../../net/host.ts";
 import { finish, pseudoSum, sum16 } from "../../net/checksum.ts";
 import {
+  hostCidrProblem,
   ipText,
   maskOf,
   parseCidr,
@@ -15,11 +16,12 @@ import {
   prefixOf,
   readU16,
   readU32,
+  specialAddress,
   writeU16,
   writeU32,
 } from "../../net/ipv4.ts";
 import { macText, readMac } from "../../net/ethernet.ts";
-import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT } from "../../net/dhcp.ts";
+import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT, isDhcpReplyFrame } from "../../net/dhcp.ts";
 import {
   A_IP,
   ALL,
@@ -47,6 +49,73 @@ Deno.test("net: checksum, addresses and MACs parse, format and refuse clearly", 
   }
   for (const bad of ["10.0.0.1", "10.0.0.1/33", "10.0.0.1/"]) assert.throws(() => parseCidr(bad), /prefix/);
   assert.equal(macText(readMac(new Uint8Array([0xfe, 1, 2, 3, 4, 0xff]), 0)), "fe:01:02:03:04:ff");
+  // A host's prefix is /1 to /30, both ends included.
+  for (
+    const [cidr, why] of [["10.0.0.1/1", null], ["10.0.0.1/30", null], ["10.0.0.1/0", "prefix"], [
+      "10.0.0.1/31",
+      "prefix",
+    ]]
+  ) {
+    assert.equal(hostCidrProblem(parseCidr(cidr!)), why, cidr!);
+  }
+  assert.equal(hostCidrProblem(parseCidr("10.0.0.0/30")), "reserved");
+  assert.equal(hostCidrProblem(parseCidr("10.0.0.3/30")), "reserved");
+  assert.deepEqual(
+    [
+      "0.1.2.3",
+      "127.0.0.1",
+      "169.254.1.1",
+      "224.0.0.1",
+      "239.255.255.255",
+      "240.0.0.1",
+      "255.255.255.255",
+      "10.0.0.1",
+      "223.255.255.255",
+      "126.255.255.255",
+      "128.0.0.1",
+      "169.253.0.1",
+      "169.255.0.1",
+    ]
+      .map((a) => specialAddress(parseIp(a))),
+    [
+      "this-network",
+      "loopback",
+      "link-local",
+      "multicast",
+      "multicast",
+      "reserved",
+      "reserved",
+      null,
+      null,
+      null,
+      null,
+      null,
+      null,
+    ],
+  );
+});
+
+Deno.test("net: a DHCP server's reply is told from every other frame", () => {
+  const f = new Uint8Array(42);
+  writeU16(f, 12, 0x0800);
+  f[14] = 0x45, f[23] = 17;
+  writeU16(f, 34, 67), writeU16(f, 36, 68);
+  assert.equal(isDhcpReplyFrame(f, 42), true);
+  assert.equal(isDhcpReplyFrame(f, 41), false, "too short for the headers");
+  const edits: [string, (g: Uint8Array) => void][] = [
+    ["ARP", (g) => writeU16(g, 12, 0x0806)],
+    ["EtherType 0x0801", (g) => void (g[13] = 1)],
+    ["IPv6", (g) => void (g[14] = 0x65)],
+    ["TCP", (g) => void (g[23] = 6)],
+    ["from port 68", (g) => writeU16(g, 34, 68)],
+    ["to port 67", (g) => writeU16(g, 36, 67)],
+    ["options push UDP past the frame", (g) => void (g[14] = 0x46)],
+  ];
+  for (const [what, edit] of edits) {
+    const g = f.slice();
+    edit(g);
+    assert.equal(isDhcpReplyFrame(g, 42), false, what);
+  }
 });
 
 Deno.test("net: a host refuses addresses no host can have", () => {

@@ -7,7 +7,7 @@ import {
   VIRTIO_PCI_CAP,
 } from "../../drivers/pci/config.ts";
 import { listDevices, parsePciAddress, parseResources, readDevice } from "../../ffi/sysfs.ts";
-import { formatTable, probe } from "../../drivers/pci/probe.ts";
+import { formatTable, probe, type ProbeEntry } from "../../drivers/pci/probe.ts";
 import { deviceKind } from "../../drivers/pci/ids.ts";
 import { bindDevice, BindRefused } from "../../drivers/pci/bind.ts";
 import { protectedReason, readHostNet } from "../../drivers/pci/host_net.ts";
@@ -373,4 +373,33 @@ Deno.test("probe: Xen hypervisor, guest type and xen-bus devices with the kernel
     Deno.removeSync(root, { recursive: true });
     Deno.removeSync(dev, { recursive: true });
   }
+});
+
+Deno.test("probe: the table pads every column but the last to its widest cell", () => {
+  const e = (address: string, kind: string, bind: string): ProbeEntry => ({
+    address,
+    id: "1af4:1041",
+    class: "ethernet",
+    kind,
+    supported: true,
+    driver: null,
+    iommuGroup: null,
+    interfaces: [],
+    inUse: false,
+    active: "",
+    vfio: "yes",
+    uio: "no",
+    bindCommand: bind,
+  });
+  const lines = formatTable([e("0000:00:04.0", "virtio-net (modern)", "x"), e("0000:00:05.0", "-", "")])
+    .split("\n");
+  assert.equal(lines.length, 3);
+  // Columns line up: each starts where the header's does; the last cell is not padded (no trailing spaces).
+  const at = lines[0].indexOf("KIND");
+  for (const l of lines.slice(1)) {
+    assert.equal(l.indexOf(l.includes("virtio") ? "virtio" : "-  ", at - 1), at);
+  }
+  assert.equal(lines[0].indexOf("DRIVER"), at + "virtio-net (modern)".length + 2);
+  for (const l of lines) assert.equal(l, l.trimEnd(), `no padding after the last column: '${l}'`);
+  assert.ok(lines[1].endsWith("  x"));
 });
