@@ -1,15 +1,18 @@
 /**
- * `deno task mutate [--count N] [--seed S] [--jobs J] [--only PATH] [--json FILE]`: a small mutation tester for
- * `drivers/` and `ffi/`. It makes single small changes to the driver code (a comparison flipped or loosened, a
- * boolean operator swapped, a constant moved by one, a negation dropped, a guard's `throw` removed), runs the unit
- * suite on a copy of the tree for each, and reports which mutants the tests killed. Survivors are printed with
- * their diff, to be killed with a test or judged equivalent. Not part of CI (it takes minutes).
+ * `deno task mutate [--count N] [--seed S] [--jobs J] [--only PATH] [--json FILE]`: a small mutation tester for the
+ * whole library (`net/`, `apps/`, `hal/`, `drivers/`, `ffi/`). It makes single small changes (a comparison flipped
+ * or loosened, a boolean operator swapped, a constant moved by one, a negation dropped, a guard's `throw` or an
+ * early `return` removed, a boolean result inverted), runs the unit tests that import the mutated file (found with
+ * `deno info`) on a copy of the tree for each, and reports which mutants the tests killed. Survivors are printed
+ * with their diff, to be killed with a test or judged equivalent. Not part of CI (it takes minutes).
  * @module
  */
 import { parseArgs } from "parse-args";
 import { Rng } from "../fuzz/fuzz.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
+/** The library's folders: what is mutated. */
+export const LIBRARY = ["net", "apps", "hal", "drivers", "ffi"];
 
 /** One mutant: a single-line replacement. */
 export interface Mutant {
@@ -25,7 +28,7 @@ export interface Mutant {
   operator: string;
 }
 
-const OPERATORS: [string, RegExp, string][] = [
+const OPERATORS: [string, RegExp, string | ((...m: string[]) => string)][] = [
   ["< to <=", / < /, " <= "],
   ["<= to <", / <= /, " < "],
   ["> to >=", / > /, " >= "],
@@ -40,6 +43,12 @@ const OPERATORS: [string, RegExp, string][] = [
   ["drop !", /([(\s])!(?!=)([\w.#(])/, "$1$2"],
   ["throw removed", /^(\s*)(if \(.*\)) throw /, "$1$2 void "],
   ["0xfc to 0xff", /0xfc\b/, "0xff"],
+  ["+ N to + N+1", / \+ ([3-9]|[1-9]\d+)\b(?!\.)/, (_m, n) => ` + ${Number(n) + 1}`],
+  ["- N to - N+1", / - ([2-9]|[1-9]\d+)\b(?!\.)/, (_m, n) => ` - ${Number(n) + 1}`],
+  ["< N to < N+1", / (<|>|<=|>=) ([2-9]|[1-9]\d+)\b(?![.\]])/, (_m, op, n) => ` ${op} ${Number(n) + 1}`],
+  ["return true to false", /\breturn true;/, "return false;"],
+  ["return false to true", /\breturn false;/, "return true;"],
+  ["early return removed", /^(\s*)(if \(.*\)) return( void [^;]+)?;$/, "$1$2 {}"],
 ];
 
 /** Every mutant of one source text. */
@@ -60,7 +69,7 @@ export function mutantsOf(file: string, text: string): Mutant[] {
     const code = line.replace(/\/\/.*$/, "");
     for (const [operator, re, rep] of OPERATORS) {
       if (!re.test(code)) continue;
-      const after = code.replace(re, rep);
+      const after = typeof rep === "string" ? code.replace(re, rep) : code.replace(re, rep as never);
       if (after !== code) out.push({ file, line: i + 1, before: line, after, operator });
     }
   });
@@ -78,7 +87,7 @@ function walk(dir: string): string[] {
 }
 
 function copyTree(to: string): void {
-  for (const d of ["drivers", "ffi", "tests", "cli", "native"]) {
+  for (const d of [...LIBRARY, "tests", "cli", "lab", "bench", "native"]) {
     new Deno.Command("cp", { args: ["-r", `${ROOT}${d}`, `${to}/`] }).outputSync();
   }
   for (const f of ["deno.json", "mod.ts"]) Deno.copyFileSync(`${ROOT}${f}`, `${to}/${f}`);
@@ -88,9 +97,38 @@ function copyTree(to: string): void {
   }
 }
 
-async function runSuite(dir: string, timeoutMs: number): Promise<"killed" | "survived" | "timeout"> {
+/** For each library file, the unit test files that import it (directly or not), from `deno info --json`. */
+async function testsByFile(): Promise<Map<string, string[]>> {
+  const by = new Map<string, string[]>();
+  const tests = [...Deno.readDirSync(`${ROOT}tests/unit`)].map((e) => e.name).filter((n) =>
+    n.endsWith("_test.ts")
+  );
+  await Promise.all(tests.map(async (t) => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["info", "--json", `tests/unit/${t}`],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    const info = JSON.parse(new TextDecoder().decode(out.stdout)) as { modules: { specifier: string }[] };
+    for (const m of info.modules) {
+      if (!m.specifier.startsWith(`file://${ROOT}`)) continue;
+      const f = m.specifier.slice(`file://${ROOT}`.length);
+      if (!by.has(f)) by.set(f, []);
+      by.get(f)!.push(`tests/unit/${t}`);
+    }
+  }));
+  return by;
+}
+
+async function runSuite(
+  dir: string,
+  tests: string[],
+  timeoutMs: number,
+): Promise<"killed" | "survived" | "timeout"> {
+  if (tests.length === 0) return "survived"; // no test imports the file
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["test", "-A", "--no-check", "tests/unit/"],
+    args: ["test", "-A", "--no-check", ...tests],
     cwd: dir,
     stdout: "null",
     stderr: "null",
@@ -114,9 +152,10 @@ if (import.meta.main) {
       json: { type: "string" },
     },
   });
-  const files = [...walk(`${ROOT}drivers`), ...walk(`${ROOT}ffi`)].filter((f) =>
+  const files = LIBRARY.flatMap((d) => walk(`${ROOT}${d}`)).filter((f) =>
     !values.only || f.includes(values.only)
   );
+  const tests = await testsByFile();
   const all: Mutant[] = [];
   for (const f of files) all.push(...mutantsOf(f.slice(ROOT.length), Deno.readTextFileSync(f)));
   const rng = new Rng(Number(values.seed ?? 1));
@@ -144,7 +183,7 @@ if (import.meta.main) {
       const lines = original.split("\n");
       lines[m.line - 1] = m.after;
       Deno.writeTextFileSync(path, lines.join("\n"));
-      const result = await runSuite(dir, 120_000);
+      const result = await runSuite(dir, tests.get(m.file) ?? [], 120_000);
       Deno.writeTextFileSync(path, original);
       results.push({ ...m, result });
       console.log(`${result.padEnd(8)} ${m.file}:${m.line} ${m.operator}`);
