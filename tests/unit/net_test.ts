@@ -21,7 +21,13 @@ import {
   writeU32,
 } from "../../net/ipv4.ts";
 import { macText, readMac } from "../../net/ethernet.ts";
-import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT, isDhcpReplyFrame } from "../../net/dhcp.ts";
+import {
+  DHCP_CLIENT_PORT,
+  DHCP_SERVER_PORT,
+  DhcpClient,
+  type DhcpSend,
+  isDhcpReplyFrame,
+} from "../../net/dhcp.ts";
 import {
   A_IP,
   ALL,
@@ -248,6 +254,14 @@ Deno.test("net: bad frames are counted in their own counter and dropped; the hos
         }),
       ],
       ["unknown protocol", "ipUnknownProtocol", udpEdit((f) => void (f[23] = 6), true)],
+      [
+        "ICMP echo request with a bad checksum",
+        "icmpOther",
+        udpEdit((f) => {
+          f[23] = 1; // the UDP header's 8 bytes become an echo request whose checksum is the port bytes
+          f[34] = 8, f[35] = 0;
+        }, true),
+      ],
       ["another MAC", "rxIgnored", udpEdit((f) => void (f[5] ^= 1))],
       ["ARP for another host", "arpOther", () => arpFrame(p, parseIp("10.0.0.99"))],
       ["ARP of another hardware type", "arpBad", () => {
@@ -374,4 +388,37 @@ Deno.test("net: the receive path allocates nothing per frame (200 UDP datagrams 
     await host.close();
     await nic.close();
   }
+});
+
+Deno.test("DHCP client: another transaction's reply is rejected; renewal and rebinding retry at half the time left", () => {
+  const c = new DhcpClient(0x02000000000a);
+  const out: DhcpSend = { length: 0, dst: 0, src: 0 };
+  c.start(0);
+  assert.ok(c.poll(0, out));
+  const mask: [number, number[]] = [1, [255, 255, 255, 0]];
+  const other = dhcpReply(c.buf, 0, 2, parseIp("10.0.0.42"), [mask]);
+  other[7] ^= 1; // xid
+  assert.equal(c.receive(other, 0, 300, 1), null);
+  assert.equal(c.rejected, 1);
+  assert.equal(c.state, "selecting");
+  assert.equal(c.receive(dhcpReply(c.buf, 0, 2, parseIp("10.0.0.42"), [mask]), 0, 300, 1), null);
+  assert.ok(c.poll(1, out));
+  // A one-hour lease: T1 at 1800 s, T2 at 3150 s (RFC 2131 §4.4.5 defaults).
+  assert.equal(
+    c.receive(dhcpReply(c.buf, 0, 5, parseIp("10.0.0.42"), [mask, [51, [0, 0, 0x0e, 0x10]]]), 0, 300, 2),
+    "bound",
+  );
+  assert.equal(c.nextAt, 2 + 1800_000);
+  assert.ok(c.poll(2 + 1800_000, out));
+  assert.equal(c.state, "renewing");
+  assert.equal(out.dst, parseIp("10.0.0.1"), "renewal is unicast to the server");
+  // Half of the 1350 s left to T2 is more than a minute: the next try is a minute later.
+  assert.equal(c.nextAt, 2 + 1800_000 + 60_000);
+  assert.ok(c.poll(2 + 3150_000, out));
+  assert.equal(c.state, "rebinding");
+  assert.equal(out.dst, 0xffffffff, "rebinding broadcasts");
+  assert.equal(c.nextAt, 2 + 3150_000 + 60_000);
+  // Close to expiry, half the time left: 40 s left, the next try in 20 s.
+  assert.ok(c.poll(2 + 3560_000, out));
+  assert.equal(c.nextAt, 2 + 3560_000 + 20_000);
 });

@@ -6,6 +6,9 @@ import { checkFrame, FrameCheck, writeFrame } from "../../apps/frames.ts";
 import { macToString, type PacketBuffer } from "../../drivers/net/nic.ts";
 import { XenStoreServer } from "../models/xenstore_server.ts";
 import { ModelEvtchns, ModelGrants, NetbackModel, type NetbackOptions } from "../models/xen.ts";
+import { VirtioNetModel } from "../models/virtio_net_device.ts";
+import { VirtioNet } from "../../drivers/virtio/net.ts";
+import { forward } from "../../apps/traffic.ts";
 
 const DST = new Uint8Array([0xfe, 0xff, 0xff, 0xff, 0xff, 0xff]);
 
@@ -411,5 +414,36 @@ Deno.test("netfront: a backend left Connected by a frontend that died is closed 
   } finally {
     await nf.close();
     await xs2.close();
+  }
+});
+
+Deno.test("netfront: the link is up while connected, down once closed", async () => {
+  const { xs, open } = lab();
+  const nf = await open();
+  assert.equal(nf.linkUp(), true);
+  await nf.close();
+  assert.equal(nf.linkUp(), false);
+  await xs.close();
+});
+
+Deno.test("forward: from netfront's page-sized RX buffers into virtio-net's smaller TX buffers, byte-exact", async () => {
+  const { back, xs, open } = lab();
+  const nf = await open();
+  const model = new VirtioNetModel();
+  const to = VirtioNet.openPci(model.pci());
+  try {
+    const frames = [60, 129, 1000, 1514].map((len, i) => {
+      const f = new Uint8Array(len);
+      writeFrame(f, len, i, nf.mac, new Uint8Array([2, 0, 0, 0, 0, 0xfe]));
+      return f;
+    });
+    for (const f of frames) assert.ok(back.deliver(f));
+    const r = await forward(nf, to, { batch: 8, until: Infinity, frames: frames.length });
+    assert.deepEqual(r, { forwarded: 4, dropped: 0 });
+    assert.deepEqual(model.sent[0], frames);
+  } finally {
+    await to.close();
+    await nf.close();
+    await xs.close();
   }
 });

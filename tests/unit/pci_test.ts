@@ -12,6 +12,7 @@ import { deviceKind } from "../../drivers/pci/ids.ts";
 import { bindDevice, BindRefused } from "../../drivers/pci/bind.ts";
 import { protectedReason, readHostNet } from "../../drivers/pci/host_net.ts";
 import { makeSysfs } from "./sysfs_fixture.ts";
+import { openPci } from "../../ffi/pci.ts";
 
 const fixture = (name: string) => Deno.readFileSync(new URL(`../fixtures/${name}`, import.meta.url));
 
@@ -402,4 +403,19 @@ Deno.test("probe: the table pads every column but the last to its widest cell", 
   assert.equal(lines[0].indexOf("DRIVER"), at + "virtio-net (modern)".length + 2);
   for (const l of lines) assert.equal(l, l.trimEnd(), `no padding after the last column: '${l}'`);
   assert.ok(lines[1].endsWith("  x"));
+});
+
+Deno.test("openPci: the driver the device is bound to picks VFIO or UIO; anything else is told to bind first", () => {
+  const root = makeSysfs([
+    { address: "0000:00:04.0", ...NET, driver: "virtio-pci" },
+    { address: "0000:00:05.0", ...NET, driver: "vfio-pci" }, // no IOMMU group: VFIO refuses before any open
+    { address: "0000:00:06.0", ...NET, driver: "uio_pci_generic" }, // no uio node: UIO refuses before any open
+  ], ["vfio-pci", "uio_pci_generic"]);
+  try {
+    assert.throws(() => openPci("0000:00:04.0", root), /bound to virtio-pci: bind it first/);
+    assert.throws(() => openPci("0000:00:05.0", root), /has no IOMMU group/);
+    assert.throws(() => openPci("0000:00:06.0", root), /not uio_pci_generic|no uio/);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
 });

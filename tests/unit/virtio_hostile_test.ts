@@ -303,4 +303,22 @@ Deno.test("virtio hostile: a misaligned capability and a device config too short
     () => VirtioNet.openPci(short.pci()),
     /device config is 10 bytes, too short for VIRTIO_NET_F_MTU \(needs 12\)/,
   );
+  // Each feature's field ends where virtio 1.2 §5.1.4 puts it: a MAC needs 6 bytes, the status 8.
+  for (
+    const [features, size, needs] of [[NET_F.MAC, 5, "MAC \\(needs 6\\)"], [
+      NET_F.MAC | NET_F.STATUS,
+      7,
+      "STATUS \\(needs 8\\)",
+    ]] as const
+  ) {
+    const m = new VirtioNetModel({ features: F.VERSION_1 | F.ACCESS_PLATFORM | features });
+    m.config.view.setUint32(0x74 + 12, size, true);
+    assert.throws(
+      () => VirtioNet.openPci(m.pci()),
+      new RegExp(`${size} bytes, too short for VIRTIO_NET_F_${needs}`),
+    );
+  }
+  const exact = new VirtioNetModel({ features: F.VERSION_1 | F.ACCESS_PLATFORM | NET_F.MAC | NET_F.STATUS });
+  exact.config.view.setUint32(0x74 + 12, 8, true);
+  return VirtioNet.openPci(exact.pci()).close();
 });

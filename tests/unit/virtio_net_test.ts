@@ -383,3 +383,30 @@ Deno.test("virtio-net over a fake legacy transport: 32 feature bits, fixed queue
   assert.equal(model.status, 0, "close resets the device");
   assert.equal(model.dma.live, 0);
 });
+
+Deno.test("NIC core: a ring that breaks while refilling keeps the frames already received; the next call throws", async () => {
+  const model = new VirtioNetModel();
+  const nic = open(model);
+  try {
+    for (let i = 0; i < 3; i++) assert.ok(model.deliver(new Uint8Array(60).fill(i)));
+    // The refill step fails (as a ring found broken before its doorbell does).
+    Object.defineProperty(nic, "refill", {
+      configurable: true,
+      value: () => {
+        throw new VirtqueueError("queue 0: broken while refilling");
+      },
+    });
+    const out: PacketBuffer[] = [];
+    assert.equal(nic.receiveBatch(out, 8), 3, "the three frames are the caller's");
+    assert.deepEqual(out.map((b) => b.data[20]), [0, 1, 2]);
+    assert.throws(
+      () => nic.receiveBatch(out, 8),
+      /broken while refilling/,
+      "with nothing received, it throws",
+    );
+    delete (nic as unknown as { refill?: unknown }).refill; // the driver's own refill again
+    nic.release(out, 3);
+  } finally {
+    await nic.close();
+  }
+});
