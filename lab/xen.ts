@@ -1,5 +1,5 @@
 /**
- * The nested Xen lab (../shared/lab-notes.md recipe): Xen 4.17 under QEMU TCG (`-cpu qemu64`), a PV dom0 from a
+ * The nested Xen lab (see docs/xen.md): Xen 4.17 under QEMU TCG (`-cpu qemu64`), a PV dom0 from a
  * debootstrapped Debian with xen-utils, and a PV domU running Deno + pvdrv's netfront against dom0's real
  * xen-netback. dom0's /init runs the whole scenario and prints markers the host collects:
  *  - domU (console streamed through dom0): pvdrv's Xen tests (tests/xen/guest, then tests/xen/net against dom0's stack) → PVDRV-DOMU-EXIT=n; the
