@@ -4,6 +4,7 @@
  * recv tasks, the VM tests and the benchmarks. Neither loop allocates per packet.
  * @module
  */
+import { PvdrvError } from "../hal/errors.ts";
 import type { Nic, PacketBuffer } from "../drivers/net/nic.ts";
 import { checkFrame, FrameCheck, writeFrame, writeHeader } from "./frames.ts";
 import type { PcapWriter } from "./pcap.ts";
@@ -101,7 +102,8 @@ export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
           last = w.acked();
           since = performance.now();
         } else if (performance.now() - since > stall) {
-          throw new Error(
+          throw new PvdrvError(
+            "app",
             `the receiver stopped acknowledging: ${w.acked()} of ${sent} frames confirmed for ${stall} ms`,
           );
         }
@@ -123,7 +125,10 @@ export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
       // the event loop run now and then (setImmediate: a timer sleep would be clamped to >= 4 ms and idle the ring).
       if (spins === 0) stalledSince = performance.now();
       else if (performance.now() - stalledSince > 10_000) {
-        throw new Error(`${nic.name}: the device completed nothing for 10 s (${sent} frames queued so far)`);
+        throw new PvdrvError(
+          "app",
+          `${nic.name}: the device completed nothing for 10 s (${sent} frames queued so far)`,
+        );
       }
       if (++spins % 1024 === 0) await tick();
       continue;
@@ -159,7 +164,8 @@ export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
     nic.reclaimTx(q);
     if (nic.stats()[q].txPackets - completedBefore >= sent) break;
     if (performance.now() > deadline) {
-      throw new Error(
+      throw new PvdrvError(
+        "app",
         `the device completed ${nic.stats()[q].txPackets - completedBefore} of ${sent} frames within 5 s`,
       );
     }

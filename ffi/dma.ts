@@ -4,6 +4,7 @@
  * ffi/vfio.ts; both implement the `DmaAllocator` seam (hal/dma.ts).
  * @module
  */
+import { PvdrvError } from "../hal/errors.ts";
 import { check64, native } from "./lib.ts";
 import { type DmaAllocator, type DmaRegion, HUGE_PAGE, PAGE, roundUp } from "../hal/dma.ts";
 
@@ -48,7 +49,10 @@ export function allocHostMemory(size: number, huge: boolean): HostMemory {
 export function virtToPhys(ptr: Deno.PointerObject): number {
   const r = native().pvdrv_virt_to_phys(ptr);
   if (r === -1n || r === -13n) {
-    throw new Error("virtual-to-physical translation needs root (CAP_SYS_ADMIN) to read /proc/self/pagemap");
+    throw new PvdrvError(
+      "dma",
+      "virtual-to-physical translation needs root (CAP_SYS_ADMIN) to read /proc/self/pagemap",
+    );
   }
   return Number(check64("reading /proc/self/pagemap", r));
 }
@@ -63,7 +67,7 @@ export class PhysicalDmaAllocator implements DmaAllocator {
   #closed = false;
 
   alloc(size: number): DmaRegion {
-    if (this.#closed) throw new Error("DMA allocator is closed");
+    if (this.#closed) throw new PvdrvError("dma", "DMA allocator is closed");
     if (!(size > 0 && size <= HUGE_PAGE)) {
       throw new RangeError(`physical DMA regions are 1..${HUGE_PAGE} bytes (one huge page), asked ${size}`);
     }
@@ -72,7 +76,9 @@ export class PhysicalDmaAllocator implements DmaAllocator {
     if (!page) {
       const mem = allocHostMemory(HUGE_PAGE, true);
       page = { mem, phys: virtToPhys(mem.ptr), used: 0, kept: 0 };
-      if (page.phys % HUGE_PAGE !== 0) throw new Error("huge page is not 2 MiB aligned physically");
+      if (page.phys % HUGE_PAGE !== 0) {
+        throw new PvdrvError("dma", "huge page is not 2 MiB aligned physically");
+      }
       this.#pages.push(page);
     }
     const off = page.used;

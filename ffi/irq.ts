@@ -3,6 +3,7 @@
  * (Deno's nonblocking FFI pool has 32 threads; pvdrv never uses more than one).
  * @module
  */
+import { PvdrvError } from "../hal/errors.ts";
 import { check, native } from "./lib.ts";
 import type { IrqSource } from "../hal/irq.ts";
 
@@ -56,7 +57,9 @@ export class IrqWaiter {
   waitReadable(fd: number, closeFdWithSource = false): Promise<void> {
     let e = this.#entries.get(fd);
     if (!e) {
-      if (this.#entries.size >= MAX_FDS) throw new Error(`irq waiter: more than ${MAX_FDS} fds`);
+      if (this.#entries.size >= MAX_FDS) {
+        throw new PvdrvError("device", `irq waiter: more than ${MAX_FDS} fds`);
+      }
       e = { fd, resolvers: [], rejecters: [], closeFd: closeFdWithSource };
       this.#entries.set(fd, e);
     }
@@ -72,7 +75,7 @@ export class IrqWaiter {
   remove(fd: number, close: boolean): void {
     const e = this.#entries.get(fd);
     this.#entries.delete(fd);
-    if (e) { for (const r of e.rejecters) r(new Error(`interrupt source fd ${fd} closed`)); }
+    if (e) { for (const r of e.rejecters) r(new PvdrvError("device", `interrupt source fd ${fd} closed`)); }
     if (close) this.#toClose.push(fd);
     if (this.#parked) this.#ctl.signal();
     else this.#closePending();
@@ -101,7 +104,7 @@ export class IrqWaiter {
       if (count === 1) break;
       const r = await n.pvdrv_poll(this.#fds, this.#revents, count, -1);
       if (r < 0) {
-        const err = new Error(`poll failed: errno ${-r}`);
+        const err = new PvdrvError("native", `poll failed: errno ${-r}`);
         for (const e of this.#entries.values()) for (const rej of e.rejecters.splice(0)) rej(err);
         break;
       }

@@ -129,7 +129,8 @@ export function buildNative(opts: { force?: boolean; quiet?: boolean } = {}): st
   if (!opts.force && !needsBuild(out)) return out;
   const src = localSource();
   if (!src) {
-    throw new Error(
+    throw new PvdrvError(
+      "native",
       `pvdrv was imported from ${SOURCE.origin}: fetch and build its shim once with 'await prepareNative()' ` +
         `(or set PVDRV_LIB to a built libpvdrv.so)`,
     );
@@ -147,7 +148,7 @@ export async function prepareNative(): Promise<string> {
   const out = libraryPath();
   if (mtime(out) >= 0) return out;
   const res = await fetch(SOURCE);
-  if (!res.ok) throw new Error(`cannot fetch ${SOURCE.href}: HTTP ${res.status}`);
+  if (!res.ok) throw new PvdrvError("native", `cannot fetch ${SOURCE.href}: HTTP ${res.status}`);
   const dir = cacheDir();
   Deno.mkdirSync(dir, { recursive: true });
   const src = `${dir}/pvdrv-${Deno.pid}.c`;
@@ -170,14 +171,17 @@ function compile(src: string, out: string, quiet: boolean): void {
     res = new Deno.Command(cc, { args, stdout: "piped", stderr: "piped" }).outputSync();
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) {
-      throw new Error(
+      throw new PvdrvError(
+        "native",
         `cannot run the C compiler '${cc}' to build ${out}: install gcc (apt-get install gcc libc6-dev, ` +
           `or 'deno task build' as root does it)`,
       );
     }
     throw e;
   }
-  if (!res.success) throw new Error(`building ${out} failed:\n${new TextDecoder().decode(res.stderr)}`);
+  if (!res.success) {
+    throw new PvdrvError("native", `building ${out} failed:\n${new TextDecoder().decode(res.stderr)}`);
+  }
   Deno.renameSync(tmp, out);
   if (!quiet) console.error(`pvdrv: built ${out}`);
 }
@@ -193,7 +197,7 @@ export function native(): Native {
   if (v !== ABI_VERSION) {
     lib.close();
     lib = undefined;
-    throw new Error(`${path} has ABI ${v}, expected ${ABI_VERSION}: run 'deno task build'`);
+    throw new PvdrvError("native", `${path} has ABI ${v}, expected ${ABI_VERSION}: run 'deno task build'`);
   }
   return lib.symbols;
 }

@@ -3,6 +3,7 @@
  * I/O-port BAR or config space through pread/pwrite of a file descriptor.
  * @module
  */
+import { PvdrvError } from "../hal/errors.ts";
 import { check, type Native, native } from "./lib.ts";
 import { CheckedRegion } from "../hal/mmio.ts";
 
@@ -20,7 +21,7 @@ export class MappedRegion extends CheckedRegion {
     this.#onClose = onClose;
   }
   #p(): Deno.PointerObject {
-    if (!this.#ptr) throw new Error(`${this.name}: region is closed`);
+    if (!this.#ptr) throw new PvdrvError("device", `${this.name}: region is closed`);
     return this.#ptr;
   }
   /** Read an 8-bit register. */

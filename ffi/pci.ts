@@ -3,6 +3,7 @@
  * DMA, INTx only), both behind the `PciFunction` seam (hal/pci.ts).
  * @module
  */
+import { PvdrvError } from "../hal/errors.ts";
 import type { MmioRegion } from "../hal/mmio.ts";
 import type { DmaAllocator } from "../hal/dma.ts";
 import type { IrqSource } from "../hal/irq.ts";
@@ -39,13 +40,14 @@ export class VfioPciFunction implements PciFunction {
   static open(address: string, root = SYSFS): VfioPciFunction {
     const info = readDevice(address, root);
     if (info.driver !== "vfio-pci") {
-      throw new Error(
+      throw new PvdrvError(
+        "device",
         `${info.address} is bound to ${
           info.driver ?? "no driver"
         }, not vfio-pci: run 'deno task bind ${info.address} vfio'`,
       );
     }
-    if (info.iommuGroup === null) throw new Error(`${info.address} has no IOMMU group`);
+    if (info.iommuGroup === null) throw new PvdrvError("device", `${info.address} has no IOMMU group`);
     const container = new VfioContainer();
     try {
       const group = container.openGroup(info.iommuGroup);
@@ -121,7 +123,8 @@ export class UioPciFunction implements PciFunction {
   static open(address: string, root = SYSFS): UioPciFunction {
     const info = readDevice(address, root);
     if (info.driver !== "uio_pci_generic" || info.uio.length === 0) {
-      throw new Error(
+      throw new PvdrvError(
+        "device",
         `${info.address} is bound to ${
           info.driver ?? "no driver"
         }, not uio_pci_generic: run 'deno task bind ${info.address} uio'`,
@@ -143,7 +146,7 @@ export class UioPciFunction implements PciFunction {
     let r = this.#bars.get(i);
     if (r) return r;
     const b = this.#info.bars.find((x) => x.index === i);
-    if (!b) throw new Error(`${this.address}: BAR${i} is not implemented`);
+    if (!b) throw new PvdrvError("device", `${this.address}: BAR${i} is not implemented`);
     const path = `${this.#dir}/resource${i}`;
     r = b.io
       ? fileRegion(path, b.size, `${this.address} BAR${i}`)
@@ -158,7 +161,9 @@ export class UioPciFunction implements PciFunction {
     return ["intx"];
   }
   irqs(kind: IrqKind, _n: number): IrqSource[] {
-    if (kind !== "intx") throw new Error("uio_pci_generic delivers INTx only; use VFIO for MSI-X");
+    if (kind !== "intx") {
+      throw new PvdrvError("device", "uio_pci_generic delivers INTx only; use VFIO for MSI-X");
+    }
     this.#irq ??= new UioIrq(this.#info.uio[0], this.config);
     this.#irq.enable();
     return [this.#irq];
@@ -184,7 +189,8 @@ export function openPci(address: string, root = SYSFS): PciFunction {
   const info = readDevice(address, root);
   if (info.driver === "vfio-pci") return VfioPciFunction.open(address, root);
   if (info.driver === "uio_pci_generic") return UioPciFunction.open(address, root);
-  throw new Error(
+  throw new PvdrvError(
+    "device",
     `${info.address} is bound to ${
       info.driver ?? "no driver"
     }: bind it first ('deno task bind ${info.address} vfio' or 'uio')`,

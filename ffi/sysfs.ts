@@ -3,6 +3,7 @@
  * fixture tree and nothing here writes anything.
  * @module
  */
+import { PvdrvError } from "../hal/errors.ts";
 
 /** Default sysfs mount. */
 export const SYSFS = "/sys";
@@ -59,7 +60,7 @@ const PCI_ADDR = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
 export function parsePciAddress(s: string): string {
   const a = s.trim().toLowerCase();
   const full = /^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/.test(a) ? `0000:${a}` : a;
-  if (!PCI_ADDR.test(full)) throw new Error(`'${s}' is not a PCI address (expected like 0000:00:03.0)`);
+  if (!PCI_ADDR.test(full)) throw new RangeError(`'${s}' is not a PCI address (expected like 0000:00:03.0)`);
   return full;
 }
 
@@ -128,7 +129,9 @@ export function devicePath(address: string, root = SYSFS): string {
 /** Read one device's sysfs entry. */
 export function readDevice(address: string, root = SYSFS): PciDeviceInfo {
   const dir = devicePath(address, root);
-  if (readText(`${dir}/vendor`) === null) throw new Error(`no PCI device ${address} under ${root}`);
+  if (readText(`${dir}/vendor`) === null) {
+    throw new PvdrvError("device", `no PCI device ${address} under ${root}`);
+  }
   const group = linkName(`${dir}/iommu_group`);
   const net = listDir(`${dir}/net`);
   for (const sub of listDir(dir)) if (/^virtio\d+$/.test(sub)) net.push(...listDir(`${dir}/${sub}/net`));

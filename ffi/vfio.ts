@@ -3,6 +3,7 @@
  * Struct layouts and ioctl numbers come from linux/vfio.h (`_IO(';', 100 + n)`).
  * @module
  */
+import { PvdrvError } from "../hal/errors.ts";
 import { check, cstr, IoctlStruct, MAP_SHARED, native, openPath, PROT_RW } from "./lib.ts";
 import { allocHostMemory } from "./dma.ts";
 import { type DmaAllocator, type DmaRegion, HUGE_PAGE, PAGE, roundUp } from "../hal/dma.ts";
@@ -68,14 +69,15 @@ export class VfioContainer {
     const v = n.pvdrv_ioctl_int(this.fd, VFIO.GET_API_VERSION, 0);
     if (v !== API_VERSION) {
       this.close();
-      throw new Error(`unsupported VFIO API version ${v}`);
+      throw new PvdrvError("device", `unsupported VFIO API version ${v}`);
     }
     if (
       n.pvdrv_ioctl_int(this.fd, VFIO.CHECK_EXTENSION, TYPE1v2_IOMMU) <= 0 &&
       n.pvdrv_ioctl_int(this.fd, VFIO.CHECK_EXTENSION, TYPE1_IOMMU) <= 0
     ) {
       this.close();
-      throw new Error(
+      throw new PvdrvError(
+        "device",
         "VFIO has no type1 IOMMU: load vfio_iommu_type1 and boot with an IOMMU (intel_iommu=on)",
       );
     }
@@ -105,7 +107,7 @@ export class VfioContainer {
     const align = size >= HUGE_PAGE ? HUGE_PAGE : PAGE;
     const iova = roundUp(this.#nextIova, align);
     this.#nextIova = iova + roundUp(size, PAGE);
-    if (this.#nextIova > 2 ** 39) throw new Error("IOVA space exhausted (39-bit guest IOMMU)");
+    if (this.#nextIova > 2 ** 39) throw new PvdrvError("device", "IOVA space exhausted (39-bit guest IOMMU)");
     return iova;
   }
 
@@ -156,7 +158,8 @@ export class VfioGroup {
     st.ioctl(this.fd, VFIO.GROUP_GET_STATUS, "VFIO_GROUP_GET_STATUS");
     if (!(st.getU32(4) & GROUP_FLAGS_VIABLE)) {
       this.close();
-      throw new Error(
+      throw new PvdrvError(
+        "device",
         `IOMMU group ${id} is not viable: every device in /sys/kernel/iommu_groups/${id}/devices must be bound to vfio-pci (or no driver)`,
       );
     }
@@ -211,7 +214,7 @@ export class VfioDevice {
    */
   region(index: number): MmioRegion {
     const info = this.regionInfo(index);
-    if (info.size === 0) throw new Error(`${this.bdf}: region ${index} is not implemented`);
+    if (info.size === 0) throw new PvdrvError("device", `${this.bdf}: region ${index} is not implemented`);
     const name = `${this.bdf} BAR${index}`;
     if (info.flags & REGION_MMAP) {
       const n = native();
@@ -221,8 +224,12 @@ export class VfioDevice {
         return new MappedRegion(name, ptr, info.size, () => n.pvdrv_munmap(ptr, BigInt(info.size)));
       }
     }
-    if (!(info.flags & REGION_READ)) throw new Error(`${name} is neither mappable nor readable`);
-    if (info.offset % (1n << 32n) !== 0n) throw new Error(`${name}: unexpected region offset ${info.offset}`);
+    if (!(info.flags & REGION_READ)) {
+      throw new PvdrvError("device", `${name} is neither mappable nor readable`);
+    }
+    if (info.offset % (1n << 32n) !== 0n) {
+      throw new PvdrvError("device", `${name}: unexpected region offset ${info.offset}`);
+    }
     return new PioRegion(name, this.fd, Number(info.offset >> 32n), info.size, false);
   }
 
@@ -244,7 +251,10 @@ export class VfioDevice {
   enableIrqs(index: number, count: number): EventFdIrq[] {
     const avail = this.irqCount(index);
     if (count < 1 || count > avail) {
-      throw new Error(`${this.bdf}: asked ${count} vectors of interrupt index ${index}, device has ${avail}`);
+      throw new PvdrvError(
+        "device",
+        `${this.bdf}: asked ${count} vectors of interrupt index ${index}, device has ${avail}`,
+      );
     }
     const srcs = Array.from({ length: count }, () => new EventFdIrq());
     const b = irqSet(IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER, index, 0, count, count);
@@ -302,7 +312,7 @@ export class VfioDmaAllocator implements DmaAllocator {
     }
     mem ??= allocHostMemory(size, false);
     const iova = this.container.reserveIova(mem.size);
-    if (iova + mem.size > Number.MAX_SAFE_INTEGER) throw new Error("IOVA beyond 2^53");
+    if (iova + mem.size > Number.MAX_SAFE_INTEGER) throw new PvdrvError("device", "IOVA beyond 2^53");
     try {
       this.container.mapDma(mem.ptr, iova, mem.size);
     } catch (e) {

@@ -3,6 +3,7 @@
  * /dev/xen/evtchn (event channels). Layouts and ioctl numbers from linux/xen/gntalloc.h and evtchn.h.
  * @module
  */
+import { PvdrvError } from "../hal/errors.ts";
 import {
   check,
   check64,
@@ -59,7 +60,7 @@ export class Gntalloc implements GrantTable {
   }
 
   grant(count: number, domid: number): GrantedPages {
-    if (this.#fd < 0) throw new Error("gntalloc is closed");
+    if (this.#fd < 0) throw new PvdrvError("xen", "gntalloc is closed");
     if (!(count >= 1 && count <= 65536)) throw new RangeError(`cannot grant ${count} pages`);
     // struct ioctl_gntalloc_alloc_gref { u16 domid, flags; u32 count; u64 index; u32 gref_ids[count]; }
     const b = new IoctlStruct(Math.max(24, 16 + 4 * count)).u16(0, domid).u16(2, GNTALLOC_FLAG_WRITABLE)

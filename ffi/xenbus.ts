@@ -3,6 +3,7 @@
  * through the shared irq waiter so a pending read never blocks Deno's event loop.
  * @module
  */
+import { PvdrvError } from "../hal/errors.ts";
 import { check, native, NativeError, O_NONBLOCK, O_RDWR, openPath } from "./lib.ts";
 import { irqWaiter } from "./irq.ts";
 import type { XsTransport } from "../hal/xen.ts";
@@ -29,12 +30,12 @@ export class XenbusDevice implements XsTransport {
   }
 
   write(msg: Uint8Array): void {
-    if (this.#fd < 0) throw new Error("xenbus device closed");
+    if (this.#fd < 0) throw new PvdrvError("xen", "xenbus device closed");
     const n = check(
       "writing to xenbus",
       native().pvdrv_write(this.#fd, msg as Uint8Array<ArrayBuffer>, msg.length),
     );
-    if (n !== msg.length) throw new Error(`short write to xenbus (${n} of ${msg.length})`);
+    if (n !== msg.length) throw new PvdrvError("xen", `short write to xenbus (${n} of ${msg.length})`);
   }
 
   async read(): Promise<Uint8Array | null> {

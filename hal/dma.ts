@@ -7,6 +7,7 @@
  * them into u32 halves for descriptors without BigInt on the hot path.
  * @module
  */
+import { PvdrvError } from "./errors.ts";
 
 /** A buffer the device can read and write. */
 export interface DmaRegion {
@@ -87,7 +88,7 @@ export class ModelDmaAllocator implements DmaAllocator {
         return r.bytes.subarray(off, off + len);
       }
     }
-    throw new Error(`DMA fault: device address 0x${addr.toString(16)} (+${len}) is not mapped`);
+    throw new PvdrvError("dma", `DMA fault: device address 0x${addr.toString(16)} (+${len}) is not mapped`);
   }
 
   /** Number of regions not freed (the device can reach them). */

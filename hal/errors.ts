@@ -25,6 +25,14 @@ export type ErrorKind =
   | "xenstore"
   /** A NIC used wrongly: closed, disconnected, bad queue, buffer not held. */
   | "nic"
+  /** DMA memory that could not be had, or a device address outside it. */
+  | "dma"
+  /** A device that could not be opened or used through VFIO or UIO (binding, groups, regions, vectors). */
+  | "device"
+  /** A Xen interface (gntalloc, evtchn, xenbus, the guest agent's helpers) refused or ran out. */
+  | "xen"
+  /** An application on a NIC (traffic generation, forwarding) gave up: the device or the peer stopped. */
+  | "app"
   /** The QEMU or Xen lab failed. */
   | "lab"
   /** Bad command-line input. */

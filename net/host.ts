@@ -636,7 +636,7 @@ export class NetHost {
   #reportOnce(e: unknown, where: "app" | "frame"): void {
     if (this.#reported[where]) return;
     this.#reported[where] = true;
-    const err = e instanceof Error ? e : new Error(String(e));
+    const err = e instanceof Error ? e : new PvdrvError("app", String(e));
     try {
       this.#onError(err, where);
     } catch { /* a failing reporter is not the host's failure */ }

@@ -77,7 +77,7 @@ export function macToString(mac: Uint8Array): string {
 /** Parse "aa:bb:cc:dd:ee:ff". */
 export function parseMac(s: string): Uint8Array {
   const m = s.trim().toLowerCase().match(/^([0-9a-f]{2})(?::([0-9a-f]{2})){5}$/);
-  if (!m) throw new Error(`'${s}' is not a MAC address (expected like 52:54:00:12:34:56)`);
+  if (!m) throw new RangeError(`'${s}' is not a MAC address (expected like 52:54:00:12:34:56)`);
   return new Uint8Array(s.trim().split(":").map((h) => parseInt(h, 16)));
 }
 

@@ -45,7 +45,7 @@ function write(path: string, text: string): void {
   try {
     Deno.writeTextFileSync(path, text);
   } catch (e) {
-    throw new Error(`writing '${text.trim()}' to ${path} failed: ${(e as Error).message}`);
+    throw new PvdrvError("bind", `writing '${text.trim()}' to ${path} failed: ${(e as Error).message}`);
   }
 }
 
@@ -117,7 +117,8 @@ export function bindDevice(address: string, target: BindTarget, opts: BindOption
     try {
       Deno.statSync(`${drivers}/${target}`);
     } catch {
-      throw new Error(
+      throw new PvdrvError(
+        "bind",
         `driver ${target} is not loaded: ${
           target === "vfio-pci"
             ? "load irqbypass, vfio, vfio_iommu_type1, vfio-pci"
@@ -126,7 +127,8 @@ export function bindDevice(address: string, target: BindTarget, opts: BindOption
       );
     }
     if (target === "vfio-pci" && info.iommuGroup === null) {
-      throw new Error(
+      throw new PvdrvError(
+        "bind",
         `${addr} has no IOMMU group: boot with an IOMMU (intel_iommu=on, a vIOMMU in a VM) to use VFIO`,
       );
     }
@@ -136,7 +138,7 @@ export function bindDevice(address: string, target: BindTarget, opts: BindOption
   write(`${root}/bus/pci/drivers_probe`, addr);
   const now = readDevice(addr, root).driver;
   if (target !== "kernel" && now !== target) {
-    throw new Error(`${addr} did not bind to ${target} (now: ${now ?? "no driver"}); see dmesg`);
+    throw new PvdrvError("bind", `${addr} did not bind to ${target} (now: ${now ?? "no driver"}); see dmesg`);
   }
   return info.driver;
 }

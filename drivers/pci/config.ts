@@ -193,7 +193,9 @@ export function checkCapInBar(cap: VirtioCap, barSize: number): void {
   // virtio 1.2 §4.1.4: a structure's offset (and so every register in it) is 4-byte aligned.
   if (cap.offset % 4 !== 0) {
     throw new PciConfigError(
-      `virtio capability type ${cap.type} at BAR${cap.bar} offset 0x${cap.offset.toString(16)} is not 4-byte aligned`,
+      `virtio capability type ${cap.type} at BAR${cap.bar} offset 0x${
+        cap.offset.toString(16)
+      } is not 4-byte aligned`,
     );
   }
   if (cap.offset + cap.length > barSize) {

@@ -8,6 +8,7 @@
  * points that helper at the agent, so `xl shutdown` reaches the agent there too.
  * @module
  */
+import { PvdrvError } from "../../hal/errors.ts";
 import type { XenStore } from "./xenstore.ts";
 
 /** What the toolstack can ask for. */
@@ -96,7 +97,9 @@ export function installKernelHandoff(
   path = POWEROFF_CMD,
   kill: string | null = ["/bin/kill", "/usr/bin/kill"].find((p) => exists(p)) ?? null,
 ): () => void {
-  if (!kill) throw new Error("no kill program (/bin/kill) for the kernel's poweroff helper to run");
+  if (!kill) {
+    throw new PvdrvError("xen", "no kill program (/bin/kill) for the kernel's poweroff helper to run");
+  }
   const before = Deno.readTextFileSync(path).trim();
   Deno.writeTextFileSync(path, `${kill} -USR2 ${pid}\n`);
   return () => Deno.writeTextFileSync(path, `${before}\n`);

@@ -14,6 +14,7 @@
  * index anything.
  * @module
  */
+import { PvdrvError } from "../../hal/errors.ts";
 import {
   type EventChannel,
   type EventChannels,
@@ -324,7 +325,8 @@ export class Netfront extends NicCore<NetfrontQueue> {
     const nq = Math.max(1, Math.min(this.#opts.queues ?? 1, f.maxQueues));
     const need = nq * (2 + txLayout(this.maxFrame).pages + RING);
     if (need > this.#grants.remaining) {
-      throw new Error(
+      throw new PvdrvError(
+        "xen",
         `${nq} queue(s) need ${need} grants, only ${this.#grants.remaining} left (gntalloc limit): use fewer queues or raise the limit`,
       );
     }

@@ -132,7 +132,7 @@ export class XenStore {
       }
       this.#fail(new XenStoreError("EPIPE", "xenstore connection closed"));
     } catch (e) {
-      this.#fail(e instanceof Error ? e : new Error(String(e)));
+      this.#fail(e instanceof Error ? e : new XenStoreError("EIO", String(e)));
     }
   }
 

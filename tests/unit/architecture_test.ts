@@ -207,3 +207,22 @@ Deno.test("virtio-net with ownsPci closes the PCI function when the open fails, 
   assert.equal(closes(new VirtioNetModel(), (m) => m.config.view.setUint16(2, 0x1042, true)), 1);
   assert.equal(closes(new VirtioNetModel({ rejectFeatures: true })), 1);
 });
+
+Deno.test("errors: library code raises PvdrvError (or a RangeError for a bad argument), never a plain Error", () => {
+  const plain: string[] = [];
+  for (const dir of ["hal", "ffi", "drivers", "net", "apps"]) {
+    const walk = (d: string) => {
+      for (const e of Deno.readDirSync(`${ROOT}${d}`)) {
+        const p = `${d}/${e.name}`;
+        if (e.isDirectory) walk(p);
+        else if (e.name.endsWith(".ts")) {
+          Deno.readTextFileSync(`${ROOT}${p}`).split("\n").forEach((line, i) => {
+            if (/\bnew Error\(/.test(line)) plain.push(`${p}:${i + 1}`);
+          });
+        }
+      }
+    };
+    walk(dir);
+  }
+  assert.deepEqual(plain, []);
+});
