@@ -10,6 +10,7 @@ import { FULL_PLAN } from "../../lab/bench_plan.ts";
 import { countFrames, forward, generate, receive } from "../../apps/traffic.ts";
 import { checkFrame, FrameCheck, writeFrame } from "../../apps/frames.ts";
 import { VirtioNet } from "../../drivers/virtio/net.ts";
+import type { PacketBuffer } from "../../drivers/net/nic.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
 
 /** Samples every 20 ms from t=100 s for `secs`, sink1 growing at `rate(t)`. */
@@ -239,6 +240,39 @@ Deno.test("generate headerOnly: writes the header and sequence only, the payload
     assert.deepEqual([...sent[299].subarray(0, 6)], [...dst]);
     assert.equal(new DataView(sent[299].buffer, sent[299].byteOffset).getUint32(18), 299);
     assert.ok(sent[0].subarray(24).every((x) => x === 0));
+  } finally {
+    await nic.close();
+  }
+});
+
+Deno.test("forward: with no deadline it runs until its frame count, however many polls that takes", async () => {
+  const a = new VirtioNetModel(), b = new VirtioNetModel();
+  const from = VirtioNet.openPci(a.pci()), to = VirtioNet.openPci(b.pci());
+  try {
+    for (let i = 0; i < 100; i++) assert.ok(a.deliver(frame(i, from.mac)));
+    // One frame per batch: 100 polls, past the 64 after which the clock is first read.
+    const r = await forward(from, to, { batch: 1, until: Infinity, frames: 100 });
+    assert.deepEqual(r, { forwarded: 100, dropped: 0 });
+  } finally {
+    await from.close();
+    await to.close();
+  }
+});
+
+Deno.test("receive: stops at exactly its count, and counts a repeated sequence number as a duplicate", async () => {
+  const model = new VirtioNetModel();
+  const nic = VirtioNet.openPci(model.pci());
+  try {
+    for (const seq of [0, 1, 1, 2, 3, 4]) assert.ok(model.deliver(frame(seq, nic.mac)));
+    // A frame that arrives once the count is reached is not the run's: it stays in the ring.
+    const onFrame = (_b: unknown, _c: unknown, seq: number) =>
+      void (seq === 4 && model.deliver(frame(9, nic.mac)));
+    const r = await receive(nic, { count: 5, idleTimeoutMs: 200, onFrame });
+    assert.equal(r.received, 5);
+    assert.equal(r.duplicate, 1);
+    const out: PacketBuffer[] = [];
+    assert.equal(nic.receiveBatch(out, 8), 1, "the late frame is still there");
+    nic.release(out, 1);
   } finally {
     await nic.close();
   }

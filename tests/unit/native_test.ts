@@ -1,5 +1,5 @@
 import assert from "assert";
-import { native } from "../../ffi/lib.ts";
+import { buildNative, native } from "../../ffi/lib.ts";
 import { allocHostMemory, virtToPhys } from "../../ffi/dma.ts";
 import { MappedRegion } from "../../ffi/mmio.ts";
 import { EventFd, EventFdIrq, irqWaiter } from "../../ffi/irq.ts";
@@ -143,4 +143,23 @@ Deno.test("irq: eventfd signals wake the shared waiter; many sources, one parked
   const p = irqWaiter().waitReadable(e.fd);
   irqWaiter().remove(e.fd, true);
   await assert.rejects(p, /closed/);
+});
+
+Deno.test("shim: built when missing, left alone when current, rebuilt when forced", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "pvdrv-shim-" }), lib = `${dir}/libpvdrv.so`;
+  const before = Deno.env.get("PVDRV_LIB");
+  Deno.env.set("PVDRV_LIB", lib);
+  try {
+    assert.equal(buildNative({ quiet: true }), lib);
+    const old = new Date(Date.now() + 60_000); // newer than the source: current
+    Deno.utimeSync(lib, old, old);
+    buildNative({ quiet: true });
+    assert.equal(Deno.statSync(lib).mtime!.getTime(), old.getTime(), "a current shim is not rebuilt");
+    buildNative({ quiet: true, force: true });
+    assert.notEqual(Deno.statSync(lib).mtime!.getTime(), old.getTime(), "forced, it is");
+  } finally {
+    if (before === undefined) Deno.env.delete("PVDRV_LIB");
+    else Deno.env.set("PVDRV_LIB", before);
+    Deno.removeSync(dir, { recursive: true });
+  }
 });

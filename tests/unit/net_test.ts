@@ -422,3 +422,46 @@ Deno.test("DHCP client: another transaction's reply is rejected; renewal and reb
   assert.ok(c.poll(2 + 3560_000, out));
   assert.equal(c.nextAt, 2 + 3560_000 + 20_000);
 });
+
+Deno.test("net: a batch of requests is answered with one doorbell, and a lease keeps every DNS server it names", async () => {
+  const m = new VirtioNetModel({ mac: [2, 0, 0, 0, 0, 0xc], features: ALL });
+  const nic = VirtioNet.openPci(m.pci());
+  const host = new NetHost(nic, { ip: A_IP }); // polled by hand
+  try {
+    const peer = parseIp("10.0.0.1");
+    const arp = new Uint8Array(42);
+    arp.set(nic.mac, 0), arp.set([2, 0, 0, 0, 0, 0xd], 6), writeU16(arp, 12, 0x0806);
+    writeU16(arp, 14, 1), writeU16(arp, 16, 0x0800), arp[18] = 6, arp[19] = 4, writeU16(arp, 20, 2);
+    arp.set([2, 0, 0, 0, 0, 0xd], 22),
+      writeU32(arp, 28, peer),
+      arp.set(nic.mac, 32),
+      writeU32(arp, 38, host.ip);
+    assert.ok(m.deliver(arp)); // the peer is known: replies need no ARP
+    host.poll();
+    const before = nic.stats()[0].notifications;
+    for (let i = 0; i < 10; i++) {
+      const f = new Uint8Array(42);
+      f.set(nic.mac, 0), f.set([2, 0, 0, 0, 0, 0xd], 6), writeU16(f, 12, 0x0800);
+      f[14] = 0x45, f[22] = 64, f[23] = 1, writeU16(f, 16, 28);
+      writeU32(f, 26, peer), writeU32(f, 30, host.ip), writeU16(f, 24, finish(sum16(f, 14, 20)));
+      f[34] = 8, writeU16(f, 40, i), writeU16(f, 36, finish(sum16(f, 34, 8)));
+      assert.ok(m.deliver(f));
+    }
+    assert.equal(host.poll(), 10);
+    assert.equal(host.stats.icmpEchoRequests, 10);
+    assert.equal(nic.stats()[0].notifications - before, 1, "ten replies, one doorbell");
+  } finally {
+    await host.close();
+    await nic.close();
+  }
+  // DNS servers (option 6): every address the option holds, and no more.
+  const c = new DhcpClient(0x02000000000a);
+  const out: DhcpSend = { length: 0, dst: 0, src: 0 };
+  c.start(0);
+  c.poll(0, out);
+  const opts: [number, number[]][] = [[1, [255, 255, 255, 0]], [6, [10, 0, 0, 53, 10, 0, 0, 54]]];
+  c.receive(dhcpReply(c.buf, 0, 2, parseIp("10.0.0.42"), opts), 0, 300, 1);
+  c.poll(1, out);
+  assert.equal(c.receive(dhcpReply(c.buf, 0, 5, parseIp("10.0.0.42"), opts), 0, 300, 2), "bound");
+  assert.deepEqual(c.lease!.dns.map(ipText), ["10.0.0.53", "10.0.0.54"]);
+});

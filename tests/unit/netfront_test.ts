@@ -447,3 +447,22 @@ Deno.test("forward: from netfront's page-sized RX buffers into virtio-net's smal
     await xs.close();
   }
 });
+
+Deno.test("netfront: a frame of exactly an Ethernet header is delivered; ring state names its queue", async () => {
+  const { back, xs, open } = lab();
+  const nf = await open();
+  try {
+    const f = new Uint8Array(14);
+    f.set(nf.mac, 0);
+    assert.ok(back.deliver(f));
+    const out: PacketBuffer[] = [];
+    assert.equal(nf.receiveBatch(out, 4), 1);
+    assert.equal(out[0].length, 14);
+    nf.release(out, 1);
+    assert.match(nf.ringState(0), /^tx: req_prod \d+ .*; rx: req_prod \d+/);
+    assert.equal(nf.ringState(3), "no queue");
+  } finally {
+    await nf.close();
+    await xs.close();
+  }
+});

@@ -419,3 +419,24 @@ Deno.test("openPci: the driver the device is bound to picks VFIO or UIO; anythin
     Deno.removeSync(root, { recursive: true });
   }
 });
+
+Deno.test("sysfs: driver_override reads as null when unset ('(null)', empty or absent), else the driver", () => {
+  const root = makeSysfs([
+    { address: "0000:00:04.0", ...NET },
+    { address: "0000:00:05.0", ...NET },
+    { address: "0000:00:06.0", ...NET },
+    { address: "0000:00:07.0", ...NET },
+  ]);
+  try {
+    const dev = (a: string) => `${root}/bus/pci/devices/${a}/driver_override`;
+    Deno.writeTextFileSync(dev("0000:00:05.0"), "vfio-pci\n");
+    Deno.writeTextFileSync(dev("0000:00:06.0"), "\n");
+    Deno.removeSync(dev("0000:00:07.0"));
+    assert.deepEqual(
+      ["04", "05", "06", "07"].map((d) => readDevice(`0000:00:${d}.0`, root).driverOverride),
+      [null, "vfio-pci", null, null],
+    );
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});

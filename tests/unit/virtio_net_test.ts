@@ -410,3 +410,18 @@ Deno.test("NIC core: a ring that breaks while refilling keeps the frames already
     await nic.close();
   }
 });
+
+Deno.test("virtio-net: a buffer from another NIC is refused on release, first in its batch or not", async () => {
+  const a = open(new VirtioNetModel()), b = open(new VirtioNetModel());
+  try {
+    const mine: PacketBuffer[] = [], theirs: PacketBuffer[] = [];
+    a.allocTx(mine, 1);
+    b.allocTx(theirs, 1);
+    assert.throws(() => a.release([theirs[0]], 1), /is not ours/);
+    assert.throws(() => a.release([mine[0], theirs[0]], 2), /is not ours/);
+    b.release(theirs, 1);
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
