@@ -13,18 +13,10 @@
 import { PvdrvError } from "../hal/errors.ts";
 import { type Nic, RX_CSUM_PARTIAL, RX_CSUM_VALID } from "../drivers/net/nic.ts";
 import type { PacketBuffer } from "../drivers/net/packet_pool.ts";
-import {
-  ARP_REPLY,
-  ARP_REQUEST,
-  ArpCache,
-  type ArpTiming,
-  type ArpView,
-  Enqueued,
-  readArp,
-  writeArp,
-} from "./arp.ts";
-import { completeAt, finish, fold, pseudoSum, sum16 } from "./checksum.ts";
-import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DhcpClient, type DhcpSend, type Lease } from "./dhcp.ts";
+import { ARP_REPLY, ARP_REQUEST, ArpCache, type ArpTiming, type ArpView, readArp, writeArp } from "./arp.ts";
+import { finish, pseudoSum, sum16 } from "./checksum.ts";
+import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT, type Lease } from "./dhcp.ts";
+import { HostDhcp } from "./host_dhcp.ts";
 import {
   BROADCAST_MAC,
   ETH_HLEN,
@@ -33,10 +25,8 @@ import {
   isGroupMac,
   macNumber,
   readMac,
-  writeEthernet,
-  writeMac,
 } from "./ethernet.ts";
-import { echoPattern, ICMP_ECHO_HLEN, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, writeEcho } from "./icmp.ts";
+import { ICMP_ECHO_HLEN, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, writeEcho } from "./icmp.ts";
 import {
   BROADCAST_IP,
   checkIpv4,
@@ -53,11 +43,17 @@ import {
   readU16,
   readU32,
   specialAddress,
-  writeIpv4,
-  writeU16,
 } from "./ipv4.ts";
 import { type Datagram, UDP_HLEN, UdpSocket } from "./udp.ts";
 import { tick } from "../hal/event_loop.ts";
+import { emptyHostStats, type HostStats } from "./host_stats.ts";
+import { TxBatch } from "./host_tx.ts";
+
+import { Pinger, type PingReply } from "./pinger.ts";
+import { type Addressing, addressText, IpOutput } from "./ip_output.ts";
+
+export type { HostStats } from "./host_stats.ts";
+export type { PingReply } from "./pinger.ts";
 
 /** How a host is set up. */
 export interface HostOptions {
@@ -88,122 +84,6 @@ export interface HostOptions {
   passive?: boolean;
 }
 
-/** What the host counted. Every dropped frame lands in exactly one counter. */
-export interface HostStats {
-  /** Frames received. */
-  rxFrames: number;
-  /** Frames for another MAC (promiscuous NIC, multicast) or of an unknown EtherType. */
-  rxIgnored: number;
-  /** Frames too short for their headers, or whose IPv4 total length exceeds the frame. */
-  rxTruncated: number;
-  /** Frames from a group (multicast, broadcast) or all-zero source MAC: no host sends those. */
-  rxBadSource: number;
-  /** Frames whose handling failed inside the host (counted and dropped; the loop goes on). */
-  rxErrors: number;
-  /** Application callbacks (a socket's `onDatagram`) that threw: counted, the loop goes on. */
-  appErrors: number;
-  /** ARP requests for this host, answered. */
-  arpRequests: number;
-  /** ARP replies received. */
-  arpReplies: number;
-  /** ARP packets about other hosts (learned from, if known, and dropped). */
-  arpOther: number;
-  /** Malformed ARP (not IPv4 over Ethernet), or a sender no host can be (a group or zero MAC, a special address). */
-  arpBad: number;
-  /** IPv4 headers with a bad version or IHL, or a total length below the header. */
-  ipBadHeader: number;
-  /** IPv4 header checksum failures. */
-  ipBadChecksum: number;
-  /** IPv4 packets longer than the MTU (a frame may be MTU + 18 for a VLAN tag, its IPv4 packet not). */
-  ipTooBig: number;
-  /**
-   * IPv4 packets from a source no host can have (RFC 1122 §3.2.1.3): 0.0.0.0/8 (except 0.0.0.0 to a DHCP server
-   * port), loopback, multicast, class E, the limited or the subnet broadcast, our own address.
-   */
-  ipBadSource: number;
-  /** IPv4 fragments (not reassembled). */
-  ipFragments: number;
-  /** IPv4 packets for another address (or a unicast address in a link-layer broadcast, RFC 1122 §3.3.6). */
-  ipNotForUs: number;
-  /** IPv4 packets of a protocol other than ICMP and UDP. */
-  ipUnknownProtocol: number;
-  /** ICMP echo requests answered. */
-  icmpEchoRequests: number;
-  /** ICMP echo replies received. */
-  icmpEchoReplies: number;
-  /** Other ICMP messages, or ICMP with a bad checksum or length. */
-  icmpOther: number;
-  /** UDP datagrams delivered to a socket (or to the DHCP client). */
-  udpDelivered: number;
-  /** UDP checksum failures. */
-  udpBadChecksum: number;
-  /** UDP length field disagreeing with the IPv4 packet. */
-  udpBadLength: number;
-  /** UDP datagrams to a port nobody bound. */
-  udpNoPort: number;
-  /** DHCP offers and acks refused for what they grant (not a host address in a sane prefix; a bad router). */
-  dhcpRefused: number;
-  /** Frames sent. */
-  txFrames: number;
-  /** Frames not sent: no TX buffer, or the ring full. */
-  txDropped: number;
-  /** Replies not sent: no route to the destination (off the subnet with no gateway). */
-  txNoRoute: number;
-  /** Replies not sent: larger than the MTU allows. */
-  txTooBig: number;
-}
-
-function emptyHostStats(): HostStats {
-  return {
-    rxFrames: 0,
-    rxIgnored: 0,
-    rxTruncated: 0,
-    rxBadSource: 0,
-    rxErrors: 0,
-    appErrors: 0,
-    arpRequests: 0,
-    arpReplies: 0,
-    arpOther: 0,
-    arpBad: 0,
-    ipBadHeader: 0,
-    ipBadChecksum: 0,
-    ipTooBig: 0,
-    ipBadSource: 0,
-    ipFragments: 0,
-    ipNotForUs: 0,
-    ipUnknownProtocol: 0,
-    icmpEchoRequests: 0,
-    icmpEchoReplies: 0,
-    icmpOther: 0,
-    udpDelivered: 0,
-    udpBadChecksum: 0,
-    udpBadLength: 0,
-    udpNoPort: 0,
-    dhcpRefused: 0,
-    txFrames: 0,
-    txDropped: 0,
-    txNoRoute: 0,
-    txTooBig: 0,
-  };
-}
-
-/** The answer to one echo request. */
-export interface PingReply {
-  /** Round trip in ms, from the doorbell of the request to the batch that held the reply. */
-  rtt: number;
-  /** TTL of the reply. */
-  ttl: number;
-  /** ICMP bytes (header and payload). */
-  bytes: number;
-}
-
-interface PendingPing {
-  t0: number;
-  size: number;
-  resolve: (r: PingReply | null) => void;
-  timer: ReturnType<typeof setTimeout>;
-}
-
 const L3 = ETH_HLEN, L4 = ETH_HLEN + IPV4_HLEN;
 /** How long after the last frame the loop still sleeps in-thread (else it waits without holding the event loop). */
 const HOT_MS = 100;
@@ -217,10 +97,7 @@ export class NetHost {
   readonly arp: ArpCache;
   /** The MAC as a number. */
   readonly macNum: number;
-  #ip = 0;
-  #prefix = 0;
-  /** Default gateway (0: none). */
-  gateway = 0;
+  readonly #addr: Addressing = { ip: 0, prefix: 0, gateway: 0, bcast: 0 };
   /** TTL of sent packets. */
   readonly ttl: number;
   readonly #queue: number;
@@ -230,10 +107,7 @@ export class NetHost {
   readonly #onError: (e: Error, where: "app" | "frame") => void;
   readonly #reported = { app: false, frame: false };
   readonly #rx: PacketBuffer[] = new Array(BATCH);
-  readonly #tx: PacketBuffer[] = new Array(BATCH);
-  readonly #one: PacketBuffer[] = new Array(1);
-  #txn = 0;
-  #inPoll = false;
+  readonly #out: TxBatch;
   readonly #arpView: ArpView = { op: 0, sha: 0, spa: 0, tpa: 0 };
   readonly #dgram: Datagram = {
     src: 0,
@@ -245,15 +119,9 @@ export class NetHost {
     length: 0,
   };
   readonly #sockets = new Map<number, UdpSocket>();
-  readonly #pings = new Map<number, PendingPing>();
-  #ipId = 0;
-  /** The subnet broadcast address (0: no address); kept, not computed per frame (a boxed number each time). */
-  #bcast = 0;
-  #pingId: number;
-  #pingSeq = 0;
-  #dhcp: DhcpClient | null = null;
-  readonly #dhcpOut: DhcpSend = { length: 0, dst: 0, src: 0 };
-  #dhcpWaiters: { resolve: (l: Lease) => void; reject: (e: Error) => void; deadline: number }[] = [];
+  readonly #pinger = new Pinger();
+  readonly #ipOut: IpOutput;
+  #dhcp: HostDhcp | null = null;
   #nextHousekeep = 0;
   #running: Promise<void> | null = null;
   #stopped = false;
@@ -266,16 +134,17 @@ export class NetHost {
     this.ttl = opts.ttl ?? 64;
     if (!(this.ttl >= 1 && this.ttl <= 255)) throw new RangeError(`ttl must be 1..255, got ${opts.ttl}`);
     this.#queue = opts.queue ?? 0;
+    this.#out = new TxBatch(nic, this.#queue, this.stats);
     this.#interrupts = opts.interrupts ?? false;
     this.#spinMs = opts.spinMs ?? 0.2;
     this.#passive = opts.passive ?? false;
     this.arp = new ArpCache(opts.arp);
+    this.#ipOut = new IpOutput(nic, this.#out, this.arp, this.#addr, this.macNum, this.ttl, this.stats);
     this.#onError = opts.onError ?? ((e, where) =>
       console.error(
         `pvdrv: ${where === "app" ? "an application callback" : "handling a frame"} failed: ${e.message} ` +
           `(dropped and counted in ${where === "app" ? "appErrors" : "rxErrors"}; later ones only counted)`,
       ));
-    this.#pingId = (Math.random() * 0x10000) & 0xffff;
     if (opts.ip !== undefined) {
       const c = typeof opts.ip === "string" ? parseCidr(opts.ip) : opts.ip;
       this.#configure(c.ip, c.prefix, 0);
@@ -301,31 +170,41 @@ export class NetHost {
 
   /** Our address (0: none yet). */
   get ip(): number {
-    return this.#ip;
+    return this.#addr.ip;
   }
 
   /** Prefix length of our subnet. */
   get prefix(): number {
-    return this.#prefix;
+    return this.#addr.prefix;
+  }
+
+  /** Default gateway (0: none). */
+  get gateway(): number {
+    return this.#addr.gateway;
+  }
+
+  /** Set the default gateway (off-subnet destinations go there; 0: none). */
+  set gateway(ip: number) {
+    this.#addr.gateway = ip;
   }
 
   /** "10.0.0.2/24" or "unconfigured". */
   get address(): string {
-    return this.ip ? `${ipText(this.ip)}/${this.prefix}` : "unconfigured";
+    return addressText(this.#addr);
   }
 
   /** The DHCP lease, when the address came from one. */
   get lease(): Lease | null {
-    return this.#dhcp?.lease ?? null;
+    return this.#dhcp?.client.lease ?? null;
   }
 
   /** Send a gratuitous ARP for our address (RFC 5227 §3: an ARP request with sender and target our address). */
   announce(): void {
-    const b = this.#frame();
+    const b = this.#out.take();
     if (!b) return;
     b.length = writeArp(b.data, ARP_REQUEST, BROADCAST_MAC, this.macNum, this.ip, 0, this.ip);
-    this.#queueTx(b);
-    this.#flushOutside();
+    this.#out.push(b);
+    this.#out.flushOutside();
   }
 
   /** Bind a UDP port (0: an ephemeral port). */
@@ -339,7 +218,7 @@ export class NetHost {
     }
     const s = new UdpSocket(
       port,
-      (sp, dst, dp, bytes, off, len, reply) => this.#sendUdp(sp, dst, dp, bytes, off, len, reply),
+      (sp, dst, dp, bytes, off, len, reply) => this.#sendUdp(sp, dst, dp, bytes, off, len, reply, this.ip),
       () => this.#sockets.delete(port),
     );
     this.#sockets.set(port, s);
@@ -357,27 +236,17 @@ export class NetHost {
     if (!Number.isInteger(size) || size < 0 || size > max) {
       throw new RangeError(`ping size must be 0..${max}`);
     }
-    const seq = (o.seq ?? this.#pingSeq++) & 0xffff;
-    if (this.#pings.has(seq)) throw new PvdrvError("nic", `ping seq ${seq} is already outstanding`);
-    const b = this.#frame();
+    const seq = this.#pinger.claim(o.seq);
+    const b = this.#out.take();
     if (!b) return Promise.resolve(null);
-    const d = b.data, icmp = L4, len = ICMP_ECHO_HLEN + size;
-    for (let i = 0; i < size; i++) d[icmp + ICMP_ECHO_HLEN + i] = echoPattern(seq, i);
-    writeEcho(d, icmp, len, ICMP_ECHO_REQUEST, this.#pingId, seq);
-    return new Promise((resolve) => {
-      const p = { t0: 0, size, resolve } as PendingPing;
-      p.timer = setTimeout(() => {
-        this.#pings.delete(seq);
-        resolve(null);
-      }, timeoutMs);
-      this.#pings.set(seq, p);
-      if (!this.#sendIp(b, dst, PROTO_ICMP, len, -1)) {
-        this.#pings.delete(seq);
-        clearTimeout(p.timer);
-        throw this.#noRoute(dst);
-      }
-      p.t0 = performance.now(); // after the doorbell
-    });
+    const len = this.#pinger.write(b.data, L4, seq, size);
+    const reply = this.#pinger.expect(seq, size, timeoutMs);
+    if (!this.#ipOut.sendIp(b, dst, PROTO_ICMP, len, -1)) {
+      this.#pinger.cancel(seq);
+      return Promise.reject(this.#ipOut.noRoute(dst));
+    }
+    this.#pinger.sent(seq); // the round trip counts from the doorbell
+    return reply;
   }
 
   /**
@@ -389,13 +258,10 @@ export class NetHost {
     if (this.#sockets.has(DHCP_CLIENT_PORT)) throw new PvdrvError("nic", "udp port 68 is bound to a socket");
     const now = performance.now();
     if (!this.#dhcp) {
-      this.#dhcp = new DhcpClient(this.macNum, { retryMs: 2000, maxRetryMs: 16_000 });
-      this.#dhcp.start(now);
+      this.#dhcp = new HostDhcp(this.macNum, now);
       this.#nextHousekeep = now;
-    } else if (this.#dhcp.state === "bound") return Promise.resolve(this.#dhcp.lease!);
-    return new Promise((resolve, reject) =>
-      this.#dhcpWaiters.push({ resolve, reject, deadline: now + timeoutMs })
-    );
+    }
+    return this.#dhcp.wait(now, timeoutMs);
   }
 
   /**
@@ -407,7 +273,7 @@ export class NetHost {
     const n = nic.receiveBatch(rx, BATCH, this.#queue);
     if (n === 0) return 0;
     const now = performance.now();
-    this.#inPoll = true;
+    this.#out.inBatch = true;
     try {
       // One frame's failure is that frame's: counted, and the rest of the batch is handled all the same.
       for (let i = 0; i < n; i++) {
@@ -418,9 +284,9 @@ export class NetHost {
         }
       }
     } finally {
-      this.#inPoll = false;
+      this.#out.inBatch = false;
       nic.release(rx, n, this.#queue);
-      this.#flush();
+      this.#out.flush();
     }
     return n;
   }
@@ -439,14 +305,14 @@ export class NetHost {
 
   /** Handle one received frame (a detached host; the buffer stays the caller's) and send what it produced. */
   handle(b: PacketBuffer): void {
-    this.#inPoll = true;
+    this.#out.inBatch = true;
     try {
       this.#input(b, performance.now());
     } catch (e) {
       this.#frameFailed(e);
     } finally {
-      this.#inPoll = false;
-      this.#flush();
+      this.#out.inBatch = false;
+      this.#out.flush();
     }
   }
 
@@ -472,9 +338,8 @@ export class NetHost {
     await this.#running;
     this.#wake?.catch(() => {});
     for (const s of [...this.#sockets.values()]) s.close();
-    for (const [, p] of this.#pings) clearTimeout(p.timer), p.resolve(null);
-    this.#pings.clear();
-    this.#failDhcp(new PvdrvError("nic", "host closed"));
+    this.#pinger.cancelAll();
+    this.#dhcp?.fail(new PvdrvError("nic", "host closed"));
   }
 
   // ---- receive ----
@@ -506,7 +371,7 @@ export class NetHost {
     const l4 = L3 + ihl, l4len = total - ihl;
     const toDhcpServer = proto === PROTO_UDP && l4len >= UDP_HLEN && readU16(d, l4 + 2) === DHCP_SERVER_PORT;
     if (!this.#sourceOk(src, toDhcpServer)) return void s.ipBadSource++;
-    const forUs = this.ip !== 0 && (dst === this.ip || dst === BROADCAST_IP || dst === this.#bcast);
+    const forUs = this.ip !== 0 && (dst === this.ip || dst === BROADCAST_IP || dst === this.#addr.bcast);
     // Before an address is leased, only the DHCP client's replies are taken (RFC 2131 §4.1).
     const dhcpReply = !forUs && this.#dhcp !== null && this.ip === 0 && proto === PROTO_UDP &&
       l4len >= UDP_HLEN && readU16(d, l4 + 2) === DHCP_CLIENT_PORT;
@@ -526,23 +391,23 @@ export class NetHost {
     if (
       v.sha === 0 || isGroupMac(v.sha) || (v.spa !== 0 && specialAddress(v.spa) !== null &&
         specialAddress(v.spa) !== "link-local") ||
-      (this.ip !== 0 && v.spa === this.#bcast)
+      (this.ip !== 0 && v.spa === this.#addr.bcast)
     ) return void s.arpBad++;
     const forUs = this.ip !== 0 && v.tpa === this.ip;
     // RFC 826: update an entry we have; add one when the packet is for us. Only senders on our subnet are learned
     // (a neighbour off it is never a next hop), and never one claiming our own address.
-    if (v.spa !== 0 && v.spa !== this.ip && this.#onSubnet(v.spa)) {
+    if (v.spa !== 0 && v.spa !== this.ip && this.#ipOut.onSubnet(v.spa)) {
       const waiting = this.arp.learn(v.spa, v.sha, now, forUs);
-      if (waiting) { for (const w of waiting) this.#sendResolved(w, v.sha); }
+      if (waiting) { for (const w of waiting) this.#ipOut.sendResolved(w, v.sha); }
     }
     if (!forUs) return void s.arpOther++;
     if (v.op === ARP_REPLY) return void s.arpReplies++;
     s.arpRequests++;
     if (this.#passive) return;
-    const r = this.#frame();
+    const r = this.#out.take();
     if (!r) return;
     r.length = writeArp(r.data, ARP_REPLY, v.sha, this.macNum, this.ip, v.sha, v.spa);
-    this.#queueTx(r);
+    this.#out.push(r);
   }
 
   #icmpInput(b: PacketBuffer, off: number, len: number, src: number, dst: number, now: number): void {
@@ -553,27 +418,18 @@ export class NetHost {
       // Echo requests to a broadcast address are not answered (RFC 1122 §3.2.2.6 allows either; Linux ignores).
       if (this.#passive || dst !== this.ip || src === 0 || src === BROADCAST_IP) return void s.icmpOther++;
       s.icmpEchoRequests++;
-      const r = this.#frame();
+      const r = this.#out.take();
       if (!r) return;
       const o = r.data;
       // The reply carries the request's identifier, sequence and data (RFC 792); it goes back to the sender's MAC.
       for (let i = ICMP_ECHO_HLEN; i < len; i++) o[L4 + i] = d[off + i];
       writeEcho(o, L4, len, ICMP_ECHO_REPLY, readU16(d, off + 4), readU16(d, off + 6));
-      this.#writeHeaders(r, readMac(d, 6), src, PROTO_ICMP, len);
-      this.#queueTx(r);
+      this.#ipOut.writeHeaders(r, readMac(d, 6), src, PROTO_ICMP, len);
+      this.#out.push(r);
       return;
     }
-    if (type === ICMP_ECHO_REPLY && code === 0 && readU16(d, off + 4) === this.#pingId) {
-      const seq = readU16(d, off + 6), p = this.#pings.get(seq);
-      if (!p || len !== ICMP_ECHO_HLEN + p.size) return void s.icmpOther++;
-      for (let i = 0; i < p.size; i++) {
-        if (d[off + ICMP_ECHO_HLEN + i] !== echoPattern(seq, i)) return void s.icmpOther++;
-      }
-      s.icmpEchoReplies++;
-      this.#pings.delete(seq);
-      clearTimeout(p.timer);
-      p.resolve({ rtt: now - p.t0, ttl: d[L3 + 8], bytes: len });
-      return;
+    if (type === ICMP_ECHO_REPLY && code === 0 && this.#pinger.answer(d, off, len, d[L3 + 8], now)) {
+      return void s.icmpEchoReplies++;
     }
     s.icmpOther++;
   }
@@ -593,7 +449,7 @@ export class NetHost {
     const sport = readU16(d, off), dport = readU16(d, off + 2);
     if (dport === DHCP_CLIENT_PORT && this.#dhcp && sport === DHCP_SERVER_PORT) {
       s.udpDelivered++;
-      const r = this.#dhcp.receive(d, off + UDP_HLEN, ulen - UDP_HLEN, now);
+      const r = this.#dhcp.client.receive(d, off + UDP_HLEN, ulen - UDP_HLEN, now);
       if (r === "refused") s.dhcpRefused++;
       else if (r) this.#dhcpEvent(r, now);
       return;
@@ -618,12 +474,7 @@ export class NetHost {
     if (src === 0) return toDhcpServer; // a DHCP client before its lease (RFC 2131 §4.1)
     const special = specialAddress(src);
     if (special !== null && special !== "link-local") return false;
-    return this.ip === 0 || (src !== this.ip && src !== this.#bcast);
-  }
-
-  #onSubnet(ip: number): boolean {
-    const mask = maskOf(this.prefix);
-    return this.ip !== 0 && (ip & mask) === (this.ip & mask);
+    return this.ip === 0 || (src !== this.ip && src !== this.#addr.bcast);
   }
 
   /** A frame's handling failed. A NIC that broke ends the loop (its error); anything else is counted. */
@@ -642,170 +493,20 @@ export class NetHost {
     } catch { /* a failing reporter is not the host's failure */ }
   }
 
-  // ---- send ----
-
-  /** A TX buffer for one frame, or null (counted) when none is free. */
-  #frame(): PacketBuffer | null {
-    if (this.#txn === BATCH) this.#flush();
-    if (this.nic.allocTx(this.#one, 1, this.#queue) === 0) {
-      this.stats.txDropped++;
-      return null;
-    }
-    return this.#one[0]; // fresh from the pool: length, flags and offload fields cleared
-  }
-
-  #queueTx(b: PacketBuffer): void {
-    this.#tx[this.#txn++] = b;
-  }
-
-  /** Send the queued frames with one doorbell; what the ring does not take is released and counted. */
-  #flush(): void {
-    const n = this.#txn;
-    if (n === 0) return;
-    this.#txn = 0;
-    const tx = this.#tx;
-    let k = 0;
-    try {
-      k = this.nic.sendBatch(tx, n, this.#queue);
-    } finally {
-      if (k < n) {
-        for (let i = k; i < n; i++) tx[i - k] = tx[i];
-        this.nic.release(tx, n - k, this.#queue);
-        this.stats.txDropped += n - k;
-      }
-      this.stats.txFrames += k;
-    }
-  }
-
-  /** Flush now unless inside {@link NetHost.poll}, which flushes once per batch. */
-  #flushOutside(): void {
-    if (!this.#inPoll) this.#flush();
-  }
-
-  /**
-   * Write the IPv4 and Ethernet headers of `b` (payload of `len` bytes at L4 already there) for `dst` and queue
-   * it: to `dstMac` when given (≥ 0), else to the broadcast MAC for broadcasts, else through ARP. False when there
-   * is no route (the buffer given back, counted in txNoRoute).
-   */
-  #sendIp(b: PacketBuffer, dst: number, proto: number, len: number, dstMac: number, src = this.ip): boolean {
-    if (dstMac < 0 && (dst === BROADCAST_IP || (this.ip && dst === this.#bcast))) {
-      dstMac = BROADCAST_MAC;
-    }
-    this.#writeHeaders(b, dstMac, dst, proto, len, src);
-    if (dstMac < 0) {
-      // Resolve the next hop: the destination on our subnet, else the gateway.
-      const hop = this.#onSubnet(dst) ? dst : this.gateway;
-      if (hop === 0) {
-        this.#giveBack(b);
-        this.stats.txNoRoute++;
-        return false;
-      }
-      const now = performance.now(), mac = this.arp.lookup(hop, now);
-      if (mac < 0) {
-        // Park a copy until the address resolves, give the buffer back, and ask. The copy is sent later from a
-        // fresh buffer, so a checksum left to the device is completed here, as the device would.
-        if (b.csumOffset) {
-          completeAt(b.data, b.csumStart, b.length, b.csumStart + b.csumOffset, proto === PROTO_UDP);
-        }
-        if (this.arp.enqueue(hop, b.data.subarray(0, b.length), now) === Enqueued.Request) {
-          this.#arpRequest(hop);
-        }
-        this.#giveBack(b);
-        this.#flushOutside();
-        return true;
-      }
-      writeMac(b.data, 0, mac);
-    }
-    this.#queueTx(b);
-    this.#flushOutside();
-    return true;
-  }
-
-  #noRoute(dst: number): PvdrvError {
-    return new PvdrvError("nic", `no route to ${ipText(dst)} (${this.address}, no gateway)`);
-  }
-
-  /** Return an unsent TX buffer to the driver. */
-  #giveBack(b: PacketBuffer): void {
-    this.#one[0] = b;
-    this.nic.release(this.#one, 1, this.#queue);
-  }
-
-  /** Write the Ethernet and IPv4 headers: dstMac < 0 leaves the destination MAC for {@link NetHost.#sendIp}. */
-  #writeHeaders(
-    b: PacketBuffer,
-    dstMac: number,
-    dst: number,
-    proto: number,
-    len: number,
-    src = this.ip,
-  ): void {
-    const d = b.data;
-    writeEthernet(d, dstMac < 0 ? 0 : dstMac, this.macNum, ETHERTYPE_IPV4);
-    writeIpv4(d, L3, src, dst, proto, len, this.ttl, this.#ipId = (this.#ipId + 1) & 0xffff);
-    b.length = L4 + len;
-  }
-
-  /** Send a frame that waited for ARP, now that its next hop's MAC is known. */
-  #sendResolved(frame: Uint8Array, mac: number): void {
-    const b = this.#frame();
-    if (!b) return;
-    b.data.set(frame);
-    writeMac(b.data, 0, mac);
-    b.length = frame.length;
-    this.#queueTx(b);
-    this.#flushOutside();
-  }
-
-  #arpRequest(ip: number): void {
-    const r = this.#frame();
-    if (!r) return;
-    r.length = writeArp(r.data, ARP_REQUEST, BROADCAST_MAC, this.macNum, this.ip, 0, ip);
-    this.#queueTx(r);
-  }
-
-  /**
-   * Send a datagram. A `reply` (an answer to what the wire sent) never throws: one that cannot be routed or does
-   * not fit is dropped and counted. Anything else the application asked for that cannot be sent throws.
-   */
+  /** A datagram out, after the host's own state is checked (a reply from a stopped host is dropped). */
   #sendUdp(
     sport: number,
     dst: number,
     dport: number,
-    bytes: Uint8Array,
+    b: Uint8Array,
     off: number,
     len: number,
     reply: boolean,
-    src = this.ip,
+    src: number,
   ): boolean {
     if (reply && (this.#error || this.#stopped)) return false;
     this.#check();
-    if (src === 0 && dst !== BROADCAST_IP) {
-      if (reply) return void this.stats.txNoRoute++, false;
-      throw new PvdrvError("nic", "no address yet: configure one or lease with DHCP");
-    }
-    const max = Math.min(this.nic.mtu - IPV4_HLEN - UDP_HLEN, this.nic.maxFrame - L4 - UDP_HLEN);
-    if (len > max) {
-      if (reply) return void this.stats.txTooBig++, false;
-      throw new RangeError(`UDP payload of ${len} bytes exceeds ${max} (MTU ${this.nic.mtu})`);
-    }
-    const b = this.#frame();
-    if (!b) return false;
-    const d = b.data, u = L4, ulen = UDP_HLEN + len;
-    for (let i = 0; i < len; i++) d[u + UDP_HLEN + i] = bytes[off + i];
-    writeU16(d, u, sport);
-    writeU16(d, u + 2, dport);
-    writeU16(d, u + 4, ulen);
-    // The field holds the pseudo-header sum; the device sums from csum_start to the end into csum_start +
-    // csum_offset (virtio 1.2 §5.1.6.2, netif.h NETTXF_csum_blank), or we do the same here.
-    writeU16(d, u + 6, fold(pseudoSum(src, dst, PROTO_UDP, ulen)));
-    if (this.nic.txChecksum) {
-      b.csumStart = u;
-      b.csumOffset = 6;
-    } else completeAt(d, u, u + ulen, u + 6, true);
-    if (this.#sendIp(b, dst, PROTO_UDP, ulen, -1, src)) return true;
-    if (reply) return false;
-    throw this.#noRoute(dst);
+    return this.#ipOut.udp(sport, dst, dport, b, off, len, reply, src);
   }
 
   // ---- configuration and timers ----
@@ -826,51 +527,36 @@ export class NetHost {
    */
   #setAddress(ip: number, prefix: number): void {
     if (ip !== this.ip) this.arp.clearWaiting();
-    this.#ip = ip;
-    this.#prefix = prefix;
-    this.#bcast = ip === 0 ? 0 : (ip | ~maskOf(prefix)) >>> 0;
+    const a = this.#addr;
+    a.ip = ip;
+    a.prefix = prefix;
+    a.bcast = ip === 0 ? 0 : (ip | ~maskOf(prefix)) >>> 0;
   }
 
   #dhcpEvent(r: "bound" | "nak", now: number): void {
-    const c = this.#dhcp!;
     if (r === "nak") {
       this.#setAddress(0, 0);
       this.#nextHousekeep = now;
       return;
     }
-    const l = c.lease!;
+    const l = this.#dhcp!.client.lease!;
     const fresh = l.ip !== this.ip;
     this.#configure(l.ip, l.prefix, l.gateway);
     if (fresh) this.announce();
-    for (const w of this.#dhcpWaiters.splice(0)) w.resolve(l);
-  }
-
-  #failDhcp(e: Error): void {
-    for (const w of this.#dhcpWaiters.splice(0)) w.reject(e);
+    this.#dhcp!.bound(l);
   }
 
   /** ARP retries, DHCP sends and timeouts; returns when it next needs running. */
   #housekeep(now: number): void {
-    for (const ip of this.arp.due(now)) this.#arpRequest(ip);
-    const c = this.#dhcp;
-    if (c) {
-      const out = this.#dhcpOut;
-      if (c.poll(now, out)) {
-        if (c.state === "selecting") this.#setAddress(0, 0); // expired or NAKed: no address until the next ACK
-        // No route to the server is counted; the next retry (or rebinding's broadcast) tries again.
-        this.#sendUdp(DHCP_CLIENT_PORT, out.dst, DHCP_SERVER_PORT, c.buf, 0, out.length, true, out.src);
-      }
-      for (const w of this.#dhcpWaiters) {
-        if (now > w.deadline) {
-          this.#dhcpWaiters.splice(this.#dhcpWaiters.indexOf(w), 1);
-          w.reject(
-            new PvdrvError("nic", `no DHCP lease after ${Math.round(c.elapsed(now) / 1000)} s (${c.state})`),
-          );
-          break;
-        }
-      }
+    for (const ip of this.arp.due(now)) this.#ipOut.arpRequest(ip);
+    const h = this.#dhcp;
+    if (h?.due(now)) {
+      const out = h.out;
+      if (h.client.state === "selecting") this.#setAddress(0, 0); // expired or NAKed: no address until the next ACK
+      // No route to the server is counted; the next retry (or rebinding's broadcast) tries again.
+      this.#sendUdp(DHCP_CLIENT_PORT, out.dst, DHCP_SERVER_PORT, h.client.buf, 0, out.length, true, out.src);
     }
-    this.#flush();
+    this.#out.flush();
     this.#nextHousekeep = now + 50;
   }
 
@@ -904,9 +590,8 @@ export class NetHost {
       }
     } catch (e) {
       this.#error = e as Error;
-      for (const [, p] of this.#pings) clearTimeout(p.timer), p.resolve(null);
-      this.#pings.clear();
-      this.#failDhcp(this.#error);
+      this.#pinger.cancelAll();
+      this.#dhcp?.fail(this.#error);
     }
   }
 

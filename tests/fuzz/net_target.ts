@@ -15,7 +15,8 @@
  */
 import { VirtioNet } from "../../drivers/virtio/net.ts";
 import { F, NET_F } from "../../drivers/virtio/features.ts";
-import { type HostStats, NetHost } from "../../net/host.ts";
+import { NetHost } from "../../net/host.ts";
+import { RX_COUNTERS } from "../../net/host_stats.ts";
 import { ARP_DEFAULTS } from "../../net/arp.ts";
 import { finish, pseudoSum, sum16 } from "../../net/checksum.ts";
 import {
@@ -39,30 +40,6 @@ const FEATURES = F.VERSION_1 | F.ACCESS_PLATFORM | F.RING_EVENT_IDX | NET_F.MAC 
   NET_F.MTU;
 const PEER_MAC = [2, 0, 0, 0, 0, 0xb];
 const ECHO_PORT = 7, SINK_PORT = 9, THROW_PORT = 13;
-/** Counters a received frame lands in, exactly one each. */
-const RX_COUNTERS: (keyof HostStats)[] = [
-  "rxIgnored",
-  "rxTruncated",
-  "rxBadSource",
-  "arpRequests",
-  "arpReplies",
-  "arpOther",
-  "arpBad",
-  "ipBadHeader",
-  "ipBadChecksum",
-  "ipTooBig",
-  "ipBadSource",
-  "ipFragments",
-  "ipNotForUs",
-  "ipUnknownProtocol",
-  "icmpEchoRequests",
-  "icmpEchoReplies",
-  "icmpOther",
-  "udpDelivered",
-  "udpBadChecksum",
-  "udpBadLength",
-  "udpNoPort",
-];
 const SPECIAL_SOURCES = [
   0,
   0x00010203,
