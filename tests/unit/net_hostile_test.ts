@@ -12,6 +12,10 @@ import { finish, pseudoSum, sum16 } from "../../net/checksum.ts";
 import { ipText, parseIp, readU16, readU32, writeU16, writeU32 } from "../../net/ipv4.ts";
 import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT } from "../../net/dhcp.ts";
 import { completeChecksum } from "../models/wire.ts";
+import type { Datagram } from "../../net/udp.ts";
+import type { PacketBuffer } from "../../drivers/net/nic.ts";
+import { pingRun } from "../../apps/ping.ts";
+import { recvRun, writeDatagram } from "../../apps/datagrams.ts";
 import {
   ALL,
   arpFrame,
@@ -459,4 +463,70 @@ Deno.test("test wire: an offloaded UDP checksum that computes to 0 goes out as 0
   writeU16(frame, 42, 0xffff - acc);
   completeChecksum(header, frame);
   assert.equal(readU16(frame, 40), 0xffff);
+});
+
+Deno.test("net hostile: a reply that cannot go says so (false), and only a failed NIC stops the host, with its error", async () => {
+  const p = pair({ offload: false });
+  try {
+    const echo = p.a.udp(7), results: boolean[] = [];
+    let held: Datagram | null = null;
+    echo.onDatagram = (d) => {
+      results.push(echo.reply(d));
+      held = { ...d, bytes: d.bytes.slice(), offset: d.offset };
+    };
+    assert.ok(await p.b.ping(p.a.ip));
+    await inject(p, udpFrom(p, parseIp("192.168.7.7")));
+    await inject(p, udpFrom(p, p.b.ip));
+    assert.deepEqual(results, [false, true], "no route: false; routed: true");
+    // The NIC breaks (a used id the device never had): the loop ends with that error, and says so.
+    p.ma.forgeUsed(0, 999, 60);
+    await waitFor(() => p.a.error !== null);
+    assert.match(p.a.error!.message, /999/);
+    assert.throws(() => p.a.checkHealth(), /999/);
+    assert.equal(echo.reply(held!), false, "a reply from a failed host does not go");
+    await assert.rejects(() => Promise.resolve().then(() => p.a.ping(p.b.ip)), /999/);
+  } finally {
+    await p.close();
+  }
+});
+
+Deno.test("net hostile: on interrupts an idle host sleeps on its vector instead of spinning", async () => {
+  const m = new VirtioNetModel({ mac: [2, 0, 0, 0, 0, 0xa], features: ALL });
+  const nic = VirtioNet.openPci(m.pci(), { irq: "msix" });
+  let polls = 0;
+  const receive = nic.receiveBatch.bind(nic);
+  nic.receiveBatch = (out: PacketBuffer[], max: number, q?: number) => (polls++, receive(out, max, q));
+  const host = NetHost.start(nic, { ip: "10.0.0.2/24", interrupts: true });
+  try {
+    // Past the first 100 ms after the last frame (the hot phase's short in-thread sleeps), the loop waits on the
+    // interrupt or the next timer, up to 50 ms at a time: a handful of polls in 200 ms, where spinning would
+    // make tens of thousands.
+    await new Promise((r) => setTimeout(r, 150));
+    polls = 0;
+    await new Promise((r) => setTimeout(r, 200));
+    assert.ok(polls < 200, `${polls} polls in 200 ms idle`);
+  } finally {
+    await host.close();
+    await nic.close();
+  }
+});
+
+Deno.test("net: pingRun sends exactly its count; recvRun receives what was sent", async () => {
+  const p = pair();
+  try {
+    const s = await pingRun(p.a, p.b.ip, { count: 3, intervalMs: 0, size: 8, timeoutMs: 1000 });
+    assert.equal(s.transmitted, 3);
+    assert.equal(p.b.stats.icmpEchoRequests, 3);
+    const sink = p.b.udp(9000), from = p.a.udp();
+    const buf = new Uint8Array(64);
+    for (let seq = 0; seq < 3; seq++) {
+      writeDatagram(buf, seq, 64);
+      from.send(buf, p.b.ip, 9000);
+    }
+    const r = await recvRun(sink, { count: 3, idleMs: 1000 });
+    assert.equal(r.received, 3);
+    assert.equal(r.corrupt, 0);
+  } finally {
+    await p.close();
+  }
 });

@@ -21,6 +21,7 @@ import {
   writeU32,
 } from "../../net/ipv4.ts";
 import { macText, readMac } from "../../net/ethernet.ts";
+import { completeChecksum } from "../../net/offload.ts";
 import {
   DHCP_CLIENT_PORT,
   DHCP_SERVER_PORT,
@@ -64,6 +65,11 @@ Deno.test("net: checksum, addresses and MACs parse, format and refuse clearly", 
   ) {
     assert.equal(hostCidrProblem(parseCidr(cidr!)), why, cidr!);
   }
+  assert.deepEqual(
+    parseCidr("10.0.0.1/32"),
+    { ip: parseIp("10.0.0.1"), prefix: 32 },
+    "/32 parses (a host refuses it)",
+  );
   assert.equal(hostCidrProblem(parseCidr("10.0.0.0/30")), "reserved");
   assert.equal(hostCidrProblem(parseCidr("10.0.0.3/30")), "reserved");
   assert.deepEqual(
@@ -464,4 +470,31 @@ Deno.test("net: a batch of requests is answered with one doorbell, and a lease k
   c.poll(1, out);
   assert.equal(c.receive(dhcpReply(c.buf, 0, 5, parseIp("10.0.0.42"), opts), 0, 300, 2), "bound");
   assert.deepEqual(c.lease!.dns.map(ipText), ["10.0.0.53", "10.0.0.54"]);
+  // A router or DNS option whose length is not a whole number of addresses is malformed: the message is rejected.
+  const c2 = new DhcpClient(0x02000000000a);
+  c2.start(0);
+  c2.poll(0, out);
+  for (const code of [3, 6]) {
+    assert.equal(
+      c2.receive(dhcpReply(c2.buf, 0, 2, parseIp("10.0.0.42"), [[code, [10, 0, 0, 1, 9]]]), 0, 300, 1),
+      null,
+    );
+  }
+  assert.equal(c2.rejected, 2);
+  assert.equal(c2.state, "selecting");
+});
+
+Deno.test("offload: a partial UDP checksum completed to 0 is sent as 0xffff (RFC 768); TCP's stays as computed", () => {
+  for (const [proto, field, want] of [[17, 6, 0xffff], [6, 16, 0]] as const) {
+    const f = new Uint8Array(14 + 20 + 24);
+    writeU16(f, 12, 0x0800);
+    f[14] = 0x45, f[23] = proto;
+    writeU16(f, 16, 44);
+    // Payload chosen so that the L4 sum folds to 0xffff: its checksum computes to 0.
+    let acc = 0;
+    for (let i = 34; i < f.length; i += 2) acc += readU16(f, i);
+    writeU16(f, 34 + 20, 0xffff - acc);
+    assert.ok(completeChecksum(f, f.length));
+    assert.equal(readU16(f, 34 + field), want, `protocol ${proto}`);
+  }
 });

@@ -346,3 +346,13 @@ Deno.test("xenstore: directory and domain-path replies that are not UTF-8 are pr
   await assert.rejects(() => xs.domainPath(3), /not UTF-8/);
   await xs.close();
 });
+
+Deno.test("xenstore: an empty string reply reads as empty, not as its terminator", async () => {
+  const server = new XenStoreServer();
+  const { transport, conn } = server.connect(0);
+  const xs = new XenStore(transport);
+  const reply = conn.reply.bind(conn);
+  conn.reply = (type, req, tx, payload) => reply(type, req, tx, type === XS.GET_DOMAIN_PATH ? "\0" : payload);
+  assert.equal(await xs.domainPath(3), "");
+  await xs.close();
+});

@@ -6,7 +6,8 @@
 import assert from "assert";
 import { VirtioNet } from "../../drivers/virtio/net.ts";
 import { F, NET_F } from "../../drivers/virtio/features.ts";
-import { VirtqueueError } from "../../drivers/virtio/virtqueue.ts";
+import { SplitQueue, VirtqueueError } from "../../drivers/virtio/virtqueue.ts";
+import { ModelDmaAllocator } from "../../hal/dma.ts";
 import { checkFrame, FrameCheck, writeFrame } from "../../apps/frames.ts";
 import type { PacketBuffer } from "../../drivers/net/nic.ts";
 import { type ModelOptions, VirtioNetModel } from "../models/virtio_net_device.ts";
@@ -321,4 +322,12 @@ Deno.test("virtio hostile: a misaligned capability and a device config too short
   const exact = new VirtioNetModel({ features: F.VERSION_1 | F.ACCESS_PLATFORM | NET_F.MAC | NET_F.STATUS });
   exact.config.view.setUint32(0x74 + 12, 8, true);
   return VirtioNet.openPci(exact.pci()).close();
+});
+
+Deno.test("virtqueue: once broken it stays broken: verify throws the first error again", () => {
+  const q = new SplitQueue(new ModelDmaAllocator(), 0, 8, false, () => {});
+  q.verify(); // healthy: nothing outstanding, nothing used
+  assert.throws(() => q.fail("used id 9 out of range"), /used id 9/);
+  assert.throws(() => q.verify(), /queue 0: used id 9 out of range/);
+  q.region.free?.();
 });
