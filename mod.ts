@@ -166,7 +166,7 @@ export { type HostOptions, type HostStats, NetHost, type PingReply } from "./net
 export { type Datagram, UdpSocket } from "./net/udp.ts";
 export { type Cidr, ipText, parseCidr, parseIp } from "./net/ipv4.ts";
 export { DhcpClient, type DhcpSend, type DhcpState, type DhcpTiming, type Lease } from "./net/dhcp.ts";
-export { ArpCache, type ArpTiming } from "./net/arp.ts";
+export { ArpCache, type ArpTiming, Enqueued } from "./net/arp.ts";
 export { finish as checksumFinish, pseudoSum, sum16 } from "./net/checksum.ts";
 
 // ---- applications ----

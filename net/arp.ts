@@ -125,6 +125,7 @@ export const enum Enqueued {
 /** The ARP cache, bounded in entries, resolutions, queued frames and request rate. Lookups allocate nothing. */
 export class ArpCache {
   readonly #map = new Map<number, ArpEntry>();
+  /** Timing and bounds in force (the defaults, overridden by what the constructor was given). */
   readonly timing: ArpTiming;
   #resolving = 0;
   #queued = 0;
