@@ -72,7 +72,7 @@ await runMain(USAGE, async () => {
     const stats = { ...host.stats }, nicStats = totalStats(nic.stats());
     await host.close();
     if (values.json) {
-      console.log(JSON.stringify({ dst: ipText(dst), src: host.address, ...s, host: stats, nic: nicStats }));
+      console.log(JSON.stringify({ dst: ipText(dst), src: host.address, ...s, host: stats, nicStats }));
     } else {
       console.log(`\n--- ${ipText(dst)} ping statistics ---`);
       console.log(

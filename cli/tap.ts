@@ -44,7 +44,7 @@ await runMain(USAGE, async () => {
   }, 1000);
   try {
     const s = await b.done;
-    if (values.json) console.log(JSON.stringify({ tap: b.tap, nic: b.nic, ...s }));
+    if (values.json) console.log(JSON.stringify({ tap: b.tap, nic: b.nic, ...s, nicStats: b.nicStats() }));
     else console.log(`${live ? "\n" : ""}tap: ${b.tap} removed; ${bridgeLine(s)}`);
     return 0;
   } finally {

@@ -4,7 +4,7 @@
  */
 import type { BridgeStats } from "../apps/bridge.ts";
 import { emptyBridgeStats } from "../apps/bridge.ts";
-import type { IrqMode } from "../drivers/net/nic.ts";
+import type { IrqMode, QueueStats } from "../drivers/net/nic.ts";
 import { ipText } from "../net/ipv4.ts";
 import { UsageError } from "./common.ts";
 import { hostArgs, hostIrqArg } from "./host_args.ts";
@@ -78,7 +78,7 @@ export type BridgeMessage =
   | { ready: BridgeReady }
   | { report: BridgeStats }
   | { address: string }
-  | { closed: BridgeStats }
+  | { closed: BridgeStats; nicStats: QueueStats }
   | { error: string }
   | { exited: true };
 
@@ -86,6 +86,8 @@ export type BridgeMessage =
 export interface BridgeHandle extends BridgeReady {
   /** The latest counters (updated about once a second). */
   stats(): BridgeStats;
+  /** The NIC's own counters, all queues summed, once the bridge has stopped (null before). */
+  nicStats(): QueueStats | null;
   /** Stop it: the NIC is closed, the TAP removed; resolves with the final counters. */
   stop(): Promise<BridgeStats>;
   /** Resolves when the worker has exited (on stop or failure); rejects with the error that ended it. */
@@ -100,6 +102,7 @@ export function startBridge(
   const control = new SharedArrayBuffer(4), flag = new Int32Array(control);
   const worker = new Worker(new URL("./bridge_worker.ts", import.meta.url), { type: "module" });
   let latest = emptyBridgeStats(), final: BridgeStats | null = null, error: Error | null = null;
+  let nicStats: QueueStats | null = null;
   let ready: (r: BridgeReady) => void,
     fail: (e: Error) => void,
     finish: (s: BridgeStats) => void,
@@ -112,7 +115,7 @@ export function startBridge(
     if ("ready" in m) ready(m.ready);
     else if ("report" in m) latest = m.report;
     else if ("address" in m) onAddress?.(m.address);
-    else if ("closed" in m) final = latest = m.closed;
+    else if ("closed" in m) final = latest = m.closed, nicStats = m.nicStats;
     else if ("error" in m) error ??= new Error(m.error);
     else if ("exited" in m) {
       worker.terminate();
@@ -131,6 +134,7 @@ export function startBridge(
   return up.then((r) => ({
     ...r,
     stats: () => latest,
+    nicStats: () => nicStats,
     stop: () => {
       Atomics.store(flag, 0, 1);
       return done;

@@ -117,13 +117,14 @@ export async function runUdp(o: UdpRunOptions): Promise<number> {
     }
     host.checkHealth(); // a run cut short by a failed host is that failure, not a summary
     result.host = { ...host.stats };
-    result.nic = totalStats(nic.stats());
+    result.nicStats = totalStats(nic.stats());
     await host.close();
     if (o.json) console.log(JSON.stringify(result));
     else {console.log(
-        Object.entries(result).filter(([k]) => k !== "host" && k !== "nic").map(([k, v]) => `${k} ${v}`).join(
-          ", ",
-        ),
+        Object.entries(result).filter(([k]) => k !== "host" && k !== "nicStats").map(([k, v]) => `${k} ${v}`)
+          .join(
+            ", ",
+          ),
       );}
     return ok ? 0 : 1;
   } finally {

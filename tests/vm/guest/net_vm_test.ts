@@ -41,6 +41,9 @@ guestTest("net: pvdrv pings the kernel and the kernel pings pvdrv, 1,000 each wa
     ]);
     assert.equal(p.transmitted, 1000);
     assert.equal(p.received, 1000, "pvdrv got every reply");
+    // The driver's own counters come with the host's: at least every request out and every reply in.
+    const nicStats = p.nicStats as Record<string, number>;
+    assert.ok(nicStats.txPackets >= 1000 && nicStats.rxPackets >= 1000, JSON.stringify(nicStats));
     // The kernel's NIC counted them on the wire (plus ARP and the gratuitous ARP).
     const c1 = await ns.packets(dev);
     assert.ok(
@@ -90,6 +93,7 @@ guestTest("net: UDP echo of 10,000 datagrams of mixed sizes each way, every byte
       "--json",
     ]);
     assert.deepEqual([s.sent, s.echoed, s.corrupt, s.lost], [10000, 10000, 0, 0], JSON.stringify(s));
+    assert.ok((s.nicStats as Record<string, number>).rxPackets >= 10000, JSON.stringify(s.nicStats));
     assert.equal(await peer.exit(), 0, peer.text);
   } finally {
     await ns.close();
@@ -234,6 +238,7 @@ guestTest(
       assert.equal(await tap.stop(), 0, tap.text);
       const summary = JSON.parse(tap.text.trim().split("\n").pop()!);
       assert.ok(summary.toTap > 700 && summary.toTapBytes > 1 << 20, JSON.stringify(summary));
+      assert.ok(summary.nicStats.rxPackets >= summary.toTap, JSON.stringify(summary.nicStats));
       assert.ok(!readLinks().includes("pvtest0"), "the TAP interface is gone");
       await httpd.stop();
     } finally {
