@@ -27,8 +27,8 @@ function waitReset(read: () => number, what: string): void {
   }
 }
 
-// struct virtio_pci_common_cfg offsets (virtio 1.2 §4.1.4.3).
-const C = {
+/** struct virtio_pci_common_cfg offsets (virtio 1.2 §4.1.4.3), for the driver here and for device models. */
+export const COMMON_CFG = {
   DFSELECT: 0x00,
   DF: 0x04,
   GFSELECT: 0x08,
@@ -46,6 +46,9 @@ const C = {
   Q_DRIVER: 0x28,
   Q_DEVICE: 0x30,
 } as const;
+/** Bytes of struct virtio_pci_common_cfg (through queue_device's high half). */
+export const COMMON_CFG_LEN = 0x38;
+const C = COMMON_CFG;
 
 /** The modern virtio-PCI transport: common, notify, ISR and device structures found through capabilities. */
 export class ModernTransport implements VirtioTransport {
@@ -76,7 +79,7 @@ export class ModernTransport implements VirtioTransport {
     const notify = find(VIRTIO_PCI_CAP.NOTIFY, "notify");
     const isr = find(VIRTIO_PCI_CAP.ISR, "ISR");
     const dev = find(VIRTIO_PCI_CAP.DEVICE, "device");
-    if (common.length < 0x38) {
+    if (common.length < COMMON_CFG_LEN) {
       throw new VirtioError(`${pci.address}: common config too short (${common.length})`);
     }
     this.common = new SubRegion(pci.bar(common.bar), common.offset, common.length, "virtio common");

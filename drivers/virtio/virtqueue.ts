@@ -16,8 +16,16 @@ import { PvdrvError } from "../../hal/errors.ts";
 import type { QueueAddresses } from "./transport.ts";
 import type { DmaAllocator, DmaRegion } from "../../hal/dma.ts";
 
-const DESC_F_NEXT = 1, DESC_F_WRITE = 2;
-const AVAIL_F_NO_INTERRUPT = 1, USED_F_NO_NOTIFY = 1;
+import {
+  AVAIL_F_NO_INTERRUPT,
+  DESC_F_NEXT,
+  DESC_F_WRITE,
+  needsEvent,
+  splitQueueBytes,
+  USED_F_NO_NOTIFY,
+} from "./split_ring.ts";
+
+export { splitQueueBytes } from "./split_ring.ts";
 
 /** The queue is unusable: the device broke the protocol. */
 export class VirtqueueError extends PvdrvError {
@@ -35,13 +43,6 @@ export interface Segment {
   len: number;
   /** Device-writable. */
   write: boolean;
-}
-
-/** Bytes of the legacy layout for `size` entries. */
-export function splitQueueBytes(size: number): { availOff: number; usedOff: number; total: number } {
-  const availOff = 16 * size;
-  const usedOff = Math.ceil((availOff + 6 + 2 * size) / 4096) * 4096;
-  return { availOff, usedOff, total: Math.ceil((usedOff + 6 + 8 * size) / 4096) * 4096 };
 }
 
 /** A split virtqueue. */
@@ -203,7 +204,7 @@ export class SplitQueue {
     let need: boolean;
     if (this.eventIdx) {
       const ev = Atomics.load(this.#used16, 2 + 4 * this.size);
-      need = ((newIdx - ev - 1) & 0xffff) < ((newIdx - old) & 0xffff); // vring_need_event, §2.7.10
+      need = needsEvent(ev, newIdx, old); // §2.7.10
     } else {
       need = (Atomics.load(this.#used16, 0) & USED_F_NO_NOTIFY) === 0;
     }

@@ -3,7 +3,16 @@
  * (virtio 1.2 §4.1.4, §2.7, §5.1), reached through a model IOMMU ({@link ModelDmaAllocator.resolve}). The driver
  * under test runs unchanged against it. Tests can also make it misbehave.
  */
-import { F, NET_F } from "../../drivers/virtio/features.ts";
+import { F, NET_F, STATUS } from "../../drivers/virtio/features.ts";
+import { Chain, DeviceQueue, DeviceQueueError } from "../../drivers/virtio/device_queue.ts";
+import {
+  availEntry,
+  availEventOffset,
+  RING,
+  usedElem,
+  usedEventOffset,
+} from "../../drivers/virtio/split_ring.ts";
+import { COMMON_CFG as C, COMMON_CFG_LEN } from "../../drivers/virtio/pci.ts";
 import { ModelIrq } from "./irq.ts";
 import { ModelDmaAllocator } from "../../hal/dma.ts";
 import { type MmioRegion, ModelRegion, SubRegion } from "../../hal/mmio.ts";
@@ -56,8 +65,8 @@ interface Q {
   device: number;
   enabled: boolean;
   vector: number;
-  lastAvail: number;
-  used: number;
+  /** The device side of the ring, made at first use after DRIVER_OK (null while the driver sets it up). */
+  dq: DeviceQueue | null;
 }
 
 /** What the device did with a control command. */
@@ -94,6 +103,8 @@ export class VirtioNetModel {
   failNotify = false;
   /** Queues the driver enabled a second time (it must never program one queue twice). */
   readonly enabledTwice: number[] = [];
+  /** Rules the driver broke on a queue (the device then set DEVICE_NEEDS_RESET). */
+  readonly driverErrors: string[] = [];
   promiscuous = false;
   linkUp = true;
   driverFeatures = 0n;
@@ -147,8 +158,7 @@ export class VirtioNetModel {
       device: 0,
       enabled: false,
       vector: 0xffff,
-      lastAvail: 0,
-      used: 0,
+      dq: null,
     };
   }
 
@@ -276,30 +286,30 @@ export class VirtioNetModel {
 
   // ---- registers (virtio 1.2 §4.1.4.3) ----
   #read(off: number, _w: number): number | undefined {
-    if (off >= COMMON && off < COMMON + 0x38) {
+    if (off >= COMMON && off < COMMON + COMMON_CFG_LEN) {
       const q = this.#queues[this.#qsel];
       switch (off - COMMON) {
-        case 0x04:
+        case C.DF:
           return this.#dfSelect === 0
             ? Number(this.offered & 0xffffffffn)
             : this.#dfSelect === 1
             ? Number(this.offered >> 32n)
             : 0;
-        case 0x10:
+        case C.MSIX_CONFIG:
           return this.#msixConfig;
-        case 0x12:
+        case C.NUM_QUEUES:
           return this.#opts.numQueues ?? this.#queues.length;
-        case 0x14:
+        case C.STATUS:
           return this.#status;
-        case 0x15:
+        case C.CFG_GENERATION:
           return 0;
-        case 0x18:
+        case C.Q_SIZE:
           return q ? (this.#opts.queueSizeOf?.(this.#qsel) ?? q.size) : 0;
-        case 0x1a:
+        case C.Q_MSIX:
           return q ? q.vector : 0xffff;
-        case 0x1c:
+        case C.Q_ENABLE:
           return q?.enabled ? 1 : 0;
-        case 0x1e:
+        case C.Q_NOFF:
           return this.#qsel;
       }
       return undefined;
@@ -322,60 +332,63 @@ export class VirtioNetModel {
       if (this.autoProcess || q === this.#ctrlQueue()) this.process(q); // control commands are answered at once
       return;
     }
-    if (off < COMMON || off >= COMMON + 0x38) return;
+    if (off < COMMON || off >= COMMON + COMMON_CFG_LEN) return;
     const q = this.#queues[this.#qsel];
     const r = off - COMMON;
     switch (r) {
-      case 0x00:
+      case C.DFSELECT:
         this.#dfSelect = v;
         break;
-      case 0x08:
+      case C.GFSELECT:
         this.#gfSelect = v;
         break;
-      case 0x0c:
+      case C.GF:
         if (this.#gfSelect === 0) this.driverFeatures = (this.driverFeatures & ~0xffffffffn) | BigInt(v);
         else if (this.#gfSelect === 1) {
           this.driverFeatures = (this.driverFeatures & 0xffffffffn) | (BigInt(v) << 32n);
         }
         break;
-      case 0x10:
+      case C.MSIX_CONFIG:
         this.#msixConfig = v;
         break;
-      case 0x14:
+      case C.STATUS:
         this.#setStatus(v);
         break;
-      case 0x16:
+      case C.Q_SELECT:
         this.#qsel = v;
         break;
-      case 0x18:
+      case C.Q_SIZE:
         if (q) {
           const max = this.#opts.queueSizeOf?.(this.#qsel) ?? q.max;
           if (v === 0 || v > max || (v & (v - 1))) throw new Error(`bad queue size ${v}`);
           q.size = v;
+          q.dq = null;
         }
         break;
-      case 0x1a:
+      case C.Q_MSIX:
         if (q) q.vector = v < this.vectors.length || this.#irqKind !== "msix" ? v : 0xffff;
         break;
-      case 0x1c:
+      case C.Q_ENABLE:
         if (q) {
           if (v === 1 && q.enabled) this.enabledTwice.push(this.#qsel);
           q.enabled = v === 1;
+          q.dq = null;
         }
         break;
-      case 0x20:
-      case 0x24:
-      case 0x28:
-      case 0x2c:
-      case 0x30:
-      case 0x34: {
+      case C.Q_DESC:
+      case C.Q_DESC + 4:
+      case C.Q_DRIVER:
+      case C.Q_DRIVER + 4:
+      case C.Q_DEVICE:
+      case C.Q_DEVICE + 4: {
         if (!q) break;
-        const field = r < 0x28 ? "desc" : r < 0x30 ? "driver" : "device";
+        const field = r < C.Q_DRIVER ? "desc" : r < C.Q_DEVICE ? "driver" : "device";
         const hi = (r & 4) !== 0;
         const cur = q[field];
         q[field] = hi
           ? (cur % 0x1_0000_0000) + v * 0x1_0000_0000
           : Math.floor(cur / 0x1_0000_0000) * 0x1_0000_0000 + v;
+        q.dq = null;
         break;
       }
     }
@@ -389,9 +402,9 @@ export class VirtioNetModel {
       this.#queues = this.#queues.map((q) => this.#newQ(q.max));
       return;
     }
-    if ((v & 8) && !(this.#status & 8)) {
+    if ((v & STATUS.FEATURES_OK) && !(this.#status & STATUS.FEATURES_OK)) {
       const extra = this.driverFeatures & ~this.offered;
-      if (extra || this.#opts.rejectFeatures) v &= ~8; // refuse FEATURES_OK
+      if (extra || this.#opts.rejectFeatures) v &= ~STATUS.FEATURES_OK; // refuse FEATURES_OK
     }
     this.#status = v;
   }
@@ -404,61 +417,27 @@ export class VirtioNetModel {
     const b = this.#mem(addr, len);
     return new DataView(b.buffer, b.byteOffset, b.byteLength);
   }
-  #availIdx(q: Q): number {
-    return this.#dv(q.driver + 2, 2).getUint16(0, true);
-  }
-  #desc(q: Q, i: number) {
-    if (i >= q.size) throw new Error(`descriptor index ${i} out of range`);
-    const d = this.#dv(q.desc + 16 * i, 16);
-    return {
-      addr: d.getUint32(0, true) + d.getUint32(4, true) * 0x1_0000_0000,
-      len: d.getUint32(8, true),
-      flags: d.getUint16(12, true),
-      next: d.getUint16(14, true),
-    };
-  }
-  #chain(q: Q, head: number) {
-    const out = [];
-    let i = head;
-    for (let n = 0; n <= q.size; n++) {
-      const d = this.#desc(q, i);
-      out.push(d);
-      if (!(d.flags & 1)) return out;
-      i = d.next;
-    }
-    throw new Error("descriptor chain loops");
+  /** Queue `qi`'s device side (its ring areas resolved once, after the driver set them up). */
+  #dq(qi: number): DeviceQueue {
+    const q = this.#queues[qi];
+    q.dq ??= new DeviceQueue(
+      qi,
+      q.size,
+      (addr, len) => this.#mem(addr, len),
+      q,
+      (this.driverFeatures & F.RING_EVENT_IDX) !== 0n,
+    );
+    return q.dq;
   }
   #pushUsed(qi: number, id: number, len: number): void {
-    const q = this.#queues[qi];
-    const d = this.#dv(q.device, 4 + 8 * q.size + 2);
-    const slot = q.used % q.size;
-    d.setUint32(4 + 8 * slot, id, true);
-    d.setUint32(8 + 8 * slot, len, true);
-    const old = q.used;
-    q.used = (q.used + 1) & 0xffff;
-    d.setUint16(2, q.used, true);
-    this.#maybeInterrupt(qi, old);
+    if (this.#dq(qi).putUsed(id, len)) this.#interrupt(qi);
   }
-  #maybeInterrupt(qi: number, old: number): void {
+  #interrupt(qi: number): void {
     const q = this.#queues[qi];
-    const eventIdx = (this.driverFeatures & F.RING_EVENT_IDX) !== 0n;
-    let fire: boolean;
-    if (eventIdx) {
-      const ev = this.#dv(q.driver + 4 + 2 * q.size, 2).getUint16(0, true);
-      fire = ((q.used - ev - 1) & 0xffff) < ((q.used - old) & 0xffff);
-    } else {
-      fire = (this.#dv(q.driver, 2).getUint16(0, true) & 1) === 0;
-    }
-    if (!fire) return;
     this.interrupts[qi]++;
     this.#isr |= 1;
     if (this.#irqKind === "msix" && q.vector !== 0xffff) this.vectors[q.vector]?.signal();
     else if (this.#irqKind === "intx") this.intx.signal();
-  }
-  #setAvailEvent(q: Q): void {
-    if (this.driverFeatures & F.RING_EVENT_IDX) {
-      this.#dv(q.device + 4 + 8 * q.size, 2).setUint16(0, q.lastAvail, true);
-    }
   }
   get #hdrLen(): number {
     return this.driverFeatures & (F.VERSION_1 | NET_F.MRG_RXBUF) ? 12 : 10;
@@ -470,46 +449,61 @@ export class VirtioNetModel {
 
   /** Consume what the driver made available on queue `qi` (TX and control queues). */
   process(qi: number): number {
+    try {
+      return this.#process(qi);
+    } catch (e) {
+      return this.#driverBroke(e, 0);
+    }
+  }
+
+  /**
+   * The driver broke a queue's rules (a real device calls virtio_error: DEVICE_NEEDS_RESET, §2.1.2): recorded in
+   * {@link VirtioNetModel.driverErrors}, and the device stops using the queue.
+   */
+  #driverBroke<T>(e: unknown, result: T): T {
+    if (!(e instanceof DeviceQueueError)) throw e;
+    this.driverErrors.push(e.message);
+    this.#status |= STATUS.DEVICE_NEEDS_RESET;
+    return result;
+  }
+
+  #process(qi: number): number {
     const q = this.#queues[qi];
-    if (!q.enabled || !(this.#status & 4)) return 0;
+    if (!q.enabled || !(this.#status & STATUS.DRIVER_OK)) return 0;
+    const dq = this.#dq(qi), c = this.#chain;
+    const ctrl = qi === this.#ctrlQueue();
     let n = 0;
-    while (q.lastAvail !== this.#availIdx(q)) {
-      const head = this.#dv(q.driver + 4 + 2 * (q.lastAvail % q.size), 2).getUint16(0, true);
-      q.lastAvail = (q.lastAvail + 1) & 0xffff;
-      const chain = this.#chain(q, head);
-      if (qi === this.#ctrlQueue()) {
-        const out = chain.filter((d) => !(d.flags & 2)), inn = chain.filter((d) => d.flags & 2);
-        const cmd = this.#mem(out[0].addr, out[0].len);
+    // RX buffers (even queues but the control queue) wait for deliver().
+    while ((ctrl || qi % 2 === 1) && dq.take(c)) {
+      if (ctrl) {
+        const out = c.write.indexOf(false), inn = c.write.indexOf(true);
+        const cmd = this.#mem(c.addr[out], c.len[out]);
         const rec = { cls: cmd[0], cmd: cmd[1], data: cmd.slice(2) };
         this.ctrl.push(rec);
         if (rec.cls === 0 && rec.cmd === 0) this.promiscuous = rec.data[0] === 1;
-        this.#mem(inn[0].addr, 1)[0] = this.#opts.ctrlAck ?? 0;
-        this.#pushUsed(qi, head, 1);
-      } else if (qi % 2 === 1) {
-        const bytes = new Uint8Array(chain.reduce((s, d) => s + d.len, 0));
+        this.#mem(c.addr[inn], 1)[0] = this.#opts.ctrlAck ?? 0;
+        this.#pushUsed(qi, c.head, 1);
+      } else {
+        const bytes = new Uint8Array(c.readable + c.writable);
         let o = 0;
-        for (const d of chain) {
-          bytes.set(this.#mem(d.addr, d.len), o);
-          o += d.len;
+        for (let i = 0; i < c.count; i++) {
+          bytes.set(this.#mem(c.addr[i], c.len[i]), o);
+          o += c.len[i];
         }
         const h = this.#hdrLen;
         this.sentHeaders[(qi - 1) / 2].push(bytes.slice(0, h));
         this.sent[(qi - 1) / 2].push(bytes.slice(h));
-        this.#pushUsed(qi, head, 0);
-      } else {
-        q.lastAvail = (q.lastAvail - 1) & 0xffff; // RX buffers wait for deliver()
-        break;
+        this.#pushUsed(qi, c.head, 0);
       }
       n++;
     }
-    this.#setAvailEvent(q);
+    dq.publishAvailEvent();
     return n;
   }
 
   /** RX buffers the driver has made available on pair `pair`. */
   rxAvailable(pair = 0): number {
-    const q = this.#queues[2 * pair];
-    return (this.#availIdx(q) - q.lastAvail) & 0xffff;
+    return this.#dq(2 * pair).available();
   }
 
   /**
@@ -521,25 +515,36 @@ export class VirtioNetModel {
     pair = 0,
     opts: { flags?: number; usedLen?: number; numBuffers?: number } = {},
   ): boolean {
+    try {
+      return this.#deliver(frame, pair, opts);
+    } catch (e) {
+      return this.#driverBroke(e, false);
+    }
+  }
+
+  #deliver(
+    frame: Uint8Array,
+    pair: number,
+    opts: { flags?: number; usedLen?: number; numBuffers?: number },
+  ): boolean {
     const qi = 2 * pair, q = this.#queues[qi];
-    if (!q.enabled || !(this.#status & 4)) return false;
+    if (!q.enabled || !(this.#status & STATUS.DRIVER_OK)) return false;
+    const dq = this.#dq(qi), c = this.#chain;
     const h = this.#hdrLen;
     const total = new Uint8Array(h + frame.length);
     total[0] = opts.flags ?? 0;
     total.set(frame, h);
+    // Only the first descriptor of each RX chain is used (pvdrv posts one buffer per chain).
     const bufs: { head: number; cap: number; addr: number }[] = [];
-    let need = total.length, avail = this.rxAvailable(pair), la = q.lastAvail;
+    let need = total.length;
     while (need > 0) {
-      if (avail-- <= 0) return false;
-      const head = this.#dv(q.driver + 4 + 2 * (la % q.size), 2).getUint16(0, true);
-      la = (la + 1) & 0xffff;
-      const d = this.#chain(q, head)[0];
-      bufs.push({ head, cap: d.len, addr: d.addr });
-      need -= d.len;
+      if (!dq.peek(c, bufs.length)) return false;
+      bufs.push({ head: c.head, cap: c.len[0], addr: c.addr[0] });
+      need -= c.len[0];
       if (need > 0 && !(this.driverFeatures & NET_F.MRG_RXBUF)) return false;
     }
     if (h === 12) new DataView(total.buffer).setUint16(10, opts.numBuffers ?? bufs.length, true);
-    q.lastAvail = la;
+    dq.skip(bufs.length);
     let o = 0;
     for (const b of bufs) {
       const n = Math.min(b.cap, total.length - o);
@@ -547,21 +552,26 @@ export class VirtioNetModel {
       o += n;
       this.#pushUsed(qi, b.head, opts.usedLen ?? n);
     }
-    this.#setAvailEvent(q);
+    dq.publishAvailEvent();
     return true;
   }
 
   // ---- fast paths for benchmarks: ring work only, no copies, no checks ----
-  #fast = new Map<number, { avail: Uint16Array; used32: Uint32Array; used16: Uint16Array; q: Q }>();
+  readonly #chain = new Chain();
+  #fast = new Map<
+    number,
+    { avail: Uint16Array; used32: Uint32Array; used16: Uint16Array; dq: DeviceQueue }
+  >();
   #fastViews(qi: number) {
     let v = this.#fast.get(qi);
     if (!v) {
-      const q = this.#queues[qi];
-      const a = this.#mem(q.driver, 6 + 2 * q.size), u = this.#mem(q.device, 6 + 8 * q.size);
+      const q = this.#queues[qi], dq = this.#dq(qi);
+      const a = this.#mem(q.driver, usedEventOffset(q.size) + 2),
+        u = this.#mem(q.device, availEventOffset(q.size) + 2);
       v = {
-        q,
-        avail: new Uint16Array(a.buffer, a.byteOffset, 3 + q.size),
-        used32: new Uint32Array(u.buffer, u.byteOffset, 1 + 2 * q.size),
+        dq,
+        avail: new Uint16Array(a.buffer, a.byteOffset, a.byteLength >> 1),
+        used32: new Uint32Array(u.buffer, u.byteOffset, u.byteLength >> 2),
         used16: new Uint16Array(u.buffer, u.byteOffset, 2),
       };
       this.#fast.set(qi, v);
@@ -570,18 +580,18 @@ export class VirtioNetModel {
   }
   /** Complete every available buffer of queue `qi` with length `len` (TX: 0). Returns how many. */
   fastComplete(qi: number, len: number): number {
-    const { q, avail, used32, used16 } = this.#fastViews(qi);
-    const end = avail[1], mask = q.size - 1;
+    const { dq, avail, used32, used16 } = this.#fastViews(qi);
+    const end = avail[RING.IDX >> 1], mask = dq.size - 1;
     let n = 0;
-    while (q.lastAvail !== end) {
-      const slot = q.used & mask;
-      used32[1 + 2 * slot] = avail[2 + (q.lastAvail & mask)];
-      used32[2 + 2 * slot] = len;
-      q.lastAvail = (q.lastAvail + 1) & 0xffff;
-      q.used = (q.used + 1) & 0xffff;
+    while (dq.lastAvail !== end) {
+      const e = usedElem(dq.usedIdx & mask) >> 2;
+      used32[e] = avail[availEntry(dq.lastAvail & mask) >> 1];
+      used32[e + 1] = len;
+      dq.lastAvail = (dq.lastAvail + 1) & 0xffff;
+      dq.usedIdx = (dq.usedIdx + 1) & 0xffff;
       n++;
     }
-    used16[1] = q.used;
+    used16[RING.IDX >> 1] = dq.usedIdx;
     return n;
   }
 
@@ -592,12 +602,10 @@ export class VirtioNetModel {
   }
   /** Move used.idx forward by `n` without entries. */
   jumpUsedIdx(qi: number, n: number): void {
-    const q = this.#queues[qi];
-    q.used = (q.used + n) & 0xffff;
-    this.#dv(q.device + 2, 2).setUint16(0, q.used, true);
+    this.#dq(qi).jumpUsed(n);
   }
   /** Signal DEVICE_NEEDS_RESET. */
   needsReset(): void {
-    this.#status |= 64;
+    this.#status |= STATUS.DEVICE_NEEDS_RESET;
   }
 }

@@ -1,0 +1,142 @@
+/**
+ * The device side of the split virtqueue against pvdrv's own driver side (both written from virtio 1.2 §2.7), and
+ * against a driver that breaks the rules: every check a device must make.
+ */
+import assert from "assert";
+import { ModelDmaAllocator } from "../../hal/dma.ts";
+import { SplitQueue } from "../../drivers/virtio/virtqueue.ts";
+import { Chain, DeviceQueue, DeviceQueueError } from "../../drivers/virtio/device_queue.ts";
+import {
+  AVAIL_F_NO_INTERRUPT,
+  availEntry,
+  DESC,
+  DESC_F_INDIRECT,
+  DESC_F_NEXT,
+  DESC_F_WRITE,
+  DESC_SIZE,
+  RING,
+  usedEventOffset,
+} from "../../drivers/virtio/split_ring.ts";
+
+function pair(size = 8, eventIdx = false) {
+  const dma = new ModelDmaAllocator();
+  let kicks = 0;
+  const drv = new SplitQueue(dma, 0, size, eventIdx, () => void kicks++);
+  const a = drv.addresses;
+  const dev = new DeviceQueue(0, size, (addr, len) => dma.resolve(addr, len), a, eventIdx);
+  const desc = new DataView(dma.resolve(a.desc, DESC_SIZE * size).buffer, dma.resolve(a.desc, 1).byteOffset);
+  const avail = new DataView(dma.resolve(a.driver, 4 + 2 * size).buffer, dma.resolve(a.driver, 1).byteOffset);
+  return { dma, drv, dev, desc, avail, kicks: () => kicks };
+}
+
+Deno.test("device queue: takes the driver's chains as written, puts used, and the driver gets them back", () => {
+  const { dma, drv, dev } = pair();
+  const buf = dma.alloc(4096), base = Number(buf.deviceAddress);
+  const h1 = drv.addChain([{ addr: base, len: 100, write: false }, {
+    addr: base + 100,
+    len: 50,
+    write: true,
+  }]);
+  const h2 = drv.addChain([{ addr: base + 200, len: 60, write: true }]);
+  drv.kick();
+  assert.equal(dev.available(), 2);
+  const c = new Chain();
+  assert.ok(dev.peek(c, 1));
+  assert.equal(c.head, h2);
+  assert.ok(dev.take(c));
+  assert.deepEqual([c.head, c.count, c.readable, c.writable], [h1, 2, 100, 50]);
+  assert.deepEqual([c.addr[0], c.len[0], c.write[0], c.addr[1], c.write[1]], [
+    base,
+    100,
+    false,
+    base + 100,
+    true,
+  ]);
+  assert.ok(dev.putUsed(c.head, 50), "no suppression asked: interrupt");
+  assert.equal(drv.pending(), 1);
+  assert.equal(drv.popUsed(), h1);
+  assert.equal(drv.lastLen, 50);
+  assert.ok(dev.take(c));
+  assert.equal(dev.take(c), false);
+});
+
+Deno.test("device queue: interrupts follow NO_INTERRUPT, or used_event with EVENT_IDX (§2.7.7, §2.7.10)", () => {
+  const plain = pair(8, false);
+  plain.avail.setUint16(RING.FLAGS, AVAIL_F_NO_INTERRUPT, true);
+  assert.equal(plain.dev.putUsed(0, 0), false);
+  plain.avail.setUint16(RING.FLAGS, 0, true);
+  assert.equal(plain.dev.putUsed(0, 0), true);
+  const ev = pair(8, true);
+  ev.avail.setUint16(usedEventOffset(8), 0, true); // interrupt once used.idx passes 0
+  assert.equal(ev.dev.putUsed(0, 0), true);
+  assert.equal(ev.dev.putUsed(0, 0), false, "used_event already passed");
+  ev.avail.setUint16(usedEventOffset(8), 5, true);
+  assert.equal(ev.dev.putUsed(0, 0), false, "2 → 3: not yet");
+  ev.dev.jumpUsed(2); // used.idx 5
+  assert.equal(ev.dev.putUsed(0, 0), true, "5 → 6 passes used_event 5");
+  // avail_event tells the driver when to notify: after the device took what it had.
+  const q = pair(8, true);
+  const b = Number(q.dma.alloc(4096).deviceAddress);
+  q.drv.addChain([{ addr: b, len: 10, write: true }]);
+  assert.ok(q.drv.kick(), "avail_event 0 was crossed");
+  q.dev.take(new Chain());
+  q.dev.publishAvailEvent();
+  q.drv.addChain([{ addr: b, len: 10, write: true }]);
+  assert.ok(q.drv.kick(), "the device asked to be told at index 1");
+  q.drv.addChain([{ addr: b, len: 10, write: true }]);
+  assert.equal(q.drv.kick(), false, "and not again until it takes more");
+});
+
+Deno.test("device queue: a driver that breaks the rules is refused with the rule it broke", () => {
+  const cases: [string, (q: ReturnType<typeof pair>) => void, RegExp][] = [
+    [
+      "avail.idx past the ring",
+      (q) => q.avail.setUint16(RING.IDX, 9, true),
+      /avail\.idx is 9 ahead of a ring of 8/,
+    ],
+    ["head out of range", (q) => {
+      q.avail.setUint16(availEntry(0), 8, true);
+      q.avail.setUint16(RING.IDX, 1, true);
+    }, /head 8 out of range/],
+    ["next out of range", (q) => {
+      q.desc.setUint16(DESC.FLAGS, DESC_F_NEXT, true);
+      q.desc.setUint16(DESC.NEXT, 99, true);
+      q.avail.setUint16(RING.IDX, 1, true);
+    }, /next 99 out of range/],
+    ["a loop", (q) => {
+      q.desc.setUint16(DESC.FLAGS, DESC_F_NEXT, true);
+      q.desc.setUint16(DESC.NEXT, 0, true);
+      q.avail.setUint16(RING.IDX, 1, true);
+    }, /loops/],
+    ["readable after writable", (q) => {
+      q.desc.setUint16(DESC.FLAGS, DESC_F_NEXT | DESC_F_WRITE, true);
+      q.desc.setUint16(DESC.NEXT, 1, true);
+      q.desc.setUint16(DESC_SIZE + DESC.FLAGS, 0, true);
+      q.avail.setUint16(RING.IDX, 1, true);
+    }, /readable descriptor 1 after a writable one/],
+    ["indirect without the feature", (q) => {
+      q.desc.setUint16(DESC.FLAGS, DESC_F_INDIRECT, true);
+      q.avail.setUint16(RING.IDX, 1, true);
+    }, /indirect descriptor 0/],
+  ];
+  for (const [what, make, re] of cases) {
+    const q = pair();
+    make(q);
+    assert.throws(
+      () => q.dev.take(new Chain()),
+      (e: Error) => e instanceof DeviceQueueError && re.test(e.message),
+      what,
+    );
+  }
+  // A chain past the device's byte limit.
+  const dma = new ModelDmaAllocator(), drv = new SplitQueue(dma, 3, 8, false, () => {});
+  const dev = new DeviceQueue(3, 8, (a, l) => dma.resolve(a, l), drv.addresses, false, 1000);
+  const b = Number(dma.alloc(4096).deviceAddress);
+  drv.addChain([{ addr: b, len: 600, write: true }, { addr: b + 600, len: 600, write: true }]);
+  drv.kick();
+  assert.throws(() => dev.take(new Chain()), /queue 3: the chain at 0 holds more than 1000 bytes/);
+  assert.throws(
+    () => new DeviceQueue(0, 6, (a, l) => dma.resolve(a, l), drv.addresses, false),
+    /power of two/,
+  );
+});
