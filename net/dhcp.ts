@@ -23,8 +23,27 @@ export const DHCP_SERVER_PORT = 67;
 /** Client port. */
 export const DHCP_CLIENT_PORT = 68;
 /** Fixed BOOTP part before the options (RFC 2131 §2), magic cookie included. */
-const FIXED = 240;
-const COOKIE = 0x63825363;
+export const BOOTP_FIXED = 240;
+/** Offsets in a BOOTP message (RFC 2131 §2): op, xid, flags, ciaddr, yiaddr, chaddr, the magic cookie. */
+export const BOOTP = { OP: 0, XID: 4, FLAGS: 10, CIADDR: 12, YIADDR: 16, CHADDR: 28, COOKIE: 236 } as const;
+/** The options' magic cookie (RFC 2131 §3). */
+export const DHCP_COOKIE = 0x63825363;
+/** Option codes pvdrv reads and writes (RFC 2132). */
+export const OPT = {
+  PAD: 0,
+  SUBNET_MASK: 1,
+  ROUTER: 3,
+  DNS: 6,
+  REQUESTED_IP: 50,
+  LEASE_TIME: 51,
+  MESSAGE_TYPE: 53,
+  SERVER_ID: 54,
+  PARAMETERS: 55,
+  RENEWAL_T1: 58,
+  REBINDING_T2: 59,
+  END: 255,
+} as const;
+const FIXED = BOOTP_FIXED, COOKIE = DHCP_COOKIE;
 /** Message types (option 53). */
 export const DHCPDISCOVER = 1, DHCPOFFER = 2, DHCPREQUEST = 3, DHCPACK = 5, DHCPNAK = 6, DHCPRELEASE = 7;
 

@@ -34,6 +34,8 @@ import { macNumber, readMac } from "../../net/ethernet.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
 import { completeChecksum } from "../models/wire.ts";
 import { classify, Hang, type Result, type Rng, Silent } from "./oracle.ts";
+import { BOOTP, BOOTP_FIXED, DHCP_COOKIE, OPT } from "../../net/dhcp.ts";
+import { dhcpType } from "../models/dhcp_server.ts";
 
 const FEATURES = F.VERSION_1 | F.ACCESS_PLATFORM | F.RING_EVENT_IDX | NET_F.MAC | NET_F.STATUS |
   NET_F.MRG_RXBUF |
@@ -171,10 +173,10 @@ function subnetOf(l: Lab): { peer: number; bcast: number; mask: number } {
 function dhcpFrame(l: Lab, rng: Rng, hostile: boolean): Uint8Array {
   const m = l.clientMsg ?? new Uint8Array(300);
   const p = new Uint8Array(300);
-  p[0] = 2, p[1] = 1, p[2] = 6;
-  p.set(m.subarray(4, 8), 4);
-  p.set(m.subarray(28, 34), 28);
-  if (hostile && rng.bool(0.1)) p[4] ^= 1; // someone else's transaction
+  p[BOOTP.OP] = 2, p[1] = 1, p[2] = 6;
+  p.set(m.subarray(BOOTP.XID, BOOTP.XID + 4), BOOTP.XID);
+  p.set(m.subarray(BOOTP.CHADDR, BOOTP.CHADDR + 6), BOOTP.CHADDR);
+  if (hostile && rng.bool(0.1)) p[BOOTP.XID] ^= 1; // someone else's transaction
   const good = 0x0a000002;
   const yi = hostile
     ? rng.pick([
@@ -188,40 +190,28 @@ function dhcpFrame(l: Lab, rng: Rng, hostile: boolean): Uint8Array {
       rng.int(0, 0xffffffff) >>> 0,
     ])
     : good;
-  writeU32(p, 16, yi);
-  writeU32(p, 236, 0x63825363);
-  let k = 240;
+  writeU32(p, BOOTP.YIADDR, yi);
+  writeU32(p, BOOTP.COOKIE, DHCP_COOKIE);
+  let k = BOOTP_FIXED;
   const opt = (code: number, v: number[]) => {
     p[k++] = code, p[k++] = v.length;
     for (const x of v) p[k++] = x;
   };
   const u32 = (v: number) => [v >>> 24, (v >>> 16) & 255, (v >>> 8) & 255, v & 255];
-  const type = readDhcpType(m);
-  opt(53, [hostile && rng.bool(0.2) ? rng.pick([2, 5, 6, 9]) : type === 1 ? 2 : 5]);
-  opt(54, u32(hostile && rng.bool(0.1) ? rng.pick([0xffffffff, 0, 0x7f000001]) : 0x0a000001));
+  const type = dhcpType(m, 0, m.length);
+  opt(OPT.MESSAGE_TYPE, [hostile && rng.bool(0.2) ? rng.pick([2, 5, 6, 9]) : type === 1 ? 2 : 5]);
+  opt(OPT.SERVER_ID, u32(hostile && rng.bool(0.1) ? rng.pick([0xffffffff, 0, 0x7f000001]) : 0x0a000001));
   opt(
-    1,
+    OPT.SUBNET_MASK,
     u32(hostile ? rng.pick([0xffffff00, 0xffff0000, 0xff00ff00, 0xfffffffe, 0xffffffff, 0]) : 0xffffff00),
   );
-  opt(3, u32(hostile ? rng.pick([0x0a000001, 0xc0a80101, good, 0x0a0000ff, 0]) : 0x0a000001));
-  opt(51, u32(hostile ? rng.pick([0, 1, 2, 60, 0xffffffff]) : 3600));
-  if (hostile && rng.bool()) opt(58, u32(rng.int(0, 5000)));
-  if (hostile && rng.bool()) opt(59, u32(rng.int(0, 5000)));
+  opt(OPT.ROUTER, u32(hostile ? rng.pick([0x0a000001, 0xc0a80101, good, 0x0a0000ff, 0]) : 0x0a000001));
+  opt(OPT.LEASE_TIME, u32(hostile ? rng.pick([0, 1, 2, 60, 0xffffffff]) : 3600));
+  if (hostile && rng.bool()) opt(OPT.RENEWAL_T1, u32(rng.int(0, 5000)));
+  if (hostile && rng.bool()) opt(OPT.REBINDING_T2, u32(rng.int(0, 5000)));
   if (hostile && rng.bool(0.2)) p[rng.int(240, 299)] = rng.int(0, 255); // a broken option
-  if (!hostile || rng.bool(0.9)) p[k++] = 255;
+  if (!hostile || rng.bool(0.9)) p[k++] = OPT.END;
   return udp(0x0a000001, 0xffffffff, 67, 68, p, [255, 255, 255, 255, 255, 255]);
-}
-
-function readDhcpType(m: Uint8Array): number {
-  for (let i = 240; i < m.length && m[i] !== 255;) {
-    if (m[i] === 0) {
-      i++;
-      continue;
-    }
-    if (m[i] === 53) return m[i + 2];
-    i += 2 + m[i + 1];
-  }
-  return 0;
 }
 
 // ---------------------------------------------------------------- hostile frames

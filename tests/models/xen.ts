@@ -7,6 +7,8 @@ import type { EventChannel, EventChannels, GrantedPages, GrantTable } from "../.
 import { XEN_PAGE } from "../../hal/xen.ts";
 import { ringSize } from "../../drivers/xen/ring.ts";
 import { ModelIrq } from "./irq.ts";
+import { XenbusState as XS } from "../../drivers/xen/xenbus.ts";
+import { NETRXF_extra_info, NETRXF_more_data, NETTXF_more_data } from "../../drivers/xen/netif.ts";
 import type { XenStoreServer } from "./xenstore_server.ts";
 
 /** Grants as shared ArrayBuffers; the backend maps pages by reference. */
@@ -142,14 +144,14 @@ export class NetbackModel {
     xs.set(`${this.front}/backend`, this.back);
     xs.set(`${this.front}/backend-id`, String(this.backDomid));
     xs.set(`${this.front}/mac`, o.mac ?? "00:16:3e:12:34:56");
-    xs.set(`${this.front}/state`, "1");
+    xs.set(`${this.front}/state`, String(XS.Initialising));
     xs.set(`${this.back}/frontend`, this.front);
     xs.set(`${this.back}/frontend-id`, String(this.frontDomid));
     if (o.rxCopy ?? true) xs.set(`${this.back}/feature-rx-copy`, "1");
     if (o.split ?? true) xs.set(`${this.back}/feature-split-event-channels`, "1");
     if (o.sg ?? true) xs.set(`${this.back}/feature-sg`, "1");
     if ((o.maxQueues ?? 1) > 1) xs.set(`${this.back}/multi-queue-max-queues`, String(o.maxQueues));
-    xs.set(`${this.back}/state`, "2"); // InitWait
+    this.#setState(XS.InitWait);
     xs.onWrite = (path, value) => {
       if (path === `${this.front}/state`) {
         queueMicrotask(() => {
@@ -168,12 +170,18 @@ export class NetbackModel {
   }
 
   #frontState(s: number): void {
-    if (s === 4 && this.state === 2) this.#connect(); // like xen-netback: Initialised alone does nothing
-    if ((s === 5 || s === 6) && this.state === 4) {
+    // like xen-netback: Initialised alone does nothing
+    if (s === XS.Connected && this.state === XS.InitWait) this.#connect();
+    if ((s === XS.Closing || s === XS.Closed) && this.state === XS.Connected) {
       this.#q = [];
-      this.xs.set(`${this.back}/state`, "6");
+      this.#setState(XS.Closed);
     }
-    if (s === 1 && this.state === 6) this.xs.set(`${this.back}/state`, "2"); // netback: "prepare for reconnect"
+    // netback: "prepare for reconnect"
+    if (s === XS.Initialising && this.state === XS.Closed) this.#setState(XS.InitWait);
+  }
+
+  #setState(s: number): void {
+    this.xs.set(`${this.back}/state`, String(s));
   }
 
   #connect(): void {
@@ -208,7 +216,7 @@ export class NetbackModel {
       this.#q.push(q);
       this.sent.push([]);
     }
-    this.xs.set(`${this.back}/state`, "4");
+    this.#setState(XS.Connected);
   }
 
   #pushResponses(dv: DataView, newProd: number, notify: () => void): void {
@@ -247,11 +255,11 @@ export class NetbackModel {
       }
       // The first slot's size is the frame's: its own data is what fits in its page, or all of it when it is the
       // only slot; later slots carry their own size.
-      const chunk = first && (flags & 4) ? Math.min(size, XEN_PAGE - off) : size;
+      const chunk = first && (flags & NETTXF_more_data) ? Math.min(size, XEN_PAGE - off) : size;
       if (off + chunk > XEN_PAGE || at + chunk > frame!.length) throw new Error("model netback: bad TX slot");
       frame!.set(page.subarray(off, off + chunk), at);
       at += chunk;
-      if (!(flags & 4)) {
+      if (!(flags & NETTXF_more_data)) {
         // netback checks the same: the slots' data adds up to the first slot's size.
         if (at !== frame!.length) {
           throw new Error(`model netback: slots carry ${at} of ${frame!.length} bytes`);
@@ -314,7 +322,8 @@ export class NetbackModel {
       const chunk = Math.min(frame.length - at, per - off);
       this.grants.map(gref, this.backDomid).set(frame.subarray(at, at + chunk), off);
       at += chunk;
-      const flags = (s === 0 ? (o.flags ?? 0) | (o.extra ? 8 : 0) : 0) | (at < frame.length ? 4 : 0);
+      const flags = (s === 0 ? (o.flags ?? 0) | (o.extra ? NETRXF_extra_info : 0) : 0) |
+        (at < frame.length ? NETRXF_more_data : 0);
       q.rxDv.setUint16(r, id, true);
       q.rxDv.setUint16(r + 2, off, true);
       q.rxDv.setUint16(r + 4, flags, true);
@@ -363,11 +372,11 @@ export class NetbackModel {
 
   /** Simulate a backend restart: Closing → Closed → InitWait (a fresh backend). */
   async restart(): Promise<void> {
-    this.xs.set(`${this.back}/state`, "5");
+    this.#setState(XS.Closing);
     await new Promise((r) => setTimeout(r, 10));
     this.#q = [];
-    this.xs.set(`${this.back}/state`, "6");
+    this.#setState(XS.Closed);
     await new Promise((r) => setTimeout(r, 10));
-    this.xs.set(`${this.back}/state`, "2");
+    this.#setState(XS.InitWait);
   }
 }

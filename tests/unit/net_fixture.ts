@@ -104,44 +104,4 @@ export function arpFrame(p: Pair, target: number): Uint8Array {
   return f;
 }
 
-/**
- * A BOOTP reply to the client message `m` (at `o`): `type` (2 OFFER, 5 ACK, 6 NAK) granting `yiaddr`, with the
- * options given as [code, bytes] pairs (server identifier 10.0.0.1 unless one is given).
- */
-export function dhcpReply(
-  m: Uint8Array,
-  o: number,
-  type: number,
-  yiaddr: number,
-  opts: [number, number[]][] = [],
-) {
-  const reply = new Uint8Array(300);
-  reply[0] = 2, reply[1] = 1, reply[2] = 6;
-  reply.set(m.subarray(o + 4, o + 8), 4); // xid
-  reply.set(m.subarray(o + 28, o + 34), 28); // chaddr
-  writeU32(reply, 16, yiaddr);
-  writeU32(reply, 236, 0x63825363);
-  let k = 240;
-  const opt = (
-    code: number,
-    v: number[],
-  ) => (reply[k++] = code, reply[k++] = v.length, v.forEach((x) => reply[k++] = x));
-  opt(53, [type]);
-  if (!opts.some(([c]) => c === 54)) opt(54, [10, 0, 0, 1]);
-  for (const [c, v] of opts) opt(c, v);
-  reply[k++] = 255;
-  return reply;
-}
-
-/** The DHCP message type (option 53) of the client message in `m` at `o` of `len` bytes. */
-export function dhcpType(m: Uint8Array, o: number, len: number): number {
-  for (let i = o + 240; i < o + len && m[i] !== 255;) {
-    if (m[i] === 0) {
-      i++;
-      continue;
-    }
-    if (m[i] === 53) return m[i + 2];
-    i += 2 + m[i + 1];
-  }
-  return 0;
-}
+export { dhcpReply, dhcpType } from "../models/dhcp_server.ts";
