@@ -1,10 +1,12 @@
 /**
- * `deno task mutate [--count N] [--seed S] [--jobs J] [--only PATH] [--json FILE]`: a small mutation tester for the
- * whole library (`net/`, `apps/`, `hal/`, `drivers/`, `ffi/`). It makes single small changes (a comparison flipped
- * or loosened, a boolean operator swapped, a constant moved by one, a negation dropped, a guard's `throw` or an
- * early `return` removed, a boolean result inverted), runs the unit tests that import the mutated file (found with
- * `deno info`) on a copy of the tree for each, and reports which mutants the tests killed. Survivors are printed
- * with their diff, to be killed with a test or judged equivalent. Not part of CI (it takes minutes).
+ * `deno task mutate [--count N] [--seed S] [--jobs J] [--only PATH] [--json FILE] [--retry FILE]`: a small
+ * mutation tester for the whole library (`net/`, `apps/`, `hal/`, `drivers/`, `ffi/`). It makes single small
+ * changes (a comparison flipped or loosened, a boolean operator swapped, a constant moved by one, a negation
+ * dropped, a guard's `throw` or an early `return` removed, a boolean result inverted), runs the unit tests that
+ * import the mutated file (found with `deno info`) on a copy of the tree for each, and reports which mutants the
+ * tests killed. Survivors are printed
+ * with their diff, to be killed with a test or judged equivalent; `--retry` runs an earlier run's survivors (from
+ * its `--json`) against the tree as it is now. Not part of CI (it takes minutes).
  * @module
  */
 import { parseArgs } from "parse-args";
@@ -150,6 +152,7 @@ if (import.meta.main) {
       jobs: { type: "string" },
       only: { type: "string" },
       json: { type: "string" },
+      retry: { type: "string" },
     },
   });
   const files = LIBRARY.flatMap((d) => walk(`${ROOT}${d}`)).filter((f) =>
@@ -163,7 +166,27 @@ if (import.meta.main) {
     const j = Math.floor(rng.next() * (i + 1));
     [all[i], all[j]] = [all[j], all[i]];
   }
-  const chosen = all.slice(0, Number(values.count ?? 60));
+  let chosen = all.slice(0, Number(values.count ?? 60));
+  if (values.retry) {
+    // The survivors of an earlier run, found again by their line's text (the file may have moved since).
+    const earlier = JSON.parse(Deno.readTextFileSync(values.retry)) as (Mutant & { result: string })[];
+    chosen = [];
+    for (const m of earlier.filter((r) => r.result === "survived")) {
+      let lines: string[];
+      try {
+        lines = Deno.readTextFileSync(`${ROOT}${m.file}`).split("\n");
+      } catch {
+        console.log(`gone     ${m.file}:${m.line} (the file no longer exists)`);
+        continue;
+      }
+      const at = lines.findIndex((l) => l === m.before);
+      if (at < 0) {
+        console.log(`gone     ${m.file}:${m.line} ${m.operator} (the line changed since)`);
+        continue;
+      }
+      chosen.push({ ...m, line: at + 1 });
+    }
+  }
   const jobs = Number(values.jobs ?? 2);
   console.log(
     `mutate: ${all.length} mutants in ${files.length} files; running ${chosen.length} with ${jobs} jobs`,

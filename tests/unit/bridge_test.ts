@@ -38,8 +38,10 @@ Deno.test("bridge: frames read from the TAP wait while the NIC's ring is full, n
     f[14] = i;
     return f;
   });
-  // One frame too short for an Ethernet header: not carried, counted, and the frames around it go on.
+  // One frame too short for an Ethernet header: not carried, counted, and the frames around it go on. A frame of
+  // exactly a header is carried.
   frames.splice(50, 0, new Uint8Array(10));
+  frames.splice(60, 1, new Uint8Array(14)); // in place of frame 59
   const port = new ListPort(frames);
   try {
     const s = await bridge(nic, port, {
@@ -50,7 +52,7 @@ Deno.test("bridge: frames read from the TAP wait while the NIC's ring is full, n
     assert.equal(s.nicDropped, 1, "only the frame no NIC carries");
     assert.deepEqual(
       m.sent[0].map((f) => [f.length, f[14]]),
-      Array.from({ length: 100 }, (_, i) => [60 + i, i]),
+      Array.from({ length: 100 }, (_, i) => i === 59 ? [14, undefined] : [60 + i, i]),
     );
   } finally {
     await real.close();

@@ -1,5 +1,5 @@
 import assert from "assert";
-import { buildNative, native } from "../../ffi/lib.ts";
+import { buildNative, check64, native, NativeError } from "../../ffi/lib.ts";
 import { allocHostMemory, virtToPhys } from "../../ffi/dma.ts";
 import { MappedRegion } from "../../ffi/mmio.ts";
 import { EventFd, EventFdIrq, irqWaiter } from "../../ffi/irq.ts";
@@ -162,4 +162,10 @@ Deno.test("shim: built when missing, left alone when current, rebuilt when force
     else Deno.env.set("PVDRV_LIB", before);
     Deno.removeSync(dir, { recursive: true });
   }
+});
+
+Deno.test("check64: zero and positive results pass, negative ones are the errno", () => {
+  assert.equal(check64("a zero result", 0n), 0n);
+  assert.equal(check64("a result", 7n), 7n);
+  assert.throws(() => check64("reading", -2n), (e: Error) => e instanceof NativeError && e.errno === 2);
 });

@@ -530,3 +530,29 @@ Deno.test("net: pingRun sends exactly its count; recvRun receives what was sent"
     await p.close();
   }
 });
+
+Deno.test("DHCP client: an OFFER while requesting is ignored; a header-only reply to port 68 is the client's to refuse", async () => {
+  const c = new DhcpClient(0x02000000000a);
+  const out: DhcpSend = { length: 0, dst: 0, src: 0 };
+  c.start(0);
+  c.poll(0, out);
+  const mask: [number, number[]] = [1, [255, 255, 255, 0]];
+  c.receive(dhcpReply(c.buf, 0, 2, parseIp("10.0.0.42"), [mask]), 0, 300, 1);
+  assert.equal(c.state, "requesting");
+  assert.equal(c.receive(dhcpReply(c.buf, 0, 2, parseIp("10.0.0.43"), [mask]), 0, 300, 2), null);
+  assert.equal(c.state, "requesting", "a second offer changes nothing");
+  // On the host: before a lease, an empty UDP datagram from port 67 to 68 reaches the client, which rejects it.
+  const p = pair({ aIp: null });
+  try {
+    void p.a.dhcp(5000).catch(() => {});
+    const f = udpFrame(p, 0);
+    writeU32(f, 30, 0xffffffff);
+    f.fill(0xff, 0, 6);
+    writeU16(f, 34, 67), writeU16(f, 36, 68), writeU16(f, 40, 0);
+    const before = p.a.stats.udpDelivered;
+    await inject(p, refreshIpSum(f));
+    assert.equal(p.a.stats.udpDelivered, before + 1);
+  } finally {
+    await p.close();
+  }
+});

@@ -270,6 +270,7 @@ Deno.test("net: bad frames are counted in their own counter and dropped; the hos
       ],
       ["another MAC", "rxIgnored", udpEdit((f) => void (f[5] ^= 1))],
       ["ARP for another host", "arpOther", () => arpFrame(p, parseIp("10.0.0.99"))],
+      ["ARP of an Ethernet header alone", "arpBad", () => arpFrame(p, p.a.ip).slice(0, 14)],
       ["ARP of another hardware type", "arpBad", () => {
         const f = arpFrame(p, p.a.ip);
         f[15] = 6;

@@ -356,3 +356,12 @@ Deno.test("xenstore: an empty string reply reads as empty, not as its terminator
   assert.equal(await xs.domainPath(3), "");
   await xs.close();
 });
+
+Deno.test("xenstore: a watch read after the connection failed ends with the failure, it does not wait forever", async () => {
+  const server = new XenStoreServer();
+  const xs = new XenStore(server.connect(0).transport);
+  const it = xs.watch("/local/w");
+  assert.equal((await it.next()).value, "/local/w");
+  await xs.close();
+  await assert.rejects(() => it.next(), /closed/);
+});

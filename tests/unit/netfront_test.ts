@@ -466,3 +466,18 @@ Deno.test("netfront: a frame of exactly an Ethernet header is delivered; ring st
     await xs.close();
   }
 });
+
+Deno.test("netfront: one queue writes its keys the single-queue way (no multi-queue-num-queues)", async () => {
+  const { server, back, xs, open } = lab();
+  const nf = await open(1);
+  try {
+    assert.equal(server.get(`${back.front}/multi-queue-num-queues`), undefined);
+    assert.ok(
+      server.get(`${back.front}/tx-ring-ref`) !== undefined,
+      "the ring refs sit in the frontend's own directory",
+    );
+  } finally {
+    await nf.close();
+    await xs.close();
+  }
+});

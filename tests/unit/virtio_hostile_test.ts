@@ -6,7 +6,7 @@
 import assert from "assert";
 import { VirtioNet } from "../../drivers/virtio/net.ts";
 import { F, NET_F } from "../../drivers/virtio/features.ts";
-import { SplitQueue, VirtqueueError } from "../../drivers/virtio/virtqueue.ts";
+import { SplitQueue, splitQueueBytes, VirtqueueError } from "../../drivers/virtio/virtqueue.ts";
 import { ModelDmaAllocator } from "../../hal/dma.ts";
 import { checkFrame, FrameCheck, writeFrame } from "../../apps/frames.ts";
 import type { PacketBuffer } from "../../drivers/net/nic.ts";
@@ -330,4 +330,19 @@ Deno.test("virtqueue: once broken it stays broken: verify throws the first error
   assert.throws(() => q.fail("used id 9 out of range"), /used id 9/);
   assert.throws(() => q.verify(), /queue 0: used id 9 out of range/);
   q.region.free?.();
+});
+
+Deno.test("virtio: a device config of exactly the MAC opens with MAC alone; the split ring's areas never overlap", async () => {
+  const m = new VirtioNetModel({ features: F.VERSION_1 | F.ACCESS_PLATFORM | NET_F.MAC });
+  m.config.view.setUint32(0x74 + 12, 6, true);
+  await VirtioNet.openPci(m.pci()).close();
+  for (let size = 2; size <= 32768; size *= 2) {
+    const { availOff, usedOff, total } = splitQueueBytes(size);
+    assert.equal(availOff, 16 * size, `size ${size}: descriptors first`);
+    assert.ok(
+      usedOff >= availOff + 6 + 2 * size && usedOff % 4096 === 0,
+      `size ${size}: used after avail, aligned`,
+    );
+    assert.ok(total >= usedOff + 6 + 8 * size && total % 4096 === 0, `size ${size}: room for the used ring`);
+  }
 });

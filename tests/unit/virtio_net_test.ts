@@ -425,3 +425,35 @@ Deno.test("virtio-net: a buffer from another NIC is refused on release, first in
     await b.close();
   }
 });
+
+Deno.test("virtio-net legacy without MRG_RXBUF: a 10-byte header, and TX frames arrive byte-exact", () => {
+  const model = new VirtioNetModel({ queueMax: 128, features: NET_F.MAC | NET_F.STATUS });
+  const nic = VirtioNet.open(model.legacyBus(), { queueSize: 64 });
+  try {
+    assert.equal(nic.hdrLen, 10);
+    const out: PacketBuffer[] = [];
+    assert.equal(nic.allocTx(out, 1), 1);
+    out[0].data.set([0xa1, 0xa2, 0xa3, 0xa4], 0);
+    out[0].length = 60;
+    assert.equal(nic.sendBatch(out, 1), 1);
+    assert.deepEqual(
+      [...model.sent[0][0].subarray(0, 4)],
+      [0xa1, 0xa2, 0xa3, 0xa4],
+      "the frame's first bytes intact",
+    );
+    assert.equal(model.sentHeaders[0][0].length, 10);
+  } finally {
+    nic.close();
+  }
+});
+
+Deno.test("virtio-net: a queue size that is not a power of two is rounded down to one (modern)", async () => {
+  const model = new VirtioNetModel({ queueSizeOf: () => 300 });
+  const nic = open(model, { queueSize: 1024 });
+  try {
+    assert.equal(model.queue(0).size, 256);
+    assert.equal(model.rxAvailable(), 256);
+  } finally {
+    await nic.close();
+  }
+});
