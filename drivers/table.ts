@@ -25,6 +25,8 @@ export interface OpenOptions {
   promiscuous?: boolean;
   /** MTU (netfront; above 1500 uses multi-slot frames). */
   mtu?: number;
+  /** The sysfs tree PCI devices are found in (default /sys; a fixture tree in tests). */
+  sysfs?: string;
 }
 
 /** The ids a PCI match looks at (config space header). */
@@ -51,7 +53,7 @@ export interface NicDriver {
 
 function openVirtioNet(address: string, opts: OpenOptions): Promise<Nic> {
   // The NIC owns the function: it closes it with itself, or at once if the open fails.
-  return Promise.resolve(VirtioNet.openPci(openPci(address), {
+  return Promise.resolve(VirtioNet.openPci(opts.sysfs ? openPci(address, opts.sysfs) : openPci(address), {
     irq: opts.irq ?? "poll",
     queuePairs: opts.queues,
     promiscuous: opts.promiscuous,
@@ -103,7 +105,7 @@ export async function openNic(name: string, opts: OpenOptions = {}): Promise<Nic
     return await d.open(name, opts);
   }
   const addr = parsePciAddress(name);
-  const info = readDevice(addr);
+  const info = opts.sysfs ? readDevice(addr, opts.sysfs) : readDevice(addr);
   const d = pciDriverFor(info);
   if (!d) {
     throw new PvdrvError(

@@ -78,3 +78,24 @@ Deno.test("bridge: on interrupts it sleeps only when idle, never while frames wa
     await nic.close();
   }
 });
+
+Deno.test("bridge: frames only from the NIC keep it busy too: no sleep between them", async () => {
+  const m = new VirtioNetModel({ mac: [2, 0, 0, 0, 0, 0xa], features: ALL });
+  const nic = VirtioNet.openPci(m.pci(), { irq: "msix" });
+  // One frame per receive call: every round has NIC → TAP work and nothing from the TAP.
+  const receive = nic.receiveBatch.bind(nic);
+  nic.receiveBatch = (out: PacketBuffer[], _max: number, q?: number) => receive(out, 1, q);
+  for (let i = 0; i < 20; i++) assert.ok(m.deliver(new Uint8Array(60).fill(i)));
+  const port = new ListPort([]);
+  let rounds = 0;
+  try {
+    const s = await bridge(nic, port, {
+      stop: () => port.written.length >= 20 || ++rounds > 1000,
+      interrupts: true,
+    });
+    assert.equal(s.toTap, 20);
+    assert.ok(s.sleeps <= 1, `${s.sleeps} sleeps while frames were arriving`);
+  } finally {
+    await nic.close();
+  }
+});

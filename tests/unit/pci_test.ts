@@ -13,6 +13,7 @@ import { bindDevice, BindRefused } from "../../drivers/pci/bind.ts";
 import { protectedReason, readHostNet } from "../../drivers/pci/host_net.ts";
 import { makeSysfs } from "./sysfs_fixture.ts";
 import { openPci } from "../../ffi/pci.ts";
+import { openNic } from "../../drivers/table.ts";
 
 const fixture = (name: string) => Deno.readFileSync(new URL(`../fixtures/${name}`, import.meta.url));
 
@@ -436,6 +437,23 @@ Deno.test("sysfs: driver_override reads as null when unset ('(null)', empty or a
       ["04", "05", "06", "07"].map((d) => readDevice(`0000:00:${d}.0`, root).driverOverride),
       [null, "vfio-pci", null, null],
     );
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("openNic: the driver table picks the driver; a device no driver serves, or not yet bound, is refused", async () => {
+  const root = makeSysfs([
+    { address: "0000:00:04.0", ...NET, driver: "virtio-pci" },
+    { address: "0000:00:05.0", vendor: 0x8086, device: 0x10d3, class: 0x020000 },
+  ]);
+  try {
+    await assert.rejects(
+      () => openNic("0000:00:04.0", { sysfs: root }),
+      /bound to virtio-pci: bind it first/,
+    );
+    await assert.rejects(() => openNic("0000:00:05.0", { sysfs: root }), /8086:10d3\) has no pvdrv driver/);
+    await assert.rejects(() => openNic("blk/0"), /no pvdrv driver serves XenBus blk devices/);
   } finally {
     Deno.removeSync(root, { recursive: true });
   }
