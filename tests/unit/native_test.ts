@@ -1,5 +1,5 @@
 import assert from "assert";
-import { buildNative, check64, native, NativeError } from "../../ffi/lib.ts";
+import { buildNative, check64, isStale, native, NativeError } from "../../ffi/lib.ts";
 import { allocHostMemory, virtToPhys } from "../../ffi/dma.ts";
 import { MappedRegion } from "../../ffi/mmio.ts";
 import { EventFd, EventFdIrq, irqWaiter } from "../../ffi/irq.ts";
@@ -168,4 +168,21 @@ Deno.test("check64: zero and positive results pass, negative ones are the errno"
   assert.equal(check64("a zero result", 0n), 0n);
   assert.equal(check64("a result", 7n), 7n);
   assert.throws(() => check64("reading", -2n), (e: Error) => e instanceof NativeError && e.errno === 2);
+});
+
+Deno.test("isStale: a missing output, or one older than its source, is stale; a newer one is not", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "pvdrv-stale-" });
+  try {
+    Deno.writeTextFileSync(`${dir}/src.c`, "int x;");
+    assert.equal(isStale(`${dir}/missing.so`, `${dir}/src.c`), true);
+    Deno.writeTextFileSync(`${dir}/out.so`, "");
+    const later = new Date(Date.now() + 60_000);
+    Deno.utimeSync(`${dir}/out.so`, later, later);
+    assert.equal(isStale(`${dir}/out.so`, `${dir}/src.c`), false);
+    const earlier = new Date(Date.now() - 60_000);
+    Deno.utimeSync(`${dir}/out.so`, earlier, earlier);
+    assert.equal(isStale(`${dir}/out.so`, `${dir}/src.c`), true, "an output older than its source is stale");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });

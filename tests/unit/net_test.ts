@@ -499,3 +499,17 @@ Deno.test("offload: a partial UDP checksum completed to 0 is sent as 0xffff (RFC
     assert.equal(readU16(f, 34 + field), want, `protocol ${proto}`);
   }
 });
+
+Deno.test("DHCP client: a NAK while requesting starts over; a NAK while selecting or bound is ignored", () => {
+  const c = new DhcpClient(0x02000000000a);
+  const out: DhcpSend = { length: 0, dst: 0, src: 0 };
+  c.start(0);
+  c.poll(0, out);
+  const mask: [number, number[]] = [1, [255, 255, 255, 0]];
+  assert.equal(c.receive(dhcpReply(c.buf, 0, 6, 0, []), 0, 300, 1), null, "NAK while selecting: ignored");
+  c.receive(dhcpReply(c.buf, 0, 2, parseIp("10.0.0.42"), [mask]), 0, 300, 1);
+  c.poll(1, out);
+  assert.equal(c.state, "requesting");
+  assert.equal(c.receive(dhcpReply(c.buf, 0, 6, 0, []), 0, 300, 2), "nak");
+  assert.equal(c.state, "selecting");
+});

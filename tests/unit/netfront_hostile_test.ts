@@ -365,3 +365,27 @@ Deno.test("xenstore: a watch read after the connection failed ends with the fail
   await xs.close();
   await assert.rejects(() => it.next(), /closed/);
 });
+
+Deno.test("netfront: once the TX ring broke, received pages are not posted again", async () => {
+  const { back, xs, open } = lab();
+  const nf = await open();
+  try {
+    back.autoProcess = false;
+    const tx: PacketBuffer[] = [];
+    nf.sendBatch(tx, fill(nf, tx, 1));
+    back.txResponse(0, 256, 0); // a TX id that was never in flight
+    assert.throws(() => nf.reclaimTx(), /TX id 256/);
+    const f = new Uint8Array(60);
+    f.set(nf.mac, 0);
+    assert.ok(back.deliver(f));
+    const posted = back.rxPosted();
+    const out: PacketBuffer[] = [];
+    try {
+      nf.release(out, nf.receiveBatch(out, 8));
+    } catch { /* the broken pair may say so */ }
+    assert.equal(back.rxPosted(), posted, "no RX request posted on a broken queue pair");
+  } finally {
+    await nf.close();
+    await xs.close();
+  }
+});

@@ -346,3 +346,16 @@ Deno.test("virtio: a device config of exactly the MAC opens with MAC alone; the 
     assert.ok(total >= usedOff + 6 + 8 * size && total % 4096 === 0, `size ${size}: room for the used ring`);
   }
 });
+
+Deno.test("virtio: a notify capability that ends exactly at the end of config space is whole; a broken queue takes nothing", () => {
+  const m = new VirtioNetModel();
+  const v = m.config.view;
+  // Move the notify capability (20 bytes at 0x50) to 0xec, ending at 0x100, the config space's end.
+  for (let i = 0; i < 20; i++) v.setUint8(0xec + i, v.getUint8(0x50 + i));
+  v.setUint8(0x41, 0xec); // the common capability now points there
+  const nic = VirtioNet.openPci(m.pci());
+  void nic.close();
+  const q = new SplitQueue(new ModelDmaAllocator(), 1, 8, false, () => {});
+  assert.throws(() => q.fail("id 99"), /id 99/);
+  assert.throws(() => q.add(0x1000, 64, false), /queue 1: id 99/, "add refuses on a broken queue");
+});
