@@ -15,7 +15,7 @@ import { completeChecksum } from "../models/wire.ts";
 import type { Datagram } from "../../net/udp.ts";
 import type { PacketBuffer } from "../../drivers/net/nic.ts";
 import { pingRun } from "../../apps/ping.ts";
-import { recvRun, writeDatagram } from "../../apps/datagrams.ts";
+import { echoRun, recvRun, writeDatagram } from "../../apps/datagrams.ts";
 import {
   ALL,
   arpFrame,
@@ -552,6 +552,34 @@ Deno.test("DHCP client: an OFFER while requesting is ignored; a header-only repl
     const before = p.a.stats.udpDelivered;
     await inject(p, refreshIpSum(f));
     assert.equal(p.a.stats.udpDelivered, before + 1);
+  } finally {
+    await p.close();
+  }
+});
+
+Deno.test("net: echoRun keeps at most its window of datagrams in flight", async () => {
+  const p = pair();
+  try {
+    // The echo server holds what it gets until it has four, then answers them: a sender that kept more than its
+    // window of four in flight would make it hold more.
+    const server = p.b.udp(7), held: Datagram[] = [];
+    let most = 0;
+    server.onDatagram = (d) => {
+      held.push({ ...d, bytes: d.bytes.slice(d.offset, d.offset + d.length), offset: 0 });
+      most = Math.max(most, held.length);
+      // Answer a moment later (after this receive batch): what else arrives meanwhile is held too.
+      if (held.length === 4) setTimeout(() => held.splice(0).forEach((h) => server.reply(h)), 1);
+    };
+    const client = p.a.udp();
+    const r = await echoRun(p.a, client, p.b.ip, 7, {
+      count: 20,
+      min: 8,
+      max: 64,
+      window: 4,
+      timeoutMs: 2000,
+    });
+    assert.equal(r.echoed, 20);
+    assert.equal(most, 4);
   } finally {
     await p.close();
   }

@@ -389,3 +389,47 @@ Deno.test("netfront: once the TX ring broke, received pages are not posted again
     await xs.close();
   }
 });
+
+Deno.test("xenstore: late replies are recognised for the last 1024 timed-out requests, no more (bounded memory)", async () => {
+  const server = new XenStoreServer();
+  const { transport, conn } = server.connect(0);
+  const xs = new XenStore(transport, { requestTimeoutMs: 20 });
+  server.set("/local/x", "1");
+  const stash: [number, number, number, string | Uint8Array][] = [];
+  let holding = true;
+  const reply = conn.reply.bind(conn);
+  conn.reply = (type, req, tx, payload) =>
+    void (holding ? stash.push([type, req, tx, payload]) : reply(type, req, tx, payload));
+  // 1025 requests time out; then their replies arrive.
+  const reads = Array.from({ length: 1025 }, () => xs.read("/local/x").catch((e) => e));
+  for (const r of await Promise.all(reads)) assert.match(String(r), /did not answer/);
+  holding = false;
+  for (const [type, req, tx, payload] of stash.slice(0, 1024)) reply(type, req, tx, payload);
+  assert.equal(await xs.read("/local/x"), "1", "1024 late replies were recognised and dropped");
+  reply(...stash[1024]); // the 1025th to time out was not remembered: a reply to a request never made
+  await assert.rejects(() => xs.read("/local/x"), /unknown|never|req/);
+  await xs.close();
+});
+
+Deno.test("xenstore: messages are traced on stderr only when PVDRV_XS_TRACE=1", async () => {
+  const code = `
+    import { XenStore } from "./drivers/xen/xenstore.ts";
+    import { XenStoreServer } from "./tests/models/xenstore_server.ts";
+    const server = new XenStoreServer();
+    server.set("/local/t", "v");
+    const xs = new XenStore(server.connect(0).transport);
+    await xs.read("/local/t");
+    await xs.close();`;
+  const run = async (env: Record<string, string>) => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--no-check", code],
+      cwd: new URL("../../", import.meta.url).pathname,
+      env,
+      stderr: "piped",
+      stdout: "null",
+    }).output();
+    return new TextDecoder().decode(out.stderr);
+  };
+  assert.doesNotMatch(await run({ PVDRV_XS_TRACE: "" }), /^xs [<>]/m);
+  assert.match(await run({ PVDRV_XS_TRACE: "1" }), /^xs > type 2 req \d+ \/local\/t/m);
+});

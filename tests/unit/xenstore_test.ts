@@ -168,6 +168,19 @@ Deno.test("xen agent: requests handed over by the kernel's poweroff helper are a
   assert.ok(logs.includes("poweroff requested (through the kernel)"), logs.join("; "));
   assert.equal(Deno.readTextFileSync(sysctl), "/sbin/poweroff\n", "previous helper restored");
   assert.throws(() => installKernelHandoff(1, sysctl, null), /no kill program/);
+  // Without a kill program named, the first of /bin/kill and /usr/bin/kill that exists is used (procps ships both).
+  const found = ["/bin/kill", "/usr/bin/kill"].find((k) => {
+    try {
+      return Deno.statSync(k).isFile;
+    } catch {
+      return false;
+    }
+  });
+  if (found) {
+    const restore = installKernelHandoff(7, sysctl);
+    assert.equal(Deno.readTextFileSync(sysctl), `${found} -USR2 7\n`);
+    restore();
+  } else assert.throws(() => installKernelHandoff(7, sysctl), /no kill program/);
   Deno.removeSync(sysctl);
   await xs.close();
 });
