@@ -11,7 +11,7 @@ import { finish, sum16 } from "../net/checksum.ts";
 /** Ethertype of pvdrv frames. */
 export const PVDRV_ETHERTYPE = 0x88b5;
 /** Smallest pvdrv frame (header + magic + seq + len). */
-export const MIN_FRAME = 24;
+export const MIN_TEST_FRAME = 24;
 const MAGIC = 0x50564452; // "PVDR"
 
 /** Pattern byte `i` of frame `seq`. */
@@ -28,10 +28,10 @@ export function writeFrame(
   src: Uint8Array,
 ): void {
   writeHeader(buf, len, seq, dst, src);
-  for (let i = MIN_FRAME; i < len; i++) buf[i] = patternByte(seq, i);
+  for (let i = MIN_TEST_FRAME; i < len; i++) buf[i] = patternByte(seq, i);
 }
 
-/** Write only the first {@link MIN_FRAME} bytes of frame `seq` (benchmarks leave the payload as it was). */
+/** Write only the first {@link MIN_TEST_FRAME} bytes of frame `seq` (benchmarks leave the payload as it was). */
 export function writeHeader(
   buf: Uint8Array,
   len: number,
@@ -39,8 +39,8 @@ export function writeHeader(
   dst: Uint8Array,
   src: Uint8Array,
 ): void {
-  if (len < MIN_FRAME || len > buf.length) {
-    throw new RangeError(`frame length ${len} outside ${MIN_FRAME}..${buf.length}`);
+  if (len < MIN_TEST_FRAME || len > buf.length) {
+    throw new RangeError(`frame length ${len} outside ${MIN_TEST_FRAME}..${buf.length}`);
   }
   // Element stores, not TypedArray.set: for 12 bytes the builtin call costs more than the copy (a benchmark writes
   // this header per frame).
@@ -74,7 +74,7 @@ export const enum FrameCheck {
 
 /** Check `buf[0..len)`; the sequence number of a pvdrv frame is left in `seqOut[0]`. */
 export function checkFrame(buf: Uint8Array, len: number, seqOut: Uint32Array): FrameCheck {
-  if (len < MIN_FRAME || buf[12] !== PVDRV_ETHERTYPE >> 8 || buf[13] !== (PVDRV_ETHERTYPE & 0xff)) {
+  if (len < MIN_TEST_FRAME || buf[12] !== PVDRV_ETHERTYPE >> 8 || buf[13] !== (PVDRV_ETHERTYPE & 0xff)) {
     return FrameCheck.Foreign;
   }
   if (((buf[14] << 24) | (buf[15] << 16) | (buf[16] << 8) | buf[17]) >>> 0 !== MAGIC) {
@@ -84,8 +84,10 @@ export function checkFrame(buf: Uint8Array, len: number, seqOut: Uint32Array): F
   seqOut[0] = seq;
   // Ethernet pads short frames to 60 bytes: the length field says how many are ours.
   const want = (buf[22] << 8) | buf[23];
-  if (want > len || want < MIN_FRAME || (want !== len && len > 60)) return FrameCheck.Corrupt;
-  for (let i = MIN_FRAME; i < want; i++) if (buf[i] !== ((seq * 7 + i) & 0xff)) return FrameCheck.Corrupt;
+  if (want > len || want < MIN_TEST_FRAME || (want !== len && len > 60)) return FrameCheck.Corrupt;
+  for (let i = MIN_TEST_FRAME; i < want; i++) {
+    if (buf[i] !== ((seq * 7 + i) & 0xff)) return FrameCheck.Corrupt;
+  }
   return FrameCheck.Ok;
 }
 

@@ -120,16 +120,16 @@ async function rxRates(nic: VirtioNet, peer: MqPeerClient): Promise<{ rates: num
 }
 
 const PCI = LAB.multiQueueTap.pci;
-const openNic = (queuePairs: number) =>
-  VirtioNet.openPci(VfioPciFunction.open(PCI), { ownsPci: true, queuePairs });
+const openNic = (queues: number) =>
+  VirtioNet.openPci(VfioPciFunction.open(PCI), { ownsPci: true, queues });
 
 /** With pvdrv on the NIC: `fn` (which may talk to the peer), then close it. */
 async function withPvdrv<T>(
-  queuePairs: number,
+  queues: number,
   fn: (nic: VirtioNet, peer: MqPeerClient) => Promise<T>,
 ): Promise<T> {
   bindDevice(PCI, "vfio-pci", { force: true });
-  const nic = openNic(queuePairs);
+  const nic = openNic(queues);
   try {
     return await fn(nic, new MqPeerClient(nic));
   } finally {

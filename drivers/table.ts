@@ -55,7 +55,7 @@ function openVirtioNet(address: string, opts: OpenOptions): Promise<Nic> {
   // The NIC owns the function: it closes it with itself, or at once if the open fails.
   return Promise.resolve(VirtioNet.openPci(opts.sysfs ? openPci(address, opts.sysfs) : openPci(address), {
     irq: opts.irq ?? "poll",
-    queuePairs: opts.queues,
+    queues: opts.queues,
     promiscuous: opts.promiscuous,
     ownsPci: true,
   }));

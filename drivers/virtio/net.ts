@@ -54,7 +54,7 @@ export const VIRTIO_NET = 1;
 /** Options for {@link VirtioNet.open}. */
 export interface VirtioNetOptions {
   /** Queue pairs wanted (capped by the device's max_virtqueue_pairs; 1 without MQ). */
-  queuePairs?: number;
+  queues?: number;
   /** Ring size wanted (power of two; capped by the device; legacy devices impose theirs). */
   queueSize?: number;
   /** "poll" (default), "msix" (VFIO) or "intx" (VFIO or UIO). */
@@ -172,7 +172,7 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
       // may still DMA into memory that process freed, and with UIO no IOMMU stops it (virtio 1.2 §3.1.1 step 1).
       t.reset();
       bus.enableBusMaster();
-      const wantPairs = opts.queuePairs ?? 1;
+      const wantPairs = opts.queues ?? 1;
       const irqs = bus.irqs(this.#irqMode, this.#irqMode === "msix" ? 1 + wantPairs : 1);
       this.features = this.#negotiate(opts.disable ?? 0n);
       this.hdrLen = netHdrLen((this.features & (F.VERSION_1 | NET_F.MRG_RXBUF)) !== 0n);

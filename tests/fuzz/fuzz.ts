@@ -25,7 +25,7 @@ import { VirtioNet } from "../../drivers/virtio/net.ts";
 import { F, NET_F } from "../../drivers/virtio/features.ts";
 import { Netfront } from "../../drivers/xen/netfront.ts";
 import { XenStore, XenStoreError, XS } from "../../drivers/xen/xenstore.ts";
-import { MIN_FRAME, writeFrame } from "../../apps/frames.ts";
+import { MIN_TEST_FRAME, writeFrame } from "../../apps/frames.ts";
 import type { Nic, PacketBuffer } from "../../drivers/net/nic.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
 import { XenStoreServer } from "../models/xenstore_server.ts";
@@ -82,7 +82,7 @@ class Held {
   fillTx(nic: Nic, bufs: PacketBuffer[], max: number, rng: Rng, seq: number): number {
     const n = nic.allocTx(bufs, max);
     for (let i = 0; i < n; i++) {
-      const len = rng.int(MIN_FRAME, nic.maxFrame);
+      const len = rng.int(MIN_TEST_FRAME, nic.maxFrame);
       writeFrame(bufs[i].data, len, seq + i, DST, nic.mac);
       bufs[i].length = len;
       this.list.push(bufs[i]); // the application's until the driver takes it
@@ -165,7 +165,7 @@ function virtioIteration(rng: Rng, steps: number, mutateConfig: boolean): Result
   let nic: VirtioNet;
   try {
     nic = VirtioNet.openPci(model.pci(), {
-      queuePairs: rng.int(1, 2),
+      queues: rng.int(1, 2),
       disable: rng.bool(0.2) ? rng.pick(OPTIONAL) : 0n,
       promiscuous: rng.bool(0.2),
       queueSize: rng.pick([undefined, 2, 16, 4096]),
@@ -191,7 +191,7 @@ function virtioIteration(rng: Rng, steps: number, mutateConfig: boolean): Result
       const hostile = rng.next() < rate;
       const a = hostile ? rng.int(25, 39) : rng.pick([rng.int(0, 24), rng.int(40, 99)]);
       if (a < 25) {
-        const len = rng.int(MIN_FRAME, Math.min(nic.maxFrame, 2036));
+        const len = rng.int(MIN_TEST_FRAME, Math.min(nic.maxFrame, 2036));
         const f = frameBytes(len, seq++);
         if (model.deliver(f, 0)) {
           delivered++;
@@ -205,7 +205,7 @@ function virtioIteration(rng: Rng, steps: number, mutateConfig: boolean): Result
           model.deliver(frameBytes(60, seq++), 0, { numBuffers: rng.pick([0, 2, 3, 255, 65535]) });
         } else if (k === 2) {
           model.deliver(frameBytes(60, seq++), 0, { usedLen: rng.pick([0, 11, 13, 4096, 65536]) });
-        } else model.deliver(frameBytes(rng.int(MIN_FRAME, 2000), seq++), 0, { flags: rng.int(0, 255) });
+        } else model.deliver(frameBytes(rng.int(MIN_TEST_FRAME, 2000), seq++), 0, { flags: rng.int(0, 255) });
       } else if (a < 40) {
         hostileTx = true;
         corruptUsed(model, rng, 1);
@@ -306,7 +306,7 @@ async function raceIteration(rng: Rng, steps: number): Promise<Result> {
     await bounded(next(), 5000, "worker start");
     for (step = 0; step < steps; step++) {
       events++;
-      if (rng.bool(0.5)) model.deliver(frameBytes(rng.int(MIN_FRAME, 1514), step));
+      if (rng.bool(0.5)) model.deliver(frameBytes(rng.int(MIN_TEST_FRAME, 1514), step));
       const n = nic.receiveBatch(out, 64);
       events += n;
       for (let i = 0; i < n; i++) held.accept(out[i], nic.maxFrame);
@@ -417,7 +417,7 @@ async function netfrontIteration(rng: Rng, steps: number, xenbus: boolean): Prom
       events++;
       const a = rng.next() < rate ? rng.int(25, 37) : rng.pick([rng.int(0, 24), rng.int(38, 99)]);
       if (a < 25) {
-        const len = rng.int(MIN_FRAME, nf.maxFrame);
+        const len = rng.int(MIN_TEST_FRAME, nf.maxFrame);
         const f = frameBytes(len, seq++);
         let ok = false;
         try {

@@ -32,7 +32,7 @@ import {
 } from "../../net/ipv4.ts";
 import { macNumber, readMac } from "../../net/ethernet.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
-import { completeChecksum } from "../models/wire.ts";
+import { completeDeviceChecksum } from "../models/wire.ts";
 import { classify, Hang, type Result, type Rng, Silent } from "./oracle.ts";
 import { BOOTP, BOOTP_FIXED, DHCP_COOKIE, OPT } from "../../net/dhcp.ts";
 import { dhcpType } from "../models/dhcp_server.ts";
@@ -535,7 +535,7 @@ export async function netIteration(rng: Rng, steps: number): Promise<Result> {
       }
       const sent = m.sent[0].splice(0), headers = m.sentHeaders[0].splice(0);
       for (let i = 0; i < sent.length; i++) {
-        completeChecksum(headers[i], sent[i]);
+        completeDeviceChecksum(headers[i], sent[i]);
         checkSent(l, sent[i]);
       }
       checkState(l);

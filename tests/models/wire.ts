@@ -12,7 +12,7 @@ const UDP_CSUM_OFFSET = 6;
 export type Tap = (frame: Uint8Array) => Uint8Array | null;
 
 /** Complete a NEEDS_CSUM frame as the device would: sum from csum_start to the end into csum_start + offset. */
-export function completeChecksum(header: Uint8Array, frame: Uint8Array): void {
+export function completeDeviceChecksum(header: Uint8Array, frame: Uint8Array): void {
   if (!(header[0] & 1)) return;
   const start = header[6] | (header[7] << 8), off = header[8] | (header[9] << 8);
   let acc = 0;
@@ -44,7 +44,7 @@ export class Wire {
     for (const [dir, from, to] of [[0, this.a, this.b], [1, this.b, this.a]] as const) {
       const frames = from.sent[0].splice(0), headers = from.sentHeaders[0].splice(0);
       for (let i = 0; i < frames.length; i++) {
-        completeChecksum(headers[i], frames[i]);
+        completeDeviceChecksum(headers[i], frames[i]);
         const f = this.taps[dir] ? this.taps[dir]!(frames[i]) : frames[i];
         if (!f) continue;
         if (to.deliver(f)) this.carried[dir]++, n++;

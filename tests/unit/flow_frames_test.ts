@@ -5,7 +5,7 @@ import {
   FLOW_PORT,
   FrameCheck,
   MIN_FLOW_FRAME,
-  MIN_FRAME,
+  MIN_TEST_FRAME,
   writeFlowFrame,
   writeFrame,
 } from "../../apps/frames.ts";
@@ -97,8 +97,8 @@ Deno.test("mqpeer stats: only the reply to this request's token is taken, and on
 
 Deno.test("frames: writeFrame refuses a length below an Ethernet header or past the buffer", () => {
   const buf = new Uint8Array(100), mac = new Uint8Array(6);
-  writeFrame(buf, MIN_FRAME, 1, mac, mac);
+  writeFrame(buf, MIN_TEST_FRAME, 1, mac, mac);
   writeFrame(buf, 100, 1, mac, mac);
-  assert.throws(() => writeFrame(buf, MIN_FRAME - 1, 1, mac, mac), RangeError);
+  assert.throws(() => writeFrame(buf, MIN_TEST_FRAME - 1, 1, mac, mac), RangeError);
   assert.throws(() => writeFrame(buf, 101, 1, mac, mac), RangeError);
 });

@@ -11,7 +11,7 @@ import { DhcpClient, type DhcpSend } from "../../net/dhcp.ts";
 import { finish, pseudoSum, sum16 } from "../../net/checksum.ts";
 import { ipText, parseIp, readU16, readU32, writeU16, writeU32 } from "../../net/ipv4.ts";
 import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT } from "../../net/dhcp.ts";
-import { completeChecksum } from "../models/wire.ts";
+import { completeDeviceChecksum } from "../models/wire.ts";
 import type { Datagram } from "../../net/udp.ts";
 import type { PacketBuffer } from "../../drivers/net/nic.ts";
 import { pingRun } from "../../apps/ping.ts";
@@ -461,7 +461,7 @@ Deno.test("test wire: an offloaded UDP checksum that computes to 0 goes out as 0
   for (let i = 34; i < frame.length; i += 2) acc += readU16(frame, i);
   while (acc > 0xffff) acc = (acc & 0xffff) + (acc >>> 16);
   writeU16(frame, 42, 0xffff - acc);
-  completeChecksum(header, frame);
+  completeDeviceChecksum(header, frame);
   assert.equal(readU16(frame, 40), 0xffff);
 });
 

@@ -83,7 +83,7 @@ Deno.test("virtio hostile: num_buffers beyond what is in the used ring breaks th
 });
 
 Deno.test("virtio hostile: queue counts that alias or are missing are refused before any queue is programmed", () => {
-  openFails({ maxPairs: 1, configMaxPairs: 0x8000 }, /max_virtqueue_pairs 32768.*16-bit/, { queuePairs: 1 });
+  openFails({ maxPairs: 1, configMaxPairs: 0x8000 }, /max_virtqueue_pairs 32768.*16-bit/, { queues: 1 });
   openFails({ maxPairs: 1, configMaxPairs: 0 }, /max_virtqueue_pairs 0/);
   openFails({ numQueues: 0 }, /num_queues 0/);
   openFails({ maxPairs: 4, numQueues: 5 }, /num_queues 5 but 4 queue pair/);

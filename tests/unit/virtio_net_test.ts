@@ -183,7 +183,7 @@ Deno.test("virtio-net: a frame spread over several mergeable buffers is dropped 
 
 Deno.test("virtio-net: multi-queue sets the pair count over the control queue and uses every pair", () => {
   const model = new VirtioNetModel({ maxPairs: 4 });
-  const nic = open(model, { queuePairs: 3, promiscuous: true });
+  const nic = open(model, { queues: 3, promiscuous: true });
   try {
     assert.equal(nic.queues, 3);
     const mq = model.ctrl.find((c) => c.cls === 4);
@@ -352,7 +352,7 @@ Deno.test("virtio-net: buffer ownership is enforced", () => {
   }
   assert.throws(
     () =>
-      VirtioNet.openPci(new VirtioNetModel().pci(), { queuePairs: 1, disable: 0n }).receiveBatch([], 1, 5),
+      VirtioNet.openPci(new VirtioNetModel().pci(), { queues: 1, disable: 0n }).receiveBatch([], 1, 5),
     /out of range/,
   );
   void VirtioError;

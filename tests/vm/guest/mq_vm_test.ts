@@ -16,7 +16,7 @@ function openMq(irq: "poll" | "msix" = "poll"): VirtioNet {
   ensureBound(LAB.multiQueueTap.pci, "vfio-pci");
   return VirtioNet.openPci(VfioPciFunction.open(LAB.multiQueueTap.pci), {
     ownsPci: true,
-    queuePairs: MQ_QUEUES,
+    queues: MQ_QUEUES,
     irq,
   });
 }
