@@ -88,6 +88,7 @@ export {
   type QueueStats,
   RX_CSUM_PARTIAL,
   RX_CSUM_VALID,
+  settledStats,
   totalStats,
 } from "./drivers/net/nic.ts";
 export { PacketBuffer, PacketPool, type PoolMemory } from "./drivers/net/packet_pool.ts";

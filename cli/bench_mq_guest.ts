@@ -120,8 +120,7 @@ async function rxRates(nic: VirtioNet, peer: MqPeerClient): Promise<{ rates: num
 }
 
 const PCI = LAB.multiQueueTap.pci;
-const openNic = (queues: number) =>
-  VirtioNet.openPci(VfioPciFunction.open(PCI), { ownsPci: true, queues });
+const openNic = (queues: number) => VirtioNet.openPci(VfioPciFunction.open(PCI), { ownsPci: true, queues });
 
 /** With pvdrv on the NIC: `fn` (which may talk to the peer), then close it. */
 async function withPvdrv<T>(

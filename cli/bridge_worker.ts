@@ -6,7 +6,7 @@
  */
 /// <reference lib="deno.worker" />
 import { openNic } from "../drivers/table.ts";
-import { macToString, type Nic, totalStats } from "../drivers/net/nic.ts";
+import { macToString, type Nic, settledStats } from "../drivers/net/nic.ts";
 import { TapDevice } from "../ffi/tap.ts";
 import { bridge } from "../apps/bridge.ts";
 import { NetHost } from "../net/host.ts";
@@ -71,7 +71,7 @@ self.onmessage = async (e: MessageEvent<BridgeConfig>) => {
         }
         : undefined,
     });
-    post({ closed: { ...stats }, nicStats: totalStats(nic.stats()) });
+    post({ closed: { ...stats }, nicStats: settledStats(nic) });
   } catch (err) {
     post({ error: (err as Error)?.message ?? String(err) });
   } finally {

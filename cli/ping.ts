@@ -3,7 +3,7 @@
  * @module
  */
 import { openNic } from "../drivers/table.ts";
-import { type Nic, totalStats } from "../drivers/net/nic.ts";
+import { type Nic, settledStats } from "../drivers/net/nic.ts";
 import { ipText } from "../net/ipv4.ts";
 import { pingRun } from "../apps/ping.ts";
 import { intArg, parse, runMain, UsageError } from "./common.ts";
@@ -69,7 +69,7 @@ await runMain(USAGE, async () => {
       },
     });
     host.checkHealth(); // a host whose NIC failed ends the task with that error, not a loss summary
-    const stats = { ...host.stats }, nicStats = totalStats(nic.stats());
+    const stats = { ...host.stats }, nicStats = settledStats(nic);
     await host.close();
     if (values.json) {
       console.log(JSON.stringify({ dst: ipText(dst), src: host.address, ...s, host: stats, nicStats }));

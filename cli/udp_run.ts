@@ -4,7 +4,7 @@
  * @module
  */
 import { openNic } from "../drivers/table.ts";
-import { type IrqMode, type Nic, totalStats } from "../drivers/net/nic.ts";
+import { type IrqMode, type Nic, settledStats } from "../drivers/net/nic.ts";
 import { ipText } from "../net/ipv4.ts";
 import { checkDatagram, echoRun, recvRun, writeDatagram } from "../apps/datagrams.ts";
 import { frameSize } from "../apps/traffic.ts";
@@ -117,7 +117,7 @@ export async function runUdp(o: UdpRunOptions): Promise<number> {
     }
     host.checkHealth(); // a run cut short by a failed host is that failure, not a summary
     result.host = { ...host.stats };
-    result.nicStats = totalStats(nic.stats());
+    result.nicStats = settledStats(nic);
     await host.close();
     if (o.json) console.log(JSON.stringify(result));
     else {console.log(

@@ -62,6 +62,15 @@ export function emptyStats(): QueueStats {
   };
 }
 
+/**
+ * The NIC's counters, every queue summed, after reclaiming what the device completed (TX completions are counted
+ * when reclaimed, which the hot path does lazily).
+ */
+export function settledStats(nic: Nic): QueueStats {
+  for (let q = 0; q < nic.queues; q++) nic.reclaimTx(q);
+  return totalStats(nic.stats());
+}
+
 /** Sum per-queue stats. */
 export function totalStats(qs: QueueStats[]): QueueStats {
   const t = emptyStats();

@@ -4,7 +4,7 @@ import { F, NET_F, STATUS } from "../../drivers/virtio/features.ts";
 import { VirtqueueError } from "../../drivers/virtio/virtqueue.ts";
 import { VirtioError } from "../../drivers/virtio/transport.ts";
 import { checkFrame, FrameCheck, writeFrame } from "../../apps/frames.ts";
-import type { PacketBuffer } from "../../drivers/net/nic.ts";
+import { type PacketBuffer, settledStats } from "../../drivers/net/nic.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
 
 const DST = new Uint8Array([0x52, 0x54, 0, 0, 0, 2]);
@@ -351,8 +351,7 @@ Deno.test("virtio-net: buffer ownership is enforced", () => {
     nic.close();
   }
   assert.throws(
-    () =>
-      VirtioNet.openPci(new VirtioNetModel().pci(), { queues: 1, disable: 0n }).receiveBatch([], 1, 5),
+    () => VirtioNet.openPci(new VirtioNetModel().pci(), { queues: 1, disable: 0n }).receiveBatch([], 1, 5),
     /out of range/,
   );
   void VirtioError;
@@ -453,6 +452,18 @@ Deno.test("virtio-net: a queue size that is not a power of two is rounded down t
   try {
     assert.equal(model.queue(0).size, 256);
     assert.equal(model.rxAvailable(), 256);
+  } finally {
+    await nic.close();
+  }
+});
+
+Deno.test("settledStats: TX completions the hot path has not reclaimed yet are counted", async () => {
+  const model = new VirtioNetModel();
+  const nic = open(model);
+  try {
+    assert.equal(sendFrames(nic, [60, 60, 60]), 3);
+    assert.equal(nic.stats()[0].txPackets, 0, "completed by the device, not yet reclaimed");
+    assert.equal(settledStats(nic).txPackets, 3);
   } finally {
     await nic.close();
   }
