@@ -85,6 +85,10 @@ export interface HostOptions {
 }
 
 const L3 = ETH_HLEN, L4 = ETH_HLEN + IPV4_HLEN;
+/** The dynamic (ephemeral) port range, 49152-65535 (RFC 6335 §6). */
+const EPHEMERAL_FIRST = 49152, EPHEMERAL_COUNT = 16384;
+/** How often timers run: ARP retries, the DHCP client's sends and deadlines (ms). */
+const HOUSEKEEP_MS = 50;
 /** How long after the last frame the loop still sleeps in-thread (else it waits without holding the event loop). */
 const HOT_MS = 100;
 const BATCH = 64;
@@ -210,7 +214,9 @@ export class NetHost {
   /** Bind a UDP port (0: an ephemeral port). */
   udp(port = 0): UdpSocket {
     if (port === 0) {
-      do port = 49152 + Math.floor(Math.random() * 16384); while (this.#sockets.has(port));
+      do port = EPHEMERAL_FIRST + Math.floor(Math.random() * EPHEMERAL_COUNT); while (
+        this.#sockets.has(port)
+      );
     }
     if (!Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`bad UDP port ${port}`);
     if (this.#sockets.has(port) || port === DHCP_CLIENT_PORT && this.#dhcp) {
@@ -557,7 +563,7 @@ export class NetHost {
       this.#sendUdp(DHCP_CLIENT_PORT, out.dst, DHCP_SERVER_PORT, h.client.buf, 0, out.length, true, out.src);
     }
     this.#out.flush();
-    this.#nextHousekeep = now + 50;
+    this.#nextHousekeep = now + HOUSEKEEP_MS;
   }
 
   #check(): void {

@@ -12,6 +12,12 @@ interface Waiter {
   deadline: number;
 }
 
+/**
+ * Retransmission for a host's client: 2 s doubling to 16 s, quicker than RFC 2131 §4.1's 4 s to 64 s suggestion
+ * (which it allows): a lab or cloud DHCP server answers in milliseconds, and a host waits for its address.
+ */
+const HOST_DHCP_TIMING = { retryMs: 2000, maxRetryMs: 16_000 };
+
 /** A DHCP client at work for a host, and who waits on it. */
 export class HostDhcp {
   /** The client (RFC 2131), started at construction. */
@@ -22,7 +28,7 @@ export class HostDhcp {
 
   /** Start leasing for the MAC `mac` at `now`: a DISCOVER goes out at the first {@link HostDhcp.due}. */
   constructor(mac: number, now: number) {
-    this.client = new DhcpClient(mac, { retryMs: 2000, maxRetryMs: 16_000 });
+    this.client = new DhcpClient(mac, HOST_DHCP_TIMING);
     this.client.start(now);
   }
 

@@ -52,6 +52,11 @@ import { FrontRing } from "./ring.ts";
 import { readState, waitState, XenbusState } from "./xenbus.ts";
 import { type XenStore, XenStoreError } from "./xenstore.ts";
 
+/** The first domain id Xen reserves (xen.h DOMID_FIRST_RESERVED): no backend has one. */
+const DOMID_FIRST_RESERVED = 0x7ff0;
+/** log2 of the Xen page size (4 KiB). */
+const XEN_PAGE_SHIFT = 12;
+
 export { NETFRONT_MAX_MTU } from "./netif.ts";
 export { XenbusState } from "./xenbus.ts";
 
@@ -235,7 +240,7 @@ export class Netfront extends NicCore<NetfrontQueue> {
     }
     const idText = await xs.read(`${dir}/backend-id`);
     const backendId = Number(idText);
-    if (!/^\d{1,5}$/.test(idText) || backendId > 0x7fef) {
+    if (!/^\d{1,5}$/.test(idText) || backendId >= DOMID_FIRST_RESERVED) {
       throw new XenStoreError("EPROTO", `${dir}/backend-id is '${idText}'`);
     }
     let mac: Uint8Array;
@@ -459,7 +464,7 @@ export class Netfront extends NicCore<NetfrontQueue> {
       q.txSlots[b.index] = slots;
       q.txFailed[b.index] = 0;
       const csum = b.csumOffset ? NETTXF_csum_blank | NETTXF_data_validated : 0;
-      let page = b.slotOffset >>> 12, off = first, left = len;
+      let page = b.slotOffset >>> XEN_PAGE_SHIFT, off = first, left = len;
       for (let s = 0; s < slots; s++) {
         // The first slot's size is the whole frame's, the others their own; all but the last have more_data.
         const chunk = Math.min(left, XEN_PAGE - off);
