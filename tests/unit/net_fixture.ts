@@ -5,6 +5,7 @@ import { F, NET_F } from "../../drivers/virtio/features.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
 import { Wire } from "../models/wire.ts";
 import { type HostOptions, NetHost } from "../../net/host.ts";
+import { DhcpClient, type DhcpSend } from "../../net/dhcp.ts";
 import { finish, pseudoSum, sum16 } from "../../net/checksum.ts";
 import { writeU16, writeU32 } from "../../net/ipv4.ts";
 
@@ -105,3 +106,14 @@ export function arpFrame(p: Pair, target: number): Uint8Array {
 }
 
 export { dhcpReply, dhcpType } from "../models/dhcp_server.ts";
+
+/** The /24 mask as a DHCP option. */
+export const MASK_24: [number, number[]] = [1, [255, 255, 255, 0]];
+
+/** A DHCP client started at 0 whose DISCOVER is in its buffer (`out` says where it goes). */
+export function discovering(): { c: DhcpClient; out: DhcpSend } {
+  const c = new DhcpClient(0x02000000000a), out: DhcpSend = { length: 0, dst: 0, src: 0 };
+  c.start(0);
+  assert.ok(c.poll(0, out), "the DISCOVER goes out at once");
+  return { c, out };
+}

@@ -7,7 +7,6 @@ import { VirtioNet } from "../../drivers/virtio/net.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
 import { type HostStats, NetHost } from "../../net/host.ts";
 import { ArpCache, Enqueued } from "../../net/arp.ts";
-import { DhcpClient, type DhcpSend } from "../../net/dhcp.ts";
 import { finish, pseudoSum, sum16 } from "../../net/checksum.ts";
 import { ipText, parseIp, readU16, readU32, writeU16, writeU32 } from "../../net/ipv4.ts";
 import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT } from "../../net/dhcp.ts";
@@ -21,6 +20,8 @@ import {
   arpFrame,
   dhcpReply,
   dhcpType,
+  discovering,
+  MASK_24,
   type Pair,
   pair,
   refreshIpSum,
@@ -339,10 +340,7 @@ Deno.test("net hostile: a flood of distinct senders leaves the host's ARP state 
 });
 
 Deno.test("net hostile: hostile DHCP leases are refused and counted, the client goes on; T2 < T1 is put right", () => {
-  const c = new DhcpClient(0x02000000000a);
-  const out: DhcpSend = { length: 0, dst: 0, src: 0 };
-  c.start(0);
-  assert.ok(c.poll(0, out));
+  const { c, out } = discovering();
   const answer = (type: number, ip: string, opts: [number, number[]][] = []) =>
     c.receive(dhcpReply(c.buf, 0, type, parseIp(ip), opts), 0, 300, 1);
   const mask24: [number, number[]] = [1, [255, 255, 255, 0]];
@@ -532,11 +530,8 @@ Deno.test("net: pingRun sends exactly its count; recvRun receives what was sent"
 });
 
 Deno.test("DHCP client: an OFFER while requesting is ignored; a header-only reply to port 68 is the client's to refuse", async () => {
-  const c = new DhcpClient(0x02000000000a);
-  const out: DhcpSend = { length: 0, dst: 0, src: 0 };
-  c.start(0);
-  c.poll(0, out);
-  const mask: [number, number[]] = [1, [255, 255, 255, 0]];
+  const { c } = discovering();
+  const mask = MASK_24;
   c.receive(dhcpReply(c.buf, 0, 2, parseIp("10.0.0.42"), [mask]), 0, 300, 1);
   assert.equal(c.state, "requesting");
   assert.equal(c.receive(dhcpReply(c.buf, 0, 2, parseIp("10.0.0.43"), [mask]), 0, 300, 2), null);

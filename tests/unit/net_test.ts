@@ -22,13 +22,7 @@ import {
 } from "../../net/ipv4.ts";
 import { macText, readMac } from "../../net/ethernet.ts";
 import { completeChecksum } from "../../net/offload.ts";
-import {
-  DHCP_CLIENT_PORT,
-  DHCP_SERVER_PORT,
-  DhcpClient,
-  type DhcpSend,
-  isDhcpReplyFrame,
-} from "../../net/dhcp.ts";
+import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT, isDhcpReplyFrame } from "../../net/dhcp.ts";
 import {
   A_IP,
   ALL,
@@ -36,6 +30,8 @@ import {
   B_IP,
   dhcpReply,
   dhcpType,
+  discovering,
+  MASK_24,
   pair,
   refreshIpSum,
   udpFrame,
@@ -398,11 +394,8 @@ Deno.test("net: the receive path allocates nothing per frame (200 UDP datagrams 
 });
 
 Deno.test("DHCP client: another transaction's reply is rejected; renewal and rebinding retry at half the time left", () => {
-  const c = new DhcpClient(0x02000000000a);
-  const out: DhcpSend = { length: 0, dst: 0, src: 0 };
-  c.start(0);
-  assert.ok(c.poll(0, out));
-  const mask: [number, number[]] = [1, [255, 255, 255, 0]];
+  const { c, out } = discovering();
+  const mask = MASK_24;
   const other = dhcpReply(c.buf, 0, 2, parseIp("10.0.0.42"), [mask]);
   other[7] ^= 1; // xid
   assert.equal(c.receive(other, 0, 300, 1), null);
@@ -462,19 +455,14 @@ Deno.test("net: a batch of requests is answered with one doorbell, and a lease k
     await nic.close();
   }
   // DNS servers (option 6): every address the option holds, and no more.
-  const c = new DhcpClient(0x02000000000a);
-  const out: DhcpSend = { length: 0, dst: 0, src: 0 };
-  c.start(0);
-  c.poll(0, out);
+  const { c, out } = discovering();
   const opts: [number, number[]][] = [[1, [255, 255, 255, 0]], [6, [10, 0, 0, 53, 10, 0, 0, 54]]];
   c.receive(dhcpReply(c.buf, 0, 2, parseIp("10.0.0.42"), opts), 0, 300, 1);
   c.poll(1, out);
   assert.equal(c.receive(dhcpReply(c.buf, 0, 5, parseIp("10.0.0.42"), opts), 0, 300, 2), "bound");
   assert.deepEqual(c.lease!.dns.map(ipText), ["10.0.0.53", "10.0.0.54"]);
   // A router or DNS option whose length is not a whole number of addresses is malformed: the message is rejected.
-  const c2 = new DhcpClient(0x02000000000a);
-  c2.start(0);
-  c2.poll(0, out);
+  const { c: c2 } = discovering();
   for (const code of [3, 6]) {
     assert.equal(
       c2.receive(dhcpReply(c2.buf, 0, 2, parseIp("10.0.0.42"), [[code, [10, 0, 0, 1, 9]]]), 0, 300, 1),
@@ -501,11 +489,8 @@ Deno.test("offload: a partial UDP checksum completed to 0 is sent as 0xffff (RFC
 });
 
 Deno.test("DHCP client: a NAK while requesting starts over; a NAK while selecting or bound is ignored", () => {
-  const c = new DhcpClient(0x02000000000a);
-  const out: DhcpSend = { length: 0, dst: 0, src: 0 };
-  c.start(0);
-  c.poll(0, out);
-  const mask: [number, number[]] = [1, [255, 255, 255, 0]];
+  const { c, out } = discovering();
+  const mask = MASK_24;
   assert.equal(c.receive(dhcpReply(c.buf, 0, 6, 0, []), 0, 300, 1), null, "NAK while selecting: ignored");
   c.receive(dhcpReply(c.buf, 0, 2, parseIp("10.0.0.42"), [mask]), 0, 300, 1);
   c.poll(1, out);
