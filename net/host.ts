@@ -36,13 +36,13 @@ import {
   ipText,
   IPV4_HLEN,
   maskOf,
+  mayBeSource,
   parseCidr,
   parseIp,
   PROTO_ICMP,
   PROTO_UDP,
   readU16,
   readU32,
-  specialAddress,
 } from "./ipv4.ts";
 import { type Datagram, UDP_HLEN, UdpSocket } from "./udp.ts";
 import { tick } from "../hal/event_loop.ts";
@@ -395,8 +395,7 @@ export class NetHost {
     // A sender no host can be is neither learned nor answered: a group or zero MAC, a special-purpose address
     // other than 0.0.0.0 (an RFC 5227 probe), a broadcast address.
     if (
-      v.sha === 0 || isGroupMac(v.sha) || (v.spa !== 0 && specialAddress(v.spa) !== null &&
-        specialAddress(v.spa) !== "link-local") ||
+      v.sha === 0 || isGroupMac(v.sha) || (v.spa !== 0 && !mayBeSource(v.spa)) ||
       (this.ip !== 0 && v.spa === this.#addr.bcast)
     ) return void s.arpBad++;
     const forUs = this.ip !== 0 && v.tpa === this.ip;
@@ -478,9 +477,7 @@ export class NetHost {
   /** Whether `src` may be a packet's source (RFC 1122 §3.2.1.3); 0.0.0.0 only for a DHCP server's port. */
   #sourceOk(src: number, toDhcpServer: boolean): boolean {
     if (src === 0) return toDhcpServer; // a DHCP client before its lease (RFC 2131 §4.1)
-    const special = specialAddress(src);
-    if (special !== null && special !== "link-local") return false;
-    return this.ip === 0 || (src !== this.ip && src !== this.#addr.bcast);
+    return mayBeSource(src) && (this.ip === 0 || (src !== this.ip && src !== this.#addr.bcast));
   }
 
   /** A frame's handling failed. A NIC that broke ends the loop (its error); anything else is counted. */

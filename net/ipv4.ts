@@ -73,6 +73,12 @@ export function specialAddress(ip: number): SpecialAddress | null {
   return null;
 }
 
+/** Whether a host may send from `ip` (RFC 1122 §3.2.1.3): not special-purpose, though link-local may. */
+export function mayBeSource(ip: number): boolean {
+  const special = specialAddress(ip);
+  return special === null || special === "link-local";
+}
+
 /** The netmask of a prefix length. */
 export function maskOf(prefix: number): number {
   return prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
