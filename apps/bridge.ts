@@ -7,6 +7,7 @@ import type { Nic, PacketBuffer } from "../drivers/net/nic.ts";
 import { MIN_FRAME, RX_CSUM_PARTIAL } from "../drivers/net/nic.ts";
 import { completeChecksum } from "../net/offload.ts";
 import { tick } from "../hal/event_loop.ts";
+import { releaseUnsent } from "./traffic.ts";
 
 /** The other side of the bridge: a file descriptor carrying whole Ethernet frames (a TAP device). */
 export interface FramePort {
@@ -119,10 +120,7 @@ export async function bridge(nic: Nic, port: FramePort, o: BridgeOptions): Promi
           tx[held++] = b;
           read++;
         }
-        if (read < k) {
-          for (let i = read; i < k; i++) fresh[i - read] = fresh[i];
-          nic.release(fresh, k - read, q);
-        }
+        releaseUnsent(nic, fresh, read, k, q); // buffers the TAP had no frame for
       }
       const sent = held ? nic.sendBatch(tx, held, q) : 0;
       for (let i = 0; i < sent; i++) s.toNic++, s.toNicBytes += tx[i].length;

@@ -114,11 +114,14 @@ export const ARP_DEFAULTS: ArpTiming = {
 
 /** What {@link ArpCache.enqueue} did with a frame. */
 export const enum Enqueued {
-  /** Held; a request for the address is already out (or waits for the rate limit). */
+  /**
+   * The resolution goes on; a request for the address is already out (or waits for the rate limit). The frame is
+   * held, unless every queue together is at `maxQueued` (then it is dropped and counted, the resolution kept).
+   */
   Queued = 0,
-  /** Held, and a new resolution began: send a request now. */
+  /** As {@link Enqueued.Queued}, and a new resolution began: send a request now. */
   Request = 1,
-  /** Not held: the table, the resolutions or the queue are at their bound (counted in `dropped`). */
+  /** Refused: the table or the resolutions are at their bound; the frame is dropped (counted in `dropped`). */
   Refused = 2,
 }
 
@@ -135,7 +138,7 @@ export class ArpCache {
   dropped = 0;
   /** Entries evicted to make room. */
   evicted = 0;
-  /** Requests held back by the rate limit (sent later, when due). */
+  /** Times a request was held back by the rate limit (it is asked for again at the next round). */
   limited = 0;
 
   /** Creates an empty cache. */

@@ -34,12 +34,6 @@ export function addressText(a: Addressing): string {
   return a.ip ? `${ipText(a.ip)}/${a.prefix}` : "unconfigured";
 }
 
-/** Whether `ip` is on the subnet of `a` (never, without an address). */
-export function onSubnet(a: Addressing, ip: number): boolean {
-  const mask = maskOf(a.prefix);
-  return a.ip !== 0 && (ip & mask) === (a.ip & mask);
-}
-
 /** IPv4 output on one NIC queue. */
 export class IpOutput {
   #ipId = 0;
@@ -55,9 +49,10 @@ export class IpOutput {
     readonly stats: HostStats,
   ) {}
 
-  /** Whether `ip` is on our subnet. */
+  /** Whether `ip` is on our subnet (never, without an address). */
   onSubnet(ip: number): boolean {
-    return onSubnet(this.addr, ip);
+    const a = this.addr, mask = maskOf(a.prefix);
+    return a.ip !== 0 && (ip & mask) === (a.ip & mask);
   }
 
   /**
