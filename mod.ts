@@ -92,7 +92,7 @@ export {
   totalStats,
 } from "./drivers/net/nic.ts";
 export { PacketBuffer, PacketPool, type PoolMemory } from "./drivers/net/packet_pool.ts";
-export { type Closeable, type CoreQueue, NicCore } from "./drivers/net/core.ts";
+export { type Closeable, NicCore, type QueuePair } from "./drivers/net/core.ts";
 export {
   NIC_DRIVERS,
   type NicDriver,
@@ -119,7 +119,7 @@ export {
   VIRTIO_NET,
   VirtioNet,
   type VirtioNetOptions,
-  type VirtioNetPair,
+  type VirtioQueuePair,
   WANTED_FEATURES,
 } from "./drivers/virtio/net.ts";
 export {
@@ -151,7 +151,7 @@ export {
 } from "./drivers/virtio/features.ts";
 export { XenStore, XenStoreError, type XenStoreOptions } from "./drivers/xen/xenstore.ts";
 export { readState, waitState, XenbusState } from "./drivers/xen/xenbus.ts";
-export { Netfront, type NetfrontOptions, type NetfrontQueue, txLayout } from "./drivers/xen/netfront.ts";
+export { Netfront, type NetfrontOptions, type NetfrontQueuePair, txLayout } from "./drivers/xen/netfront.ts";
 export { NETFRONT_MAX_MTU } from "./drivers/xen/netif.ts";
 export { FrontRing, RingError } from "./drivers/xen/ring.ts";
 export {

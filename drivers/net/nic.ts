@@ -7,8 +7,7 @@
 export { PacketBuffer, PacketPool } from "./packet_pool.ts";
 import type { PacketBuffer } from "./packet_pool.ts";
 
-/** Interrupt delivery: polling, one MSI-X vector per queue, or the shared INTx line (netfront: event channels). */
-export type IrqMode = "poll" | "msix" | "intx";
+export type { IrqMode } from "../core/device.ts";
 
 /** Shortest frame a NIC sends or delivers: an Ethernet header. */
 export const MIN_FRAME = 14;

@@ -1,7 +1,11 @@
 /**
- * virtio feature bits and status values (virtio 1.2 §2.1, §2.2, §5.1.3, §6).
+ * virtio device types, feature bits and status values (virtio 1.2 §2.1, §2.2, §5, §6): the transport's bits
+ * and each device type's own, so every class decodes its features the same way.
  * @module
  */
+
+/** virtio device type ids (virtio 1.2 §5). */
+export const VIRTIO_ID = { NET: 1, BLOCK: 2 } as const;
 
 /** Device status bits (virtio 1.2 §2.1). */
 export const STATUS = {
@@ -69,12 +73,60 @@ export const NET_F: Readonly<Record<NetFeature, bigint>> = {
   CTRL_MAC_ADDR: bit(23),
 };
 
-const NAMES: [bigint, string][] = [
-  ...Object.entries(NET_F).map(([k, v]) => [v, k] as [bigint, string]),
-  ...Object.entries(F).map(([k, v]) => [v, k] as [bigint, string]),
-];
+/** Names of the virtio-blk feature bits pvdrv knows. */
+export type BlkFeature =
+  | "SIZE_MAX"
+  | "SEG_MAX"
+  | "GEOMETRY"
+  | "RO"
+  | "BLK_SIZE"
+  | "FLUSH"
+  | "TOPOLOGY"
+  | "CONFIG_WCE"
+  | "MQ"
+  | "DISCARD"
+  | "WRITE_ZEROES"
+  | "LIFETIME"
+  | "SECURE_ERASE";
 
-/** Names of the known bits set in `f`, for logs and the probe. */
-export function featureNames(f: bigint): string[] {
-  return NAMES.filter(([b]) => (f & b) !== 0n).map(([, n]) => n);
+/** virtio-blk feature bits (virtio 1.2 §5.2.3). */
+export const BLK_F: Readonly<Record<BlkFeature, bigint>> = {
+  SIZE_MAX: bit(1),
+  SEG_MAX: bit(2),
+  GEOMETRY: bit(4),
+  RO: bit(5),
+  BLK_SIZE: bit(6),
+  FLUSH: bit(9),
+  TOPOLOGY: bit(10),
+  CONFIG_WCE: bit(11),
+  MQ: bit(12),
+  DISCARD: bit(13),
+  WRITE_ZEROES: bit(14),
+  LIFETIME: bit(15),
+  SECURE_ERASE: bit(16),
+};
+
+const pairs = (t: Readonly<Record<string, bigint>>): [bigint, string][] =>
+  Object.entries(t).map(([k, v]) => [v, k]);
+const RESERVED_NAMES = pairs(F);
+/** Each device type's own bits (0..23), by type id; the reserved bits mean the same for all. */
+const DEVICE_NAMES: Record<number, [bigint, string][]> = {
+  [VIRTIO_ID.NET]: pairs(NET_F),
+  [VIRTIO_ID.BLOCK]: pairs(BLK_F),
+};
+
+/**
+ * Names of the known bits set in `f` for a device of type `deviceType` (logs, the probe); a device-specific bit
+ * this table does not name shows as "bit N".
+ */
+export function featureNames(f: bigint, deviceType: number): string[] {
+  const own = DEVICE_NAMES[deviceType] ?? [];
+  const out: string[] = [];
+  for (let n = 0; n < 24; n++) {
+    const b = bit(n);
+    if ((f & b) === 0n) continue;
+    out.push(own.find(([v]) => v === b)?.[1] ?? `bit ${n}`);
+  }
+  for (const [b, name] of RESERVED_NAMES) if ((f & b) !== 0n) out.push(name);
+  return out;
 }

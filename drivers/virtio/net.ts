@@ -22,7 +22,7 @@ import {
   type QueueStats,
 } from "../net/nic.ts";
 import { type PacketBuffer, PacketPool } from "../net/packet_pool.ts";
-import { F, featureNames, NET_F, STATUS } from "./features.ts";
+import { F, featureNames, NET_F, STATUS, VIRTIO_ID } from "./features.ts";
 import {
   CTRL,
   HDR_RX_FLAGS,
@@ -49,7 +49,7 @@ export type { IrqMode } from "../net/nic.ts";
 /** One buffer slot: the virtio_net_hdr and a frame of up to 2 KiB minus the header. */
 const SLOT = 2048;
 /** virtio device type of a network card (virtio 1.2 §5). */
-export const VIRTIO_NET = 1;
+export const VIRTIO_NET = VIRTIO_ID.NET;
 
 /** Options for {@link VirtioNet.open}. */
 export interface VirtioNetOptions {
@@ -80,7 +80,7 @@ interface NetConfig {
 }
 
 /** One RX/TX queue pair of a {@link VirtioNet}: its virtqueues, buffer pools, in-flight buffers and counters. */
-export interface VirtioNetPair {
+export interface VirtioQueuePair {
   /** The receive virtqueue (index 2i). */
   rx: SplitQueue;
   /** The transmit virtqueue (index 2i + 1). */
@@ -100,7 +100,7 @@ export interface VirtioNetPair {
 }
 
 /** A virtio-net device driven from userspace. */
-export class VirtioNet extends NicCore<VirtioNetPair> {
+export class VirtioNet extends NicCore<VirtioQueuePair> {
   /** Human name (driver and address). */
   readonly name: string;
   /** The MAC address. */
@@ -311,7 +311,7 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
       const rx = setup(2 * i, msix ? 1 + i : NO_VECTOR), tx = setup(2 * i + 1, NO_VECTOR);
       const pool = (name: string, size: number) =>
         new PacketPool(name, dma.alloc(2 * size * SLOT), 2 * size, SLOT, this.hdrLen);
-      const p: VirtioNetPair = {
+      const p: VirtioQueuePair = {
         rx,
         tx,
         rxPool: pool(`rx${i}`, rx.size),
@@ -335,7 +335,7 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
 
   /** Names of the negotiated features. */
   featureNames(): string[] {
-    return featureNames(this.features);
+    return featureNames(this.features, VIRTIO_NET);
   }
 
   /** The transport in use. */
@@ -366,12 +366,12 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
   // ---- ring steps (NicCore) ----
 
   /** The error that broke this queue pair, or null. */
-  protected fault(p: VirtioNetPair): Error | null {
+  protected fault(p: VirtioQueuePair): Error | null {
     return p.rx.broken ?? p.tx.broken;
   }
 
   /** Post free RX buffers to the ring. */
-  protected refill(p: VirtioNetPair): void {
+  protected refill(p: VirtioQueuePair): void {
     const vq = p.rx, pool = p.rxPool;
     let added = 0;
     while (vq.freeCount > 0) {
@@ -385,7 +385,7 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
   }
 
   /** Receive (§5.1.6.4): pop used buffers, check each frame's length and num_buffers, deliver or drop. */
-  protected collect(p: VirtioNetPair, out: PacketBuffer[], max: number): void {
+  protected collect(p: VirtioQueuePair, out: PacketBuffer[], max: number): void {
     const vq = p.rx, hdr = this.hdrLen, mrg = this.#mergeable;
     const u16 = p.rxPool.u16, bytes = p.rxPool.bytes, maxLen = hdr + this.maxFrame;
     const flagMask = this.#rxFlagMask;
@@ -425,7 +425,7 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
   }
 
   /** Return completed TX buffers to their pool. */
-  protected reclaim(p: VirtioNetPair): number {
+  protected reclaim(p: VirtioQueuePair): number {
     const vq = p.tx;
     const n = vq.pending();
     for (let i = 0; i < n; i++) {
@@ -440,7 +440,7 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
   }
 
   /** Transmit (§5.1.6.2): header in the slot's headroom, one descriptor per frame, one doorbell per batch. */
-  protected post(p: VirtioNetPair, pkts: PacketBuffer[], n: number): number {
+  protected post(p: VirtioQueuePair, pkts: PacketBuffer[], n: number): number {
     const vq = p.tx, hdr = this.hdrLen, u16 = p.txPool.u16, csum = this.txChecksum;
     vq.verify(); // a broken or lying queue refuses before it takes any buffer
     if (vq.freeCount < n) this.reclaim(p);
@@ -458,12 +458,12 @@ export class VirtioNet extends NicCore<VirtioNetPair> {
   }
 
   /** Ask for an RX interrupt; true when frames already wait. */
-  protected armRx(p: VirtioNetPair): boolean {
+  protected armIrq(p: VirtioQueuePair): boolean {
     return p.rx.enableInterrupts();
   }
 
   /** Stop RX interrupts (polling resumes). */
-  protected disarmRx(p: VirtioNetPair): void {
+  protected disarmIrq(p: VirtioQueuePair): void {
     p.rx.disableInterrupts();
   }
 

@@ -15,7 +15,7 @@ import {
   VirtioError,
   type VirtioTransport,
 } from "./transport.ts";
-import type { IrqMode } from "../net/nic.ts";
+import type { IrqMode } from "../core/device.ts";
 
 function waitReset(read: () => number, what: string): void {
   // virtio 1.2 §4.1.4.3.2: after writing 0 the driver waits for device_status to read 0.

@@ -8,7 +8,7 @@ import type { MmioRegion } from "../../hal/mmio.ts";
 import type { DmaAllocator } from "../../hal/dma.ts";
 import type { IrqSource } from "../../hal/irq.ts";
 import { PvdrvError } from "../../hal/errors.ts";
-import type { IrqMode } from "../net/nic.ts";
+import type { IrqMode } from "../core/device.ts";
 import { STATUS } from "./features.ts";
 
 /** MSI-X "no vector" (virtio 1.2 §4.1.5.1.2). */

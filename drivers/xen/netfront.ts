@@ -96,7 +96,7 @@ interface BackendFeatures {
 }
 
 /** One queue pair of a {@link Netfront}: rings, granted pages, pools, TX id bookkeeping, event channels, counters. */
-export interface NetfrontQueue {
+export interface NetfrontQueuePair {
   /** The TX shared ring. */
   tx: FrontRing;
   /** The RX shared ring. */
@@ -159,7 +159,7 @@ function copy(
 }
 
 /** A netfront NIC. */
-export class Netfront extends NicCore<NetfrontQueue> {
+export class Netfront extends NicCore<NetfrontQueuePair> {
   /** Human name (driver and address). */
   readonly name: string;
   /** The MAC address. */
@@ -355,7 +355,7 @@ export class Netfront extends NicCore<NetfrontQueue> {
     });
   }
 
-  #makeQueue(i: number): NetfrontQueue {
+  #makeQueue(i: number): NetfrontQueuePair {
     const g = this.#grants, dom = this.backendId;
     const ringPages = g.grant(2, dom);
     const lay = txLayout(this.maxFrame), gather = (this.maxFrame + 3) & ~3;
@@ -370,7 +370,7 @@ export class Netfront extends NicCore<NetfrontQueue> {
       const txIds = new Uint16Array(RING);
       for (let k = 0; k < RING; k++) txIds[k] = RING - 1 - k;
       const gatherMem = new Uint8Array(RX_GATHER_BUFFERS * gather);
-      const q: NetfrontQueue = {
+      const q: NetfrontQueuePair = {
         tx: new FrontRing(ringPages.bytes.subarray(0, XEN_PAGE), TX_ENTRY, `vif tx ring ${i}`),
         rx: new FrontRing(ringPages.bytes.subarray(XEN_PAGE, 2 * XEN_PAGE), RX_ENTRY, `vif rx ring ${i}`),
         ringPages,
@@ -419,14 +419,14 @@ export class Netfront extends NicCore<NetfrontQueue> {
   }
 
   /** The error that broke this queue pair, or null. */
-  protected fault(q: NetfrontQueue): Error | null {
+  protected fault(q: NetfrontQueuePair): Error | null {
     return q.tx.broken ?? q.rx.broken;
   }
 
   // ---- ring steps (NicCore) ----
 
   /** Post free RX buffers to the ring. */
-  protected refill(q: NetfrontQueue): void {
+  protected refill(q: NetfrontQueuePair): void {
     const r = q.rx;
     if (r.broken || q.tx.broken) return; // a broken queue gets no more pages
     // Post in batches: refilling one or two slots at a time would cost the backend an event each time.
@@ -450,7 +450,7 @@ export class Netfront extends NicCore<NetfrontQueue> {
   }
 
   /** Transmit: each frame as one request per page it touches; the first carries the whole length (netif.h). */
-  protected post(q: NetfrontQueue, pkts: PacketBuffer[], n: number): number {
+  protected post(q: NetfrontQueuePair, pkts: PacketBuffer[], n: number): number {
     const r = q.tx, refs = q.txPages.refs;
     if (r.broken || q.rx.broken) throw r.broken ?? q.rx.broken; // a broken queue takes no more requests
     if (r.free < n) this.reclaim(q);
@@ -486,7 +486,7 @@ export class Netfront extends NicCore<NetfrontQueue> {
   }
 
   /** TX responses: one per request slot, in any order; a frame completes with its last slot. */
-  protected reclaim(q: NetfrontQueue): number {
+  protected reclaim(q: NetfrontQueuePair): number {
     const r = q.tx;
     const n = r.available();
     let done = 0;
@@ -513,7 +513,7 @@ export class Netfront extends NicCore<NetfrontQueue> {
   }
 
   /** Receive: per frame, collect its responses, deliver or gather it, recycle its pages. */
-  protected collect(q: NetfrontQueue, out: PacketBuffer[], max: number): void {
+  protected collect(q: NetfrontQueuePair, out: PacketBuffer[], max: number): void {
     const r = q.rx;
     let avail = r.available(), k = 0;
     while (avail > 0 && k < max) {
@@ -577,7 +577,7 @@ export class Netfront extends NicCore<NetfrontQueue> {
   }
 
   /** The frame's buffer for the application: its one page, or a gather buffer; null when it is dropped. */
-  #deliverOrGather(q: NetfrontQueue, start: number, n: number): PacketBuffer | null {
+  #deliverOrGather(q: NetfrontQueuePair, start: number, n: number): PacketBuffer | null {
     const total = this.#frameBytes, mask = q.rx.size - 1, offs = this.#rxOff, lens = this.#rxLen;
     const isData = this.#rxData;
     if (this.#frameBad || total < 14 || total > this.maxFrame) return null;
@@ -605,7 +605,7 @@ export class Netfront extends NicCore<NetfrontQueue> {
   }
 
   /** Give every page of the frame's slots still held back to the pool (refill posts them again). */
-  #recycle(q: NetfrontQueue, start: number, n: number): void {
+  #recycle(q: NetfrontQueuePair, start: number, n: number): void {
     const mask = q.rx.size - 1;
     for (let s = 0; s < n; s++) {
       const slot = (start + s) & mask, p = q.rxSlot[slot];
@@ -616,12 +616,12 @@ export class Netfront extends NicCore<NetfrontQueue> {
   }
 
   /** Ask for an RX interrupt; true when frames already wait. */
-  protected armRx(q: NetfrontQueue): boolean {
+  protected armIrq(q: NetfrontQueuePair): boolean {
     return q.rx.finalCheck();
   }
 
   /** Stop RX interrupts (polling resumes). */
-  protected disarmRx(q: NetfrontQueue): void {
+  protected disarmIrq(q: NetfrontQueuePair): void {
     q.rx.quiet();
   }
 

@@ -61,7 +61,7 @@ Deno.test("netfront: buffers held when the backend closes stay mapped; released 
     assert.equal(seqOut[0], 77, "the held frame is intact");
     assert.throws(
       () => nf.sendBatch(tx, 2),
-      /retired when its NIC closed or disconnected/,
+      /retired when its device closed or disconnected/,
       "old buffers stay out",
     );
     nf.release(rx, 1);

@@ -3,6 +3,7 @@
  * capability checks the modern transport relies on.
  */
 import assert from "assert";
+import { bit, F, featureNames, VIRTIO_ID } from "../../drivers/virtio/features.ts";
 import { NO_VECTOR, VirtioError } from "../../drivers/virtio/transport.ts";
 import { checkCapInBar, parseConfig, PciConfigError } from "../../drivers/pci/config.ts";
 import { ModelRegion } from "../../hal/mmio.ts";
@@ -127,4 +128,11 @@ Deno.test("config: class names — Ethernet is network class 02, subclass 00 onl
   assert.equal(className(0x020000), "ethernet");
   assert.equal(className(0x028000), "network");
   assert.equal(className(0x010000), "storage");
+});
+
+Deno.test("featureNames decodes a device's own bits by its type; the reserved bits the same for all", () => {
+  const f = bit(0) | bit(5) | bit(9) | bit(20) | F.VERSION_1;
+  assert.deepEqual(featureNames(f, VIRTIO_ID.NET), ["CSUM", "MAC", "bit 9", "bit 20", "VERSION_1"]);
+  assert.deepEqual(featureNames(f, VIRTIO_ID.BLOCK), ["bit 0", "RO", "FLUSH", "bit 20", "VERSION_1"]);
+  assert.deepEqual(featureNames(f, 99), ["bit 0", "bit 5", "bit 9", "bit 20", "VERSION_1"]);
 });

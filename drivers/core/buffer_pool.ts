@@ -1,0 +1,238 @@
+/**
+ * Buffer pools, for every device class: fixed-size slots in one device-reachable region, each with a view made
+ * once. A pool tracks who holds each buffer (free, the application, the device) so a buffer can never be handed
+ * out twice or returned by the wrong owner.
+ *
+ * A pool whose device closes (or whose Xen backend goes away) is retired: the device loses access at once, but the
+ * memory under buffers the application still holds stays valid until the last of them is released, so a held
+ * buffer never points at unmapped memory or at memory reused for a later connection's rings.
+ * @module
+ */
+import { type ErrorKind, PvdrvError } from "../../hal/errors.ts";
+
+/**
+ * Memory a pool carves into buffers: DMA memory (a `DmaRegion`, whose buffers get device addresses) or plain bytes
+ * (Xen granted pages, which the backend reaches by grant reference; gather buffers no device sees).
+ */
+export interface PoolMemory {
+  /** The bytes (CPU view). */
+  readonly bytes: Uint8Array<ArrayBuffer>;
+  /** Device address of byte 0, when the device addresses this memory directly (DMA). */
+  readonly deviceAddress?: number;
+  /** Give the memory back (idempotent). */
+  free(): void;
+  /** End device access now, keeping the bytes valid until {@link PoolMemory.free}. */
+  revoke?(): void;
+}
+
+const FREE = 0, APP = 1, DEVICE = 2;
+
+/** One reusable buffer of a {@link BufferPool}; a device class extends it with its own fields. */
+export class PoolBuffer {
+  /** The usable bytes (capacity: the slot minus headroom). Made once. */
+  readonly data: Uint8Array<ArrayBuffer>;
+  /** Creates the buffer (pools do this). */
+  constructor(
+    readonly pool: BufferPool<PoolBuffer>,
+    readonly index: number,
+    /** Byte offset of the slot in the pool memory. */
+    readonly slotOffset: number,
+    /** Device address of the slot start (headroom included); -1 when the pool's memory has none (plain bytes). */
+    readonly deviceAddress: number,
+    data: Uint8Array<ArrayBuffer>,
+  ) {
+    this.data = data;
+  }
+
+  /** Clear per-use fields when the application takes the buffer (a class's buffer overrides it). */
+  reset(): void {}
+}
+
+/** How a pool makes its buffers (a class's buffer type). */
+export type MakeBuffer<B extends PoolBuffer> = (
+  pool: BufferPool<B>,
+  index: number,
+  slotOffset: number,
+  deviceAddress: number,
+  data: Uint8Array<ArrayBuffer>,
+) => B;
+
+/** A pool of buffers of one class ({@link PoolBuffer} or a subclass). */
+export class BufferPool<B extends PoolBuffer> {
+  /** All buffers, by index. */
+  readonly buffers: B[];
+  /** The pool memory as bytes. */
+  readonly bytes: Uint8Array<ArrayBuffer>;
+  /** u16 view of the whole pool (header writes without per-buffer views). */
+  readonly u16: Uint16Array;
+  readonly #free: Uint32Array;
+  #nfree: number;
+  readonly #state: Uint8Array;
+  #held = 0; // buffers the application holds
+  #retired = false;
+  /** The error kind of misuse (a NIC's pools: "nic"). */
+  readonly kind: ErrorKind;
+
+  /** `count` slots of `slotSize` bytes with `headroom` bytes before each buffer's data, in `region`. */
+  constructor(
+    readonly name: string,
+    readonly region: PoolMemory,
+    count: number,
+    readonly slotSize: number,
+    readonly headroom: number,
+    make: MakeBuffer<B>,
+    kind: ErrorKind = "device",
+  ) {
+    if (count * slotSize > region.bytes.length) {
+      throw new RangeError(`${name}: ${count} x ${slotSize} bytes exceed the region`);
+    }
+    const base = region.deviceAddress ?? -1;
+    if (slotSize % 4 !== 0) throw new RangeError("slot size must be a multiple of 4");
+    this.kind = kind;
+    this.bytes = region.bytes;
+    this.u16 = new Uint16Array(region.bytes.buffer, region.bytes.byteOffset, region.bytes.byteLength >> 1);
+    this.buffers = [];
+    for (let i = 0; i < count; i++) {
+      const off = i * slotSize;
+      const data = region.bytes.subarray(off + headroom, off + slotSize);
+      this.buffers.push(make(this, i, off, base < 0 ? -1 : base + off, data));
+    }
+    this.#free = new Uint32Array(count);
+    for (let i = 0; i < count; i++) this.#free[i] = count - 1 - i;
+    this.#nfree = count;
+    this.#state = new Uint8Array(count);
+  }
+
+  /** Buffers free in the pool. */
+  get available(): number {
+    return this.#nfree;
+  }
+
+  /** Who holds `b` now (diagnostics; a buffer given to a request that failed may have become the device's). */
+  owner(b: B): "free" | "app" | "device" {
+    const st = this.#state[b.index];
+    return st === APP ? "app" : st === DEVICE ? "device" : "free";
+  }
+
+  /** Whether the pool was retired (its device closed or its backend went away). */
+  get retired(): boolean {
+    return this.#retired;
+  }
+
+  /** Take a free buffer for the application (null when empty). */
+  take(): B | null {
+    if (this.#nfree === 0 || this.#retired) return null;
+    const b = this.buffers[this.#free[--this.#nfree]];
+    this.#state[b.index] = APP;
+    this.#held++;
+    b.reset();
+    return b;
+  }
+
+  /** Take up to `n` free buffers for the application into `out`; returns how many. */
+  takeMany(out: B[], n: number): number {
+    let k = 0;
+    while (k < n) {
+      const b = this.take();
+      if (!b) break;
+      out[k++] = b;
+    }
+    return k;
+  }
+
+  /** Take a free buffer for the device (null when empty). */
+  takeForDevice(): B | null {
+    if (this.#nfree === 0 || this.#retired) return null;
+    const b = this.buffers[this.#free[--this.#nfree]];
+    this.#state[b.index] = DEVICE;
+    return b;
+  }
+
+  /** Check that the application holds `b` (from this pool) before it goes to the device. */
+  toDevice(b: B): void {
+    if (b.pool !== this) {
+      throw new PvdrvError(
+        this.kind,
+        b.pool.retired
+          ? `${this.name}: the buffer is from a pool retired when its device closed or disconnected: release it`
+          : `${this.name}: buffer belongs to pool ${b.pool.name}`,
+      );
+    }
+    if (this.#state[b.index] !== APP) {
+      throw new PvdrvError(this.kind, `${this.name}: buffer ${b.index} is not held by the application`);
+    }
+    if (this.#retired) {
+      throw new PvdrvError(
+        this.kind,
+        `${this.name}: the device was closed or disconnected; release the buffer`,
+      );
+    }
+    this.#state[b.index] = DEVICE;
+    this.#held--;
+  }
+
+  /** The device gave `b` back to the application (a received frame, a completed read). */
+  toApp(b: B): void {
+    if (this.#state[b.index] !== DEVICE) {
+      throw new PvdrvError(
+        this.kind,
+        `${this.name}: buffer ${b.index} handed to the application but the device did not hold it`,
+      );
+    }
+    this.#state[b.index] = APP;
+    this.#held++;
+  }
+
+  /** Return `b` to the free list; `from` is who must hold it. */
+  put(b: B, from: "app" | "device"): void {
+    if (b.pool !== this) {
+      throw new PvdrvError(this.kind, `${this.name}: buffer belongs to pool ${b.pool.name}`);
+    }
+    const want = from === "app" ? APP : DEVICE;
+    if (this.#state[b.index] !== want) {
+      throw new PvdrvError(this.kind, `${this.name}: buffer ${b.index} returned twice or by the wrong owner`);
+    }
+    this.#state[b.index] = FREE;
+    this.#free[this.#nfree++] = b.index;
+    if (want === APP && --this.#held === 0 && this.#retired) this.region.free();
+  }
+
+  /**
+   * Stop using the pool (the device must already be stopped): buffers the device held become free, device access
+   * ends, and the memory goes back now, or when the application releases the last buffer it holds.
+   */
+  retire(): void {
+    if (this.#retired) return;
+    this.#retired = true;
+    for (let i = 0; i < this.#state.length; i++) {
+      if (this.#state[i] === DEVICE) {
+        this.#state[i] = FREE;
+        this.#free[this.#nfree++] = i;
+      }
+    }
+    this.region.revoke?.();
+    if (this.#held === 0) this.region.free();
+  }
+}
+
+/**
+ * Give `n` application-held buffers back to the pools they came from, which must be among `owned` (a device's
+ * pools, retired ones included: a buffer held across a close or a reconnect goes back to its retired pool).
+ */
+export function releaseOwned<B extends PoolBuffer>(
+  bufs: B[],
+  n: number,
+  owned: WeakSet<BufferPool<B>>,
+  device: string,
+  kind: ErrorKind,
+): void {
+  let checked: BufferPool<B> | null = null; // a batch comes from one pool: one WeakSet lookup per pool change
+  for (let i = 0; i < n; i++) {
+    const b = bufs[i], p = b.pool as BufferPool<B>;
+    if (p !== checked) {
+      if (!owned.has(p)) throw new PvdrvError(kind, `${device}: buffer from pool ${p.name} is not ours`);
+      checked = p;
+    }
+    p.put(b, "app");
+  }
+}
