@@ -1,10 +1,9 @@
 /**
  * Xen netfront (Xen public/io/netif.h) from a domU's userspace, on the common NIC queue core.
  *
- * XenBus handshake, in steps: close a stale backend (one still Connected to a frontend that died: Closing →
- * Closed) → Initialising → (backend InitWait) → read the backend's features → grant the rings and publish them
- * in one transaction with Initialised → Connected → (backend Connected: Linux's xen-netback connects on the
- * frontend's Connected). Closing/Closed from either side; a backend that comes back to InitWait is reconnected.
+ * The XenBus handshake is the shared frontend lifecycle (frontend.ts); netfront supplies its steps: read the
+ * backend's features (netif.h feature keys), grant and publish the rings, start them. Linux's xen-netback
+ * connects on the frontend's Connected, so netfront writes it first.
  *
  * Rings: TX (12-byte unions) and RX (8-byte unions), 256 slots each. TX buffers are 2 KiB halves of granted pages
  * (MTU 1500) or runs of whole pages (jumbo MTUs, sent as feature-sg multi-slot requests, at most 18 slots);
@@ -15,16 +14,10 @@
  * @module
  */
 import { PvdrvError } from "../../hal/errors.ts";
-import {
-  type EventChannel,
-  type EventChannels,
-  type GrantedPages,
-  type GrantTable,
-  XEN_PAGE,
-} from "../../hal/xen.ts";
+import { type EventChannels, type GrantTable, XEN_PAGE } from "../../hal/xen.ts";
 import { type Closeable, NicCore } from "../net/core.ts";
-import { emptyStats, maxFrameFor, parseMac, type QueueStats } from "../net/nic.ts";
-import { type PacketBuffer, PacketPool } from "../net/packet_pool.ts";
+import { maxFrameFor, parseMac } from "../net/nic.ts";
+import type { PacketBuffer } from "../net/packet_pool.ts";
 import {
   extraInfoMore,
   MAX_FRAME_SLOTS,
@@ -36,35 +29,38 @@ import {
   NETTXF_csum_blank,
   NETTXF_data_validated,
   NETTXF_more_data,
-  RX_ENTRY,
   rxAppFlags,
   rxResponseFlags,
   rxResponseId,
   rxResponseOffset,
   rxResponseStatus,
-  TX_ENTRY,
   txResponseId,
   txResponseStatus,
   writeRxRequest,
   writeTxRequest,
 } from "./netif.ts";
-import { FrontRing } from "./ring.ts";
-import { readState, waitState, XenbusState } from "./xenbus.ts";
-import { type XenStore, XenStoreError } from "./xenstore.ts";
+import type { FrontRing } from "./ring.ts";
+import { findFrontend, type FrontendDevice, XenbusFrontend } from "./frontend.ts";
+import {
+  copy,
+  makeQueuePair,
+  type NetfrontQueuePair,
+  releaseQueuePair,
+  RING,
+  txLayout,
+} from "./netfront_queue.ts";
+import type { XenStore } from "./xenstore.ts";
+import { XenStoreError } from "./xenstore.ts";
 
-/** The first domain id Xen reserves (xen.h DOMID_FIRST_RESERVED): no backend has one. */
-const DOMID_FIRST_RESERVED = 0x7ff0;
 /** log2 of the Xen page size (4 KiB). */
 const XEN_PAGE_SHIFT = 12;
 
 export { NETFRONT_MAX_MTU } from "./netif.ts";
 export { XenbusState } from "./xenbus.ts";
+export { type NetfrontQueuePair, txLayout } from "./netfront_queue.ts";
 
-const RING = 256, HALF_PAGE = 2048;
 /** RX requests are posted once this many slots are free (or the ring runs low). */
 const RX_REFILL_BATCH = 32;
-/** Frames of several RX slots are gathered into these (per queue). */
-const RX_GATHER_BUFFERS = 32;
 
 /** Options for {@link Netfront.open}. */
 export interface NetfrontOptions {
@@ -80,82 +76,11 @@ export interface NetfrontOptions {
   owns?: Closeable[];
 }
 
-/** How TX buffers sit in granted pages for a given largest frame. */
-export function txLayout(maxFrame: number): { buffers: number; bufferBytes: number; pages: number } {
-  if (maxFrame <= HALF_PAGE) return { buffers: RING, bufferBytes: HALF_PAGE, pages: RING / 2 };
-  const per = Math.ceil(maxFrame / XEN_PAGE);
-  const buffers = Math.max(16, Math.min(RING, Math.floor(RING / per)));
-  return { buffers, bufferBytes: per * XEN_PAGE, pages: buffers * per };
-}
-
 /** The backend's features, read at InitWait. */
 interface BackendFeatures {
   split: boolean;
   sg: boolean;
   maxQueues: number;
-}
-
-/** One queue pair of a {@link Netfront}: rings, granted pages, pools, TX id bookkeeping, event channels, counters. */
-export interface NetfrontQueuePair {
-  /** The TX shared ring. */
-  tx: FrontRing;
-  /** The RX shared ring. */
-  rx: FrontRing;
-  /** The two granted ring pages (TX, RX). */
-  ringPages: GrantedPages;
-  /** Granted pages under the TX buffers. */
-  txPages: GrantedPages;
-  /** Granted pages the backend copies received frames into. */
-  rxPages: GrantedPages;
-  /** Transmit buffers. */
-  txPool: PacketPool;
-  /** Receive pages. */
-  rxPool: PacketPool;
-  /** Multi-slot frames are gathered into these. */
-  rxGather: PacketPool;
-  /** Word views of the RX pages and the gather buffers (copies without per-packet views). */
-  rx32: Uint32Array;
-  /** Word view of the gather buffers. */
-  gather32: Uint32Array;
-  /** Free TX request ids (a stack) and how many. */
-  txIds: Uint16Array;
-  /** How many ids are free. */
-  txFreeIds: number;
-  /** TX request id → buffer index, -1 when the id is not in flight. */
-  txIdBuf: Int16Array;
-  /** Per TX buffer: slots not yet answered, and whether one failed. */
-  txSlots: Uint8Array;
-  /** Per TX buffer: whether a slot failed. */
-  txFailed: Uint8Array;
-  /** RX ring slot → the page posted there (the request id is the slot). */
-  rxSlot: (PacketBuffer | null)[];
-  /** The TX event channel (also RX without split channels). */
-  evTx: EventChannel;
-  /** The RX event channel. */
-  evRx: EventChannel;
-  /** The RX event channel (what waitRx awaits). */
-  irq: EventChannel;
-  /** Counters. */
-  stats: QueueStats;
-}
-
-/** Copy `len` bytes without allocating: in words when both ends are 4-byte aligned, then bytes. */
-function copy(
-  d8: Uint8Array,
-  d32: Uint32Array,
-  dOff: number,
-  s8: Uint8Array,
-  s32: Uint32Array,
-  sOff: number,
-  len: number,
-): void {
-  let i = 0;
-  if (((dOff | sOff) & 3) === 0) {
-    const n = len >>> 2, dw = dOff >>> 2, sw = sOff >>> 2;
-    for (let k = 0; k < n; k++) d32[dw + k] = s32[sw + k];
-    i = n << 2;
-  }
-  for (; i < len; i++) d8[dOff + i] = s8[sOff + i];
 }
 
 /** A netfront NIC. */
@@ -180,9 +105,8 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
   readonly #grants: GrantTable;
   readonly #evtchns: EventChannels;
   readonly #opts: NetfrontOptions;
+  readonly #front: XenbusFrontend;
   #features: BackendFeatures = { split: false, sg: false, maxQueues: 1 };
-  #stopped = false;
-  #connected = false;
   // The frame being received, copied out of the ring before use: per slot offset, length, kind (1 data, 0 extra).
   readonly #rxOff = new Uint16Array(MAX_FRAME_SLOTS);
   readonly #rxLen = new Int32Array(MAX_FRAME_SLOTS);
@@ -192,29 +116,38 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
   #frameData = 0;
   #frameFlags = 0;
   #frameBad = false;
-  #watcher: Promise<void> | null = null;
-  #stopWatch: (() => Promise<unknown>) | null = null;
-  /** Reconnections after a backend restart. */
-  reconnects = 0;
 
-  private constructor(xs: XenStore, grants: GrantTable, evtchns: EventChannels, opts: NetfrontOptions, info: {
-    dir: string;
-    backend: string;
-    backendId: number;
-    mac: Uint8Array;
-  }) {
+  private constructor(
+    xs: XenStore,
+    grants: GrantTable,
+    evtchns: EventChannels,
+    opts: NetfrontOptions,
+    dev: FrontendDevice,
+    mac: Uint8Array,
+  ) {
     super();
-    this.#xs = xs;
     this.#grants = grants;
     this.#evtchns = evtchns;
     this.#opts = opts;
-    this.dir = info.dir;
-    this.backend = info.backend;
-    this.backendId = info.backendId;
-    this.mac = info.mac;
-    this.name = `netfront ${info.dir}`;
+    this.dir = dev.dir;
+    this.backend = dev.backend;
+    this.backendId = dev.backendId;
+    this.mac = mac;
+    this.name = `netfront ${dev.dir}`;
     this.mtu = opts.mtu ?? 1500;
     this.maxFrame = maxFrameFor(this.mtu);
+    this.#xs = xs;
+    this.#front = new XenbusFrontend(xs, dev, {
+      prepare: () => this.#prepare(),
+      publish: (put) => this.#publish(put),
+      start: () => this.#start(),
+      release: () => this.#releaseQueues(),
+    }, { timeoutMs: opts.timeoutMs ?? 30_000, connectedFirst: true });
+  }
+
+  /** Reconnections after a backend restart. */
+  get reconnects(): number {
+    return this.#front.reconnects;
   }
 
   /** Find vif `opts.vif`, handshake with its backend and bring the rings up. */
@@ -225,81 +158,75 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
     opts: NetfrontOptions = {},
   ): Promise<Netfront> {
     const vif = opts.vif ?? 0;
-    if (!Number.isInteger(vif) || vif < 0 || vif > 65535) throw new RangeError(`bad vif index ${vif}`);
     const mtu = opts.mtu ?? 1500;
     if (!Number.isInteger(mtu) || mtu < 68 || mtu > NETFRONT_MAX_MTU) {
       throw new RangeError(`MTU ${mtu} outside 68..${NETFRONT_MAX_MTU}`);
     }
-    const dir = `device/vif/${vif}`;
-    const backend = await xs.tryRead(`${dir}/backend`);
-    if (backend === null) {
-      throw new XenStoreError("ENOENT", `no ${dir} in xenstore: this domain has no vif ${vif}`);
-    }
-    if (!/^\/local\/domain\/\d{1,5}\/backend\/vif\/\d{1,5}\/\d{1,5}$/.test(backend)) {
-      throw new XenStoreError("EPROTO", `${dir}/backend is '${backend}', not a vif backend path`);
-    }
-    const idText = await xs.read(`${dir}/backend-id`);
-    const backendId = Number(idText);
-    if (!/^\d{1,5}$/.test(idText) || backendId >= DOMID_FIRST_RESERVED) {
-      throw new XenStoreError("EPROTO", `${dir}/backend-id is '${idText}'`);
-    }
+    const dev = await findFrontend(xs, "vif", vif);
+    const macText = await xs.read(`${dev.dir}/mac`);
     let mac: Uint8Array;
-    const macText = await xs.read(`${dir}/mac`);
     try {
       mac = parseMac(macText);
     } catch {
-      throw new XenStoreError("EPROTO", `${dir}/mac is '${macText}', not a MAC address`);
+      throw new XenStoreError("EPROTO", `${dev.dir}/mac is '${macText}', not a MAC address`);
     }
-    const nf = new Netfront(xs, grants, evtchns, opts, { dir, backend, backendId, mac });
+    const nf = new Netfront(xs, grants, evtchns, opts, dev, mac);
     try {
-      await nf.#connect();
+      await nf.#front.connect();
     } catch (e) {
-      await nf.#shutdown(false);
+      await nf.#front.shutdown(false);
       throw e;
     }
     for (const r of opts.owns ?? []) nf.own(r);
-    nf.#watchBackend();
+    nf.#front.watch();
     return nf;
   }
 
-  // ---- XenBus handshake ----
+  // ---- XenBus handshake steps (frontend.ts runs them in order) ----
 
-  #timeout(): number {
-    return this.#opts.timeoutMs ?? 30_000;
-  }
-
-  #waitBackend(pred: (s: number) => boolean, what: string): Promise<number> {
-    return waitState(this.#xs, this.backend, pred, what, this.#timeout());
-  }
-
-  #setState(s: number): Promise<void> {
-    return this.#xs.write(`${this.dir}/state`, String(s));
-  }
-
-  async #connect(): Promise<void> {
-    await this.#closeStaleBackend();
-    await this.#setState(XenbusState.Initialising);
-    await this.#waitBackend((s) => s === XenbusState.InitWait, "InitWait");
+  /** Backend in InitWait: read its features, grant the queues. */
+  async #prepare(): Promise<void> {
     this.#features = await this.#readFeatures();
-    await this.#publishRings();
-    // Linux's xen-netback connects when the frontend says Connected (Initialised alone leaves it in InitWait).
-    await this.#setState(XenbusState.Connected);
-    await this.#waitBackend((s) => s === XenbusState.Connected, "Connected");
+    const f = this.#features;
+    const nq = Math.max(1, Math.min(this.#opts.queues ?? 1, f.maxQueues));
+    const need = nq * (2 + txLayout(this.maxFrame).pages + RING);
+    if (need > this.#grants.remaining) {
+      throw new PvdrvError(
+        "xen",
+        `${nq} queue(s) need ${need} grants, only ${this.#grants.remaining} left (gntalloc limit): use fewer queues or raise the limit`,
+      );
+    }
+    for (let i = 0; i < nq; i++) {
+      const q = makeQueuePair(i, this.#grants, this.#evtchns, this.backendId, this.maxFrame, f.split);
+      this.adopt(q.txPool, q.rxPool, q.rxGather);
+      this.pairs.push(q);
+    }
+  }
+
+  /** The ring keys (netif.h), written in the transaction that says Initialised. */
+  async #publish(put: (k: string, v: string | number) => Promise<void>): Promise<void> {
+    const nq = this.pairs.length, split = this.#features.split;
+    for (let i = 0; i < nq; i++) {
+      const q = this.pairs[i], p = nq > 1 ? `queue-${i}/` : "";
+      await put(`${p}tx-ring-ref`, q.ringPages.refs[0]);
+      await put(`${p}rx-ring-ref`, q.ringPages.refs[1]);
+      if (split) {
+        await put(`${p}event-channel-tx`, q.evTx.port);
+        await put(`${p}event-channel-rx`, q.evRx.port);
+      } else await put(`${p}event-channel`, q.evTx.port);
+    }
+    if (nq > 1) await put("multi-queue-num-queues", nq);
+    await put("request-rx-copy", 1);
+    await put("feature-rx-notify", 1);
+    await put("feature-sg", this.#features.sg ? 1 : 0);
+  }
+
+  /** Both ends Connected: post the RX pages. */
+  #start(): void {
     for (const q of this.pairs) {
       this.refill(q);
       q.rx.quiet();
     }
-    this.#connected = true;
-  }
-
-  /** A frontend that died (SIGKILL, crash) left the backend on rings that are gone: close it first. */
-  async #closeStaleBackend(): Promise<void> {
-    const was = await this.#xs.tryRead(`${this.backend}/state`);
-    if (was !== String(XenbusState.Connected) && was !== String(XenbusState.Closing)) return;
-    await this.#setState(XenbusState.Closing);
-    await this.#waitBackend((s) => s >= XenbusState.Closing || s === XenbusState.InitWait, "Closing");
-    await this.#setState(XenbusState.Closed);
-    await this.#waitBackend((s) => s === XenbusState.Closed || s === XenbusState.InitWait, "Closed");
   }
 
   /** The backend's feature keys (netif.h), checked. */
@@ -324,98 +251,14 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
     return { split, sg, maxQueues };
   }
 
-  /** Grant the queues' rings and buffers, and publish them with Initialised in one transaction. */
-  async #publishRings(): Promise<void> {
-    const xs = this.#xs, f = this.#features;
-    const nq = Math.max(1, Math.min(this.#opts.queues ?? 1, f.maxQueues));
-    const need = nq * (2 + txLayout(this.maxFrame).pages + RING);
-    if (need > this.#grants.remaining) {
-      throw new PvdrvError(
-        "xen",
-        `${nq} queue(s) need ${need} grants, only ${this.#grants.remaining} left (gntalloc limit): use fewer queues or raise the limit`,
-      );
-    }
-    for (let i = 0; i < nq; i++) this.pairs.push(this.#makeQueue(i));
-    await xs.transaction(async (tx) => {
-      const put = (k: string, v: string | number) => xs.write(`${this.dir}/${k}`, String(v), tx);
-      for (let i = 0; i < nq; i++) {
-        const q = this.pairs[i], p = nq > 1 ? `queue-${i}/` : "";
-        await put(`${p}tx-ring-ref`, q.ringPages.refs[0]);
-        await put(`${p}rx-ring-ref`, q.ringPages.refs[1]);
-        if (f.split) {
-          await put(`${p}event-channel-tx`, q.evTx.port);
-          await put(`${p}event-channel-rx`, q.evRx.port);
-        } else await put(`${p}event-channel`, q.evTx.port);
-      }
-      if (nq > 1) await put("multi-queue-num-queues", nq);
-      await put("request-rx-copy", 1);
-      await put("feature-rx-notify", 1);
-      await put("feature-sg", f.sg ? 1 : 0);
-      await put("state", XenbusState.Initialised);
-    });
-  }
-
-  #makeQueue(i: number): NetfrontQueuePair {
-    const g = this.#grants, dom = this.backendId;
-    const ringPages = g.grant(2, dom);
-    const lay = txLayout(this.maxFrame), gather = (this.maxFrame + 3) & ~3;
-    let txPages: GrantedPages | null = null, rxPages: GrantedPages | null = null;
-    try {
-      txPages = g.grant(lay.pages, dom);
-      rxPages = g.grant(RING, dom);
-      const evTx = this.#evtchns.bindUnbound(dom);
-      const evRx = this.#features.split ? this.#evtchns.bindUnbound(dom) : evTx;
-      // If this process dies with the rings mapped, gntalloc kicks the backend (IOCTL_GNTALLOC_SET_UNMAP_NOTIFY).
-      ringPages.notifyOnUnmap?.(evTx.port);
-      const txIds = new Uint16Array(RING);
-      for (let k = 0; k < RING; k++) txIds[k] = RING - 1 - k;
-      const gatherMem = new Uint8Array(RX_GATHER_BUFFERS * gather);
-      const q: NetfrontQueuePair = {
-        tx: new FrontRing(ringPages.bytes.subarray(0, XEN_PAGE), TX_ENTRY, `vif tx ring ${i}`),
-        rx: new FrontRing(ringPages.bytes.subarray(XEN_PAGE, 2 * XEN_PAGE), RX_ENTRY, `vif rx ring ${i}`),
-        ringPages,
-        txPages,
-        rxPages,
-        txPool: new PacketPool(`tx${i}`, txPages, lay.buffers, lay.bufferBytes, 0),
-        rxPool: new PacketPool(`rx${i}`, rxPages, RING, XEN_PAGE, 0),
-        rx32: new Uint32Array(rxPages.bytes.buffer, rxPages.bytes.byteOffset, rxPages.bytes.length >>> 2),
-        gather32: new Uint32Array(gatherMem.buffer),
-        rxGather: new PacketPool(
-          `rx-gather${i}`,
-          { bytes: gatherMem, free: () => {} },
-          RX_GATHER_BUFFERS,
-          gather,
-          0,
-        ),
-        txIds,
-        txFreeIds: RING,
-        txIdBuf: new Int16Array(RING).fill(-1),
-        txSlots: new Uint8Array(lay.buffers),
-        txFailed: new Uint8Array(lay.buffers),
-        rxSlot: new Array(RING).fill(null),
-        evTx,
-        evRx,
-        irq: evRx,
-        stats: emptyStats(),
-      };
-      this.adopt(q.txPool, q.rxPool, q.rxGather);
-      return q;
-    } catch (e) {
-      ringPages.free();
-      txPages?.free();
-      rxPages?.free();
-      throw e;
-    }
-  }
-
   /** Link state as the device reports it. */
   linkUp(): boolean {
-    return this.#connected && !this.closed;
+    return this.#front.connected && !this.closed;
   }
 
   /** Why no queue can be used now (backend reconnecting), or null. */
   protected override unavailable(): string | null {
-    return this.#connected ? null : "backend not connected (reconnecting?)";
+    return this.#front.connected ? null : "backend not connected (reconnecting?)";
   }
 
   /** The error that broke this queue pair, or null. */
@@ -459,7 +302,7 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
       const b = pkts[k], len = b.length;
       const first = b.slotOffset & (XEN_PAGE - 1);
       const slots = Math.ceil((first + len) / XEN_PAGE);
-      if (slots > r.free || slots > q.txFreeIds) break;
+      if (slots > r.free || slots > q.txIds.available) break;
       q.txPool.toDevice(b);
       q.txSlots[b.index] = slots;
       q.txFailed[b.index] = 0;
@@ -468,8 +311,7 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
       for (let s = 0; s < slots; s++) {
         // The first slot's size is the whole frame's, the others their own; all but the last have more_data.
         const chunk = Math.min(left, XEN_PAGE - off);
-        const id = q.txIds[--q.txFreeIds];
-        q.txIdBuf[id] = b.index;
+        const id = q.txIds.take(b.index);
         const flags = (s === 0 ? csum : 0) | (s < slots - 1 ? NETTXF_more_data : 0);
         writeTxRequest(r, r.entry(r.reqProdPvt), refs[page], off, flags, id, s === 0 ? len : chunk);
         r.reqProdPvt = (r.reqProdPvt + 1) >>> 0;
@@ -493,10 +335,8 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
     for (let i = 0; i < n; i++) {
       const e = r.entry(r.rspCons);
       const id = txResponseId(r, e), status = txResponseStatus(r, e);
-      const bi = id < RING ? q.txIdBuf[id] : -1;
+      const bi = q.txIds.complete(id);
       if (bi < 0) throw r.failure(`backend completed TX id ${id}, which is not in flight`);
-      q.txIdBuf[id] = -1;
-      q.txIds[q.txFreeIds++] = id;
       r.rspCons = (r.rspCons + 1) >>> 0;
       if (status !== NETIF_RSP_OKAY && status !== NETIF_RSP_NULL) q.txFailed[bi] = 1;
       if (--q.txSlots[bi] > 0) continue;
@@ -638,74 +478,12 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
 
   // ---- backend changes and shutdown ----
 
-  #watchBackend(): void {
-    const it = this.#xs.watch(`${this.backend}/state`);
-    this.#stopWatch = () => it.return!();
-    this.#watcher = (async () => {
-      for await (const _ of it) {
-        if (this.#stopped) break;
-        const s = await readState(this.#xs, this.backend).catch(() => XenbusState.Closed);
-        if ((s === XenbusState.Closing || s === XenbusState.Closed) && this.#connected) {
-          // Backend going away: stop using the rings, answer Closing/Closed, wait for it to come back.
-          this.#connected = false;
-          await this.#setState(XenbusState.Closing).catch(() => {});
-          await this.#waitBackend((x) => x === XenbusState.Closed || x === XenbusState.InitWait, "Closed")
-            .catch(() => {});
-          this.#releaseQueues();
-          await this.#setState(XenbusState.Closed).catch(() => {});
-        } else if (s === XenbusState.InitWait && !this.#connected && !this.#stopped) {
-          try {
-            await this.#connect();
-            this.reconnects++;
-          } catch {
-            this.#releaseQueues();
-          }
-        }
-      }
-    })().catch(() => {});
-  }
-
   #releaseQueues(): void {
-    for (const q of this.pairs.splice(0)) {
-      q.evTx.close();
-      if (q.evRx !== q.evTx) q.evRx.close();
-      q.ringPages.free();
-      // The pools end their grants now, or when the application releases the last buffer it holds: until then
-      // those pages stay mapped, so a held buffer never aliases a later connection's rings.
-      q.txPool.retire();
-      q.rxPool.retire();
-      q.rxGather.retire();
-    }
-  }
-
-  async #shutdown(graceful: boolean): Promise<void> {
-    this.#stopped = true;
-    this.#connected = false;
-    // Once xenstore stops answering (or the connection is gone), the remaining XenBus steps are skipped: grants and
-    // ports are released whatever xenstore does. A step xenstore refuses does not stop the others.
-    const step = async (f: () => Promise<unknown>) => {
-      if (!this.#xs.unresponsive) await f().catch(() => {});
-    };
-    try {
-      // The watch ends here at once; only its UNWATCH request is waited for, and only while xenstore answers.
-      const unwatching = this.#stopWatch?.();
-      await step(async () => await unwatching);
-      await step(async () => await this.#watcher);
-      if (graceful) {
-        // netif.h: Closing, wait for the backend to close (it unmaps our grants), then Closed.
-        await step(() => this.#setState(XenbusState.Closing));
-        await step(() =>
-          this.#waitBackend((s) => s >= XenbusState.Closing || s === XenbusState.InitWait, "Closing")
-        );
-      }
-    } finally {
-      this.#releaseQueues();
-    }
-    await step(() => this.#setState(XenbusState.Closed));
+    for (const q of this.pairs.splice(0)) releaseQueuePair(q);
   }
 
   /** Disconnect gracefully (state Closing → Closed), end the grants, close the ports and what the NIC owns. */
   protected teardown(): Promise<void> {
-    return this.#shutdown(true);
+    return this.#front.shutdown(true);
   }
 }
