@@ -1,14 +1,8 @@
 /**
- * pvdrv: device drivers in TypeScript, running as ordinary Linux processes on Deno.
- *
- * The layers, each importing only those below it:
- * - the hardware seam (`hal/`): the interfaces drivers see (DMA memory, register regions, interrupts, PCI
- *   functions, Xen grants, event channels and the xenstore byte stream) with in-memory implementations for tests;
- * - Linux implementations over the native shim (`ffi/`): VFIO, UIO, sysfs, gntalloc, evtchn, xenbus;
- * - drivers (`drivers/`): the NIC queue core, virtio (transports, split virtqueue, virtio-net), Xen (xenstore,
- *   XenBus, netif, netfront), PCI (config, probe, bind) and the driver table that opens a NIC by name;
- * - a network host (`net/`): Ethernet, ARP, IPv4, ICMP echo, UDP sockets and a DHCP client on any NIC;
- * - applications (`apps/`): traffic generation and checking, the test frame format, pcap, the TAP bridge.
+ * pvdrv: device drivers in TypeScript, running as ordinary Linux processes on Deno. This module is the API for
+ * using devices: open a NIC by name, run the IPv4 network host on it, generate and check traffic, and ask the
+ * system which devices pvdrv may take. Writing a driver or a device backend starts from `drivers.ts` (the
+ * `./drivers` export).
  *
  * ```ts
  * import { openNic } from "./mod.ts";
@@ -19,67 +13,28 @@
  * @module
  */
 
-// ---- the hardware seam ----
+// ---- errors and the shim ----
 export { type ErrorKind, isPvdrvError, PvdrvError, type PvdrvErrorOptions } from "./hal/errors.ts";
-export {
-  CheckedRegion,
-  type MmioRegion,
-  ModelRegion,
-  RegionBoundsError,
-  type RegisterModel,
-  SubRegion,
-  write64Split,
-} from "./hal/mmio.ts";
-export { type DmaAllocator, type DmaRegion, HUGE_PAGE, ModelDmaAllocator, PAGE, roundUp } from "./hal/dma.ts";
-export type { IrqSource } from "./hal/irq.ts";
-export {
-  CMD_BUS_MASTER,
-  CMD_INTX_DISABLE,
-  CMD_IO,
-  CMD_MEMORY,
-  type IrqKind,
-  type PciFunction,
-  snapshotConfig,
-} from "./hal/pci.ts";
-export {
-  type EventChannel,
-  type EventChannels,
-  type GrantedPages,
-  type GrantTable,
-  XEN_PAGE,
-  type XsTransport,
-} from "./hal/xen.ts";
+export { buildNative, libraryPath, NativeError, prepareNative } from "./ffi/lib.ts";
 
-// ---- Linux implementations ----
+// ---- devices: the table, NICs and their buffers ----
 export {
-  buildNative,
-  IoctlStruct,
-  libraryPath,
-  NativeError,
-  type OpenHints,
-  prepareNative,
-} from "./ffi/lib.ts";
-export { MappedRegion, PioRegion } from "./ffi/mmio.ts";
-export { allocHostMemory, type HostMemory, PhysicalDmaAllocator, virtToPhys } from "./ffi/dma.ts";
-export { EventFd, EventFdIrq, IrqWaiter, irqWaiter } from "./ffi/irq.ts";
-export { type RegionInfo, VfioContainer, VfioDevice, VfioDmaAllocator, VfioGroup } from "./ffi/vfio.ts";
-export { UioIrq } from "./ffi/uio.ts";
-export { openPci, UioPciFunction, VfioPciFunction } from "./ffi/pci.ts";
-export {
-  type BarResource,
-  listDevices,
-  parsePciAddress,
-  type PciDeviceInfo,
-  readDevice,
-} from "./ffi/sysfs.ts";
-export { Evtchn, Gntalloc } from "./ffi/xen.ts";
-export { XenbusDevice } from "./ffi/xenbus.ts";
-
-// ---- drivers ----
+  DEVICE_CLASSES,
+  type DeviceClass,
+  DRIVERS,
+  NIC_DRIVERS,
+  type NicDriver,
+  openNic,
+  type OpenOptions,
+  pciDriverFor,
+  type PciIds,
+  useOf,
+  xenbusDriverFor,
+} from "./system/table.ts";
+export type { IrqMode } from "./drivers/core/device.ts";
 export {
   emptyStats,
   FRAME_OVERHEAD,
-  type IrqMode,
   macToString,
   maxFrameFor,
   MIN_FRAME,
@@ -91,76 +46,15 @@ export {
   settledStats,
   totalStats,
 } from "./drivers/net/nic.ts";
-export { PacketBuffer, PacketPool, type PoolMemory } from "./drivers/net/packet_pool.ts";
-export { type Closeable, NicCore, type QueuePair } from "./drivers/net/core.ts";
-export {
-  NIC_DRIVERS,
-  type NicDriver,
-  openNic,
-  type OpenOptions,
-  pciDriverFor,
-  type PciIds,
-  xenbusDriverFor,
-} from "./drivers/table.ts";
-export {
-  type Capability,
-  type MsixCap,
-  parseConfig,
-  type PciConfig,
-  PciConfigError,
-  readConfigOf,
-  VIRTIO_PCI_CAP,
-  type VirtioCap,
-} from "./drivers/pci/config.ts";
-export { bindDevice, type BindOptions, BindRefused, type BindTarget } from "./drivers/pci/bind.ts";
-export { type HostNet } from "./drivers/pci/host_net.ts";
-export { probe, type ProbeEntry } from "./drivers/pci/probe.ts";
-export {
-  VIRTIO_NET,
-  VirtioNet,
-  type VirtioNetOptions,
-  type VirtioQueuePair,
-  WANTED_FEATURES,
-} from "./drivers/virtio/net.ts";
-export {
-  negotiate,
-  NO_VECTOR,
-  type QueueAddresses,
-  readConfig,
-  type VirtioBus,
-  VirtioError,
-  type VirtioTransport,
-} from "./drivers/virtio/transport.ts";
-export {
-  LegacyTransport,
-  ModernTransport,
-  openTransport,
-  openVirtioPci,
-  VIRTIO_VENDOR,
-  virtioDeviceType,
-  type VirtioPciOptions,
-} from "./drivers/virtio/pci.ts";
-export { type Segment, SplitQueue, VirtqueueError } from "./drivers/virtio/virtqueue.ts";
-export {
-  F,
-  featureNames,
-  NET_F,
-  type NetFeature,
-  type ReservedFeature,
-  STATUS,
-} from "./drivers/virtio/features.ts";
-export { XenStore, XenStoreError, type XenStoreOptions } from "./drivers/xen/xenstore.ts";
-export { readState, waitState, XenbusState } from "./drivers/xen/xenbus.ts";
-export { Netfront, type NetfrontOptions, type NetfrontQueuePair, txLayout } from "./drivers/xen/netfront.ts";
-export { NETFRONT_MAX_MTU } from "./drivers/xen/netif.ts";
-export { FrontRing, RingError } from "./drivers/xen/ring.ts";
-export {
-  type AgentOptions,
-  installKernelHandoff,
-  runAgent,
-  type ShutdownAction,
-} from "./drivers/xen/agent.ts";
-export { probeXen, type XenBusDevice, type XenProbe } from "./drivers/xen/probe.ts";
+export { PacketBuffer, PacketPool } from "./drivers/net/packet_pool.ts";
+
+// ---- the system: which devices pvdrv may take ----
+export { bindDevice, type BindOptions, BindRefused, type BindTarget } from "./system/bind.ts";
+export { type DeviceUse, type Machine, machineFor } from "./system/device_use.ts";
+export { type MachineNet, readMachineNet } from "./system/machine_net.ts";
+export { type MachineDisks, readMachineDisks } from "./system/machine_disks.ts";
+export { probe, type ProbeEntry } from "./system/probe.ts";
+export { probeXen, type XenBusDevice, type XenProbe } from "./system/xen_probe.ts";
 
 // ---- the network host ----
 export { type HostOptions, type HostStats, NetHost, type PingReply } from "./net/host.ts";

@@ -6,7 +6,7 @@
  * CPU rows are measured here and printed as PVDRV-RESULT lines. The plan comes as JSON in PVDRV_BENCH_PLAN.
  * @module
  */
-import { bindDevice } from "../drivers/pci/bind.ts";
+import { bindDevice } from "../system/bind.ts";
 import { VfioPciFunction } from "../ffi/pci.ts";
 import { VirtioNet } from "../drivers/virtio/net.ts";
 import { parseMac } from "../drivers/net/nic.ts";

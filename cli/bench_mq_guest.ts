@@ -12,7 +12,7 @@
 import { checkFlowFrame, FrameCheck, writeFlowFrame } from "../apps/frames.ts";
 import type { PacketBuffer } from "../drivers/net/packet_pool.ts";
 import { VirtioNet } from "../drivers/virtio/net.ts";
-import { bindDevice } from "../drivers/pci/bind.ts";
+import { bindDevice } from "../system/bind.ts";
 import { VfioPciFunction } from "../ffi/pci.ts";
 import { MqPeerClient } from "../lab/mq_peer.ts";
 import { LAB, MQ_QUEUES } from "../lab/qemu.ts";

@@ -8,7 +8,7 @@
 import { LAB } from "../lab/qemu.ts";
 import { NetNs, run } from "../lab/netns.ts";
 import { readDevice } from "../ffi/sysfs.ts";
-import { bindDevice } from "../drivers/pci/bind.ts";
+import { bindDevice } from "../system/bind.ts";
 import { summarizePings } from "../apps/ping.ts";
 import { commandJson, Running, task } from "../lab/tasks.ts";
 

@@ -2,7 +2,7 @@
  * `deno task bind <pci-address> <vfio|uio|kernel> [--force] [--sysfs DIR]`: hand a device to pvdrv (or back).
  * @module
  */
-import { bindDevice, type BindTarget } from "../drivers/pci/bind.ts";
+import { bindDevice, type BindTarget } from "../system/bind.ts";
 import { parsePciAddress } from "../ffi/sysfs.ts";
 import { parse, runMain, UsageError } from "./common.ts";
 

@@ -5,7 +5,7 @@
  * @module
  */
 /// <reference lib="deno.worker" />
-import { openNic } from "../drivers/table.ts";
+import { openNic } from "../system/table.ts";
 import { macToString, type Nic, settledStats } from "../drivers/net/nic.ts";
 import { TapDevice } from "../ffi/tap.ts";
 import { bridge } from "../apps/bridge.ts";

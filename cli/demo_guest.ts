@@ -3,8 +3,8 @@
  * the host and to the guest kernel's own network stack, printing what each side saw.
  * @module
  */
-import { formatTable, probe } from "../drivers/pci/probe.ts";
-import { bindDevice } from "../drivers/pci/bind.ts";
+import { formatTable, probe } from "../system/probe.ts";
+import { bindDevice } from "../system/bind.ts";
 import { readDevice } from "../ffi/sysfs.ts";
 import { VfioPciFunction } from "../ffi/pci.ts";
 import { VirtioNet } from "../drivers/virtio/net.ts";

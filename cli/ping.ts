@@ -2,7 +2,7 @@
  * `deno task ping <nic> <ip>`: ICMP echo from a pvdrv NIC, with ping(8)'s per-reply lines and summary.
  * @module
  */
-import { openNic } from "../drivers/table.ts";
+import { openNic } from "../system/table.ts";
 import { type Nic, settledStats } from "../drivers/net/nic.ts";
 import { ipText } from "../net/ipv4.ts";
 import { pingRun } from "../apps/ping.ts";

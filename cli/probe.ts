@@ -2,8 +2,8 @@
  * `deno task probe [--json] [--sysfs DIR] [--all]`: list PCI devices and what pvdrv can do with them. Read-only.
  * @module
  */
-import { formatTable, probe } from "../drivers/pci/probe.ts";
-import { formatXen, probeXen } from "../drivers/xen/probe.ts";
+import { formatTable, probe } from "../system/probe.ts";
+import { formatXen, probeXen } from "../system/xen_probe.ts";
 import { XenStore } from "../drivers/xen/xenstore.ts";
 import { XenbusDevice } from "../ffi/xenbus.ts";
 

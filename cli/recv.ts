@@ -2,7 +2,7 @@
  * `deno task recv <nic> [options]`: receive frames, verify pvdrv test frames, optionally print and capture them.
  * @module
  */
-import { openNic } from "../drivers/table.ts";
+import { openNic } from "../system/table.ts";
 import { macToString, type Nic, totalStats } from "../drivers/net/nic.ts";
 import { PcapWriter } from "../apps/pcap.ts";
 import { FrameCheck } from "../apps/frames.ts";

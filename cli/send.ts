@@ -2,7 +2,7 @@
  * `deno task send <nic> [options]`: generate pvdrv test frames on a NIC.
  * @module
  */
-import { openNic } from "../drivers/table.ts";
+import { openNic } from "../system/table.ts";
 import { parseMac, totalStats } from "../drivers/net/nic.ts";
 import { generate } from "../apps/traffic.ts";
 import { intArg, isTerminal, parse, runMain, UsageError } from "./common.ts";

@@ -3,7 +3,7 @@
  * (with --echo, every reply checked), a receiver that checks them.
  * @module
  */
-import { openNic } from "../drivers/table.ts";
+import { openNic } from "../system/table.ts";
 import { type IrqMode, type Nic, settledStats } from "../drivers/net/nic.ts";
 import { ipText } from "../net/ipv4.ts";
 import { checkDatagram, echoRun, recvRun, writeDatagram } from "../apps/datagrams.ts";

@@ -52,6 +52,8 @@ export interface PciDeviceInfo {
   netInterfaces: string[];
   /** uio device names (uio0...) when bound to a UIO driver. */
   uio: string[];
+  /** Block devices (disks) the kernel created for it (directly or through virtio). */
+  blockDevices: string[];
 }
 
 const PCI_ADDR = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
@@ -134,7 +136,12 @@ export function readDevice(address: string, root = SYSFS): PciDeviceInfo {
   }
   const group = linkName(`${dir}/iommu_group`);
   const net = listDir(`${dir}/net`);
-  for (const sub of listDir(dir)) if (/^virtio\d+$/.test(sub)) net.push(...listDir(`${dir}/${sub}/net`));
+  const block = listDir(`${dir}/block`);
+  for (const sub of listDir(dir)) {
+    if (!/^virtio\d+$/.test(sub)) continue;
+    net.push(...listDir(`${dir}/${sub}/net`));
+    block.push(...listDir(`${dir}/${sub}/block`));
+  }
   const override = readText(`${dir}/driver_override`);
   return {
     address: parsePciAddress(address),
@@ -150,6 +157,7 @@ export function readDevice(address: string, root = SYSFS): PciDeviceInfo {
     bars: parseResources(readText(`${dir}/resource`) ?? ""),
     netInterfaces: net,
     uio: listDir(`${dir}/uio`),
+    blockDevices: block,
   };
 }
 

@@ -10,6 +10,7 @@
  * @module
  */
 import { DeviceCore } from "../core/device.ts";
+import type { ErrorKind } from "../../hal/errors.ts";
 import type { IrqSource } from "../../hal/irq.ts";
 import { MIN_FRAME, type Nic, type QueueStats } from "./nic.ts";
 import type { PacketBuffer, PacketPool } from "./packet_pool.ts";
@@ -30,7 +31,8 @@ export interface QueuePair {
 
 /** The shared part of every pvdrv NIC. */
 export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> implements Nic {
-  protected readonly errorKind = "nic" as const;
+  /** Misuse of a NIC is a "nic" error. */
+  protected readonly errorKind: ErrorKind = "nic";
   abstract readonly mac: Uint8Array;
   abstract readonly mtu: number;
   abstract readonly maxFrame: number;

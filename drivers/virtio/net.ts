@@ -49,7 +49,7 @@ export type { IrqMode } from "../net/nic.ts";
 /** One buffer slot: the virtio_net_hdr and a frame of up to 2 KiB minus the header. */
 const SLOT = 2048;
 /** virtio device type of a network card (virtio 1.2 §5). */
-export const VIRTIO_NET = VIRTIO_ID.NET;
+export const VIRTIO_NET: number = VIRTIO_ID.NET;
 
 /** Options for {@link VirtioNet.open}. */
 export interface VirtioNetOptions {

@@ -1,6 +1,6 @@
 /**
  * `deno task mutate [--count N] [--seed S] [--jobs J] [--only PATH] [--json FILE] [--retry FILE]`: a small
- * mutation tester for the whole library (`net/`, `apps/`, `hal/`, `drivers/`, `ffi/`). It makes single small
+ * mutation tester for the whole library (`net/`, `apps/`, `hal/`, `drivers/`, `system/`, `ffi/`). It makes single small
  * changes (a comparison flipped or loosened, a boolean operator swapped, a constant moved by one, a negation
  * dropped, a guard's `throw` or an early `return` removed, a boolean result inverted), runs the unit tests that
  * import the mutated file (found with `deno info`) on a copy of the tree for each, and reports which mutants the
@@ -14,7 +14,7 @@ import { Rng } from "../fuzz/fuzz.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 /** The library's folders: what is mutated. */
-export const LIBRARY = ["net", "apps", "hal", "drivers", "ffi"];
+export const LIBRARY = ["net", "apps", "hal", "drivers", "system", "ffi"];
 
 /** One mutant: a single-line replacement. */
 export interface Mutant {

@@ -1,6 +1,7 @@
 /**
- * The architecture's promises, checked: dependencies point one way, the driver table decides what pvdrv drives,
- * both NIC drivers share the queue core's rules (frame size, whole-batch length check, async idempotent close that
+ * The architecture's promises, checked: dependencies point one way (layers; inside drivers the device core, class
+ * cores, buses and the device side; system management beside the drivers), the driver table decides what pvdrv
+ * drives, models speak the shared wire modules, both NIC drivers share the queue core's rules (frame size, whole-batch length check, async idempotent close that
  * also closes what the NIC owns), ioctl structures are laid out as the kernel headers say, and a project that
  * imports mod.ts over the network still gets its native shim.
  */
@@ -12,8 +13,8 @@ import { Netfront } from "../../drivers/xen/netfront.ts";
 import { XenStore } from "../../drivers/xen/xenstore.ts";
 import { maxFrameFor, type Nic } from "../../drivers/net/nic.ts";
 import type { PacketBuffer } from "../../drivers/net/packet_pool.ts";
-import { NIC_DRIVERS, openNic, pciDriverFor, xenbusDriverFor } from "../../drivers/table.ts";
-import { deviceKind } from "../../drivers/pci/ids.ts";
+import { NIC_DRIVERS, openNic, pciDriverFor, xenbusDriverFor } from "../../system/table.ts";
+import { deviceKind } from "../../system/ids.ts";
 import { IoctlStruct } from "../../ffi/lib.ts";
 import { isPvdrvError, PvdrvError } from "../../hal/errors.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
@@ -42,16 +43,17 @@ function imports(dir: string): [string, string][] {
   return out;
 }
 
-Deno.test("layers: native ← ffi ← hal ← drivers ← net ← apps ← cli; labs apart from tests; mod.ts exports the library only", () => {
+Deno.test("layers: native ← ffi ← hal ← drivers ← net ← apps ← cli; system beside; labs apart; mod.ts exports the library", () => {
   const top = (p: string) => p.split("/")[0];
   const allowed: Record<string, string[]> = {
     hal: ["hal"],
     ffi: ["ffi", "hal"],
-    drivers: ["drivers", "hal", "ffi"],
+    drivers: ["drivers", "hal"],
+    system: ["system", "drivers", "hal", "ffi"],
     net: ["net", "drivers", "hal"],
     apps: ["apps", "net", "drivers", "hal"],
     lab: ["lab", "apps", "net", "drivers", "hal", "ffi"],
-    cli: ["cli", "lab", "apps", "net", "drivers", "hal", "ffi"],
+    cli: ["cli", "system", "lab", "apps", "net", "drivers", "hal", "ffi"],
   };
   const bad: string[] = [];
   for (const [layer, ok] of Object.entries(allowed)) {
@@ -59,14 +61,63 @@ Deno.test("layers: native ← ffi ← hal ← drivers ← net ← apps ← cli; 
       if (!ok.includes(top(target))) bad.push(`${file} imports ${target}`);
     }
   }
-  // Inside drivers, only the system-facing parts reach Linux (the table opens devices; probe and bind read sysfs).
-  for (const [file, target] of imports("drivers")) {
-    const systemFacing = /^drivers\/(table|pci\/(probe|bind)|xen\/probe)\.ts$/.test(file);
-    if (top(target) === "ffi" && !systemFacing) bad.push(`${file} (a driver) imports ${target}`);
+  // mod.ts is the API for using devices; drivers.ts (the ./drivers export) the one for writing them.
+  const code = (f: string) => Deno.readTextFileSync(`${ROOT}${f}`).replace(/\/\*\*[\s\S]*?\*\//g, "");
+  const mod = code("mod.ts");
+  const api =
+    /^(hal\/errors|ffi\/lib|drivers\/(net\/nic|net\/packet_pool|core\/device)|system\/|net\/|apps\/)/;
+  for (const m of mod.matchAll(/from "\.\/([a-z_/]+)\.ts"/g)) {
+    if (!api.test(m[1])) bad.push(`mod.ts exports internals of ${m[1]}.ts (they belong in drivers.ts)`);
   }
-  const mod = Deno.readTextFileSync(`${ROOT}mod.ts`);
-  for (const m of mod.matchAll(/from "\.\/([a-z]+)\//g)) {
-    if (!["hal", "ffi", "drivers", "net", "apps"].includes(m[1])) bad.push(`mod.ts exports from ${m[1]}/`);
+  const drv = code("drivers.ts");
+  for (const m of drv.matchAll(/from "\.\/([a-z]+)\//g)) {
+    if (!["hal", "ffi", "drivers"].includes(m[1])) bad.push(`drivers.ts exports from ${m[1]}/`);
+  }
+  assert.deepEqual(bad, []);
+});
+
+Deno.test("layers inside drivers: the class-agnostic core, class cores, buses, and the device side apart", () => {
+  const folder = (p: string) => p.split("/").slice(0, 2).join("/");
+  const bad: string[] = [];
+  for (const [file, target] of imports("drivers")) {
+    const from = folder(file), to = folder(target);
+    // The device core serves every class and bus: it knows none of them.
+    if (from === "drivers/core" && to !== "drivers/core" && !target.startsWith("hal/")) {
+      bad.push(`${file} (the device core) imports ${target}`);
+    }
+    // A class core (drivers/net: NICs) builds on the device core only, never on a bus.
+    if (from === "drivers/net" && /^drivers\/(virtio|xen|pci)\//.test(target)) {
+      bad.push(`${file} (a class core) imports ${target}`);
+    }
+    // One bus does not reach into another.
+    if (from === "drivers/virtio" && to === "drivers/xen") bad.push(`${file} imports ${target}`);
+    if (from === "drivers/xen" && (to === "drivers/virtio" || to === "drivers/pci")) {
+      bad.push(`${file} imports ${target}`);
+    }
+  }
+  // The device side of a virtqueue shares the wire layout with the driver side, not its logic.
+  for (const [file, target] of imports("drivers/virtio")) {
+    if (
+      file === "drivers/virtio/device_queue.ts" &&
+      !/^(hal\/|drivers\/virtio\/(split_ring|features)\.ts$)/.test(target)
+    ) {
+      bad.push(`${file} (device side) imports ${target}`);
+    }
+  }
+  assert.deepEqual(bad, []);
+});
+
+Deno.test("models speak the shared wire modules: no literal ring offsets, status bits or XenBus states", () => {
+  const bad: string[] = [];
+  for (const e of Deno.readDirSync(`${ROOT}tests/models`)) {
+    const src = Deno.readTextFileSync(`${ROOT}tests/models/${e.name}`);
+    const lines = src.split("\n");
+    lines.forEach((line, i) => {
+      const at = `tests/models/${e.name}:${i + 1}`;
+      if (/\.(driver|device|desc)\s*\+\s*\d/.test(line)) bad.push(`${at}: ring offset ${line.trim()}`);
+      if (/#status\s*[&|]\s*\d/.test(line)) bad.push(`${at}: status bit ${line.trim()}`);
+      if (/state`?,\s*"[0-8]"|=== "[0-8]"/.test(line)) bad.push(`${at}: XenBus state string ${line.trim()}`);
+    });
   }
   assert.deepEqual(bad, []);
 });
@@ -170,8 +221,9 @@ Deno.test("shim: a project importing mod.ts over the network fetches and builds 
   try {
     const url = `http://127.0.0.1:${server.addr.port}/mod.ts`;
     const code = `const m = await import("${url}");
+      const d = await import("${url.replace("mod.ts", "drivers.ts")}");
       const lib = await m.prepareNative();
-      const mem = m.allocHostMemory(4096, false);
+      const mem = d.allocHostMemory(4096, false);
       console.log(JSON.stringify({ lib, size: mem.size }));
       mem.free();`;
     const out = await new Deno.Command(Deno.execPath(), {

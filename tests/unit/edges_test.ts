@@ -6,7 +6,7 @@ import { receive, YIELD_EVERY } from "../../apps/traffic.ts";
 import type { Nic } from "../../drivers/net/nic.ts";
 import { type PacketBuffer, PacketPool } from "../../drivers/net/packet_pool.ts";
 import { interfaceInUse } from "../../ffi/sysfs.ts";
-import { bindDevice } from "../../drivers/pci/bind.ts";
+import { bindDevice } from "../../system/bind.ts";
 import { PATH_MAX, XenStore } from "../../drivers/xen/xenstore.ts";
 import { Netfront } from "../../drivers/xen/netfront.ts";
 import { XenStoreServer } from "../models/xenstore_server.ts";

@@ -7,13 +7,14 @@ import {
   VIRTIO_PCI_CAP,
 } from "../../drivers/pci/config.ts";
 import { listDevices, parsePciAddress, parseResources, readDevice } from "../../ffi/sysfs.ts";
-import { formatTable, probe, type ProbeEntry } from "../../drivers/pci/probe.ts";
-import { deviceKind } from "../../drivers/pci/ids.ts";
-import { bindDevice, BindRefused } from "../../drivers/pci/bind.ts";
-import { protectedReason, readHostNet } from "../../drivers/pci/host_net.ts";
+import { formatTable, probe, type ProbeEntry } from "../../system/probe.ts";
+import { deviceKind } from "../../system/ids.ts";
+import { bindDevice, BindRefused } from "../../system/bind.ts";
+import { protectedReason, readMachineNet } from "../../system/machine_net.ts";
 import { makeSysfs } from "./sysfs_fixture.ts";
 import { openPci } from "../../ffi/pci.ts";
-import { openNic } from "../../drivers/table.ts";
+import { DEVICE_CLASSES, openNic } from "../../system/table.ts";
+import { readMachineDisks } from "../../system/machine_disks.ts";
 
 const fixture = (name: string) => Deno.readFileSync(new URL(`../fixtures/${name}`, import.meta.url));
 
@@ -157,7 +158,7 @@ Deno.test("probe: a NIC with the default route or an address is active and never
   ], ["vfio-pci"]);
   try {
     const net = { defaultRoute: new Set(["eth0"]), addresses: new Map([["eth1", ["10.0.0.2/24"]]]) };
-    const by = Object.fromEntries(probe(root, net).map((e) => [e.address, e]));
+    const by = Object.fromEntries(probe(root, { net }).map((e) => [e.address, e]));
     assert.match(by["0000:00:03.0"].active, /eth0 carries the default route: never bound/);
     assert.match(by["0000:00:04.0"].active, /eth1 has address 10\.0\.0\.2\/24/);
     assert.equal(by["0000:00:03.0"].bindCommand, "");
@@ -190,7 +191,7 @@ Deno.test("host net: default routes (IPv4 and IPv6) and addresses, link-local le
       { family: "IPv4", name: "eth2", address: "192.0.2.9", cidr: "192.0.2.9/24" },
       { family: "IPv6", name: "eth4", address: "fe80::1", cidr: "fe80::1/64" },
     ] as Deno.NetworkInterfaceInfo[];
-    const net = readHostNet(proc, () => ifs);
+    const net = readMachineNet(proc, () => ifs);
     assert.deepEqual([...net.defaultRoute].sort(), ["eth0", "eth3"]);
     assert.equal(protectedReason("eth0", net), "eth0 carries the default route");
     assert.equal(protectedReason("eth1", net), null, "a subnet route alone is not the default route");
@@ -227,9 +228,9 @@ Deno.test("bind: only devices pvdrv drives, never the machine's own network even
   const override = (a: string) => Deno.readTextFileSync(`${root}/bus/pci/devices/${a}/driver_override`);
   const unbind = () => Deno.readTextFileSync(`${root}/bus/pci/drivers/virtio-pci/unbind`);
   try {
-    const hostNet = { defaultRoute: new Set(["eth0"]), addresses: new Map([["eth1", ["10.0.0.2/24"]]]) };
+    const machineNet = { defaultRoute: new Set(["eth0"]), addresses: new Map([["eth1", ["10.0.0.2/24"]]]) };
     for (const force of [false, true]) {
-      const o = { root, force, hostNet };
+      const o = { root, force, machine: { net: machineNet } };
       assert.throws(
         () => bindDevice("0000:00:02.0", "vfio-pci", o),
         /virtio-block \(modern\): pvdrv has no driver/,
@@ -244,9 +245,12 @@ Deno.test("bind: only devices pvdrv drives, never the machine's own network even
     }
     assert.equal(unbind(), "");
     // Up but without an address or route: only with --force.
-    assert.throws(() => bindDevice("0000:00:06.0", "vfio-pci", { root, hostNet }), /eth2 is up.*--force/);
     assert.throws(
-      () => bindDevice("0000:00:06.0", "vfio-pci", { root, hostNet, force: true }),
+      () => bindDevice("0000:00:06.0", "vfio-pci", { root, machine: { net: machineNet } }),
+      /eth2 is up.*--force/,
+    );
+    assert.throws(
+      () => bindDevice("0000:00:06.0", "vfio-pci", { root, machine: { net: machineNet }, force: true }),
       /did not bind/,
     );
     assert.equal(override("0000:00:06.0"), "vfio-pci");
@@ -337,7 +341,7 @@ Deno.test("config: QEMU's modern virtio-net (captured in the lab)", () => {
 });
 
 Deno.test("probe: Xen hypervisor, guest type and xen-bus devices with the kernel driver holding each", async () => {
-  const { probeXen, formatXen } = await import("../../drivers/xen/probe.ts");
+  const { probeXen, formatXen } = await import("../../system/xen_probe.ts");
   const root = Deno.makeTempDirSync();
   const dev = Deno.makeTempDirSync();
   try {
@@ -387,6 +391,7 @@ Deno.test("probe: the table pads every column but the last to its widest cell", 
     driver: null,
     iommuGroup: null,
     interfaces: [],
+    disks: [],
     inUse: false,
     active: "",
     vfio: "yes",
@@ -454,6 +459,75 @@ Deno.test("openNic: the driver table picks the driver; a device no driver serves
     );
     await assert.rejects(() => openNic("0000:00:05.0", { sysfs: root }), /8086:10d3\) has no pvdrv driver/);
     await assert.rejects(() => openNic("blk/0"), /no pvdrv driver serves XenBus blk devices/);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("disks the machine uses (root, mounted, swap, held) are active and never bound; a free one is not", () => {
+  const BLK = { vendor: 0x1af4, device: 0x1042, class: 0x010000, subsystemDevice: 2 };
+  const root = makeSysfs([
+    { address: "0000:00:02.0", ...BLK, driver: "virtio-pci", group: 2, disk: { name: "vda", dev: "254:0" } },
+    {
+      address: "0000:00:03.0",
+      ...BLK,
+      driver: "virtio-pci",
+      group: 3,
+      disk: {
+        name: "vdb",
+        dev: "254:16",
+        parts: [{ name: "vdb1", dev: "254:17" }, { name: "vdb2", dev: "254:18" }],
+      },
+    },
+    {
+      address: "0000:00:04.0",
+      ...BLK,
+      driver: "virtio-pci",
+      group: 4,
+      disk: { name: "vdc", dev: "254:32", parts: [{ name: "vdc1", dev: "254:33" }] },
+    },
+    {
+      address: "0000:00:05.0",
+      ...BLK,
+      driver: "virtio-pci",
+      group: 5,
+      disk: { name: "vdd", dev: "254:48", parts: [{ name: "vdd1", dev: "254:49", holders: ["dm-0"] }] },
+    },
+    { address: "0000:00:06.0", ...BLK, driver: "virtio-pci", group: 6, disk: { name: "vde", dev: "254:64" } },
+  ], ["vfio-pci"]);
+  try {
+    const proc = Deno.makeTempDirSync();
+    Deno.mkdirSync(`${proc}/self`);
+    Deno.writeTextFileSync(
+      `${proc}/self/mountinfo`,
+      "22 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n" +
+        "30 22 254:18 / /srv/my\\040data rw - ext4 /dev/vdb2 rw\n" +
+        "31 22 0:5 / /dev rw - devtmpfs devtmpfs rw\n",
+    );
+    Deno.writeTextFileSync(
+      `${proc}/swaps`,
+      "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n/dev/vdc1  partition\t1048572\t\t0\t\t-2\n",
+    );
+    const disks = readMachineDisks(proc);
+    Deno.removeSync(proc, { recursive: true });
+    const by = Object.fromEntries(probe(root, { disks }).map((e) => [e.address, e]));
+    assert.match(by["0000:00:02.0"].active, /^vda holds the root filesystem: never bound$/);
+    assert.match(by["0000:00:03.0"].active, /^vdb2 is mounted on \/srv\/my data/);
+    assert.match(by["0000:00:04.0"].active, /^vdc1 is used as swap/);
+    assert.match(by["0000:00:05.0"].active, /^vdd1 is held by dm-0/);
+    assert.equal(by["0000:00:06.0"].active, "", "a disk nothing uses is not active");
+    assert.deepEqual(by["0000:00:03.0"].disks, ["vdb"]);
+    assert.match(formatTable(Object.values(by)), /vdb .*active: vdb2 is mounted/);
+    // The disk class answers the same for bind's table lookup, --force or not.
+    const m = { net: { defaultRoute: new Set<string>(), addresses: new Map() }, disks };
+    const info = (a: string) => readDevice(a, root);
+    assert.equal(DEVICE_CLASSES.disk.inUse(info("0000:00:02.0"), root, m)?.level, "protected");
+    assert.equal(DEVICE_CLASSES.disk.inUse(info("0000:00:06.0"), root, m), null);
+    assert.equal(
+      DEVICE_CLASSES.nic.inUse(info("0000:00:02.0"), root, m),
+      null,
+      "a disk is no NIC's business",
+    );
   } finally {
     Deno.removeSync(root, { recursive: true });
   }

@@ -10,6 +10,13 @@ export interface FakeDevice {
   driver?: string;
   group?: number;
   netif?: { name: string; up: boolean };
+  /** A disk the kernel made for it: its device number, partitions, and what holds it. */
+  disk?: {
+    name: string;
+    dev: string;
+    holders?: string[];
+    parts?: { name: string; dev: string; holders?: string[] }[];
+  };
   config?: Uint8Array;
   resource?: string;
 }
@@ -48,6 +55,19 @@ export function makeSysfs(devices: FakeDevice[], drivers: string[] = []): string
     if (d.group !== undefined) {
       Deno.mkdirSync(`${root}/kernel/iommu_groups/${d.group}`, { recursive: true });
       Deno.symlinkSync(`${root}/kernel/iommu_groups/${d.group}`, `${dir}/iommu_group`);
+    }
+    if (d.disk) {
+      Deno.mkdirSync(`${dir}/virtio2/block/${d.disk.name}`, { recursive: true });
+      const node = (at: string, dev: string, holders: string[] = []) => {
+        Deno.mkdirSync(`${at}/holders`, { recursive: true });
+        Deno.writeTextFileSync(`${at}/dev`, dev + "\n");
+        for (const h of holders) Deno.mkdirSync(`${at}/holders/${h}`);
+      };
+      node(`${root}/block/${d.disk.name}`, d.disk.dev, d.disk.holders);
+      for (const [i, p] of (d.disk.parts ?? []).entries()) {
+        node(`${root}/block/${d.disk.name}/${p.name}`, p.dev, p.holders);
+        Deno.writeTextFileSync(`${root}/block/${d.disk.name}/${p.name}/partition`, `${i + 1}\n`);
+      }
     }
     if (d.netif) {
       Deno.mkdirSync(`${dir}/virtio3/net/${d.netif.name}`, { recursive: true });

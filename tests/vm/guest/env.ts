@@ -1,5 +1,5 @@
 /** Shared helpers for tests that run inside the lab guest (see lab/qemu.ts for the topology). */
-import { bindDevice } from "../../../drivers/pci/bind.ts";
+import { bindDevice } from "../../../system/bind.ts";
 import { readDevice } from "../../../ffi/sysfs.ts";
 export { LAB } from "../../../lab/qemu.ts";
 

@@ -1,5 +1,5 @@
 import assert from "assert";
-import { probe } from "../../../drivers/pci/probe.ts";
+import { probe } from "../../../system/probe.ts";
 import { readDevice } from "../../../ffi/sysfs.ts";
 import { UioPciFunction, VfioPciFunction } from "../../../ffi/pci.ts";
 import { readConfigOf, VIRTIO_PCI_CAP } from "../../../drivers/pci/config.ts";

@@ -4,7 +4,7 @@ import assert from "assert";
 import { Netfront } from "../../../drivers/xen/netfront.ts";
 import { XEN_PAGE } from "../../../hal/xen.ts";
 import { XenStore } from "../../../drivers/xen/xenstore.ts";
-import { probeXen } from "../../../drivers/xen/probe.ts";
+import { probeXen } from "../../../system/xen_probe.ts";
 import { XenbusDevice } from "../../../ffi/xenbus.ts";
 import { Evtchn, Gntalloc } from "../../../ffi/xen.ts";
 import { macToString, parseMac } from "../../../drivers/net/nic.ts";

@@ -1,20 +1,21 @@
 /**
  * Binding a PCI function to vfio-pci, uio_pci_generic or back to its kernel driver, through `driver_override`.
  *
- * Only devices a pvdrv driver serves may be taken from the kernel (never a disk, an RNG or a console). A device
- * whose network interface carries the default route or has an address is never taken, `--force` or not: that is
- * the machine's own network. One whose interface is merely up needs `--force`.
+ * Only devices a pvdrv driver serves may be taken from the kernel (never an RNG or a console). The driver table
+ * asks the device's class who uses it on this machine: a NIC whose interface carries the default route or has an
+ * address, or a disk that holds the root, is mounted, is swap or is held, is never taken, `--force` or not; a NIC
+ * whose interface is merely up needs `--force`.
  * @module
  */
-import { PvdrvError } from "../../hal/errors.ts";
-import { type HostNet, noHostNet, protectedReason, readHostNet } from "./host_net.ts";
+import { PvdrvError } from "../hal/errors.ts";
+import { type Machine, machineFor } from "./device_use.ts";
 import { deviceKind } from "./ids.ts";
-import { NIC_DRIVERS } from "../table.ts";
-import { devicePath, interfaceInUse, parsePciAddress, readDevice, SYSFS } from "../../ffi/sysfs.ts";
+import { DRIVERS, useOf } from "./table.ts";
+import { devicePath, parsePciAddress, readDevice, SYSFS } from "../ffi/sysfs.ts";
 
 /** The names of the drivers the driver table has for PCI devices. */
 function pciDriverNames(): string {
-  return NIC_DRIVERS.filter((d) => d.pci).map((d) => d.name).join(", ");
+  return DRIVERS.filter((d) => d.pci).map((d) => d.name).join(", ");
 }
 
 /** Where a device can be bound. */
@@ -29,8 +30,8 @@ export interface BindOptions {
   root?: string;
   /** Bind even though a network interface of the device is up (never one with an address or default route). */
   force?: boolean;
-  /** The machine's network (default: read from /proc and the interfaces when `root` is the real sysfs). */
-  hostNet?: HostNet;
+  /** What the machine runs on (default: read from /proc and the interfaces when `root` is the real sysfs). */
+  machine?: Partial<Machine>;
 }
 
 /** Thrown when binding is refused for safety. */
@@ -52,28 +53,6 @@ function write(path: string, text: string): void {
 /** The command that would bind `address` to `target` (shown by the probe; never with --force). */
 export function bindCommands(address: string, target: Exclude<BindTarget, "kernel">): string {
   return `deno task bind ${address} ${target === "vfio-pci" ? "vfio" : "uio"}`;
-}
-
-/** The machine's network view for `root`: the real one for the real sysfs, none for a fixture tree. */
-export function hostNetFor(root: string, given?: HostNet): HostNet {
-  return given ?? (root === SYSFS ? readHostNet() : noHostNet());
-}
-
-/**
- * Why taking the device's interfaces from the kernel would cut this machine's network: `protected` (default
- * route or address: never) or `up` (needs --force). Null when neither.
- */
-export function networkUse(
-  interfaces: string[],
-  root: string,
-  net: HostNet,
-): { level: "protected" | "up"; reason: string } | null {
-  for (const n of interfaces) {
-    const why = protectedReason(n, net);
-    if (why) return { level: "protected", reason: why };
-  }
-  const up = interfaces.filter((n) => interfaceInUse(n, root));
-  return up.length ? { level: "up", reason: `${up.join(", ")} is up` } : null;
 }
 
 /** Bind `address` to `target`; returns the driver it was bound to before. */
@@ -100,11 +79,11 @@ export function bindDevice(address: string, target: BindTarget, opts: BindOption
       );
     }
     if (info.driver === target) return info.driver;
-    const use = networkUse(info.netInterfaces, root, hostNetFor(root, opts.hostNet));
+    const use = useOf(info, root, machineFor(root, opts.machine));
     if (use?.level === "protected") {
       throw new BindRefused(
-        `${addr} is active: ${use.reason}, so unbinding it would cut this machine's network. ` +
-          `pvdrv never takes such a device, --force or not: bind a spare NIC (in a lab VM).`,
+        `${addr} is active: ${use.reason}, so unbinding it would pull it from under this machine. ` +
+          `pvdrv never takes such a device, --force or not: bind a spare device (in a lab VM).`,
       );
     }
     if (use && !opts.force) {

@@ -4,8 +4,8 @@
  * pvdrv driver serves one is the driver table's answer (drivers/table.ts).
  * @module
  */
-import { pciDriverFor } from "../table.ts";
-import { VIRTIO_VENDOR, virtioDeviceType } from "../virtio/pci.ts";
+import { pciDriverFor } from "./table.ts";
+import { VIRTIO_VENDOR, virtioDeviceType } from "../drivers/virtio/pci.ts";
 
 /** Names of virtio device types (virtio 1.2 §5). */
 const VIRTIO_TYPES: Record<number, string> = {

@@ -2,11 +2,12 @@
  * What pvdrv sees in each PCI function: which driver could take it and how it would be bound. Read-only.
  * @module
  */
-import { bindCommands, hostNetFor, networkUse } from "./bind.ts";
-import { className, parseConfig } from "./config.ts";
-import type { HostNet } from "./host_net.ts";
+import { bindCommands } from "./bind.ts";
+import { type Machine, machineFor } from "./device_use.ts";
+import { useOf } from "./table.ts";
+import { className, parseConfig } from "../drivers/pci/config.ts";
 import { deviceKind } from "./ids.ts";
-import { listDevices, readConfigBytes, SYSFS } from "../../ffi/sysfs.ts";
+import { listDevices, readConfigBytes, SYSFS } from "../ffi/sysfs.ts";
 
 /** The probe's view of one function. */
 export interface ProbeEntry {
@@ -26,7 +27,9 @@ export interface ProbeEntry {
   iommuGroup: number | null;
   /** Network interfaces of the function. */
   interfaces: string[];
-  /** An interface is up or carries this machine's network: pvdrv does not offer to bind it. */
+  /** Disks of the function. */
+  disks: string[];
+  /** The machine uses it (an interface up or carrying its network, a disk mounted...): pvdrv does not offer to bind it. */
   inUse: boolean;
   /** Why the device is active (like dpdk-devbind's "*Active*"), or "" when it is not. */
   active: string;
@@ -47,9 +50,9 @@ function driverLoaded(root: string, name: string): boolean {
   }
 }
 
-/** Probe every PCI function under `root` (`hostNet`: the machine's network, read from /proc by default). */
-export function probe(root = SYSFS, hostNet?: HostNet): ProbeEntry[] {
-  const net = hostNetFor(root, hostNet);
+/** Probe every PCI function under `root` (`machine`: what the machine runs on, read from /proc by default). */
+export function probe(root = SYSFS, machine?: Partial<Machine>): ProbeEntry[] {
+  const m = machineFor(root, machine);
   const vfioLoaded = driverLoaded(root, "vfio-pci");
   const uioLoaded = driverLoaded(root, "uio_pci_generic");
   return listDevices(root).map((d) => {
@@ -60,7 +63,7 @@ export function probe(root = SYSFS, hostNet?: HostNet): ProbeEntry[] {
     } catch {
       pin = 0;
     }
-    const use = networkUse(d.netInterfaces, root, net);
+    const use = useOf(d, root, m);
     const active = use ? (use.level === "protected" ? use.reason + ": never bound" : use.reason) : "";
     const vfio = d.driver === "vfio-pci"
       ? "bound"
@@ -90,6 +93,7 @@ export function probe(root = SYSFS, hostNet?: HostNet): ProbeEntry[] {
       driver: d.driver,
       iommuGroup: d.iommuGroup,
       interfaces: d.netInterfaces,
+      disks: d.blockDevices,
       inUse: use !== null,
       active,
       vfio,
@@ -105,7 +109,7 @@ function hex4(n: number): string {
 
 /** Render probe entries as an aligned text table. */
 export function formatTable(entries: ProbeEntry[]): string {
-  const rows = [["ADDRESS", "ID", "KIND", "DRIVER", "GROUP", "NETIF", "VFIO", "UIO", "BIND WITH"]];
+  const rows = [["ADDRESS", "ID", "KIND", "DRIVER", "GROUP", "NETIF/DISK", "VFIO", "UIO", "BIND WITH"]];
   for (const e of entries) {
     rows.push([
       e.address,
@@ -113,7 +117,7 @@ export function formatTable(entries: ProbeEntry[]): string {
       e.kind,
       e.driver ?? "-",
       e.iommuGroup === null ? "-" : String(e.iommuGroup),
-      e.interfaces.length ? e.interfaces.join(",") : "-",
+      [...e.interfaces, ...e.disks].join(",") || "-",
       e.vfio,
       e.uio,
       e.bindCommand || (e.active ? `- (active: ${e.active})` : "-"),

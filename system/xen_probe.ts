@@ -4,7 +4,7 @@
  * Xen platform PCI device (5853:0001) of HVM guests shows in the PCI probe. Read-only.
  * @module
  */
-import { linkName, listDir, readText } from "../../ffi/sysfs.ts";
+import { linkName, listDir, readText } from "../ffi/sysfs.ts";
 
 /** One device on the xen bus. */
 export interface XenBusDevice {

@@ -4,9 +4,10 @@
  * interface's device even with `--force`, and `probe` marks it active: unbinding it would cut the machine off.
  * @module
  */
+import { SYSFS } from "../ffi/sysfs.ts";
 
 /** The interfaces the running network depends on. */
-export interface HostNet {
+export interface MachineNet {
   /** Interfaces with a default route (IPv4 or IPv6). */
   defaultRoute: Set<string>;
   /** Addresses per interface (IPv6 link-local left out). */
@@ -14,7 +15,7 @@ export interface HostNet {
 }
 
 /** An empty view (no interface in use), for fixture trees. */
-export function noHostNet(): HostNet {
+export function noMachineNet(): MachineNet {
   return { defaultRoute: new Set(), addresses: new Map() };
 }
 
@@ -43,10 +44,10 @@ export function parseDefaultRoutes(route: string, ipv6Route: string): Set<string
 }
 
 /** Read the running machine's view (`procRoot` for tests; addresses from `Deno.networkInterfaces`). */
-export function readHostNet(
+export function readMachineNet(
   procRoot = "/proc",
   interfaces: () => Deno.NetworkInterfaceInfo[] = () => Deno.networkInterfaces(),
-): HostNet {
+): MachineNet {
   const defaultRoute = parseDefaultRoutes(
     readOr(`${procRoot}/net/route`),
     readOr(`${procRoot}/net/ipv6_route`),
@@ -66,9 +67,14 @@ export function readHostNet(
 }
 
 /** Why `iface` must never be taken from the kernel, or null when nothing depends on it. */
-export function protectedReason(iface: string, net: HostNet): string | null {
+export function protectedReason(iface: string, net: MachineNet): string | null {
   if (net.defaultRoute.has(iface)) return `${iface} carries the default route`;
   const a = net.addresses.get(iface);
   if (a?.length) return `${iface} has address ${a.join(", ")}`;
   return null;
+}
+
+/** The machine's network view for sysfs `root`: the real one for the real sysfs, none for a fixture tree. */
+export function machineNetFor(root: string, given?: MachineNet): MachineNet {
+  return given ?? (root === SYSFS ? readMachineNet() : noMachineNet());
 }

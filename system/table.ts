@@ -1,19 +1,21 @@
 /**
- * The driver table: which pvdrv driver serves which device, by PCI ids or by XenBus device type. `probe` asks it
- * which functions pvdrv can drive, `bind` refuses anything it has no driver for, and {@link openNic} opens a device
- * with the driver it names. Adding a device is one entry here plus its driver.
+ * The driver table, by device class: which pvdrv driver serves which device (PCI ids or XenBus device type), and
+ * for each class who uses such a device on this machine. `probe` asks it which functions pvdrv can drive and
+ * which the machine uses, `bind` refuses anything it has no driver for or the machine uses, and {@link openNic}
+ * opens a device with the driver it names. Adding a device is one entry here plus its driver.
  * @module
  */
 import { PvdrvError } from "../hal/errors.ts";
 import { openPci } from "../ffi/pci.ts";
-import { parsePciAddress, readDevice } from "../ffi/sysfs.ts";
+import { parsePciAddress, type PciDeviceInfo, readDevice } from "../ffi/sysfs.ts";
 import { XenbusDevice } from "../ffi/xenbus.ts";
 import { Evtchn, Gntalloc } from "../ffi/xen.ts";
-import type { IrqMode, Nic } from "./net/nic.ts";
-import { VIRTIO_NET, VirtioNet } from "./virtio/net.ts";
-import { virtioDeviceType } from "./virtio/pci.ts";
-import { Netfront } from "./xen/netfront.ts";
-import { XenStore } from "./xen/xenstore.ts";
+import type { IrqMode, Nic } from "../drivers/net/nic.ts";
+import { VIRTIO_NET, VirtioNet } from "../drivers/virtio/net.ts";
+import { virtioDeviceType } from "../drivers/virtio/pci.ts";
+import { Netfront } from "../drivers/xen/netfront.ts";
+import { XenStore } from "../drivers/xen/xenstore.ts";
+import { type DeviceUse, deviceUse, diskUse, type Machine, networkUse } from "./device_use.ts";
 
 /** Options common to every NIC driver. */
 export interface OpenOptions {
@@ -39,10 +41,26 @@ export interface PciIds {
   subsystemId: number;
 }
 
-/** One driver: what it serves and how to open it. */
+/** A device class, and how the machine may be using one of its devices. */
+export interface DeviceClass {
+  /** The class ("nic", "disk"). */
+  readonly name: string;
+  /** Who uses PCI function `d` on this machine, for this class (null: nobody). */
+  inUse(d: PciDeviceInfo, sysfs: string, m: Machine): DeviceUse | null;
+}
+
+/** The classes pvdrv knows: NICs, and disks (which no pvdrv driver serves yet, but whose use probe reports). */
+export const DEVICE_CLASSES: { readonly nic: DeviceClass; readonly disk: DeviceClass } = {
+  nic: { name: "nic", inUse: (d, root, m) => networkUse(d.netInterfaces, root, m.net) },
+  disk: { name: "disk", inUse: (d, root, m) => diskUse(d.blockDevices, root, m.disks) },
+};
+
+/** One driver: its class, what it serves and how to open it. */
 export interface NicDriver {
   /** The driver's name ("virtio-net"). */
   readonly name: string;
+  /** Its device class. */
+  readonly class: DeviceClass;
   /** The PCI functions it serves (absent: not a PCI driver). */
   readonly pci?: (ids: PciIds) => boolean;
   /** The XenBus device type it serves under device/ ("vif"; absent: not a XenBus driver). */
@@ -80,20 +98,37 @@ async function openNetfront(name: string, opts: OpenOptions): Promise<Nic> {
   }
 }
 
-/** Every NIC driver pvdrv has. */
-export const NIC_DRIVERS: readonly NicDriver[] = [
-  { name: "virtio-net", pci: (d) => virtioDeviceType(d) === VIRTIO_NET, open: openVirtioNet },
-  { name: "netfront", xenbus: "vif", open: openNetfront },
+/** Every driver pvdrv has. */
+export const DRIVERS: readonly NicDriver[] = [
+  {
+    name: "virtio-net",
+    class: DEVICE_CLASSES.nic,
+    pci: (d) => virtioDeviceType(d) === VIRTIO_NET,
+    open: openVirtioNet,
+  },
+  { name: "netfront", class: DEVICE_CLASSES.nic, xenbus: "vif", open: openNetfront },
 ];
+
+/** The NIC drivers. */
+export const NIC_DRIVERS: readonly NicDriver[] = DRIVERS.filter((d) => d.class === DEVICE_CLASSES.nic);
 
 /** The driver for a PCI function with these ids, or null. */
 export function pciDriverFor(ids: PciIds): NicDriver | null {
-  return NIC_DRIVERS.find((d) => d.pci?.(ids)) ?? null;
+  return DRIVERS.find((d) => d.pci?.(ids)) ?? null;
 }
 
 /** The driver for a XenBus device type ("vif"), or null. */
 export function xenbusDriverFor(type: string): NicDriver | null {
-  return NIC_DRIVERS.find((d) => d.xenbus === type) ?? null;
+  return DRIVERS.find((d) => d.xenbus === type) ?? null;
+}
+
+/**
+ * Who uses PCI function `d` on this machine: its driver's class answers; a function no pvdrv driver serves is
+ * asked of every class (probe shows a mounted disk as active even before pvdrv drives disks).
+ */
+export function useOf(d: PciDeviceInfo, sysfs: string, m: Machine): DeviceUse | null {
+  const drv = pciDriverFor(d);
+  return drv ? drv.class.inUse(d, sysfs, m) : deviceUse(d, sysfs, m);
 }
 
 /** Open `name` with the driver the table names: "0000:00:04.0" / "00:04.0" (PCI) or "vif/0" (XenBus). */
