@@ -6,7 +6,7 @@
 import type { Nic, PacketBuffer } from "../drivers/net/nic.ts";
 import { MIN_FRAME, RX_CSUM_PARTIAL } from "../drivers/net/nic.ts";
 import { completeChecksum } from "../net/offload.ts";
-import { tick } from "../hal/event_loop.ts";
+import { Pacer, tick } from "../hal/event_loop.ts";
 import { releaseUnsent } from "./traffic.ts";
 
 /** The other side of the bridge: a file descriptor carrying whole Ethernet frames (a TAP device). */
@@ -89,7 +89,8 @@ export async function bridge(nic: Nic, port: FramePort, o: BridgeOptions): Promi
   // tx[0..held): frames read from the TAP that the NIC has not taken yet (its ring was full). They are held, in
   // order, for the next round, and the TAP is not read past them: a frame read is never dropped for a full ring.
   let held = 0;
-  let nextReport = performance.now() + reportMs, rounds = 0;
+  let nextReport = performance.now() + reportMs;
+  const pacer = new Pacer();
   try {
     while (!o.stop()) {
       // NIC → TAP.
@@ -135,7 +136,7 @@ export async function bridge(nic: Nic, port: FramePort, o: BridgeOptions): Promi
         o.onReport?.(s);
       }
       if (n || read || held) {
-        if (++rounds % 64 === 0) await tick(); // busy: let the event loop in by count
+        if (pacer.due(n + read)) await tick(); // busy: let the event loop in by count
         continue;
       }
       if (o.interrupts) {
@@ -143,7 +144,7 @@ export async function bridge(nic: Nic, port: FramePort, o: BridgeOptions): Promi
         nic.sleepRx(Math.max(0, Math.min(100, nextReport - now)), q, port.fd);
         s.sleeps++;
         await tick();
-      } else if (++rounds % 64 === 0) await tick();
+      } else if (pacer.due(0)) await tick();
     }
   } finally {
     // Stopping (or failing) with frames held: they are the bridge's to give back, and counted.

@@ -8,7 +8,7 @@ import { PvdrvError } from "../hal/errors.ts";
 import type { Nic, PacketBuffer } from "../drivers/net/nic.ts";
 import { checkFrame, FrameCheck, writeFrame, writeHeader } from "./frames.ts";
 import type { PcapWriter } from "./pcap.ts";
-import { tick } from "../hal/event_loop.ts";
+import { ITEMS_PER_YIELD, Pacer, SLEEP_SLICE_MS, tick } from "../hal/event_loop.ts";
 
 /** Lets a sender stay at most `size` frames ahead of what the receiver has confirmed. */
 export interface Window {
@@ -66,7 +66,17 @@ export interface SendResult {
 }
 
 /** The receiver yields to the event loop once per this many frames handled (of any kind). */
-export const YIELD_EVERY = 4096;
+export const YIELD_EVERY = ITEMS_PER_YIELD;
+/** Polls of a full TX ring between yields: the device is the bottleneck, and a yield would idle it. */
+const STALLED_POLLS_PER_YIELD = 1024;
+/** A sender that completes nothing for this long has a stuck device (ms). */
+const STALL_LIMIT_MS = 10_000;
+/** How often a sender reports progress (ms). */
+const PROGRESS_MS = 1000;
+/** How long a finished sender waits for the device to complete what it queued (ms). */
+const DRAIN_MS = 5000;
+/** Frames a receive loop takes per call. */
+const RX_BATCH = 64;
 /**
  * Frames (or polls) between clock reads in the traffic loops: performance.now() costs ≈ 90 ns natively, more than
  * the driver's work for a frame, so a loop that read it per batch of 1 would mostly measure the clock.
@@ -88,7 +98,8 @@ export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
   const bufs: PacketBuffer[] = new Array(batch);
   const completedBefore = nic.stats()[q].txPackets;
   const t0 = performance.now();
-  let sent = 0, bytes = 0, lastReport = t0, spins = 0, stalledSince = 0, nextClock = 0;
+  const pacer = new Pacer(STALLED_POLLS_PER_YIELD);
+  let sent = 0, bytes = 0, lastReport = t0, stalled = false, stalledSince = 0, nextClock = 0;
   while (sent < o.count) {
     let room = Math.min(batch, o.count - sent);
     if (o.window) {
@@ -123,17 +134,19 @@ export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
     if (got === 0) {
       // The ring is full: the device is the bottleneck. Keep polling for completions (like a DPDK sender), letting
       // the event loop run now and then (setImmediate: a timer sleep would be clamped to >= 4 ms and idle the ring).
-      if (spins === 0) stalledSince = performance.now();
-      else if (performance.now() - stalledSince > 10_000) {
+      if (!stalled) stalled = true, stalledSince = performance.now();
+      else if (performance.now() - stalledSince > STALL_LIMIT_MS) {
         throw new PvdrvError(
           "app",
-          `${nic.name}: the device completed nothing for 10 s (${sent} frames queued so far)`,
+          `${nic.name}: the device completed nothing for ${
+            STALL_LIMIT_MS / 1000
+          } s (${sent} frames queued so far)`,
         );
       }
-      if (++spins % 1024 === 0) await tick();
+      if (pacer.due(0)) await tick();
       continue;
     }
-    spins = 0;
+    stalled = false;
     for (let i = 0; i < got; i++) {
       const seq = first + sent + i, len = frameSize(seq, o.minSize, o.maxSize);
       if (o.headerOnly) writeHeader(bufs[i].data, len, seq, o.dst, nic.mac);
@@ -152,21 +165,23 @@ export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
     nextClock = sent + CLOCK_EVERY;
     const now = performance.now();
     if (o.durationMs && now - t0 >= o.durationMs) break;
-    if (now - lastReport > 1000) {
+    if (now - lastReport > PROGRESS_MS) {
       lastReport = now;
       o.onProgress?.(sent, (now - t0) / 1000);
       await tick();
     }
   }
   // Wait for the device to complete everything queued (completions counted since the start).
-  const deadline = performance.now() + 5000;
+  const deadline = performance.now() + DRAIN_MS;
   while (true) {
     nic.reclaimTx(q);
     if (nic.stats()[q].txPackets - completedBefore >= sent) break;
     if (performance.now() > deadline) {
       throw new PvdrvError(
         "app",
-        `the device completed ${nic.stats()[q].txPackets - completedBefore} of ${sent} frames within 5 s`,
+        `the device completed ${nic.stats()[q].txPackets - completedBefore} of ${sent} frames within ${
+          DRAIN_MS / 1000
+        } s`,
       );
     }
     await tick();
@@ -223,13 +238,14 @@ export interface RecvResult {
 export async function receive(nic: Nic, o: RecvOptions): Promise<RecvResult> {
   const q = o.queue ?? 0, first = o.firstSeq ?? 0;
   const seen = new Uint8Array(o.count || 1);
-  const out: PacketBuffer[] = new Array(64);
+  const out: PacketBuffer[] = new Array(RX_BATCH);
   const seqBox = new Uint32Array(1);
-  let ok = 0, corrupt = 0, foreign = 0, dup = 0, bytes = 0, waits = 0, empty = 0, handled = 0;
+  const pacer = new Pacer();
+  let ok = 0, corrupt = 0, foreign = 0, dup = 0, bytes = 0, waits = 0;
   let tFirst = 0, tLast = performance.now(), progressed = false;
   const every = o.progressEvery ?? 0;
   while ((o.count === 0 || ok < o.count) && !o.stop?.()) {
-    const n = nic.receiveBatch(out, 64, q);
+    const n = nic.receiveBatch(out, RX_BATCH, q);
     if (n === 0) {
       const idle = performance.now() - tLast;
       if (idle > o.idleTimeoutMs) break;
@@ -244,7 +260,7 @@ export async function receive(nic: Nic, o: RecvOptions): Promise<RecvResult> {
         // time; a slice that ends without an interrupt lets the event loop run.
         waits++;
         if (!nic.sleepRx(Math.min(SLEEP_SLICE_MS, Math.max(1, o.idleTimeoutMs - idle)), q)) await tick();
-      } else if (++empty % 64 === 0) await tick();
+      } else if (pacer.due(0)) await tick();
       continue;
     }
     tLast = performance.now();
@@ -271,10 +287,7 @@ export async function receive(nic: Nic, o: RecvOptions): Promise<RecvResult> {
     nic.release(out, n, q);
     // Let I/O (progress pipes, signals) run now and then: by frames of any kind, never per batch (Deno clamps
     // chained timers to >= 4 ms, which would cap a stream of other traffic near 16k pps).
-    if ((handled += n) >= YIELD_EVERY) {
-      handled = 0;
-      await tick();
-    }
+    if (pacer.due(n)) await tick();
   }
   const seconds = tFirst ? (tLast - tFirst) / 1000 : 0;
   return {
@@ -357,8 +370,6 @@ export interface CountOptions {
 
 /** What a wake-up from the interrupt costs, about (µs, native): the poll() syscall and the return to JS. */
 const WAKE_US = 10;
-/** Longest a receive loop blocks its thread in one interrupt sleep (ms). */
-const SLEEP_SLICE_MS = 10;
 
 /**
  * Count received frames of any kind (not verified: the receive half of a benchmark, like DPDK's rxonly), sampling
@@ -368,7 +379,8 @@ export async function countFrames(nic: Nic, o: CountOptions): Promise<number[]> 
   const batch = Math.max(1, Math.min(o.batch, 256)), q = o.queue ?? 0;
   const out: PacketBuffer[] = new Array(batch);
   const counts: number[] = [];
-  let got = 0, m = 0, handled = 0, empty = 0, lastFrame = performance.now(), gapUs = 1e6, now = lastFrame;
+  const pacer = new Pacer();
+  let got = 0, m = 0, lastFrame = performance.now(), gapUs = 1e6, now = lastFrame;
   let polls = 0;
   while (m < o.marks.length) {
     const n = nic.receiveBatch(out, batch, q);
@@ -386,15 +398,8 @@ export async function countFrames(nic: Nic, o: CountOptions): Promise<number[]> 
       o.onMark?.(m, got);
       m++;
     }
-    if (n > 0) {
-      if ((handled += n) >= YIELD_EVERY) {
-        handled = 0;
-        await tick();
-      }
-      continue;
-    }
-    if (!o.interrupts) {
-      if (++empty % 64 === 0) await tick();
+    if (n > 0 || !o.interrupts) {
+      if (pacer.due(n)) await tick();
       continue;
     }
     const budgetUs = o.busyPollUs || (gapUs < WAKE_US ? 2 * gapUs : 0);
@@ -431,11 +436,12 @@ export interface ForwardResult {
 export async function forward(from: Nic, to: Nic, o: ForwardOptions): Promise<ForwardResult> {
   const batch = Math.max(1, Math.min(o.batch, 256)), limit = o.frames ?? Infinity;
   const rx: PacketBuffer[] = new Array(batch), tx: PacketBuffer[] = new Array(batch);
-  let forwarded = 0, dropped = 0, handled = 0, empty = 0, polls = 0;
+  const pacer = new Pacer();
+  let forwarded = 0, dropped = 0, polls = 0;
   while (forwarded + dropped < limit && (++polls % CLOCK_EVERY !== 0 || performance.now() < o.until)) {
     const n = from.receiveBatch(rx, Math.min(batch, limit - forwarded - dropped));
     if (n === 0) {
-      if (++empty % 64 === 0) await tick();
+      if (pacer.due(0)) await tick();
       continue;
     }
     const room = to.allocTx(tx, n);
@@ -445,10 +451,7 @@ export async function forward(from: Nic, to: Nic, o: ForwardOptions): Promise<Fo
     from.release(rx, n);
     forwarded += sent;
     dropped += n - sent;
-    if ((handled += n) >= YIELD_EVERY) {
-      handled = 0;
-      await tick();
-    }
+    if (pacer.due(n)) await tick();
   }
   return { forwarded, dropped };
 }

@@ -11,43 +11,28 @@
  * @module
  */
 import { PvdrvError } from "../hal/errors.ts";
-import { type Nic, RX_CSUM_PARTIAL, RX_CSUM_VALID } from "../drivers/net/nic.ts";
+import type { Nic } from "../drivers/net/nic.ts";
 import type { PacketBuffer } from "../drivers/net/packet_pool.ts";
-import { ARP_REPLY, ARP_REQUEST, ArpCache, type ArpTiming, type ArpView, readArp, writeArp } from "./arp.ts";
-import { finish, pseudoSum, sum16 } from "./checksum.ts";
+import { ARP_REQUEST, ArpCache, type ArpTiming, writeArp } from "./arp.ts";
 import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT, type Lease } from "./dhcp.ts";
 import { HostDhcp } from "./host_dhcp.ts";
+import { BROADCAST_MAC, ETH_HLEN, macNumber } from "./ethernet.ts";
+import { ICMP_ECHO_HLEN } from "./icmp.ts";
 import {
-  BROADCAST_MAC,
-  ETH_HLEN,
-  ETHERTYPE_ARP,
-  ETHERTYPE_IPV4,
-  isGroupMac,
-  macNumber,
-  readMac,
-} from "./ethernet.ts";
-import { ICMP_ECHO_HLEN, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, writeEcho } from "./icmp.ts";
-import {
-  BROADCAST_IP,
-  checkIpv4,
   type Cidr,
   hostCidrProblem,
-  IpCheck,
   ipText,
   IPV4_HLEN,
   maskOf,
-  mayBeSource,
   parseCidr,
   parseIp,
   PROTO_ICMP,
-  PROTO_UDP,
-  readU16,
-  readU32,
 } from "./ipv4.ts";
-import { type Datagram, UDP_HLEN, UdpSocket } from "./udp.ts";
-import { tick } from "../hal/event_loop.ts";
+import { UdpSocket } from "./udp.ts";
+import { Pacer, tick } from "../hal/event_loop.ts";
 import { emptyHostStats, type HostStats } from "./host_stats.ts";
 import { TxBatch } from "./host_tx.ts";
+import { HostInput } from "./host_input.ts";
 
 import { Pinger, type PingReply } from "./pinger.ts";
 import { type Addressing, addressText, IpOutput } from "./ip_output.ts";
@@ -84,7 +69,8 @@ export interface HostOptions {
   passive?: boolean;
 }
 
-const L3 = ETH_HLEN, L4 = ETH_HLEN + IPV4_HLEN;
+/** Where the L4 header starts in an untagged IPv4 frame without options. */
+const L4 = ETH_HLEN + IPV4_HLEN;
 /** The dynamic (ephemeral) port range, 49152-65535 (RFC 6335 §6). */
 const EPHEMERAL_FIRST = 49152, EPHEMERAL_COUNT = 16384;
 /** How often timers run: ARP retries, the DHCP client's sends and deadlines (ms). */
@@ -107,21 +93,11 @@ export class NetHost {
   readonly #queue: number;
   readonly #interrupts: boolean;
   readonly #spinMs: number;
-  readonly #passive: boolean;
+  readonly #in: HostInput;
   readonly #onError: (e: Error, where: "app" | "frame") => void;
   readonly #reported = { app: false, frame: false };
   readonly #rx: PacketBuffer[] = new Array(BATCH);
   readonly #out: TxBatch;
-  readonly #arpView: ArpView = { op: 0, sha: 0, spa: 0, tpa: 0 };
-  readonly #dgram: Datagram = {
-    src: 0,
-    srcPort: 0,
-    dst: 0,
-    dstPort: 0,
-    bytes: new Uint8Array(0),
-    offset: 0,
-    length: 0,
-  };
   readonly #sockets = new Map<number, UdpSocket>();
   readonly #pinger = new Pinger();
   readonly #ipOut: IpOutput;
@@ -141,9 +117,27 @@ export class NetHost {
     this.#out = new TxBatch(nic, this.#queue, this.stats);
     this.#interrupts = opts.interrupts ?? false;
     this.#spinMs = opts.spinMs ?? 0.2;
-    this.#passive = opts.passive ?? false;
     this.arp = new ArpCache(opts.arp);
     this.#ipOut = new IpOutput(nic, this.#out, this.arp, this.#addr, this.macNum, this.ttl, this.stats);
+    this.#in = new HostInput({
+      nic,
+      mac: this.macNum,
+      stats: this.stats,
+      arp: this.arp,
+      addr: this.#addr,
+      out: this.#out,
+      ipOut: this.#ipOut,
+      pinger: this.#pinger,
+      sockets: this.#sockets,
+      passive: opts.passive ?? false,
+    }, {
+      dhcp: () => this.#dhcp,
+      dhcpEvent: (r, now) => this.#dhcpEvent(r, now),
+      appFailed: (e) => {
+        this.stats.appErrors++;
+        this.#reportOnce(e, "app");
+      },
+    });
     this.#onError = opts.onError ?? ((e, where) =>
       console.error(
         `pvdrv: ${where === "app" ? "an application callback" : "handling a frame"} failed: ${e.message} ` +
@@ -284,7 +278,7 @@ export class NetHost {
       // One frame's failure is that frame's: counted, and the rest of the batch is handled all the same.
       for (let i = 0; i < n; i++) {
         try {
-          this.#input(rx[i], now);
+          this.#in.input(rx[i], now);
         } catch (e) {
           this.#frameFailed(e);
         }
@@ -313,7 +307,7 @@ export class NetHost {
   handle(b: PacketBuffer): void {
     this.#out.inBatch = true;
     try {
-      this.#input(b, performance.now());
+      this.#in.input(b, performance.now());
     } catch (e) {
       this.#frameFailed(e);
     } finally {
@@ -349,136 +343,6 @@ export class NetHost {
   }
 
   // ---- receive ----
-
-  #input(b: PacketBuffer, now: number): void {
-    const s = this.stats, d = b.data, len = b.length;
-    s.rxFrames++;
-    if (len < ETH_HLEN) return void s.rxTruncated++;
-    const dstMac = readMac(d, 0);
-    if (dstMac !== this.macNum && dstMac !== BROADCAST_MAC) return void s.rxIgnored++;
-    // No station sends from a group (I/G bit set) or an all-zero MAC: nothing from one is answered, learned or
-    // delivered. Read from the bytes: a 48-bit number here would be a heap number per frame.
-    if ((d[6] & 1) || (d[6] | d[7] | d[8] | d[9] | d[10] | d[11]) === 0) return void s.rxBadSource++;
-    const type = (d[12] << 8) | d[13];
-    if (type === ETHERTYPE_ARP) return this.#arpInput(d, len, now);
-    if (type !== ETHERTYPE_IPV4) return void s.rxIgnored++;
-    const c = checkIpv4(d, L3, len - L3);
-    if (c !== IpCheck.Ok) {
-      if (c === IpCheck.Truncated) s.rxTruncated++;
-      else if (c === IpCheck.BadHeader) s.ipBadHeader++;
-      else if (c === IpCheck.BadChecksum) s.ipBadChecksum++;
-      else s.ipFragments++;
-      return;
-    }
-    const ihl = (d[L3] & 15) * 4, total = readU16(d, L3 + 2), proto = d[L3 + 9];
-    // The frame rule leaves room for a VLAN tag; an untagged packet past the MTU is not one any link carries.
-    if (total > this.nic.mtu) return void s.ipTooBig++;
-    const src = readU32(d, L3 + 12), dst = readU32(d, L3 + 16);
-    const l4 = L3 + ihl, l4len = total - ihl;
-    const toDhcpServer = proto === PROTO_UDP && l4len >= UDP_HLEN && readU16(d, l4 + 2) === DHCP_SERVER_PORT;
-    if (!this.#sourceOk(src, toDhcpServer)) return void s.ipBadSource++;
-    const forUs = this.ip !== 0 && (dst === this.ip || dst === BROADCAST_IP || dst === this.#addr.bcast);
-    // Before an address is leased, only the DHCP client's replies are taken (RFC 2131 §4.1).
-    const dhcpReply = !forUs && this.#dhcp !== null && this.ip === 0 && proto === PROTO_UDP &&
-      l4len >= UDP_HLEN && readU16(d, l4 + 2) === DHCP_CLIENT_PORT;
-    if (!forUs && !dhcpReply) return void s.ipNotForUs++;
-    // RFC 1122 §3.3.6: a unicast IP destination in a link-layer broadcast is discarded.
-    if (dstMac === BROADCAST_MAC && dst === this.ip) return void s.ipNotForUs++;
-    if (proto === PROTO_ICMP) this.#icmpInput(b, l4, l4len, src, dst, now);
-    else if (proto === PROTO_UDP) this.#udpInput(b, l4, l4len, src, dst, now);
-    else s.ipUnknownProtocol++;
-  }
-
-  #arpInput(d: Uint8Array, len: number, now: number): void {
-    const v = this.#arpView, s = this.stats;
-    if (!readArp(d, len, v)) return void s.arpBad++;
-    // A sender no host can be is neither learned nor answered: a group or zero MAC, a special-purpose address
-    // other than 0.0.0.0 (an RFC 5227 probe), a broadcast address.
-    if (
-      v.sha === 0 || isGroupMac(v.sha) || (v.spa !== 0 && !mayBeSource(v.spa)) ||
-      (this.ip !== 0 && v.spa === this.#addr.bcast)
-    ) return void s.arpBad++;
-    const forUs = this.ip !== 0 && v.tpa === this.ip;
-    // RFC 826: update an entry we have; add one when the packet is for us. Only senders on our subnet are learned
-    // (a neighbour off it is never a next hop), and never one claiming our own address.
-    if (v.spa !== 0 && v.spa !== this.ip && this.#ipOut.onSubnet(v.spa)) {
-      const waiting = this.arp.learn(v.spa, v.sha, now, forUs);
-      if (waiting) { for (const w of waiting) this.#ipOut.sendResolved(w, v.sha); }
-    }
-    if (!forUs) return void s.arpOther++;
-    if (v.op === ARP_REPLY) return void s.arpReplies++;
-    s.arpRequests++;
-    if (this.#passive) return;
-    const r = this.#out.take();
-    if (!r) return;
-    r.length = writeArp(r.data, ARP_REPLY, v.sha, this.macNum, this.ip, v.sha, v.spa);
-    this.#out.push(r);
-  }
-
-  #icmpInput(b: PacketBuffer, off: number, len: number, src: number, dst: number, now: number): void {
-    const d = b.data, s = this.stats;
-    if (len < ICMP_ECHO_HLEN || finish(sum16(d, off, len)) !== 0) return void s.icmpOther++;
-    const type = d[off], code = d[off + 1];
-    if (type === ICMP_ECHO_REQUEST && code === 0) {
-      // Echo requests to a broadcast address are not answered (RFC 1122 §3.2.2.6 allows either; Linux ignores).
-      if (this.#passive || dst !== this.ip || src === 0 || src === BROADCAST_IP) return void s.icmpOther++;
-      s.icmpEchoRequests++;
-      const r = this.#out.take();
-      if (!r) return;
-      const o = r.data;
-      // The reply carries the request's identifier, sequence and data (RFC 792); it goes back to the sender's MAC.
-      for (let i = ICMP_ECHO_HLEN; i < len; i++) o[L4 + i] = d[off + i];
-      writeEcho(o, L4, len, ICMP_ECHO_REPLY, readU16(d, off + 4), readU16(d, off + 6));
-      this.#ipOut.writeHeaders(r, readMac(d, 6), src, PROTO_ICMP, len);
-      this.#out.push(r);
-      return;
-    }
-    if (type === ICMP_ECHO_REPLY && code === 0 && this.#pinger.answer(d, off, len, d[L3 + 8], now)) {
-      return void s.icmpEchoReplies++;
-    }
-    s.icmpOther++;
-  }
-
-  #udpInput(b: PacketBuffer, off: number, len: number, src: number, dst: number, now: number): void {
-    const d = b.data, s = this.stats;
-    if (len < UDP_HLEN) return void s.udpBadLength++;
-    const ulen = readU16(d, off + 4);
-    if (ulen < UDP_HLEN || ulen > len) return void s.udpBadLength++;
-    // RFC 768: checksum 0 means none was sent. A device that validated it (or a local sender that left it
-    // partial, virtio NEEDS_CSUM / netif csum_blank) spares the sum.
-    if (readU16(d, off + 6) !== 0 && !(b.flags & (RX_CSUM_VALID | RX_CSUM_PARTIAL))) {
-      if (finish(sum16(d, off, ulen, pseudoSum(src, dst, PROTO_UDP, ulen))) !== 0) {
-        return void s.udpBadChecksum++;
-      }
-    }
-    const sport = readU16(d, off), dport = readU16(d, off + 2);
-    if (dport === DHCP_CLIENT_PORT && this.#dhcp && sport === DHCP_SERVER_PORT) {
-      s.udpDelivered++;
-      const r = this.#dhcp.client.receive(d, off + UDP_HLEN, ulen - UDP_HLEN, now);
-      if (r === "refused") s.dhcpRefused++;
-      else if (r) this.#dhcpEvent(r, now);
-      return;
-    }
-    const sock = this.#sockets.get(dport);
-    if (!sock) return void s.udpNoPort++;
-    s.udpDelivered++;
-    const g = this.#dgram;
-    g.src = src, g.srcPort = sport, g.dst = dst, g.dstPort = dport;
-    g.bytes = d, g.offset = off + UDP_HLEN, g.length = ulen - UDP_HLEN;
-    try {
-      sock.deliver(g);
-    } catch (e) {
-      // The application's failure is the application's: counted, reported once, and the host goes on.
-      s.appErrors++;
-      this.#reportOnce(e, "app");
-    }
-  }
-
-  /** Whether `src` may be a packet's source (RFC 1122 §3.2.1.3); 0.0.0.0 only for a DHCP server's port. */
-  #sourceOk(src: number, toDhcpServer: boolean): boolean {
-    if (src === 0) return toDhcpServer; // a DHCP client before its lease (RFC 2131 §4.1)
-    return mayBeSource(src) && (this.ip === 0 || (src !== this.ip && src !== this.#addr.bcast));
-  }
 
   /** A frame's handling failed. A NIC that broke ends the loop (its error); anything else is counted. */
   #frameFailed(e: unknown): void {
@@ -571,7 +435,8 @@ export class NetHost {
   // ---- the loop ----
 
   async #loop(): Promise<void> {
-    let lastFrame = performance.now(), spins = 0;
+    const pacer = new Pacer();
+    let lastFrame = performance.now();
     try {
       while (!this.#stopped) {
         const n = this.poll();
@@ -579,11 +444,10 @@ export class NetHost {
         if (now >= this.#nextHousekeep) this.#housekeep(now);
         if (n > 0) lastFrame = now;
         if (n > 0 || !this.#interrupts || now - lastFrame < this.#spinMs) {
-          // Busy: let the event loop run every 64 rounds (setImmediate: timers are clamped to >= 4 ms).
-          if (++spins >= 64) spins = 0, await tick();
+          // Busy: let the event loop run by count (setImmediate: timers are clamped to >= 4 ms).
+          if (pacer.due(n)) await tick();
           continue;
         }
-        spins = 0;
         if (now - lastFrame < HOT_MS) {
           // Traffic a moment ago: sleep in this thread on the interrupt (one poll(), no thread hop: the lowest wake
           // latency), at most 1 ms, then let the event loop run.
