@@ -34,15 +34,9 @@ import {
   writeTxHeader,
 } from "./net_wire.ts";
 import { openVirtioPci, type VirtioPciOptions } from "./pci.ts";
-import {
-  negotiate,
-  NO_VECTOR,
-  readConfig,
-  type VirtioBus,
-  VirtioError,
-  type VirtioTransport,
-} from "./transport.ts";
+import { negotiate, NO_VECTOR, type VirtioBus, VirtioError, type VirtioTransport } from "./transport.ts";
 import { SplitQueue } from "./virtqueue.ts";
+import { CONTROL_MEM, ControlQueue, readNetConfig } from "./net_control.ts";
 
 export type { IrqMode } from "../net/nic.ts";
 
@@ -71,13 +65,6 @@ export interface VirtioNetOptions {
 export const WANTED_FEATURES = F.VERSION_1 | F.ACCESS_PLATFORM | F.RING_EVENT_IDX | F.ANY_LAYOUT | NET_F.MAC |
   NET_F.STATUS | NET_F.MRG_RXBUF | NET_F.CSUM | NET_F.GUEST_CSUM | NET_F.CTRL_VQ | NET_F.CTRL_RX | NET_F.MQ |
   NET_F.CTRL_MAC_ADDR | NET_F.MTU;
-
-/** virtio_net_config as read at bring-up. */
-interface NetConfig {
-  mac: Uint8Array;
-  maxPairs: number;
-  mtu: number;
-}
 
 /** One RX/TX queue pair of a {@link VirtioNet}: its virtqueues, buffer pools, in-flight buffers and counters. */
 export interface VirtioQueuePair {
@@ -121,8 +108,7 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
   readonly #bus: VirtioBus;
   readonly #t: VirtioTransport;
   readonly #irqMode: IrqMode;
-  #ctrl: SplitQueue | null = null;
-  #ctrlMem: DmaRegion | null = null;
+  #ctrl: ControlQueue | null = null;
   /** Every DMA region this NIC allocated, so a failed open or a close frees each one. */
   readonly #regions: DmaRegion[] = [];
   #live = false; // DRIVER_OK was set: queues may be in use by the device
@@ -179,7 +165,7 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
       this.txChecksum = (this.features & NET_F.CSUM) !== 0n;
       this.#mergeable = (this.features & NET_F.MRG_RXBUF) !== 0n;
       this.#rxFlagMask = this.features & NET_F.GUEST_CSUM ? HDR_RX_FLAGS : 0;
-      const cfg = this.#readNetConfig();
+      const cfg = readNetConfig(this.#t, this.features, this.name);
       this.mac = cfg.mac;
       this.maxFrame = maxFrameFor(cfg.mtu, SLOT - this.hdrLen);
       this.mtu = Math.min(cfg.mtu, this.maxFrame - FRAME_OVERHEAD);
@@ -196,7 +182,9 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
         throw new VirtioError("device needs reset right after DRIVER_OK");
       }
       for (const p of this.pairs) this.refill(p);
-      if (pairs > 1) this.#command(CTRL.MQ, CTRL.MQ_VQ_PAIRS_SET, new Uint8Array([pairs & 0xff, pairs >> 8]));
+      if (pairs > 1) {
+        this.#ctrlCommand(CTRL.MQ, CTRL.MQ_VQ_PAIRS_SET, new Uint8Array([pairs & 0xff, pairs >> 8]));
+      }
       if (opts.promiscuous) this.setPromiscuous(true);
     } catch (e) {
       void this.close();
@@ -221,48 +209,6 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
   }
 
   /** virtio_net_config (§5.1.4), read consistently (§4.1.4.3.1) and checked. */
-  #readNetConfig(): NetConfig {
-    const f = this.features;
-    // §5.1.4: each negotiated feature's field must lie inside the device-config structure the device described.
-    const size = this.#t.deviceConfig.size;
-    for (
-      const [bit, name, end] of [
-        [NET_F.MAC, "MAC", NET_CONFIG.MAC + 6],
-        [NET_F.STATUS, "STATUS", NET_CONFIG.STATUS + 2],
-        [NET_F.MQ, "MQ", NET_CONFIG.MAX_PAIRS + 2],
-        [NET_F.MTU, "MTU", NET_CONFIG.MTU + 2],
-      ] as const
-    ) {
-      if (f & bit && size < end) {
-        throw new VirtioError(
-          `${this.name}: device config is ${size} bytes, too short for VIRTIO_NET_F_${name} (needs ${end})`,
-        );
-      }
-    }
-    const cfg = readConfig(this.#t, (dc) => {
-      const mac = new Uint8Array(6);
-      if (f & NET_F.MAC) { for (let i = 0; i < 6; i++) mac[i] = dc.read8(NET_CONFIG.MAC + i); }
-      return {
-        mac,
-        maxPairs: f & NET_F.MQ ? dc.read16(NET_CONFIG.MAX_PAIRS) : 1,
-        mtu: f & NET_F.MTU ? dc.read16(NET_CONFIG.MTU) : 1500,
-      };
-    });
-    if (!(f & NET_F.MAC)) {
-      crypto.getRandomValues(cfg.mac);
-      cfg.mac[0] = (cfg.mac[0] & 0xfe) | 0x02; // locally administered unicast
-    }
-    // §5.1.4: 1..0x8000 pairs; the control queue follows them (index 2 * pairs), and queue indices are 16 bits.
-    if (cfg.maxPairs < 1 || cfg.maxPairs > 0x8000 || 2 * cfg.maxPairs > 0xfffe) {
-      throw new VirtioError(
-        `device reports max_virtqueue_pairs ${cfg.maxPairs}: its queues (and the control queue after them) ` +
-          `cannot be addressed with 16-bit queue indices`,
-      );
-    }
-    if (cfg.mtu < 68) throw new VirtioError(`device reports MTU ${cfg.mtu}`);
-    return cfg;
-  }
-
   /** Every DMA region goes through here, so a failed open or close frees it. */
   #dma(): DmaAllocator {
     const dma = this.#bus.dma;
@@ -327,9 +273,7 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
       rx.disableInterrupts();
     }
     if (ctrl) {
-      this.#ctrl = setup(2 * maxPairs, NO_VECTOR);
-      this.#ctrl.disableInterrupts();
-      this.#ctrlMem = dma.alloc(4096);
+      this.#ctrl = new ControlQueue(setup(2 * maxPairs, NO_VECTOR), dma.alloc(CONTROL_MEM), this.name);
     }
   }
 
@@ -474,34 +418,9 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
 
   // ---- control queue (§5.1.6.5) ----
 
-  /** Send a control command and wait for the device's answer. */
-  #command(cls: number, cmd: number, data: Uint8Array): void {
-    const vq = this.#ctrl, mem = this.#ctrlMem;
-    if (!vq || !mem) throw new VirtioError(`${this.name}: the device has no control queue (CTRL_VQ)`);
-    if (data.length > 2000) throw new RangeError("control command too long");
-    // Layout: class u8, command u8, data (device-readable); ack u8 (device-writable) at 2048.
-    mem.bytes[0] = cls;
-    mem.bytes[1] = cmd;
-    mem.bytes.set(data, 2);
-    mem.bytes[2048] = 0xff;
-    const a = mem.deviceAddress;
-    const head = vq.addChain([
-      { addr: a, len: 2 + data.length, write: false },
-      { addr: a + 2048, len: 1, write: true },
-    ]);
-    if (head < 0) throw new VirtioError("control queue full");
-    vq.kick();
-    const deadline = performance.now() + 2000;
-    while (vq.pending() === 0) {
-      if (performance.now() > deadline) {
-        throw new VirtioError(`${this.name}: control command ${cls}/${cmd} timed out`);
-      }
-    }
-    vq.popUsed();
-    const ack = mem.bytes[2048];
-    if (ack !== CTRL.OK) {
-      throw new VirtioError(`${this.name}: device rejected control command ${cls}/${cmd} (ack ${ack})`);
-    }
+  #ctrlCommand(cls: number, cmd: number, data: Uint8Array): void {
+    if (!this.#ctrl) throw new VirtioError(`${this.name}: the device has no control queue (CTRL_VQ)`);
+    this.#ctrl.command(cls, cmd, data);
   }
 
   #needs(feature: bigint, name: string): void {
@@ -511,19 +430,19 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
   /** Promiscuous mode (needs CTRL_RX). */
   setPromiscuous(on: boolean): void {
     this.#needs(NET_F.CTRL_RX, "CTRL_RX");
-    this.#command(CTRL.RX, CTRL.RX_PROMISC, new Uint8Array([on ? 1 : 0]));
+    this.#ctrlCommand(CTRL.RX, CTRL.RX_PROMISC, new Uint8Array([on ? 1 : 0]));
   }
 
   /** Replace the unicast and multicast MAC filter tables (§5.1.6.5.2). */
   setMacFilter(unicast: Uint8Array[], multicast: Uint8Array[]): void {
     this.#needs(NET_F.CTRL_RX, "CTRL_RX");
-    this.#command(CTRL.MAC, CTRL.MAC_TABLE_SET, macTableData(unicast, multicast));
+    this.#ctrlCommand(CTRL.MAC, CTRL.MAC_TABLE_SET, macTableData(unicast, multicast));
   }
 
   /** Change the device's MAC (needs CTRL_MAC_ADDR). */
   setMac(mac: Uint8Array): void {
     this.#needs(NET_F.CTRL_MAC_ADDR, "CTRL_MAC_ADDR");
-    this.#command(CTRL.MAC, CTRL.MAC_ADDR_SET, mac);
+    this.#ctrlCommand(CTRL.MAC, CTRL.MAC_ADDR_SET, mac);
     this.mac.set(mac);
   }
 
@@ -550,6 +469,5 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
     }
     for (const r of this.#regions.splice(0)) if (!pooled.has(r)) r.free();
     this.#ctrl = null;
-    this.#ctrlMem = null;
   }
 }
