@@ -93,7 +93,7 @@ export function checkFrame(buf: Uint8Array, len: number, seqOut: Uint32Array): F
 
 /**
  * Flow frames: pvdrv's test frame carried in IPv4/UDP, so a device that spreads traffic by flow hash (tun's
- * multi-queue TAP, RSS) sees distinct flows. Layout (lab/mqpeer.c speaks it): Ethernet (type 0x0800), IPv4 10.77.0.2
+ * multi-queue TAP, RSS) sees distinct flows. Layout (lab/c/mqpeer.c speaks it): Ethernet (type 0x0800), IPv4 10.77.0.2
  * → 10.77.0.1 (DF, TTL 64, UDP), UDP from port {@link FLOW_PORT} + flow to port 9 (checksum 0), then at
  * {@link FLOW_HDR}: "PVDR", the sequence number, the frame length, the flow again, and byte `i` = (h * 7 + i) & 0xff
  * where h folds every byte of the sequence number (so no flipped bit of it goes unseen).

@@ -6,7 +6,7 @@
  * bench/ring_loop.ts, the C loop's work in plain TypeScript, separates the language's share from pvdrv's own.
  * @module
  */
-import { compileC } from "../lab/qemu.ts";
+import { compileC } from "../lab/outer/build_c.ts";
 import { VirtioNet } from "../drivers/virtio/net.ts";
 import { NET_F } from "../drivers/virtio/features.ts";
 import type { PacketBuffer } from "../drivers/net/packet_pool.ts";

@@ -4,20 +4,20 @@
  *     model doing only ring work, beside a plain typed-array copy loop of the same frames as the baseline.
  *  2. In the VM lab, one boot, one NIC: pvdrv over VFIO vs DPDK's testpmd vs the guest kernel's virtio_net
  *     (AF_PACKET, pktgen): TX, RX and forwarding at 64 and 1514 bytes and batches 1–256, counted by a C tool on the
- *     host, medians of several windows; guest CPU per packet at fixed offered rates (lab/vm_bench.ts).
+ *     host, medians of several windows; guest CPU per packet at fixed offered rates (lab/outer/vm_bench.ts).
  *  3. The network host (`--net`): the same NIC under the guest kernel's virtio_net, then under pvdrv, against the
  *     kernel's stack in a namespace: ping RTT p50/p99, UDP echo rate, HTTP requests/s through the TAP bridge.
  *  4. In the nested Xen lab, one domU, one vif: the domU kernel's xen-netfront vs pvdrv's netfront, TX and RX pps
  *     with 60-byte frames against dom0's xen-netback (the lab's tests run first).
  * @module
  */
-import { LabError } from "../lab/qemu.ts";
-import { runVmBench } from "../lab/vm_bench.ts";
+import { LabError } from "../lab/outer/qemu.ts";
+import { runVmBench } from "../lab/outer/vm_bench.ts";
 import { FULL_PLAN, QUICK_PLAN } from "../lab/bench_plan.ts";
-import { markdownTables, svgPlot } from "../lab/bench_report.ts";
-import { runXenLab, XEN_BENCH_SECONDS, xenBenchSummary } from "../lab/xen.ts";
-import { intArg, parse, runMain, UsageError } from "./common.ts";
-import { runInGuest } from "../lab/qemu.ts";
+import { markdownTables, svgPlot } from "../lab/outer/bench_report.ts";
+import { runXenLab, XEN_BENCH_SECONDS, xenBenchSummary } from "../lab/outer/xen.ts";
+import { intArg, parse, runMain, UsageError } from "./lib/common.ts";
+import { runInGuest } from "../lab/outer/qemu.ts";
 
 const USAGE =
   `usage: deno task bench [--in-process | --vm | --net | --mq | --xen] [--quick] [--json FILE.json] [--seconds N]
@@ -153,10 +153,10 @@ function netBench(json: string | undefined): Promise<number> {
     "\n== network host, one boot, NIC 0000:00:04.0: the guest kernel's virtio_net, then pvdrv (VFIO); the peer is " +
       "the kernel's stack on 0000:00:05.0 in a namespace ==",
   );
-  return guestBench("cli/bench_net_guest.ts", "PVDRV-NETBENCH", netTable, json, { timeoutSec: 900 });
+  return guestBench("lab/guest/bench_net.ts", "PVDRV-NETBENCH", netTable, json, { timeoutSec: 900 });
 }
 
-/** One queue count's result from cli/bench_mq_guest.ts. */
+/** One queue count's result from lab/guest/bench_mq.ts. */
 interface MqRow {
   driver: "pvdrv" | "kernel";
   queues: number;
@@ -188,7 +188,7 @@ function mqBench(json: string | undefined): Promise<number> {
     "\n== multi-queue, one boot, NIC 0000:00:0a.0 (4 queue pairs on a multi-queue TAP in a namespace made for the " +
       "run): pvdrv with 1, 2 and 4 pairs, one thread; medians of 3 one-second windows (min–max) ==",
   );
-  return guestBench("cli/bench_mq_guest.ts", "PVDRV-MQBENCH", mqTable, json, {
+  return guestBench("lab/guest/bench_mq.ts", "PVDRV-MQBENCH", mqTable, json, {
     timeoutSec: 600,
     multiQueueTap: true,
     echo: true,

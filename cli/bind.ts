@@ -4,7 +4,7 @@
  */
 import { bindDevice, type BindTarget } from "../system/bind.ts";
 import { parsePciAddress } from "../ffi/sysfs.ts";
-import { parse, runMain, UsageError } from "./common.ts";
+import { parse, runMain, UsageError } from "./lib/common.ts";
 
 const USAGE = `usage: deno task bind <pci-address> <vfio|uio|kernel> [--force] [--sysfs DIR]
   vfio     bind to vfio-pci (needs an IOMMU; recommended)

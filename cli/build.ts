@@ -3,8 +3,8 @@
  * @module
  */
 import { buildNative } from "../ffi/lib.ts";
-import { ensureCompiler } from "../lab/guest_image.ts";
-import { parse, runMain } from "./common.ts";
+import { ensureCompiler } from "../lab/outer/guest_image.ts";
+import { parse, runMain } from "./lib/common.ts";
 
 await runMain("usage: deno task build [--force]", async () => {
   const { values } = parse(Deno.args, { force: { type: "boolean" } }, false);

@@ -3,8 +3,8 @@
  * pvdrv's virtio-net driver over VFIO — to a peer on this host and to the guest kernel's own stack.
  * @module
  */
-import { HostPeer, LabError, runInGuest } from "../lab/qemu.ts";
-import { intArg, parse, runMain } from "./common.ts";
+import { LabError, runInGuest, WirePeer } from "../lab/outer/qemu.ts";
+import { intArg, parse, runMain } from "./lib/common.ts";
 
 const USAGE = `usage: deno task demo [--frames N]
   Boots the QEMU lab and moves N frames (default 20000) each way through pvdrv's virtio-net driver.`;
@@ -17,18 +17,18 @@ await runMain(USAGE, async () => {
   );
   if (values.help) return void console.log(USAGE);
   const frames = intArg("frames", values.frames, 20000, 1, 10_000_000);
-  const host = new HostPeer();
+  const host = new WirePeer();
   const reflecting = host.reflect();
   console.log(`pvdrv demo: host peer on udp 127.0.0.1:${host.port}; booting the lab (QEMU, TCG)...`);
   try {
-    const r = await runInGuest(`PVDRV_DEMO_FRAMES=${frames} deno run -A --no-check cli/demo_guest.ts`, {
-      hostPeerPort: host.port,
-      guestPortForHost: host.guestPort,
+    const r = await runInGuest(`PVDRV_DEMO_FRAMES=${frames} deno run -A --no-check lab/guest/demo.ts`, {
+      wirePeerPort: host.port,
+      guestPortForWire: host.guestPort,
     });
     const h = host.reflected;
     console.log(`\n== 5. the host's view ==`);
     console.log(
-      `   the host peer verified ${h.valid} frames from pvdrv (${h.corrupt} corrupt, ${h.foreign} other) and echoed them`,
+      `   the wire peer verified ${h.valid} frames from pvdrv (${h.corrupt} corrupt, ${h.foreign} other) and echoed them`,
     );
     console.log(`\nlab: boot ${r.bootSeconds.toFixed(1)} s, demo ${r.commandSeconds.toFixed(1)} s`);
     if (r.code !== 0) return r.code;

@@ -6,9 +6,9 @@ import { openNic } from "../system/table.ts";
 import { type Nic, settledStats } from "../drivers/net/nic.ts";
 import { ipText } from "../net/ipv4.ts";
 import { pingRun } from "../apps/ping.ts";
-import { intArg, parse, runMain, UsageError } from "./common.ts";
-import { mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals } from "./nic_args.ts";
-import { HOST_OPTIONS, HOST_USAGE, hostArgs, hostIrqArg, ipArg, startHost } from "./host_args.ts";
+import { intArg, parse, runMain, UsageError } from "./lib/common.ts";
+import { mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals } from "./lib/nic_args.ts";
+import { HOST_OPTIONS, HOST_USAGE, hostArgs, hostIrqArg, ipArg, startHost } from "./lib/host_args.ts";
 
 const USAGE = `usage: deno task ping <nic> <ip> [options]
   <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic, or vif/N (Xen)

@@ -26,7 +26,7 @@ async function xenBackends(nodes: string[]): Promise<Record<string, string>> {
   await xs.close();
   return out;
 }
-import { parse, runMain, UsageError } from "./common.ts";
+import { parse, runMain, UsageError } from "./lib/common.ts";
 
 const USAGE = `usage: deno task probe [--json] [--all] [--sysfs DIR]
   --json        machine-readable output

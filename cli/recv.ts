@@ -7,10 +7,10 @@ import { macToString, type Nic, totalStats } from "../drivers/net/nic.ts";
 import { PcapWriter } from "../apps/pcap.ts";
 import { FrameCheck } from "../apps/frames.ts";
 import { receive } from "../apps/traffic.ts";
-import { intArg, isTerminal, parse, runMain, UsageError } from "./common.ts";
-import { irqArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals } from "./nic_args.ts";
-import { HOST_OPTIONS, HOST_USAGE, hostArgs, hostIrqArg } from "./host_args.ts";
-import { runUdp } from "./udp_run.ts";
+import { intArg, isTerminal, parse, runMain, UsageError } from "./lib/common.ts";
+import { irqArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals } from "./lib/nic_args.ts";
+import { HOST_OPTIONS, HOST_USAGE, hostArgs, hostIrqArg } from "./lib/host_args.ts";
+import { runUdp } from "./lib/udp_run.ts";
 
 const USAGE = `usage: deno task recv <nic> [options]
   <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic, or vif/N (Xen)

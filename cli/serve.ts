@@ -3,10 +3,10 @@
  * kernel's TCP runs on the TAP, every frame crosses pvdrv's driver.
  * @module
  */
-import { intArg, parse, runMain, UsageError } from "./common.ts";
-import { NIC_OPTIONS, NIC_USAGE, nicArg } from "./nic_args.ts";
-import { HOST_OPTIONS, HOST_USAGE } from "./host_args.ts";
-import { bridgeConfig, bridgeLine, startBridge } from "./tap_bridge.ts";
+import { intArg, parse, runMain, UsageError } from "./lib/common.ts";
+import { NIC_OPTIONS, NIC_USAGE, nicArg } from "./lib/nic_args.ts";
+import { HOST_OPTIONS, HOST_USAGE } from "./lib/host_args.ts";
+import { bridgeConfig, bridgeLine, startBridge } from "./lib/tap_bridge.ts";
 import { bytesResponse } from "../apps/pattern_http.ts";
 
 const USAGE = `usage: deno task serve <nic> (--ip CIDR | --dhcp) [options]

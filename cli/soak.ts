@@ -3,8 +3,8 @@
  * (tests/vm/guest/soak.ts): both transports, polling and interrupts, traffic both ways, heap/RSS/fds/DMA sampled.
  * @module
  */
-import { runLabCommand } from "./lab_command.ts";
-import { intArg, parse, runMain } from "./common.ts";
+import { runLabCommand } from "./lib/lab_command.ts";
+import { intArg, parse, runMain } from "./lib/common.ts";
 
 const USAGE = `usage: deno task soak [--minutes N] [--sample-seconds S] [--frames F]
   --minutes N          how long (default 15)

@@ -4,9 +4,9 @@
  * @module
  */
 import type { BridgeStats } from "../apps/bridge.ts";
-import { isTerminal, parse, runMain } from "./common.ts";
-import { NIC_OPTIONS, NIC_USAGE, nicArg } from "./nic_args.ts";
-import { bridgeConfig, bridgeLine, startBridge } from "./tap_bridge.ts";
+import { isTerminal, parse, runMain } from "./lib/common.ts";
+import { NIC_OPTIONS, NIC_USAGE, nicArg } from "./lib/nic_args.ts";
+import { bridgeConfig, bridgeLine, startBridge } from "./lib/tap_bridge.ts";
 
 const USAGE = `usage: deno task tap <nic> [options]
   <nic>             PCI address of a virtio-net device bound to vfio-pci or uio_pci_generic, or vif/N (Xen)

@@ -3,11 +3,11 @@
  * "N passed, N failed" line and exits non-zero if anything failed (including a lab that did not boot).
  * @module
  */
-import { HostPeer, LabError, runInGuest } from "../lab/qemu.ts";
-import { checkXenRun, isReportLine, runXenLab, xenBenchSummary } from "../lab/xen.ts";
+import { LabError, runInGuest, WirePeer } from "../lab/outer/qemu.ts";
+import { checkXenRun, isReportLine, runXenLab, xenBenchSummary } from "../lab/outer/xen.ts";
 import { buildNative } from "../ffi/lib.ts";
-import { ensureCompiler } from "../lab/guest_image.ts";
-import { parse, runMain, UsageError } from "./common.ts";
+import { ensureCompiler } from "../lab/outer/guest_image.ts";
+import { parse, runMain, UsageError } from "./lib/common.ts";
 import { soakCommand } from "./soak.ts";
 
 const USAGE = `usage: deno task test [--unit-only | --vm-only] [--no-xen] [--filter TEXT]
@@ -119,7 +119,7 @@ function readExpect(path: string): { valid: number } | null {
 async function vm(filter?: string): Promise<{ ok: boolean; t: Tally }> {
   const f = filter ? ` --filter '${filter.replaceAll("'", "")}'` : "";
   // The host side of 0000:00:06.0: reflects pvdrv frames and checks each one here, outside the guest.
-  const host = new HostPeer();
+  const host = new WirePeer();
   const reflecting = host.reflect();
   try {
     // The soak (one minute) shares the boot: both transports, polling and interrupts, resources sampled.
@@ -127,8 +127,8 @@ async function vm(filter?: string): Promise<{ ok: boolean; t: Tally }> {
     const r = await runInGuest(
       `deno test -A --no-check${f} tests/vm/guest/; t=$?; ${soak}; s=$?; [ $t = 0 ] && [ $s = 0 ]`,
       {
-        hostPeerPort: host.port,
-        guestPortForHost: host.guestPort,
+        wirePeerPort: host.port,
+        guestPortForWire: host.guestPort,
         multiQueueTap: true,
       },
     );
@@ -156,7 +156,7 @@ async function vm(filter?: string): Promise<{ ok: boolean; t: Tally }> {
         ok = false;
       }
     }
-    // Host-side verdict of the multi-queue test: lab/mqpeer.c in the run's namespace counted what the guest sent.
+    // Host-side verdict of the multi-queue test: lab/c/mqpeer.c in the run's namespace counted what the guest sent.
     const mq = readExpect(`${r.outDir}/mq-expect.json`);
     if (mq) {
       const m = r.mqPeer!;

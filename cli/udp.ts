@@ -3,10 +3,17 @@
  * @module
  */
 import { MIN_DATAGRAM } from "../apps/datagrams.ts";
-import { intArg, parse, runMain, UsageError } from "./common.ts";
-import { mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg } from "./nic_args.ts";
-import { endpointArg, HOST_OPTIONS, HOST_USAGE, hostArgs, hostIrqArg, payloadSizes } from "./host_args.ts";
-import { runUdp, type UdpMode } from "./udp_run.ts";
+import { intArg, parse, runMain, UsageError } from "./lib/common.ts";
+import { mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg } from "./lib/nic_args.ts";
+import {
+  endpointArg,
+  HOST_OPTIONS,
+  HOST_USAGE,
+  hostArgs,
+  hostIrqArg,
+  payloadSizes,
+} from "./lib/host_args.ts";
+import { runUdp, type UdpMode } from "./lib/udp_run.ts";
 
 const USAGE = `usage: deno task udp <nic> echo|send|recv [options]
   echo              answer every datagram to --port with the same bytes (until --count or Ctrl-C)

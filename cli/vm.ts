@@ -3,16 +3,16 @@
  * its output and exit with its status.
  * @module
  */
-import { shellQuote } from "../lab/qemu.ts";
-import { runLabCommand } from "./lab_command.ts";
-import { buildGuest, ensureQemu } from "../lab/guest_image.ts";
-import { intArg, parse, runMain, UsageError } from "./common.ts";
+import { shellQuote } from "../lab/outer/qemu.ts";
+import { runLabCommand } from "./lib/lab_command.ts";
+import { buildGuest, ensureQemu } from "../lab/outer/guest_image.ts";
+import { intArg, parse, runMain, UsageError } from "./lib/common.ts";
 
 const USAGE = `usage: deno task vm [--timeout SEC] [--memory MIB] [--mq] -- <command...>
        deno task vm --build          build (or check) the guest image only
   Boots the QEMU lab (VFIO-capable virtio-net NICs, see README) and runs <command> in /pvdrv.
   --mq adds 0000:00:0a.0, 4 queue pairs on a multi-queue TAP device in a network namespace made for the run,
-  answered there by lab/mqpeer.c (whose counters are printed at the end).
+  answered there by lab/c/mqpeer.c (whose counters are printed at the end).
   examples:  deno task vm -- deno task probe
              deno task vm -- true`;
 

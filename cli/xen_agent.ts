@@ -7,7 +7,7 @@
 import { installKernelHandoff, POWEROFF_CMD, runAgent, type ShutdownAction } from "../drivers/xen/agent.ts";
 import { XenStore } from "../drivers/xen/xenstore.ts";
 import { XenbusDevice } from "../ffi/xenbus.ts";
-import { parse, runMain, UsageError } from "./common.ts";
+import { parse, runMain, UsageError } from "./lib/common.ts";
 
 const USAGE = `usage: deno task xen-agent [options]
   --dry-run         report requests but do not power off or reboot

@@ -2,9 +2,9 @@
  * `deno task xen-lab`: build and boot the nested Xen lab and run pvdrv's netfront against dom0's xen-netback.
  * @module
  */
-import { checkXenRun, isReportLine, runXenLab, xenBenchSummary } from "../lab/xen.ts";
-import { LabError } from "../lab/qemu.ts";
-import { parse, runMain } from "./common.ts";
+import { checkXenRun, isReportLine, runXenLab, xenBenchSummary } from "../lab/outer/xen.ts";
+import { LabError } from "../lab/outer/qemu.ts";
+import { parse, runMain } from "./lib/common.ts";
 
 await runMain("usage: deno task xen-lab [--verbose]", async () => {
   const { values } = parse(Deno.args, { verbose: { type: "boolean" } }, false);

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { denoRunArgs } from "./tasks.ts";
+import { denoRunArgs } from "./guest/tasks.ts";
 
 const dec = new TextDecoder();
 
@@ -64,7 +64,7 @@ export class NetNs {
     return new Deno.Command("nsenter", { ...o, args: ["-t", String(this.pid), "-n", cmd, ...args] });
   }
 
-  /** `deno run` of a project script inside the namespace, output piped (lab/tasks.ts's task, there). */
+  /** `deno run` of a project script inside the namespace, output piped (lab/guest/tasks.ts's task, there). */
   task(script: string, args: string[]): Deno.Command {
     return this.command(Deno.execPath(), denoRunArgs(script, args), { stdout: "piped", stderr: "piped" });
   }

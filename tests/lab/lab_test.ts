@@ -1,10 +1,10 @@
 // The lab's own failure handling, and the VM benchmark's machinery, proven with real boots (run by
 // `deno task test` with the VM tests).
 import assert from "assert";
-import { LabError, runInGuest } from "../../lab/qemu.ts";
-import { runVmBench } from "../../lab/vm_bench.ts";
+import { LabError, runInGuest } from "../../lab/outer/qemu.ts";
+import { runVmBench } from "../../lab/outer/vm_bench.ts";
 import { QUICK_PLAN } from "../../lab/bench_plan.ts";
-import { markdownTables } from "../../lab/bench_report.ts";
+import { markdownTables } from "../../lab/outer/bench_report.ts";
 
 Deno.test("lab: a command's non-zero exit status comes back to the host, with its output", async () => {
   const lines: string[] = [];

@@ -52,13 +52,23 @@ Deno.test("layers: native ← ffi ← hal ← drivers ← net ← apps ← cli; 
     system: ["system", "drivers", "hal", "ffi"],
     net: ["net", "drivers", "hal"],
     apps: ["apps", "net", "drivers", "hal"],
-    lab: ["lab", "apps", "net", "drivers", "hal", "ffi"],
+    lab: ["lab", "system", "apps", "net", "drivers", "hal", "ffi"],
     cli: ["cli", "system", "lab", "apps", "net", "drivers", "hal", "ffi"],
   };
   const bad: string[] = [];
   for (const [layer, ok] of Object.entries(allowed)) {
     for (const [file, target] of imports(layer)) {
       if (!ok.includes(top(target))) bad.push(`${file} imports ${target}`);
+    }
+  }
+  // The lab shows where code runs: the guest's programs never reach into the outer side, and cli/ holds tasks only.
+  for (const [file, target] of imports("lab/guest")) {
+    if (target.startsWith("lab/outer/")) bad.push(`${file} (runs in the guest) imports ${target}`);
+  }
+  const tasks = Deno.readTextFileSync(`${ROOT}deno.json`);
+  for (const e of Deno.readDirSync(`${ROOT}cli`)) {
+    if (e.isFile && !tasks.includes(`cli/${e.name}`)) {
+      bad.push(`cli/${e.name} is not a task (put helpers in cli/lib/)`);
     }
   }
   // mod.ts is the API for using devices; drivers.ts (the ./drivers export) the one for writing them.

@@ -3,9 +3,9 @@
  * and the driver-side loops the VM benchmark runs (countFrames in polling and interrupt mode, forward, headerOnly).
  */
 import assert from "assert";
-import { type HostSample, summarize, windowRates } from "../../lab/host_traffic.ts";
-import { markdownTables, svgPlot } from "../../lab/bench_report.ts";
-import type { VmBenchResult } from "../../lab/vm_bench.ts";
+import { summarize, windowRates, type WireSample } from "../../lab/outer/wire_traffic.ts";
+import { markdownTables, svgPlot } from "../../lab/outer/bench_report.ts";
+import type { VmBenchResult } from "../../lab/outer/vm_bench.ts";
 import { FULL_PLAN } from "../../lab/bench_plan.ts";
 import { countFrames, forward, generate, receive } from "../../apps/traffic.ts";
 import { checkFrame, FrameCheck, writeFrame } from "../../apps/frames.ts";
@@ -14,8 +14,8 @@ import type { PacketBuffer } from "../../drivers/net/nic.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
 
 /** Samples every 20 ms from t=100 s for `secs`, sink1 growing at `rate(t)`. */
-function samples(secs: number, rate: (t: number) => number): HostSample[] {
-  const out: HostSample[] = [];
+function samples(secs: number, rate: (t: number) => number): WireSample[] {
+  const out: WireSample[] = [];
   let n = 0;
   for (let t = 100; t <= 100 + secs + 1e-9; t += 0.02) {
     out.push({ t, sink1: Math.round(n), sink2: 0, blasted: Math.round(2 * n) });

@@ -1,4 +1,4 @@
-/** Flow frames (apps/frames.ts) and the multi-queue peer's control replies (lab/mq_peer.ts). */
+/** Flow frames (apps/frames.ts) and the multi-queue peer's control replies (lab/guest/mq_peer.ts). */
 import assert from "assert";
 import {
   checkFlowFrame,
@@ -10,7 +10,7 @@ import {
   writeFrame,
 } from "../../apps/frames.ts";
 import { finish, sum16 } from "../../net/checksum.ts";
-import { MQ_CTRL_ETHERTYPE, parseStats } from "../../lab/mq_peer.ts";
+import { MQ_CTRL_ETHERTYPE, parseStats } from "../../lab/guest/mq_peer.ts";
 
 const A = new Uint8Array([2, 0, 0, 0, 0, 1]), B = new Uint8Array([2, 0, 0, 0, 0, 2]);
 

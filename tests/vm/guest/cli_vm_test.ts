@@ -1,6 +1,6 @@
 import assert from "assert";
 import { ensureBound, guestTest, LAB, OUT } from "./env.ts";
-import { kernelInterface, Peer } from "../../../lab/kernel_peer.ts";
+import { kernelInterface, Peer } from "../../../lab/guest/kernel_peer.ts";
 
 const ROOT = new URL("../../../", import.meta.url).pathname;
 

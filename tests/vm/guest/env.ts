@@ -1,7 +1,7 @@
-/** Shared helpers for tests that run inside the lab guest (see lab/qemu.ts for the topology). */
+/** Shared helpers for tests that run inside the lab guest (see lab/outer/qemu.ts for the topology). */
 import { bindDevice } from "../../../system/bind.ts";
 import { readDevice } from "../../../ffi/sysfs.ts";
-export { LAB } from "../../../lab/qemu.ts";
+export { LAB } from "../../../lab/topology.ts";
 
 /** True inside the lab guest (set by its /init). */
 export const IN_GUEST = Deno.env.get("PVDRV_GUEST") === "1";

@@ -7,7 +7,7 @@ import assert from "assert";
 import { VirtioNet } from "../../../drivers/virtio/net.ts";
 import { UioPciFunction, VfioPciFunction } from "../../../ffi/pci.ts";
 import { ensureBound, guestTest, LAB } from "./env.ts";
-import { exchangeWithKernel, kernelInterface, Peer } from "../../../lab/kernel_peer.ts";
+import { exchangeWithKernel, kernelInterface, Peer } from "../../../lab/guest/kernel_peer.ts";
 import type { PciFunction } from "../../../hal/pci.ts";
 
 const ROOT = new URL("../../../", import.meta.url).pathname;

@@ -1,6 +1,6 @@
 /**
  * Real multi-queue: 0000:00:0a.0 is a QEMU virtio-net with 4 queue pairs on a multi-queue TAP device whose host
- * side lives in a network namespace made for the run, where lab/mqpeer.c verifies every frame. tun picks the
+ * side lives in a network namespace made for the run, where lab/c/mqpeer.c verifies every frame. tun picks the
  * queue of a frame for the guest by flow hash, and steers a flow's replies to the queue the flow was sent from.
  */
 import assert from "assert";
@@ -8,8 +8,8 @@ import { checkFlowFrame, FrameCheck, writeFlowFrame } from "../../../apps/frames
 import type { PacketBuffer } from "../../../drivers/net/packet_pool.ts";
 import { VirtioNet } from "../../../drivers/virtio/net.ts";
 import { VfioPciFunction } from "../../../ffi/pci.ts";
-import { MqPeerClient } from "../../../lab/mq_peer.ts";
-import { MQ_QUEUES } from "../../../lab/qemu.ts";
+import { MqPeerClient } from "../../../lab/guest/mq_peer.ts";
+import { MQ_QUEUES } from "../../../lab/topology.ts";
 import { ensureBound, guestTest, LAB, OUT } from "./env.ts";
 
 function openMq(irq: "poll" | "msix" = "poll"): VirtioNet {
@@ -74,7 +74,7 @@ class FlowTally {
 }
 
 guestTest(
-  "multi-queue TAP (4 queue pairs, host side in its own namespace): every queue's flows reach the host peer, " +
+  "multi-queue TAP (4 queue pairs, host side in its own namespace): every queue's flows reach the wire peer, " +
     "and each flow's replies come back on the queue that sent it",
   async () => {
     const nic = openMq();
@@ -106,7 +106,7 @@ guestTest(
       assert.deepEqual(
         { valid: s.valid, corrupt: s.corrupt, reflected: s.reflected },
         { valid: sent, corrupt: 0, reflected: sent },
-        "the host peer verified and reflected every frame",
+        "the wire peer verified and reflected every frame",
       );
       assert.deepEqual({ corrupt: tally.corrupt, misplaced: tally.misplaced }, { corrupt: 0, misplaced: 0 });
       assert.deepEqual(tally.perQueue, new Array(MQ_QUEUES).fill(FLOWS * ROUNDS));

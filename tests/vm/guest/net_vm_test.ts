@@ -2,13 +2,13 @@
  * pvdrv as a network host on a real QEMU virtio-net NIC (0000:00:04.0 over VFIO), against the guest kernel's own
  * stack on the NIC at the other end of the wire (0000:00:05.0), moved into a network namespace of its own so every
  * frame crosses the emulated link. The peers are real programs: busybox ping, udhcpd, wget and httpd, and a Deno
- * UDP socket on the kernel's stack (lab/udp_peer.ts).
+ * UDP socket on the kernel's stack (lab/guest/udp_peer.ts).
  */
 import assert from "assert";
 import { ensureBound, guestTest, LAB } from "./env.ts";
 import { NetNs, run } from "../../../lab/netns.ts";
 import { readDevice } from "../../../ffi/sysfs.ts";
-import { commandJson, Running, task, taskJson } from "../../../lab/tasks.ts";
+import { commandJson, Running, task, taskJson } from "../../../lab/guest/tasks.ts";
 
 const PV = "10.0.0.2", KERNEL = "10.0.0.1";
 
@@ -71,13 +71,13 @@ guestTest("net: UDP echo of 10,000 datagrams of mixed sizes each way, every byte
     );
     await echo.waitFor(/echoing on/);
     const k = await commandJson(
-      ns.task("lab/udp_peer.ts", ["client", KERNEL, `${PV}:7`, "10000", "4", "1472"]),
+      ns.task("lab/guest/udp_peer.ts", ["client", KERNEL, `${PV}:7`, "10000", "4", "1472"]),
       "the kernel's UDP client",
     );
     assert.deepEqual([k.echoed, k.corrupt, k.lost], [10000, 0, 0], JSON.stringify(k));
     assert.equal(await echo.exit(), 0, echo.text);
     // pvdrv → kernel → pvdrv: a kernel UDP echo socket; pvdrv sends and checks every byte.
-    const peer = new Running(ns.task("lab/udp_peer.ts", ["echo", `${KERNEL}:7`, "10000"]));
+    const peer = new Running(ns.task("lab/guest/udp_peer.ts", ["echo", `${KERNEL}:7`, "10000"]));
     await peer.waitFor(/ready/);
     const s = await taskJson("cli/udp.ts", [
       PCI,
@@ -111,7 +111,7 @@ guestTest(
       );
       await recv.waitFor(/receiving on/);
       const sent = await commandJson(
-        ns.task("lab/udp_peer.ts", ["send", KERNEL, `${PV}:9000`, "2000", "4", "1472"]),
+        ns.task("lab/guest/udp_peer.ts", ["send", KERNEL, `${PV}:9000`, "2000", "4", "1472"]),
         "the kernel's UDP sender",
       );
       assert.equal(sent.sent, 2000);
@@ -119,7 +119,7 @@ guestTest(
       const r = JSON.parse(recv.text.trim().split("\n").pop()!);
       assert.deepEqual([r.received, r.corrupt, r.duplicate], [2000, 0, 0], recv.text);
       // `send --udp` to a kernel socket that checks every byte.
-      const peer = new Running(ns.task("lab/udp_peer.ts", ["recv", `${KERNEL}:9001`, "500", "5000"]));
+      const peer = new Running(ns.task("lab/guest/udp_peer.ts", ["recv", `${KERNEL}:9001`, "500", "5000"]));
       await peer.waitFor(/ready/);
       const s = await taskJson("cli/send.ts", [
         PCI,

@@ -10,7 +10,7 @@ guestTest("probe lists the lab's virtio-net NICs with IOMMU groups", () => {
   const p = probe();
   const byAddr = Object.fromEntries(p.map((e) => [e.address, e]));
   assert.equal(byAddr[LAB.vfioKernelPeer.pci]?.kind, "virtio-net (modern)");
-  assert.equal(byAddr[LAB.vfioHostPeer.pci]?.kind, "virtio-net (modern)");
+  assert.equal(byAddr[LAB.vfioWirePeer.pci]?.kind, "virtio-net (modern)");
   assert.equal(byAddr[LAB.uioKernelPeer.pci]?.kind, "virtio-net (transitional)");
   assert.equal(byAddr[LAB.kernelPeer.pci]?.driver, "virtio-pci");
   for (const e of p.filter((x) => x.kind.startsWith("virtio-net"))) {

@@ -15,7 +15,7 @@ import { UioPciFunction, VfioPciFunction } from "../../../ffi/pci.ts";
 import { parseMac } from "../../../drivers/net/nic.ts";
 import { generate, receive } from "../../../apps/traffic.ts";
 import { ensureBound, LAB } from "./env.ts";
-import { kernelInterface, Peer } from "../../../lab/kernel_peer.ts";
+import { kernelInterface, Peer } from "../../../lab/guest/kernel_peer.ts";
 import type { PciFunction } from "../../../hal/pci.ts";
 import type { IrqMode } from "../../../drivers/net/nic.ts";
 

@@ -4,7 +4,7 @@ import { UioPciFunction, VfioPciFunction } from "../../../ffi/pci.ts";
 import { parseMac, totalStats } from "../../../drivers/net/nic.ts";
 import { echoExchange, receive } from "../../../apps/traffic.ts";
 import { ensureBound, guestTest, LAB, OUT } from "./env.ts";
-import { exchangeWithKernel, kernelInterface, Peer } from "../../../lab/kernel_peer.ts";
+import { exchangeWithKernel, kernelInterface, Peer } from "../../../lab/guest/kernel_peer.ts";
 import type { PciFunction } from "../../../hal/pci.ts";
 
 const N = 100_000;
@@ -77,7 +77,7 @@ guestTest(
 guestTest(
   "virtio-net over VFIO ⇄ the host: 100k frames to a reflector on the host and back, checked both ends",
   async () => {
-    const nic = VirtioNet.openPci(vfio(LAB.vfioHostPeer.pci), { ownsPci: true });
+    const nic = VirtioNet.openPci(vfio(LAB.vfioWirePeer.pci), { ownsPci: true });
     try {
       const dst = parseMac("02:00:00:00:00:fe");
       const { tx, rx } = await echoExchange(nic, {

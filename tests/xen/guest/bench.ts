@@ -1,4 +1,4 @@
-// The Xen lab's benchmark, run in the PV domU after the tests (lab/xen.ts): TX and RX packets per second of
+// The Xen lab's benchmark, run in the PV domU after the tests (lab/outer/xen.ts): TX and RX packets per second of
 // pvdrv's netfront, then of the kernel's own xen-netfront on the same vif, with dom0's pvpeer as the peer. Each
 // step is announced in xenstore (data/pvdrv-bench) and starts once dom0 acknowledges it (data/pvdrv-bench-ack).
 // Prints "PVDRV-BENCH <step> {json}" for what the domU measures; dom0 prints what it counts.

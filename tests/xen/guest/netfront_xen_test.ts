@@ -1,4 +1,4 @@
-// Runs inside the PV domU of the Xen lab (lab/xen.ts), against dom0's real xen-netback. dom0 verifies the
+// Runs inside the PV domU of the Xen lab (lab/outer/xen.ts), against dom0's real xen-netback. dom0 verifies the
 // frames we send (pvpeer on vif1.0) and, once it has all of them, sends us the same number back.
 import assert from "assert";
 import { Netfront } from "../../../drivers/xen/netfront.ts";

@@ -1,11 +1,11 @@
 // pvdrv's network host on Xen netfront (vif/0) against dom0's own stack on the backend interface vif1.0 (10.0.1.1):
 // ping both ways, UDP echo of mixed sizes with every byte checked (pvpeer's UDP echo in dom0), and HTTP both ways
 // through the TAP bridge (busybox wget and httpd in dom0). Runs in the domU after tests/xen/guest; dom0 takes its
-// part when the domU names a step in data/pvdrv-bench (lab/xen.ts) and answers in data/pvdrv-net-result.
+// part when the domU names a step in data/pvdrv-bench (lab/outer/xen.ts) and answers in data/pvdrv-net-result.
 import assert from "assert";
 import { XenStore } from "../../../drivers/xen/xenstore.ts";
 import { XenbusDevice } from "../../../ffi/xenbus.ts";
-import { Running, task, taskJson } from "../../../lab/tasks.ts";
+import { Running, task, taskJson } from "../../../lab/guest/tasks.ts";
 
 const PV = "10.0.1.2", DOM0 = "10.0.1.1";
 const dec = new TextDecoder();

@@ -1,0 +1,70 @@
+/**
+ * Arguments and process handling shared by the NIC tasks.
+ * @module
+ */
+import { parsePciAddress } from "../../ffi/sysfs.ts";
+import { UsageError } from "./common.ts";
+import type { IrqMode } from "../../drivers/net/nic.ts";
+
+/** Options every NIC task takes (spread into its `parse` options), and their usage lines. */
+export const NIC_OPTIONS = {
+  irq: { type: "string" },
+  mtu: { type: "string" },
+  json: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** Usage lines of {@link NIC_OPTIONS}. */
+export const NIC_USAGE = `  --irq MODE        poll | msix | intx (default poll)
+  --mtu N           vif/N only: MTU, up to 65517 (above 1500: multi-slot frames, needs feature-sg)
+  --json            print the summary as JSON`;
+
+/** The one positional NIC name: a PCI address (normalised) or vif/N. */
+export function nicArg(positionals: string[]): string {
+  if (positionals.length !== 1) {
+    throw new UsageError("expected exactly one NIC (a PCI address such as 0000:00:04.0, or vif/0 on Xen)");
+  }
+  const name = positionals[0];
+  if (/^vif\//.test(name)) {
+    if (!/^vif\/\d{1,5}$/.test(name) || Number(name.slice(4)) > 65535) {
+      throw new UsageError(`'${name}' is not a Xen vif (expected vif/N, N a number such as 0)`);
+    }
+    return name;
+  }
+  try {
+    return parsePciAddress(name);
+  } catch {
+    throw new UsageError(
+      `'${name}' is not a NIC: expected a PCI address such as 0000:00:04.0, or vif/N on Xen`,
+    );
+  }
+}
+
+/** --irq. */
+export function irqArg(v: string | undefined): IrqMode {
+  if (v === undefined) return "poll";
+  if (v === "poll" || v === "msix" || v === "intx") return v;
+  throw new UsageError(`--irq must be poll, msix or intx, got '${v}'`);
+}
+
+/** --mtu: netfront only (virtio-net uses the device's own MTU). */
+export function mtuArg(v: string | undefined, nic: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^vif\//.test(nic)) throw new UsageError("--mtu applies to vif/N (virtio-net uses the device's MTU)");
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n < 68 || n > 65517) throw new UsageError(`--mtu must be 68..65517, got '${v}'`);
+  return n;
+}
+
+/** Run `cleanup` and exit on SIGINT/SIGTERM (the device is reset or disconnected, nothing is left mapped). */
+export function onSignals(cleanup: () => void | Promise<void>): void {
+  for (const sig of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(sig, async () => {
+      try {
+        await cleanup();
+      } finally {
+        Deno.exit(130);
+      }
+    });
+  }
+}

@@ -1,0 +1,134 @@
+/** The guest kernel as a peer: runs build/pvpeer (lab/c/pvpeer.c) on a kernel-driven NIC. */
+import { generate, receive, type RecvResult, type SendResult, type Window } from "../../apps/traffic.ts";
+import { parseMac } from "../../drivers/net/nic.ts";
+import type { Nic } from "../../drivers/net/nic.ts";
+import { readDevice } from "../../ffi/sysfs.ts";
+
+const PVPEER = new URL("../../build/pvpeer", import.meta.url).pathname;
+
+/** Bring up the kernel interface of `pci` and return its name and MAC. */
+export async function kernelInterface(pci: string): Promise<{ name: string; mac: string }> {
+  const name = readDevice(pci).netInterfaces[0];
+  if (!name) throw new Error(`${pci} has no kernel network interface (is virtio_net loaded?)`);
+  const r = await new Deno.Command("ip", { args: ["link", "set", name, "up"] }).output();
+  if (!r.success) throw new Error(`ip link set ${name} up failed`);
+  const mac = Deno.readTextFileSync(`/sys/class/net/${name}/address`).trim();
+  return { name, mac };
+}
+
+/** A running pvpeer. */
+export class Peer {
+  readonly #child: Deno.ChildProcess;
+  readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
+  #progress = 0;
+  #waiters: (() => void)[] = [];
+  #result: Promise<Record<string, number>>;
+  #readyResolve!: () => void;
+  /** Resolves when the peer's socket is open. */
+  readonly ready: Promise<void>;
+
+  /** Start pvpeer with `args`. */
+  constructor(args: string[]) {
+    this.#child = new Deno.Command(PVPEER, { args, stdin: "piped", stdout: "piped", stderr: "inherit" })
+      .spawn();
+    this.#writer = this.#child.stdin.getWriter();
+    this.ready = new Promise((r) => this.#readyResolve = r);
+    if (args[0] === "send" || args[0] === "txrate") this.#readyResolve();
+    this.#result = this.#read();
+  }
+
+  async #read(): Promise<Record<string, number>> {
+    let buf = "", json: Record<string, number> | null = null;
+    const dec = new TextDecoder();
+    for await (const chunk of this.#child.stdout) {
+      buf += dec.decode(chunk, { stream: true });
+      let i;
+      while ((i = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        if (line === "ready") this.#readyResolve();
+        else if (line.startsWith("progress ")) {
+          this.#progress = Number(line.slice(9));
+          for (const w of this.#waiters.splice(0)) w();
+        } else if (line.startsWith("{")) json = JSON.parse(line);
+      }
+    }
+    const st = await this.#child.status;
+    for (const w of this.#waiters.splice(0)) w();
+    if (!st.success || !json) {
+      throw new Error(`pvpeer ${st.success ? "printed no result" : `exited ${st.code}`}`);
+    }
+    return json;
+  }
+
+  /** The count in the peer's latest "progress N" line. */
+  get progress(): number {
+    return this.#progress;
+  }
+
+  /** Flow control from the peer's "progress N" lines (a receiving peer). */
+  window(size: number): Window {
+    return {
+      size,
+      acked: () => this.#progress,
+      changed: () => new Promise<void>((r) => this.#waiters.push(r)),
+    };
+  }
+
+  /** Tell a sending peer how many frames arrived (it stays within its window of that). */
+  ack(n: number): void {
+    this.#writer.write(new TextEncoder().encode(`${n}\n`)).catch(() => {});
+  }
+
+  /** The peer's final JSON. */
+  async result(): Promise<Record<string, number>> {
+    try {
+      await this.#writer.close();
+    } catch { /* already closed */ }
+    return await this.#result;
+  }
+}
+
+/** Both directions of {@link exchangeWithKernel}, each with the other side's own count. */
+export interface KernelExchange {
+  /** pvdrv's sending. */
+  tx: SendResult;
+  /** What the kernel's AF_PACKET socket verified. */
+  kernelReceived: Record<string, number>;
+  /** What the kernel sent. */
+  kernelSent: Record<string, number>;
+  /** pvdrv's verified receiving. */
+  rx: RecvResult;
+}
+
+/**
+ * `count` frames of 60–1514 bytes from pvdrv to the kernel interface (verified there by pvpeer), then `count`
+ * from the kernel to pvdrv (verified by pvdrv), each direction flow-controlled to `window` frames in flight.
+ */
+export async function exchangeWithKernel(
+  nic: Nic,
+  k: { name: string; mac: string },
+  count: number,
+  window: number,
+): Promise<KernelExchange> {
+  const kr = new Peer(["recv", k.name, String(count), "15000", "16"]);
+  await kr.ready;
+  const tx = await generate(nic, {
+    count,
+    minSize: 60,
+    maxSize: 1514,
+    dst: parseMac(k.mac),
+    window: kr.window(window),
+  });
+  const kernelReceived = await kr.result();
+  const mac = Array.from(nic.mac, (b) => b.toString(16).padStart(2, "0")).join(":");
+  const ks = new Peer(["send", k.name, String(count), "60", "1514", mac, String(window)]);
+  const rx = await receive(nic, {
+    count,
+    idleTimeoutMs: 15000,
+    progressEvery: 16,
+    onProgress: (ok) => ks.ack(ok),
+  });
+  const kernelSent = await ks.result();
+  return { tx, kernelReceived, kernelSent, rx };
+}

@@ -1,0 +1,419 @@
+/**
+ * The nested Xen lab (see docs/xen.md): Xen 4.17 under QEMU TCG (`-cpu qemu64`), a PV dom0 from a
+ * debootstrapped Debian with xen-utils, and a PV domU running Deno + pvdrv's netfront against dom0's real
+ * xen-netback. dom0's /init runs the whole scenario and prints markers the host collects:
+ *  - domU (console streamed through dom0): pvdrv's Xen tests (tests/xen/guest, then tests/xen/net against dom0's stack) → PVDRV-DOMU-EXIT=n; the
+ *    benchmark (tests/xen/guest/bench.ts: pvdrv, then the kernel's xen-netfront on the same vif) → PVDRV-BENCH
+ *    lines; then the guest agent, left running for dom0's `xl shutdown`.
+ *  - dom0: pvpeer on vif1.0 verifies every frame from the domU → DOM0-RECV {json}, sends frames to it
+ *    (DOM0-SEND), the same with jumbo frames at MTU 9000 (DOM0-RECV-JUMBO, DOM0-SEND-JUMBO), serves the benchmark
+ *    steps the domU asks for through xenstore (DOM0-BENCH name {json}), and finally shuts the domU down with
+ *    `xl shutdown -w` (DOM0-SHUTDOWN rc=n).
+ * Everything comes from Debian's packages (apt-get download, debootstrap) and this repository; cached in build/xen.
+ * @module
+ */
+import { addTree, CpioWriter } from "./cpio.ts";
+import {
+  busyboxInitramfs,
+  download,
+  ensureCompiler,
+  ensureTool,
+  exists,
+  extractKernel,
+  kernelPackage,
+  resolveModules,
+  run,
+  VM_DIR,
+} from "./guest_image.ts";
+import { buildPeerTool } from "./build_c.ts";
+import { LabError, runQemu } from "./qemu.ts";
+import { buildNative } from "../../ffi/lib.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+/** The library and tool folders the domU needs (the tests it runs import them). */
+/** The project folders the domU gets (everything its tasks and tests import). */
+export const CODE_DIRS = ["ffi", "hal", "drivers", "system", "net", "apps", "cli", "lab"];
+/** Where the Xen lab keeps its builds. */
+export const XEN_DIR = `${ROOT}/build/xen`;
+const DOM0_PACKAGES = ["xen-utils-4.17", "xenstore-utils", "iproute2", "bridge-utils", "kmod", "busybox"];
+const DOM0_MODULES = [
+  "xen-evtchn",
+  "xen-gntdev",
+  "xen-gntalloc",
+  "xen-privcmd",
+  "xenfs",
+  "xen-netback",
+  "bridge",
+];
+const DOMU_MODULES = ["xen-evtchn", "xen-gntalloc", "xen-gntdev", "xenfs", "tun"];
+/** The domU's MAC (set in its vif config). */
+export const DOMU_MAC = "00:16:3e:12:34:56";
+/** Frames each way at MTU 1500 (60..1514 bytes), then at MTU 9000 (60..9014 bytes). */
+export const XEN_FRAMES = 10_000;
+export const XEN_JUMBO_FRAMES = 2_000;
+const RATE = 1000, JUMBO_RATE = 200; // netback drops what a slow receiver leaves queued (XSA-392)
+/** Seconds per benchmark step (default). */
+export const XEN_BENCH_SECONDS = 4;
+
+function log(m: string): void {
+  console.error(`xen-lab: ${m}`);
+}
+
+function mirror(): string {
+  try {
+    const src = Deno.readTextFileSync("/etc/apt/sources.list.d/debian.sources");
+    const m = src.match(/URIs:\s*(\S+\/debian)\s/);
+    if (m) return m[1];
+  } catch { /* fall through */ }
+  return "http://deb.debian.org/debian";
+}
+
+async function dom0Root(): Promise<string> {
+  const dir = `${XEN_DIR}/dom0root`;
+  if (exists(`${dir}/.pvdrv-done`)) return dir;
+  await ensureTool("debootstrap", ["debootstrap"]);
+  if (exists(dir)) Deno.removeSync(dir, { recursive: true });
+  log("debootstrap of dom0's root (about a minute)");
+  await run("debootstrap", [
+    "--variant=minbase",
+    `--include=${DOM0_PACKAGES.join(",")}`,
+    "bookworm",
+    dir,
+    mirror(),
+  ]);
+  Deno.writeTextFileSync(`${dir}/.pvdrv-done`, "");
+  return dir;
+}
+
+/** Extract the raw ELF vmlinux from a bzImage (xl loads it without decompressing under TCG). */
+async function vmlinux(vmlinuz: string, out: string): Promise<void> {
+  const d = Deno.readFileSync(vmlinuz);
+  const magic = [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00];
+  let at = -1;
+  for (let i = 0; i < d.length - 6 && at < 0; i++) if (magic.every((b, k) => d[i + k] === b)) at = i;
+  if (at < 0) throw new LabError(`${vmlinuz} is not an xz-compressed bzImage`);
+  Deno.writeFileSync(`${out}.xz`, d.subarray(at));
+  await run("sh", ["-c", `xz -dc --single-stream '${out}.xz' > '${out}'`]);
+  Deno.removeSync(`${out}.xz`);
+}
+
+function domUInit(modules: string[], netfront: string[], benchSeconds: number): string {
+  return `#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin HOME=/root DENO_DIR=/tmp/deno-dir DENO_NO_UPDATE_CHECK=1 NO_COLOR=1 PVDRV_XEN_GUEST=1
+export PVDRV_JUMBO_FRAMES=${XEN_JUMBO_FRAMES} PVDRV_BENCH_SECONDS=${benchSeconds}
+export PVDRV_KERNEL_NETFRONT="${netfront.join(" ")}"
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
+exec </dev/null >/dev/console 2>&1
+for m in ${
+    modules.join(" ")
+  }; do insmod /lib/modules/$m.ko 2>/dev/null || echo "PVDRV-MODULE-FAIL domU $m"; done
+echo "PVDRV-DOMU-BOOTED $(cut -d' ' -f1 /proc/uptime)"
+cd /pvdrv && deno test -A --no-check tests/xen/guest/; t=$?
+# The network host on netfront (ping, UDP echo, HTTP both ways) against dom0's stack, in steps dom0 acknowledges.
+deno test -A --no-check tests/xen/net/; n=$?
+echo "PVDRV-DOMU-EXIT=$((t | n))"
+deno run -A --no-check tests/xen/guest/bench.ts
+echo "PVDRV-DOMU-BENCH-EXIT=$?"
+# dom0 ends the run with 'xl shutdown': the agent must power the domain off (busybox's poweroff would not: PID 1
+# here is this script, not an init that handles the signal).
+deno run -A --no-check cli/xen_agent.ts --once --poweroff "poweroff -f"
+echo "PVDRV-DOMU-AGENT-EXIT=$?"
+`;
+}
+
+function dom0Init(modules: string[], benchSeconds: number): string {
+  return `#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs /run; mkdir -p /dev/pts; mount -t devpts devpts /dev/pts
+exec </dev/null >/dev/console 2>&1
+echo "PVDRV-DOM0-BOOTED $(cut -d' ' -f1 /proc/uptime)"
+for m in ${
+    modules.join(" ")
+  }; do insmod /lib/modules/pvdrv/$m.ko 2>/tmp/e || grep -q exists /tmp/e || echo "PVDRV-MODULE-FAIL dom0 $m $(cat /tmp/e)"; done
+mount -t xenfs xenfs /proc/xen
+mkdir -p /run/lock /var/run/xen /var/run/xenstored /var/lib/xen /var/log/xen /var/lib/xenstored /run/xen
+xenstored --pid-file /var/run/xenstored.pid
+xen-init-dom0 >/dev/null
+xenconsoled --pid-file=/var/run/xenconsoled.pid
+ip link add xenbr0 type bridge && ip link set xenbr0 up
+( /usr/local/bin/pvpeer recv vif1.0 ${XEN_FRAMES} 240000 > /tmp/recv.json 2>&1 ) &
+xl create /etc/xen/domU.cfg >/tmp/xl.log 2>&1 || { echo "PVDRV-XL-FAIL $(cat /tmp/xl.log)"; echo o > /proc/sysrq-trigger; }
+xl console pvdrv-domU &
+# The receiver above started before vif1.0 existed: restart it once the backend made the interface.
+i=0; while [ ! -e /sys/class/net/vif1.0 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+# Out of the bridge: its rx_handler would consume frames before pvpeer's ETH_P_88B5 socket sees them.
+ip link set vif1.0 nomaster; ip link set vif1.0 up && echo "DOM0-VIF-UP $(cut -d' ' -f1 /proc/uptime)"
+kill %1 2>/dev/null
+P=/usr/local/bin/pvpeer D=$(xl domid pvdrv-domU)
+$P recv vif1.0 ${XEN_FRAMES} 240000 > /tmp/recv.json 2>&1
+echo "DOM0-RECV $(tail -n 1 /tmp/recv.json)"
+# The frontend connected with feature-sg, so netback allows a jumbo MTU; the jumbo receiver starts before our
+# frames go out (the domU reconnects at MTU 9000 and sends as soon as it has them all).
+ip link set vif1.0 mtu 9000 || echo "DOM0-MTU-FAIL"
+( $P recv vif1.0 ${XEN_JUMBO_FRAMES} 240000 > /tmp/recvj.json 2>&1 ) & RJ=$!
+$P send vif1.0 ${XEN_FRAMES} 60 1514 ${DOMU_MAC} 0 ${RATE} > /tmp/send.json 2>&1
+echo "DOM0-SEND $(tail -n 1 /tmp/send.json)"
+wait $RJ
+echo "DOM0-RECV-JUMBO $(tail -n 1 /tmp/recvj.json)"
+$P send vif1.0 ${XEN_JUMBO_FRAMES} 60 9014 ${DOMU_MAC} 0 ${JUMBO_RATE} > /tmp/sendj.json 2>&1
+echo "DOM0-SEND-JUMBO $(tail -n 1 /tmp/sendj.json)"
+# Benchmark steps: the domU names one in data/pvdrv-bench; tx-* we count (pvpeer rxrate), rx-* we flood.
+B=/local/domain/$D/data; last=""; i=0
+while [ $i -lt 6000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
+  s=$(xenstore-read $B/pvdrv-bench 2>/dev/null)
+  if [ -n "$s" ] && [ "$s" != "$last" ]; then
+    last=$s
+    case $s in
+      done) break;;
+      # The network tests: dom0's stack at 10.0.1.1 on vif1.0 (busybox httpd, pvpeer's UDP echo, ping, wget).
+      net-up) ip link set vif1.0 mtu 1500; ip addr add 10.0.1.1/24 dev vif1.0
+              mkdir -p /tmp/www; head -c 1048576 /dev/urandom > /tmp/www/blob
+              xenstore-write $B/pvdrv-net-blob "$(sha256sum /tmp/www/blob | cut -d' ' -f1)"
+              busybox httpd -p 10.0.1.1:80 -h /tmp/www
+              ( $P udpecho 10.0.1.1 7 120000 > /tmp/echo.json 2>&1 ) &
+              xenstore-write $B/pvdrv-bench-ack "$s";;
+      net-ping) r=$(busybox ping -c 200 -i 0.01 -W 5 -q 10.0.1.2 2>&1 | grep transmitted)
+              xenstore-write $B/pvdrv-net-result "$r"; xenstore-write $B/pvdrv-bench-ack "$s";;
+      net-wget) r=$(busybox wget -q -O /tmp/got http://10.0.1.2:8080/blob 2>&1; sha256sum /tmp/got | cut -d' ' -f1)
+              xenstore-write $B/pvdrv-net-result "$r"; xenstore-write $B/pvdrv-bench-ack "$s";;
+      tx-*) rm -f /tmp/b.json; $P rxrate vif1.0 ${benchSeconds} > /tmp/b.json 2>&1 & p=$!
+            k=0; while ! grep -q ready /tmp/b.json 2>/dev/null && [ $k -lt 200 ]; do sleep 0.05; k=$((k+1)); done
+            xenstore-write $B/pvdrv-bench-ack "$s"; wait $p
+            echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json)";;
+      rx-*) xenstore-write $B/pvdrv-bench-ack "$s"
+            $P txrate vif1.0 ${benchSeconds} 60 ${DOMU_MAC} > /tmp/b.json 2>&1
+            echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json)";;
+    esac
+  fi
+  sleep 0.1; i=$((i+1))
+done
+# The guest agent announces itself; then the toolstack asks for a clean shutdown and waits for it.
+i=0; while [ "$(xenstore-read $B/pvdrv-agent 2>/dev/null)" != running ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
+timeout 120 xl shutdown -w pvdrv-domU >/tmp/shut.log 2>&1; echo "DOM0-SHUTDOWN rc=$? $(tail -n 1 /tmp/shut.log)"
+i=0; while xl list pvdrv-domU >/dev/null 2>&1 && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+echo "PVDRV-XEN-DONE"
+echo o > /proc/sysrq-trigger
+`;
+}
+
+/** The Xen lab's boot files. */
+export interface XenImage {
+  /** Xen (multiboot ELF). */
+  xen: string;
+  /** dom0's kernel. */
+  dom0Kernel: string;
+  /** dom0's initramfs (with the domU inside). */
+  dom0Initrd: string;
+}
+
+/** Build (or reuse) the Xen lab; `benchSeconds` is the length of each benchmark step. */
+export async function buildXenLab(benchSeconds = XEN_BENCH_SECONDS): Promise<XenImage> {
+  await ensureCompiler();
+  buildNative({ quiet: true });
+  const peer = buildPeerTool();
+  const pkg = await kernelPackage();
+  const kver = pkg.replace(/^linux-image-/, "");
+  const x = await extractKernel(pkg);
+  Deno.mkdirSync(XEN_DIR, { recursive: true });
+  const xenDeb = await download("xen-hypervisor-4.17-amd64", `${VM_DIR}/debs`);
+  const xen = `${XEN_DIR}/xen-4.17.elf`;
+  if (!exists(xen)) {
+    const t = `${XEN_DIR}/xen-deb`;
+    await run("dpkg-deb", ["-x", xenDeb, t]);
+    await run("sh", ["-c", `gunzip -c ${t}/boot/xen-4.17-amd64.gz > ${xen}`]);
+  }
+  const root = await dom0Root();
+  const dom0Mods = resolveModules(`${x}/lib/modules/${kver}`, DOM0_MODULES);
+  // domU: raw vmlinux + initramfs with busybox, Deno, the Xen modules and pvdrv's sources.
+  const domU = `${XEN_DIR}/domU`;
+  Deno.mkdirSync(domU, { recursive: true });
+  if (!exists(`${domU}/vmlinux`)) await vmlinux(`${x}/boot/vmlinuz-${kver}`, `${domU}/vmlinux`);
+  log("packing the domU and dom0 initramfs images");
+  const mlist = resolveModules(`${x}/lib/modules/${kver}`, DOMU_MODULES);
+  // The kernel's own xen-netfront: in the image, loaded only by the benchmark (it would take vif-0 at boot).
+  const nlist = resolveModules(`${x}/lib/modules/${kver}`, ["xen-netfront"])
+    .filter((m) => !mlist.some((b) => b.name === m.name));
+  const w = await busyboxInitramfs(`${domU}/initrd.cpio`, {
+    extract: x,
+    init: domUInit(mlist.map((m) => m.name), nlist.map((m) => m.name), benchSeconds),
+    modules: [...mlist, ...nlist],
+    deno: Deno.execPath(),
+    dirs: ["pvdrv", "pvdrv/build"],
+  });
+  for (const d of [...CODE_DIRS, "tests", "tests/xen", "tests/xen/guest", "tests/xen/net"]) {
+    w.add({ path: `pvdrv/${d}`, type: "dir" });
+  }
+  for (const d of [...CODE_DIRS, "tests/xen/guest", "tests/xen/net"]) {
+    addTree(w, `${ROOT}/${d}`, `pvdrv/${d}`);
+  }
+  for (const f of ["deno.json", "mod.ts", "drivers.ts", "build/libpvdrv.so"]) {
+    w.add({ path: `pvdrv/${f}`, type: "file", data: Deno.readFileSync(`${ROOT}/${f}`), mode: 0o755 });
+  }
+  w.add({ path: "bin/pvpeer", type: "file", data: Deno.readFileSync(peer), mode: 0o755 });
+  w.close();
+  // dom0: the debootstrapped root plus /init, pvpeer, the domU and its config.
+  const d0 = new CpioWriter(`${XEN_DIR}/dom0.cpio`);
+  // Leave out apt's cache and docs: dom0 unpacks all of this into its 1 GiB.
+  addTree(d0, root, "", (p) => !/^(var\/cache\/apt|usr\/share\/(doc|locale|man))\//.test(p));
+  d0.add({ path: "usr/lib/modules", type: "dir" });
+  d0.add({ path: "usr/lib/modules/pvdrv", type: "dir" });
+  for (const m of dom0Mods) {
+    d0.add({ path: `usr/lib/modules/pvdrv/${m.name}.ko`, type: "file", data: Deno.readFileSync(m.path) });
+  }
+  d0.add({
+    path: "init",
+    type: "file",
+    data: new TextEncoder().encode(dom0Init(dom0Mods.map((m) => m.name), benchSeconds)),
+    mode: 0o755,
+  });
+  d0.add({ path: "usr/local/bin/pvpeer", type: "file", data: Deno.readFileSync(peer), mode: 0o755 });
+  d0.add({ path: "boot/domU-vmlinux", type: "file", data: Deno.readFileSync(`${domU}/vmlinux`) });
+  d0.add({ path: "boot/domU-initrd.cpio", type: "file", data: Deno.readFileSync(`${domU}/initrd.cpio`) });
+  d0.add({
+    path: "etc/xen/domU.cfg",
+    type: "file",
+    data: new TextEncoder().encode(
+      `name = "pvdrv-domU"\ntype = "pv"\nkernel = "/boot/domU-vmlinux"\nramdisk = "/boot/domU-initrd.cpio"\n` +
+        `extra = "console=hvc0 quiet"\nmemory = 1024\nvcpus = 1\ncpus = "1"\nvif = [ 'mac=${DOMU_MAC},bridge=xenbr0' ]\n` +
+        `on_poweroff = "destroy"\non_crash = "destroy"\n`,
+    ),
+  });
+  d0.close();
+  return { xen, dom0Kernel: `${x}/boot/vmlinuz-${kver}`, dom0Initrd: `${XEN_DIR}/dom0.cpio` };
+}
+
+/** Whether a console line of a Xen lab run is worth showing (markers, test results), not boot noise. */
+export function isReportLine(l: string): boolean {
+  return /^( {2}|PVDRV-DOMU|PVDRV-BENCH|DOM0-|ok \||FAILED|error|netfront|running|xen-agent)/.test(l);
+}
+
+type Json = Record<string, number>;
+
+/** What a Xen lab run produced. */
+export interface XenRun {
+  /** Every console line. */
+  lines: string[];
+  /** The domU test run's exit status (null if it never finished). */
+  domUExit: number | null;
+  /** dom0's reports by marker: RECV, SEND, RECV-JUMBO, SEND-JUMBO, and "BENCH <step>". */
+  dom0: Record<string, Json>;
+  /** The domU's benchmark reports by step (PVDRV-BENCH <step> {json}). */
+  bench: Record<string, Json>;
+  /** Exit status of dom0's `xl shutdown -w` of the domU (null if it never ran). */
+  shutdownRc: number | null;
+  /** Seconds from QEMU start to the end. */
+  seconds: number;
+}
+
+/** One verdict of a Xen lab run. */
+export interface XenCheck {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+/** The run's verdicts beyond the domU's own tests: what dom0 saw, and the shutdown. */
+export function checkXenRun(r: XenRun): XenCheck[] {
+  const got = (k: string) => r.dom0[k] ?? {};
+  const frames = (k: string, n: number, what: string): XenCheck => {
+    const v = got(k);
+    return {
+      name: `dom0 verified ${what} from the domU`,
+      ok: v.received === n && v.corrupt === 0,
+      detail: `${v.received ?? 0} of ${n}, ${v.corrupt ?? "?"} corrupt`,
+    };
+  };
+  const sent = (k: string, n: number, what: string): XenCheck => ({
+    name: `dom0 sent ${what} to the domU`,
+    ok: got(k).sent === n,
+    detail: `${got(k).sent ?? 0} of ${n}`,
+  });
+  const agent = r.lines.find((l) => /^xen-agent: poweroff requested/.test(l));
+  return [
+    frames("RECV", XEN_FRAMES, "MTU-1500 frames"),
+    sent("SEND", XEN_FRAMES, "MTU-1500 frames"),
+    frames("RECV-JUMBO", XEN_JUMBO_FRAMES, "jumbo frames"),
+    sent("SEND-JUMBO", XEN_JUMBO_FRAMES, "jumbo frames"),
+    {
+      name: "xl shutdown of the domU handled by pvdrv's agent",
+      ok: r.shutdownRc === 0 && agent !== undefined,
+      detail: `xl shutdown -w exit ${r.shutdownRc ?? "never ran"}; agent ${
+        agent ? `said '${agent}'` : "silent"
+      }`,
+    },
+  ];
+}
+
+/** Benchmark ratios (pvdrv over the kernel's xen-netfront) from a run, when it got that far. */
+export function xenBenchSummary(r: XenRun): string[] {
+  const pps = (v: Json | undefined) => v?.pps ?? 0;
+  const rows: [string, number, number][] = [
+    ["TX (pps counted by dom0)", pps(r.dom0["BENCH tx-pvdrv"]), pps(r.dom0["BENCH tx-kernel"])],
+    ["RX, pvdrv polling (pps counted in the domU)", pps(r.bench["rx-pvdrv"]), pps(r.bench["rx-kernel"])],
+    ["RX, pvdrv on its event channel", pps(r.bench["rx-pvdrv-irq"]), pps(r.bench["rx-kernel"])],
+  ];
+  return rows.map(([what, p, k]) =>
+    `${what}: pvdrv netfront ${p.toFixed(0)}, kernel xen-netfront ${k.toFixed(0)}, ratio ${
+      k ? (p / k).toFixed(2) : "n/a"
+    }x`
+  );
+}
+
+/** Boot the Xen lab and run the scenario. */
+export async function runXenLab(
+  opts: { timeoutSec?: number; onLine?: (l: string) => void; benchSeconds?: number } = {},
+): Promise<XenRun> {
+  const img = await buildXenLab(opts.benchSeconds);
+  const args = [
+    "-accel",
+    "tcg",
+    "-cpu",
+    "qemu64",
+    "-smp",
+    "2",
+    "-m",
+    "3072",
+    "-kernel",
+    img.xen,
+    "-append",
+    // One physical CPU each: dom0 (netback, the peer) on CPU 0, the domU on CPU 1, so a polling driver in the
+    // domU does not take CPU time from the backend it is measured against.
+    "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M bootscrub=0 dom0_max_vcpus=1 dom0_vcpus_pin",
+    "-initrd",
+    `${img.dom0Kernel} console=hvc0 earlyprintk=xen rdinit=/init rootfstype=ramfs quiet,${img.dom0Initrd}`,
+  ]; // deno-fmt-ignore
+  const t0 = performance.now();
+  const run: XenRun = { lines: [], domUExit: null, dom0: {}, bench: {}, shutdownRc: null, seconds: 0 };
+  const handle = (l: string) => {
+    run.lines.push(l);
+    opts.onLine?.(l);
+    const exit = l.match(/PVDRV-DOMU-EXIT=(\d+)/);
+    if (exit) run.domUExit = Number(exit[1]);
+    // dom0's markers can land mid-line, after console output of the domU.
+    const shut = l.match(/DOM0-SHUTDOWN rc=(\d+)/);
+    if (shut) run.shutdownRc = Number(shut[1]);
+    const j = l.match(/(DOM0-|PVDRV-BENCH )([\w-]+(?: [\w-]+)?) (\{.*\})\s*$/);
+    if (j) {
+      try {
+        (j[1] === "DOM0-" ? run.dom0 : run.bench)[j[2]] = JSON.parse(j[3]);
+      } catch { /* reported as missing */ }
+    }
+  };
+  const { stderr: err, timedOut } = await runQemu(args, opts.timeoutSec ?? 600, handle);
+  run.seconds = (performance.now() - t0) / 1000;
+  const fails = run.lines.filter((l) => /PVDRV-(MODULE|XL)-FAIL/.test(l));
+  if (fails.length) throw new LabError(`Xen lab setup failed:\n  ${fails.join("\n  ")}`);
+  if (timedOut) {
+    throw new LabError(`Xen lab timed out\n--- last output ---\n${run.lines.slice(-40).join("\n")}`);
+  }
+  if (!run.lines.some((l) => l.includes("PVDRV-XEN-DONE"))) {
+    throw new LabError(
+      `Xen lab stopped early${err ? `\n--- qemu ---\n${err}` : ""}\n--- last output ---\n${
+        run.lines.slice(-40).join("\n")
+      }`,
+    );
+  }
+  return run;
+}

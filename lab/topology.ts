@@ -1,0 +1,80 @@
+/**
+ * The VM lab's topology, declared once: every NIC the guest sees (PCI address, MAC, which virtio-net it is) and
+ * what its wire leads to. The outer side (lab/outer/qemu.ts) turns it into QEMU arguments; the guest's programs and
+ * tests read addresses and MACs from it.
+ *
+ *  - 0000:00:04.0 modern virtio-net (iommu_platform, for VFIO)  ⇄  0000:00:05.0 virtio-net driven by the guest kernel
+ *  - 0000:00:06.0 modern virtio-net (iommu_platform, for VFIO)  ⇄  the wire peer: a UDP socket outside the VM
+ *  - 0000:00:07.0 transitional virtio-net (legacy I/O BAR, UIO) ⇄  0000:00:08.0 virtio-net driven by the guest kernel
+ *  - 0000:00:09.0 modern virtio-net (iommu_platform, for VFIO)  ⇄  the forwarding sink: a second UDP port outside
+ *  - 0000:00:0a.0 (runs with `multiQueueTap`) modern virtio-net, 4 queue pairs  ⇄  a multi-queue TAP device in a
+ *    network namespace made for the run, where lab/c/mqpeer.c answers (lab/c/tapfds.c creates the TAP there)
+ *
+ * Every wire but the TAP is `-netdev dgram` on 127.0.0.1; the outer machine's own network gets no device.
+ * @module
+ */
+
+/** Which virtio-net a lab NIC is: for VFIO (modern, behind the vIOMMU), for UIO (transitional), or the kernel's. */
+export type LabDevice = "modern" | "transitional" | "kernel";
+
+/** Where a lab NIC's wire leads: another lab NIC (by name), the wire peer, the forwarding sink, or the TAP. */
+export type LabLink = LabNicName | "wire-peer" | "forward-sink" | "mq-tap";
+
+/** One NIC of the lab. */
+export interface LabNic {
+  /** PCI address in the guest. */
+  readonly pci: string;
+  /** MAC address. */
+  readonly mac: string;
+  /** Which virtio-net it is. */
+  readonly device: LabDevice;
+  /** What its wire leads to. */
+  readonly link: LabLink;
+}
+
+/** The lab NICs' names. */
+export type LabNicName =
+  | "vfioKernelPeer"
+  | "kernelPeer"
+  | "vfioWirePeer"
+  | "uioKernelPeer"
+  | "uioPeer"
+  | "vfioForwardOut"
+  | "multiQueueTap";
+
+/** Every NIC of the lab, as the guest sees it. */
+export const LAB: Readonly<Record<LabNicName, LabNic>> = {
+  vfioKernelPeer: { pci: "0000:00:04.0", mac: "52:54:00:12:34:01", device: "modern", link: "kernelPeer" },
+  kernelPeer: { pci: "0000:00:05.0", mac: "52:54:00:12:34:02", device: "kernel", link: "vfioKernelPeer" },
+  vfioWirePeer: { pci: "0000:00:06.0", mac: "52:54:00:12:34:03", device: "modern", link: "wire-peer" },
+  uioKernelPeer: { pci: "0000:00:07.0", mac: "52:54:00:12:34:04", device: "transitional", link: "uioPeer" },
+  uioPeer: { pci: "0000:00:08.0", mac: "52:54:00:12:34:05", device: "kernel", link: "uioKernelPeer" },
+  vfioForwardOut: { pci: "0000:00:09.0", mac: "52:54:00:12:34:06", device: "modern", link: "forward-sink" },
+  multiQueueTap: { pci: "0000:00:0a.0", mac: "52:54:00:12:34:07", device: "modern", link: "mq-tap" },
+};
+
+/** Queue pairs of the multi-queue TAP NIC (0000:00:0a.0). */
+export const MQ_QUEUES = 4;
+
+/** The wire peer's MAC (locally administered). */
+export const WIRE_PEER_MAC = new Uint8Array([0x02, 0, 0, 0, 0, 0xfe]);
+
+/** What lab/c/mqpeer.c counted on the multi-queue TAP link over the whole run. */
+export interface MqPeerCounts {
+  /** Flow frames from the guest with every byte right. */
+  valid: number;
+  /** Flow frames from the guest with a wrong length, checksum or byte. */
+  corrupt: number;
+  /** Other frames from the guest. */
+  foreign: number;
+  /** Bytes of the valid frames. */
+  bytes: number;
+  /** Frames sent back. */
+  reflected: number;
+  /** Frames blasted on request. */
+  blasted: number;
+  /** Frames the TAP device refused. */
+  dropped: number;
+  /** Flow frames the peer's socket lost (not read in time, or not read at all while listening is off). */
+  socketDrops: number;
+}

@@ -1,0 +1,47 @@
+/** The lab topology (lab/topology.ts), declared once and turned into QEMU arguments (lab/outer/qemu.ts). */
+import assert from "assert";
+import { LAB } from "../../lab/topology.ts";
+import { labNetArgs } from "../../lab/outer/qemu.ts";
+
+Deno.test("lab topology: every NIC at its slot and MAC, each wire between the ends the topology names", () => {
+  const args = labNetArgs({ wirePeer: 1001, guestForWire: 1002, forwardSink: 1003 });
+  const devices = args.filter((_, i) => args[i - 1] === "-device");
+  const netdevs = new Map(
+    args.filter((_, i) => args[i - 1] === "-netdev").map((d) => {
+      const id = d.match(/id=(\w+)/)![1];
+      const local = Number(d.match(/local\.port=(\d+)/)![1]),
+        remote = Number(d.match(/remote\.port=(\d+)/)![1]);
+      return [id, { local, remote }];
+    }),
+  );
+  for (const [name, n] of Object.entries(LAB)) {
+    if (n.link === "mq-tap") {
+      assert.ok(!netdevs.has(name), "the TAP NIC comes only with a multi-queue run");
+      continue;
+    }
+    const dev = devices.find((d) => d.includes(`netdev=${name},`));
+    assert.ok(dev, name);
+    assert.match(
+      dev!,
+      new RegExp(`addr=${Number.parseInt(n.pci.slice(8, 10), 16).toString(16)}\\.0,mac=${n.mac},`),
+    );
+    assert.equal(/iommu_platform=on/.test(dev!), n.device === "modern", `${name} is ${n.device}`);
+    assert.equal(/disable-modern=off/.test(dev!), n.device === "transitional", `${name} is ${n.device}`);
+    const w = netdevs.get(name)!;
+    if (n.link === "wire-peer") assert.deepEqual(w, { local: 1002, remote: 1001 });
+    else if (n.link === "forward-sink") assert.equal(w.remote, 1003);
+    else {
+      const other = netdevs.get(n.link)!;
+      assert.deepEqual(other, { local: w.remote, remote: w.local }, `${name} ⇄ ${n.link}`);
+      assert.equal(LAB[n.link].link, name, "links are symmetric");
+    }
+  }
+});
+
+Deno.test("the Xen domU gets every code folder the library and its tasks import", async () => {
+  const { CODE_DIRS } = await import("../../lab/outer/xen.ts");
+  const cfg = JSON.parse(Deno.readTextFileSync(new URL("../../deno.json", import.meta.url)));
+  const dirs = (cfg.publish.include as string[]).filter((p) => p.endsWith("/") && p !== "native/")
+    .map((p) => p.slice(0, -1));
+  for (const d of [...dirs, "cli", "lab"]) assert.ok(CODE_DIRS.includes(d), `${d}/ is missing from the domU`);
+});
