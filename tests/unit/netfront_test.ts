@@ -481,3 +481,17 @@ Deno.test("netfront: one queue writes its keys the single-queue way (no multi-qu
     await xs.close();
   }
 });
+
+Deno.test("netfront: a backend that never connects times out with the state it is stuck in", async () => {
+  const server = new XenStoreServer();
+  const grants = new ModelGrants(), evtchns = new ModelEvtchns();
+  const back = new NetbackModel(server, grants, evtchns);
+  server.onWrite = () => {}; // the backend ignores the frontend: stays in InitWait
+  const xs = new XenStore(server.connect(back.frontDomid).transport);
+  await assert.rejects(
+    () => Netfront.open(xs, grants, evtchns, { timeoutMs: 200 }),
+    /did not reach Connected within 200 ms \(state 2\)/,
+  );
+  assert.equal(grants.live, 0);
+  await xs.close();
+});

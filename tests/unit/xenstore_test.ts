@@ -1,6 +1,7 @@
 import assert from "assert";
 import { XenStore, type XenStoreError, XS } from "../../drivers/xen/xenstore.ts";
 import { XenStoreServer } from "../models/xenstore_server.ts";
+import { PATH_MAX } from "../../drivers/xen/xenstore.ts";
 
 function connect(server = new XenStoreServer()) {
   const { transport, conn } = server.connect();
@@ -182,5 +183,15 @@ Deno.test("xen agent: requests handed over by the kernel's poweroff helper are a
     restore();
   } else assert.throws(() => installKernelHandoff(7, sysctl), /no kill program/);
   Deno.removeSync(sysctl);
+  await xs.close();
+});
+
+Deno.test("xenstore: a path of exactly XENSTORE_ABS_PATH_MAX characters is allowed, one more is not", async () => {
+  const server = new XenStoreServer();
+  const xs = new XenStore(server.connect(0).transport);
+  const path = "/" + "a".repeat(PATH_MAX - 1);
+  await xs.write(path, "v");
+  assert.equal(await xs.read(path), "v");
+  await assert.rejects(() => xs.read(path + "a"), /invalid xenstore path/);
   await xs.close();
 });

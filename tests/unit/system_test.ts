@@ -1,93 +1,40 @@
+/**
+ * System management (system/): the driver table by class, probe, bind, and what the machine uses (network and disks),
+ * all on fixture trees: never on this machine's devices.
+ */
 import assert from "assert";
-import {
-  CAP_MSIX,
-  CAP_VENDOR,
-  parseConfig,
-  PciConfigError,
-  VIRTIO_PCI_CAP,
-} from "../../drivers/pci/config.ts";
-import { listDevices, parsePciAddress, parseResources, readDevice } from "../../ffi/sysfs.ts";
+import { bindDevice, BindRefused } from "../../system/bind.ts";
+import { makeSysfs } from "./sysfs_fixture.ts";
+import { listDevices, readDevice } from "../../ffi/sysfs.ts";
 import { formatTable, probe, type ProbeEntry } from "../../system/probe.ts";
 import { deviceKind } from "../../system/ids.ts";
-import { bindDevice, BindRefused } from "../../system/bind.ts";
 import { protectedReason, readMachineNet } from "../../system/machine_net.ts";
-import { makeSysfs } from "./sysfs_fixture.ts";
-import { openPci } from "../../ffi/pci.ts";
 import { DEVICE_CLASSES, openNic } from "../../system/table.ts";
 import { readMachineDisks } from "../../system/machine_disks.ts";
 
+const NET = { vendor: 0x1af4, device: 0x1041, class: 0x020000 };
+
 const fixture = (name: string) => Deno.readFileSync(new URL(`../fixtures/${name}`, import.meta.url));
 
-Deno.test("config: modern virtio-net (this host's own NIC) — header, virtio caps, MSI-X", () => {
-  const c = parseConfig(fixture("virtio-net-modern-host.config"));
-  assert.equal(c.vendorId, 0x1af4);
-  assert.equal(c.deviceId, 0x1041);
-  assert.equal(c.classCode, 0x020000);
-  assert.deepEqual(c.capabilities.map((x) => x.id), [
-    CAP_VENDOR,
-    CAP_VENDOR,
-    CAP_VENDOR,
-    CAP_VENDOR,
-    CAP_VENDOR,
-    CAP_MSIX,
-  ]);
-  const types = c.virtio.map((v) => v.type);
-  assert.deepEqual(types, [
-    VIRTIO_PCI_CAP.COMMON,
-    VIRTIO_PCI_CAP.ISR,
-    VIRTIO_PCI_CAP.DEVICE,
-    VIRTIO_PCI_CAP.NOTIFY,
-    VIRTIO_PCI_CAP.PCI_CFG,
-  ]);
-  const common = c.virtio.find((v) => v.type === VIRTIO_PCI_CAP.COMMON)!;
-  assert.deepEqual([common.bar, common.offset, common.length], [0, 0, 0x38]);
-  const isr = c.virtio.find((v) => v.type === VIRTIO_PCI_CAP.ISR)!;
-  assert.deepEqual([isr.bar, isr.offset, isr.length], [0, 0x2000, 1]);
-  const notify = c.virtio.find((v) => v.type === VIRTIO_PCI_CAP.NOTIFY)!;
-  assert.equal(notify.notifyOffMultiplier, 4);
-  assert.equal(c.msix?.tableSize, 3);
-  assert.equal(c.msix?.tableBar, 0);
-  assert.equal(c.msix?.tableOffset, 0x8000);
-  assert.equal(c.msix?.pbaOffset, 0x48000);
+Deno.test("bind: a missing driver names the modules to load for that target", () => {
+  const root = makeSysfs([{
+    address: "0000:00:04.0",
+    vendor: 0x1af4,
+    device: 0x1041,
+    class: 0x020000,
+    driver: "virtio-pci",
+    group: 4,
+  }]);
+  try {
+    assert.throws(
+      () => bindDevice("0000:00:04.0", "vfio-pci", { root }),
+      /load irqbypass, vfio, vfio_iommu_type1/,
+    );
+    assert.throws(() => bindDevice("0000:00:04.0", "uio_pci_generic", { root }), /load uio, uio_pci_generic/);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
 });
-
-Deno.test("config: hostile capability lists are rejected, not followed", () => {
-  const base = fixture("virtio-net-modern-host.config").slice();
-  const loop = base.slice();
-  loop[0x41] = 0x40; // first cap points at itself
-  assert.throws(() => parseConfig(loop), PciConfigError);
-  const intoHeader = base.slice();
-  intoHeader[0x34] = 0x10;
-  assert.throws(() => parseConfig(intoHeader), /out of range/);
-  const truncNotify = base.slice(0, 0x72);
-  truncNotify[0x06] |= 0x10;
-  assert.throws(() => parseConfig(truncNotify), PciConfigError);
-  assert.throws(() => parseConfig(new Uint8Array(10)), /too short/);
-  const none = new Uint8Array(64).fill(0xff);
-  assert.throws(() => parseConfig(none), /no device/);
-});
-
-Deno.test("sysfs: addresses, resources", () => {
-  assert.equal(parsePciAddress("00:03.0"), "0000:00:03.0");
-  assert.throws(() => parsePciAddress("0000:00:03.9"), /not a PCI address/);
-  assert.throws(() => parsePciAddress("../../etc"), /not a PCI address/);
-  const bars = parseResources(
-    "0x000000000000c000 0x000000000000c03f 0x0000000000040101\n" +
-      "0x0000000000000000 0x0000000000000000 0x0000000000000000\n" +
-      "0x00000000fe000000 0x00000000fe003fff 0x000000000014220c\n",
-  );
-  assert.equal(bars.length, 2);
-  assert.deepEqual([bars[0].index, bars[0].io, bars[0].size], [0, true, 64]);
-  assert.deepEqual([bars[1].index, bars[1].io, bars[1].is64, bars[1].prefetchable, bars[1].size], [
-    2,
-    false,
-    true,
-    true,
-    0x4000,
-  ]);
-});
-
-const NET = { vendor: 0x1af4, device: 0x1041, class: 0x020000 };
 
 Deno.test("sysfs: enumeration of a fixture tree and the probe's verdicts", () => {
   const cfg = fixture("virtio-net-modern-host.config").slice();
@@ -318,28 +265,6 @@ Deno.test("probe: device kinds", () => {
   assert.equal(deviceKind({ vendorId: 0x1af4, deviceId: 0x1080, subsystemId: 0 }).kind, "virtio (unknown)");
 });
 
-Deno.test("config: QEMU's transitional virtio-net (captured in the lab) — legacy I/O BAR plus modern caps", () => {
-  const c = parseConfig(fixture("virtio-net-transitional-qemu.config"));
-  assert.equal(c.deviceId, 0x1000);
-  assert.equal(c.subsystemId, 1);
-  assert.equal(c.interruptPin, 1);
-  assert.equal(c.bars[0] & 1, 1, "BAR0 is an I/O BAR");
-  assert.ok(c.virtio.length >= 4);
-  assert.ok(
-    c.virtio.filter((v) => v.type !== VIRTIO_PCI_CAP.PCI_CFG).every((v) => v.bar === 4),
-    "modern structures live in BAR4",
-  );
-  assert.ok(c.msix && c.msix.tableSize >= 3);
-});
-
-Deno.test("config: QEMU's modern virtio-net (captured in the lab)", () => {
-  const c = parseConfig(fixture("virtio-net-modern-qemu.config"));
-  assert.equal(c.deviceId, 0x1041);
-  assert.equal(c.bars[0] & 1, 0);
-  const notify = c.virtio.find((v) => v.type === VIRTIO_PCI_CAP.NOTIFY)!;
-  assert.equal(notify.notifyOffMultiplier, 4);
-});
-
 Deno.test("probe: Xen hypervisor, guest type and xen-bus devices with the kernel driver holding each", async () => {
   const { probeXen, formatXen } = await import("../../system/xen_probe.ts");
   const root = Deno.makeTempDirSync();
@@ -409,42 +334,6 @@ Deno.test("probe: the table pads every column but the last to its widest cell", 
   assert.equal(lines[0].indexOf("DRIVER"), at + "virtio-net (modern)".length + 2);
   for (const l of lines) assert.equal(l, l.trimEnd(), `no padding after the last column: '${l}'`);
   assert.ok(lines[1].endsWith("  x"));
-});
-
-Deno.test("openPci: the driver the device is bound to picks VFIO or UIO; anything else is told to bind first", () => {
-  const root = makeSysfs([
-    { address: "0000:00:04.0", ...NET, driver: "virtio-pci" },
-    { address: "0000:00:05.0", ...NET, driver: "vfio-pci" }, // no IOMMU group: VFIO refuses before any open
-    { address: "0000:00:06.0", ...NET, driver: "uio_pci_generic" }, // no uio node: UIO refuses before any open
-  ], ["vfio-pci", "uio_pci_generic"]);
-  try {
-    assert.throws(() => openPci("0000:00:04.0", root), /bound to virtio-pci: bind it first/);
-    assert.throws(() => openPci("0000:00:05.0", root), /has no IOMMU group/);
-    assert.throws(() => openPci("0000:00:06.0", root), /not uio_pci_generic|no uio/);
-  } finally {
-    Deno.removeSync(root, { recursive: true });
-  }
-});
-
-Deno.test("sysfs: driver_override reads as null when unset ('(null)', empty or absent), else the driver", () => {
-  const root = makeSysfs([
-    { address: "0000:00:04.0", ...NET },
-    { address: "0000:00:05.0", ...NET },
-    { address: "0000:00:06.0", ...NET },
-    { address: "0000:00:07.0", ...NET },
-  ]);
-  try {
-    const dev = (a: string) => `${root}/bus/pci/devices/${a}/driver_override`;
-    Deno.writeTextFileSync(dev("0000:00:05.0"), "vfio-pci\n");
-    Deno.writeTextFileSync(dev("0000:00:06.0"), "\n");
-    Deno.removeSync(dev("0000:00:07.0"));
-    assert.deepEqual(
-      ["04", "05", "06", "07"].map((d) => readDevice(`0000:00:${d}.0`, root).driverOverride),
-      [null, "vfio-pci", null, null],
-    );
-  } finally {
-    Deno.removeSync(root, { recursive: true });
-  }
 });
 
 Deno.test("openNic: the driver table picks the driver; a device no driver serves, or not yet bound, is refused", async () => {

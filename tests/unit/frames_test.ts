@@ -1,4 +1,4 @@
-/** Flow frames (apps/frames.ts) and the multi-queue peer's control replies (lab/guest/mq_peer.ts). */
+/** The test frame format and flow frames (apps/frames.ts), and the multi-queue peer's control replies (lab/guest/mq_peer.ts). */
 import assert from "assert";
 import {
   checkFlowFrame,
@@ -11,6 +11,7 @@ import {
 } from "../../apps/frames.ts";
 import { finish, sum16 } from "../../net/checksum.ts";
 import { MQ_CTRL_ETHERTYPE, parseStats } from "../../lab/guest/mq_peer.ts";
+import { checkFrame, PVDRV_ETHERTYPE } from "../../apps/frames.ts";
 
 const A = new Uint8Array([2, 0, 0, 0, 0, 1]), B = new Uint8Array([2, 0, 0, 0, 0, 2]);
 
@@ -101,4 +102,12 @@ Deno.test("frames: writeFrame refuses a length below an Ethernet header or past 
   writeFrame(buf, 100, 1, mac, mac);
   assert.throws(() => writeFrame(buf, MIN_TEST_FRAME - 1, 1, mac, mac), RangeError);
   assert.throws(() => writeFrame(buf, 101, 1, mac, mac), RangeError);
+});
+
+Deno.test("frames: a buffer shorter than a pvdrv header is foreign even with the pvdrv ethertype", () => {
+  const b = new Uint8Array(23);
+  b[12] = PVDRV_ETHERTYPE >> 8;
+  b[13] = PVDRV_ETHERTYPE & 0xff;
+  b.set([0x50, 0x56, 0x44, 0x52], 14); // "PVDR"
+  assert.equal(checkFrame(b, 23, new Uint32Array(1)), FrameCheck.Foreign);
 });
