@@ -102,6 +102,28 @@ export {
 } from "./drivers/core/buffer_pool.ts";
 export { type Closeable, type CoreQueue, DeviceCore, type IrqMode } from "./drivers/core/device.ts";
 export { NicCore, type QueuePair } from "./drivers/net/core.ts";
+export { DiskCore, type DiskQueue, type RequestSlots, SERIAL_BYTES } from "./drivers/block/core.ts";
+export {
+  VIRTIO_BLK,
+  VirtioBlk,
+  type VirtioBlkOptions,
+  type VirtioBlkQueue,
+  WANTED_BLK_FEATURES,
+} from "./drivers/virtio/blk.ts";
+export {
+  BLK_CONFIG,
+  BLK_DWZ_F_UNMAP,
+  BLK_DWZ_SEG,
+  BLK_ID_BYTES,
+  BLK_REQ_HDR,
+  BLK_S,
+  BLK_T,
+  readBlkHeader,
+  readDwzSegment,
+  SECTOR,
+  writeBlkHeader,
+  writeDwzSegment,
+} from "./drivers/virtio/blk_wire.ts";
 export {
   type Capability,
   type MsixCap,
@@ -170,7 +192,7 @@ export {
   type FrontendSteps,
   XenbusFrontend,
 } from "./drivers/xen/frontend.ts";
-export { RequestIds } from "./drivers/xen/request_ids.ts";
+export { RequestIds } from "./drivers/core/request_ids.ts";
 export {
   type AgentOptions,
   installKernelHandoff,

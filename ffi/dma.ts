@@ -63,6 +63,8 @@ export function virtToPhys(ptr: Deno.PointerObject): number {
  */
 export class PhysicalDmaAllocator implements DmaAllocator {
   readonly kind = "physical";
+  /** Regions are physically contiguous: one huge page at most. */
+  readonly maxRegion: number = HUGE_PAGE;
   readonly #pages: { mem: HostMemory; phys: number; used: number; kept: number }[] = [];
   #closed = false;
 

@@ -30,6 +30,8 @@ export interface DmaRegion {
 export interface DmaAllocator {
   /** What backs this allocator: "vfio", "physical" or "model". */
   readonly kind: string;
+  /** The largest region {@link alloc} gives (physically contiguous memory: one huge page); absent: no limit. */
+  readonly maxRegion?: number;
   /** A zeroed region of at least `size` bytes, page aligned. */
   alloc(size: number): DmaRegion;
   /** Free every region still allocated. */

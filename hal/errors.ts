@@ -25,6 +25,8 @@ export type ErrorKind =
   | "xenstore"
   /** A NIC used wrongly: closed, disconnected, bad queue, buffer not held. */
   | "nic"
+  /** A disk used wrongly (closed, bad queue, a request outside the disk or its limits) or an I/O error. */
+  | "disk"
   /** DMA memory that could not be had, or a device address outside it. */
   | "dma"
   /** A device that could not be opened or used through VFIO or UIO (binding, groups, regions, vectors). */

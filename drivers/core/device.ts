@@ -65,6 +65,11 @@ export abstract class DeviceCore<Q extends CoreQueue> {
     for (const p of pools) this.#pools.add(p);
   }
 
+  /** Whether `p` is one of this device's pools (retired ones included). */
+  protected ownsPool(p: BufferPool<PoolBuffer>): boolean {
+    return this.#pools.has(p);
+  }
+
   /** Give application-held buffers back to their pools, which must be this device's (retired ones included). */
   protected releaseBuffers<B extends PoolBuffer>(bufs: B[], n: number): void {
     releaseOwned(bufs, n, this.#pools as WeakSet<BufferPool<B>>, this.name, this.errorKind);

@@ -1,7 +1,8 @@
 /**
- * Request ids for a Xen shared ring (netif.h TX ids, blkif.h request ids): the frontend picks an id per request
- * and the backend echoes it in the response, in any order. The id comes back from the backend, so it is checked
- * before it indexes anything: out of range or not in flight is the backend's error, never a stale lookup.
+ * Request ids: a driver picks an id per request and the device echoes it when it completes, in any order (Xen
+ * netif.h TX ids and blkif.h request ids; a disk's in-flight slots). The id comes back from the other side, so it
+ * is checked before it indexes anything: out of range or not in flight is the device's error, never a stale
+ * lookup.
  * @module
  */
 
@@ -12,7 +13,7 @@ export class RequestIds {
   /** id → its value while in flight, -1 while free. */
   readonly #value: Int32Array;
 
-  /** `size` ids (at most 65536: ids are 16-bit on every Xen ring). */
+  /** `size` ids (at most 65536: ids are 16-bit on every Xen ring and virtqueue). */
   constructor(readonly size: number) {
     if (!Number.isInteger(size) || size < 1 || size > 0x10000) throw new RangeError(`bad id count ${size}`);
     this.#free = new Uint16Array(size);

@@ -67,6 +67,7 @@ export class SplitQueue {
   readonly #chain: Uint16Array; // descriptors in the chain at a head
   readonly #cap: Uint32Array; // writable bytes of the chain at a head
   readonly #owned: Uint8Array; // head is with the device
+  readonly #ids: Uint16Array; // scratch: the descriptors of the chain being added
   #availIdx = 0;
   #kickedIdx = 0;
   #lastUsed = 0;
@@ -105,6 +106,7 @@ export class SplitQueue {
     this.#chain = new Uint16Array(size);
     this.#cap = new Uint32Array(size);
     this.#owned = new Uint8Array(size);
+    this.#ids = new Uint16Array(size);
   }
 
   /** Free descriptors. */
@@ -176,6 +178,32 @@ export class SplitQueue {
       if (s.write) cap += s.len;
     });
     this.#offer(ids[0], segs.length, cap);
+    return ids[0];
+  }
+
+  /**
+   * Queue a chain given as parallel arrays, allocating nothing (the block driver's hot path): `n` segments,
+   * device-readable ones first (§2.7.4.2); head id, or -1 when fewer than `n` descriptors are free.
+   */
+  addChainOf(addr: Float64Array, len: Uint32Array, write: Uint8Array, n: number): number {
+    if (this.#broken) throw this.#broken;
+    if (n === 0 || this.#nfree < n) return -1;
+    let seenWrite = false, cap = 0;
+    for (let k = 0; k < n; k++) {
+      if (seenWrite && !write[k]) throw new RangeError("readable segments must precede writable ones");
+      if (write[k]) {
+        seenWrite = true;
+        cap += len[k];
+      }
+    }
+    const ids = this.#ids;
+    for (let k = 0; k < n; k++) ids[k] = this.#free[--this.#nfree];
+    for (let k = 0; k < n; k++) {
+      const last = k === n - 1, next = last ? 0 : ids[k + 1];
+      this.#setDesc(ids[k], addr[k], len[k], (write[k] ? DESC_F_WRITE : 0) | (last ? 0 : DESC_F_NEXT), next);
+      this.#next[ids[k]] = next;
+    }
+    this.#offer(ids[0], n, cap);
     return ids[0];
   }
 

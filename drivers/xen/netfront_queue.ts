@@ -15,7 +15,7 @@ import { emptyStats, type QueueStats } from "../net/nic.ts";
 import { type PacketBuffer, PacketPool } from "../net/packet_pool.ts";
 import { RX_ENTRY, TX_ENTRY } from "./netif.ts";
 import { FrontRing } from "./ring.ts";
-import { RequestIds } from "./request_ids.ts";
+import { RequestIds } from "../core/request_ids.ts";
 
 /** Slots of each netfront ring (one page of TX or RX entries). */
 export const RING = 256;

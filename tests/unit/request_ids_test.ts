@@ -1,6 +1,6 @@
-/** Xen ring request ids (drivers/xen/request_ids.ts): what the backend echoes is checked before it is used. */
+/** Request ids (drivers/core/request_ids.ts): what a device or backend echoes is checked before it is used. */
 import assert from "assert";
-import { RequestIds } from "../../drivers/xen/request_ids.ts";
+import { RequestIds } from "../../drivers/core/request_ids.ts";
 
 Deno.test("request ids: taken with a value, completed once, anything else is -1", () => {
   const ids = new RequestIds(4);
