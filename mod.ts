@@ -17,13 +17,19 @@
 export { type ErrorKind, isPvdrvError, PvdrvError, type PvdrvErrorOptions } from "./hal/errors.ts";
 export { buildNative, libraryPath, NativeError, prepareNative } from "./ffi/lib.ts";
 
-// ---- devices: the table, NICs and their buffers ----
+// ---- devices: the table, NICs, disks and their buffers ----
 export {
   DEVICE_CLASSES,
   type DeviceClass,
+  DISK_DRIVERS,
+  type DiskDriver,
+  type DiskOpenOptions,
+  type Driver,
+  type DriverEntry,
   DRIVERS,
   NIC_DRIVERS,
   type NicDriver,
+  openDisk,
   openNic,
   type OpenOptions,
   pciDriverFor,
@@ -47,6 +53,18 @@ export {
   totalStats,
 } from "./drivers/net/nic.ts";
 export { PacketBuffer, PacketPool } from "./drivers/net/packet_pool.ts";
+export {
+  BlockBuffer,
+  BlockOp,
+  BlockPool,
+  BlockRequest,
+  BlockStatus,
+  Completions,
+  type Disk,
+  type DiskInfo,
+  type DiskStats,
+  emptyDiskStats,
+} from "./drivers/block/disk.ts";
 
 // ---- the system: which devices pvdrv may take ----
 export { bindDevice, type BindOptions, BindRefused, type BindTarget } from "./system/bind.ts";

@@ -4,6 +4,7 @@
  * @module
  */
 import { LabError, runInGuest, WirePeer } from "../lab/outer/qemu.ts";
+import { firstMismatch, verifyPlan } from "../apps/disk_verify.ts";
 import { checkXenRun, isReportLine, runXenLab, xenBenchSummary } from "../lab/outer/xen.ts";
 import { buildNative } from "../ffi/lib.ts";
 import { ensureCompiler } from "../lab/outer/guest_image.ts";
@@ -108,7 +109,7 @@ async function xen(): Promise<{ ok: boolean; t: Tally }> {
 }
 
 /** What a guest test told the host to expect from its peer, or null when the test did not run (filtered). */
-function readExpect(path: string): { valid: number } | null {
+function readExpect<T = { valid: number }>(path: string): T | null {
   try {
     return JSON.parse(Deno.readTextFileSync(path));
   } catch {
@@ -166,6 +167,37 @@ async function vm(filter?: string): Promise<{ ok: boolean; t: Tally }> {
           `${m.corrupt} corrupt, ${m.foreign} other, reflected ${m.reflected}, blasted ${m.blasted}`,
       );
       if (good) t.passed++;
+      else {
+        t.failed++;
+        ok = false;
+      }
+    }
+    // Outer-side verdict of the disk test: the VFIO disk's backing file holds the pattern pvdrv wrote, read here,
+    // outside the VM, without pvdrv.
+    const blk = readExpect(`${r.outDir}/blk-expect.json`) as {
+      file: string;
+      mib: number;
+      seed: number;
+      block: number;
+    } | null;
+    if (blk) {
+      const want = verifyPlan(blk.mib << 20, blk.block, blk.seed).expected;
+      const f = Deno.openSync(`${r.outDir}/${blk.file}`);
+      const got = new Uint8Array(want.length);
+      let n = 0;
+      while (n < got.length) {
+        const k = f.readSync(got.subarray(n));
+        if (!k) break;
+        n += k;
+      }
+      f.close();
+      const at = firstMismatch(got, want);
+      console.log(
+        `disk backing file: ${at < 0 ? "ok" : "FAILED"} — ${blk.file}: ${blk.mib} MiB ${
+          at < 0 ? "hold the pattern pvdrv wrote" : `differ at byte ${at}`
+        }`,
+      );
+      if (at < 0) t.passed++;
       else {
         t.failed++;
         ok = false;

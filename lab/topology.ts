@@ -78,3 +78,47 @@ export interface MqPeerCounts {
   /** Flow frames the peer's socket lost (not read in time, or not read at all while listening is off). */
   socketDrops: number;
 }
+
+/** One virtio-blk disk of the lab, on a raw file in the run's folder (so the outer side reads what was written). */
+export interface LabDisk {
+  /** PCI address in the guest. */
+  readonly pci: string;
+  /** Which virtio-blk it is: for VFIO, for UIO, or left to the guest kernel's virtio_blk. */
+  readonly device: LabDevice;
+  /** Its backing file, in the run's /out folder. */
+  readonly file: string;
+  /** Size in MiB. */
+  readonly mib: number;
+  /** Request queues (num-queues). */
+  readonly queues: number;
+  /** The serial GET_ID answers. */
+  readonly serial: string;
+}
+
+/** The lab's disks: the same size and shape, one per way of driving it. */
+export const LAB_DISKS: Readonly<Record<"vfioDisk" | "uioDisk" | "kernelDisk", LabDisk>> = {
+  vfioDisk: {
+    pci: "0000:00:0b.0",
+    device: "modern",
+    file: "disk-vfio.img",
+    mib: 64,
+    queues: 2,
+    serial: "pvdrv-vfio",
+  },
+  uioDisk: {
+    pci: "0000:00:0c.0",
+    device: "transitional",
+    file: "disk-uio.img",
+    mib: 64,
+    queues: 1,
+    serial: "pvdrv-uio",
+  },
+  kernelDisk: {
+    pci: "0000:00:0d.0",
+    device: "kernel",
+    file: "disk-kernel.img",
+    mib: 64,
+    queues: 2,
+    serial: "pvdrv-kernel",
+  },
+};

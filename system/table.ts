@@ -10,8 +10,11 @@ import { openPci } from "../ffi/pci.ts";
 import { parsePciAddress, type PciDeviceInfo, readDevice } from "../ffi/sysfs.ts";
 import { XenbusDevice } from "../ffi/xenbus.ts";
 import { Evtchn, Gntalloc } from "../ffi/xen.ts";
-import type { IrqMode, Nic } from "../drivers/net/nic.ts";
+import type { Nic } from "../drivers/net/nic.ts";
 import { VIRTIO_NET, VirtioNet } from "../drivers/virtio/net.ts";
+import { VIRTIO_BLK, VirtioBlk } from "../drivers/virtio/blk.ts";
+import type { Disk } from "../drivers/block/disk.ts";
+import type { IrqMode } from "../drivers/core/device.ts";
 import { virtioDeviceType } from "../drivers/virtio/pci.ts";
 import { Netfront } from "../drivers/xen/netfront.ts";
 import { XenStore } from "../drivers/xen/xenstore.ts";
@@ -55,8 +58,8 @@ export const DEVICE_CLASSES: { readonly nic: DeviceClass; readonly disk: DeviceC
   disk: { name: "disk", inUse: (d, root, m) => diskUse(d.blockDevices, root, m.disks) },
 };
 
-/** One driver: its class, what it serves and how to open it. */
-export interface NicDriver {
+/** What every driver entry says: its class and what it serves. */
+export interface DriverEntry {
   /** The driver's name ("virtio-net"). */
   readonly name: string;
   /** Its device class. */
@@ -65,9 +68,40 @@ export interface NicDriver {
   readonly pci?: (ids: PciIds) => boolean;
   /** The XenBus device type it serves under device/ ("vif"; absent: not a XenBus driver). */
   readonly xenbus?: string;
+}
+
+/** A NIC driver. */
+export interface NicDriver extends DriverEntry {
+  /** It opens NICs. */
+  readonly kind: "nic";
   /** Open device `name` (a PCI address, or "type/N" for XenBus). */
   open(name: string, opts: OpenOptions): Promise<Nic>;
 }
+
+/** Options common to every disk driver. */
+export interface DiskOpenOptions {
+  /** Interrupt mode. */
+  irq?: IrqMode;
+  /** Request queues. */
+  queues?: number;
+  /** Requests in flight per queue. */
+  queueDepth?: number;
+  /** Bytes of one DMA buffer (a multiple of 4096). */
+  bufferBytes?: number;
+  /** The sysfs tree PCI devices are found in (default /sys; a fixture tree in tests). */
+  sysfs?: string;
+}
+
+/** A disk driver. */
+export interface DiskDriver extends DriverEntry {
+  /** It opens disks. */
+  readonly kind: "disk";
+  /** Open device `name` (a PCI address, or "type/N" for XenBus). */
+  open(name: string, opts: DiskOpenOptions): Promise<Disk>;
+}
+
+/** One driver: its class, what it serves and how to open it. */
+export type Driver = NicDriver | DiskDriver;
 
 function openVirtioNet(address: string, opts: OpenOptions): Promise<Nic> {
   // The NIC owns the function: it closes it with itself, or at once if the open fails.
@@ -98,27 +132,48 @@ async function openNetfront(name: string, opts: OpenOptions): Promise<Nic> {
   }
 }
 
+function openVirtioBlk(address: string, opts: DiskOpenOptions): Promise<Disk> {
+  // The disk owns the function: it closes it with itself, or at once if the open fails.
+  return Promise.resolve(VirtioBlk.openPci(opts.sysfs ? openPci(address, opts.sysfs) : openPci(address), {
+    irq: opts.irq ?? "poll",
+    queues: opts.queues,
+    queueDepth: opts.queueDepth,
+    bufferBytes: opts.bufferBytes,
+    ownsPci: true,
+  }));
+}
+
 /** Every driver pvdrv has. */
-export const DRIVERS: readonly NicDriver[] = [
+export const DRIVERS: readonly Driver[] = [
   {
     name: "virtio-net",
+    kind: "nic",
     class: DEVICE_CLASSES.nic,
     pci: (d) => virtioDeviceType(d) === VIRTIO_NET,
     open: openVirtioNet,
   },
-  { name: "netfront", class: DEVICE_CLASSES.nic, xenbus: "vif", open: openNetfront },
+  { name: "netfront", kind: "nic", class: DEVICE_CLASSES.nic, xenbus: "vif", open: openNetfront },
+  {
+    name: "virtio-blk",
+    kind: "disk",
+    class: DEVICE_CLASSES.disk,
+    pci: (d) => virtioDeviceType(d) === VIRTIO_BLK,
+    open: openVirtioBlk,
+  },
 ];
 
 /** The NIC drivers. */
-export const NIC_DRIVERS: readonly NicDriver[] = DRIVERS.filter((d) => d.class === DEVICE_CLASSES.nic);
+export const NIC_DRIVERS: readonly NicDriver[] = DRIVERS.filter((d): d is NicDriver => d.kind === "nic");
+/** The disk drivers. */
+export const DISK_DRIVERS: readonly DiskDriver[] = DRIVERS.filter((d): d is DiskDriver => d.kind === "disk");
 
 /** The driver for a PCI function with these ids, or null. */
-export function pciDriverFor(ids: PciIds): NicDriver | null {
+export function pciDriverFor(ids: PciIds): Driver | null {
   return DRIVERS.find((d) => d.pci?.(ids)) ?? null;
 }
 
 /** The driver for a XenBus device type ("vif"), or null. */
-export function xenbusDriverFor(type: string): NicDriver | null {
+export function xenbusDriverFor(type: string): Driver | null {
   return DRIVERS.find((d) => d.xenbus === type) ?? null;
 }
 
@@ -131,22 +186,45 @@ export function useOf(d: PciDeviceInfo, sysfs: string, m: Machine): DeviceUse | 
   return drv ? drv.class.inUse(d, sysfs, m) : deviceUse(d, sysfs, m);
 }
 
-/** Open `name` with the driver the table names: "0000:00:04.0" / "00:04.0" (PCI) or "vif/0" (XenBus). */
-export async function openNic(name: string, opts: OpenOptions = {}): Promise<Nic> {
+/** The driver for `name` ("0000:00:04.0", "00:04.0", "vif/0", "vbd/51712"), of the class `kind` wants. */
+function driverFor(name: string, kind: Driver["kind"], sysfs?: string): { driver: Driver; device: string } {
+  const errorKind = kind;
   const xen = name.match(/^([a-z]+)\/(\d{1,5})$/);
+  let d: Driver | null, device: string;
   if (xen) {
-    const d = xenbusDriverFor(xen[1]);
-    if (!d) throw new PvdrvError("nic", `no pvdrv driver serves XenBus ${xen[1]} devices (${name})`);
-    return await d.open(name, opts);
+    d = xenbusDriverFor(xen[1]);
+    if (!d) throw new PvdrvError(errorKind, `no pvdrv driver serves XenBus ${xen[1]} devices (${name})`);
+    device = name;
+  } else {
+    device = parsePciAddress(name);
+    const info = sysfs ? readDevice(device, sysfs) : readDevice(device);
+    d = pciDriverFor(info);
+    if (!d) {
+      throw new PvdrvError(
+        errorKind,
+        `${device} (${info.vendorId.toString(16)}:${info.deviceId.toString(16)}) has no pvdrv driver`,
+      );
+    }
   }
-  const addr = parsePciAddress(name);
-  const info = opts.sysfs ? readDevice(addr, opts.sysfs) : readDevice(addr);
-  const d = pciDriverFor(info);
-  if (!d) {
+  if (d.kind !== kind) {
     throw new PvdrvError(
-      "nic",
-      `${addr} (${info.vendorId.toString(16)}:${info.deviceId.toString(16)}) has no pvdrv driver`,
+      errorKind,
+      `${name} is a ${d.class.name} (${d.name}), not a ${kind}: open it with ${
+        d.kind === "nic" ? "openNic" : "openDisk"
+      }`,
     );
   }
-  return await d.open(addr, opts);
+  return { driver: d, device };
+}
+
+/** Open NIC `name` with the driver the table names: "0000:00:04.0" / "00:04.0" (PCI) or "vif/0" (XenBus). */
+export async function openNic(name: string, opts: OpenOptions = {}): Promise<Nic> {
+  const { driver, device } = driverFor(name, "nic", opts.sysfs);
+  return await (driver as NicDriver).open(device, opts);
+}
+
+/** Open disk `name` with the driver the table names: "0000:00:05.0" (PCI) or "vbd/N" (XenBus). */
+export async function openDisk(name: string, opts: DiskOpenOptions = {}): Promise<Disk> {
+  const { driver, device } = driverFor(name, "disk", opts.sysfs);
+  return await (driver as DiskDriver).open(device, opts);
 }

@@ -16,6 +16,7 @@ const FORMAT = 4;
 export const GUEST_MODULES = [
   "virtio_pci",
   "virtio_net",
+  "virtio_blk",
   "9pnet_virtio",
   "9p",
   "irqbypass",

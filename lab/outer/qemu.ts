@@ -5,7 +5,7 @@
  * @module
  */
 import { buildNative } from "../../ffi/lib.ts";
-import { LAB, type LabDevice, type LabNicName, type MqPeerCounts } from "../topology.ts";
+import { LAB, LAB_DISKS, type LabDevice, type LabNicName, type MqPeerCounts } from "../topology.ts";
 import { buildPeerTool } from "./build_c.ts";
 import { buildGuest, ensureCompiler, ensureQemu, type GuestImage, VM_DIR } from "./guest_image.ts";
 import { LabError } from "./lab_error.ts";
@@ -109,6 +109,28 @@ export function labNetArgs(ports: { wirePeer: number; guestForWire: number; forw
 }
 
 /**
+ * The lab's disks as QEMU arguments, from lab/topology.ts: a sparse raw file of each disk's size in `outDir`
+ * (created here) behind a virtio-blk-pci at its slot, so the outer side reads afterwards what was written.
+ */
+export function labDiskArgs(outDir: string): string[] {
+  const args: string[] = [];
+  for (const [name, d] of Object.entries(LAB_DISKS)) {
+    const file = `${outDir}/${d.file}`;
+    using f = Deno.openSync(file, { create: true, write: true });
+    f.truncateSync(d.mib << 20);
+    const [dev, fn] = d.pci.split(":")[2].split(".");
+    args.push(
+      "-drive",
+      `file=${file},if=none,id=${name},format=raw,cache=writeback`,
+      "-device",
+      `virtio-blk-pci,drive=${name},addr=${parseInt(dev, 16).toString(16)}.${fn},num-queues=${d.queues},` +
+        `serial=${d.serial}${DEVICE_PROPS[d.device]}`,
+    );
+  }
+  return args;
+}
+
+/**
  * Run QEMU with `args` plus a serial console on stdio (no display, no monitor, no reboot), calling `onLine` for
  * each console line (without the serial \r), and SIGKILL it after `timeoutSec`. Returns its exit status and stderr.
  */
@@ -195,6 +217,7 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
     "-virtfs",
     `local,path=${outDir},mount_tag=out,security_model=none`,
     ...labNetArgs(ports),
+    ...labDiskArgs(outDir),
   ]; // deno-fmt-ignore
   const mq = opts.multiQueueTap ? await startMqTap() : null;
   if (mq) args.push(...mq.args);

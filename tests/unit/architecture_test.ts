@@ -13,7 +13,16 @@ import { Netfront } from "../../drivers/xen/netfront.ts";
 import { XenStore } from "../../drivers/xen/xenstore.ts";
 import { maxFrameFor, type Nic } from "../../drivers/net/nic.ts";
 import type { PacketBuffer } from "../../drivers/net/packet_pool.ts";
-import { NIC_DRIVERS, openNic, pciDriverFor, xenbusDriverFor } from "../../system/table.ts";
+import {
+  DEVICE_CLASSES,
+  DISK_DRIVERS,
+  DRIVERS,
+  NIC_DRIVERS,
+  openDisk,
+  openNic,
+  pciDriverFor,
+  xenbusDriverFor,
+} from "../../system/table.ts";
 import { deviceKind } from "../../system/ids.ts";
 import { IoctlStruct } from "../../ffi/lib.ts";
 import { isPvdrvError, PvdrvError } from "../../hal/errors.ts";
@@ -75,7 +84,7 @@ Deno.test("layers: native ← ffi ← hal ← drivers ← net ← apps ← cli; 
   const code = (f: string) => Deno.readTextFileSync(`${ROOT}${f}`).replace(/\/\*\*[\s\S]*?\*\//g, "");
   const mod = code("mod.ts");
   const api =
-    /^(hal\/errors|ffi\/lib|drivers\/(net\/nic|net\/packet_pool|core\/device)|system\/|net\/|apps\/)/;
+    /^(hal\/errors|ffi\/lib|drivers\/(net\/nic|net\/packet_pool|block\/disk|core\/device)|system\/|net\/|apps\/)/;
   for (const m of mod.matchAll(/from "\.\/([a-z_/]+)\.ts"/g)) {
     if (!api.test(m[1])) bad.push(`mod.ts exports internals of ${m[1]}.ts (they belong in drivers.ts)`);
   }
@@ -132,22 +141,33 @@ Deno.test("models speak the shared wire modules: no literal ring offsets, status
   assert.deepEqual(bad, []);
 });
 
-Deno.test("driver table: probe, bind and openNic ask one table what pvdrv drives", async () => {
+Deno.test("driver table: probe, bind, openNic and openDisk ask one table what pvdrv drives, by class", async () => {
   const net = { vendorId: 0x1af4, deviceId: 0x1041, subsystemId: 1 };
   const legacyNet = { vendorId: 0x1af4, deviceId: 0x1000, subsystemId: 1 };
   const blk = { vendorId: 0x1af4, deviceId: 0x1042, subsystemId: 2 };
+  const legacyBlk = { vendorId: 0x1af4, deviceId: 0x1001, subsystemId: 2 };
   assert.equal(pciDriverFor(net)?.name, "virtio-net");
   assert.equal(pciDriverFor(legacyNet)?.name, "virtio-net");
-  assert.equal(pciDriverFor(blk), null);
+  assert.equal(pciDriverFor(blk)?.name, "virtio-blk");
+  assert.equal(pciDriverFor(legacyBlk)?.class, DEVICE_CLASSES.disk);
+  assert.equal(pciDriverFor({ vendorId: 0x1af4, deviceId: 0x1044, subsystemId: 0 }), null, "virtio-rng");
   assert.equal(pciDriverFor({ vendorId: 0x8086, deviceId: 0x100e, subsystemId: 0 }), null);
   assert.equal(xenbusDriverFor("vif")?.name, "netfront");
   assert.equal(xenbusDriverFor("vbd"), null);
   assert.deepEqual(deviceKind(net), { kind: "virtio-net (modern)", supported: true });
-  assert.deepEqual(deviceKind(blk), { kind: "virtio-block (modern)", supported: false });
-  assert.ok(NIC_DRIVERS.every((d) => (d.pci !== undefined) !== (d.xenbus !== undefined)));
+  assert.deepEqual(deviceKind(blk), { kind: "virtio-block (modern)", supported: true });
+  assert.ok(DRIVERS.every((d) => (d.pci !== undefined) !== (d.xenbus !== undefined)));
+  assert.ok(NIC_DRIVERS.every((d) => d.class === DEVICE_CLASSES.nic));
+  assert.ok(DISK_DRIVERS.every((d) => d.class === DEVICE_CLASSES.disk) && DISK_DRIVERS.length > 0);
   await assert.rejects(
     () => openNic("vbd/0"),
     (e) => isPvdrvError(e, "nic") && /no pvdrv driver/.test(e.message),
+  );
+  await assert.rejects(
+    () => openDisk("vif/0"),
+    (e) =>
+      isPvdrvError(e, "disk") &&
+      /vif\/0 is a nic \(netfront\), not a disk: open it with openNic/.test(e.message),
   );
 });
 

@@ -149,7 +149,7 @@ Deno.test("host net: default routes (IPv4 and IPv6) and addresses, link-local le
   }
 });
 
-Deno.test("bind: only devices pvdrv drives, never the machine's own network even with --force", () => {
+Deno.test("bind: only devices pvdrv drives, never the machine's own network or root disk, even with --force", () => {
   const root = makeSysfs([
     {
       address: "0000:00:02.0",
@@ -158,6 +158,7 @@ Deno.test("bind: only devices pvdrv drives, never the machine's own network even
       class: 0x010000,
       driver: "virtio-pci",
       group: 2,
+      disk: { name: "vda", dev: "254:0" },
     },
     {
       address: "0000:00:03.0",
@@ -177,10 +178,11 @@ Deno.test("bind: only devices pvdrv drives, never the machine's own network even
   try {
     const machineNet = { defaultRoute: new Set(["eth0"]), addresses: new Map([["eth1", ["10.0.0.2/24"]]]) };
     for (const force of [false, true]) {
-      const o = { root, force, machine: { net: machineNet } };
+      const disks = { mounts: [{ dev: "254:0", mountPoint: "/" }], swaps: [] };
+      const o = { root, force, machine: { net: machineNet, disks } };
       assert.throws(
         () => bindDevice("0000:00:02.0", "vfio-pci", o),
-        /virtio-block \(modern\): pvdrv has no driver/,
+        /vda holds the root filesystem.*never takes such a device, --force or not/,
       );
       assert.throws(() => bindDevice("0000:00:03.0", "uio_pci_generic", o), /virtio-rng/);
       assert.throws(() => bindDevice("0000:00:07.0", "vfio-pci", o), /not a device pvdrv drives/);
@@ -252,7 +254,12 @@ Deno.test("probe: device kinds", () => {
     deviceKind({ vendorId: 0x1af4, deviceId: 0x1001, subsystemId: 1 }).kind,
     "virtio-block (transitional)",
   );
-  assert.equal(deviceKind({ vendorId: 0x1af4, deviceId: 0x1042, subsystemId: 2 }).supported, false);
+  assert.equal(deviceKind({ vendorId: 0x1af4, deviceId: 0x1042, subsystemId: 2 }).supported, true);
+  assert.equal(
+    deviceKind({ vendorId: 0x1af4, deviceId: 0x1044, subsystemId: 0 }).supported,
+    false,
+    "virtio-rng",
+  );
   assert.equal(
     deviceKind({ vendorId: 0x1af4, deviceId: 0x103f, subsystemId: 1 }).kind,
     "virtio-net (transitional)",
