@@ -4,7 +4,7 @@
  * @module
  */
 import { LabError, runInGuest, WirePeer } from "../lab/outer/qemu.ts";
-import { firstMismatch, verifyPlan } from "../apps/disk_verify.ts";
+import { firstMismatch, patternByte, verifyPlan } from "../apps/disk_verify.ts";
 import { checkXenRun, isReportLine, runXenLab, xenBenchSummary } from "../lab/outer/xen.ts";
 import { buildNative } from "../ffi/lib.ts";
 import { ensureCompiler } from "../lab/outer/guest_image.ts";
@@ -195,6 +195,36 @@ async function vm(filter?: string): Promise<{ ok: boolean; t: Tally }> {
       console.log(
         `disk backing file: ${at < 0 ? "ok" : "FAILED"} — ${blk.file}: ${blk.mib} MiB ${
           at < 0 ? "hold the pattern pvdrv wrote" : `differ at byte ${at}`
+        }`,
+      );
+      if (at < 0) t.passed++;
+      else {
+        t.failed++;
+        ok = false;
+      }
+    }
+    // Outer-side verdict of the NBD test: what the export acknowledged after a flush, before kill -9, is in the
+    // UIO disk's backing file.
+    const nbd = readExpect<{ file: string; offset: number; length: number; seed: number }>(
+      `${r.outDir}/nbd-expect.json`,
+    );
+    if (nbd) {
+      const f = Deno.openSync(`${r.outDir}/${nbd.file}`);
+      const got = new Uint8Array(nbd.length);
+      f.seekSync(nbd.offset, Deno.SeekMode.Start);
+      for (let n = 0; n < got.length;) {
+        const k = f.readSync(got.subarray(n));
+        if (!k) break;
+        n += k;
+      }
+      f.close();
+      let at = -1;
+      for (let i = 0; i < got.length && at < 0; i++) {
+        if (got[i] !== patternByte(nbd.offset + i, nbd.seed)) at = i;
+      }
+      console.log(
+        `NBD flush before kill -9: ${at < 0 ? "ok" : "FAILED"} — ${nbd.file} at ${nbd.offset}: ${
+          at < 0 ? `${nbd.length} bytes as acknowledged` : `differs at byte ${at}`
         }`,
       );
       if (at < 0) t.passed++;

@@ -7,7 +7,7 @@
 
 import { PvdrvError } from "../hal/errors.ts";
 
-const ABI_VERSION = 4;
+const ABI_VERSION = 5;
 
 const SYMBOLS = {
   pvdrv_abi_version: { parameters: [], result: "u32" },
@@ -29,6 +29,27 @@ const SYMBOLS = {
   pvdrv_ioctl_int: { parameters: ["i32", "u32", "u32"], result: "i32" },
   pvdrv_read: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   pvdrv_write: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  // The same calls on the thread pool, for an fd whose other end this process serves (an NBD handshake).
+  pvdrv_read_async: {
+    name: "pvdrv_read",
+    parameters: ["i32", "buffer", "u32"],
+    result: "i32",
+    nonblocking: true,
+  },
+  pvdrv_write_async: {
+    name: "pvdrv_write",
+    parameters: ["i32", "buffer", "u32"],
+    result: "i32",
+    nonblocking: true,
+  },
+  // An ioctl that blocks until the device is done with it (NBD_DO_IT), off the JS thread.
+  pvdrv_ioctl_int_async: {
+    name: "pvdrv_ioctl_int",
+    parameters: ["i32", "u32", "u32"],
+    result: "i32",
+    nonblocking: true,
+  },
+  pvdrv_unix_connect: { parameters: ["buffer"], result: "i32" },
   pvdrv_pio_read: { parameters: ["i32", "u32", "u32", "u32"], result: "u32" },
   pvdrv_pio_write: { parameters: ["i32", "u32", "u32", "u32", "u32"], result: "i32" },
   pvdrv_pio_last_status: { parameters: [], result: "i32" },

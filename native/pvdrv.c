@@ -13,12 +13,14 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define NEG_ERRNO(r) ((r) < 0 ? -errno : (r))
 
 // ---- ABI version: bump when a signature changes, checked by ffi/lib.ts ----
-uint32_t pvdrv_abi_version(void) { return 4; }
+uint32_t pvdrv_abi_version(void) { return 5; }
 
 // ---- volatile MMIO (base + offset; offset is a byte offset) ----
 uint8_t pvdrv_read8(void *base, uint32_t off) { return *(volatile uint8_t *)((char *)base + off); }
@@ -174,4 +176,20 @@ int64_t pvdrv_virt_to_phys(void *p) {
   uint64_t pfn = entry & ((1ULL << 55) - 1);
   if (pfn == 0) return -EPERM;
   return (int64_t)(pfn * page + v % page);
+}
+
+// ---- sockets the kernel is handed (NBD_SET_SOCK): Deno's own sockets have no file descriptor to give ----
+// Connect a Unix stream socket to `path` (NUL-terminated); the fd, or -errno.
+int32_t pvdrv_unix_connect(const char *path) {
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof a.sun_path) return -ENAMETOOLONG;
+  strcpy(a.sun_path, path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  return fd;
 }

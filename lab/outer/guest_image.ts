@@ -29,7 +29,51 @@ export const GUEST_MODULES = [
   "uio_pci_generic",
   "pktgen",
   "tun",
+  "nbd",
+  "ext4",
+  // ext4 checksums its metadata with crc32c, which it asks the crypto API for at mount (no modprobe here).
+  "crc32c_generic",
 ];
+
+/** Programs of the outer machine the guest gets with their libraries (e2fsprogs: for the NBD + ext4 test). */
+export const GUEST_TOOLS = ["mkfs.ext4", "e2fsck"];
+
+/** Where `name` is on the outer machine (the sbin folders too, which a user's PATH may lack). */
+function toolPath(name: string): string | null {
+  for (const d of ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]) {
+    if (exists(`${d}/${name}`)) return Deno.realPathSync(`${d}/${name}`);
+  }
+  return null;
+}
+
+/** The guest tools, installing e2fsprogs when one is missing. */
+async function guestTools(): Promise<{ name: string; path: string }[]> {
+  if (GUEST_TOOLS.some((t) => !toolPath(t))) await ensureTool("mkfs.ext4", ["e2fsprogs"]);
+  return GUEST_TOOLS.map((name) => {
+    const path = toolPath(name);
+    if (!path) throw new Error(`${name} is missing on this machine: install e2fsprogs`);
+    return { name, path };
+  });
+}
+
+/** Add each tool as /bin/<name> (argv[0] keeps its name: mkfs.ext4 makes ext4) and the libraries it links. */
+async function addTools(
+  w: CpioWriter,
+  tools: { name: string; path: string }[],
+  have: Set<string>,
+): Promise<void> {
+  for (const t of tools) {
+    w.add({ path: `bin/${t.name}`, type: "file", data: Deno.readFileSync(t.path), mode: 0o755 });
+    for (const lib of await sharedLibs(t.path)) {
+      const target = lib.startsWith("/lib64/")
+        ? lib
+        : `/lib/x86_64-linux-gnu/${lib.slice(lib.lastIndexOf("/") + 1)}`;
+      if (have.has(target)) continue;
+      have.add(target);
+      w.add({ path: target, type: "file", data: Deno.readFileSync(Deno.realPathSync(lib)), mode: 0o755 });
+    }
+  }
+}
 
 /** The built guest. */
 export interface GuestImage {
@@ -277,6 +321,7 @@ export async function busyboxInitramfs(
     modules: { name: string; path: string }[];
     deno: string;
     dirs?: string[];
+    tools?: { name: string; path: string }[];
   },
 ): Promise<CpioWriter> {
   const w = new CpioWriter(path);
@@ -310,20 +355,24 @@ export async function busyboxInitramfs(
   for (const m of o.modules) {
     w.add({ path: `lib/modules/${m.name}.ko`, type: "file", data: Deno.readFileSync(m.path) });
   }
-  await addDenoRuntime(w, o.deno);
+  const have = await addDenoRuntime(w, o.deno);
+  if (o.tools) await addTools(w, o.tools, have);
   return w;
 }
 
-/** Add the Deno binary as /bin/deno and the libraries it links, where its loader looks for them. */
-export async function addDenoRuntime(w: CpioWriter, deno: string): Promise<void> {
+/** Add the Deno binary as /bin/deno and the libraries it links, where its loader looks for them; returns them. */
+export async function addDenoRuntime(w: CpioWriter, deno: string): Promise<Set<string>> {
   w.add({ path: "bin/deno", type: "file", data: Deno.readFileSync(deno), mode: 0o755 });
+  const have = new Set<string>();
   for (const lib of await sharedLibs(deno)) {
     const real = Deno.realPathSync(lib);
     const target = lib.startsWith("/lib64/")
       ? lib
       : `/lib/x86_64-linux-gnu/${lib.slice(lib.lastIndexOf("/") + 1)}`;
+    have.add(target);
     w.add({ path: target, type: "file", data: Deno.readFileSync(real), mode: 0o755 });
   }
+  return have;
 }
 
 /** Download and unpack the kernel package (and busybox-static) once; returns the folder. */
@@ -348,6 +397,7 @@ export async function buildGuest(opts: { force?: boolean } = {}): Promise<GuestI
   const deno = Deno.env.get("PVDRV_GUEST_DENO") ?? Deno.execPath();
   const denoStat = Deno.statSync(deno);
   const modules = GUEST_MODULES;
+  const tools = await guestTools();
   const key = await hashOf(
     JSON.stringify({
       FORMAT,
@@ -355,6 +405,7 @@ export async function buildGuest(opts: { force?: boolean } = {}): Promise<GuestI
       deno,
       size: denoStat.size,
       m: denoStat.mtime?.getTime(),
+      tools: tools.map((t) => [t.name, t.path, Deno.statSync(t.path).size]),
       modules,
       init: initScript(modules),
     }),
@@ -376,6 +427,7 @@ export async function buildGuest(opts: { force?: boolean } = {}): Promise<GuestI
     modules: mods,
     deno,
     dirs: ["pvdrv", "out"],
+    tools,
   });
   w.close();
   Deno.renameSync(image.initrd + ".tmp", image.initrd);
