@@ -64,6 +64,13 @@ const UNWRITTEN = 0xff;
 /** The largest capacity a JS number addresses exactly, in 512-byte sectors (2^53 bytes). */
 const MAX_SECTORS = 2 ** 44;
 
+/** Least common multiple of two positive integers. */
+function lcm(a: number, b: number): number {
+  let x = a, y = b;
+  while (y) [x, y] = [y, x % y];
+  return (a / x) * b;
+}
+
 /** Options for {@link VirtioBlk.open}. */
 export interface VirtioBlkOptions {
   /** Request queues wanted (capped by the device's num_queues; 1 without MQ). */
@@ -291,7 +298,9 @@ export class VirtioBlk extends DiskCore<VirtioBlkQueue> {
     const seg = Math.min(bufferBytes, c.sizeMax || bufferBytes);
     const maxSegments = Math.max(1, Math.min(c.segMax, o.maxSegments ?? 8, 64));
     const capacity = Math.floor((c.capacitySectors * SECTOR) / lbs) * lbs;
-    const align = Math.max(lbs, (c.discardAlignment || 1) * SECTOR);
+    // Discards start at multiples of both the device's alignment and the logical block: their least common
+    // multiple (a device alignment that makes it absurd leaves only offset 0).
+    const align = lcm(lbs, (c.discardAlignment || 1) * SECTOR);
     return {
       capacity,
       logicalBlockSize: lbs,

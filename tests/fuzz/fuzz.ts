@@ -1,5 +1,5 @@
 /**
- * `deno task fuzz [--target virtio|virtio-config|virtio-race|netfront|xenbus|xenstore|net|blk|blk-config|all] [--seconds N] [--seed S]
+ * `deno task fuzz [--target virtio|virtio-config|virtio-race|netfront|xenbus|xenstore|net|blk|blk-config|nbd|all] [--seconds N] [--seed S]
  * [--iteration I] [--json FILE]`: the real driver code against the in-process models made hostile.
  *
  * Each iteration builds a fresh model and driver from a seeded PRNG, then interleaves valid traffic with hostile
@@ -23,6 +23,7 @@
 import { parseArgs } from "parse-args";
 import { netIteration } from "./net_target.ts";
 import { blkIteration } from "./blk_target.ts";
+import { nbdIteration } from "./nbd_target.ts";
 import { raceIteration, virtioIteration } from "./virtio_target.ts";
 import { netfrontIteration } from "./netfront_target.ts";
 import { xenstoreIteration } from "./xenstore_target.ts";
@@ -43,6 +44,7 @@ const TARGETS: Record<string, { steps: number; run: (rng: Rng, steps: number) =>
     net: { steps: 300, run: netIteration },
     blk: { steps: 2000, run: (r, s) => blkIteration(r, s, false) },
     "blk-config": { steps: 40, run: (r, s) => blkIteration(r, s, true) },
+    nbd: { steps: 300, run: nbdIteration },
   };
 
 function gc(): void {
@@ -114,7 +116,7 @@ export async function fuzzTarget(
 export const FUZZ_TARGETS: string[] = Object.keys(TARGETS);
 
 const USAGE =
-  `usage: deno task fuzz [--target virtio|virtio-config|virtio-race|netfront|xenbus|xenstore|net|blk|blk-config|all] [--seconds N]
+  `usage: deno task fuzz [--target virtio|virtio-config|virtio-race|netfront|xenbus|xenstore|net|blk|blk-config|nbd|all] [--seconds N]
                        [--seed S] [--iteration I] [--json FILE]
   --seconds N    per target (default 10)
   --seed S       PRNG seed (default 1); with --iteration I, replay that one iteration`;

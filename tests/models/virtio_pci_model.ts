@@ -305,8 +305,14 @@ export abstract class VirtioPciModel {
   #write(off: number, _w: number, v: number): void {
     if (off >= BAR.NOTIFY && off < BAR.NOTIFY + 0x1000) {
       if (this.failNotify) throw new Error("doorbell write failed (device gone)");
-      const q = (off - BAR.NOTIFY) / (this.#popts.notifyMultiplier || MULT);
-      if (v !== q) throw new Error(`notify for queue ${q} wrote ${v}`);
+      // The multiplier the notify capability says now (tests may corrupt it); with 0 every queue shares one
+      // address and the value names the queue (virtio 1.2 §4.1.4.4).
+      const mult = this.config.view.getUint32(0x60, true);
+      const q = mult === 0 ? v : (off - BAR.NOTIFY) / mult;
+      if (q !== v || !Number.isInteger(q) || !this.queues[q]) {
+        this.driverErrors.push(`notify at BAR offset ${off} wrote ${v}: no such queue there`);
+        return; // a device ignores a doorbell that names no queue
+      }
       this.notifies[q]++;
       if (this.autoProcess || this.processAlways(q)) this.process(q);
       return;
@@ -339,7 +345,12 @@ export abstract class VirtioPciModel {
       case C.Q_SIZE:
         if (q) {
           const max = this.#popts.queueSizeOf?.(this.#qsel) ?? q.max;
-          if (v === 0 || v > max || (v & (v - 1))) throw new Error(`bad queue size ${v}`);
+          if (v === 0 || v > max || (v & (v - 1))) {
+            // The driver broke the rules (§4.1.4.3.2): the device keeps the old size and asks for a reset.
+            this.driverErrors.push(`queue ${this.#qsel}: bad queue size ${v}`);
+            this.devStatus |= STATUS.DEVICE_NEEDS_RESET;
+            break;
+          }
           q.size = v;
           q.dq = null;
         }

@@ -325,3 +325,17 @@ Deno.test("virtio-blk: a DMA allocator with a region limit (UIO's one huge page)
   assert.deepEqual(await disk.read(0, 3 << 20), pattern(3 << 20, 4), "more than the pool at once, in turns");
   await disk.close();
 });
+
+Deno.test("virtio-blk: discards align to both the device's alignment and the logical block", async () => {
+  const { disk } = open({ sectors: 8192, blkSize: 4096, physExp: 0, discardAlignment: 9 });
+  assert.equal(disk.info.discardAlignment, 36864, "lcm(4096, 9 x 512)");
+  await disk.discard(36864, 4096);
+  assert.throws(
+    () =>
+      disk.submit([
+        Object.assign(new BlockRequest(), { op: BlockOp.Discard, offset: 4096 * 5, length: 4096 }),
+      ], 1),
+    /not a multiple of 36864/,
+  );
+  await disk.close();
+});
