@@ -10,6 +10,7 @@ import { buildPeerTool } from "./build_c.ts";
 import { buildGuest, ensureCompiler, ensureQemu, type GuestImage, VM_DIR } from "./guest_image.ts";
 import { LabError } from "./lab_error.ts";
 import { startMqTap } from "./mq_tap.ts";
+import { serveQmpRequests } from "./qmp.ts";
 import { freeUdpPort } from "./wire_peer.ts";
 
 export { LabError } from "./lab_error.ts";
@@ -188,6 +189,8 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
     if (typeof data === "string") Deno.writeTextFileSync(`${outDir}/${name}`, data);
     else Deno.writeFileSync(`${outDir}/${name}`, data);
   }
+  // QMP on a short path (a Unix socket path has at most 107 bytes): tests ask for it through /out.
+  const qmpDir = Deno.makeTempDirSync({ prefix: "pvdrv-qmp-" }), qmpSock = `${qmpDir}/qmp.sock`;
   const ports = {
     wirePeer: opts.wirePeerPort ?? freeUdpPort(),
     guestForWire: opts.guestPortForWire ?? freeUdpPort(),
@@ -218,6 +221,8 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
     `local,path=${outDir},mount_tag=out,security_model=none`,
     ...labNetArgs(ports),
     ...labDiskArgs(outDir),
+    "-qmp",
+    `unix:${qmpSock},server=on,wait=off`,
   ]; // deno-fmt-ignore
   const mq = opts.multiQueueTap ? await startMqTap() : null;
   if (mq) args.push(...mq.args);
@@ -251,7 +256,13 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
   };
   let qemu: Awaited<ReturnType<typeof runQemu>>, mqPeer: MqPeerCounts | undefined;
   try {
-    qemu = await runQemu(args, timeoutSec, handle, mq?.launcher);
+    const requests = serveQmpRequests(outDir, qmpSock);
+    try {
+      qemu = await runQemu(args, timeoutSec, handle, mq?.launcher);
+    } finally {
+      await requests.stop();
+      Deno.removeSync(qmpDir, { recursive: true });
+    }
   } finally {
     mqPeer = await mq?.finish();
   }

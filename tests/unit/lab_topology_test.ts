@@ -45,3 +45,58 @@ Deno.test("the Xen domU gets every code folder the library and its tasks import"
     .map((p) => p.slice(0, -1));
   for (const d of [...dirs, "cli", "lab"]) assert.ok(CODE_DIRS.includes(d), `${d}/ is missing from the domU`);
 });
+
+Deno.test("QMP requests: a guest's request file is run on the monitor socket and answered in a .done file", async () => {
+  const { serveQmpRequests, QMP_REQUESTS } = await import("../../lab/outer/qmp.ts");
+  const dir = Deno.makeTempDirSync(), sock = `${dir}/qmp.sock`;
+  const seen: unknown[] = [];
+  const l = Deno.listen({ transport: "unix", path: sock });
+  const server = (async () => {
+    for await (const c of l) {
+      const enc = new TextEncoder(), dec = new TextDecoder();
+      await c.write(enc.encode(JSON.stringify({ QMP: { version: {} } }) + "\n"));
+      let buf = "";
+      const b = new Uint8Array(4096);
+      for (let n; (n = await c.read(b)) !== null;) {
+        buf += dec.decode(b.subarray(0, n));
+        let i;
+        while ((i = buf.indexOf("\n")) >= 0) {
+          const cmd = JSON.parse(buf.slice(0, i));
+          buf = buf.slice(i + 1);
+          seen.push(cmd);
+          await c.write(enc.encode(JSON.stringify({ event: "NOISE" }) + "\n"));
+          await c.write(enc.encode(JSON.stringify({ return: { echo: cmd.execute } }) + "\n"));
+        }
+      }
+    }
+  })();
+  const q = serveQmpRequests(dir, sock);
+  try {
+    Deno.writeTextFileSync(
+      `${dir}/${QMP_REQUESTS}/r1.json`,
+      JSON.stringify({ execute: "block_resize", arguments: { size: 1 } }),
+    );
+    let done: string | null = null;
+    for (let i = 0; i < 50 && !done; i++) {
+      try {
+        done = Deno.readTextFileSync(`${dir}/${QMP_REQUESTS}/r1.done`);
+      } catch {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    assert.deepEqual(
+      JSON.parse(done!),
+      { return: { echo: "block_resize" } },
+      "events skipped, the answer kept",
+    );
+    assert.deepEqual(seen, [{ execute: "qmp_capabilities" }, {
+      execute: "block_resize",
+      arguments: { size: 1 },
+    }]);
+  } finally {
+    await q.stop();
+    l.close();
+    await server.catch(() => {});
+    Deno.removeSync(dir, { recursive: true });
+  }
+});

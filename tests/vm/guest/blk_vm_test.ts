@@ -1,15 +1,17 @@
 /**
  * virtio-blk against QEMU's real device: VFIO (modern, MSI-X, two queues) and UIO (transitional, INTx), each
  * verified byte by byte and again after reopening; a verify killed with SIGKILL mid-write, then a clean one;
- * bind refusing a disk the guest uses as swap. The outer side checks the VFIO disk's backing file afterwards
- * (blk-expect.json), without pvdrv.
+ * bind refusing a disk the guest uses as swap; QEMU's block_resize noticed through the configuration interrupt.
+ * The outer side checks the VFIO disk's backing file afterwards (blk-expect.json), without pvdrv.
  */
 import assert from "assert";
 import { LAB_DISKS } from "../../../lab/topology.ts";
 import { probe } from "../../../system/probe.ts";
 import { bindDevice } from "../../../system/bind.ts";
 import { Running, task, taskJson } from "../../../lab/guest/tasks.ts";
-import { ensureBound, guestTest, OUT } from "./env.ts";
+import { ensureBound, guestTest, OUT, qmpRequest } from "./env.ts";
+import { openDisk } from "../../../system/table.ts";
+import { VirtioBlk } from "../../../drivers/virtio/blk.ts";
 
 const { vfioDisk, uioDisk, kernelDisk } = LAB_DISKS;
 
@@ -94,5 +96,32 @@ guestTest(
     assert.equal(st.signal, "SIGKILL", "killed while still writing");
     const r = await taskJson("cli/blk.ts", [uioDisk.pci, "verify", "--mib", "4", "--seed", "14", "--json"]);
     assert.equal(r.ok, true, JSON.stringify(r));
+  },
+);
+
+guestTest(
+  "blk: QEMU's block_resize reaches pvdrv as a config change (MSI-X config vector); the new space works",
+  async () => {
+    ensureBound(vfioDisk.pci, "vfio-pci");
+    const disk = await openDisk(vfioDisk.pci, { irq: "msix" });
+    try {
+      assert.ok(disk instanceof VirtioBlk);
+      assert.equal(disk.info.capacity, vfioDisk.mib << 20);
+      assert.equal(disk.configChanged(), false, "nothing changed yet");
+      const grown = (vfioDisk.mib + 32) << 20;
+      await qmpRequest("block_resize", { device: "vfioDisk", size: grown });
+      let seen = false;
+      for (let i = 0; i < 100 && !seen; i++) {
+        seen = disk.configChanged();
+        if (!seen) await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.ok(seen, "the configuration interrupt arrived");
+      assert.equal(disk.info.capacity, grown);
+      const at = grown - (1 << 20), data = new Uint8Array(1 << 20).map((_, i) => (i * 7) & 0xff);
+      await disk.write(at, data, { fua: true });
+      assert.deepEqual(await disk.read(at, data.length), data, "the grown space reads back");
+    } finally {
+      await disk.close();
+    }
   },
 );

@@ -18,3 +18,29 @@ export function ensureBound(pci: string, driver: "vfio-pci" | "uio_pci_generic")
 export function guestTest(name: string, fn: () => void | Promise<void>): void {
   Deno.test({ name: IN_GUEST ? name : `${name} [run with deno task test:vm]`, ignore: !IN_GUEST, fn });
 }
+
+/**
+ * Ask the outer side to run QMP command `execute` with `args` on this run's QEMU (lab/outer/qmp.ts) and wait for
+ * QEMU's answer.
+ */
+export async function qmpRequest(
+  execute: string,
+  args: Record<string, unknown>,
+  ms = 20_000,
+): Promise<unknown> {
+  const name = `${execute}-${Date.now()}`, dir = `${OUT}/qmp-requests`;
+  Deno.writeTextFileSync(`${dir}/${name}.tmp`, JSON.stringify({ execute, arguments: args }));
+  Deno.renameSync(`${dir}/${name}.tmp`, `${dir}/${name}.json`); // whole, or not at all, when the outer side looks
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    try {
+      const answer = JSON.parse(Deno.readTextFileSync(`${dir}/${name}.done`));
+      if (answer.error) throw new Error(`QMP ${execute}: ${answer.error.desc}`);
+      return answer.return;
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`the outer side did not run QMP ${execute} within ${ms} ms`);
+}
