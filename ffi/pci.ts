@@ -20,10 +20,14 @@ import { IRQ_INTX, IRQ_MSIX, VfioContainer, type VfioDevice } from "./vfio.ts";
 import { fileRegion, mapResource, UioIrq } from "./uio.ts";
 import { devicePath, type PciDeviceInfo, readDevice, SYSFS } from "./sysfs.ts";
 
+/**
+ * Enable decoding and bus mastering; INTx only when it is the interrupt in use. A device left with INTx enabled
+ * (an earlier INTx user) would otherwise assert a shared line no handler claims, and the kernel disables that
+ * line for every device on it ("nobody cared").
+ */
 function enableCommand(cfg: MmioRegion, intx: boolean): void {
-  let cmd = cfg.read16(4) | CMD_BUS_MASTER | CMD_MEMORY | CMD_IO;
-  cmd = intx ? cmd & ~CMD_INTX_DISABLE : cmd;
-  cfg.write16(4, cmd);
+  const cmd = cfg.read16(4) | CMD_BUS_MASTER | CMD_MEMORY | CMD_IO;
+  cfg.write16(4, intx ? cmd & ~CMD_INTX_DISABLE : cmd | CMD_INTX_DISABLE);
 }
 
 /** A function opened through VFIO. */
