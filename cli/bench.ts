@@ -7,7 +7,9 @@
  *     host, medians of several windows; guest CPU per packet at fixed offered rates (lab/outer/vm_bench.ts).
  *  3. The network host (`--net`): the same NIC under the guest kernel's virtio_net, then under pvdrv, against the
  *     kernel's stack in a namespace: ping RTT p50/p99, UDP echo rate, HTTP requests/s through the TAP bridge.
- *  4. In the nested Xen lab, one domU, one vif: the domU kernel's xen-netfront vs pvdrv's netfront, TX and RX pps
+ *  4. Disks (`--blk`): pvdrv's virtio-blk (polling and MSI-X) beside the guest kernel's virtio_blk on an identical
+ *     disk, 4 KiB random and 128 KiB sequential reads and writes: IOPS, MB/s, p50/p99 latency (lab/guest/bench_blk.ts).
+ *  5. In the nested Xen lab, one domU, one vif: the domU kernel's xen-netfront vs pvdrv's netfront, TX and RX pps
  *     with 60-byte frames against dom0's xen-netback (the lab's tests run first).
  * @module
  */
@@ -18,6 +20,9 @@ import { markdownTables, svgPlot } from "../lab/outer/bench_report.ts";
 import { runXenLab, XEN_BENCH_SECONDS, xenBenchSummary } from "../lab/outer/xen.ts";
 import { intArg, parse, runMain, UsageError } from "./lib/common.ts";
 import { runInGuest } from "../lab/outer/qemu.ts";
+import { compileC } from "../lab/outer/build_c.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
 
 const USAGE =
   `usage: deno task bench [--in-process | --vm | --net | --mq | --xen] [--quick] [--json FILE.json] [--seconds N]
@@ -27,6 +32,8 @@ const USAGE =
                  one NIC, one boot (≈ 3 min)
   --mq           only multi-queue scaling: pvdrv with 1, 2 and 4 queue pairs on a multi-queue TAP NIC whose host
                  side lives in a namespace made for the run, one boot (≈ 1 min)
+  --blk          only disks: pvdrv's virtio-blk (polling, MSI-X) vs the guest kernel's virtio_blk on an identical
+                 disk, 4 KiB random and 128 KiB sequential reads and writes, one boot (≈ 5 min)
   --xen          only the Xen lab comparison with the domU kernel's xen-netfront (boots the whole lab, ≈ 2 min)
   --quick        VM lab: one frame size and batch, short windows (checks the machinery, ≈ 2 min)
   --json FILE    VM lab: write the results to FILE.json and a plot to FILE.svg (--net, --mq: FILE.json only)
@@ -47,14 +54,20 @@ await runMain(USAGE, async () => {
     xen: { type: "boolean" },
     net: { type: "boolean" },
     mq: { type: "boolean" },
+    blk: { type: "boolean" },
     quick: { type: "boolean" },
     json: { type: "string" },
     seconds: { type: "string" },
     help: { type: "boolean", short: "h" },
   }, false);
   if (values.help) return void console.log(USAGE);
-  if ([values["in-process"], values.vm, values.xen, values.net, values.mq].filter(Boolean).length > 1) {
-    throw new UsageError("--in-process, --vm, --net, --mq and --xen each select one part: give at most one");
+  if (
+    [values["in-process"], values.vm, values.xen, values.net, values.mq, values.blk].filter(Boolean).length >
+      1
+  ) {
+    throw new UsageError(
+      "--in-process, --vm, --net, --mq, --blk and --xen each select one part: give at most one",
+    );
   }
   if (values.json !== undefined && !values.json.endsWith(".json")) {
     throw new UsageError(
@@ -65,6 +78,7 @@ await runMain(USAGE, async () => {
   if (values.xen) return await xenBench(seconds);
   if (values.net) return await netBench(values.json);
   if (values.mq) return await mqBench(values.json);
+  if (values.blk) return await blkBench(values.json);
   if (!values.vm) {
     console.log(
       "== in-process (bench/: the driver against the device model, beside a copy-loop baseline) ==",
@@ -146,6 +160,48 @@ async function guestBench<T>(
     console.log(`wrote ${json}`);
   }
   return 0;
+}
+
+/** One driver's result for one job, from lab/guest/bench_blk.ts. */
+interface BlkRow {
+  mode: string;
+  bs: number;
+  qd: number;
+  driver: string;
+  iops: number;
+  windows: number[];
+  mbps: number;
+  p50us: number;
+  p99us: number;
+}
+
+function blkTable(rows: BlkRow[]): string {
+  const out = [
+    "| job | driver | IOPS (median, min–max) | MB/s | p50 µs | p99 µs | IOPS vs kernel | p50 vs kernel |",
+    "|---|---|---:|---:|---:|---:|---:|---:|",
+  ];
+  for (const r of rows) {
+    const k = rows.find((x) => x.driver === "kernel" && x.mode === r.mode && x.bs === r.bs && x.qd === r.qd);
+    const job = `${r.mode} ${r.bs >= 1024 ? `${r.bs / 1024} KiB` : `${r.bs} B`} QD${r.qd}`;
+    const vs = (a: number, b: number | undefined) => (b ? `${(a / b).toFixed(2)}x` : "-");
+    out.push(
+      `| ${job} | ${r.driver} | ${r.iops} (${Math.min(...r.windows)}–${
+        Math.max(...r.windows)
+      }) | ${r.mbps} | ` +
+        `${r.p50us} | ${r.p99us} | ${r.driver === "kernel" ? "" : vs(r.iops, k?.iops)} | ` +
+        `${r.driver === "kernel" ? "" : vs(r.p50us, k?.p50us)} |`,
+    );
+  }
+  return out.join("\n");
+}
+
+function blkBench(json: string | undefined): Promise<number> {
+  compileC(`${ROOT}/lab/c/blkload.c`, `${ROOT}/build/blkload`, ["-static", "-pthread"]);
+  console.log(
+    "\n== disks, one boot: pvdrv's virtio-blk on 0000:00:0b.0 (VFIO; polling, then MSI-X) and the guest kernel's " +
+      "virtio_blk on 0000:00:0d.0 (O_DIRECT, one thread per request in flight); identical 64 MiB raw files ==",
+  );
+  return guestBench("lab/guest/bench_blk.ts", "PVDRV-BLKBENCH", blkTable, json, { timeoutSec: 1200 });
 }
 
 function netBench(json: string | undefined): Promise<number> {

@@ -18,7 +18,8 @@ const USAGE = `usage: deno task blk <disk> <command> [options]
   verify              --mib N [--seed S] [--reopen]: write the first N MiB, then a pattern at random offsets with
                       sizes from one block to 1 MiB over them, read back and check every byte; --reopen closes the
                       disk, opens it again and checks again
-  bench               --seconds N --bs BYTES --qd N [--write]: random reads (or writes) at a fixed queue depth
+  bench               --seconds N --bs BYTES --qd N [--write] [--seq] [--windows N]: random (or sequential)
+                      reads (or writes) at a fixed queue depth; IOPS per window, p50/p99 latency
   --irq poll|msix|intx  completion mode (default poll)
   --queues N          request queues (default 1)
   --json              one JSON line instead of text`;
@@ -43,13 +44,20 @@ function describe(disk: Disk): Record<string, unknown> {
   };
 }
 
-/** Random reads or writes of `bs` bytes at queue depth `qd` for `seconds`, zero-copy; IOPS and latency. */
-function bench(disk: Disk, seconds: number, bs: number, qd: number, write: boolean) {
-  const i = disk.info;
+/**
+ * Reads or writes of `bs` bytes (random offsets, or sequential with `seq`) at queue depth `qd` for `seconds`,
+ * zero-copy, with IOPS per window and latency percentiles. With interrupts, an idle poll sleeps on the
+ * completion interrupt instead of spinning.
+ */
+function bench(
+  disk: Disk,
+  o: { seconds: number; bs: number; qd: number; write: boolean; seq: boolean; windows: number; irq: boolean },
+) {
+  const i = disk.info, bs = o.bs;
   if (bs % i.logicalBlockSize || bs > i.maxTransferBytes) {
     throw new UsageError(`--bs must be a multiple of ${i.logicalBlockSize} up to ${i.maxTransferBytes}`);
   }
-  qd = Math.min(qd, i.queueDepth);
+  const qd = Math.min(o.qd, i.queueDepth);
   const per = Math.ceil(bs / i.maxSegmentBytes), blocks = Math.floor(i.capacity / bs);
   const reqs: BlockRequest[] = [], bufs: BlockBuffer[][] = [];
   for (let k = 0; k < qd; k++) {
@@ -59,39 +67,53 @@ function bench(disk: Disk, seconds: number, bs: number, qd: number, write: boole
     bufs.push(b);
     reqs.push(new BlockRequest());
   }
-  const started = new Float64Array(qd), lat: number[] = [];
+  // Latency histogram in microseconds (the last bucket holds everything past it): nothing allocated per I/O.
+  const MAX_US = 200_000, hist = new Uint32Array(MAX_US + 1);
+  const started = new Float64Array(qd);
   const done = new Completions(qd), one = [new BlockRequest()];
-  let x = 12345, ios = 0;
+  let x = 12345, ios = 0, next = 0;
   const post = (k: number) => {
-    x ^= x << 13, x ^= x >>> 17, x ^= x << 5, x >>>= 0;
-    reqs[k].io(write ? BlockOp.Write : BlockOp.Read, (x % blocks) * bs, bufs[k], per, k);
+    let blk: number;
+    if (o.seq) blk = next++ % blocks;
+    else {
+      x ^= x << 13, x ^= x >>> 17, x ^= x << 5, x >>>= 0;
+      blk = x % blocks;
+    }
+    reqs[k].io(o.write ? BlockOp.Write : BlockOp.Read, blk * bs, bufs[k], per, k);
     one[0] = reqs[k];
     started[k] = performance.now();
     return disk.submit(one, 1);
   };
   for (let k = 0; k < qd; k++) post(k);
-  const t0 = performance.now(), end = t0 + seconds * 1000;
-  let now = t0;
-  while (now < end) {
+  const t0 = performance.now(), windows: number[] = [];
+  let now = t0, wStart = t0, wIos = 0;
+  const wLen = (o.seconds * 1000) / o.windows;
+  while (windows.length < o.windows) {
     const n = disk.poll(done, qd);
     now = performance.now();
+    if (n === 0 && o.irq) disk.sleepCompletion(10);
     for (let c = 0; c < n; c++) {
       const k = done.tags[c];
-      lat.push(now - started[k]);
+      const us = Math.round((now - started[k]) * 1000);
+      hist[us > MAX_US ? MAX_US : us]++;
       ios++;
+      wIos++;
       post(k);
     }
+    if (now - wStart >= wLen) {
+      windows.push(Math.round((wIos * 1000) / (now - wStart)));
+      wStart = now;
+      wIos = 0;
+    }
   }
-  while (disk.inFlight() > 0) disk.poll(done, qd);
-  lat.sort((a, b) => a - b);
-  const secs = (now - t0) / 1000;
-  return {
-    iops: Math.round(ios / secs),
-    mbps: +((ios * bs) / secs / 1e6).toFixed(1),
-    p50us: Math.round((lat[Math.floor(lat.length / 2)] ?? 0) * 1000),
-    p99us: Math.round((lat[Math.floor(lat.length * 0.99)] ?? 0) * 1000),
-    ios,
+  while (disk.inFlight() > 0) if (disk.poll(done, qd) === 0 && o.irq) disk.sleepCompletion(10);
+  const pct = (p: number) => {
+    let seen = 0;
+    for (let us = 0; us <= MAX_US; us++) if ((seen += hist[us]) > ios * p) return us;
+    return MAX_US;
   };
+  const sorted = [...windows].sort((a, b) => a - b), iops = sorted[Math.floor(sorted.length / 2)];
+  return { iops, windows, mbps: +((iops * bs) / 1e6).toFixed(1), p50us: pct(0.5), p99us: pct(0.99), ios };
 }
 
 await runMain(USAGE, async () => {
@@ -108,6 +130,8 @@ await runMain(USAGE, async () => {
     bs: { type: "string" },
     qd: { type: "string" },
     write: { type: "boolean" },
+    seq: { type: "boolean" },
+    windows: { type: "string" },
     irq: { type: "string" },
     queues: { type: "string" },
     json: { type: "boolean" },
@@ -186,12 +210,15 @@ await runMain(USAGE, async () => {
     const seconds = intArg("seconds", values.seconds, 5, 1, 3600);
     const bs = intArg("bs", values.bs, 4096, 512, 1 << 24);
     const qd = intArg("qd", values.qd, 1, 1, 1024);
-    const r = bench(disk, seconds, bs, qd, values.write ?? false);
+    const windows = intArg("windows", values.windows, 3, 1, 100);
+    const write = values.write ?? false, seq = values.seq ?? false;
+    const r = bench(disk, { seconds, bs, qd, write, seq, windows, irq: opts.irq !== "poll" });
+    const mode = `${seq ? "" : "rand"}${write ? "write" : "read"}`;
     return out(
-      { ...r, bs, qd, write: values.write ?? false },
-      `${
-        values.write ? "write" : "read"
-      } bs ${bs} qd ${qd}: ${r.iops} IOPS, ${r.mbps} MB/s, p50 ${r.p50us} µs, p99 ${r.p99us} µs`,
+      { mode, bs, qd, irq: opts.irq, ...r },
+      `${mode} bs ${bs} qd ${qd} (${opts.irq}): ${r.iops} IOPS (median of ${windows} windows, ${
+        Math.min(...r.windows)
+      }–${Math.max(...r.windows)}), ${r.mbps} MB/s, p50 ${r.p50us} µs, p99 ${r.p99us} µs`,
     );
   } finally {
     await disk.close();
