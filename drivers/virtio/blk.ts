@@ -10,7 +10,7 @@
  * FUA write on a disk with a volatile cache is followed by a flush on the same slot and completes with it.
  * @module
  */
-import type { DmaAllocator, DmaRegion } from "../../hal/dma.ts";
+import type { DmaRegion } from "../../hal/dma.ts";
 import type { IrqSource } from "../../hal/irq.ts";
 import type { PciFunction } from "../../hal/pci.ts";
 import type { IrqMode } from "../core/device.ts";
@@ -26,7 +26,6 @@ import {
 } from "../block/disk.ts";
 import { BLK_F, F, featureNames, STATUS, VIRTIO_ID } from "./features.ts";
 import {
-  BLK_CONFIG as CFG,
   BLK_DWZ_F_UNMAP,
   BLK_DWZ_SEG,
   BLK_REQ_HDR,
@@ -36,16 +35,11 @@ import {
   writeBlkHeader,
   writeDwzSegment,
 } from "./blk_wire.ts";
-import { openVirtioPci, type VirtioPciOptions } from "./pci.ts";
-import {
-  negotiate,
-  NO_VECTOR,
-  readConfig,
-  type VirtioBus,
-  VirtioError,
-  type VirtioTransport,
-} from "./transport.ts";
+import type { VirtioPciOptions } from "./pci.ts";
+import { NO_VECTOR, type VirtioBus, VirtioError, type VirtioTransport } from "./transport.ts";
 import { SplitQueue } from "./virtqueue.ts";
+import { diskInfo, readBlkConfig } from "./blk_config.ts";
+import { busOfPci, driverOk, negotiateOn, stopDevice, trackedDma } from "./lifecycle.ts";
 
 /** virtio device type of a block device (virtio 1.2 §5). */
 export const VIRTIO_BLK: number = VIRTIO_ID.BLOCK;
@@ -61,16 +55,6 @@ const SLOT_BYTES = 64;
 const SEG_AT = 16, STATUS_AT = 32, FLUSH_STATUS_AT = 40, FLUSH_HDR_AT = 48;
 /** A status byte no device writes: set before posting, so an unwritten status is caught. */
 const UNWRITTEN = 0xff;
-/** The largest capacity a JS number addresses exactly, in 512-byte sectors (2^53 bytes). */
-const MAX_SECTORS = 2 ** 44;
-
-/** Least common multiple of two positive integers. */
-function lcm(a: number, b: number): number {
-  let x = a, y = b;
-  while (y) [x, y] = [y, x % y];
-  return (a / x) * b;
-}
-
 /** Options for {@link VirtioBlk.open}. */
 export interface VirtioBlkOptions {
   /** Request queues wanted (capped by the device's num_queues; 1 without MQ). */
@@ -117,20 +101,6 @@ export interface VirtioBlkQueue extends DiskQueue {
   write: Uint8Array;
 }
 
-/** The device config as pvdrv reads it. */
-interface BlkConfig {
-  capacitySectors: number;
-  blkSize: number;
-  physExp: number;
-  segMax: number;
-  sizeMax: number;
-  writeback: number;
-  numQueues: number;
-  maxDiscardSectors: number;
-  discardAlignment: number;
-  maxWriteZeroesSectors: number;
-}
-
 /** A virtio-blk device driven from userspace. */
 export class VirtioBlk extends DiskCore<VirtioBlkQueue> {
   /** Human name (driver and address). */
@@ -157,18 +127,7 @@ export class VirtioBlk extends DiskCore<VirtioBlkQueue> {
     pci: PciFunction,
     opts: VirtioBlkOptions & Pick<VirtioPciOptions, "transport"> & { ownsPci?: boolean } = {},
   ): VirtioBlk {
-    let bus: VirtioBus;
-    try {
-      bus = openVirtioPci(pci, {
-        transport: opts.transport,
-        msix: opts.irq === "msix",
-        ownsPci: opts.ownsPci,
-      });
-    } catch (e) {
-      if (opts.ownsPci) pci.close();
-      throw e;
-    }
-    return new VirtioBlk(bus, { ...opts, ownsBus: true });
+    return new VirtioBlk(busOfPci(pci, opts), { ...opts, ownsBus: true });
   }
 
   /** Bring up the virtio-blk device behind `bus` (virtio 1.2 §3.1.1, §5.2.5). */
@@ -195,22 +154,17 @@ export class VirtioBlk extends DiskCore<VirtioBlkQueue> {
       bus.enableBusMaster();
       const want = opts.queues ?? 1;
       const irqs = bus.irqs(this.#irqMode, this.#irqMode === "msix" ? 1 + want : 1);
-      this.features = this.#negotiate(opts.disable ?? 0n);
+      this.features = negotiateOn(bus, WANTED_BLK_FEATURES, opts.disable ?? 0n);
       this.info = this.readInfo();
-      const cfg = this.#readConfig();
+      const cfg = { numQueues: this.#numQueues() };
       const nq = Math.max(1, Math.min(want, cfg.numQueues));
       if (this.#irqMode === "msix") {
         if (t.setConfigVector(0) !== 0) throw new VirtioError("device refused MSI-X vector 0 for config");
         this.#configIrq = irqs[0];
       }
       this.#setupQueues(nq, irqs);
-      t.setStatus(
-        STATUS.ACKNOWLEDGE | STATUS.DRIVER | (t.legacy ? 0 : STATUS.FEATURES_OK) | STATUS.DRIVER_OK,
-      );
-      this.#live = true;
-      if (t.status() & STATUS.DEVICE_NEEDS_RESET) {
-        throw new VirtioError("device needs reset right after DRIVER_OK");
-      }
+      this.#live = true; // from here on, close resets the device
+      driverOk(t);
       this.#generation = t.configGeneration();
     } catch (e) {
       void this.close();
@@ -218,125 +172,19 @@ export class VirtioBlk extends DiskCore<VirtioBlkQueue> {
     }
   }
 
-  /** Feature negotiation (§3.1.1 steps 2–6). */
-  #negotiate(disable: bigint): bigint {
-    const t = this.#t, bus = this.#bus;
-    const required = t.legacy ? 0n : F.VERSION_1 | (bus.iommu ? F.ACCESS_PLATFORM : 0n);
-    let wanted = WANTED_BLK_FEATURES & ~disable;
-    if (t.legacy) wanted &= 0xffffffffn;
-    if (bus.iommu && !t.legacy && !(t.deviceFeatures() & F.ACCESS_PLATFORM)) {
-      throw new VirtioError(
-        `${bus.name} does not offer VIRTIO_F_ACCESS_PLATFORM, so it would bypass the IOMMU: ` +
-          `give QEMU iommu_platform=on for this device, or use UIO`,
-      );
-    }
-    return negotiate(t, wanted, required);
-  }
-
-  /** virtio_blk_config (§5.2.4), read consistently and checked field by field. */
-  #readConfig(): BlkConfig {
-    const f = this.features, t = this.#t, size = t.deviceConfig.size;
-    // Each negotiated feature's fields must lie inside the device-config structure the device described.
-    const need = (f & BLK_F.WRITE_ZEROES)
-      ? CFG.WRITE_ZEROES_MAY_UNMAP + 1
-      : (f & BLK_F.DISCARD)
-      ? CFG.DISCARD_SECTOR_ALIGNMENT + 4
-      : (f & BLK_F.MQ)
-      ? CFG.NUM_QUEUES + 2
-      : (f & BLK_F.CONFIG_WCE)
-      ? CFG.WRITEBACK + 1
-      : (f & BLK_F.TOPOLOGY)
-      ? CFG.OPT_IO_SIZE + 4
-      : (f & BLK_F.BLK_SIZE)
-      ? CFG.BLK_SIZE + 4
-      : (f & BLK_F.SEG_MAX)
-      ? CFG.SEG_MAX + 4
-      : CFG.SIZE_MAX;
-    if (size < need) {
-      throw new VirtioError(
-        `${this.name}: device config is ${size} bytes, too short for its features (needs ${need})`,
-      );
-    }
-    const c = readConfig(t, (dc) => ({
-      capacitySectors: dc.read32(CFG.CAPACITY) + dc.read32(CFG.CAPACITY + 4) * 0x1_0000_0000,
-      blkSize: f & BLK_F.BLK_SIZE ? dc.read32(CFG.BLK_SIZE) : SECTOR,
-      physExp: f & BLK_F.TOPOLOGY ? dc.read8(CFG.PHYSICAL_BLOCK_EXP) : 0,
-      segMax: f & BLK_F.SEG_MAX ? dc.read32(CFG.SEG_MAX) : 1,
-      sizeMax: f & BLK_F.SIZE_MAX ? dc.read32(CFG.SIZE_MAX) : 0,
-      writeback: f & BLK_F.CONFIG_WCE ? dc.read8(CFG.WRITEBACK) : 1,
-      numQueues: f & BLK_F.MQ ? dc.read16(CFG.NUM_QUEUES) : 1,
-      maxDiscardSectors: f & BLK_F.DISCARD ? dc.read32(CFG.MAX_DISCARD_SECTORS) : 0,
-      discardAlignment: f & BLK_F.DISCARD ? dc.read32(CFG.DISCARD_SECTOR_ALIGNMENT) : 0,
-      maxWriteZeroesSectors: f & BLK_F.WRITE_ZEROES ? dc.read32(CFG.MAX_WRITE_ZEROES_SECTORS) : 0,
-    }));
-    const bad = (what: string) => {
-      throw new VirtioError(`${this.name}: device reports ${what}`);
-    };
-    if (c.capacitySectors > MAX_SECTORS) bad(`capacity ${c.capacitySectors} sectors (more than 8 PiB)`);
-    if (c.blkSize < SECTOR || c.blkSize > 65536 || (c.blkSize & (c.blkSize - 1))) {
-      bad(`blk_size ${c.blkSize}`);
-    }
-    if (c.physExp > 15) bad(`physical_block_exp ${c.physExp}`);
-    if (c.segMax < 1) bad(`seg_max ${c.segMax}`);
-    if (f & BLK_F.SIZE_MAX && c.sizeMax < c.blkSize) {
-      bad(`size_max ${c.sizeMax} (below blk_size ${c.blkSize})`);
-    }
-    if (c.numQueues < 1) bad(`num_queues ${c.numQueues}`);
-    if (f & BLK_F.DISCARD && c.maxDiscardSectors < 1) bad(`max_discard_sectors ${c.maxDiscardSectors}`);
-    if (f & BLK_F.WRITE_ZEROES && c.maxWriteZeroesSectors < 1) {
-      bad(`max_write_zeroes_sectors ${c.maxWriteZeroesSectors}`);
-    }
-    return c;
-  }
-
-  /** What the disk says of itself, from the config and the options. */
+  /** What the disk says of itself, from the config (read again) and the options. */
   protected readInfo(): DiskInfo {
-    const c = this.#readConfig(), f = this.features, o = this.#opts;
-    const lbs = c.blkSize;
-    const bufferBytes = o.bufferBytes ?? 65536;
-    if (bufferBytes % 4096 !== 0 || bufferBytes < 4096) throw new RangeError(`bufferBytes ${bufferBytes}`);
-    const seg = Math.min(bufferBytes, c.sizeMax || bufferBytes);
-    const maxSegments = Math.max(1, Math.min(c.segMax, o.maxSegments ?? 8, 64));
-    const capacity = Math.floor((c.capacitySectors * SECTOR) / lbs) * lbs;
-    // Discards start at multiples of both the device's alignment and the logical block: their least common
-    // multiple (a device alignment that makes it absurd leaves only offset 0).
-    const align = lcm(lbs, (c.discardAlignment || 1) * SECTOR);
-    return {
-      capacity,
-      logicalBlockSize: lbs,
-      physicalBlockSize: lbs * 2 ** c.physExp,
-      readOnly: (f & BLK_F.RO) !== 0n,
-      writeCache: (f & BLK_F.FLUSH) !== 0n && c.writeback !== 0,
-      discard: (f & BLK_F.DISCARD) !== 0n,
-      writeZeroes: (f & BLK_F.WRITE_ZEROES) !== 0n,
-      maxSegments,
-      maxSegmentBytes: seg - (seg % lbs),
-      maxTransferBytes: maxSegments * (seg - (seg % lbs)),
-      maxDiscardBytes: Math.floor(Math.min(c.maxDiscardSectors * SECTOR, 2 ** 31) / lbs) * lbs,
-      discardAlignment: align,
-      maxWriteZeroesBytes: Math.floor(Math.min(c.maxWriteZeroesSectors * SECTOR, 2 ** 31) / lbs) * lbs,
-      queueDepth: Math.max(1, Math.min(o.queueDepth ?? 32, 1024)),
-    };
+    return diskInfo(readBlkConfig(this.#t, this.features, this.name), this.features, this.#opts);
   }
 
-  /** Every DMA region goes through here, so a failed open or close frees it. */
-  #dma(): DmaAllocator {
-    const dma = this.#bus.dma;
-    return {
-      kind: dma.kind,
-      maxRegion: dma.maxRegion,
-      alloc: (n: number) => {
-        const r = dma.alloc(n);
-        this.#regions.push(r);
-        return r;
-      },
-      close: () => {},
-    };
+  /** The config's num_queues (1 without MQ). */
+  #numQueues(): number {
+    return readBlkConfig(this.#t, this.features, this.name).numQueues;
   }
 
   /** Request queues 0..n-1 (§5.2.2), with their slot areas and buffer pools. */
   #setupQueues(n: number, irqs: IrqSource[]): void {
-    const t = this.#t, dma = this.#dma(), i = this.info;
+    const t = this.#t, dma = trackedDma(this.#bus.dma, this.#regions), i = this.info;
     const eventIdx = (this.features & F.RING_EVENT_IDX) !== 0n;
     const msix = this.#irqMode === "msix";
     if (!t.legacy && t.numQueues() < n) {
@@ -586,19 +434,6 @@ export class VirtioBlk extends DiskCore<VirtioBlkQueue> {
 
   /** Stop the device and release its memory. */
   protected teardown(): void {
-    const t = this.#t;
-    try {
-      if (this.#live) t.reset();
-      else t.setStatus(t.status() | STATUS.FAILED);
-    } catch { /* device gone: memory is still released below */ }
-    try {
-      this.#bus.disableIrqs();
-    } catch { /* ignore */ }
-    const pooled = new Set<unknown>();
-    for (const q of this.pairs.splice(0)) {
-      q.pool.retire();
-      pooled.add(q.pool.region);
-    }
-    for (const r of this.#regions.splice(0)) if (!pooled.has(r)) r.free();
+    stopDevice(this.#bus, this.#live, this.pairs.splice(0).map((q) => q.pool), this.#regions);
   }
 }

@@ -9,7 +9,7 @@
  * so chains and indirect descriptors would only add work on this path (indirect tables are not used).
  * @module
  */
-import type { DmaAllocator, DmaRegion } from "../../hal/dma.ts";
+import type { DmaRegion } from "../../hal/dma.ts";
 import type { IrqSource } from "../../hal/irq.ts";
 import type { PciFunction } from "../../hal/pci.ts";
 import { NicCore } from "../net/core.ts";
@@ -33,9 +33,10 @@ import {
   rxNumBuffers,
   writeTxHeader,
 } from "./net_wire.ts";
-import { openVirtioPci, type VirtioPciOptions } from "./pci.ts";
-import { negotiate, NO_VECTOR, type VirtioBus, VirtioError, type VirtioTransport } from "./transport.ts";
+import type { VirtioPciOptions } from "./pci.ts";
+import { NO_VECTOR, type VirtioBus, VirtioError, type VirtioTransport } from "./transport.ts";
 import { SplitQueue } from "./virtqueue.ts";
+import { busOfPci, driverOk, negotiateOn, stopDevice, trackedDma } from "./lifecycle.ts";
 import { CONTROL_MEM, ControlQueue, readNetConfig } from "./net_control.ts";
 
 export type { IrqMode } from "../net/nic.ts";
@@ -126,18 +127,7 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
     pci: PciFunction,
     opts: VirtioNetOptions & Pick<VirtioPciOptions, "transport"> & { ownsPci?: boolean } = {},
   ): VirtioNet {
-    let bus: VirtioBus;
-    try {
-      bus = openVirtioPci(pci, {
-        transport: opts.transport,
-        msix: opts.irq === "msix",
-        ownsPci: opts.ownsPci,
-      });
-    } catch (e) {
-      if (opts.ownsPci) pci.close();
-      throw e;
-    }
-    return new VirtioNet(bus, { ...opts, ownsBus: true });
+    return new VirtioNet(busOfPci(pci, opts), { ...opts, ownsBus: true });
   }
 
   private constructor(bus: VirtioBus, opts: VirtioNetOptions) {
@@ -160,7 +150,7 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
       bus.enableBusMaster();
       const wantPairs = opts.queues ?? 1;
       const irqs = bus.irqs(this.#irqMode, this.#irqMode === "msix" ? 1 + wantPairs : 1);
-      this.features = this.#negotiate(opts.disable ?? 0n);
+      this.features = negotiateOn(bus, WANTED_FEATURES, opts.disable ?? 0n);
       this.hdrLen = netHdrLen((this.features & (F.VERSION_1 | NET_F.MRG_RXBUF)) !== 0n);
       this.txChecksum = (this.features & NET_F.CSUM) !== 0n;
       this.#mergeable = (this.features & NET_F.MRG_RXBUF) !== 0n;
@@ -174,13 +164,8 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
         throw new VirtioError("device refused MSI-X vector 0 for config");
       }
       this.#setupQueues(pairs, cfg.maxPairs, irqs, opts.queueSize ?? 256);
-      t.setStatus(
-        STATUS.ACKNOWLEDGE | STATUS.DRIVER | (t.legacy ? 0 : STATUS.FEATURES_OK) | STATUS.DRIVER_OK,
-      );
-      this.#live = true;
-      if (t.status() & STATUS.DEVICE_NEEDS_RESET) {
-        throw new VirtioError("device needs reset right after DRIVER_OK");
-      }
+      this.#live = true; // from here on, close resets the device
+      driverOk(t);
       for (const p of this.pairs) this.refill(p);
       if (pairs > 1) {
         this.#ctrlCommand(CTRL.MQ, CTRL.MQ_VQ_PAIRS_SET, new Uint8Array([pairs & 0xff, pairs >> 8]));
@@ -192,40 +177,10 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
     }
   }
 
-  /** Feature negotiation (§3.1.1 steps 2–6): what pvdrv wants, what this bus requires. */
-  #negotiate(disable: bigint): bigint {
-    const t = this.#t, bus = this.#bus;
-    // Behind an IOMMU the device gets IOVAs: it must translate them (ACCESS_PLATFORM) or it would DMA elsewhere.
-    const required = t.legacy ? 0n : F.VERSION_1 | (bus.iommu ? F.ACCESS_PLATFORM : 0n);
-    let wanted = WANTED_FEATURES & ~disable;
-    if (t.legacy) wanted &= 0xffffffffn;
-    if (bus.iommu && !t.legacy && !(t.deviceFeatures() & F.ACCESS_PLATFORM)) {
-      throw new VirtioError(
-        `${bus.name} does not offer VIRTIO_F_ACCESS_PLATFORM, so it would bypass the IOMMU: ` +
-          `give QEMU iommu_platform=on for this device, or use UIO`,
-      );
-    }
-    return negotiate(t, wanted, required);
-  }
-
   /** virtio_net_config (§5.1.4), read consistently (§4.1.4.3.1) and checked. */
-  /** Every DMA region goes through here, so a failed open or close frees it. */
-  #dma(): DmaAllocator {
-    const dma = this.#bus.dma;
-    return {
-      kind: dma.kind,
-      alloc: (n: number) => {
-        const r = dma.alloc(n);
-        this.#regions.push(r);
-        return r;
-      },
-      close: () => {},
-    };
-  }
-
   /** Queue setup (§4.1.5.1.3, §5.1.2): RX/TX pairs, then the control queue after all max_virtqueue_pairs pairs. */
   #setupQueues(pairs: number, maxPairs: number, irqs: IrqSource[], queueSize: number): void {
-    const t = this.#t, f = this.features, dma = this.#dma();
+    const t = this.#t, f = this.features, dma = trackedDma(this.#bus.dma, this.#regions);
     const eventIdx = (f & F.RING_EVENT_IDX) !== 0n;
     const numQueues = t.numQueues();
     const ctrl = (f & NET_F.CTRL_VQ) !== 0n;
@@ -448,26 +403,8 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
 
   /** Stop the device and release its memory. */
   protected teardown(): void {
-    const t = this.#t;
-    try {
-      // A live device is reset, which stops all DMA before its memory goes away; one that never reached
-      // DRIVER_OK is told the driver gave up (FAILED, virtio 1.2 §3.1.1).
-      if (this.#live) t.reset();
-      else t.setStatus(t.status() | STATUS.FAILED);
-    } catch { /* device gone: memory is still released below */ }
-    try {
-      this.#bus.disableIrqs();
-    } catch { /* ignore */ }
-    // The device is stopped: pools keep the memory under buffers the application holds until it releases them;
-    // every other region goes back now.
-    const pooled = new Set<unknown>();
-    for (const p of this.pairs.splice(0)) {
-      for (const pool of [p.rxPool, p.txPool]) {
-        pool.retire();
-        pooled.add(pool.region);
-      }
-    }
-    for (const r of this.#regions.splice(0)) if (!pooled.has(r)) r.free();
+    const pools = this.pairs.splice(0).flatMap((p) => [p.rxPool, p.txPool]);
+    stopDevice(this.#bus, this.#live, pools, this.#regions);
     this.#ctrl = null;
   }
 }
