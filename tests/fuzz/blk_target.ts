@@ -15,7 +15,7 @@ import {
 } from "../../drivers/block/disk.ts";
 import { isPvdrvError } from "../../hal/errors.ts";
 import { VirtioBlkModel } from "../models/virtio_blk_device.ts";
-import { classify, Leak, type Result, type Rng, Silent } from "./oracle.ts";
+import { classify, finishIteration, Leak, type Result, type Rng, Silent } from "./oracle.ts";
 
 interface Pending {
   op: number;
@@ -25,7 +25,7 @@ interface Pending {
 }
 
 /** One blk iteration: a fresh model and driver, `steps` events. */
-export function blkIteration(rng: Rng, steps: number, mutateConfig: boolean): Result {
+export async function blkIteration(rng: Rng, steps: number, mutateConfig: boolean): Promise<Result> {
   const sectors = rng.pick([64, 1024, 8192]);
   const model = new VirtioBlkModel({
     sectors,
@@ -227,18 +227,11 @@ export function blkIteration(rng: Rng, steps: number, mutateConfig: boolean): Re
       result = { outcome: "clean-break", events, event: step, detail: (e as Error).message };
     }
   }
-  try {
+  return await finishIteration(result, events, step, model.dma, () => {
     void disk.close();
     for (const p of pending.values()) {
       const own = p.bufs.filter((b) => b.pool.owner(b) === "app");
       if (own.length) disk.release(own, own.length);
     }
-    if (model.dma.live !== 0 || model.dma.kept !== 0) {
-      throw new Leak(`after close: ${model.dma.live} DMA regions live, ${model.dma.kept} kept`);
-    }
-  } catch (e) {
-    if (result.outcome === "ok" || result.outcome === "clean-break") result = classify(e, events, step);
-  }
-  result.events = events;
-  return result;
+  });
 }

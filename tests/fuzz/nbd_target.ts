@@ -13,7 +13,7 @@ import { NBD_CMD, NBD_CMD_FLAG, NBD_INFO, NBD_OPT, NBD_REP } from "../../apps/nb
 import { VirtioBlkModel } from "../models/virtio_blk_device.ts";
 import { NbdClient } from "../models/nbd_client.ts";
 import { memoryConnPair } from "../models/memory_conn.ts";
-import { bounded, classify, Leak, type Result, type Rng, Silent } from "./oracle.ts";
+import { bounded, classify, finishIteration, type Result, type Rng, Silent } from "./oracle.ts";
 
 /** One nbd iteration. */
 export async function nbdIteration(rng: Rng, steps: number): Promise<Result> {
@@ -159,16 +159,9 @@ export async function nbdIteration(rng: Rng, steps: number): Promise<Result> {
   } catch (e) {
     result = classify(e, events, step);
   }
-  try {
+  return await finishIteration(result, events, step, model.dma, async () => {
     c.close();
     await bounded(session, 5000, "serve() after the client closed");
     await disk.close();
-    if (model.dma.live !== 0 || model.dma.kept !== 0) {
-      throw new Leak(`after close: ${model.dma.live} DMA regions live, ${model.dma.kept} kept`);
-    }
-  } catch (e) {
-    if (result.outcome === "ok" || result.outcome === "clean-break") result = classify(e, events, step);
-  }
-  result.events = events;
-  return result;
+  });
 }

@@ -115,3 +115,27 @@ export function classify(e: unknown, events: number, event: number): Result {
     detail: `${err?.name}: ${err?.message}\n${err?.stack ?? ""}`,
   };
 }
+
+/**
+ * The end of an iteration: run `teardown` (close the driver, give back what the harness holds), then require the
+ * model's DMA memory to be all freed. A failure there turns an ok or clean-break result into a leak (or whatever
+ * it threw); a worse result stands.
+ */
+export async function finishIteration(
+  result: Result,
+  events: number,
+  step: number,
+  dma: { live: number; kept: number },
+  teardown: () => void | Promise<void>,
+): Promise<Result> {
+  try {
+    await teardown();
+    if (dma.live !== 0 || dma.kept !== 0) {
+      throw new Leak(`after close: ${dma.live} DMA regions live, ${dma.kept} kept`);
+    }
+  } catch (e) {
+    if (result.outcome === "ok" || result.outcome === "clean-break") result = classify(e, events, step);
+  }
+  result.events = events;
+  return result;
+}

@@ -4,7 +4,7 @@ import { F, NET_F } from "../../drivers/virtio/features.ts";
 import { MIN_TEST_FRAME } from "../../apps/frames.ts";
 import type { PacketBuffer } from "../../drivers/net/nic.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
-import { bounded, classify, Leak, type Result, type Rng, Silent } from "./oracle.ts";
+import { bounded, classify, finishIteration, Leak, type Result, type Rng, Silent } from "./oracle.ts";
 import { frameBytes, Held, same } from "./held.ts";
 
 // ---------------------------------------------------------------- virtio: rings made hostile
@@ -31,7 +31,7 @@ function corruptUsed(m: VirtioNetModel, rng: Rng, qi: number): void {
 }
 
 /** One virtio iteration: a fresh model and driver, `steps` hostile and valid events (config mutated too with `mutateConfig`). */
-export function virtioIteration(rng: Rng, steps: number, mutateConfig: boolean): Result {
+export async function virtioIteration(rng: Rng, steps: number, mutateConfig: boolean): Promise<Result> {
   const mtu = rng.pick([1500, 68, 1400, 9000, 576]);
   let features = DEFAULT_FEATURES;
   for (const f of OPTIONAL) if (rng.bool(0.2)) features &= ~f;
@@ -166,17 +166,10 @@ export function virtioIteration(rng: Rng, steps: number, mutateConfig: boolean):
   } catch (e) {
     result = classify(e, events, step);
   }
-  try {
+  return await finishIteration(result, events, step, model.dma, () => {
     nic.close();
     held.release(nic, held.list.length);
-    if (model.dma.live !== 0 || model.dma.kept !== 0) {
-      throw new Leak(`after close: ${model.dma.live} DMA regions live, ${model.dma.kept} kept`);
-    }
-  } catch (e) {
-    if (result.outcome === "ok" || result.outcome === "clean-break") result = classify(e, events, step);
-  }
-  result.events = events;
-  return result;
+  });
 }
 
 // ---------------------------------------------------------------- virtio-race: a Worker flips ring bytes
