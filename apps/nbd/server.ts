@@ -358,6 +358,8 @@ class Session {
   readonly #hdr = new Uint8Array(REQUEST_BYTES);
   readonly #rep = new Uint8Array(REPLY_BYTES);
   readonly #one = [new BlockRequest()];
+  /** Scratch for checking that a request's buffers can be had (made once). */
+  readonly #probe: BlockBuffer[] = [];
   readonly #disk: Disk;
   #writing: Promise<void> = Promise.resolve();
   #running = false;
@@ -628,7 +630,7 @@ class Session {
     const i = this.#disk.info;
     if (need > i.maxSegments * i.queueDepth) return false;
     while (true) {
-      const probe: BlockBuffer[] = [];
+      const probe = this.#probe;
       const got = this.#disk.allocBuffers(probe, need, this.queue);
       this.#disk.release(probe, got);
       if (got === need) return true;
@@ -710,8 +712,13 @@ class Session {
   #free(slot: Slot): void {
     slot.busy = false;
     if (slot.nbufs) {
-      const mine = slot.bufs.slice(0, slot.nbufs).filter((b) => b.pool.owner(b) === "app");
-      if (mine.length) this.#disk.release(mine, mine.length);
+      // Normally every buffer is back with us; after a failed disk, keep the ones it still holds out (in place).
+      let k = 0;
+      for (let i = 0; i < slot.nbufs; i++) {
+        const b = slot.bufs[i];
+        if (b.pool.owner(b) === "app") slot.bufs[k++] = b;
+      }
+      if (k) this.#disk.release(slot.bufs, k);
     }
     slot.nbufs = 0;
     slot.copy = null;
