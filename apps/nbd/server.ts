@@ -772,7 +772,11 @@ export function listenNbd(
     : Deno.listen({ transport: "tcp", hostname: where.hostname ?? "127.0.0.1", port: where.port });
   const done = (async () => {
     try {
-      for await (const conn of listener) onSession?.(await exp.serve(conn));
+      // Not `onSession?.(await exp.serve(conn))`: without a listener that would never serve at all.
+      for await (const conn of listener) {
+        const s = await exp.serve(conn);
+        onSession?.(s);
+      }
     } catch { /* closed */ }
   })();
   return {

@@ -295,3 +295,26 @@ Deno.test("nbd: a client that vanishes with requests in flight; the export drain
     assert.equal(sessions.length, 2);
   });
 });
+
+Deno.test("nbd: a listener without a session callback still serves (greets a client)", async () => {
+  const model = new VirtioBlkModel({ sectors: 16384 });
+  const disk = VirtioBlk.openPci(model.pci(), {});
+  const dir = Deno.makeTempDirSync(), path = `${dir}/nbd.sock`;
+  const l = listenNbd(new NbdExport(disk, { name: "disk" }), { path });
+  const c = await NbdClient.unix(path);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    const greeted = await Promise.race([
+      c.greet().then(() => true),
+      new Promise<boolean>((r) => timer = setTimeout(() => r(false), 5000)),
+    ]);
+    assert.ok(greeted, "no greeting within 5 s");
+  } finally {
+    clearTimeout(timer);
+    c.close();
+    l.close();
+    await l.done;
+    await disk.close();
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
