@@ -6,12 +6,18 @@ import { readDevice } from "../../ffi/sysfs.ts";
 
 const PVPEER = new URL("../../build/pvpeer", import.meta.url).pathname;
 
-/** Bring up the kernel interface of `pci` and return its name and MAC. */
+/** Bring up the kernel interface of `pci`, wait for its carrier and return its name and MAC. */
 export async function kernelInterface(pci: string): Promise<{ name: string; mac: string }> {
   const name = readDevice(pci).netInterfaces[0];
   if (!name) throw new Error(`${pci} has no kernel network interface (is virtio_net loaded?)`);
   const r = await new Deno.Command("ip", { args: ["link", "set", name, "up"] }).output();
   if (!r.success) throw new Error(`ip link set ${name} up failed`);
+  // Wait for the carrier: right after `up`, a first-time interface may not pass frames yet (TCG is slow here).
+  const operstate = () => Deno.readTextFileSync(`/sys/class/net/${name}/operstate`).trim();
+  for (let i = 0; i < 100 && operstate() !== "up"; i++) await new Promise((r) => setTimeout(r, 50));
+  if (operstate() !== "up") {
+    throw new Error(`${name} (${pci}) is still ${operstate()} 5 s after ip link set up`);
+  }
   const mac = Deno.readTextFileSync(`/sys/class/net/${name}/address`).trim();
   return { name, mac };
 }
@@ -131,4 +137,15 @@ export async function exchangeWithKernel(
   });
   const kernelSent = await ks.result();
   return { tx, kernelReceived, kernelSent, rx };
+}
+
+/** The kernel's counters of interface `name` (rx_packets, rx_dropped, …), for a failing test to show. */
+export function interfaceCounters(name: string): Record<string, number> {
+  const dir = `/sys/class/net/${name}/statistics`;
+  const out: Record<string, number> = {};
+  for (const e of Deno.readDirSync(dir)) {
+    const v = Number(Deno.readTextFileSync(`${dir}/${e.name}`).trim());
+    if (v) out[e.name] = v;
+  }
+  return out;
 }

@@ -1,6 +1,6 @@
 import assert from "assert";
 import { ensureBound, guestTest, LAB, OUT } from "./env.ts";
-import { kernelInterface, Peer } from "../../../lab/guest/kernel_peer.ts";
+import { interfaceCounters, kernelInterface, Peer } from "../../../lab/guest/kernel_peer.ts";
 
 const ROOT = new URL("../../../", import.meta.url).pathname;
 
@@ -36,7 +36,9 @@ guestTest("tasks: deno task send/recv on a real NIC, with a pcap of what was rec
   const sent = JSON.parse(new TextDecoder().decode(s.stdout));
   assert.equal(sent.sent, 1000);
   const got = await kr.result();
-  assert.equal(got.received, 1000);
+  const why = () =>
+    `kernel ${k.name} counters ${JSON.stringify(interfaceCounters(k.name))}, pvdrv ${JSON.stringify(sent)}`;
+  assert.equal(got.received, 1000, why());
   assert.equal(got.corrupt, 0);
   // recv: the kernel sends ~1500 frames at 1500 pps; pvdrv receives, verifies and captures them.
   const pcap = `${OUT}/recv.pcap`;
