@@ -122,3 +122,6 @@ export const LAB_DISKS: Readonly<Record<"vfioDisk" | "uioDisk" | "kernelDisk", L
     serial: "pvdrv-kernel",
   },
 };
+
+/** Where the lab guest has nbdkit's file plugin (nbdkit takes plugins by path; the guest has no plugin folder). */
+export const NBDKIT_FILE_PLUGIN = "/lib/nbdkit/nbdkit-file-plugin.so";

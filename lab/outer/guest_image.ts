@@ -5,12 +5,13 @@
  * @module
  */
 import { CpioWriter } from "./cpio.ts";
+import { NBDKIT_FILE_PLUGIN } from "../topology.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 /** Where the lab keeps its builds. */
 export const VM_DIR = `${ROOT}/build/vm`;
 /** Bump when the image layout or /init changes. */
-const FORMAT = 4;
+const FORMAT = 5;
 
 /** Kernel modules loaded at boot, in dependency-respecting order (resolved from each module's `depends=`). */
 export const GUEST_MODULES = [
@@ -38,6 +39,46 @@ export const GUEST_MODULES = [
 /** Programs of the outer machine the guest gets with their libraries (e2fsprogs: for the NBD + ext4 test). */
 export const GUEST_TOOLS = ["mkfs.ext4", "e2fsck"];
 
+/**
+ * Debian packages the guest gets programs from, unpacked with `dpkg-deb -x` (never installed on this machine):
+ * the NBD peers of the block bench and tests — nbdkit (with its file plugin) and nbd-client (with libnl).
+ */
+export const GUEST_PACKAGES = ["nbdkit", "nbd-client", "libnl-3-200", "libnl-genl-3-200"];
+/** Files of those packages the guest gets: path in the unpacked tree → path in the guest. */
+const PACKAGE_FILES = [
+  { from: "usr/bin/nbdkit", to: "bin/nbdkit" },
+  { from: "sbin/nbd-client", to: "bin/nbd-client" },
+  {
+    from: "usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-file-plugin.so",
+    to: "lib/nbdkit/nbdkit-file-plugin.so",
+  },
+];
+
+/** Download and unpack GUEST_PACKAGES once; returns the tree. */
+async function extractPackages(): Promise<string> {
+  const x = `${VM_DIR}/extract-tools`;
+  const stamp = GUEST_PACKAGES.join(" ");
+  if (exists(`${x}/.done`) && Deno.readTextFileSync(`${x}/.done`) === stamp) return x;
+  const debs = await downloadAll(GUEST_PACKAGES, `${VM_DIR}/debs`);
+  if (exists(x)) Deno.removeSync(x, { recursive: true });
+  Deno.mkdirSync(x, { recursive: true });
+  for (const deb of debs.values()) await run("dpkg-deb", ["-x", deb, x]);
+  Deno.writeTextFileSync(`${x}/.done`, stamp);
+  return x;
+}
+
+/** The unpacked package files, each with its guest path; the libraries they link come from this machine. */
+async function packageTools(): Promise<{ name: string; path: string; target: string; libPath: string }[]> {
+  const x = await extractPackages();
+  const libPath = `${x}/usr/lib/x86_64-linux-gnu:${x}/lib/x86_64-linux-gnu`;
+  return PACKAGE_FILES.map((f) => {
+    if (!exists(`${x}/${f.from}`)) {
+      throw new Error(`${f.from} is not in the unpacked ${GUEST_PACKAGES.join(", ")}`);
+    }
+    return { name: f.to.slice(f.to.lastIndexOf("/") + 1), path: `${x}/${f.from}`, target: f.to, libPath };
+  });
+}
+
 /** Where `name` is on the outer machine (the sbin folders too, which a user's PATH may lack). */
 function toolPath(name: string): string | null {
   for (const d of ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]) {
@@ -47,7 +88,7 @@ function toolPath(name: string): string | null {
 }
 
 /** The guest tools, installing e2fsprogs when one is missing. */
-async function guestTools(): Promise<{ name: string; path: string }[]> {
+async function guestTools(): Promise<GuestTool[]> {
   if (GUEST_TOOLS.some((t) => !toolPath(t))) await ensureTool("mkfs.ext4", ["e2fsprogs"]);
   return GUEST_TOOLS.map((name) => {
     const path = toolPath(name);
@@ -56,15 +97,23 @@ async function guestTools(): Promise<{ name: string; path: string }[]> {
   });
 }
 
-/** Add each tool as /bin/<name> (argv[0] keeps its name: mkfs.ext4 makes ext4) and the libraries it links. */
-async function addTools(
-  w: CpioWriter,
-  tools: { name: string; path: string }[],
-  have: Set<string>,
-): Promise<void> {
+/** A program (or library) the guest gets, with the libraries it links. */
+export interface GuestTool {
+  /** Its name. */
+  name: string;
+  /** Where it is on this machine. */
+  path: string;
+  /** Where it goes in the guest (default bin/<name>: argv[0] keeps its name, so mkfs.ext4 makes ext4). */
+  target?: string;
+  /** Extra folders `ldd` searches (unpacked packages). */
+  libPath?: string;
+}
+
+/** Add each tool and the libraries it links. */
+async function addTools(w: CpioWriter, tools: GuestTool[], have: Set<string>): Promise<void> {
   for (const t of tools) {
-    w.add({ path: `bin/${t.name}`, type: "file", data: Deno.readFileSync(t.path), mode: 0o755 });
-    for (const lib of await sharedLibs(t.path)) {
+    w.add({ path: t.target ?? `bin/${t.name}`, type: "file", data: Deno.readFileSync(t.path), mode: 0o755 });
+    for (const lib of await sharedLibs(t.path, t.libPath)) {
       const target = lib.startsWith("/lib64/")
         ? lib
         : `/lib/x86_64-linux-gnu/${lib.slice(lib.lastIndexOf("/") + 1)}`;
@@ -97,13 +146,14 @@ function log(msg: string): void {
 export async function run(
   cmd: string,
   args: string[],
-  opts: { cwd?: string; quiet?: boolean } = {},
+  opts: { cwd?: string; quiet?: boolean; env?: Record<string, string> } = {},
 ): Promise<string> {
   let out: Deno.CommandOutput;
   try {
     out = await new Deno.Command(cmd, {
       args,
       cwd: opts.cwd,
+      env: opts.env,
       stdout: "piped",
       stderr: "piped",
       stdin: "null",
@@ -301,11 +351,12 @@ async function hashOf(text: string): Promise<string> {
   return [...new Uint8Array(d)].slice(0, 8).map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** Libraries `ldd` names for `binary`. */
-export function sharedLibs(binary: string): Promise<string[]> {
-  return run("ldd", [binary]).then((out) =>
-    out.split("\n").map((l) => l.match(/(\/\S+) \(0x/)?.[1]).filter((p): p is string => !!p)
-  );
+/** Libraries `ldd` names for `binary` (also searching `libPath`); one it cannot find is an error. */
+export async function sharedLibs(binary: string, libPath?: string): Promise<string[]> {
+  const out = await run("ldd", [binary], { env: libPath ? { LD_LIBRARY_PATH: libPath } : undefined });
+  const missing = out.split("\n").filter((l) => l.includes("not found")).map((l) => l.trim().split(" ")[0]);
+  if (missing.length) throw new Error(`${binary} needs ${missing.join(", ")}, which this machine lacks`);
+  return out.split("\n").map((l) => l.match(/(\/\S+) \(0x/)?.[1]).filter((p): p is string => !!p);
 }
 
 /**
@@ -321,7 +372,7 @@ export async function busyboxInitramfs(
     modules: { name: string; path: string }[];
     deno: string;
     dirs?: string[];
-    tools?: { name: string; path: string }[];
+    tools?: GuestTool[];
   },
 ): Promise<CpioWriter> {
   const w = new CpioWriter(path);
@@ -397,7 +448,7 @@ export async function buildGuest(opts: { force?: boolean } = {}): Promise<GuestI
   const deno = Deno.env.get("PVDRV_GUEST_DENO") ?? Deno.execPath();
   const denoStat = Deno.statSync(deno);
   const modules = GUEST_MODULES;
-  const tools = await guestTools();
+  const tools: GuestTool[] = [...await guestTools(), ...await packageTools()];
   const key = await hashOf(
     JSON.stringify({
       FORMAT,
@@ -405,7 +456,7 @@ export async function buildGuest(opts: { force?: boolean } = {}): Promise<GuestI
       deno,
       size: denoStat.size,
       m: denoStat.mtime?.getTime(),
-      tools: tools.map((t) => [t.name, t.path, Deno.statSync(t.path).size]),
+      tools: tools.map((t) => [t.name, t.path, t.target, Deno.statSync(t.path).size]),
       modules,
       init: initScript(modules),
     }),
@@ -426,7 +477,7 @@ export async function buildGuest(opts: { force?: boolean } = {}): Promise<GuestI
     init: initScript(mods.map((m) => m.name)),
     modules: mods,
     deno,
-    dirs: ["pvdrv", "out"],
+    dirs: ["pvdrv", "out", "lib/nbdkit"],
     tools,
   });
   w.close();
