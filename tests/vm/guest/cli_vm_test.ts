@@ -17,6 +17,7 @@ guestTest("tasks: deno task send/recv on a real NIC, with a pcap of what was rec
   const k = await kernelInterface(LAB.kernelPeer.pci);
   // send: 1000 frames at 500 pps to the kernel, which verifies them. The task has no flow control, so the load
   // is one the lab's UDP link absorbs even if the guest kernel stalls for half a second (see WINDOW elsewhere).
+  const before = interfaceCounters(k.name);
   const kr = new Peer(["recv", k.name, "1000", "8000"]);
   await kr.ready;
   const s = await task("send.ts", [
@@ -36,10 +37,17 @@ guestTest("tasks: deno task send/recv on a real NIC, with a pcap of what was rec
   const sent = JSON.parse(new TextDecoder().decode(s.stdout));
   assert.equal(sent.sent, 1000);
   const got = await kr.result();
-  const why = () =>
-    `kernel ${k.name} counters ${JSON.stringify(interfaceCounters(k.name))}, pvdrv ${JSON.stringify(sent)}`;
-  assert.equal(got.received, 1000, why());
-  assert.equal(got.corrupt, 0);
+  const after = interfaceCounters(k.name), delta = (c: string) => (after[c] ?? 0) - (before[c] ?? 0);
+  const why = `kernel ${k.name} counters ${JSON.stringify(after)}, pvdrv ${JSON.stringify(sent)}`;
+  // The kernel's own NIC counters: every frame pvdrv sent arrived, byte for byte in total.
+  assert.equal(delta("rx_packets"), 1000, why);
+  assert.equal(delta("rx_bytes"), sent.bytes, why);
+  // The peer verified each frame's contents, except any the guest kernel dropped before its socket: this lab's
+  // kernel (Debian 6.1.192) at times drops every frame of pvdrv's ethertype as UNHANDLED_PROTO (seen with the
+  // skb:kfree_skb tracepoint) while packet sockets for it are bound; counted as rx_dropped, never as corrupt.
+  assert.equal(got.corrupt, 0, why);
+  assert.equal(got.received + delta("rx_dropped"), 1000, why);
+  if (got.received < 1000) console.log(`  the guest kernel dropped ${1000 - got.received} frames: ${why}`);
   // recv: the kernel sends ~1500 frames at 1500 pps; pvdrv receives, verifies and captures them.
   const pcap = `${OUT}/recv.pcap`;
   const recv = task("recv.ts", [LAB.vfioKernelPeer.pci, "--timeout", "3", "--pcap", pcap, "--json"]).spawn();
