@@ -164,6 +164,10 @@ async function guestBench<T>(
 
 /** One driver's result for one job, from lab/guest/bench_blk.ts. */
 interface BlkRow {
+  /** "device" (a driver on a disk) or "export" (a kernel NBD device served by pvdrv or nbdkit). */
+  path?: string;
+  /** The row its job and path compare with (the kernel's virtio_blk; nbdkit). */
+  baseline?: boolean;
   mode: string;
   bs: number;
   qd: number;
@@ -177,19 +181,24 @@ interface BlkRow {
 
 function blkTable(rows: BlkRow[]): string {
   const out = [
-    "| job | driver | IOPS (median, min–max) | MB/s | p50 µs | p99 µs | IOPS vs kernel | p50 vs kernel |",
+    "| job | driver | IOPS (median, min–max) | MB/s | p50 µs | p99 µs | IOPS vs baseline | p50 vs baseline |",
     "|---|---|---:|---:|---:|---:|---:|---:|",
   ];
   for (const r of rows) {
-    const k = rows.find((x) => x.driver === "kernel" && x.mode === r.mode && x.bs === r.bs && x.qd === r.qd);
+    const path = r.path ?? "device";
+    const k = rows.find((x) =>
+      (x.baseline ?? x.driver === "kernel") && (x.path ?? "device") === path && x.mode === r.mode &&
+      x.bs === r.bs && x.qd === r.qd
+    );
+    const base = r === k;
     const job = `${r.mode} ${r.bs >= 1024 ? `${r.bs / 1024} KiB` : `${r.bs} B`} QD${r.qd}`;
     const vs = (a: number, b: number | undefined) => (b ? `${(a / b).toFixed(2)}x` : "-");
     out.push(
       `| ${job} | ${r.driver} | ${r.iops} (${Math.min(...r.windows)}–${
         Math.max(...r.windows)
       }) | ${r.mbps} | ` +
-        `${r.p50us} | ${r.p99us} | ${r.driver === "kernel" ? "" : vs(r.iops, k?.iops)} | ` +
-        `${r.driver === "kernel" ? "" : vs(r.p50us, k?.p50us)} |`,
+        `${r.p50us} | ${r.p99us} | ${base ? "(baseline)" : vs(r.iops, k?.iops)} | ` +
+        `${base ? "" : vs(r.p50us, k?.p50us)} |`,
     );
   }
   return out.join("\n");
@@ -199,7 +208,8 @@ function blkBench(json: string | undefined): Promise<number> {
   compileC(`${ROOT}/lab/c/blkload.c`, `${ROOT}/build/blkload`, ["-static", "-pthread"]);
   console.log(
     "\n== disks, one boot: pvdrv's virtio-blk on 0000:00:0b.0 (VFIO; polling, then MSI-X) and the guest kernel's " +
-      "virtio_blk on 0000:00:0d.0 (O_DIRECT, one thread per request in flight); identical 64 MiB raw files ==",
+      "virtio_blk on 0000:00:0d.0 (O_DIRECT, one thread per request in flight); identical 64 MiB raw files; then " +
+      "the same load on /dev/nbd0 (pvdrv's NBD export of 0b.0) and /dev/nbd1 (nbdkit over the kernel's disk) ==",
   );
   return guestBench("lab/guest/bench_blk.ts", "PVDRV-BLKBENCH", blkTable, json, { timeoutSec: 1200 });
 }

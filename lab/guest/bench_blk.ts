@@ -2,14 +2,18 @@
  * The in-guest half of `deno task bench --blk`: the same jobs on two identical virtio-blk disks (64 MiB raw files,
  * two queues) — pvdrv on 0000:00:0b.0 over VFIO (`deno task blk bench`, polling and on MSI-X) and the guest
  * kernel's virtio_blk on 0000:00:0d.0 (build/blkload: O_DIRECT, one thread per outstanding request) — 4 KiB random
- * reads and writes at queue depth 1 and 32, 128 KiB sequential reads and writes at depth 8. One line per driver
- * and job: `PVDRV-BLKBENCH {json}` with IOPS per window (the median is the figure), MB/s, p50 and p99 latency.
+ * reads and writes at queue depth 1 and 32, 128 KiB sequential reads and writes at depth 8. Then the export path:
+ * the same jobs by build/blkload on /dev/nbd0, served by pvdrv's NBD export of 0000:00:0b.0, beside /dev/nbd1,
+ * served by nbdkit's file plugin (Debian) over the kernel's disk; both attached by Debian's nbd-client over Unix
+ * sockets, one connection each. One line per driver and job: `PVDRV-BLKBENCH {json}` with IOPS per window (the
+ * median is the figure), MB/s, p50 and p99 latency; `path` says device or export, `baseline` marks the row the
+ * others of its job and path are compared with.
  * @module
  */
-import { LAB_DISKS } from "../topology.ts";
+import { LAB_DISKS, NBDKIT_FILE_PLUGIN } from "../topology.ts";
 import { bindDevice } from "../../system/bind.ts";
 import { readDevice } from "../../ffi/sysfs.ts";
-import { commandJson, task } from "./tasks.ts";
+import { commandJson, Running, task } from "./tasks.ts";
 
 const { vfioDisk, kernelDisk } = LAB_DISKS;
 const SECONDS = Number(Deno.env.get("PVDRV_BLK_SECONDS") ?? 6), WINDOWS = 3;
@@ -29,6 +33,47 @@ const kernelDev = readDevice(kernelDisk.pci).blockDevices[0];
 if (!kernelDev) throw new Error(`${kernelDisk.pci} has no kernel disk`);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
+/** One blkload run of job `j` on block device `dev`, printed as a result line for `driver`. */
+async function blkload(dev: string, j: typeof JOBS[number], driver: string, path: string, baseline: boolean) {
+  const k = await commandJson<{ windows: number[]; p50us: number; p99us: number }>(
+    new Deno.Command(BLKLOAD, {
+      args: [dev, j.mode, `${j.bs}`, `${j.qd}`, `${SECONDS}`, `${WINDOWS}`],
+      stdout: "piped",
+      stderr: "piped",
+    }),
+    `blkload ${j.mode} on ${dev}`,
+  );
+  const iops = median(k.windows);
+  const row = {
+    ...j,
+    driver,
+    path,
+    baseline,
+    iops,
+    windows: k.windows,
+    mbps: +((iops * j.bs) / 1e6).toFixed(1),
+  };
+  console.log(`PVDRV-BLKBENCH ${JSON.stringify({ ...row, p50us: k.p50us, p99us: k.p99us })}`);
+}
+
+/** Run `cmd args`, failing with its output. */
+function sh(cmd: string, args: string[]): void {
+  const r = new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).outputSync();
+  const dec = new TextDecoder();
+  if (!r.success) throw new Error(`${cmd} ${args.join(" ")}: ${dec.decode(r.stdout)}${dec.decode(r.stderr)}`);
+}
+
+/** Wait until `path` exists (a server's socket). */
+async function socketUp(path: string, what: string): Promise<void> {
+  for (let i = 0; i < 600; i++) {
+    try {
+      if (Deno.statSync(path).isSocket) return;
+    } catch { /* not yet */ }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`${what} did not open ${path} within 30 s`);
+}
+
 for (const j of JOBS) {
   for (const irq of ["poll", "msix"]) {
     const args = [
@@ -45,28 +90,43 @@ for (const j of JOBS) {
     if (j.mode.includes("write")) args.push("--write");
     if (!j.mode.startsWith("rand")) args.push("--seq");
     const r = await commandJson(task("cli/blk.ts", args), `pvdrv ${j.mode}`);
-    console.log(`PVDRV-BLKBENCH ${JSON.stringify({ ...j, driver: `pvdrv (${irq})`, ...r })}`);
+    const row = { ...j, driver: `pvdrv (${irq})`, path: "device", baseline: false, ...r };
+    console.log(`PVDRV-BLKBENCH ${JSON.stringify(row)}`);
   }
-  const k = await commandJson<{ windows: number[]; p50us: number; p99us: number }>(
-    new Deno.Command(BLKLOAD, {
-      args: [`/dev/${kernelDev}`, j.mode, `${j.bs}`, `${j.qd}`, `${SECONDS}`, `${WINDOWS}`],
-      stdout: "piped",
-      stderr: "piped",
-    }),
-    `blkload ${j.mode}`,
-  );
-  const iops = median(k.windows);
-  console.log(
-    `PVDRV-BLKBENCH ${
-      JSON.stringify({
-        ...j,
-        driver: "kernel",
-        iops,
-        windows: k.windows,
-        mbps: +((iops * j.bs) / 1e6).toFixed(1),
-        p50us: k.p50us,
-        p99us: k.p99us,
-      })
-    }`,
-  );
+  await blkload(`/dev/${kernelDev}`, j, "kernel", "device", true);
+}
+
+// The export path: pvdrv's NBD export (polling, its default) and nbdkit, each behind a kernel NBD device.
+const PV_SOCK = "/tmp/bench-pvdrv-nbd.sock", KIT_SOCK = "/tmp/bench-nbdkit.sock";
+const pv = new Running(task("cli/nbd.ts", [vfioDisk.pci, "--socket", PV_SOCK, "--json"]));
+// cache=none: nbdkit drops what it read or wrote from the page cache, as pvdrv has none.
+const kit = new Running(
+  new Deno.Command("nbdkit", {
+    args: ["-f", "-U", KIT_SOCK, NBDKIT_FILE_PLUGIN, `file=/dev/${kernelDev}`, "cache=none"],
+    stdout: "piped",
+    stderr: "piped",
+  }),
+);
+try {
+  await pv.waitFor(/"serving"/, 60_000);
+  await socketUp(KIT_SOCK, "nbdkit");
+  sh("nbd-client", ["-unix", PV_SOCK, "/dev/nbd0", "-b", "4096"]);
+  sh("nbd-client", ["-unix", KIT_SOCK, "/dev/nbd1", "-b", "4096"]);
+  try {
+    for (const j of JOBS) {
+      await blkload("/dev/nbd0", j, "pvdrv NBD export", "export", false);
+      await blkload("/dev/nbd1", j, "nbdkit", "export", true);
+    }
+  } finally {
+    for (const d of ["/dev/nbd0", "/dev/nbd1"]) {
+      try {
+        sh("nbd-client", ["-d", d]);
+      } catch (e) {
+        console.error(`${(e as Error).message}`);
+      }
+    }
+  }
+} finally {
+  await pv.stop();
+  await kit.stop();
 }
