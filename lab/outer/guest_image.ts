@@ -50,7 +50,7 @@ const PACKAGE_FILES = [
   { from: "sbin/nbd-client", to: "bin/nbd-client" },
   {
     from: "usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-file-plugin.so",
-    to: "lib/nbdkit/nbdkit-file-plugin.so",
+    to: NBDKIT_FILE_PLUGIN.slice(1), // nbdkit takes a plugin by path
   },
 ];
 
