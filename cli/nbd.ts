@@ -48,7 +48,11 @@ await runMain(USAGE, async () => {
   const irq = irqArg(values.irq);
   const disk = await openDisk(name, { irq });
   const exportName = values.name ?? "";
-  const exp = new NbdExport(disk, { name: exportName, readOnly: values["read-only"] ?? false });
+  const exp = new NbdExport(disk, {
+    name: exportName,
+    readOnly: values["read-only"] ?? false,
+    interrupts: irq !== "poll",
+  });
   const path = values.socket ??
     (port === undefined ? `${Deno.makeTempDirSync({ prefix: "pvdrv-nbd-" })}/nbd.sock` : "");
   const say = (o: Record<string, unknown>, text: string) =>

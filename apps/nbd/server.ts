@@ -63,6 +63,11 @@ export interface NbdExportOptions {
   readOnly?: boolean;
   /** The disk queue to use (default 0). */
   queue?: number;
+  /**
+   * The disk was opened with interrupts: while requests are in flight the session sleeps on the completion
+   * interrupt instead of polling, leaving the CPU to the client (default false: poll).
+   */
+  interrupts?: boolean;
 }
 
 /** What one session did. */
@@ -138,6 +143,8 @@ class ConnReader {
 
 /** One NBD request in flight. */
 interface Slot {
+  /** Its place in the session's slots: the tag of the disk requests it posts. */
+  readonly index: number;
   busy: boolean;
   /** Its reply was started (it is answered once, whoever finishes it first). */
   answered: boolean;
@@ -203,7 +210,7 @@ export class NbdExport {
     }
     this.#busy = true;
     const rd = new ConnReader(conn);
-    const session = new Session(this, conn, rd, stats, this.#opts.queue ?? 0);
+    const session = new Session(this, conn, rd, stats, this.#opts.queue ?? 0, this.#opts.interrupts ?? false);
     try {
       if (await this.#handshake(conn, rd, stats)) await session.run();
     } catch (e) {
@@ -376,6 +383,7 @@ class Session {
     readonly rd: ConnReader,
     readonly stats: NbdSessionStats,
     readonly queue: number,
+    readonly interrupts: boolean,
   ) {
     this.#disk = exp.disk;
     this.#done = new Completions(64);
@@ -383,6 +391,7 @@ class Session {
     const perReq = Math.ceil(NBD_MAX_REQUEST / i.maxSegmentBytes);
     for (let k = 0; k < DEPTH; k++) {
       this.#slots.push({
+        index: k,
         busy: false,
         answered: false,
         type: 0,
@@ -528,7 +537,7 @@ class Session {
           for (let j = 0; j < n; j++) q.buffers[j] = slot.bufs[k + j], len += slot.bufs[k + j].length;
           q.length = len;
           q.fua = fua;
-          q.tag = this.#slots.indexOf(slot);
+          q.tag = slot.index;
           await this.#post(slot);
         }
         return;
@@ -537,7 +546,7 @@ class Session {
         this.#one[0].op = BlockOp.Flush;
         this.#one[0].count = 0;
         this.#one[0].length = 0;
-        this.#one[0].tag = this.#slots.indexOf(slot);
+        this.#one[0].tag = slot.index;
         return await this.#post(slot);
       case NBD_CMD.TRIM: {
         if (!i.discard) return; // advisory: nothing to do
@@ -582,7 +591,7 @@ class Session {
     q.length = n;
     q.count = 0;
     q.unmap = unmap;
-    q.tag = this.#slots.indexOf(slot);
+    q.tag = slot.index;
   }
 
   /** Submit `this.#one[0]` for `slot`, waiting while the queue is full. */
@@ -685,7 +694,15 @@ class Session {
         continue;
       }
       if (this.#disk.inFlight(this.queue) > 0) {
-        await tick();
+        if (this.interrupts) {
+          try {
+            await this.#disk.waitCompletion(this.queue);
+          } catch (e) {
+            this.#failed = e as Error;
+            this.stats.ended = `the disk failed: ${(e as Error).message}`;
+            return;
+          }
+        } else await tick();
         continue;
       }
       // Nothing with the disk: sleep until the reader starts something (or the session ends).

@@ -3,11 +3,11 @@
  * two queues) — pvdrv on 0000:00:0b.0 over VFIO (`deno task blk bench`, polling and on MSI-X) and the guest
  * kernel's virtio_blk on 0000:00:0d.0 (build/blkload: O_DIRECT, one thread per outstanding request) — 4 KiB random
  * reads and writes at queue depth 1 and 32, 128 KiB sequential reads and writes at depth 8. Then the export path:
- * the same jobs by build/blkload on /dev/nbd0, served by pvdrv's NBD export of 0000:00:0b.0, beside /dev/nbd1,
- * served by nbdkit's file plugin (Debian) over the kernel's disk; both attached by Debian's nbd-client over Unix
- * sockets, one connection each. One line per driver and job: `PVDRV-BLKBENCH {json}` with IOPS per window (the
- * median is the figure), MB/s, p50 and p99 latency; `path` says device or export, `baseline` marks the row the
- * others of its job and path are compared with.
+ * the same jobs by build/blkload on /dev/nbd0, served by pvdrv's NBD export of 0000:00:0b.0 (polling, then on
+ * MSI-X), beside /dev/nbd1, served by nbdkit's file plugin (Debian) over the kernel's disk; both attached by
+ * Debian's nbd-client over Unix sockets, one connection each. One line per driver and job: `PVDRV-BLKBENCH {json}`
+ * with IOPS per window (the median is the figure), MB/s, p50 and p99 latency; `path` says device or export,
+ * `baseline` marks the row the others of its job and path are compared with.
  * @module
  */
 import { LAB_DISKS, NBDKIT_FILE_PLUGIN } from "../topology.ts";
@@ -33,8 +33,14 @@ const kernelDev = readDevice(kernelDisk.pci).blockDevices[0];
 if (!kernelDev) throw new Error(`${kernelDisk.pci} has no kernel disk`);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-/** One blkload run of job `j` on block device `dev`, printed as a result line for `driver`. */
-async function blkload(dev: string, j: typeof JOBS[number], driver: string, path: string, baseline: boolean) {
+/** One blkload run of job `j` on block device `dev`: the result line for `driver`. */
+async function blkload(
+  dev: string,
+  j: typeof JOBS[number],
+  driver: string,
+  path: string,
+  baseline: boolean,
+): Promise<string> {
   const k = await commandJson<{ windows: number[]; p50us: number; p99us: number }>(
     new Deno.Command(BLKLOAD, {
       args: [dev, j.mode, `${j.bs}`, `${j.qd}`, `${SECONDS}`, `${WINDOWS}`],
@@ -53,7 +59,7 @@ async function blkload(dev: string, j: typeof JOBS[number], driver: string, path
     windows: k.windows,
     mbps: +((iops * j.bs) / 1e6).toFixed(1),
   };
-  console.log(`PVDRV-BLKBENCH ${JSON.stringify({ ...row, p50us: k.p50us, p99us: k.p99us })}`);
+  return `PVDRV-BLKBENCH ${JSON.stringify({ ...row, p50us: k.p50us, p99us: k.p99us })}`;
 }
 
 /** Run `cmd args`, failing with its output. */
@@ -93,12 +99,36 @@ for (const j of JOBS) {
     const row = { ...j, driver: `pvdrv (${irq})`, path: "device", baseline: false, ...r };
     console.log(`PVDRV-BLKBENCH ${JSON.stringify(row)}`);
   }
-  await blkload(`/dev/${kernelDev}`, j, "kernel", "device", true);
+  console.log(await blkload(`/dev/${kernelDev}`, j, "kernel", "device", true));
 }
 
-// The export path: pvdrv's NBD export (polling, its default) and nbdkit, each behind a kernel NBD device.
+// The export path: pvdrv's NBD export (polling, then sleeping on MSI-X) and nbdkit, each behind a kernel NBD
+// device attached by nbd-client; the rows are printed per job at the end.
 const PV_SOCK = "/tmp/bench-pvdrv-nbd.sock", KIT_SOCK = "/tmp/bench-nbdkit.sock";
-const pv = new Running(task("cli/nbd.ts", [vfioDisk.pci, "--socket", PV_SOCK, "--json"]));
+const rows: string[][] = JOBS.map(() => []);
+const collect = async (dev: string, driver: string, baseline: boolean) => {
+  for (const [k, j] of JOBS.entries()) rows[k].push(await blkload(dev, j, driver, "export", baseline));
+};
+
+/** Attach `dev` to the server on `sock`, run every job on it, detach. */
+async function exportJobs(sock: string, dev: string, driver: string, baseline: boolean): Promise<void> {
+  sh("nbd-client", ["-unix", sock, dev, "-b", "4096"]);
+  try {
+    await collect(dev, driver, baseline);
+  } finally {
+    sh("nbd-client", ["-d", dev]);
+  }
+}
+
+for (const irq of ["poll", "msix"]) {
+  const pv = new Running(task("cli/nbd.ts", [vfioDisk.pci, "--socket", PV_SOCK, "--irq", irq, "--json"]));
+  try {
+    await pv.waitFor(/"serving"/, 60_000);
+    await exportJobs(PV_SOCK, "/dev/nbd0", `pvdrv NBD export (${irq})`, false);
+  } finally {
+    await pv.stop();
+  }
+}
 // cache=none: nbdkit drops what it read or wrote from the page cache, as pvdrv has none.
 const kit = new Running(
   new Deno.Command("nbdkit", {
@@ -108,25 +138,9 @@ const kit = new Running(
   }),
 );
 try {
-  await pv.waitFor(/"serving"/, 60_000);
   await socketUp(KIT_SOCK, "nbdkit");
-  sh("nbd-client", ["-unix", PV_SOCK, "/dev/nbd0", "-b", "4096"]);
-  sh("nbd-client", ["-unix", KIT_SOCK, "/dev/nbd1", "-b", "4096"]);
-  try {
-    for (const j of JOBS) {
-      await blkload("/dev/nbd0", j, "pvdrv NBD export", "export", false);
-      await blkload("/dev/nbd1", j, "nbdkit", "export", true);
-    }
-  } finally {
-    for (const d of ["/dev/nbd0", "/dev/nbd1"]) {
-      try {
-        sh("nbd-client", ["-d", d]);
-      } catch (e) {
-        console.error(`${(e as Error).message}`);
-      }
-    }
-  }
+  await exportJobs(KIT_SOCK, "/dev/nbd1", "nbdkit", true);
 } finally {
-  await pv.stop();
   await kit.stop();
 }
+for (const r of rows) for (const line of r) console.log(line);
