@@ -146,15 +146,7 @@ export class VirtioBlkModel extends VirtioPciModel {
   }
 
   /** Serve every request the driver made available on queue `qi`. */
-  process(qi: number): number {
-    try {
-      return this.#process(qi);
-    } catch (e) {
-      return this.driverBroke(e, 0);
-    }
-  }
-
-  #process(qi: number): number {
+  protected serve(qi: number): number {
     if (!this.live(qi)) return 0;
     const dq = this.dq(qi), c = this.#chain;
     let n = 0;

@@ -96,15 +96,7 @@ export class VirtioNetModel extends VirtioPciModel {
   }
 
   /** Consume what the driver made available on queue `qi` (TX and control queues). */
-  process(qi: number): number {
-    try {
-      return this.#process(qi);
-    } catch (e) {
-      return this.driverBroke(e, 0);
-    }
-  }
-
-  #process(qi: number): number {
+  protected serve(qi: number): number {
     if (!this.live(qi)) return 0;
     const dq = this.dq(qi), c = this.#chain;
     const ctrl = qi === this.#ctrlQueue();

@@ -119,8 +119,20 @@ export abstract class VirtioPciModel {
 
   // ---- what a device type supplies ----
 
-  /** Consume what the driver made available on queue `qi`; returns how many chains. */
-  abstract process(qi: number): number;
+  /** Serve what the driver made available on queue `qi`; returns how many chains. May throw DeviceQueueError. */
+  protected abstract serve(qi: number): number;
+
+  /**
+   * Consume what the driver made available on queue `qi`; returns how many chains. A queue the driver broke
+   * stops here, as {@link VirtioPciModel.driverBroke} says.
+   */
+  process(qi: number): number {
+    try {
+      return this.serve(qi);
+    } catch (e) {
+      return this.driverBroke(e, 0);
+    }
+  }
   /** A device-config register read (offset within device config), or undefined for the stored bytes. */
   protected readDeviceConfig(_off: number): number | undefined {
     return undefined;
