@@ -214,11 +214,28 @@ export abstract class DiskCore<Q extends DiskQueue> extends DeviceCore<Q> implem
     return this.pairs.map((q) => ({ ...q.stats }));
   }
 
+  /**
+   * Re-read what the disk says of itself after a change. Only the capacity and the write-cache mode may change:
+   * the queues were built for the request limits, and requests already checked against the logical block size
+   * would be wrong under another, so a change of it breaks every queue ({@link breakQueues}) and throws.
+   */
   refresh(): boolean {
-    const before = this.info.capacity;
-    this.info = this.readInfo();
-    return this.info.capacity !== before;
+    const old = this.info, now = this.readInfo();
+    if (now.logicalBlockSize !== old.logicalBlockSize) {
+      throw this.breakQueues(
+        `device changed ${this.blockSizeName} from ${old.logicalBlockSize} to ${now.logicalBlockSize} while in use`,
+      );
+    }
+    this.info = { ...old, capacity: now.capacity, writeCache: now.writeCache };
+    return now.capacity !== old.capacity;
   }
+
+  /** Whether the device answers get-id (virtio-blk does; blkif has no such operation). */
+  protected readonly hasDeviceId: boolean = true;
+  /** What the device calls its logical block size, for errors (virtio-blk: blk_size; blkif: sector-size). */
+  protected abstract readonly blockSizeName: string;
+  /** Break every queue with `msg` (the device went wrong under them); returns the error to throw. */
+  protected abstract breakQueues(msg: string): Error;
 
   /** Check `r` against the disk's limits before anything is posted. */
   #check(r: BlockRequest): void {
@@ -241,8 +258,13 @@ export abstract class DiskCore<Q extends DiskQueue> extends DeviceCore<Q> implem
         for (let k = 0; k < r.count; k++) {
           const b = r.buffers[k];
           this.#held(b);
-          if (!(b.length > 0 && b.length <= b.data.length && b.length <= i.maxSegmentBytes)) {
-            throw new RangeError(`${name}: buffer ${k} length ${b.length} outside 1..${i.maxSegmentBytes}`);
+          // Whole 512-byte sectors per buffer: blkif segments count sectors (first_sect..last_sect).
+          if (
+            !(b.length > 0 && b.length <= b.data.length && b.length <= i.maxSegmentBytes) || b.length % 512
+          ) {
+            throw new RangeError(
+              `${name}: buffer ${k} length ${b.length} is not a multiple of 512 in 512..${i.maxSegmentBytes}`,
+            );
           }
           sum += b.length;
         }
@@ -276,6 +298,9 @@ export abstract class DiskCore<Q extends DiskQueue> extends DeviceCore<Q> implem
         return;
       }
       case BlockOp.GetId:
+        if (!this.hasDeviceId) {
+          throw new PvdrvError("disk", `${name} has no device id to get`, { code: "UNSUPP" });
+        }
         if (r.count !== 1) throw new RangeError(`${name}: get-id takes one buffer`);
         this.#held(r.buffers[0]);
         if (r.buffers[0].data.length < SERIAL_BYTES) {

@@ -269,24 +269,17 @@ export class VirtioBlk extends DiskCore<VirtioBlkQueue> {
     return true;
   }
 
-  /**
-   * Re-read the config after a change: the capacity (and cache mode) may change; the request limits the queues
-   * were built for stay. A logical block size that changes under the driver breaks every queue.
-   */
-  override refresh(): boolean {
-    const old = this.info, now = this.readInfo();
-    if (now.logicalBlockSize !== old.logicalBlockSize) {
-      const msg =
-        `device changed blk_size from ${old.logicalBlockSize} to ${now.logicalBlockSize} while in use`;
-      for (const q of this.pairs) {
-        try {
-          q.vq.fail(msg);
-        } catch { /* each queue is now broken */ }
-      }
-      throw new VirtioError(`${this.name}: ${msg}`);
+  /** virtio's name for the logical block size (§5.2.4). */
+  protected readonly blockSizeName = "blk_size";
+
+  /** Break every queue with `msg`: a config change the driver cannot follow (see {@link refresh}). */
+  protected breakQueues(msg: string): Error {
+    for (const q of this.pairs) {
+      try {
+        q.vq.fail(msg);
+      } catch { /* each queue is now broken */ }
     }
-    this.info = { ...old, capacity: now.capacity, writeCache: now.writeCache };
-    return now.capacity !== old.capacity;
+    return new VirtioError(`${this.name}: ${msg}`);
   }
 
   /** Throws when the device needs a reset or a queue broke. */
