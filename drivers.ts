@@ -9,7 +9,7 @@
  * - Linux implementations over the native shim (`ffi/`): VFIO, UIO, sysfs, gntalloc, evtchn, xenbus;
  * - drivers (`drivers/`): the class-agnostic device core and buffer pools (`core/`), the NIC class core
  *   (`net/`), virtio (transports, split virtqueue driver and device sides, virtio-net), Xen (xenstore, XenBus
- *   frontend, rings, netif, netfront) and PCI config space.
+ *   frontend, rings, netif, netfront, blkif, blkfront) and PCI config space.
  *
  * ```ts
  * import { openPci, VirtioNet } from "./drivers.ts";
@@ -183,7 +183,16 @@ export { XenStore, XenStoreError, type XenStoreOptions } from "./drivers/xen/xen
 export { readState, waitState, XenbusState } from "./drivers/xen/xenbus.ts";
 export { Netfront, type NetfrontOptions, type NetfrontQueuePair, txLayout } from "./drivers/xen/netfront.ts";
 export { NETFRONT_MAX_MTU } from "./drivers/xen/netif.ts";
-export { FrontRing, RingError } from "./drivers/xen/ring.ts";
+export { Blkfront, type BlkfrontOptions, type BlkfrontQueue } from "./drivers/xen/blkfront.ts";
+export {
+  type BlkbackDisk,
+  type BlkbackRings,
+  MAX_RING_PAGE_ORDER,
+  readBlkbackDisk,
+  readBlkbackRings,
+} from "./drivers/xen/blkback_info.ts";
+export * as blkif from "./drivers/xen/blkif.ts";
+export { FrontRing, RingError, ringSize, type RingViews, ringViews } from "./drivers/xen/ring.ts";
 export {
   DOMID_FIRST_RESERVED,
   findFrontend,

@@ -17,6 +17,7 @@ import type { Disk } from "../drivers/block/disk.ts";
 import type { IrqMode } from "../drivers/core/device.ts";
 import { virtioDeviceType } from "../drivers/virtio/pci.ts";
 import { Netfront } from "../drivers/xen/netfront.ts";
+import { Blkfront } from "../drivers/xen/blkfront.ts";
 import { XenStore } from "../drivers/xen/xenstore.ts";
 import { type DeviceUse, deviceUse, diskUse, type Machine, networkUse } from "./device_use.ts";
 
@@ -143,6 +144,25 @@ function openVirtioBlk(address: string, opts: DiskOpenOptions): Promise<Disk> {
   }));
 }
 
+async function openBlkfront(name: string, opts: DiskOpenOptions): Promise<Disk> {
+  const vbd = Number(name.slice(name.indexOf("/") + 1));
+  const xs = new XenStore(new XenbusDevice());
+  const grants = new Gntalloc();
+  try {
+    // Once open, the disk owns its xenstore connection and grant device and closes them with itself.
+    return await Blkfront.open(xs, grants, new Evtchn(), {
+      vbd,
+      queues: opts.queues,
+      queueDepth: opts.queueDepth,
+      owns: [xs, grants],
+    });
+  } catch (e) {
+    grants.close();
+    await xs.close();
+    throw e;
+  }
+}
+
 /** Every driver pvdrv has. */
 export const DRIVERS: readonly Driver[] = [
   {
@@ -160,6 +180,7 @@ export const DRIVERS: readonly Driver[] = [
     pci: (d) => virtioDeviceType(d) === VIRTIO_BLK,
     open: openVirtioBlk,
   },
+  { name: "blkfront", kind: "disk", class: DEVICE_CLASSES.disk, xenbus: "vbd", open: openBlkfront },
 ];
 
 /** The NIC drivers. */

@@ -1,6 +1,7 @@
 /**
  * The front end of a Xen shared ring (Xen public/io/ring.h): a 64-byte header {req_prod, req_event, rsp_prod,
- * rsp_event} and a power-of-two array of request/response unions filling the rest of one 4 KiB page. Indices are
+ * rsp_event} and a power-of-two array of request/response unions filling the rest of its pages (one 4 KiB page,
+ * or 2^order for blkif's multi-page rings). Indices are
  * free-running u32. The backend's rsp_prod is checked before any response is read.
  * @module
  */
@@ -15,15 +16,41 @@ export class RingError extends PvdrvError {
   }
 }
 
-/** Entries of a ring whose union is `entryBytes` long (`__CONST_RING_SIZE`). */
-export function ringSize(entryBytes: number): number {
+/** Entries of a ring of `pages` pages whose union is `entryBytes` long (`__CONST_RING_SIZE`). */
+export function ringSize(entryBytes: number, pages = 1): number {
   let n = 1;
-  while (n * 2 * entryBytes <= XEN_PAGE - 64) n *= 2;
+  while (n * 2 * entryBytes <= pages * XEN_PAGE - 64) n *= 2;
   return n;
 }
 
-/** The frontend's view of one shared ring page. */
-export class FrontRing {
+/**
+ * The typed views of a ring's pages that the wire modules (netif.ts, blkif.ts) read and write: a
+ * {@link FrontRing} is one; a backend (the models) makes its own with {@link ringViews}.
+ */
+export interface RingViews {
+  /** The pages, bytes. */
+  readonly page: Uint8Array;
+  /** u16 view. */
+  readonly u16: Uint16Array;
+  /** u32 view. */
+  readonly u32: Uint32Array;
+  /** i16 view (statuses). */
+  readonly i16: Int16Array;
+}
+
+/** Views of `page` (a ring's pages, already mapped) without touching its contents. */
+export function ringViews(page: Uint8Array): RingViews {
+  const { buffer, byteOffset, length } = page;
+  return {
+    page,
+    u16: new Uint16Array(buffer, byteOffset, length >> 1),
+    u32: new Uint32Array(buffer, byteOffset, length >> 2),
+    i16: new Int16Array(buffer, byteOffset, length >> 1),
+  };
+}
+
+/** The frontend's view of one shared ring (one page, or 2^order contiguous pages: blkif's ring-page-order). */
+export class FrontRing implements RingViews {
   /** Number of entries. */
   readonly size: number;
   /** Header words: [0] req_prod, [1] req_event, [2] rsp_prod, [3] rsp_event. */
@@ -44,14 +71,17 @@ export class FrontRing {
   #pushed = 0;
   #broken: RingError | null = null;
 
-  /** SHARED_RING_INIT + FRONT_RING_INIT on `page`. */
+  /** SHARED_RING_INIT + FRONT_RING_INIT on `page` (whole pages). */
   constructor(page: Uint8Array<ArrayBuffer>, readonly entryBytes: number, readonly name: string) {
-    this.size = ringSize(entryBytes);
+    if (page.length === 0 || page.length % XEN_PAGE !== 0) {
+      throw new RangeError(`${name}: a ring is whole pages, not ${page.length} bytes`);
+    }
+    this.size = ringSize(entryBytes, page.length / XEN_PAGE);
     this.page = page;
     this.hdr = new Uint32Array(page.buffer, page.byteOffset, 4);
-    this.u16 = new Uint16Array(page.buffer, page.byteOffset, XEN_PAGE / 2);
-    this.u32 = new Uint32Array(page.buffer, page.byteOffset, XEN_PAGE / 4);
-    this.i16 = new Int16Array(page.buffer, page.byteOffset, XEN_PAGE / 2);
+    this.u16 = new Uint16Array(page.buffer, page.byteOffset, page.length / 2);
+    this.u32 = new Uint32Array(page.buffer, page.byteOffset, page.length / 4);
+    this.i16 = new Int16Array(page.buffer, page.byteOffset, page.length / 2);
     page.fill(0);
     this.hdr[1] = 1; // req_event
     this.hdr[3] = 1; // rsp_event

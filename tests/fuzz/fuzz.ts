@@ -1,5 +1,5 @@
 /**
- * `deno task fuzz [--target virtio|virtio-config|virtio-race|netfront|xenbus|xenstore|net|blk|blk-config|nbd|all] [--seconds N] [--seed S]
+ * `deno task fuzz [--target virtio|virtio-config|virtio-race|netfront|xenbus|xenstore|net|blk|blk-config|nbd|blkfront|all] [--seconds N] [--seed S]
  * [--iteration I] [--json FILE]`: the real driver code against the in-process models made hostile.
  *
  * Each iteration builds a fresh model and driver from a seeded PRNG, then interleaves valid traffic with hostile
@@ -26,6 +26,7 @@ import { blkIteration } from "./blk_target.ts";
 import { nbdIteration } from "./nbd_target.ts";
 import { raceIteration, virtioIteration } from "./virtio_target.ts";
 import { netfrontIteration } from "./netfront_target.ts";
+import { blkfrontIteration } from "./blkfront_target.ts";
 import { xenstoreIteration } from "./xenstore_target.ts";
 import { BAD, type Outcome, type Result, Rng, type TargetReport } from "./oracle.ts";
 
@@ -45,6 +46,7 @@ const TARGETS: Record<string, { steps: number; run: (rng: Rng, steps: number) =>
     blk: { steps: 2000, run: (r, s) => blkIteration(r, s, false) },
     "blk-config": { steps: 40, run: (r, s) => blkIteration(r, s, true) },
     nbd: { steps: 300, run: nbdIteration },
+    blkfront: { steps: 1000, run: blkfrontIteration },
   };
 
 function gc(): void {
@@ -116,7 +118,7 @@ export async function fuzzTarget(
 export const FUZZ_TARGETS: string[] = Object.keys(TARGETS);
 
 const USAGE =
-  `usage: deno task fuzz [--target virtio|virtio-config|virtio-race|netfront|xenbus|xenstore|net|blk|blk-config|nbd|all] [--seconds N]
+  `usage: deno task fuzz [--target virtio|virtio-config|virtio-race|netfront|xenbus|xenstore|net|blk|blk-config|nbd|blkfront|all] [--seconds N]
                        [--seed S] [--iteration I] [--json FILE]
   --seconds N    per target (default 10)
   --seed S       PRNG seed (default 1); with --iteration I, replay that one iteration`;

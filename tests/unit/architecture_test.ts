@@ -153,7 +153,8 @@ Deno.test("driver table: probe, bind, openNic and openDisk ask one table what pv
   assert.equal(pciDriverFor({ vendorId: 0x1af4, deviceId: 0x1044, subsystemId: 0 }), null, "virtio-rng");
   assert.equal(pciDriverFor({ vendorId: 0x8086, deviceId: 0x100e, subsystemId: 0 }), null);
   assert.equal(xenbusDriverFor("vif")?.name, "netfront");
-  assert.equal(xenbusDriverFor("vbd"), null);
+  assert.equal(xenbusDriverFor("vbd")?.name, "blkfront");
+  assert.equal(xenbusDriverFor("vscsi"), null);
   assert.deepEqual(deviceKind(net), { kind: "virtio-net (modern)", supported: true });
   assert.deepEqual(deviceKind(blk), { kind: "virtio-block (modern)", supported: true });
   assert.ok(DRIVERS.every((d) => (d.pci !== undefined) !== (d.xenbus !== undefined)));
@@ -161,6 +162,12 @@ Deno.test("driver table: probe, bind, openNic and openDisk ask one table what pv
   assert.ok(DISK_DRIVERS.every((d) => d.class === DEVICE_CLASSES.disk) && DISK_DRIVERS.length > 0);
   await assert.rejects(
     () => openNic("vbd/0"),
+    (e) =>
+      isPvdrvError(e, "nic") &&
+      /vbd\/0 is a disk \(blkfront\), not a nic: open it with openDisk/.test(e.message),
+  );
+  await assert.rejects(
+    () => openNic("vscsi/0"),
     (e) => isPvdrvError(e, "nic") && /no pvdrv driver/.test(e.message),
   );
   await assert.rejects(
