@@ -2,7 +2,9 @@
  * The nested Xen lab (see docs/xen.md): Xen 4.17 under QEMU TCG (`-cpu qemu64`), a PV dom0 from a
  * debootstrapped Debian with xen-utils, and a PV domU running Deno + pvdrv's netfront against dom0's real
  * xen-netback. dom0's /init runs the whole scenario and prints markers the host collects:
- *  - domU (console streamed through dom0): pvdrv's Xen tests (tests/xen/guest, then tests/xen/net against dom0's stack) → PVDRV-DOMU-EXIT=n; the
+ *  - domU (console streamed through dom0): pvdrv's Xen tests (tests/xen/guest: blkfront against dom0's
+ *    xen-blkback on a virtio disk of dom0's — the host checks the disk's file afterwards — and netfront; then
+ *    tests/xen/net against dom0's stack) → PVDRV-DOMU-EXIT=n; the
  *    benchmark (tests/xen/guest/bench.ts: pvdrv, then the kernel's xen-netfront on the same vif) → PVDRV-BENCH
  *    lines; then the guest agent, left running for dom0's `xl shutdown`.
  *  - dom0: pvpeer on vif1.0 verifies every frame from the domU → DOM0-RECV {json}, sends frames to it
@@ -28,6 +30,7 @@ import {
 import { buildPeerTool } from "./build_c.ts";
 import { LabError, runQemu } from "./qemu.ts";
 import { buildNative } from "../../ffi/lib.ts";
+import { backingFileCheck, BLOCK_HOTPLUG, BLOCK_SCRIPT, freshDisks, XEN_DISKS } from "./xen_disks.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 /** The library and tool folders the domU needs (the tests it runs import them). */
@@ -44,6 +47,10 @@ const DOM0_MODULES = [
   "xenfs",
   "xen-netback",
   "bridge",
+  // The disks the outer QEMU gives dom0 (virtio-blk on raw files), served to the domU by xen-blkback.
+  "virtio_pci",
+  "virtio_blk",
+  "xen-blkback",
 ];
 const DOMU_MODULES = ["xen-evtchn", "xen-gntalloc", "xen-gntdev", "xenfs", "tun"];
 /** The domU's MAC (set in its vif config). */
@@ -269,6 +276,12 @@ export async function buildXenLab(benchSeconds = XEN_BENCH_SECONDS): Promise<Xen
     mode: 0o755,
   });
   d0.add({ path: "usr/local/bin/pvpeer", type: "file", data: Deno.readFileSync(peer), mode: 0o755 });
+  d0.add({
+    path: BLOCK_SCRIPT.slice(1),
+    type: "file",
+    data: new TextEncoder().encode(BLOCK_HOTPLUG),
+    mode: 0o755,
+  });
   d0.add({ path: "boot/domU-vmlinux", type: "file", data: Deno.readFileSync(`${domU}/vmlinux`) });
   d0.add({ path: "boot/domU-initrd.cpio", type: "file", data: Deno.readFileSync(`${domU}/initrd.cpio`) });
   d0.add({
@@ -277,6 +290,11 @@ export async function buildXenLab(benchSeconds = XEN_BENCH_SECONDS): Promise<Xen
     data: new TextEncoder().encode(
       `name = "pvdrv-domU"\ntype = "pv"\nkernel = "/boot/domU-vmlinux"\nramdisk = "/boot/domU-initrd.cpio"\n` +
         `extra = "console=hvc0 quiet"\nmemory = 1024\nvcpus = 1\ncpus = "1"\nvif = [ 'mac=${DOMU_MAC},bridge=xenbr0' ]\n` +
+        `disk = [ ${
+          XEN_DISKS.map((d) =>
+            `'format=raw, vdev=${d.vdev}, access=rw, script=${BLOCK_SCRIPT}, target=${d.dom0}'`
+          ).join(", ")
+        } ]\n` +
         `on_poweroff = "destroy"\non_crash = "destroy"\n`,
     ),
   });
@@ -286,7 +304,8 @@ export async function buildXenLab(benchSeconds = XEN_BENCH_SECONDS): Promise<Xen
 
 /** Whether a console line of a Xen lab run is worth showing (markers, test results), not boot noise. */
 export function isReportLine(l: string): boolean {
-  return /^( {2}|PVDRV-DOMU|PVDRV-BENCH|DOM0-|ok \||FAILED|error|netfront|running|xen-agent)/.test(l);
+  return /^( {2}|PVDRV-DOMU|PVDRV-BENCH|PVDRV-XEN-BLK|DOM0-|ok \||FAILED|error|netfront|blkfront|running|xen-agent)/
+    .test(l);
 }
 
 type Json = Record<string, number>;
@@ -305,6 +324,10 @@ export interface XenRun {
   shutdownRc: number | null;
   /** Seconds from QEMU start to the end. */
   seconds: number;
+  /** The folder of this run's disk files (backing dom0's virtio disks). */
+  diskDir: string;
+  /** What pvdrv's blkfront wrote on xvda, as the domU reported it (PVDRV-XEN-BLK-EXPECT), or null. */
+  blkExpect: { mib: number; block: number; seed: number } | null;
 }
 
 /** One verdict of a Xen lab run. */
@@ -332,6 +355,7 @@ export function checkXenRun(r: XenRun): XenCheck[] {
   });
   const agent = r.lines.find((l) => /^xen-agent: poweroff requested/.test(l));
   return [
+    backingFileCheck(r.diskDir, r.blkExpect),
     frames("RECV", XEN_FRAMES, "MTU-1500 frames"),
     sent("SEND", XEN_FRAMES, "MTU-1500 frames"),
     frames("RECV-JUMBO", XEN_JUMBO_FRAMES, "jumbo frames"),
@@ -366,7 +390,9 @@ export async function runXenLab(
   opts: { timeoutSec?: number; onLine?: (l: string) => void; benchSeconds?: number } = {},
 ): Promise<XenRun> {
   const img = await buildXenLab(opts.benchSeconds);
+  const diskDir = `${XEN_DIR}/run`, drives = freshDisks(diskDir);
   const args = [
+    ...drives,
     "-accel",
     "tcg",
     "-cpu",
@@ -385,13 +411,28 @@ export async function runXenLab(
     `${img.dom0Kernel} console=hvc0 earlyprintk=xen rdinit=/init rootfstype=ramfs quiet,${img.dom0Initrd}`,
   ]; // deno-fmt-ignore
   const t0 = performance.now();
-  const run: XenRun = { lines: [], domUExit: null, dom0: {}, bench: {}, shutdownRc: null, seconds: 0 };
+  const run: XenRun = {
+    lines: [],
+    domUExit: null,
+    dom0: {},
+    bench: {},
+    shutdownRc: null,
+    seconds: 0,
+    diskDir,
+    blkExpect: null,
+  };
   const handle = (l: string) => {
     run.lines.push(l);
     opts.onLine?.(l);
     const exit = l.match(/PVDRV-DOMU-EXIT=(\d+)/);
     if (exit) run.domUExit = Number(exit[1]);
     // dom0's markers can land mid-line, after console output of the domU.
+    const blk = l.match(/PVDRV-XEN-BLK-EXPECT (\{.*\})/);
+    if (blk) {
+      try {
+        run.blkExpect = JSON.parse(blk[1]);
+      } catch { /* reported as missing */ }
+    }
     const shut = l.match(/DOM0-SHUTDOWN rc=(\d+)/);
     if (shut) run.shutdownRc = Number(shut[1]);
     const j = l.match(/(DOM0-|PVDRV-BENCH )([\w-]+(?: [\w-]+)?) (\{.*\})\s*$/);

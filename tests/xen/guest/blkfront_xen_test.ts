@@ -1,0 +1,56 @@
+// Runs inside the PV domU of the Xen lab (lab/outer/xen.ts), against dom0's real xen-blkback serving a virtio
+// disk the outer QEMU gives dom0 on a raw file. pvdrv's blkfront writes a pattern; the outer host reads that
+// file afterwards, outside the whole nested stack, and checks it (PVDRV-XEN-BLK-EXPECT).
+import assert from "assert";
+import { openDisk } from "../../../system/table.ts";
+import { probeXen } from "../../../system/xen_probe.ts";
+import { verifyDisk, verifyPlan } from "../../../apps/disk_verify.ts";
+import { Blkfront } from "../../../drivers/xen/blkfront.ts";
+
+const IN_XEN = Deno.env.get("PVDRV_XEN_GUEST") === "1";
+/** The vbd pvdrv drives (xvda); xvdb is the kernel's, for the benchmark. */
+const VBD = 51712;
+const MIB = 8, SEED = 2024;
+
+Deno.test({
+  name: "blkfront ⇄ dom0's xen-blkback: Connected with the features negotiated, 8 MiB verified, reopened",
+  ignore: !IN_XEN,
+  async fn() {
+    const x = probeXen();
+    const vbd = x.devices.find((d) => d.nodename === `device/vbd/${VBD}`);
+    assert.ok(vbd, `vbd ${VBD} on the xen bus`);
+    assert.equal(vbd.driver, null, "no kernel driver holds it");
+    const t0 = performance.now();
+    let disk = await openDisk(`vbd/${VBD}`);
+    const plan = verifyPlan(MIB << 20, 512, SEED);
+    try {
+      assert.ok(disk instanceof Blkfront);
+      const i = disk.info, b = disk.backendDisk!;
+      console.log(
+        `  connected to ${disk.backend} in ${((performance.now() - t0) / 1000).toFixed(2)} s: ` +
+          `${i.capacity} bytes, sector ${i.logicalBlockSize}, ${i.maxSegments} segments/request, ` +
+          `depth ${i.queueDepth}, flush ${b.flush}, barrier ${b.barrier}, discard ${b.discard}, ` +
+          `persistent ${b.persistent}`,
+      );
+      assert.equal(i.capacity, 64 << 20, "the 64 MiB disk dom0 was given");
+      assert.equal(i.readOnly, false);
+      assert.ok(i.maxSegments > 11, "blkback offers indirect segments");
+      const r = await verifyDisk(disk, plan);
+      assert.equal(r.mismatchAt, -1, "every byte read back");
+      await disk.flush();
+    } finally {
+      await disk.close();
+    }
+    // Reopen: a new handshake with the same backend, and the data is still there.
+    disk = await openDisk(`vbd/${VBD}`);
+    try {
+      const got = await disk.read(0, plan.expected.length);
+      let at = -1;
+      for (let k = 0; k < got.length && at < 0; k++) if (got[k] !== plan.expected[k]) at = k;
+      assert.equal(at, -1, "the pattern survived close and reopen");
+    } finally {
+      await disk.close();
+    }
+    console.log(`PVDRV-XEN-BLK-EXPECT ${JSON.stringify({ mib: MIB, block: 512, seed: SEED })}`);
+  },
+});
