@@ -140,6 +140,7 @@ export class Blkfront extends DiskCore<BlkfrontQueue> {
       publish: (put) => this.#publish(put),
       start: () => this.#start(),
       release: () => this.#release(),
+      changed: () => this.#changed(),
     }, { timeoutMs: opts.timeoutMs ?? 30_000, connectedFirst: false });
   }
 
@@ -292,6 +293,34 @@ export class Blkfront extends DiskCore<BlkfrontQueue> {
     }
     this.info = next;
     for (const q of this.pairs) q.ring.quiet();
+  }
+
+  /**
+   * The backend announced a change while connected (blkback does so after a resize: new `sectors`, Connected
+   * written again): the capacity and cache mode are re-read; a sector-size change breaks every ring.
+   */
+  async #changed(): Promise<void> {
+    const next = await this.#readDisk();
+    if (next.logicalBlockSize !== this.info.logicalBlockSize) {
+      this.breakQueues(
+        `backend changed sector-size from ${this.info.logicalBlockSize} to ${next.logicalBlockSize}`,
+      );
+      return;
+    }
+    const grew = next.capacity !== this.info.capacity;
+    this.info = { ...this.info, capacity: next.capacity, writeCache: next.writeCache };
+    if (grew) this.resizes++;
+  }
+
+  /** Capacity changes the backend announced (see {@link Blkfront.configChanged}). */
+  resizes = 0;
+  #seenResizes = 0;
+
+  /** Whether the capacity changed since the last call (a resize the backend announced); `info` has the new one. */
+  configChanged(): boolean {
+    const changed = this.resizes !== this.#seenResizes;
+    this.#seenResizes = this.resizes;
+    return changed;
   }
 
   /** The backend went away or the disk closes: stop the rings, close the ports, end the ring grants. */

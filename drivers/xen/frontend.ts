@@ -57,6 +57,11 @@ export interface FrontendSteps {
   start(): void | Promise<void>;
   /** Stop using the rings and release their grants and ports (the backend went away, or shutdown). */
   release(): void;
+  /**
+   * The backend wrote Connected again while connected: its keys changed (blkback announces a resize so). Errors
+   * are the device's to report (a change it cannot follow breaks its rings).
+   */
+  changed?(): Promise<void>;
 }
 
 /** Options of a {@link XenbusFrontend}. */
@@ -146,6 +151,8 @@ export class XenbusFrontend {
             .catch(() => {});
           this.steps.release();
           await this.setState(XenbusState.Closed).catch(() => {});
+        } else if (s === XenbusState.Connected && this.#connected) {
+          await this.steps.changed?.().catch(() => {});
         } else if (s === XenbusState.InitWait && !this.#connected && !this.#stopped) {
           try {
             await this.connect();

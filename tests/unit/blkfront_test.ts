@@ -286,3 +286,23 @@ Deno.test("blkfront: interrupts — a completion wakes the waiter (event channel
     await xs.close();
   }
 });
+
+Deno.test("blkfront: a resize the backend announces (Connected again) reaches info; the new space works", async () => {
+  const { back, xs, open } = lab({ sectors: 2048 });
+  const disk = await open();
+  try {
+    assert.equal(disk.info.capacity, 2048 * 512);
+    assert.equal(disk.configChanged(), false);
+    back.resize(4096);
+    for (let i = 0; i < 100 && !disk.configChanged(); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(disk.info.capacity, 4096 * 512);
+    assert.equal(disk.resizes, 1);
+    const data = pattern(4096, 8);
+    await disk.write(3000 * 512, data);
+    assert.deepEqual(back.disk.subarray(3000 * 512, 3000 * 512 + 4096), data);
+    await assert.rejects(() => disk.write(4096 * 512, data), /end past the disk/);
+  } finally {
+    await disk.close();
+    await xs.close();
+  }
+});

@@ -1,16 +1,50 @@
 // Runs inside the PV domU of the Xen lab (lab/outer/xen.ts), against dom0's real xen-blkback serving a virtio
-// disk the outer QEMU gives dom0 on a raw file. pvdrv's blkfront writes a pattern; the outer host reads that
-// file afterwards, outside the whole nested stack, and checks it (PVDRV-XEN-BLK-EXPECT).
+// disk the outer QEMU gives dom0 on a raw file. First a verify killed mid-write and a clean one after it; last,
+// pvdrv's blkfront writes the pattern the outer host reads from that file afterwards, outside the whole nested
+// stack (PVDRV-XEN-BLK-EXPECT): nothing may write the disk after it.
 import assert from "assert";
 import { openDisk } from "../../../system/table.ts";
 import { probeXen } from "../../../system/xen_probe.ts";
 import { verifyDisk, verifyPlan } from "../../../apps/disk_verify.ts";
 import { Blkfront } from "../../../drivers/xen/blkfront.ts";
+import { XenStore } from "../../../drivers/xen/xenstore.ts";
+import { XenbusDevice } from "../../../ffi/xenbus.ts";
+import { Running, task, taskJson } from "../../../lab/guest/tasks.ts";
 
 const IN_XEN = Deno.env.get("PVDRV_XEN_GUEST") === "1";
 /** The vbd pvdrv drives (xvda); xvdb is the kernel's, for the benchmark. */
 const VBD = 51712;
 const MIB = 8, SEED = 2024;
+
+Deno.test({
+  name:
+    "blkfront: a verify killed with SIGKILL mid-write; the next open closes the stale backend and verifies",
+  ignore: !IN_XEN,
+  async fn() {
+    const victim = new Running(task("cli/blk.ts", [`vbd/${VBD}`, "verify", "--mib", "48", "--seed", "7"]));
+    // Kill it once it is connected and writing: our state Connected, then a moment of writes.
+    const xs = new XenStore(new XenbusDevice());
+    try {
+      const state = () => xs.tryRead(`device/vbd/${VBD}/state`);
+      for (let i = 0; i < 600 && await state() !== "4"; i++) await new Promise((r) => setTimeout(r, 100));
+      assert.equal(await state(), "4", `the victim connected:\n${victim.text}`);
+      await new Promise((r) => setTimeout(r, 2000));
+      victim.child.kill("SIGKILL");
+      const st = await victim.child.status;
+      assert.equal(st.signal, "SIGKILL", "killed while still writing");
+      // The dead frontend left its state Connected; the backend learnt of the death by gntalloc's unmap notify.
+      console.log(
+        `  after the kill: frontend ${await state()}, backend ${await xs.tryRead(
+          `/local/domain/0/backend/vbd/1/${VBD}/state`,
+        )}`,
+      );
+    } finally {
+      await xs.close();
+    }
+    const r = await taskJson("cli/blk.ts", [`vbd/${VBD}`, "verify", "--mib", "4", "--seed", "8", "--json"]);
+    assert.equal(r.ok, true, JSON.stringify(r));
+  },
+});
 
 Deno.test({
   name: "blkfront ⇄ dom0's xen-blkback: Connected with the features negotiated, 8 MiB verified, reopened",
