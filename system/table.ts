@@ -14,7 +14,7 @@ import type { Nic } from "../drivers/net/nic.ts";
 import { VIRTIO_NET, VirtioNet } from "../drivers/virtio/net.ts";
 import { VIRTIO_BLK, VirtioBlk } from "../drivers/virtio/blk.ts";
 import type { Disk } from "../drivers/block/disk.ts";
-import type { IrqMode } from "../drivers/core/device.ts";
+import type { Closeable, IrqMode } from "../drivers/core/device.ts";
 import { virtioDeviceType } from "../drivers/virtio/pci.ts";
 import { Netfront } from "../drivers/xen/netfront.ts";
 import { Blkfront } from "../drivers/xen/blkfront.ts";
@@ -114,23 +114,39 @@ function openVirtioNet(address: string, opts: OpenOptions): Promise<Nic> {
   }));
 }
 
-async function openNetfront(name: string, opts: OpenOptions): Promise<Nic> {
-  const vif = Number(name.slice(name.indexOf("/") + 1));
+/** The Xen resources a frontend opens with: this domain's xenstore, gntalloc and evtchn. */
+interface XenResources {
+  xs: XenStore;
+  grants: Gntalloc;
+  evtchns: Evtchn;
+}
+
+/**
+ * Open Xen device `name` ("vif/0", "vbd/51712") with `open`, given its index and fresh Xen resources. Once open,
+ * the device owns its xenstore connection and grant device and closes them with itself; a failed open closes them.
+ */
+async function openXenFrontend<T>(
+  name: string,
+  open: (index: number, r: XenResources, owns: Closeable[]) => Promise<T>,
+): Promise<T> {
+  const index = Number(name.slice(name.indexOf("/") + 1));
   const xs = new XenStore(new XenbusDevice());
   const grants = new Gntalloc();
   try {
-    // Once open, the NIC owns its xenstore connection and grant device and closes them with itself.
-    return await Netfront.open(xs, grants, new Evtchn(), {
-      vif,
-      queues: opts.queues,
-      mtu: opts.mtu,
-      owns: [xs, grants],
-    });
+    return await open(index, { xs, grants, evtchns: new Evtchn() }, [xs, grants]);
   } catch (e) {
     grants.close();
     await xs.close();
     throw e;
   }
+}
+
+function openNetfront(name: string, opts: OpenOptions): Promise<Nic> {
+  return openXenFrontend(
+    name,
+    (vif, r, owns) =>
+      Netfront.open(r.xs, r.grants, r.evtchns, { vif, queues: opts.queues, mtu: opts.mtu, owns }),
+  );
 }
 
 function openVirtioBlk(address: string, opts: DiskOpenOptions): Promise<Disk> {
@@ -144,23 +160,17 @@ function openVirtioBlk(address: string, opts: DiskOpenOptions): Promise<Disk> {
   }));
 }
 
-async function openBlkfront(name: string, opts: DiskOpenOptions): Promise<Disk> {
-  const vbd = Number(name.slice(name.indexOf("/") + 1));
-  const xs = new XenStore(new XenbusDevice());
-  const grants = new Gntalloc();
-  try {
-    // Once open, the disk owns its xenstore connection and grant device and closes them with itself.
-    return await Blkfront.open(xs, grants, new Evtchn(), {
-      vbd,
-      queues: opts.queues,
-      queueDepth: opts.queueDepth,
-      owns: [xs, grants],
-    });
-  } catch (e) {
-    grants.close();
-    await xs.close();
-    throw e;
-  }
+function openBlkfront(name: string, opts: DiskOpenOptions): Promise<Disk> {
+  return openXenFrontend(
+    name,
+    (vbd, r, owns) =>
+      Blkfront.open(r.xs, r.grants, r.evtchns, {
+        vbd,
+        queues: opts.queues,
+        queueDepth: opts.queueDepth,
+        owns,
+      }),
+  );
 }
 
 /** Every driver pvdrv has. */
