@@ -6,23 +6,11 @@
  * written, every read returns it, and nothing stays allocated after close.
  */
 import { VirtioBlk } from "../../drivers/virtio/blk.ts";
-import {
-  type BlockBuffer,
-  BlockOp,
-  BlockRequest,
-  BlockStatus,
-  Completions,
-} from "../../drivers/block/disk.ts";
+import { type BlockBuffer, BlockOp, BlockRequest } from "../../drivers/block/disk.ts";
 import { isPvdrvError } from "../../hal/errors.ts";
 import { VirtioBlkModel } from "../models/virtio_blk_device.ts";
 import { classify, finishIteration, Leak, type Result, type Rng, Silent } from "./oracle.ts";
-
-interface Pending {
-  op: number;
-  off: number;
-  len: number;
-  bufs: BlockBuffer[];
-}
+import { DiskTraffic } from "./disk_traffic.ts";
 
 /** One blk iteration: a fresh model and driver, `steps` events. */
 export async function blkIteration(rng: Rng, steps: number, mutateConfig: boolean): Promise<Result> {
@@ -71,100 +59,24 @@ export async function blkIteration(rng: Rng, steps: number, mutateConfig: boolea
     return classify(e, events + 1, 0);
   }
   // A device whose config lies about its size (or a resize) makes the run hostile: the shadow covers the real disk.
-  const shadow = new Uint8Array(model.disk.length);
-  const pending = new Map<number, Pending>();
-  let hostile = disk.info.capacity !== model.disk.length;
-  const done = new Completions(64);
-  let tag = 0, step = 0;
+  const t = new DiskTraffic(disk, model.disk.length, rng);
+  t.hostile = disk.info.capacity !== model.disk.length;
+  const serve = () => {
+    if (!model.autoProcess) { for (let k = 0; k < disk.queues; k++) model.process(k); }
+  };
+  let step = 0;
   const rate = rng.pick([0, 0.0005, 0.002, 0.01, 0.05]);
   let result: Result = { outcome: "ok", events: 0, event: 0, detail: "" };
-  // Requests in flight never overlap (reads included): the device may serve them in any order.
-  const overlaps = (off: number, len: number) =>
-    [...pending.values()].some((p) => off < p.off + p.len && p.off < off + len);
-  const complete = (q: number) => {
-    const n = disk.poll(done, done.n, q);
-    events += n;
-    for (let i = 0; i < n; i++) {
-      const p = pending.get(done.tags[i]);
-      if (!p) throw new Silent(`completion for tag ${done.tags[i]}, never submitted`);
-      pending.delete(done.tags[i]);
-      const st = done.status[i];
-      if (!hostile && st !== BlockStatus.Ok) {
-        throw new Silent(`an honest device's request ended with status ${st}`);
-      }
-      if (st === BlockStatus.Ok && p.op === BlockOp.Read && !hostile) {
-        let o = 0;
-        for (const b of p.bufs) {
-          for (let k = 0; k < b.length; k++) {
-            if (b.data[k] !== shadow[p.off + o + k]) {
-              throw new Silent(`read at ${p.off} returned a wrong byte`);
-            }
-          }
-          o += b.length;
-        }
-      }
-      disk.release(p.bufs, p.bufs.length);
-    }
-  };
   try {
     for (step = 0; step < steps; step++) {
       events++;
       const q = rng.int(0, disk.queues - 1), info = disk.info, lbs = info.logicalBlockSize;
       const a = rng.next() < rate ? rng.int(80, 99) : rng.int(0, 79);
-      if (a < 45) {
-        // A read or write of whole blocks, not overlapping anything in flight.
-        const blocks = Math.floor(Math.min(info.capacity, shadow.length) / lbs);
-        if (blocks < 1) continue;
-        const n = rng.int(1, Math.max(1, Math.min(blocks, info.maxTransferBytes / lbs, 64)));
-        const off = rng.int(0, blocks - n) * lbs, len = n * lbs;
-        if (overlaps(off, len)) continue;
-        const need = Math.ceil(len / info.maxSegmentBytes), bufs: BlockBuffer[] = [];
-        if (disk.allocBuffers(bufs, need, q) < need) {
-          disk.release(bufs, bufs.length);
-          complete(q);
-          continue;
-        }
-        for (let k = 0; k < need; k++) {
-          bufs[k].length = Math.min(info.maxSegmentBytes, len - k * info.maxSegmentBytes);
-        }
-        const write = rng.bool(0.5) && !info.readOnly;
-        const data = write ? new Uint8Array(len) : null;
-        if (data) {
-          for (let k = 0; k < len; k++) data[k] = rng.int(0, 255);
-          let o = 0;
-          for (const b of bufs) b.data.set(data.subarray(o, o + b.length)), o += b.length;
-        }
-        const r = new BlockRequest().io(write ? BlockOp.Write : BlockOp.Read, off, bufs, need, ++tag);
-        r.fua = rng.bool(0.1);
-        if (disk.submit([r], 1, q) === 0) {
-          disk.release(bufs, need);
-          continue;
-        }
-        if (data) shadow.set(data, off);
-        pending.set(tag, { op: r.op, off, len, bufs });
-      } else if (a < 55) {
-        const r = new BlockRequest();
-        r.op = rng.pick([BlockOp.Flush, BlockOp.Discard, BlockOp.WriteZeroes]);
-        r.tag = ++tag;
-        if (r.op !== BlockOp.Flush) {
-          const align = r.op === BlockOp.Discard ? info.discardAlignment : lbs;
-          const blocks = Math.floor(Math.min(info.capacity, shadow.length) / align);
-          if (blocks < 1 || (r.op === BlockOp.Discard ? !info.discard : !info.writeZeroes)) continue;
-          const n = rng.int(1, Math.min(blocks, 8));
-          r.offset = rng.int(0, blocks - n) * align;
-          r.length = Math.min(
-            n * align,
-            r.op === BlockOp.Discard ? info.maxDiscardBytes : info.maxWriteZeroesBytes,
-          );
-          r.length -= r.length % lbs;
-          if (r.length === 0 || overlaps(r.offset, r.length)) continue;
-        }
-        if (disk.submit([r], 1, q) === 0) continue;
-        if (r.op !== BlockOp.Flush) shadow.fill(0, r.offset, r.offset + r.length);
-        pending.set(tag, { op: r.op, off: r.offset, len: r.op === BlockOp.Flush ? 0 : r.length, bufs: [] });
-      } else if (a < 65) {
-        if (!model.autoProcess) { for (let k = 0; k < disk.queues; k++) model.process(k); }
-        complete(q);
+      if (a < 45) t.readWrite(q, serve);
+      else if (a < 55) t.other(q, [BlockOp.Flush, BlockOp.Discard, BlockOp.WriteZeroes]);
+      else if (a < 65) {
+        serve();
+        t.complete(q);
       } else if (a < 75) {
         // The caller's own mistakes: refused before anything reaches the device.
         const before = model.served.length, bufs: BlockBuffer[] = [];
@@ -193,7 +105,7 @@ export async function blkIteration(rng: Rng, steps: number, mutateConfig: boolea
       } else if (a < 80) {
         disk.checkHealth();
       } else {
-        hostile = true;
+        t.hostile = true;
         const k = rng.int(0, 8);
         if (k === 0) model.statusFor = rng.bool(0.5) ? () => rng.pick([1, 2, 3, 7, 0x80, 0xff]) : null;
         else if (k === 1) model.skipStatus = rng.bool(0.5);
@@ -206,32 +118,20 @@ export async function blkIteration(rng: Rng, steps: number, mutateConfig: boolea
         else events += disk.configChanged() ? 1 : 0;
       }
     }
-    if (!hostile) {
-      // A FUA write completes after its flush, which the first poll posts: a few rounds drain everything.
-      for (let round = 0; round < 4 && pending.size > 0; round++) {
-        for (let k = 0; k < disk.queues; k++) {
-          if (!model.autoProcess) model.process(k);
-          complete(k);
-        }
-      }
-      if (pending.size !== 0) {
-        throw new Silent(`${pending.size} requests never completed on an honest device`);
-      }
-      for (let i = 0; i < shadow.length; i++) {
-        if (model.disk[i] !== shadow[i]) throw new Silent(`the device holds a wrong byte at ${i}`);
-      }
-    }
+    if (!t.hostile) t.drain(serve, model.disk);
   } catch (e) {
-    result = classify(e, events, step);
+    result = classify(e, events + t.events, step);
     if (result.outcome === "other-exception" && isPvdrvError(e, "disk")) {
-      result = { outcome: "clean-break", events, event: step, detail: (e as Error).message };
+      result = {
+        outcome: "clean-break",
+        events: events + t.events,
+        event: step,
+        detail: (e as Error).message,
+      };
     }
   }
-  return await finishIteration(result, events, step, model.dma, () => {
+  return await finishIteration(result, events + t.events, step, model.dma, () => {
     void disk.close();
-    for (const p of pending.values()) {
-      const own = p.bufs.filter((b) => b.pool.owner(b) === "app");
-      if (own.length) disk.release(own, own.length);
-    }
+    t.releaseHeld();
   });
 }
