@@ -306,3 +306,23 @@ Deno.test("blkfront: a resize the backend announces (Connected again) reaches in
     await xs.close();
   }
 });
+
+Deno.test("blkfront: reconnects after the backend restarts; data written before is read after", async () => {
+  const { back, grants, xs, open } = lab();
+  const disk = await open();
+  try {
+    const data = pattern(8192, 11);
+    await disk.write(4096, data);
+    const before = grants.live;
+    await back.restart();
+    const deadline = Date.now() + 2000;
+    while (disk.reconnects === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(disk.reconnects, 1);
+    assert.equal(back.state, 4, "the backend is Connected again");
+    assert.equal(grants.live, before, "the old rings' grants ended, the new ones made: no more, no fewer");
+    assert.deepEqual(await disk.read(4096, 8192), data);
+  } finally {
+    await disk.close();
+    await xs.close();
+  }
+});
