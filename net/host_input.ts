@@ -15,7 +15,13 @@ import { BROADCAST_MAC, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, isGroupMac, rea
 import type { HostDhcp } from "./host_dhcp.ts";
 import type { HostStats } from "./host_stats.ts";
 import type { TxBatch } from "./host_tx.ts";
-import { ICMP_ECHO_HLEN, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, writeEcho } from "./icmp.ts";
+import {
+  ICMP_DEST_UNREACHABLE,
+  ICMP_ECHO_HLEN,
+  ICMP_ECHO_REPLY,
+  ICMP_ECHO_REQUEST,
+  writeEcho,
+} from "./icmp.ts";
 import type { Addressing, IpOutput } from "./ip_output.ts";
 import {
   BROADCAST_IP,
@@ -196,6 +202,7 @@ export class HostInput {
     if (type === ICMP_ECHO_REPLY && code === 0 && this.#pinger.answer(d, off, len, d[L3 + 8], now)) {
       return void s.icmpEchoReplies++;
     }
+    if (type === ICMP_DEST_UNREACHABLE) return void s.icmpUnreachable++;
     s.icmpOther++;
   }
 

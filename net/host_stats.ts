@@ -47,6 +47,8 @@ export interface HostStats {
   icmpEchoRequests: number;
   /** ICMP echo replies received. */
   icmpEchoReplies: number;
+  /** ICMP destination unreachable received: a peer refused what was sent (e.g. no socket on its port). */
+  icmpUnreachable: number;
   /** Other ICMP messages, or ICMP with a bad checksum or length. */
   icmpOther: number;
   /** UDP datagrams delivered to a socket (or to the DHCP client). */
@@ -91,6 +93,7 @@ export function emptyHostStats(): HostStats {
     ipUnknownProtocol: 0,
     icmpEchoRequests: 0,
     icmpEchoReplies: 0,
+    icmpUnreachable: 0,
     icmpOther: 0,
     udpDelivered: 0,
     udpBadChecksum: 0,
@@ -122,6 +125,7 @@ export const RX_COUNTERS: readonly (keyof HostStats)[] = [
   "ipUnknownProtocol",
   "icmpEchoRequests",
   "icmpEchoReplies",
+  "icmpUnreachable",
   "icmpOther",
   "udpDelivered",
   "udpBadChecksum",

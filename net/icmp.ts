@@ -11,6 +11,8 @@ export const ICMP_ECHO_HLEN = 8;
 export const ICMP_ECHO_REPLY = 0;
 /** Echo request type. */
 export const ICMP_ECHO_REQUEST = 8;
+/** Destination unreachable (RFC 792): a router or the peer refused what was sent (code 3: no such port). */
+export const ICMP_DEST_UNREACHABLE = 3;
 
 /** Write an echo header at `d[off]` over `len` ICMP bytes (payload already in place) and its checksum. */
 export function writeEcho(

@@ -264,6 +264,15 @@ Deno.test("net: bad frames are counted in their own counter and dropped; the hos
           f[34] = 8, f[35] = 0;
         }, true),
       ],
+      [
+        "ICMP port unreachable",
+        "icmpUnreachable",
+        udpEdit((f) => {
+          f[23] = 1; // the UDP header and data become an ICMP message: type 3 code 3, checksum made right
+          f[34] = 3, f[35] = 3, f[36] = 0, f[37] = 0;
+          writeU16(f, 36, finish(sum16(f, 34, f.length - 34)));
+        }, true),
+      ],
       ["another MAC", "rxIgnored", udpEdit((f) => void (f[5] ^= 1))],
       ["ARP for another host", "arpOther", () => arpFrame(p, parseIp("10.0.0.99"))],
       ["ARP of an Ethernet header alone", "arpBad", () => arpFrame(p, p.a.ip).slice(0, 14)],
