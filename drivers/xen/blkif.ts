@@ -76,10 +76,7 @@ export function writeSegment(
   first: number,
   last: number,
 ): void {
-  const s = e + SEG + k * SEG_BYTES;
-  r.u32[s >> 2] = gref;
-  r.page[s + 4] = first;
-  r.page[s + 5] = last;
+  writeIndirectSegment(r.u32, r.page, e + SEG + k * SEG_BYTES, gref, first, last);
 }
 
 /** A segment record in an indirect page, at byte `at` of the `u32`/`u8` views of the indirect pages. */
@@ -116,11 +113,8 @@ export function writeDiscard(
   sectors: number,
   flag: number,
 ): void {
-  r.page[e + OP] = BLKIF_OP.DISCARD;
-  r.page[e + NSEG] = flag;
-  r.u16[(e + HANDLE) >> 1] = handle;
-  put64(r, e + ID, id);
-  put64(r, e + SECTOR, sector);
+  // The fixed part is a request's, with the flag where nr_segments stands.
+  writeRequest(r, e, BLKIF_OP.DISCARD, flag, handle, id, sector);
   put64(r, e + D_NR_SECTORS, sectors);
 }
 
