@@ -90,3 +90,23 @@ export class Running {
     return st.code;
   }
 }
+
+/**
+ * The children a test started, stopped together in its `finally`: a failed assertion must not leave a task holding
+ * a NIC, or every later test in the boot fails on a device still in use.
+ */
+export class Children {
+  readonly #all: Running[] = [];
+
+  /** Spawn `cmd` as a {@link Running} kept for {@link Children.stopAll}. */
+  start(cmd: Deno.Command): Running {
+    const r = new Running(cmd);
+    this.#all.push(r);
+    return r;
+  }
+
+  /** SIGTERM every child still running (those already reaped are left alone) and wait for each. */
+  async stopAll(): Promise<void> {
+    await Promise.all(this.#all.splice(0).map((r) => r.stop().catch(() => -1)));
+  }
+}

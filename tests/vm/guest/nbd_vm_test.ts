@@ -66,10 +66,12 @@ guestTest(
     for (let i = 0; i < length; i++) pat[i] = patternByte(offset + i, seed);
     Deno.writeFileSync("/tmp/nbd-pattern", pat);
     const srv = await serve("/dev/nbd1");
-    // conv=fsync: the kernel sends NBD_CMD_FLUSH, and dd returns only once the export acknowledged it.
-    sh(`dd if=/tmp/nbd-pattern of=/dev/nbd1 bs=1M seek=${offset >> 20} conv=fsync 2>/dev/null`);
-    srv.child.kill("SIGKILL");
-    await srv.exit().catch(() => {});
+    try {
+      // conv=fsync: the kernel sends NBD_CMD_FLUSH, and dd returns only once the export acknowledged it.
+      sh(`dd if=/tmp/nbd-pattern of=/dev/nbd1 bs=1M seek=${offset >> 20} conv=fsync 2>/dev/null`);
+    } finally {
+      await srv.stop("SIGKILL");
+    }
     Deno.writeTextFileSync(
       `${OUT}/nbd-expect.json`,
       JSON.stringify({ file: uioDisk.file, offset, length, seed }),

@@ -8,24 +8,24 @@ import assert from "assert";
 import { ensureBound, guestTest, LAB } from "./env.ts";
 import { NetNs, run } from "../../../lab/netns.ts";
 import { readDevice } from "../../../ffi/sysfs.ts";
-import { commandJson, Running, task, taskJson } from "../../../lab/guest/tasks.ts";
+import { Children, commandJson, task, taskJson } from "../../../lab/guest/tasks.ts";
 
 const PV = "10.0.0.2", KERNEL = "10.0.0.1";
 
-/** The lab's kernel peer NIC in a fresh namespace at 10.0.0.1/24; pvdrv's NIC bound to vfio-pci. */
-async function setup(): Promise<{ ns: NetNs; dev: string }> {
+/** The kernel peer NIC in a fresh namespace at 10.0.0.1/24, pvdrv's NIC on vfio-pci, and the test's children. */
+async function setup(): Promise<{ ns: NetNs; dev: string; kids: Children }> {
   ensureBound(LAB.vfioKernelPeer.pci, "vfio-pci");
   const dev = readDevice(LAB.kernelPeer.pci).netInterfaces[0];
   assert.ok(dev, "the kernel drives the peer NIC");
   const ns = await NetNs.create();
   await ns.adopt(dev, `${KERNEL}/24`);
-  return { ns, dev };
+  return { ns, dev, kids: new Children() };
 }
 
 const PCI = LAB.vfioKernelPeer.pci;
 
 guestTest("net: pvdrv pings the kernel and the kernel pings pvdrv, 1,000 each way, no loss", async () => {
-  const { ns, dev } = await setup();
+  const { ns, dev, kids } = await setup();
   try {
     const c0 = await ns.packets(dev);
     const p = await taskJson("cli/ping.ts", [
@@ -51,22 +51,29 @@ guestTest("net: pvdrv pings the kernel and the kernel pings pvdrv, 1,000 each wa
       `kernel NIC counters ${JSON.stringify([c0, c1])}`,
     );
     // The other way: pvdrv answers while it runs a UDP echo (any host task answers pings).
-    const echo = new Running(task("cli/udp.ts", [PCI, "echo", "--ip", `${PV}/24`, "--json"]));
+    const echo = kids.start(task("cli/udp.ts", [PCI, "echo", "--ip", `${PV}/24`, "--json"]));
     await echo.waitFor(/echoing on/);
     const out = await ns.sh(`ping -c 1000 -i 0.01 -W 5 -q ${PV}`);
-    assert.match(out, /1000 packets transmitted, 1000 packets received, 0% packet loss/, out);
-    assert.equal(await echo.stop(), 0, echo.text);
+    // Stopped before asserting, so a loss shows pvdrv's counters (requests heard, replies sent) beside ping's.
+    const code = await echo.stop();
+    assert.match(
+      out,
+      /1000 packets transmitted, 1000 packets received, 0% packet loss/,
+      `${out}\n${echo.text}`,
+    );
+    assert.equal(code, 0, echo.text);
     assert.match(echo.text, /"icmpEchoRequests":1000\b/, echo.text);
   } finally {
+    await kids.stopAll();
     await ns.close();
   }
 });
 
 guestTest("net: UDP echo of 10,000 datagrams of mixed sizes each way, every byte checked", async () => {
-  const { ns } = await setup();
+  const { ns, kids } = await setup();
   try {
     // Kernel → pvdrv → kernel: pvdrv's `udp echo` answers a kernel socket that checks every byte.
-    const echo = new Running(
+    const echo = kids.start(
       task("cli/udp.ts", [PCI, "echo", "--ip", `${PV}/24`, "--count", "10000", "--json"]),
     );
     await echo.waitFor(/echoing on/);
@@ -77,7 +84,7 @@ guestTest("net: UDP echo of 10,000 datagrams of mixed sizes each way, every byte
     assert.deepEqual([k.echoed, k.corrupt, k.lost], [10000, 0, 0], JSON.stringify(k));
     assert.equal(await echo.exit(), 0, echo.text);
     // pvdrv → kernel → pvdrv: a kernel UDP echo socket; pvdrv sends and checks every byte.
-    const peer = new Running(ns.task("lab/guest/udp_peer.ts", ["echo", `${KERNEL}:7`, "10000"]));
+    const peer = kids.start(ns.task("lab/guest/udp_peer.ts", ["echo", `${KERNEL}:7`, "10000"]));
     await peer.waitFor(/ready/);
     const s = await taskJson("cli/udp.ts", [
       PCI,
@@ -96,6 +103,7 @@ guestTest("net: UDP echo of 10,000 datagrams of mixed sizes each way, every byte
     assert.ok((s.nicStats as Record<string, number>).rxPackets >= 10000, JSON.stringify(s.nicStats));
     assert.equal(await peer.exit(), 0, peer.text);
   } finally {
+    await kids.stopAll();
     await ns.close();
   }
 });
@@ -103,10 +111,10 @@ guestTest("net: UDP echo of 10,000 datagrams of mixed sizes each way, every byte
 guestTest(
   "net: `send --udp` and `recv --udp` speak real IPv4/UDP with a kernel socket, every byte checked",
   async () => {
-    const { ns } = await setup();
+    const { ns, kids } = await setup();
     try {
       // The kernel sends 2,000 test datagrams of 4-1472 bytes; `recv --udp` checks each one.
-      const recv = new Running(
+      const recv = kids.start(
         task("cli/recv.ts", [PCI, "--udp", "9000", "--count", "2000", "--ip", `${PV}/24`, "--json"]),
       );
       await recv.waitFor(/receiving on/);
@@ -121,7 +129,7 @@ guestTest(
       // `send --udp` to a kernel socket that checks every byte.
       // The peer's idle limit covers pvdrv's start too (Deno, the NIC's reset, the host) before the first datagram:
       // at 5 s, a slow start let the peer give up and close its port, and the kernel answered port unreachable.
-      const peer = new Running(ns.task("lab/guest/udp_peer.ts", ["recv", `${KERNEL}:9001`, "500", "30000"]));
+      const peer = kids.start(ns.task("lab/guest/udp_peer.ts", ["recv", `${KERNEL}:9001`, "500", "30000"]));
       await peer.waitFor(/ready/);
       const s = await taskJson("cli/send.ts", [
         PCI,
@@ -147,6 +155,7 @@ guestTest(
       )}`;
       assert.deepEqual([k.received, k.corrupt], [500, 0], `${peer.text}\n${why}`);
     } finally {
+      await kids.stopAll();
       await ns.close();
     }
   },
@@ -155,7 +164,7 @@ guestTest(
 guestTest(
   "net: pvdrv leases its address from busybox udhcpd (ping, then serve through the bridge), renewing at T1",
   async () => {
-    const { ns, dev } = await setup();
+    const { ns, dev, kids } = await setup();
     const conf = "/tmp/udhcpd.conf";
     Deno.writeTextFileSync(
       conf,
@@ -163,7 +172,7 @@ guestTest(
         `option subnet 255.255.255.0\noption router ${KERNEL}\noption lease 10\n`,
     );
     Deno.writeTextFileSync("/tmp/udhcpd.leases", "");
-    const server = new Running(ns.command("udhcpd", ["-f", conf], { stdout: "piped", stderr: "piped" }));
+    kids.start(ns.command("udhcpd", ["-f", conf], { stdout: "piped", stderr: "piped" }));
     try {
       // 8 pings a second apart: the 10 s lease is renewed at T1 (5 s) on the way.
       const p = await taskJson("cli/ping.ts", [
@@ -184,7 +193,7 @@ guestTest(
         `OFFER, ACK and the renewal's ACK reached the client (${host.udpDelivered})`,
       );
       // `serve --dhcp`: the bridge's worker leases the TAP's address and keeps renewing it from inside the bridge.
-      const serve = new Running(task("cli/serve.ts", [PCI, "--dhcp", "--port", "8080"]));
+      const serve = kids.start(task("cli/serve.ts", [PCI, "--dhcp", "--port", "8080"]));
       const [, ip] = await serve.waitFor(/serve: http:\/\/(10\.0\.0\.1(?:0\d|1\d|20)):8080\//);
       const body = await ns.sh(`wget -q -O - http://${ip}:8080/bytes/1000 | wc -c`);
       assert.equal(body.trim(), "1000");
@@ -195,7 +204,7 @@ guestTest(
       const renewals = Number(serve.text.match(/stopped after \d+ requests; .*dhcp (\d+)/)?.[1] ?? -1);
       assert.ok(renewals >= 1, `the bridge took the renewal's ACK (dhcp ${renewals}):\n${serve.text}`);
     } finally {
-      await server.stop();
+      await kids.stopAll();
       await ns.close();
     }
   },
@@ -204,7 +213,7 @@ guestTest(
 guestTest(
   "net: wget fetches 1 MiB from `deno task serve` through the TAP bridge, and pvdrv's side fetches from httpd",
   async () => {
-    const { ns } = await setup();
+    const { ns, kids } = await setup();
     const www = await Deno.makeTempDir();
     const blob = crypto.getRandomValues(new Uint8Array(65536));
     const file = new Uint8Array(1 << 20);
@@ -212,7 +221,7 @@ guestTest(
     Deno.writeFileSync(`${www}/blob`, file);
     const want = (await run("sha256sum", [`${www}/blob`])).split(" ")[0];
     try {
-      const serve = new Running(
+      const serve = kids.start(
         task("cli/serve.ts", [PCI, "--ip", `${PV}/24`, "--dir", www, "--port", "8080"]),
       );
       await serve.waitFor(/serve: http:\/\/10\.0\.0\.2:8080\//);
@@ -232,13 +241,13 @@ guestTest(
 
       // The other way: the kernel behind `deno task tap` fetches from busybox httpd in the namespace.
       await ns.sh(`mkdir -p /tmp/www2 && cp ${www}/blob /tmp/www2/blob`);
-      const httpd = new Running(
+      const httpd = kids.start(
         ns.command("httpd", ["-f", "-p", `${KERNEL}:80`, "-h", "/tmp/www2"], {
           stdout: "piped",
           stderr: "piped",
         }),
       );
-      const tap = new Running(task("cli/tap.ts", [PCI, "--ip", `${PV}/24`, "--name", "pvtest0", "--json"]));
+      const tap = kids.start(task("cli/tap.ts", [PCI, "--ip", `${PV}/24`, "--name", "pvtest0", "--json"]));
       await tap.waitFor(/tap: pvtest0 .* bridged to virtio-net 0000:00:04\.0/);
       await run("wget", ["-q", "-O", "/tmp/got2", `http://${KERNEL}/blob`]);
       assert.equal((await run("sha256sum", ["/tmp/got2"])).split(" ")[0], want);
@@ -249,6 +258,7 @@ guestTest(
       assert.ok(!readLinks().includes("pvtest0"), "the TAP interface is gone");
       await httpd.stop();
     } finally {
+      await kids.stopAll();
       await ns.close();
       await Deno.remove(www, { recursive: true });
     }
