@@ -457,7 +457,16 @@ export abstract class DiskCore<Q extends DiskQueue> extends DeviceCore<Q> implem
         }
         r.io(op as typeof BlockOp.Read, offset + at, bufs, need, next);
         r.fua = fua;
-        if (this.submit([r], 1) === 0) {
+        let posted = 0;
+        try {
+          posted = this.submit([r], 1);
+        } catch (err) {
+          // Refused before posting (read-only, past the end, a broken ring): the buffers are still ours.
+          this.release(bufs, need);
+          failure ??= err as Error;
+          break;
+        }
+        if (posted === 0) {
           this.release(bufs, need);
           break;
         }

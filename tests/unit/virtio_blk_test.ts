@@ -135,6 +135,23 @@ Deno.test("virtio-blk: read-only disks refuse writes, discards and write-zeroes;
   await plain.disk.close();
 });
 
+Deno.test("virtio-blk: a read or write refused before posting gives its buffers back (none stay held)", async () => {
+  const free = (d: VirtioBlk) => {
+    const out: BlockBuffer[] = [];
+    const n = d.allocBuffers(out, 1 << 16);
+    d.release(out, n);
+    return n;
+  };
+  const ro = open({ features: BLK_F.RO | BLK_F.BLK_SIZE | BLK_F.SEG_MAX | (1n << 32n) });
+  const all = free(ro.disk);
+  assert.ok(all > 16, `${all} buffers`);
+  await assert.rejects(() => ro.disk.write(0, new Uint8Array(64 << 10)), /read-only/);
+  assert.equal(free(ro.disk), all, "the refused write's buffers came back");
+  await assert.rejects(() => ro.disk.read(ro.disk.info.capacity - 512, 4096), /end past the disk/);
+  assert.equal(free(ro.disk), all, "the refused read's buffers came back");
+  await ro.disk.close();
+});
+
 Deno.test("virtio-blk: a flush makes writes durable; FUA writes are durable when they complete", async () => {
   const { model, disk } = open();
   await disk.write(0, pattern(4096, 9));
