@@ -36,6 +36,17 @@ export function patternByte(o: number, k: number): number {
 }
 
 /**
+ * The pattern of a whole 512-byte sector depends on the sector and the write only through one byte, its base
+ * `((o >>> 9) * 95 + k * 101) & 0xff` (`o >>> 3` is the sector times 64 plus `i >>> 3`): row `b` is a sector of
+ * base `b`. Filling by rows copies 512 bytes at a time, which under nested TCG turns minutes into seconds.
+ */
+const ROWS: Uint8Array[] = Array.from({ length: 256 }, (_, b) => {
+  const row = new Uint8Array(512);
+  for (let i = 0; i < 512; i++) row[i] = (b + i * 7 + (i >>> 3)) & 0xff;
+  return row;
+});
+
+/**
  * The plan for `size` bytes with logical blocks of `block`: the whole region written first, in 1 MiB writes (so
  * no byte keeps what an earlier run left), then random writes covering it about twice more, each a whole number
  * of blocks between one block and 1 MiB, at block-aligned offsets.
@@ -47,7 +58,7 @@ export function verifyPlan(size: number, block: number, seed: number): VerifyPla
   const add = (off: number, len: number) => {
     const k = writes.length;
     writes.push([off, len]);
-    for (let i = 0; i < len; i++) expected[off + i] = patternByte(off + i, k);
+    fillWrite(expected.subarray(off, off + len), off, k);
   };
   for (let off = 0; off < size; off += VERIFY_MAX_WRITE) add(off, Math.min(VERIFY_MAX_WRITE, size - off));
   let covered = 0;
@@ -60,9 +71,13 @@ export function verifyPlan(size: number, block: number, seed: number): VerifyPla
   return { writes, expected };
 }
 
-/** Write `[off, len)` of write `k` into `out` (offset 0 of `out` is `off`). */
+/** Write `[off, len)` of write `k` into `out` (offset 0 of `out` is `off`): {@link patternByte} of each byte. */
 export function fillWrite(out: Uint8Array, off: number, k: number): void {
-  for (let i = 0; i < out.length; i++) out[i] = patternByte(off + i, k);
+  const n = out.length;
+  let i = 0;
+  for (; i < n && ((off + i) & 511) !== 0; i++) out[i] = patternByte(off + i, k);
+  for (; i + 512 <= n; i += 512) out.set(ROWS[(((off + i) >>> 9) * 95 + k * 101) & 0xff], i);
+  for (; i < n; i++) out[i] = patternByte(off + i, k);
 }
 
 /** The first offset where `got` differs from `want`, or -1. */

@@ -1,6 +1,6 @@
 /** Disk verification (apps/disk_verify.ts): the plan both lab sides share, and a check that catches one bad byte. */
 import assert from "assert";
-import { checkDisk, fillWrite, verifyDisk, verifyPlan } from "../../apps/disk_verify.ts";
+import { checkDisk, fillWrite, patternByte, verifyDisk, verifyPlan } from "../../apps/disk_verify.ts";
 import { VirtioBlk } from "../../drivers/virtio/blk.ts";
 import { VirtioBlkModel } from "../models/virtio_blk_device.ts";
 
@@ -21,6 +21,25 @@ Deno.test("verify plan: seeded, block-aligned, 1 block to 1 MiB, covering the re
   const replay = new Uint8Array(4 << 20);
   a.writes.forEach(([off, len], k) => fillWrite(replay.subarray(off, off + len), off, k));
   assert.deepEqual(replay, a.expected);
+});
+
+Deno.test("verify: fillWrite's sector rows are patternByte, at any start and length, past 2 GiB and 4 GiB too", () => {
+  const cases: [number, number, number][] = [
+    [0, 4096, 0],
+    [1, 1, 5],
+    [511, 1027, 9],
+    [1 << 20, 1 << 20, 300],
+    [(1 << 31) - 700, 5000, 77],
+    [2 ** 32 - 300, 2000, 12345],
+    [2 ** 33 + 512 * 3 + 17, 1500, 2],
+  ];
+  for (const [off, n, k] of cases) {
+    const out = new Uint8Array(n).fill(0xee);
+    fillWrite(out, off, k);
+    for (let i = 0; i < n; i++) {
+      assert.equal(out[i], patternByte(off + i, k), `write ${k} at ${off}: byte ${i}`);
+    }
+  }
 });
 
 Deno.test("verify: a pvdrv disk passes whatever it held before; one flipped byte is found at its offset", async () => {
