@@ -133,12 +133,12 @@ export function irqWaiter(): IrqWaiter {
 const syncFd = new Int32Array(2), syncRevents = new Int16Array(2);
 
 /**
- * {@link IrqSource.waitSync} for a source signalled through `fd`: consume a pending signal, else block the thread in
- * poll(2) until `fd` (or `alsoFd`, when given) is readable or `timeoutMs` passes, then consume it. True when a
- * signal was consumed.
+ * {@link IrqSource.waitSync} for a source signalled through `fd`: block the thread in poll(2) until `fd` (or
+ * `alsoFd`, when given) is readable or `timeoutMs` passes — at once when a signal is already pending, so no read
+ * is tried first (in a Xen PV guest every system call is a trip through the hypervisor) — then consume it. True
+ * when a signal was consumed.
  */
 export function waitSyncOn(src: { poll(): boolean }, fd: number, timeoutMs: number, alsoFd = -1): boolean {
-  if (src.poll()) return true;
   syncFd[0] = fd;
   syncFd[1] = alsoFd;
   syncRevents[0] = syncRevents[1] = 0;
