@@ -10,7 +10,8 @@
  *  4. Disks (`--blk`): pvdrv's virtio-blk (polling and MSI-X) beside the guest kernel's virtio_blk on an identical
  *     disk, 4 KiB random and 128 KiB sequential reads and writes: IOPS, MB/s, p50/p99 latency (lab/guest/bench_blk.ts).
  *  5. In the nested Xen lab, one domU, one vif: the domU kernel's xen-netfront vs pvdrv's netfront, TX and RX pps
- *     with 60-byte frames against dom0's xen-netback (the lab's tests run first).
+ *     with 60-byte frames against dom0's xen-netback; and two identical vbds from dom0's xen-blkback: the kernel's
+ *     xen-blkfront vs pvdrv's blkfront, the disk jobs of 4 (the lab's tests run first).
  * @module
  */
 import { LabError } from "../lab/outer/qemu.ts";
@@ -20,9 +21,8 @@ import { markdownTables, svgPlot } from "../lab/outer/bench_report.ts";
 import { runXenLab, XEN_BENCH_SECONDS, xenBenchSummary } from "../lab/outer/xen.ts";
 import { intArg, parse, runMain, UsageError } from "./lib/common.ts";
 import { runInGuest } from "../lab/outer/qemu.ts";
-import { compileC } from "../lab/outer/build_c.ts";
-
-const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
+import { buildBlkload } from "../lab/outer/build_c.ts";
+import { BLK_JOBS } from "../lab/guest/blk_jobs.ts";
 
 const USAGE =
   `usage: deno task bench [--in-process | --vm | --net | --mq | --xen] [--quick] [--json FILE.json] [--seconds N]
@@ -34,7 +34,8 @@ const USAGE =
                  side lives in a namespace made for the run, one boot (≈ 1 min)
   --blk          only disks: pvdrv's virtio-blk (polling, MSI-X) vs the guest kernel's virtio_blk on an identical
                  disk, 4 KiB random and 128 KiB sequential reads and writes, one boot (≈ 5 min)
-  --xen          only the Xen lab comparison with the domU kernel's xen-netfront (boots the whole lab, ≈ 2 min)
+  --xen          only the Xen lab comparison with the domU kernel's xen-netfront and xen-blkfront (boots the whole
+                 lab, ≈ 8 min)
   --quick        VM lab: one frame size and batch, short windows (checks the machinery, ≈ 2 min)
   --json FILE    VM lab: write the results to FILE.json and a plot to FILE.svg (--net, --mq: FILE.json only)
   --seconds N    length of each Xen step (default 4)`;
@@ -205,7 +206,7 @@ function blkTable(rows: BlkRow[]): string {
 }
 
 function blkBench(json: string | undefined): Promise<number> {
-  compileC(`${ROOT}/lab/c/blkload.c`, `${ROOT}/build/blkload`, ["-static", "-pthread"]);
+  buildBlkload();
   console.log(
     "\n== disks, one boot: pvdrv's virtio-blk on 0000:00:0b.0 (VFIO; polling, then MSI-X) and the guest kernel's " +
       "virtio_blk on 0000:00:0d.0 (O_DIRECT, one thread per request in flight); identical 64 MiB raw files; then " +
@@ -263,18 +264,23 @@ function mqBench(json: string | undefined): Promise<number> {
 
 async function xenBench(seconds: number): Promise<number> {
   console.log(
-    `\n== Xen lab: one vif, the domU kernel's xen-netfront vs pvdrv's netfront, ${seconds} s each ==`,
+    `\n== Xen lab: one vif, the domU kernel's xen-netfront vs pvdrv's netfront; two identical vbds, the kernel's ` +
+      `xen-blkfront (O_DIRECT) vs pvdrv's blkfront; ${seconds} s each ==`,
   );
   try {
     const r = await runXenLab({
-      benchSeconds: seconds,
+      bench: { seconds, diskJobs: BLK_JOBS.length },
+      timeoutSec: 1200,
       onLine: (l) => {
         if (/^(PVDRV-BENCH|DOM0-BENCH)/.test(l)) console.log(`  ${l}`);
       },
     });
     const rows = xenBenchSummary(r);
     for (const l of rows) console.log(`  ${l}`);
-    return r.bench["rx-kernel"] ? 0 : 1;
+    // Every row there: the network's last step and each disk job's (kernel and both pvdrv modes).
+    const disks = BLK_JOBS.length * 3, got = Object.keys(r.bench).filter((k) => k.startsWith("blk-")).length;
+    if (got < disks) console.log(`  the disk benchmark gave ${got} of ${disks} rows`);
+    return r.bench["rx-kernel"] && got === disks ? 0 : 1;
   } catch (e) {
     if (e instanceof LabError) throw new Error(e.message);
     throw e;

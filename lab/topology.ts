@@ -125,3 +125,29 @@ export const LAB_DISKS: Readonly<Record<"vfioDisk" | "uioDisk" | "kernelDisk", L
 
 /** Where the lab guest has nbdkit's file plugin (nbdkit takes plugins by path; the guest has no plugin folder). */
 export const NBDKIT_FILE_PLUGIN = "/lib/nbdkit/nbdkit-file-plugin.so";
+
+/** One of the Xen lab's virtual disks, as the domU sees it. */
+export interface XenVbd {
+  /** The vbd number (xenstore device/vbd/N: 202 << 8 | 16 × disk index). */
+  vbd: number;
+  /** The name in the domU's config. */
+  vdev: string;
+  /** Size in MiB. */
+  mib: number;
+  /** The size dom0 grows it to (the resize disk only). */
+  grownMib?: number;
+}
+
+/**
+ * The Xen lab's disks, served by dom0's xen-blkback: pvdrv's and the kernel's identical disks (the benchmark and the
+ * host's check of what pvdrv wrote); a read-only disk the host filled with {@link XEN_RO_SEED}'s pattern; and a
+ * disk dom0 grows to `grownMib` when the domU asks (a loop device over a file in dom0).
+ */
+export const XEN_VBDS = {
+  pvdrv: { vbd: 51712, vdev: "xvda", mib: 256 },
+  kernel: { vbd: 51728, vdev: "xvdb", mib: 256 },
+  readOnly: { vbd: 51744, vdev: "xvdc", mib: 16 },
+  resize: { vbd: 51760, vdev: "xvdd", mib: 32, grownMib: 48 },
+} as const satisfies Record<string, XenVbd>;
+/** The pattern (apps/disk_verify.ts patternByte, write number) the host writes on the read-only disk. */
+export const XEN_RO_SEED = 4242;

@@ -13,53 +13,27 @@
 import { LAB_DISKS, NBDKIT_FILE_PLUGIN } from "../topology.ts";
 import { bindDevice } from "../../system/bind.ts";
 import { readDevice } from "../../ffi/sysfs.ts";
-import { commandJson, Running, task } from "./tasks.ts";
+import { Running, task } from "./tasks.ts";
+import { BLK_JOBS, type BlkJob, blkloadJob, pvdrvJob } from "./blk_jobs.ts";
 
 const { vfioDisk, kernelDisk } = LAB_DISKS;
 const SECONDS = Number(Deno.env.get("PVDRV_BLK_SECONDS") ?? 6), WINDOWS = 3;
-/** The jobs: mode, block size, queue depth. */
-const JOBS = [
-  { mode: "randread", bs: 4096, qd: 1 },
-  { mode: "randread", bs: 4096, qd: 32 },
-  { mode: "randwrite", bs: 4096, qd: 1 },
-  { mode: "randwrite", bs: 4096, qd: 32 },
-  { mode: "read", bs: 131072, qd: 8 },
-  { mode: "write", bs: 131072, qd: 8 },
-];
 const BLKLOAD = new URL("../../build/blkload", import.meta.url).pathname;
 
 if (readDevice(vfioDisk.pci).driver !== "vfio-pci") bindDevice(vfioDisk.pci, "vfio-pci");
 const kernelDev = readDevice(kernelDisk.pci).blockDevices[0];
 if (!kernelDev) throw new Error(`${kernelDisk.pci} has no kernel disk`);
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** One blkload run of job `j` on block device `dev`: the result line for `driver`. */
 async function blkload(
   dev: string,
-  j: typeof JOBS[number],
+  j: BlkJob,
   driver: string,
   path: string,
   baseline: boolean,
 ): Promise<string> {
-  const k = await commandJson<{ windows: number[]; p50us: number; p99us: number }>(
-    new Deno.Command(BLKLOAD, {
-      args: [dev, j.mode, `${j.bs}`, `${j.qd}`, `${SECONDS}`, `${WINDOWS}`],
-      stdout: "piped",
-      stderr: "piped",
-    }),
-    `blkload ${j.mode} on ${dev}`,
-  );
-  const iops = median(k.windows);
-  const row = {
-    ...j,
-    driver,
-    path,
-    baseline,
-    iops,
-    windows: k.windows,
-    mbps: +((iops * j.bs) / 1e6).toFixed(1),
-  };
-  return `PVDRV-BLKBENCH ${JSON.stringify({ ...row, p50us: k.p50us, p99us: k.p99us })}`;
+  const r = await blkloadJob(BLKLOAD, dev, j, SECONDS, WINDOWS);
+  return `PVDRV-BLKBENCH ${JSON.stringify({ ...j, driver, path, baseline, ...r })}`;
 }
 
 /** Run `cmd args`, failing with its output. */
@@ -80,22 +54,9 @@ async function socketUp(path: string, what: string): Promise<void> {
   throw new Error(`${what} did not open ${path} within 30 s`);
 }
 
-for (const j of JOBS) {
+for (const j of BLK_JOBS) {
   for (const irq of ["poll", "msix"]) {
-    const args = [
-      vfioDisk.pci,
-      "bench",
-      "--seconds",
-      `${SECONDS}`,
-      "--windows",
-      `${WINDOWS}`,
-      "--bs",
-      `${j.bs}`,
-    ];
-    args.push("--qd", `${j.qd}`, "--irq", irq, "--json");
-    if (j.mode.includes("write")) args.push("--write");
-    if (!j.mode.startsWith("rand")) args.push("--seq");
-    const r = await commandJson(task("cli/blk.ts", args), `pvdrv ${j.mode}`);
+    const r = await pvdrvJob(vfioDisk.pci, j, irq, SECONDS, WINDOWS);
     const row = { ...j, driver: `pvdrv (${irq})`, path: "device", baseline: false, ...r };
     console.log(`PVDRV-BLKBENCH ${JSON.stringify(row)}`);
   }
@@ -105,9 +66,9 @@ for (const j of JOBS) {
 // The export path: pvdrv's NBD export (polling, then sleeping on MSI-X) and nbdkit, each behind a kernel NBD
 // device attached by nbd-client; the rows are printed per job at the end.
 const PV_SOCK = "/tmp/bench-pvdrv-nbd.sock", KIT_SOCK = "/tmp/bench-nbdkit.sock";
-const rows: string[][] = JOBS.map(() => []);
+const rows: string[][] = BLK_JOBS.map(() => []);
 const collect = async (dev: string, driver: string, baseline: boolean) => {
-  for (const [k, j] of JOBS.entries()) rows[k].push(await blkload(dev, j, driver, "export", baseline));
+  for (const [k, j] of BLK_JOBS.entries()) rows[k].push(await blkload(dev, j, driver, "export", baseline));
 };
 
 /** Attach `dev` to the server on `sock`, run every job on it, detach. */

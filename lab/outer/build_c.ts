@@ -13,6 +13,11 @@ export function buildPeerTool(): string {
   return buildLabTool("pvpeer", true);
 }
 
+/** Build lab/c/blkload.c (the kernel's side of the disk benchmarks) statically into build/blkload. */
+export function buildBlkload(): string {
+  return compileC(`${ROOT}/lab/c/blkload.c`, `${ROOT}/build/blkload`, ["-static", "-pthread"]);
+}
+
 /** Build lab/<name>.c into build/<name> when missing or stale (`guest`: statically, for the guest). */
 export function buildLabTool(name: string, guest = false): string {
   return compileC(`${ROOT}/lab/c/${name}.c`, `${ROOT}/build/${name}`, guest ? ["-static"] : [], [

@@ -27,13 +27,23 @@ import {
   run,
   VM_DIR,
 } from "./guest_image.ts";
-import { buildPeerTool } from "./build_c.ts";
+import { buildBlkload, buildPeerTool } from "./build_c.ts";
 import { LabError, runQemu } from "./qemu.ts";
 import { buildNative } from "../../ffi/lib.ts";
-import { backingFileCheck, BLOCK_HOTPLUG, BLOCK_SCRIPT, freshDisks, XEN_DISKS } from "./xen_disks.ts";
+import {
+  backingFileCheck,
+  BLOCK_HOTPLUG,
+  BLOCK_SCRIPT,
+  DISK_HELPER,
+  DISK_HELPER_PATH,
+  DOM0_DISK_SETUP,
+  freshDisks,
+  readOnlyFileCheck,
+  XEN_DISKS,
+  xenDiskBenchSummary,
+} from "./xen_disks.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
-/** The library and tool folders the domU needs (the tests it runs import them). */
 /** The project folders the domU gets (everything its tasks and tests import). */
 export const CODE_DIRS = ["ffi", "hal", "drivers", "system", "net", "apps", "cli", "lab"];
 /** Where the Xen lab keeps its builds. */
@@ -51,6 +61,7 @@ const DOM0_MODULES = [
   "virtio_pci",
   "virtio_blk",
   "xen-blkback",
+  "loop",
 ];
 const DOMU_MODULES = ["xen-evtchn", "xen-gntalloc", "xen-gntdev", "xenfs", "tun"];
 /** The domU's MAC (set in its vif config). */
@@ -104,12 +115,13 @@ async function vmlinux(vmlinuz: string, out: string): Promise<void> {
   Deno.removeSync(`${out}.xz`);
 }
 
-function domUInit(modules: string[], netfront: string[], benchSeconds: number): string {
+function domUInit(modules: string[], netfront: string[], blkfront: string[], bench: XenBench): string {
   return `#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin HOME=/root DENO_DIR=/tmp/deno-dir DENO_NO_UPDATE_CHECK=1 NO_COLOR=1 PVDRV_XEN_GUEST=1
-export PVDRV_JUMBO_FRAMES=${XEN_JUMBO_FRAMES} PVDRV_BENCH_SECONDS=${benchSeconds}
-export PVDRV_KERNEL_NETFRONT="${netfront.join(" ")}"
+export PVDRV_JUMBO_FRAMES=${XEN_JUMBO_FRAMES} PVDRV_BENCH_SECONDS=${bench.seconds}
+export PVDRV_KERNEL_NETFRONT="${netfront.join(" ")}" PVDRV_KERNEL_BLKFRONT="${blkfront.join(" ")}"
+export PVDRV_BLK_BENCH_JOBS=${bench.diskJobs}
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
 exec </dev/null >/dev/console 2>&1
 for m in ${
@@ -120,6 +132,9 @@ cd /pvdrv && deno test -A --no-check tests/xen/guest/; t=$?
 # The network host on netfront (ping, UDP echo, HTTP both ways) against dom0's stack, in steps dom0 acknowledges.
 deno test -A --no-check tests/xen/net/; n=$?
 echo "PVDRV-DOMU-EXIT=$((t | n))"
+# The disks first: the network benchmark ends with the step that lets dom0 shut the domain down.
+deno run -A --no-check tests/xen/guest/bench_blk.ts
+echo "PVDRV-DOMU-BLKBENCH-EXIT=$?"
 deno run -A --no-check tests/xen/guest/bench.ts
 echo "PVDRV-DOMU-BENCH-EXIT=$?"
 # dom0 ends the run with 'xl shutdown': the agent must power the domain off (busybox's poweroff would not: PID 1
@@ -146,7 +161,9 @@ xen-init-dom0 >/dev/null
 xenconsoled --pid-file=/var/run/xenconsoled.pid
 ip link add xenbr0 type bridge && ip link set xenbr0 up
 ( /usr/local/bin/pvpeer recv vif1.0 ${XEN_FRAMES} 240000 > /tmp/recv.json 2>&1 ) &
+${DOM0_DISK_SETUP}
 xl create /etc/xen/domU.cfg >/tmp/xl.log 2>&1 || { echo "PVDRV-XL-FAIL $(cat /tmp/xl.log)"; echo o > /proc/sysrq-trigger; }
+${DISK_HELPER_PATH} "$(xl domid pvdrv-domU)" &
 xl console pvdrv-domU &
 # The receiver above started before vif1.0 existed: restart it once the backend made the interface.
 i=0; while [ ! -e /sys/class/net/vif1.0 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
@@ -215,11 +232,19 @@ export interface XenImage {
   dom0Initrd: string;
 }
 
-/** Build (or reuse) the Xen lab; `benchSeconds` is the length of each benchmark step. */
-export async function buildXenLab(benchSeconds = XEN_BENCH_SECONDS): Promise<XenImage> {
+/** What the domU's benchmarks run: seconds per step, and how many of the disk jobs (lab/guest/blk_jobs.ts). */
+export interface XenBench {
+  seconds: number;
+  diskJobs: number;
+}
+
+/** Build (or reuse) the Xen lab with the benchmark `bench` (by default: 4 s steps, the first disk job only). */
+export async function buildXenLab(
+  bench: XenBench = { seconds: XEN_BENCH_SECONDS, diskJobs: 1 },
+): Promise<XenImage> {
   await ensureCompiler();
   buildNative({ quiet: true });
-  const peer = buildPeerTool();
+  const peer = buildPeerTool(), blkload = buildBlkload();
   const pkg = await kernelPackage();
   const kver = pkg.replace(/^linux-image-/, "");
   const x = await extractKernel(pkg);
@@ -239,13 +264,15 @@ export async function buildXenLab(benchSeconds = XEN_BENCH_SECONDS): Promise<Xen
   if (!exists(`${domU}/vmlinux`)) await vmlinux(`${x}/boot/vmlinuz-${kver}`, `${domU}/vmlinux`);
   log("packing the domU and dom0 initramfs images");
   const mlist = resolveModules(`${x}/lib/modules/${kver}`, DOMU_MODULES);
-  // The kernel's own xen-netfront: in the image, loaded only by the benchmark (it would take vif-0 at boot).
-  const nlist = resolveModules(`${x}/lib/modules/${kver}`, ["xen-netfront"])
-    .filter((m) => !mlist.some((b) => b.name === m.name));
+  // The kernel's own xen-netfront and xen-blkfront: in the image, loaded only by the benchmarks (they would take
+  // vif-0 and the vbds at boot).
+  const kernelFront = (m: string) =>
+    resolveModules(`${x}/lib/modules/${kver}`, [m]).filter((k) => !mlist.some((b) => b.name === k.name));
+  const nlist = kernelFront("xen-netfront"), blist = kernelFront("xen-blkfront");
   const w = await busyboxInitramfs(`${domU}/initrd.cpio`, {
     extract: x,
-    init: domUInit(mlist.map((m) => m.name), nlist.map((m) => m.name), benchSeconds),
-    modules: [...mlist, ...nlist],
+    init: domUInit(mlist.map((m) => m.name), nlist.map((m) => m.name), blist.map((m) => m.name), bench),
+    modules: [...mlist, ...nlist, ...blist],
     deno: Deno.execPath(),
     dirs: ["pvdrv", "pvdrv/build"],
   });
@@ -259,6 +286,7 @@ export async function buildXenLab(benchSeconds = XEN_BENCH_SECONDS): Promise<Xen
     w.add({ path: `pvdrv/${f}`, type: "file", data: Deno.readFileSync(`${ROOT}/${f}`), mode: 0o755 });
   }
   w.add({ path: "bin/pvpeer", type: "file", data: Deno.readFileSync(peer), mode: 0o755 });
+  w.add({ path: "bin/blkload", type: "file", data: Deno.readFileSync(blkload), mode: 0o755 });
   w.close();
   // dom0: the debootstrapped root plus /init, pvpeer, the domU and its config.
   const d0 = new CpioWriter(`${XEN_DIR}/dom0.cpio`);
@@ -272,16 +300,13 @@ export async function buildXenLab(benchSeconds = XEN_BENCH_SECONDS): Promise<Xen
   d0.add({
     path: "init",
     type: "file",
-    data: new TextEncoder().encode(dom0Init(dom0Mods.map((m) => m.name), benchSeconds)),
+    data: new TextEncoder().encode(dom0Init(dom0Mods.map((m) => m.name), bench.seconds)),
     mode: 0o755,
   });
   d0.add({ path: "usr/local/bin/pvpeer", type: "file", data: Deno.readFileSync(peer), mode: 0o755 });
-  d0.add({
-    path: BLOCK_SCRIPT.slice(1),
-    type: "file",
-    data: new TextEncoder().encode(BLOCK_HOTPLUG),
-    mode: 0o755,
-  });
+  for (const [path, text] of [[BLOCK_SCRIPT, BLOCK_HOTPLUG], [DISK_HELPER_PATH, DISK_HELPER]]) {
+    d0.add({ path: path.slice(1), type: "file", data: new TextEncoder().encode(text), mode: 0o755 });
+  }
   d0.add({ path: "boot/domU-vmlinux", type: "file", data: Deno.readFileSync(`${domU}/vmlinux`) });
   d0.add({ path: "boot/domU-initrd.cpio", type: "file", data: Deno.readFileSync(`${domU}/initrd.cpio`) });
   d0.add({
@@ -292,7 +317,7 @@ export async function buildXenLab(benchSeconds = XEN_BENCH_SECONDS): Promise<Xen
         `extra = "console=hvc0 quiet"\nmemory = 1024\nvcpus = 1\ncpus = "1"\nvif = [ 'mac=${DOMU_MAC},bridge=xenbr0' ]\n` +
         `disk = [ ${
           XEN_DISKS.map((d) =>
-            `'format=raw, vdev=${d.vdev}, access=rw, script=${BLOCK_SCRIPT}, target=${d.dom0}'`
+            `'format=raw, vdev=${d.vdev}, access=${d.access}, script=${BLOCK_SCRIPT}, target=${d.dom0}'`
           ).join(", ")
         } ]\n` +
         `on_poweroff = "destroy"\non_crash = "destroy"\n`,
@@ -356,6 +381,7 @@ export function checkXenRun(r: XenRun): XenCheck[] {
   const agent = r.lines.find((l) => /^xen-agent: poweroff requested/.test(l));
   return [
     backingFileCheck(r.diskDir, r.blkExpect),
+    readOnlyFileCheck(r.diskDir),
     frames("RECV", XEN_FRAMES, "MTU-1500 frames"),
     sent("SEND", XEN_FRAMES, "MTU-1500 frames"),
     frames("RECV-JUMBO", XEN_JUMBO_FRAMES, "jumbo frames"),
@@ -378,18 +404,21 @@ export function xenBenchSummary(r: XenRun): string[] {
     ["RX, pvdrv polling (pps counted in the domU)", pps(r.bench["rx-pvdrv"]), pps(r.bench["rx-kernel"])],
     ["RX, pvdrv on its event channel", pps(r.bench["rx-pvdrv-irq"]), pps(r.bench["rx-kernel"])],
   ];
-  return rows.map(([what, p, k]) =>
-    `${what}: pvdrv netfront ${p.toFixed(0)}, kernel xen-netfront ${k.toFixed(0)}, ratio ${
-      k ? (p / k).toFixed(2) : "n/a"
-    }x`
-  );
+  return [
+    ...rows.map(([what, p, k]) =>
+      `${what}: pvdrv netfront ${p.toFixed(0)}, kernel xen-netfront ${k.toFixed(0)}, ratio ${
+        k ? (p / k).toFixed(2) : "n/a"
+      }x`
+    ),
+    ...xenDiskBenchSummary(r.bench),
+  ];
 }
 
 /** Boot the Xen lab and run the scenario. */
 export async function runXenLab(
-  opts: { timeoutSec?: number; onLine?: (l: string) => void; benchSeconds?: number } = {},
+  opts: { timeoutSec?: number; onLine?: (l: string) => void; bench?: XenBench } = {},
 ): Promise<XenRun> {
-  const img = await buildXenLab(opts.benchSeconds);
+  const img = await buildXenLab(opts.bench);
   const diskDir = `${XEN_DIR}/run`, drives = freshDisks(diskDir);
   const args = [
     ...drives,

@@ -76,6 +76,8 @@ Deno.test("cli: bad input gets one clear line and the usage, never a stack trace
     ["send.ts", ["00:04.0", "--ip", "10.0.0.2/24"], /--echo, --ip, --dhcp and --gw go with --udp/],
     ["recv.ts", ["00:04.0", "--udp", "70000", "--dhcp"], /--udp must be between 1 and 65535/],
     ["recv.ts", ["00:04.0", "--udp", "9000"], /give this host an address/],
+    ["blk.ts", ["vbd/51712", "bench", "--irq", "msix"], /--irq for a Xen vbd must be poll or evtchn/],
+    ["blk.ts", ["00:0b.0", "bench", "--irq", "evtchn"], /--irq must be poll, msix or intx/],
   ];
   for (const [script, args, re] of cases) {
     const r = await run(script, args);
