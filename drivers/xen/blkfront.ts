@@ -141,6 +141,8 @@ export class Blkfront extends DiskCore<BlkfrontQueue> {
       start: () => this.#start(),
       release: () => this.#release(),
       changed: () => this.#changed(),
+      // A connection with more queues or a bigger ring left these; blkback would read this one's keys by them.
+      staleKeys: ["multi-queue-num-queues", "ring-page-order"],
     }, { timeoutMs: opts.timeoutMs ?? 30_000, connectedFirst: false });
   }
 

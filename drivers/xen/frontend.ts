@@ -47,12 +47,26 @@ export async function findFrontend(xs: XenStore, type: string, index: number): P
   return { dir, backend, backendId };
 }
 
+/** Remove `path` in transaction `tx`; one that is not there is fine. */
+async function rmIfThere(xs: XenStore, path: string, tx: number): Promise<void> {
+  try {
+    await xs.rm(path, tx);
+  } catch (e) {
+    if (!(e instanceof XenStoreError && e.code === "ENOENT")) throw e;
+  }
+}
+
 /** What a device's frontend does at each step of the handshake. */
 export interface FrontendSteps {
   /** The backend is in InitWait: read and check its features, grant the rings and bind the event channels. */
   prepare(): Promise<void>;
   /** Write the ring keys with `put` (in the transaction that also writes Initialised; it may run again). */
   publish(put: (key: string, value: string | number) => Promise<void>): Promise<void>;
+  /**
+   * Keys an earlier connection of this device may have left that would change how the backend reads this one's
+   * (multi-queue-num-queues, ring-page-order): removed in the same transaction, before {@link publish}.
+   */
+  readonly staleKeys?: readonly string[];
   /** The backend is Connected: start the rings. */
   start(): void | Promise<void>;
   /** Stop using the rings and release their grants and ports (the backend went away, or shutdown). */
@@ -115,6 +129,7 @@ export class XenbusFrontend {
     await this.steps.prepare();
     const xs = this.xs;
     await xs.transaction(async (tx) => {
+      for (const k of this.steps.staleKeys ?? []) await rmIfThere(xs, `${this.dev.dir}/${k}`, tx);
       await this.steps.publish((k, v) => xs.write(`${this.dev.dir}/${k}`, String(v), tx));
       await xs.write(`${this.dev.dir}/state`, String(XenbusState.Initialised), tx);
     });

@@ -142,6 +142,8 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
       publish: (put) => this.#publish(put),
       start: () => this.#start(),
       release: () => this.#releaseQueues(),
+      // A connection with more queues left it; netback would look for this one's rings under queue-N.
+      staleKeys: ["multi-queue-num-queues"],
     }, { timeoutMs: opts.timeoutMs ?? 30_000, connectedFirst: true });
   }
 

@@ -143,6 +143,31 @@ Deno.test("blkfront: a deeper queue asks for a bigger ring (ring-page-order), as
   }
 });
 
+Deno.test("blkfront: reopened with one queue and one page after two and a bigger ring, it connects", async () => {
+  // The stale multi-queue-num-queues and ring-page-order of the first connection would make blkback look for
+  // rings under queue-N and ring-refN that are no longer granted (Linux blkback: "mapping ring-ref" fails).
+  const { back, server, xs, open } = lab({ maxQueues: 2, maxRingPageOrder: 2 });
+  const data = pattern(8192, 9);
+  let disk = await open({ queues: 2, queueDepth: 64 });
+  try {
+    assert.equal(server.get(`${back.front}/multi-queue-num-queues`), "2");
+    assert.equal(server.get(`${back.front}/ring-page-order`), "1");
+    await disk.write(0, data);
+  } finally {
+    await disk.close();
+  }
+  disk = await open({ queues: 1, queueDepth: 32 });
+  try {
+    assert.equal(server.get(`${back.front}/multi-queue-num-queues`), undefined);
+    assert.equal(server.get(`${back.front}/ring-page-order`), undefined);
+    assert.equal(disk.queues, 1);
+    assert.deepEqual(await disk.read(0, data.length), data);
+  } finally {
+    await disk.close();
+    await xs.close();
+  }
+});
+
 Deno.test("blkfront: without indirect segments a request carries at most 11", async () => {
   const { back, xs, open } = lab({ maxIndirectSegments: 0 });
   const disk = await open();

@@ -114,6 +114,12 @@ Deno.test("netfront: feature subsets — no split channels, multi-queue, no rx-c
     assert.equal(send(nf, 5, 0, 1), 5);
     assert.equal(back.sent[1].length, 5);
     await nf.close();
+    // Reopened with one queue: the first connection's multi-queue-num-queues is gone, so netback reads the
+    // top-level rings this one wrote instead of queue-N's, which are no longer granted.
+    const one = await open(1);
+    assert.equal(server.get(`${back.front}/multi-queue-num-queues`), undefined);
+    assert.equal(send(one, 3), 3);
+    await one.close();
     await xs.close();
   }
   {
