@@ -4,12 +4,11 @@
  */
 import { openDisk } from "../system/table.ts";
 import type { Disk } from "../drivers/block/disk.ts";
-import type { IrqMode } from "../drivers/core/device.ts";
 import { type BlockBuffer, BlockOp, BlockRequest, Completions } from "../drivers/block/disk.ts";
 import { VirtioBlk } from "../drivers/virtio/blk.ts";
 import { checkDisk, verifyDisk, verifyPlan } from "../apps/disk_verify.ts";
 import { intArg, parse, runMain, UsageError } from "./lib/common.ts";
-import { irqArg } from "./lib/nic_args.ts";
+import { diskIrqArg } from "./lib/nic_args.ts";
 
 const USAGE = `usage: deno task blk <disk> <command> [options]
   <disk>              PCI address of a virtio-blk device bound to vfio-pci or uio_pci_generic, or vbd/N: a Xen
@@ -26,20 +25,6 @@ const USAGE = `usage: deno task blk <disk> <command> [options]
                       evtchn for a Xen vbd
   --queues N          request queues (default 1)
   --json              one JSON line instead of text`;
-
-/**
- * --irq for `disk`: a virtio disk takes poll, msix or intx (the mode it is opened in); a Xen vbd always has its
- * event channel, so it takes poll or evtchn (whether the loop sleeps on it).
- */
-function diskIrq(v: string | undefined, disk: string): { name: string; mode: IrqMode; sleep: boolean } {
-  if (!/^vbd\//.test(disk)) {
-    const mode = irqArg(v);
-    return { name: mode, mode, sleep: mode !== "poll" };
-  }
-  if (v === undefined || v === "poll") return { name: "poll", mode: "poll", sleep: false };
-  if (v === "evtchn") return { name: v, mode: "poll", sleep: true };
-  throw new UsageError(`--irq for a Xen vbd must be poll or evtchn, got '${v}'`);
-}
 
 const hex = (b: ArrayBuffer) => [...new Uint8Array(b)].map((x) => x.toString(16).padStart(2, "0")).join("");
 
@@ -167,7 +152,7 @@ await runMain(USAGE, async () => {
   if (!["info", "read", "write", "verify", "bench"].includes(cmd)) {
     throw new UsageError(`unknown command '${cmd}'`);
   }
-  const irq = diskIrq(values.irq, name);
+  const irq = diskIrqArg(values.irq, name);
   const opts = { irq: irq.mode, queues: intArg("queues", values.queues, 1, 1, 64) };
   const out = (o: Record<string, unknown>, text: string) =>
     console.log(values.json ? JSON.stringify(o) : text);

@@ -7,17 +7,19 @@ import { openDisk } from "../system/table.ts";
 import { listenNbd, NbdExport } from "../apps/nbd/server.ts";
 import { attachNbd, type NbdAttachment } from "./lib/nbd_attach.ts";
 import { intArg, parse, runMain, UsageError } from "./lib/common.ts";
-import { irqArg } from "./lib/nic_args.ts";
+import { diskIrqArg } from "./lib/nic_args.ts";
 
 const USAGE = `usage: deno task nbd <disk> [options]
-  <disk>              PCI address of a virtio-blk device bound to vfio-pci or uio_pci_generic
+  <disk>              PCI address of a virtio-blk device bound to vfio-pci or uio_pci_generic, or vbd/N (a
+                      Xen virtual disk of this domain)
   --socket PATH       serve on this Unix socket (default: a fresh one under /tmp)
   --port N            serve on TCP 127.0.0.1:N instead
   --attach /dev/nbdN  also attach that kernel NBD device to the export (modprobe nbd first), so the disk
                       appears as a block device: mkfs, mount, ...; detached on SIGINT/SIGTERM
   --name NAME         the export's name (default "")
   --read-only         refuse writes
-  --irq poll|msix|intx  completion mode (default poll)
+  --irq MODE          completion: poll (default), or sleep on the interrupt: msix or intx for a virtio disk,
+                      evtchn for a Xen vbd
   --json              one JSON line when ready, and one per session`;
 
 await runMain(USAGE, async () => {
@@ -45,13 +47,13 @@ await runMain(USAGE, async () => {
     throw new UsageError(`--attach takes a kernel NBD device like /dev/nbd0, got '${values.attach}'`);
   }
   const port = values.port === undefined ? undefined : intArg("port", values.port, 0, 1, 65535);
-  const irq = irqArg(values.irq);
-  const disk = await openDisk(name, { irq });
+  const irq = diskIrqArg(values.irq, name);
+  const disk = await openDisk(name, { irq: irq.mode });
   const exportName = values.name ?? "";
   const exp = new NbdExport(disk, {
     name: exportName,
     readOnly: values["read-only"] ?? false,
-    interrupts: irq !== "poll",
+    interrupts: irq.sleep,
   });
   const path = values.socket ??
     (port === undefined ? `${Deno.makeTempDirSync({ prefix: "pvdrv-nbd-" })}/nbd.sock` : "");

@@ -47,6 +47,23 @@ export function irqArg(v: string | undefined): IrqMode {
   throw new UsageError(`--irq must be poll, msix or intx, got '${v}'`);
 }
 
+/**
+ * --irq for `disk`: a virtio disk takes poll, msix or intx (the mode it is opened in); a Xen vbd always has its
+ * event channel, so it takes poll or evtchn (whether the loop sleeps on it).
+ */
+export function diskIrqArg(
+  v: string | undefined,
+  disk: string,
+): { name: string; mode: IrqMode; sleep: boolean } {
+  if (!/^vbd\//.test(disk)) {
+    const mode = irqArg(v);
+    return { name: mode, mode, sleep: mode !== "poll" };
+  }
+  if (v === undefined || v === "poll") return { name: "poll", mode: "poll", sleep: false };
+  if (v === "evtchn") return { name: v, mode: "poll", sleep: true };
+  throw new UsageError(`--irq for a Xen vbd must be poll or evtchn, got '${v}'`);
+}
+
 /** --mtu: netfront only (virtio-net uses the device's own MTU). */
 export function mtuArg(v: string | undefined, nic: string): number | undefined {
   if (v === undefined) return undefined;

@@ -87,8 +87,8 @@ function toolPath(name: string): string | null {
   return null;
 }
 
-/** The guest tools, installing e2fsprogs when one is missing. */
-async function guestTools(): Promise<GuestTool[]> {
+/** The guest tools (mkfs.ext4, e2fsck), installing e2fsprogs when one is missing. */
+export async function guestTools(): Promise<GuestTool[]> {
   if (GUEST_TOOLS.some((t) => !toolPath(t))) await ensureTool("mkfs.ext4", ["e2fsprogs"]);
   return GUEST_TOOLS.map((name) => {
     const path = toolPath(name);

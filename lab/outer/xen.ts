@@ -22,6 +22,7 @@ import {
   ensureTool,
   exists,
   extractKernel,
+  guestTools,
   kernelPackage,
   resolveModules,
   run,
@@ -37,9 +38,9 @@ import {
   DISK_HELPER,
   DISK_HELPER_PATH,
   DOM0_DISK_SETUP,
+  domUDiskConfig,
   freshDisks,
   readOnlyFileCheck,
-  XEN_DISKS,
   xenDiskBenchSummary,
 } from "./xen_disks.ts";
 
@@ -63,7 +64,17 @@ const DOM0_MODULES = [
   "xen-blkback",
   "loop",
 ];
-const DOMU_MODULES = ["xen-evtchn", "xen-gntalloc", "xen-gntdev", "xenfs", "tun"];
+// nbd, ext4 and crc32c: the kernel's ext4 on pvdrv's NBD export of a vbd.
+const DOMU_MODULES = [
+  "xen-evtchn",
+  "xen-gntalloc",
+  "xen-gntdev",
+  "xenfs",
+  "tun",
+  "nbd",
+  "ext4",
+  "crc32c_generic",
+];
 /** The domU's MAC (set in its vif config). */
 export const DOMU_MAC = "00:16:3e:12:34:56";
 /** Frames each way at MTU 1500 (60..1514 bytes), then at MTU 9000 (60..9014 bytes). */
@@ -275,6 +286,7 @@ export async function buildXenLab(
     modules: [...mlist, ...nlist, ...blist],
     deno: Deno.execPath(),
     dirs: ["pvdrv", "pvdrv/build"],
+    tools: await guestTools(),
   });
   for (const d of [...CODE_DIRS, "tests", "tests/xen", "tests/xen/guest", "tests/xen/net"]) {
     w.add({ path: `pvdrv/${d}`, type: "dir" });
@@ -315,11 +327,7 @@ export async function buildXenLab(
     data: new TextEncoder().encode(
       `name = "pvdrv-domU"\ntype = "pv"\nkernel = "/boot/domU-vmlinux"\nramdisk = "/boot/domU-initrd.cpio"\n` +
         `extra = "console=hvc0 quiet"\nmemory = 1024\nvcpus = 1\ncpus = "1"\nvif = [ 'mac=${DOMU_MAC},bridge=xenbr0' ]\n` +
-        `disk = [ ${
-          XEN_DISKS.map((d) =>
-            `'format=raw, vdev=${d.vdev}, access=${d.access}, script=${BLOCK_SCRIPT}, target=${d.dom0}'`
-          ).join(", ")
-        } ]\n` +
+        `${domUDiskConfig()}\n` +
         `on_poweroff = "destroy"\non_crash = "destroy"\n`,
     ),
   });

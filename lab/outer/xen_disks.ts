@@ -42,10 +42,21 @@ xenstore-write "$XENBUS_PATH/physical-device" "$(stat -L -c %t:%T "$dev")" \\
 xenstore-write "$XENBUS_PATH/hotplug-status" connected
 `;
 
-/** dom0's commands before `xl create`: the resize disk's loop device. */
+/** The domU config's `disk = [ … ]` line: each disk through {@link BLOCK_SCRIPT}. */
+export function domUDiskConfig(): string {
+  const spec = (d: XenDisk) =>
+    `'format=raw, vdev=${d.vdev}, access=${d.access}, script=${BLOCK_SCRIPT}, target=${d.dom0}'`;
+  return `disk = [ ${XEN_DISKS.map(spec).join(", ")} ]`;
+}
+
+/**
+ * dom0's commands before `xl create`: the resize disk's loop device; blkback told to offer two queues per disk
+ * (its default is dom0's CPU count, one here), for the multi-queue test.
+ */
 export const DOM0_DISK_SETUP = `truncate -s ${XEN_VBDS.resize.mib}M /tmp/resize.img && losetup ${
   XEN_DISKS[3].dom0
-} /tmp/resize.img || echo "PVDRV-XL-FAIL losetup"`;
+} /tmp/resize.img || echo "PVDRV-XL-FAIL losetup"
+echo 2 > /sys/module/xen_blkback/parameters/max_queues || echo "PVDRV-XL-FAIL blkback max_queues"`;
 
 /** Where dom0 keeps {@link DISK_HELPER}. */
 export const DISK_HELPER_PATH = "/usr/local/bin/pvdrv-disk-helper";
