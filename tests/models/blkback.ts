@@ -342,6 +342,15 @@ export class BlkbackModel {
     this.#setState(XS.Connected);
   }
 
+  /**
+   * Flap the backend's state: write each of `states` (numbers or garbage) back to back, as a confused or hostile
+   * backend might; the model's rings are dropped as on a restart, but it does not reconnect by itself.
+   */
+  flap(states: (number | string)[]): void {
+    this.#rings = [];
+    for (const s of states) this.xs.set(`${this.back}/state`, String(s));
+  }
+
   /** A backend restart: Closing → Closed → InitWait (a fresh backend). */
   async restart(): Promise<void> {
     this.#setState(XS.Closing);
