@@ -37,6 +37,8 @@ export interface BlkbackOptions {
   sectorSize?: number;
   physicalSectorSize?: number;
   readOnly?: boolean;
+  /** feature-persistent (default true): without it blkback maps and unmaps each request's grants. */
+  persistent?: boolean;
   /** feature-flush-cache (default true). */
   flush?: boolean;
   barrier?: boolean;
@@ -197,7 +199,7 @@ export class BlkbackModel {
     set("info", o.readOnly ? VDISK.READONLY : 0);
     set("feature-flush-cache", (o.flush ?? true) ? 1 : 0);
     set("feature-barrier", o.barrier ? 1 : 0);
-    set("feature-persistent", 1);
+    set("feature-persistent", (o.persistent ?? true) ? 1 : 0);
     if (o.discard) {
       set("feature-discard", 1);
       set("discard-granularity", o.discardGranularity ?? ss);

@@ -373,3 +373,22 @@ Deno.test("blkfront: a backend whose state flaps (garbage too) never crashes it;
   }
   assert.equal(grants.live, 0, "close ended every grant");
 });
+
+Deno.test("blkfront: a backend without persistent grants gets the same dedicated pages, direct and indirect", async () => {
+  // pvdrv's buffers hold nothing but the disk's data (never the application's memory), so whether blkback keeps
+  // them mapped or maps them per request changes nothing on this side: no copy path is needed (XSA-403).
+  const { back, xs, open } = lab({ persistent: false });
+  const disk = await open();
+  try {
+    assert.equal(disk.backendDisk!.persistent, false);
+    const small = pattern(8192, 13), big = pattern(96 * 1024, 14); // 2 segments, then 24 (indirect)
+    await disk.write(0, small);
+    await disk.write(65536, big);
+    assert.deepEqual(back.disk.subarray(65536, 65536 + big.length), big);
+    assert.deepEqual(await disk.read(0, small.length), small);
+    assert.deepEqual(await disk.read(65536, big.length), big);
+  } finally {
+    await disk.close();
+    await xs.close();
+  }
+});
