@@ -17,7 +17,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define NEG_ERRNO(r) ((r) < 0 ? -errno : (r))
+// The call is evaluated once (a macro that named it twice would close, unmap or send twice).
+static inline int32_t neg_errno(long r) { return r < 0 ? -errno : (int32_t)r; }
+#define NEG_ERRNO(r) neg_errno((long)(r))
 
 // ---- ABI version: bump when a signature changes, checked by ffi/lib.ts ----
 uint32_t pvdrv_abi_version(void) { return 5; }

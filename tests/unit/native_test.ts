@@ -186,3 +186,14 @@ Deno.test("isStale: a missing output, or one older than its source, is stale; a 
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("shim: close and munmap run once — success is 0, a second close is EBADF", () => {
+  // NEG_ERRNO once named its argument twice: every close() ran twice (the second could close a descriptor another
+  // thread had just been given) and every munmap() too (unmapping what was mapped there meanwhile).
+  const n = native(), fd = n.pvdrv_eventfd(0, 0);
+  assert.ok(fd >= 0);
+  assert.equal(n.pvdrv_close(fd), 0, "closed once, successfully");
+  assert.equal(n.pvdrv_close(fd), -9, "the second close is the caller's: EBADF");
+  const len = 4096n, addr = check64("mmap", n.pvdrv_mmap(len, 3, 0x22, -1, 0n)); // MAP_PRIVATE | MAP_ANONYMOUS
+  assert.equal(n.pvdrv_munmap(n.pvdrv_ptr(addr), len), 0);
+});
