@@ -7,7 +7,7 @@
 
 import { PvdrvError } from "../hal/errors.ts";
 
-const ABI_VERSION = 5;
+const ABI_VERSION = 6;
 
 const SYMBOLS = {
   pvdrv_abi_version: { parameters: [], result: "u32" },
@@ -65,6 +65,13 @@ const SYMBOLS = {
   pvdrv_addr: { parameters: ["pointer"], result: "u64" },
   pvdrv_dma_alloc: { parameters: ["u64", "i32"], result: "i64" },
   pvdrv_virt_to_phys: { parameters: ["pointer"], result: "i64" },
+  pvdrv_unix_listen: { parameters: ["buffer", "i32"], result: "i32" },
+  pvdrv_unix_accept: { parameters: ["i32", "i32"], result: "i32" },
+  pvdrv_socketpair: { parameters: ["buffer"], result: "i32" },
+  pvdrv_send_fds: { parameters: ["i32", "buffer", "u32", "buffer", "u32"], result: "i32" },
+  pvdrv_recv_fds: { parameters: ["i32", "buffer", "u32", "buffer", "u32", "buffer"], result: "i32" },
+  pvdrv_memfd: { parameters: ["buffer", "u64"], result: "i32" },
+  pvdrv_remap_anon: { parameters: ["pointer", "u64"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The bound native symbols. */
@@ -258,7 +265,14 @@ const ERRNO: Record<number, string> = {
   22: "EINVAL (invalid argument)",
   25: "ENOTTY (inappropriate ioctl for device)",
   28: "ENOSPC (no space left)",
+  32: "EPIPE (the peer closed the socket)",
+  36: "ENAMETOOLONG (path too long for a Unix socket)",
+  74: "EBADMSG (control data that is not SCM_RIGHTS)",
+  90: "EMSGSIZE (message too long)",
   95: "EOPNOTSUPP (operation not supported)",
+  98: "EADDRINUSE (address in use)",
+  104: "ECONNRESET (connection reset by peer)",
+  111: "ECONNREFUSED (connection refused)",
 };
 
 /** Human-readable errno name. */

@@ -22,7 +22,7 @@ static inline int32_t neg_errno(long r) { return r < 0 ? -errno : (int32_t)r; }
 #define NEG_ERRNO(r) neg_errno((long)(r))
 
 // ---- ABI version: bump when a signature changes, checked by ffi/lib.ts ----
-uint32_t pvdrv_abi_version(void) { return 5; }
+uint32_t pvdrv_abi_version(void) { return 6; }
 
 // ---- volatile MMIO (base + offset; offset is a byte offset) ----
 uint8_t pvdrv_read8(void *base, uint32_t off) { return *(volatile uint8_t *)((char *)base + off); }
@@ -194,4 +194,120 @@ int32_t pvdrv_unix_connect(const char *path) {
     return -e;
   }
   return fd;
+}
+
+// ---- Unix sockets that carry file descriptors (vhost-user: memory regions, eventfds; SCM_RIGHTS) ----
+// Deno's own Unix sockets cannot pass fds, so the whole socket lives here.
+#define PVDRV_MAX_FDS 16
+
+// Bind and listen on `path` (NUL-terminated), non-blocking (accept says -EAGAIN when nobody waits); the fd, or
+// -errno (-EADDRINUSE if something is there).
+int32_t pvdrv_unix_listen(const char *path, int32_t backlog) {
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof a.sun_path) return -ENAMETOOLONG;
+  strcpy(a.sun_path, path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return -errno;
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, backlog) < 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  return fd;
+}
+
+// Accept one connection (close-on-exec; non-blocking when `nonblock`); the fd, or -errno (-EAGAIN: none yet).
+int32_t pvdrv_unix_accept(int32_t fd, int32_t nonblock) {
+  return NEG_ERRNO(accept4(fd, NULL, NULL, SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0)));
+}
+
+// A connected pair (close-on-exec) into out[0], out[1]; 0 or -errno.
+int32_t pvdrv_socketpair(int32_t *out) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return -errno;
+  out[0] = sv[0];
+  out[1] = sv[1];
+  return 0;
+}
+
+// Send `len` bytes with `nfds` descriptors (SCM_RIGHTS) in one message; bytes sent, or -errno.
+int32_t pvdrv_send_fds(int32_t fd, const void *buf, uint32_t len, const int32_t *fds, uint32_t nfds) {
+  if (nfds > PVDRV_MAX_FDS) return -EINVAL;
+  struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+  union {
+    char space[CMSG_SPACE(sizeof(int) * PVDRV_MAX_FDS)];
+    struct cmsghdr align;
+  } c;
+  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+  if (nfds) {
+    memset(&c, 0, sizeof c);
+    m.msg_control = c.space;
+    m.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(h), fds, sizeof(int) * nfds);
+  }
+  return NEG_ERRNO((int32_t)sendmsg(fd, &m, MSG_NOSIGNAL));
+}
+
+// Receive up to `len` bytes and up to `maxfds` descriptors (close-on-exec) into fds; *nfds says how many came.
+// Bytes received (0: the peer closed), or -errno. Never leaks a descriptor: when more came than fit (-EMSGSIZE)
+// or anything else is wrong with the control data (-EBADMSG), every one received is closed and none returned.
+int32_t pvdrv_recv_fds(int32_t fd, void *buf, uint32_t len, int32_t *fds, uint32_t maxfds, uint32_t *nfds) {
+  *nfds = 0;
+  if (maxfds > PVDRV_MAX_FDS) maxfds = PVDRV_MAX_FDS;
+  struct iovec iov = {.iov_base = buf, .iov_len = len};
+  union {
+    char space[CMSG_SPACE(sizeof(int) * PVDRV_MAX_FDS)];
+    struct cmsghdr align;
+  } c;
+  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = c.space, .msg_controllen = sizeof c.space};
+  ssize_t r = recvmsg(fd, &m, MSG_CMSG_CLOEXEC);
+  if (r < 0) return -errno;
+  int got[PVDRV_MAX_FDS];
+  uint32_t n = 0;
+  int bad = (m.msg_flags & MSG_CTRUNC) ? -EMSGSIZE : 0;
+  for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h; h = CMSG_NXTHDR(&m, h)) {
+    if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) {
+      bad = -EBADMSG;
+      continue;
+    }
+    uint32_t k = (uint32_t)((h->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    int *p = (int *)CMSG_DATA(h);
+    for (uint32_t i = 0; i < k; i++) {
+      int f;
+      memcpy(&f, p + i, sizeof f);
+      if (n < PVDRV_MAX_FDS) got[n++] = f;
+      else close(f), bad = -EMSGSIZE;
+    }
+  }
+  if (!bad && n > maxfds) bad = -EMSGSIZE;
+  if (bad) {
+    for (uint32_t i = 0; i < n; i++) close(got[i]);
+    return bad;
+  }
+  memcpy(fds, got, sizeof(int) * n);
+  *nfds = n;
+  return (int32_t)r;
+}
+
+// An anonymous shared file of `size` bytes (guest memory in tests and models); the fd, or -errno.
+int32_t pvdrv_memfd(const char *name, uint64_t size) {
+  int fd = memfd_create(name, MFD_CLOEXEC);
+  if (fd < 0) return -errno;
+  if (ftruncate(fd, (off_t)size) < 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  return fd;
+}
+
+// Put anonymous zeroed memory where a shared mapping was (same address and length): the fd's pages are let go,
+// and views JavaScript still holds read zeros instead of faulting. 0 or -errno.
+int32_t pvdrv_remap_anon(void *p, uint64_t len) {
+  void *q = mmap(p, len, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return q == MAP_FAILED ? -errno : 0;
 }
