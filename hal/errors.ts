@@ -35,6 +35,8 @@ export type ErrorKind =
   | "xen"
   /** An application on a NIC (traffic generation, forwarding) gave up: the device or the peer stopped. */
   | "app"
+  /** A vhost-user front-end (QEMU) sent a message the backend refuses (size, count, range, order). */
+  | "vhost-user"
   /** The QEMU or Xen lab failed. */
   | "lab"
   /** Bad command-line input. */
