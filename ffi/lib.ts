@@ -7,7 +7,7 @@
 
 import { PvdrvError } from "../hal/errors.ts";
 
-const ABI_VERSION = 6;
+const ABI_VERSION = 7;
 
 const SYMBOLS = {
   pvdrv_abi_version: { parameters: [], result: "u32" },
@@ -72,6 +72,8 @@ const SYMBOLS = {
   pvdrv_recv_fds: { parameters: ["i32", "buffer", "u32", "buffer", "u32", "buffer"], result: "i32" },
   pvdrv_memfd: { parameters: ["buffer", "u64"], result: "i32" },
   pvdrv_remap_anon: { parameters: ["pointer", "u64"], result: "i32" },
+  pvdrv_fd_size: { parameters: ["i32"], result: "i64" },
+  pvdrv_fd_nonblock: { parameters: ["i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The bound native symbols. */

@@ -8,12 +8,13 @@
  */
 import { check, check64, cstr, MAP_SHARED, native, NativeError, PROT_RW } from "./lib.ts";
 import { irqWaiter } from "./irq.ts";
+import type { FdAcceptor, FdChannel, FdOps, SharedMapping } from "../hal/fds.ts";
 
 /** The most descriptors one message may carry (the shim's limit; vhost-user sends at most 8). */
 export const MAX_FDS = 16;
 
 /** A connected Unix stream socket that sends and receives descriptors with its bytes. */
-export class FdSocket {
+export class FdSocket implements FdChannel {
   #fd: number;
   // Made once: receive runs per message and allocates nothing of its own.
   readonly #fds = new Int32Array(MAX_FDS);
@@ -74,16 +75,34 @@ export class FdSocket {
     return irqWaiter().waitReadable(this.#live());
   }
 
-  /** Close the socket (idempotent). */
+  /** Block up to `timeoutMs` until a receive would not block; true when it would. */
+  readableWithin(timeoutMs: number): boolean {
+    return pollReadable(this.#live(), timeoutMs);
+  }
+
+  /** Close the socket (idempotent); a pending {@link readable} rejects. */
   close(): void {
     if (this.#fd < 0) return;
-    native().pvdrv_close(this.#fd);
+    irqWaiter().remove(this.#fd, true);
     this.#fd = -1;
   }
 }
 
+const pollFds = new Int32Array(3), pollRevents = new Int16Array(3);
+
+function pollReadable(fd: number, timeoutMs: number, b = -1, c = -1): boolean {
+  let n = 0;
+  if (fd >= 0) pollFds[n++] = fd;
+  if (b >= 0) pollFds[n++] = b;
+  if (c >= 0) pollFds[n++] = c;
+  pollRevents.fill(0);
+  const r = native().pvdrv_poll_sync(pollFds, pollRevents, n, Math.max(0, Math.floor(timeoutMs)));
+  if (r < 0 && r !== -4) check("poll", r); // -EINTR: a signal; nothing is readable yet
+  return r > 0;
+}
+
 /** A listening Unix socket at a path; closing it removes the path. */
-export class FdListener {
+export class FdListener implements FdAcceptor {
   #fd: number;
 
   private constructor(fd: number, readonly path: string) {
@@ -106,6 +125,12 @@ export class FdListener {
     const r = native().pvdrv_unix_accept(this.#fd, 0);
     if (r === -11) return null; // EAGAIN: nothing waiting
     return new FdSocket(check(`accept on ${this.path}`, r));
+  }
+
+  /** Resolves when a connection is waiting. */
+  readable(): Promise<void> {
+    if (this.#fd < 0) throw new NativeError(`listener ${this.path}`, -9);
+    return irqWaiter().waitReadable(this.#fd);
   }
 
   /** Wait for a connection and accept it. */
@@ -145,7 +170,7 @@ const released = new FinalizationRegistry<{ ptr: Deno.PointerObject; size: numbe
 });
 
 /** `size` bytes of shared file `fd` from `offset`, mapped read-write (vhost-user memory regions). */
-export class FdMapping {
+export class FdMapping implements SharedMapping {
   /** The mapped bytes. */
   readonly bytes: Uint8Array;
   #ptr: Deno.PointerObject | null;
@@ -176,3 +201,30 @@ export class FdMapping {
     this.#ptr = null;
   }
 }
+
+/** {@link FdOps} on Linux: mmap, eventfd reads and writes, and the process's one poll waiter. */
+export const LINUX_FD_OPS: FdOps = {
+  map(fd: number, size: number, offset: number): SharedMapping {
+    // A region past the file's end would fault (SIGBUS) when touched: refuse it before mapping.
+    const have = Number(check64(`fstat fd ${fd}`, native().pvdrv_fd_size(fd)));
+    if (offset + size > have) {
+      throw new NativeError(`fd ${fd} holds ${have} bytes, not ${size} from offset ${offset}`, -22);
+    }
+    return new FdMapping(fd, size, offset);
+  },
+  nonBlocking(fd: number): void {
+    check(`fcntl fd ${fd}`, native().pvdrv_fd_nonblock(fd));
+  },
+  signal(fd: number): void {
+    check("eventfd write", native().pvdrv_eventfd_signal(fd));
+  },
+  drain(fd: number): boolean {
+    return check("eventfd read", native().pvdrv_eventfd_drain(fd)) === 1;
+  },
+  waitReadable: (fd: number): Promise<void> => irqWaiter().waitReadable(fd),
+  waitAnySync: (a: number, b: number, c: number, timeoutMs: number): boolean =>
+    pollReadable(a, timeoutMs, b, c),
+  close(fd: number): void {
+    if (fd >= 0) irqWaiter().remove(fd, true);
+  },
+};

@@ -14,6 +14,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -22,7 +23,7 @@ static inline int32_t neg_errno(long r) { return r < 0 ? -errno : (int32_t)r; }
 #define NEG_ERRNO(r) neg_errno((long)(r))
 
 // ---- ABI version: bump when a signature changes, checked by ffi/lib.ts ----
-uint32_t pvdrv_abi_version(void) { return 6; }
+uint32_t pvdrv_abi_version(void) { return 7; }
 
 // ---- volatile MMIO (base + offset; offset is a byte offset) ----
 uint8_t pvdrv_read8(void *base, uint32_t off) { return *(volatile uint8_t *)((char *)base + off); }
@@ -303,6 +304,22 @@ int32_t pvdrv_memfd(const char *name, uint64_t size) {
     return -e;
   }
   return fd;
+}
+
+// The size of a passed descriptor's file when it is a regular file (a memfd, a file under /dev/shm or hugetlbfs),
+// else -EINVAL: mapping past a file's end would fault on first touch (SIGBUS), so a peer's region is checked first.
+int64_t pvdrv_fd_size(int32_t fd) {
+  struct stat st;
+  if (fstat(fd, &st) < 0) return -errno;
+  if (!S_ISREG(st.st_mode)) return -EINVAL;
+  return (int64_t)st.st_size;
+}
+
+// Make a passed descriptor non-blocking (a peer's "eventfd" may be a pipe or a blocking eventfd): 0 or -errno.
+int32_t pvdrv_fd_nonblock(int32_t fd) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) return -errno;
+  return fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ? -errno : 0;
 }
 
 // Put anonymous zeroed memory where a shared mapping was (same address and length): the fd's pages are let go,

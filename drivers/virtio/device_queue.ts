@@ -22,6 +22,7 @@ import {
   DESC_SIZE,
   needsEvent,
   RING,
+  USED_F_NO_NOTIFY,
   usedElem,
   usedEventOffset,
 } from "./split_ring.ts";
@@ -161,6 +162,23 @@ export class DeviceQueue {
   /** With EVENT_IDX, tell the driver where to notify next: avail_event = the next index to take (§2.7.10). */
   publishAvailEvent(): void {
     if (this.eventIdx) this.#used.setUint16(availEventOffset(this.size), this.lastAvail, true);
+  }
+
+  /** used.idx as the driver reads it from the ring (where a restarted device resumes publishing). */
+  publishedUsed(): number {
+    return this.#used.getUint16(RING.IDX, true);
+  }
+
+  /**
+   * Ask the driver for notifications or not: without EVENT_IDX the used ring's NO_NOTIFY flag (§2.7.7); with it,
+   * `on` publishes avail_event (§2.7.10) and `off` leaves it behind, so the driver stops notifying.
+   */
+  setNotify(on: boolean): void {
+    if (this.eventIdx) {
+      if (on) this.publishAvailEvent();
+      return;
+    }
+    this.#used.setUint16(RING.FLAGS, on ? 0 : USED_F_NO_NOTIFY, true);
   }
 
   /** Move used.idx by `n` without elements (a hostile device's knob). */

@@ -1,0 +1,85 @@
+/**
+ * A vhost-user front end's guest memory as the backend maps it (vhost-user.rst, SET_MEM_TABLE): up to 8 regions,
+ * each a shared descriptor mapped once, found by guest physical address (descriptor addresses) or by the front
+ * end's own virtual address (SET_VRING_ADDR's ring addresses). Every range is checked to lie wholly inside one
+ * region before a view is made: a guest or front end naming memory outside what it shared gets an error, never a
+ * read of this process's memory.
+ * @module
+ */
+import { PvdrvError } from "../../hal/errors.ts";
+import type { FdOps, SharedMapping } from "../../hal/fds.ts";
+import type { GuestMemory } from "./device_queue.ts";
+import type { MemRegion } from "./vhost_user_wire.ts";
+
+/** One mapped region. */
+interface Mapped {
+  guest: number;
+  user: number;
+  size: number;
+  map: SharedMapping;
+}
+
+const SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+/** The mapped memory table; {@link VhostMemory.release} unmaps it (views kept past that read zeros). */
+export class VhostMemory {
+  readonly #regions: Mapped[] = [];
+  /** Guest memory by guest physical address, for {@link DeviceQueue} and the data path. */
+  readonly guest: GuestMemory = (addr, len) => this.#find(addr, len, false);
+
+  /**
+   * Map `regions` with their descriptors `fds` (still the caller's to close). A region past 2^53, or one the
+   * descriptor's file does not hold, is refused and whatever was mapped already is released.
+   */
+  constructor(regions: readonly MemRegion[], fds: readonly number[], ops: FdOps) {
+    try {
+      for (const [i, r] of regions.entries()) {
+        if (r.guestAddr + r.size > SAFE || r.userAddr + r.size > SAFE || r.mmapOffset + r.size > SAFE) {
+          throw new PvdrvError("vhost-user", `vhost-user: memory region ${i} lies past 2^53`);
+        }
+        const size = Number(r.size);
+        this.#regions.push({
+          guest: Number(r.guestAddr),
+          user: Number(r.userAddr),
+          size,
+          map: ops.map(fds[i], size, Number(r.mmapOffset)),
+        });
+      }
+    } catch (e) {
+      this.release();
+      throw e;
+    }
+  }
+
+  /** The regions mapped. */
+  get regions(): number {
+    return this.#regions.length;
+  }
+
+  /** `len` bytes at the front end's virtual address `addr` (a ring's address); throws unless wholly inside. */
+  user(addr: number, len: number): Uint8Array {
+    return this.#find(addr, len, true);
+  }
+
+  #find(addr: number, len: number, user: boolean): Uint8Array {
+    const rs = this.#regions;
+    for (let i = 0; i < rs.length; i++) {
+      const r = rs[i], start = user ? r.user : r.guest;
+      if (addr >= start && addr - start + len <= r.size && len >= 0) {
+        const o = addr - start;
+        return r.map.bytes.subarray(o, o + len);
+      }
+    }
+    throw new PvdrvError(
+      "vhost-user",
+      `vhost-user: ${len} bytes at ${user ? "front-end address" : "guest address"} 0x${
+        addr.toString(16)
+      } are outside the shared memory`,
+    );
+  }
+
+  /** Unmap every region (idempotent). */
+  release(): void {
+    for (const r of this.#regions.splice(0)) r.map.unmap();
+  }
+}

@@ -1,0 +1,415 @@
+/**
+ * The device side of virtio-net (virtio 1.2 §5.1) as a vhost-user backend: pvdrv is the NIC a QEMU guest's
+ * virtio-net driver talks to. To the host it is an ordinary {@link Nic}: frames the guest transmits are received,
+ * frames sent go into the guest's receive buffers, so the IPv4 host, the traffic tools and the switch run on a
+ * guest's port unchanged.
+ *
+ * Per queue pair k, vring 2k is the guest's receiveq (the device writes) and 2k+1 its transmitq (§5.1.2). TX
+ * chains are gathered into host buffers with the `virtio_net_hdr` stripped (read across descriptors: a header
+ * may span them); RX frames are written with a header into one chain, or with VIRTIO_NET_F_MRG_RXBUF across as
+ * many as it takes, `num_buffers` set (§5.1.6.4). Interrupts follow EVENT_IDX or the NO_INTERRUPT flag, once per
+ * batch. Every guest value is checked by {@link DeviceQueue} and {@link VhostMemory}; a guest that breaks a ring
+ * gets that ring quarantined (stopped, its error eventfd signalled), never the process and never another queue.
+ * @module
+ */
+import { PvdrvError } from "../../hal/errors.ts";
+import type { FdAcceptor, FdChannel, FdOps } from "../../hal/fds.ts";
+import type { IrqSource } from "../../hal/irq.ts";
+import { NicCore, type QueuePair } from "../net/core.ts";
+import { emptyStats, MIN_FRAME, type QueueStats, RX_CSUM_PARTIAL } from "../net/nic.ts";
+import { type PacketBuffer, PacketPool, type PoolMemory } from "../net/packet_pool.ts";
+import { Chain, type DeviceQueue } from "./device_queue.ts";
+import { F, NET_F } from "./features.ts";
+import { HDR_F_NEEDS_CSUM } from "./net_wire.ts";
+import { type VhostDevice, VhostUserSession, type Vring } from "./vhost_user.ts";
+
+/** Options of {@link VhostUserNet}. */
+export interface VhostUserNetOptions {
+  /** A name for logs and errors. */
+  name?: string;
+  /** The MAC the host side uses as its own (the guest's MAC is QEMU's business). */
+  mac: Uint8Array;
+  /** Queue pairs offered (GET_QUEUE_NUM); default 1. */
+  pairs?: number;
+  /** Host buffers per queue and direction; default 256. */
+  buffers?: number;
+  /** Wait on kick eventfds (true) or poll (false); default true. */
+  irq?: boolean;
+}
+
+// Host buffers: a 1514-byte frame with a VLAN tag and room for the guest's own jumbo-less MTU up to 2030.
+const SLOT = 2048;
+const GSO_NONE = 0;
+// How often a busy receive loop looks for vhost-user messages, in batches (a poll(2) each time).
+const CONTROL_EVERY = 256;
+
+/** The features pvdrv's virtio-net device offers (VERSION_1, EVENT_IDX, MRG_RXBUF, CSUM, MQ). */
+export const VHOST_NET_FEATURES = F.VERSION_1 | F.RING_EVENT_IDX | NET_F.MRG_RXBUF | NET_F.CSUM | NET_F.MQ;
+
+/** One queue pair, host side. */
+interface VhostPair extends QueuePair {
+  readonly index: number;
+  readonly irq: IrqSource | null;
+  readonly stats: QueueStats;
+}
+
+function heap(bytes: number): PoolMemory {
+  return { bytes: new Uint8Array(bytes), free() {} };
+}
+
+/** A guest's virtio-net port, served over vhost-user. */
+export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
+  readonly name: string;
+  readonly mac: Uint8Array;
+  readonly mtu = 1500;
+  readonly maxFrame = 1518;
+  readonly txChecksum = false;
+  readonly features = VHOST_NET_FEATURES;
+  readonly vrings: number;
+  readonly queueNum: number;
+  /** Sessions accepted, ended, and rings quarantined, over the port's life. */
+  readonly counters = { sessions: 0, ended: 0, quarantined: 0, refusedConnections: 0 };
+  #session: VhostUserSession | null = null;
+  #acceptor: FdAcceptor | null;
+  #batches = 0;
+  #control = false;
+  #hdrLen = 12;
+  readonly #chain = new Chain();
+  readonly #hdr = new Uint8Array(12);
+  readonly #hdrView = new DataView(this.#hdr.buffer);
+  #changed: (() => void) | null = null;
+
+  /** A port that serves front ends connecting to `acceptor` (one at a time), using `ops` for their descriptors. */
+  constructor(acceptor: FdAcceptor, readonly ops: FdOps, opts: VhostUserNetOptions) {
+    super();
+    const pairs = opts.pairs ?? 1, n = opts.buffers ?? 256;
+    if (!Number.isInteger(pairs) || pairs < 1 || pairs > 64) throw new RangeError(`pairs ${pairs}: 1..64`);
+    if (!Number.isInteger(n) || n < 1 || n > 65536) throw new RangeError(`buffers ${n}: 1..65536`);
+    if (opts.mac.length !== 6) throw new RangeError("a MAC address is 6 bytes");
+    this.name = opts.name ?? "vhost-user";
+    this.mac = opts.mac;
+    this.vrings = 2 * pairs;
+    this.queueNum = pairs;
+    this.#acceptor = acceptor;
+    for (let i = 0; i < pairs; i++) {
+      const p: VhostPair = {
+        index: i,
+        rxPool: new PacketPool(`${this.name} rx${i}`, heap(n * SLOT), n, SLOT, 0),
+        txPool: new PacketPool(`${this.name} tx${i}`, heap(n * SLOT), n, SLOT, 0),
+        irq: opts.irq === false ? null : new KickIrq(this, 2 * i + 1),
+        stats: emptyStats(),
+      };
+      this.adopt(p.rxPool, p.txPool);
+      this.pairs.push(p);
+    }
+    this.#acceptLoop();
+  }
+
+  /** The current front end's session, or null while none is connected. */
+  get session(): VhostUserSession | null {
+    return this.#session;
+  }
+
+  /** Connected, and the first pair's rings started and enabled. */
+  linkUp(): boolean {
+    const s = this.#session;
+    return !!s && !s.closed && s.rings[0].enabled && s.rings[1].enabled;
+  }
+
+  /** The ring the guest broke in this pair, as an error, or null. */
+  protected fault(q: VhostPair): Error | null {
+    const s = this.#session;
+    if (!s) return null;
+    const r = s.rings[2 * q.index].broken ?? s.rings[2 * q.index + 1].broken;
+    return r
+      ? new PvdrvError("vhost-user", `${this.name}: the guest broke a ring of pair ${q.index}: ${r}`)
+      : null;
+  }
+
+  /** VhostDevice: rings changed; wake a waiter so it looks again. */
+  ringsChanged(): void {
+    const s = this.#session;
+    if (s?.closed) {
+      this.#session = null;
+      this.counters.ended++;
+    }
+    if (s) {
+      const v = s.features & (F.VERSION_1 | NET_F.MRG_RXBUF);
+      this.#hdrLen = v ? 12 : 10;
+    }
+    const w = this.#changed;
+    this.#changed = null;
+    w?.();
+  }
+
+  /** Resolves at the next ring change (a session, a start, a stop). */
+  changed(): Promise<void> {
+    return new Promise((r) => {
+      const prev = this.#changed;
+      this.#changed = () => (prev?.(), r());
+    });
+  }
+
+  /** Handle waiting vhost-user messages and connections now (a busy loop calls it through receive). */
+  pumpControl(): void {
+    this.#control = false;
+    if (!this.#session && this.#acceptor) this.#take(this.#acceptor.accept());
+    this.#session?.pump();
+  }
+
+  #take(ch: FdChannel | null): void {
+    if (!ch) return;
+    if (this.#session || this.closed) {
+      this.counters.refusedConnections++; // one front end at a time
+      ch.close();
+      return;
+    }
+    this.counters.sessions++;
+    const s = new VhostUserSession(ch, this.ops, this);
+    this.#session = s;
+    s.serve().catch(() => s.close());
+  }
+
+  async #acceptLoop(): Promise<void> {
+    for (;;) {
+      const a = this.#acceptor;
+      if (!a || this.closed) return;
+      try {
+        await a.readable();
+      } catch {
+        return; // the listener closed
+      }
+      if (!this.closed) this.#take(a.accept());
+    }
+  }
+
+  /** The session's vring `i`, or null. */
+  ring(i: number): Vring | null {
+    return this.#session?.rings[i] ?? null;
+  }
+
+  /** The control socket's descriptor, or -1 (a sleeper watches it too). */
+  get controlFd(): number {
+    return this.#session?.channel.fd ?? -1;
+  }
+
+  // ---- ring steps ----
+
+  #quarantine(r: Vring, e: unknown): void {
+    if (!(e instanceof PvdrvError)) throw e;
+    this.counters.quarantined++;
+    this.#session?.quarantine(r, e.message);
+  }
+
+  #signal(r: Vring, q: DeviceQueue, old: number): void {
+    if (r.call >= 0 && q.usedIdx !== old && q.wantsInterrupt(old)) {
+      try {
+        this.ops.signal(r.call);
+      } catch (e) {
+        this.#quarantine(r, e);
+      }
+    }
+  }
+
+  /** Guest TX → host: gather chains into host buffers, header stripped. */
+  protected collect(q: VhostPair, out: PacketBuffer[], max: number): void {
+    if (++this.#batches % CONTROL_EVERY === 0 || this.#control) this.pumpControl();
+    const r = this.ring(2 * q.index + 1), dq = r?.queue;
+    if (!r || !dq) return;
+    const c = this.#chain, mem = this.#session!.memory!, old = dq.usedIdx;
+    let got = 0;
+    try {
+      while (got < max && q.rxPool.available > 0 && dq.take(c)) {
+        if (!r.enabled) {
+          dq.putUsed(c.head, 0); // started but disabled: TX is taken and dropped (vhost-user.rst "Ring states")
+          continue;
+        }
+        const b = this.#gather(q, c, mem.guest);
+        dq.putUsed(c.head, 0);
+        if (b) this.deliver(q, out, b), got++;
+      }
+    } catch (e) {
+      this.#quarantine(r, e);
+      return;
+    }
+    this.#signal(r, dq, old);
+  }
+
+  #gather(q: VhostPair, c: Chain, mem: (a: number, n: number) => Uint8Array): PacketBuffer | null {
+    const h = this.#hdrLen, len = c.readable - h;
+    if (c.writable !== 0 || len < MIN_FRAME || len > SLOT) {
+      q.stats.rxDropped++; // not a frame this port carries: dropped, the ring is fine
+      return null;
+    }
+    const b = q.rxPool.take()!;
+    let skip = h, o = 0;
+    for (let i = 0; i < c.count; i++) {
+      let a = c.addr[i], n = c.len[i];
+      if (skip > 0) {
+        const k = Math.min(skip, n);
+        this.#hdr.set(mem(a, k), h - skip);
+        skip -= k, a += k, n -= k;
+        if (n === 0) continue;
+      }
+      b.data.set(mem(a, n), o);
+      o += n;
+    }
+    b.length = len;
+    const v = this.#hdrView, flags = v.getUint8(0);
+    if (v.getUint8(1) !== GSO_NONE) {
+      q.rxPool.put(b, "app");
+      q.stats.rxDropped++; // GSO was not offered
+      return null;
+    }
+    if (flags & HDR_F_NEEDS_CSUM) {
+      const start = v.getUint16(6, true), off = v.getUint16(8, true);
+      if (start + off + 2 > len) {
+        q.rxPool.put(b, "app");
+        q.stats.rxDropped++; // csum_start/csum_offset outside the frame
+        return null;
+      }
+      b.flags = RX_CSUM_PARTIAL;
+      b.csumStart = start;
+      b.csumOffset = off;
+    }
+    return b;
+  }
+
+  /** Host posts no receive buffers: the guest's TX chains are its buffers. */
+  protected refill(_q: VhostPair): void {}
+
+  /** Host → guest RX: each frame into the guest's buffers; returns the frames taken (the rest wait for room). */
+  protected post(q: VhostPair, pkts: PacketBuffer[], n: number): number {
+    const r = this.ring(2 * q.index), dq = r?.queue;
+    if (!r || !dq || !r.enabled) return 0;
+    const mem = this.#session!.memory!, merge = this.#session!.has(NET_F.MRG_RXBUF), old = dq.usedIdx;
+    let i = 0;
+    try {
+      for (; i < n; i++) {
+        if (!this.#fill(q, dq, pkts[i], merge, mem.guest)) break;
+        q.txPool.put(pkts[i], "app");
+      }
+    } catch (e) {
+      this.#quarantine(r, e);
+    }
+    this.#signal(r, dq, old);
+    return i;
+  }
+
+  /** Write one frame into the guest's RX chains; false when the guest has no room for it now. */
+  #fill(
+    q: VhostPair,
+    dq: DeviceQueue,
+    b: PacketBuffer,
+    merge: boolean,
+    mem: (a: number, n: number) => Uint8Array,
+  ): boolean {
+    const h = this.#hdrLen, need = h + b.length, c = this.#chain;
+    // Count the chains it takes first, so a frame is written whole or not at all.
+    let chains = 0, room = 0;
+    while (room < need) {
+      if (!dq.peek(c, chains)) return false;
+      if (c.readable !== 0) {
+        throw new PvdrvError("vhost-user", `vring ${dq.index}: an RX chain is device-readable`);
+      }
+      room += c.writable;
+      chains++;
+      if (!merge && room < need) {
+        dq.skip(1);
+        dq.putUsed(c.head, 0); // too small for this frame (no MRG_RXBUF): given back empty, the frame dropped
+        q.stats.txErrors++;
+        return true;
+      }
+    }
+    const hv = this.#hdrView;
+    this.#hdr.fill(0);
+    if (h === 12) hv.setUint16(10, chains, true);
+    let src = -h; // bytes of header (negative) then frame written so far
+    for (let k = 0; k < chains; k++) {
+      dq.peek(c, 0);
+      let wrote = 0;
+      for (let d = 0; d < c.count && src < b.length; d++) {
+        let a = c.addr[d], left = c.len[d];
+        if (src < 0) {
+          const m = Math.min(-src, left);
+          mem(a, m).set(this.#hdr.subarray(h + src, h + src + m));
+          src += m, a += m, left -= m, wrote += m;
+        }
+        const m = Math.min(b.length - src, left);
+        if (m > 0) {
+          mem(a, m).set(b.data.subarray(src, src + m));
+          src += m, wrote += m;
+        }
+      }
+      dq.skip(1);
+      dq.putUsed(c.head, wrote);
+    }
+    q.stats.txPackets++;
+    q.stats.txBytes += b.length;
+    return true;
+  }
+
+  /** Frames are copied at once: nothing is left to reclaim. */
+  protected reclaim(_q: VhostPair): number {
+    return 0;
+  }
+
+  /** Ask the guest to kick on TX; true when there is work already (do not sleep). */
+  protected armIrq(q: VhostPair): boolean {
+    this.pumpControl();
+    const dq = this.ring(2 * q.index + 1)?.queue;
+    if (!dq) return false;
+    dq.setNotify(true);
+    return dq.available() > 0;
+  }
+
+  /** Stop TX kicks while polling. */
+  protected disarmIrq(q: VhostPair): void {
+    this.ring(2 * q.index + 1)?.queue?.setNotify(false);
+  }
+
+  /** Mark that a control message may be waiting (from a sleeper's wakeup). */
+  noteControl(): void {
+    this.#control = true;
+  }
+
+  protected teardown(): void {
+    this.#acceptor?.close();
+    this.#acceptor = null;
+    this.#session?.close();
+    this.#session = null;
+  }
+}
+
+/** A pair's TX kick eventfd as an interrupt source (it follows the session's current kick descriptor). */
+class KickIrq implements IrqSource {
+  constructor(readonly nic: VhostUserNet, readonly vring: number) {}
+
+  async wait(): Promise<void> {
+    const fd = this.nic.ring(this.vring)?.kick ?? -1;
+    if (fd < 0) return await this.nic.changed();
+    try {
+      await this.nic.ops.waitReadable(fd);
+    } catch { /* the descriptor was closed (a stop or a new kick): a wakeup, and the caller looks again */ }
+    this.poll();
+  }
+
+  poll(): boolean {
+    const fd = this.nic.ring(this.vring)?.kick ?? -1;
+    if (fd < 0) return false;
+    try {
+      return this.nic.ops.drain(fd);
+    } catch {
+      return false; // not an eventfd after all: the ring is polled
+    }
+  }
+
+  waitSync(timeoutMs: number, alsoFd = -1): boolean {
+    const fd = this.nic.ring(this.vring)?.kick ?? -1, ctl = this.nic.controlFd;
+    const woke = this.nic.ops.waitAnySync(fd, ctl, alsoFd, timeoutMs);
+    if (woke) this.nic.noteControl();
+    return this.poll() || woke;
+  }
+
+  close(): void {}
+}
