@@ -35,6 +35,10 @@ export interface VhostUserNetOptions {
   buffers?: number;
   /** Wait on kick eventfds (true) or poll (false); default true. */
   irq?: boolean;
+  /** Hears sessions start and end, refused messages and quarantined rings (default: nothing). */
+  log?: (line: string) => void;
+  /** Also log every vhost-user message. */
+  trace?: boolean;
 }
 
 // Host buffers: a 1514-byte frame with a VLAN tag and room for the guest's own jumbo-less MTU up to 2030.
@@ -78,6 +82,8 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
   readonly #hdr = new Uint8Array(12);
   readonly #hdrView = new DataView(this.#hdr.buffer);
   #changed: (() => void) | null = null;
+  readonly #log: (line: string) => void;
+  readonly #trace: boolean;
 
   /** A port that serves front ends connecting to `acceptor` (one at a time), using `ops` for their descriptors. */
   constructor(acceptor: FdAcceptor, readonly ops: FdOps, opts: VhostUserNetOptions) {
@@ -91,6 +97,9 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
     this.vrings = 2 * pairs;
     this.queueNum = pairs;
     this.#acceptor = acceptor;
+    const log = opts.log;
+    this.#log = log ? (l) => log(`${this.name}: ${l}`) : () => {};
+    this.#trace = opts.trace ?? false;
     for (let i = 0; i < pairs; i++) {
       const p: VhostPair = {
         index: i,
@@ -165,21 +174,27 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
       return;
     }
     this.counters.sessions++;
-    const s = new VhostUserSession(ch, this.ops, this);
+    this.#log(`front end connected (session ${this.counters.sessions})`);
+    const s = new VhostUserSession(ch, this.ops, this, this.#log, this.#trace);
     this.#session = s;
     s.serve().catch(() => s.close());
   }
 
+  // One front end at a time: while a session runs, the next waits (in the listener's backlog, or undialled).
   async #acceptLoop(): Promise<void> {
     for (;;) {
       const a = this.#acceptor;
       if (!a || this.closed) return;
+      if (this.#session) {
+        await this.changed();
+        continue;
+      }
       try {
         await a.readable();
       } catch {
         return; // the listener closed
       }
-      if (!this.closed) this.#take(a.accept());
+      if (!this.closed && !this.#session) this.#take(a.accept());
     }
   }
 

@@ -112,11 +112,23 @@ export class VhostUserSession {
   readonly #reply = new Uint8Array(VHOST_USER_HEADER + 8);
   readonly #fds: number[] = [];
   readonly #more: number[] = [];
+  // VHOST_USER_F_PROTOCOL_FEATURES is negotiated once the front end has set protocol features (QEMU does that at
+  // connect, before SET_FEATURES carries the bit, and sends SET_VRING_ENABLE in between).
+  #protocol = false;
   // SET_VRING_ENABLE may come before the kick (QEMU sends it last, but the spec does not order it).
   readonly #pendingEnable: boolean[] = [];
 
-  /** A session on `channel` (owned from now on), serving `device`. */
-  constructor(readonly channel: FdChannel, readonly ops: FdOps, readonly device: VhostDevice) {
+  /**
+   * A session on `channel` (owned from now on), serving `device`; `log` hears refusals, quarantines and the end
+   * (and, with `trace`, every message).
+   */
+  constructor(
+    readonly channel: FdChannel,
+    readonly ops: FdOps,
+    readonly device: VhostDevice,
+    readonly log: (line: string) => void = () => {},
+    readonly trace = false,
+  ) {
     this.rings = Array.from({ length: device.vrings }, (_, i) => new Vring(i));
   }
 
@@ -157,6 +169,7 @@ export class VhostUserSession {
   quarantine(r: Vring, why: string): void {
     if (r.broken) return;
     r.broken = why;
+    this.log(`vring ${r.index} quarantined: ${why}`);
     r.queue = null;
     r.enabled = false;
     if (r.err >= 0) {
@@ -212,16 +225,23 @@ export class VhostUserSession {
     fds.length = 0;
     let request = 0, flags = 0, size = 0;
     try {
-      if (!this.#read(this.#hdr, fds)) return this.close();
+      if (!this.#read(this.#hdr, fds)) {
+        this.log("the front end left");
+        return this.close();
+      }
       ({ request, flags, size } = readHeader(this.#hdr));
       if (size) this.#read(this.#payload.subarray(0, size), null);
     } catch (e) {
       for (const fd of fds) this.ops.close(fd);
       this.lastError = (e as Error).message;
       this.counters.refused++;
+      this.log(`session ended: ${this.lastError}`);
       return this.close();
     }
     this.counters.messages++;
+    if (this.trace) {
+      this.log(`request ${request} flags 0x${flags.toString(16)} size ${size} fds ${fds.length}`);
+    }
     const p = this.#payload.subarray(0, size);
     let ok = true;
     let replied = false;
@@ -231,6 +251,7 @@ export class VhostUserSession {
       ok = false;
       this.lastError = `request ${request}: ${(e as Error).message}`;
       this.counters.refused++;
+      this.log(`refused ${this.lastError}`);
     } finally {
       // Whatever a handler did not keep is closed: a refused message leaks nothing.
       for (const fd of fds) this.ops.close(fd);
@@ -310,6 +331,7 @@ export class VhostUserSession {
         const extra = f & ~BACKEND_PROTOCOL_FEATURES;
         if (extra) throw refuse(`protocol features 0x${extra.toString(16)} were not offered`);
         this.protocolFeatures = f;
+        this.#protocol = true;
         return false;
       }
       case Q.GET_QUEUE_NUM:
@@ -385,9 +407,7 @@ export class VhostUserSession {
         return false;
       }
       case Q.SET_VRING_ENABLE: {
-        if (!(this.features & PROTOCOL_FEATURES_BIT)) {
-          throw refuse("SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES");
-        }
+        if (!this.#protocol) throw refuse("SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES");
         const s = readVringState(p), r = this.#ring(s.index);
         if (s.num > 1) throw refuse(`vring ${s.index}: enable ${s.num} is neither 0 nor 1`);
         r.enabled = s.num === 1 && r.started;
@@ -454,7 +474,7 @@ export class VhostUserSession {
     }
     // The used index the driver sees is where the device resumes publishing (a restart after a crash).
     r.queue.usedIdx = r.queue.publishedUsed();
-    r.enabled = !(this.features & PROTOCOL_FEATURES_BIT) || this.#pendingEnable[r.index] === true;
+    r.enabled = !this.#protocol || this.#pendingEnable[r.index] === true;
     this.device.ringsChanged();
   }
 
