@@ -74,6 +74,7 @@ const SYMBOLS = {
   pvdrv_remap_anon: { parameters: ["pointer", "u64"], result: "i32" },
   pvdrv_fd_size: { parameters: ["i32"], result: "i64" },
   pvdrv_fd_nonblock: { parameters: ["i32"], result: "i32" },
+  pvdrv_udp_link: { parameters: ["u32", "u32", "u32", "u32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The bound native symbols. */

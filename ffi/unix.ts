@@ -142,14 +142,47 @@ export class FdListener implements FdAcceptor {
     }
   }
 
-  /** Stop listening and remove the path (idempotent). */
+  /** Stop listening and remove the path (idempotent); a pending {@link readable} rejects. */
   close(): void {
     if (this.#fd < 0) return;
-    native().pvdrv_close(this.#fd);
+    irqWaiter().remove(this.#fd, true);
     this.#fd = -1;
     try {
       Deno.removeSync(this.path);
     } catch { /* already gone */ }
+  }
+}
+
+/**
+ * A front end's listening socket at `path` as an {@link FdAcceptor}, for a backend that is the client (QEMU's
+ * `-chardev socket,server=on`): while no session runs, each accept tries to connect, at most every `retryMs`.
+ */
+export class FdConnector implements FdAcceptor {
+  #next = 0;
+  #closed = false;
+
+  /** Connects to `path`. */
+  constructor(readonly path: string, readonly retryMs = 1000) {}
+
+  /** A new connection, or null (not yet time to retry, or the front end is not listening). */
+  accept(): FdChannel | null {
+    const now = performance.now();
+    if (this.#closed || now < this.#next) return null;
+    this.#next = now + this.retryMs;
+    const r = native().pvdrv_unix_connect(cstr(this.path));
+    return r >= 0 ? new FdSocket(r) : null; // ENOENT, ECONNREFUSED: not there yet
+  }
+
+  /** Resolves when it is time to try again. */
+  readable(): Promise<void> {
+    if (this.#closed) return Promise.reject(new NativeError(`connector ${this.path}`, -9));
+    const wait = Math.max(0, this.#next - performance.now());
+    return new Promise((r) => setTimeout(r, wait));
+  }
+
+  /** Stop connecting. */
+  close(): void {
+    this.#closed = true;
   }
 }
 

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 // The call is evaluated once (a macro that named it twice would close, unmap or send twice).
@@ -299,6 +300,22 @@ int32_t pvdrv_memfd(const char *name, uint64_t size) {
   int fd = memfd_create(name, MFD_CLOEXEC);
   if (fd < 0) return -errno;
   if (ftruncate(fd, (off_t)size) < 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  return fd;
+}
+
+// A non-blocking UDP socket bound to 127.0.0.1-or-any:`local` and connected to `ip`:`port` (IPv4, host byte
+// order), for a frame link like QEMU's `-netdev dgram` (one Ethernet frame per datagram); the fd, or -errno.
+int32_t pvdrv_udp_link(uint32_t bind_ip, uint32_t local, uint32_t ip, uint32_t port) {
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return -errno;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)local),
+                          .sin_addr.s_addr = htonl(bind_ip)};
+  struct sockaddr_in b = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(ip)};
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || connect(fd, (struct sockaddr *)&b, sizeof b) < 0) {
     int e = errno;
     close(fd);
     return -e;
