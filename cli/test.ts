@@ -131,6 +131,7 @@ async function vm(filter?: string): Promise<{ ok: boolean; t: Tally }> {
         wirePeerPort: host.port,
         guestPortForWire: host.guestPort,
         multiQueueTap: true,
+        vhostSwitch: true,
       },
     );
     console.log(`lab: boot ${r.bootSeconds.toFixed(1)} s, tests ${r.commandSeconds.toFixed(1)} s`);

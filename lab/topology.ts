@@ -151,3 +151,23 @@ export const XEN_VBDS = {
 } as const satisfies Record<string, XenVbd>;
 /** The pattern (apps/disk_verify.ts patternByte, write number) the host writes on the read-only disk. */
 export const XEN_RO_SEED = 4242;
+
+/** One NIC of the lab on `-netdev vhost-user`, served on the host by pvdrv's switch (`deno task switch`). */
+export interface VhostLabNic {
+  /** PCI address in the guest. */
+  readonly pci: string;
+  /** MAC address. */
+  readonly mac: string;
+  /** Driven by the guest kernel's virtio_net, or transitional (legacy I/O BAR) for pvdrv's UIO driver. */
+  readonly device: "kernel" | "transitional";
+}
+
+/**
+ * The vhost-user NICs (with `vhostSwitch`): two the guest kernel drives and one for pvdrv's own driver, all three
+ * ports of one pvdrv switch on the host, so guest traffic crosses pvdrv's backend twice on its way between them.
+ */
+export const VHOST_LAB = {
+  kernelA: { pci: "0000:00:0e.0", mac: "52:54:00:12:35:01", device: "kernel" },
+  kernelB: { pci: "0000:00:0f.0", mac: "52:54:00:12:35:02", device: "kernel" },
+  uio: { pci: "0000:00:10.0", mac: "52:54:00:12:35:03", device: "transitional" },
+} as const satisfies Record<string, VhostLabNic>;

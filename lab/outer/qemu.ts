@@ -11,6 +11,7 @@ import { buildGuest, ensureCompiler, ensureQemu, type GuestImage, VM_DIR } from 
 import { LabError } from "./lab_error.ts";
 import { startMqTap } from "./mq_tap.ts";
 import { serveQmpRequests } from "./qmp.ts";
+import { startVhostSwitch, type SwitchReport } from "./vhost_switch.ts";
 import { freeUdpPort } from "./wire_peer.ts";
 
 export { LabError } from "./lab_error.ts";
@@ -41,6 +42,12 @@ export interface LabOptions {
    * lab/c/mqpeer.c (needs root, `unshare` and `ip`). Its counters come back in {@link LabRun.mqPeer}.
    */
   multiQueueTap?: boolean;
+  /**
+   * Add the vhost-user NICs of lab/topology.ts VHOST_LAB, served by pvdrv's switch on the host (started first; the
+   * guest may ask for `pvdrv-switch-restart`, a SIGKILL and restart). Its counters come back in
+   * {@link LabRun.vhostSwitch}.
+   */
+  vhostSwitch?: boolean;
 }
 
 /** The result of one lab run. */
@@ -59,6 +66,8 @@ export interface LabRun {
   image: GuestImage;
   /** The multi-queue TAP peer's counters (with `multiQueueTap`). */
   mqPeer?: MqPeerCounts;
+  /** The vhost-user switch's counters (with `vhostSwitch`). */
+  vhostSwitch?: SwitchReport | null;
 }
 
 function dgram(id: string, local: number, remote: number): string[] {
@@ -226,6 +235,8 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
   ]; // deno-fmt-ignore
   const mq = opts.multiQueueTap ? await startMqTap() : null;
   if (mq) args.push(...mq.args);
+  const vu = opts.vhostSwitch ? await startVhostSwitch() : null;
+  if (vu) args.push(...vu.args(opts.memoryMb ?? 2048));
   const t0 = performance.now();
   const timeoutSec = opts.timeoutSec ?? 900;
   const onLine = opts.onLine ?? ((l: string) => console.log(l));
@@ -255,8 +266,13 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
     }
   };
   let qemu: Awaited<ReturnType<typeof runQemu>>, mqPeer: MqPeerCounts | undefined;
+  let vhostSwitch: SwitchReport | null | undefined;
   try {
-    const requests = serveQmpRequests(outDir, qmpSock);
+    const requests = serveQmpRequests(
+      outDir,
+      qmpSock,
+      vu ? { "pvdrv-switch-restart": () => vu.restart(), "pvdrv-switch-counters": () => vu.counters() } : {},
+    );
     try {
       qemu = await runQemu(args, timeoutSec, handle, mq?.launcher);
     } finally {
@@ -264,7 +280,11 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
       Deno.removeSync(qmpDir, { recursive: true });
     }
   } finally {
-    mqPeer = await mq?.finish();
+    try {
+      mqPeer = await mq?.finish();
+    } finally {
+      vhostSwitch = await vu?.finish();
+    }
   }
   const { status, stderr, timedOut } = qemu;
   const tail = (l: string[]) => l.slice(-40).join("\n");
@@ -293,5 +313,6 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
     commandSeconds: (tEnd - tBegin) / 1000,
     image,
     mqPeer,
+    vhostSwitch,
   };
 }

@@ -41,8 +41,18 @@ export async function qmp(path: string, cmd: Record<string, unknown>): Promise<u
   }
 }
 
-/** Serve the guest's requests in `outDir` on the QMP socket `path` until `stop()`. */
-export function serveQmpRequests(outDir: string, path: string): { stop(): Promise<void> } {
+/** What the outer side does itself for a request named `pvdrv-…` (kill and restart the host's switch). */
+export type LocalRequests = Record<string, () => Promise<unknown>>;
+
+/**
+ * Serve the guest's requests in `outDir` on the QMP socket `path` until `stop()`; an `execute` named in `local` is
+ * done by the outer side instead of QEMU.
+ */
+export function serveQmpRequests(
+  outDir: string,
+  path: string,
+  local: LocalRequests = {},
+): { stop(): Promise<void> } {
   const dir = `${outDir}/${QMP_REQUESTS}`;
   Deno.mkdirSync(dir, { recursive: true });
   let running = true;
@@ -53,7 +63,9 @@ export function serveQmpRequests(outDir: string, path: string): { stop(): Promis
         const base = `${dir}/${e.name.slice(0, -5)}`;
         let answer: unknown;
         try {
-          answer = await qmp(path, JSON.parse(Deno.readTextFileSync(`${dir}/${e.name}`)));
+          const cmd = JSON.parse(Deno.readTextFileSync(`${dir}/${e.name}`));
+          const own = local[String(cmd.execute)];
+          answer = own ? { return: await own() } : await qmp(path, cmd);
         } catch (err) {
           answer = { error: { desc: (err as Error).message } };
         }
