@@ -50,7 +50,10 @@ export class IrqWaiter {
   readonly #entries = new Map<number, Entry>();
   readonly #fds = new Int32Array(MAX_FDS + 1);
   readonly #revents = new Int16Array(MAX_FDS + 1);
-  #parked: Promise<void> | null = null;
+  // True from the moment a poll loop is started until it has ended and closed what was pending. Set and cleared
+  // synchronously: a promise's `finally` left a window where the loop had ended but still looked parked, and a
+  // descriptor removed then stayed open until some later wait.
+  #parked = false;
   #toClose: number[] = [];
 
   /** Wait for `fd` to become readable. The caller consumes the event (read the fd) afterwards. */
@@ -90,12 +93,20 @@ export class IrqWaiter {
       this.#ctl.signal(); // re-park with the new fd set
       return;
     }
-    this.#parked = this.#loop().finally(() => {
-      this.#parked = null;
-    });
+    this.#parked = true;
+    void this.#loop();
   }
 
   async #loop(): Promise<void> {
+    try {
+      await this.#polls();
+    } finally {
+      this.#parked = false;
+      this.#closePending();
+    }
+  }
+
+  async #polls(): Promise<void> {
     const n = native();
     while (true) {
       let count = 0;
@@ -119,7 +130,6 @@ export class IrqWaiter {
       }
       this.#closePending();
     }
-    this.#closePending();
   }
 }
 
