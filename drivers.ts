@@ -76,6 +76,18 @@ export {
 } from "./ffi/sysfs.ts";
 export { Evtchn, Gntalloc } from "./ffi/xen.ts";
 export { XenbusDevice } from "./ffi/xenbus.ts";
+export {
+  closeFd,
+  FdConnector,
+  FdListener,
+  FdMapping,
+  FdSocket,
+  LINUX_FD_OPS,
+  MAX_FDS,
+  memfd,
+} from "./ffi/unix.ts";
+export { UdpLink } from "./ffi/udp_link.ts";
+export type { FdAcceptor, FdChannel, FdOps, SharedMapping } from "./hal/fds.ts";
 
 // ---- drivers ----
 export {
@@ -179,6 +191,21 @@ export {
   type GuestMemory,
   type RingAddresses,
 } from "./drivers/virtio/device_queue.ts";
+export {
+  BACKEND_PROTOCOL_FEATURES,
+  type VhostDevice,
+  VhostUserSession,
+  Vring,
+} from "./drivers/virtio/vhost_user.ts";
+export { VhostMemory } from "./drivers/virtio/vhost_memory.ts";
+export {
+  VHOST_NET_FEATURES,
+  type VhostPair,
+  VhostUserNet,
+  type VhostUserNetOptions,
+} from "./drivers/virtio/vhost_net.ts";
+export * as vhostUserWire from "./drivers/virtio/vhost_user_wire.ts";
+export type { VringAddr } from "./drivers/virtio/vhost_user_wire.ts";
 export { XenStore, XenStoreError, type XenStoreOptions } from "./drivers/xen/xenstore.ts";
 export { readState, waitState, XenbusState } from "./drivers/xen/xenbus.ts";
 export { Netfront, type NetfrontOptions, type NetfrontQueuePair, txLayout } from "./drivers/xen/netfront.ts";

@@ -85,6 +85,18 @@ export { finish as checksumFinish, pseudoSum, sum16 } from "./net/checksum.ts";
 // ---- applications ----
 export { checkFrame, FrameCheck, writeFrame } from "./apps/frames.ts";
 export { PcapWriter } from "./apps/pcap.ts";
+export type { FramePort } from "./apps/bridge.ts";
+export {
+  AGE_MS,
+  emptyPortCounters,
+  FdPort,
+  MAX_MACS,
+  NicPort,
+  type PortCounters,
+  Switch,
+  type SwitchOptions,
+  type SwitchPort,
+} from "./apps/switch.ts";
 export {
   echoExchange,
   type EchoResult,

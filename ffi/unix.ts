@@ -61,7 +61,7 @@ export class FdSocket implements FdChannel {
    * Receive up to `into.length` bytes (blocking until some arrive); the descriptors that came with them replace
    * the contents of `fds`, at most `maxFds` of them. Returns the bytes received: 0 when the peer closed.
    */
-  recv(into: Uint8Array, fds: number[], maxFds = MAX_FDS): number {
+  recv(into: Uint8Array, fds: number[], maxFds: number = MAX_FDS): number {
     fds.length = 0;
     const r = native().pvdrv_recv_fds(this.#live(), into, into.length, this.#fds, maxFds, this.#nfds);
     if (r === -90) throw new NativeError(`message carried more than ${maxFds} descriptors`, r); // EMSGSIZE

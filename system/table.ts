@@ -20,6 +20,7 @@ import { Netfront } from "../drivers/xen/netfront.ts";
 import { Blkfront } from "../drivers/xen/blkfront.ts";
 import { XenStore } from "../drivers/xen/xenstore.ts";
 import { type DeviceUse, deviceUse, diskUse, type Machine, networkUse } from "./device_use.ts";
+import { openVhostUser, VHOST_USER_NAME } from "./vhost_port.ts";
 
 /** Options common to every NIC driver. */
 export interface OpenOptions {
@@ -248,8 +249,14 @@ function driverFor(name: string, kind: Driver["kind"], sysfs?: string): { driver
   return { driver: d, device };
 }
 
-/** Open NIC `name` with the driver the table names: "0000:00:04.0" / "00:04.0" (PCI) or "vif/0" (XenBus). */
+/**
+ * Open NIC `name` with the driver the table names: "0000:00:04.0" / "00:04.0" (PCI) or "vif/0" (XenBus) — or a
+ * QEMU guest's virtio-net served by pvdrv, "vhost-user:PATH" / "vhost-user-client:PATH" (system/vhost_port.ts).
+ */
 export async function openNic(name: string, opts: OpenOptions = {}): Promise<Nic> {
+  if (VHOST_USER_NAME.test(name)) {
+    return openVhostUser(name, { irq: (opts.irq ?? "poll") !== "poll", queues: opts.queues });
+  }
   const { driver, device } = driverFor(name, "nic", opts.sysfs);
   return await (driver as NicDriver).open(device, opts);
 }

@@ -22,9 +22,15 @@ export const NIC_USAGE = `  --irq MODE        poll | msix | intx (default poll)
 /** The one positional NIC name: a PCI address (normalised) or vif/N. */
 export function nicArg(positionals: string[]): string {
   if (positionals.length !== 1) {
-    throw new UsageError("expected exactly one NIC (a PCI address such as 0000:00:04.0, or vif/0 on Xen)");
+    throw new UsageError(
+      "expected exactly one NIC (a PCI address such as 0000:00:04.0, vif/0 on Xen, or vhost-user:PATH)",
+    );
   }
   const name = positionals[0];
+  if (/^vhost-user(-client)?:/.test(name)) {
+    if (!/^vhost-user(-client)?:\/?[^\0]+$/.test(name)) throw new UsageError(`'${name}' needs a socket path`);
+    return name;
+  }
   if (/^vif\//.test(name)) {
     if (!/^vif\/\d{1,5}$/.test(name) || Number(name.slice(4)) > 65535) {
       throw new UsageError(`'${name}' is not a Xen vif (expected vif/N, N a number such as 0)`);
@@ -35,7 +41,7 @@ export function nicArg(positionals: string[]): string {
     return parsePciAddress(name);
   } catch {
     throw new UsageError(
-      `'${name}' is not a NIC: expected a PCI address such as 0000:00:04.0, or vif/N on Xen`,
+      `'${name}' is not a NIC: expected a PCI address such as 0000:00:04.0, vif/N on Xen, or vhost-user:PATH`,
     );
   }
 }

@@ -4,11 +4,10 @@
  * @module
  */
 import { FdPort, NicPort, type SwitchPort } from "../../apps/switch.ts";
-import { VhostUserNet } from "../../drivers/virtio/vhost_net.ts";
 import { irqWaiter } from "../../ffi/irq.ts";
 import { TapDevice } from "../../ffi/tap.ts";
 import { UdpLink } from "../../ffi/udp_link.ts";
-import { FdConnector, FdListener, LINUX_FD_OPS } from "../../ffi/unix.ts";
+import { openVhostUser } from "../../system/vhost_port.ts";
 import { UsageError } from "./common.ts";
 
 /** The port syntax, for usage texts. */
@@ -17,11 +16,6 @@ export const PORT_USAGE = `  --port SPEC       a port (repeat for each):
                       vhost-user-client:PATH[,queues=N]   QEMU listens at PATH (server=on); pvdrv connects
                       tap:NAME                            a TAP interface made for the switch
                       udp:HOST:PORT,local=PORT            a UDP frame link (QEMU's -netdev dgram)`;
-
-// A locally administered MAC per port, for what the host side itself would send (nothing, for a switch).
-function portMac(i: number): Uint8Array {
-  return new Uint8Array([0x02, 0x70, 0x76, 0x73, 0x77, i & 0xff]);
-}
 
 function options(spec: string, rest: string[], allowed: string[]): Map<string, string> {
   const m = new Map<string, string>();
@@ -49,16 +43,9 @@ export function openPort(spec: string, i: number): SwitchPort {
       if (!Number.isInteger(q) || q < 1 || q > 64) {
         throw new UsageError(`port '${spec}': queues must be 1..64`);
       }
-      if (kind === "vhost-user") {
-        try {
-          if (Deno.statSync(target).isSocket) Deno.removeSync(target); // a socket left by a killed switch
-        } catch { /* not there */ }
-      }
-      const acceptor = kind === "vhost-user" ? FdListener.listen(target) : new FdConnector(target);
-      const nic = new VhostUserNet(acceptor, LINUX_FD_OPS, {
-        name: spec,
-        mac: portMac(i),
-        pairs: q,
+      const nic = openVhostUser(`${kind}:${target}`, {
+        index: i,
+        queues: q,
         log: (l) => console.error(`switch: ${l}`),
         trace: Deno.env.get("PVDRV_VHOST_TRACE") === "1",
       });

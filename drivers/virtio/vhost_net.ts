@@ -51,9 +51,12 @@ const CONTROL_EVERY = 256;
 export const VHOST_NET_FEATURES = F.VERSION_1 | F.RING_EVENT_IDX | NET_F.MRG_RXBUF | NET_F.CSUM | NET_F.MQ;
 
 /** One queue pair, host side. */
-interface VhostPair extends QueuePair {
+export interface VhostPair extends QueuePair {
+  /** The pair's index (vrings 2·index and 2·index + 1). */
   readonly index: number;
+  /** The guest's TX kicks, or null when polling. */
   readonly irq: IrqSource | null;
+  /** The pair's counters (rx: from the guest, tx: to the guest). */
   readonly stats: QueueStats;
 }
 
@@ -63,13 +66,21 @@ function heap(bytes: number): PoolMemory {
 
 /** A guest's virtio-net port, served over vhost-user. */
 export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
+  /** The port's name. */
   readonly name: string;
+  /** The host side's MAC. */
   readonly mac: Uint8Array;
+  /** The MTU frames to the guest may have. */
   readonly mtu = 1500;
+  /** The largest frame sent to the guest (an Ethernet header and a VLAN tag over the MTU). */
   readonly maxFrame = 1518;
+  /** Frames sent to the guest carry complete checksums (VIRTIO_NET_F_GUEST_CSUM is not offered). */
   readonly txChecksum = false;
-  readonly features = VHOST_NET_FEATURES;
+  /** VhostDevice: the virtio features offered. */
+  readonly features: bigint = VHOST_NET_FEATURES;
+  /** VhostDevice: vrings (two per pair). */
   readonly vrings: number;
+  /** VhostDevice: queue pairs (GET_QUEUE_NUM). */
   readonly queueNum: number;
   /** Sessions accepted, ended, and rings quarantined, over the port's life. */
   readonly counters = { sessions: 0, ended: 0, quarantined: 0, refusedConnections: 0 };
@@ -388,6 +399,7 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
     this.#control = true;
   }
 
+  /** Stop accepting, end the session (memory unmapped, descriptors closed). */
   protected teardown(): void {
     this.#acceptor?.close();
     this.#acceptor = null;

@@ -60,11 +60,11 @@ export class Vring {
   /** Ring addresses in the front end's address space (SET_VRING_ADDR). */
   addr: VringAddr | null = null;
   /** Kick eventfd (the driver notifies), -1 when none (the ring is polled). */
-  kick = -1;
+  kick: number = -1;
   /** Call eventfd (the device interrupts), -1 when none. */
-  call = -1;
+  call: number = -1;
   /** Error eventfd (a broken ring is reported here), -1 when none. */
-  err = -1;
+  err: number = -1;
   /** The ring as a device-side queue while started; null while stopped. */
   queue: DeviceQueue | null = null;
   /** Started and enabled: the device may use it (a started, disabled TX ring is drained and dropped). */
@@ -82,7 +82,7 @@ export class Vring {
 }
 
 /** The protocol features pvdrv's backend offers: multiple queues and REPLY_ACK. */
-export const BACKEND_PROTOCOL_FEATURES = (1n << BigInt(VHOST_USER_PROTOCOL_F.MQ)) |
+export const BACKEND_PROTOCOL_FEATURES: bigint = (1n << BigInt(VHOST_USER_PROTOCOL_F.MQ)) |
   (1n << BigInt(VHOST_USER_PROTOCOL_F.REPLY_ACK));
 
 const PROTOCOL_FEATURES_BIT = 1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES);

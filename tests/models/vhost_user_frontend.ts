@@ -68,9 +68,12 @@ export class VhostUserFrontend {
   readonly #buf = new Uint8Array(VHOST_USER_HEADER + 4096);
   readonly config: ModelRegion;
 
-  /** `size` bytes of guest memory; `pump` lets the backend run (it shares this thread). */
-  constructor(readonly pump: () => void, readonly vrings = 2, readonly size = 8 << 20) {
-    [this.sock, this.backendEnd] = FdSocket.pair();
+  /**
+   * `size` bytes of guest memory; `pump` lets the backend run (it shares this thread). With `sock` (connected to a
+   * listening backend) the front end uses it; else a socket pair, whose other end is {@link backendEnd}.
+   */
+  constructor(readonly pump: () => void, readonly vrings = 2, readonly size = 8 << 20, sock?: FdSocket) {
+    [this.sock, this.backendEnd] = sock ? [sock, sock] : FdSocket.pair();
     this.memFd = memfd("guest", size);
     this.mem = new FdMapping(this.memFd, size);
     for (let i = 0; i < vrings; i++) this.kicks.push(new EventFd()), this.errs.push(new EventFd());

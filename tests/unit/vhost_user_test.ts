@@ -11,6 +11,8 @@ import { VHOST_USER, VHOST_USER_FLAG } from "../../drivers/virtio/vhost_user_wir
 import type { Nic, PacketBuffer } from "../../drivers/net/nic.ts";
 import { GUEST_BASE, OneShotAcceptor, VhostUserFrontend } from "../models/vhost_user_frontend.ts";
 import { RING } from "../../drivers/virtio/split_ring.ts";
+import { openNic } from "../../system/table.ts";
+import { FdListener, FdSocket } from "../../ffi/unix.ts";
 
 const HOST_MAC = new Uint8Array([2, 0, 0, 0, 0, 1]);
 
@@ -228,5 +230,32 @@ Deno.test("vhost-user: refused messages leave the session as it was and leak no 
     assert.equal(nic.linkUp(), false);
   } finally {
     await close();
+  }
+});
+
+Deno.test("vhost-user: openNic('vhost-user:PATH') listens (replacing a stale socket), waits on kicks, serves", async () => {
+  const dir = Deno.makeTempDirSync(), path = `${dir}/vm.sock`;
+  // A socket file left by a killed backend: replaced, not an error.
+  FdListener.listen(path); // never closed: as if its process died
+  const nic = await openNic(`vhost-user:${path}`, { irq: "msix" }) as VhostUserNet;
+  const fe = new VhostUserFrontend(() => nic.pumpControl(), 2, 8 << 20, FdSocket.connect(path));
+  try {
+    nic.pumpControl();
+    fe.connect();
+    const drv = VirtioNet.open(fe.bus(), { queueSize: 64 });
+    try {
+      assert.ok(nic.linkUp());
+      // The host sleeps on the guest's TX kick: waitRx resolves once the guest sends.
+      const woke = nic.waitRx();
+      send(drv, [frame(1, 300)]);
+      await woke;
+      assert.deepEqual(receive(nic), [frame(1, 300)]);
+    } finally {
+      await drv.close();
+    }
+  } finally {
+    await nic.close();
+    fe.close();
+    Deno.removeSync(dir, { recursive: true });
   }
 });
