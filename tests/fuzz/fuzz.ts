@@ -1,5 +1,5 @@
 /**
- * `deno task fuzz [--target virtio|virtio-config|virtio-race|netfront|xenbus|xenstore|net|blk|blk-config|nbd|blkfront|all] [--seconds N] [--seed S]
+ * `deno task fuzz [--target virtio|virtio-config|virtio-race|netfront|xenbus|xenstore|net|blk|blk-config|nbd|blkfront|vhost|all] [--seconds N] [--seed S]
  * [--iteration I] [--json FILE]`: the real driver code against the in-process models made hostile.
  *
  * Each iteration builds a fresh model and driver from a seeded PRNG, then interleaves valid traffic with hostile
@@ -28,6 +28,7 @@ import { raceIteration, virtioIteration } from "./virtio_target.ts";
 import { netfrontIteration } from "./netfront_target.ts";
 import { blkfrontIteration } from "./blkfront_target.ts";
 import { xenstoreIteration } from "./xenstore_target.ts";
+import { vhostIteration } from "./vhost_target.ts";
 import { BAD, type Outcome, type Result, Rng, type TargetReport } from "./oracle.ts";
 
 export { type Outcome, Rng, type TargetReport } from "./oracle.ts";
@@ -47,6 +48,7 @@ const TARGETS: Record<string, { steps: number; run: (rng: Rng, steps: number) =>
     "blk-config": { steps: 40, run: (r, s) => blkIteration(r, s, true) },
     nbd: { steps: 300, run: nbdIteration },
     blkfront: { steps: 1000, run: blkfrontIteration },
+    vhost: { steps: 2000, run: vhostIteration },
   };
 
 function gc(): void {
@@ -118,7 +120,7 @@ export async function fuzzTarget(
 export const FUZZ_TARGETS: string[] = Object.keys(TARGETS);
 
 const USAGE =
-  `usage: deno task fuzz [--target virtio|virtio-config|virtio-race|netfront|xenbus|xenstore|net|blk|blk-config|nbd|blkfront|all] [--seconds N]
+  `usage: deno task fuzz [--target virtio|virtio-config|virtio-race|netfront|xenbus|xenstore|net|blk|blk-config|nbd|blkfront|vhost|all] [--seconds N]
                        [--seed S] [--iteration I] [--json FILE]
   --seconds N    per target (default 10)
   --seed S       PRNG seed (default 1); with --iteration I, replay that one iteration`;

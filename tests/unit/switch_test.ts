@@ -8,7 +8,8 @@ import { LINUX_FD_OPS } from "../../ffi/unix.ts";
 import { VirtioNet } from "../../drivers/virtio/net.ts";
 import { VhostUserNet } from "../../drivers/virtio/vhost_net.ts";
 import type { Nic, PacketBuffer } from "../../drivers/net/nic.ts";
-import { MAX_MACS, NicPort, Switch, type SwitchPort } from "../../apps/switch.ts";
+import { FdPort, MAX_MACS, NicPort, Switch, type SwitchPort } from "../../apps/switch.ts";
+import { UdpLink } from "../../ffi/udp_link.ts";
 import { OneShotAcceptor, VhostUserFrontend } from "../models/vhost_user_frontend.ts";
 import { finish, sum16 } from "../../net/checksum.ts";
 
@@ -151,4 +152,41 @@ Deno.test("switch: the learning table never grows past its bound; a full table f
   assert.equal(sw.learned, MAX_MACS);
   assert.equal(sw.counters.unlearned, 100);
   assert.equal(sent.length, MAX_MACS + 100);
+});
+
+Deno.test("switch: a guest's frames leave through a UDP link port, one per datagram, and come back in", async () => {
+  // Two UDP links on loopback facing each other: the switch's port, and the far end this test reads.
+  const pa = 40000 + Math.floor(Math.random() * 10000), pb = pa + 1;
+  const far = UdpLink.open(`127.0.0.1:${pa}`, pb);
+  const link = UdpLink.open(`127.0.0.1:${pb}`, pa);
+  const g = guest(7);
+  const udp = new FdPort("udp", link, () => Promise.resolve(), () => link.close());
+  const sw = new Switch([g.port, udp]);
+  try {
+    const out = frame(MAC_B, MAC_A, 300, 5);
+    send(g.drv, out);
+    sw.round(0);
+    const buf = new Uint8Array(2048);
+    let n = -1;
+    for (let i = 0; i < 100 && n < 0; i++) {
+      n = far.read(buf, buf.length), n < 0 && await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.deepEqual(buf.slice(0, n), out, "the frame, whole, in one datagram");
+    const back = frame(MAC_A, MAC_B, 1514, 9);
+    assert.ok(far.write(back, back.length));
+    let got: Uint8Array[] = [];
+    for (let i = 0; i < 100 && !got.length; i++) {
+      sw.round(1);
+      got = received(g.drv);
+      if (!got.length) await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.deepEqual(got, [back], "learned: the reply goes to the guest");
+    assert.deepEqual([udp.counters.rx, udp.counters.tx], [1, 1]);
+  } finally {
+    far.close();
+    await udp.close();
+    await g.drv.close();
+    await g.port.close();
+    g.fe.close();
+  }
 });
