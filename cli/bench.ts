@@ -23,9 +23,11 @@ import { intArg, parse, runMain, UsageError } from "./lib/common.ts";
 import { runInGuest } from "../lab/outer/qemu.ts";
 import { buildBlkload } from "../lab/outer/build_c.ts";
 import { BLK_JOBS } from "../lab/guest/blk_jobs.ts";
+import { runVhostBench, vhostTable } from "../lab/outer/vhost_bench.ts";
 
 const USAGE =
-  `usage: deno task bench [--in-process | --vm | --net | --mq | --xen] [--quick] [--json FILE.json] [--seconds N]
+  `usage: deno task bench [--in-process | --vm | --net | --mq | --blk | --vhost | --xen] [--quick] [--json FILE.json]
+                         [--seconds N]
   --in-process   only the in-process driver cost
   --vm           only the VM lab: pvdrv vs DPDK testpmd vs the guest kernel on one NIC, one boot (≈ 8 min)
   --net          only the network host: ping RTT, UDP echo and HTTP requests/s, pvdrv vs the kernel's driver on
@@ -34,11 +36,13 @@ const USAGE =
                  side lives in a namespace made for the run, one boot (≈ 1 min)
   --blk          only disks: pvdrv's virtio-blk (polling, MSI-X) vs the guest kernel's virtio_blk on an identical
                  disk, 4 KiB random and 128 KiB sequential reads and writes, one boot (≈ 5 min)
+  --vhost        only the host half: the guest kernel's virtio_net served by pvdrv's vhost-user backend, by DPDK's
+                 vhost PMD (testpmd) and by QEMU's dgram backend in turn, one boot (≈ 4 min)
   --xen          only the Xen lab comparison with the domU kernel's xen-netfront and xen-blkfront (boots the whole
                  lab, ≈ 8 min)
   --quick        VM lab: one frame size and batch, short windows (checks the machinery, ≈ 2 min)
   --json FILE    VM lab: write the results to FILE.json and a plot to FILE.svg (--net, --mq: FILE.json only)
-  --seconds N    length of each Xen step (default 4)`;
+  --seconds N    length of each Xen step and each --vhost cell (default 4)`;
 
 /** The in-process benchmarks (bench/*.bench.ts, Deno.bench with a baseline per group), in a child `deno bench`. */
 async function inProcess(): Promise<void> {
@@ -56,6 +60,7 @@ await runMain(USAGE, async () => {
     net: { type: "boolean" },
     mq: { type: "boolean" },
     blk: { type: "boolean" },
+    vhost: { type: "boolean" },
     quick: { type: "boolean" },
     json: { type: "string" },
     seconds: { type: "string" },
@@ -63,11 +68,11 @@ await runMain(USAGE, async () => {
   }, false);
   if (values.help) return void console.log(USAGE);
   if (
-    [values["in-process"], values.vm, values.xen, values.net, values.mq, values.blk].filter(Boolean).length >
-      1
+    [values["in-process"], values.vm, values.xen, values.net, values.mq, values.blk, values.vhost]
+      .filter(Boolean).length > 1
   ) {
     throw new UsageError(
-      "--in-process, --vm, --net, --mq, --blk and --xen each select one part: give at most one",
+      "--in-process, --vm, --net, --mq, --blk, --vhost and --xen each select one part: give at most one",
     );
   }
   if (values.json !== undefined && !values.json.endsWith(".json")) {
@@ -80,6 +85,7 @@ await runMain(USAGE, async () => {
   if (values.net) return await netBench(values.json);
   if (values.mq) return await mqBench(values.json);
   if (values.blk) return await blkBench(values.json);
+  if (values.vhost) return await vhostBench(seconds, values.json);
   if (!values.vm) {
     console.log(
       "== in-process (bench/: the driver against the device model, beside a copy-loop baseline) ==",
@@ -102,9 +108,27 @@ await runMain(USAGE, async () => {
   }
   if (!values.vm) {
     await netBench(undefined);
+    await vhostBench(seconds, undefined);
     return await xenBench(seconds);
   }
 });
+
+/** `--vhost`: one boot, three backends in turn on the guest kernel's virtio_net. */
+async function vhostBench(seconds: number, json: string | undefined): Promise<number> {
+  console.log(
+    `\n== host half, one boot: the guest kernel's virtio_net served by pvdrv's vhost-user backend, DPDK's vhost ` +
+      `PMD and QEMU's dgram backend in turn; ${seconds} s per cell ==`,
+  );
+  const r = await runVhostBench(seconds, (l) => {
+    if (!l.startsWith("VHOST_CONFIG")) console.log(`  ${l}`);
+  });
+  console.log("\n" + vhostTable(r.rows));
+  if (json) {
+    Deno.writeTextFileSync(json, JSON.stringify({ date: new Date().toISOString(), ...r }, null, 1) + "\n");
+    console.log(`wrote ${json}`);
+  }
+  return 0;
+}
 
 /** Row values of the network benchmark, from the guest's PVDRV-NETBENCH lines. */
 function netTable(rows: Record<string, Record<string, number> | string>[]): string {

@@ -171,3 +171,6 @@ export const VHOST_LAB = {
   kernelB: { pci: "0000:00:0f.0", mac: "52:54:00:12:35:02", device: "kernel" },
   uio: { pci: "0000:00:10.0", mac: "52:54:00:12:35:03", device: "transitional" },
 } as const satisfies Record<string, VhostLabNic>;
+
+/** `bench --vhost`'s NIC on QEMU's own `-netdev dgram` backend, beside the vhost-user NIC (the third backend). */
+export const VHOST_BENCH_DGRAM = { pci: "0000:00:11.0", mac: "52:54:00:12:35:11" } as const;

@@ -21,8 +21,15 @@ export interface DpdkBuild {
   pmdDir: string;
 }
 
-/** PMDs the lab needs: the PCI bus, the ring mempool, and virtio. */
-const PMDS = ["librte_bus_pci.so.23", "librte_mempool_ring.so.23", "librte_net_virtio.so.23"];
+/** PMDs the lab needs: the PCI bus, the ring mempool, virtio (in the guest) and vhost (on the host, bench --vhost). */
+const PMDS = [
+  "librte_bus_pci.so.23",
+  "librte_mempool_ring.so.23",
+  "librte_net_virtio.so.23",
+  "librte_net_vhost.so.23",
+];
+/** Bumped when the layout changes (more PMDs), so a cached build is redone. */
+const LAYOUT = 2;
 /** coreutils' stdio-buffering preload (what `stdbuf` uses). */
 const STDBUF = "/usr/libexec/coreutils/libstdbuf.so";
 /** Libraries the guest already has (they come with Deno's): never copied, so one libc is loaded. */
@@ -47,7 +54,7 @@ export async function ensureDpdk(): Promise<DpdkBuild> {
     version = policy.match(/Candidate: (\S+)/)?.[1];
   }
   if (!version || version === "(none)") throw new Error("apt has no dpdk-dev package (Debian 12 has 22.11)");
-  const dir = `${VM_DIR}/dpdk-${version.replaceAll(/[^\w.+-]/g, "_")}`;
+  const dir = `${VM_DIR}/dpdk-${version.replaceAll(/[^\w.+-]/g, "_")}-${LAYOUT}`;
   const build: DpdkBuild = {
     version,
     dir,
@@ -60,7 +67,13 @@ export async function ensureDpdk(): Promise<DpdkBuild> {
   // dpdk-dev's library dependencies, the virtio PMD (a package of its own), the verbs providers the mlx PMDs link,
   // and one more level of library dependencies (the guest has nothing but libc).
   const first = (await libDepends(["dpdk-dev"])).filter((p) => !/^lib(dpdk-dev|c6|gcc-s1)$/.test(p));
-  const pkgs = new Set(["dpdk-dev", "librte-net-virtio23", "ibverbs-providers", ...first]);
+  const pkgs = new Set([
+    "dpdk-dev",
+    "librte-net-virtio23",
+    "librte-net-vhost23",
+    "ibverbs-providers",
+    ...first,
+  ]);
   for (const p of await libDepends([...pkgs].filter((p) => p.startsWith("lib")))) {
     if (!/^lib(dpdk-dev|c6|gcc-s1)$/.test(p)) pkgs.add(p);
   }

@@ -10,7 +10,7 @@ import { buildPeerTool } from "./build_c.ts";
 import { buildGuest, ensureCompiler, ensureQemu, type GuestImage, VM_DIR } from "./guest_image.ts";
 import { LabError } from "./lab_error.ts";
 import { startMqTap } from "./mq_tap.ts";
-import { serveQmpRequests } from "./qmp.ts";
+import { type LocalRequests, serveQmpRequests } from "./qmp.ts";
 import { startVhostSwitch, type SwitchReport } from "./vhost_switch.ts";
 import { freeUdpPort } from "./wire_peer.ts";
 
@@ -48,6 +48,10 @@ export interface LabOptions {
    * {@link LabRun.vhostSwitch}.
    */
   vhostSwitch?: boolean;
+  /** More QEMU arguments (a benchmark's own NICs). */
+  extraArgs?: string[];
+  /** Requests from the guest the outer side answers itself (lab/outer/qmp.ts), beside QMP's. */
+  requests?: LocalRequests;
 }
 
 /** The result of one lab run. */
@@ -237,6 +241,7 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
   if (mq) args.push(...mq.args);
   const vu = opts.vhostSwitch ? await startVhostSwitch() : null;
   if (vu) args.push(...vu.args(opts.memoryMb ?? 2048));
+  args.push(...opts.extraArgs ?? []);
   const t0 = performance.now();
   const timeoutSec = opts.timeoutSec ?? 900;
   const onLine = opts.onLine ?? ((l: string) => console.log(l));
@@ -268,11 +273,12 @@ export async function runInGuest(command: string, opts: LabOptions = {}): Promis
   let qemu: Awaited<ReturnType<typeof runQemu>>, mqPeer: MqPeerCounts | undefined;
   let vhostSwitch: SwitchReport | null | undefined;
   try {
-    const requests = serveQmpRequests(
-      outDir,
-      qmpSock,
-      vu ? { "pvdrv-switch-restart": () => vu.restart(), "pvdrv-switch-counters": () => vu.counters() } : {},
-    );
+    const own: LocalRequests = { ...opts.requests };
+    if (vu) {
+      own["pvdrv-switch-restart"] = () => vu.restart();
+      own["pvdrv-switch-counters"] = () => vu.counters();
+    }
+    const requests = serveQmpRequests(outDir, qmpSock, own);
     try {
       qemu = await runQemu(args, timeoutSec, handle, mq?.launcher);
     } finally {

@@ -42,7 +42,7 @@ export async function qmp(path: string, cmd: Record<string, unknown>): Promise<u
 }
 
 /** What the outer side does itself for a request named `pvdrv-…` (kill and restart the host's switch). */
-export type LocalRequests = Record<string, () => Promise<unknown>>;
+export type LocalRequests = Record<string, (args?: Record<string, unknown>) => Promise<unknown>>;
 
 /**
  * Serve the guest's requests in `outDir` on the QMP socket `path` until `stop()`; an `execute` named in `local` is
@@ -65,7 +65,7 @@ export function serveQmpRequests(
         try {
           const cmd = JSON.parse(Deno.readTextFileSync(`${dir}/${e.name}`));
           const own = local[String(cmd.execute)];
-          answer = own ? { return: await own() } : await qmp(path, cmd);
+          answer = own ? { return: await own(cmd.arguments) } : await qmp(path, cmd);
         } catch (err) {
           answer = { error: { desc: (err as Error).message } };
         }

@@ -10,6 +10,11 @@ import { LabError } from "./lab_error.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 
+/** Guest memory a vhost-user backend can map: a shared memfd as the one NUMA node's memory (`-m` must match). */
+export function sharedMemoryArgs(memoryMb: number): string[] {
+  return ["-object", `memory-backend-memfd,id=mem,size=${memoryMb}M,share=on`, "-numa", "node,memdev=mem"];
+}
+
 /** The switch's final counters (cli/switch.ts --json). */
 export interface SwitchReport {
   /** Per port: frames and bytes each way, drops, sessions. */
@@ -78,12 +83,7 @@ export async function startVhostSwitch(): Promise<VhostSwitch> {
   let cur = await start();
   return {
     args(memoryMb: number): string[] {
-      const a = [
-        "-object",
-        `memory-backend-memfd,id=mem,size=${memoryMb}M,share=on`,
-        "-numa",
-        "node,memdev=mem",
-      ];
+      const a = sharedMemoryArgs(memoryMb);
       for (const n of names) {
         const nic = VHOST_LAB[n], [dev, fn] = nic.pci.split(":")[2].split(".");
         const legacy = nic.device === "transitional" ? ",disable-legacy=off,disable-modern=off" : "";

@@ -12,6 +12,7 @@ import { checkFrame, FrameCheck, writeFrame } from "../../apps/frames.ts";
 import { VirtioNet } from "../../drivers/virtio/net.ts";
 import type { PacketBuffer } from "../../drivers/net/nic.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
+import { vhostTable } from "../../lab/outer/vhost_bench.ts";
 
 /** Samples every 20 ms from t=100 s for `secs`, sink1 growing at `rate(t)`. */
 function samples(secs: number, rate: (t: number) => number): WireSample[] {
@@ -276,4 +277,35 @@ Deno.test("receive: stops at exactly its count, and counts a repeated sequence n
   } finally {
     await nic.close();
   }
+});
+
+Deno.test("bench --vhost: the table has each cell, a ratio to DPDK, and CPU per packet from the windows", () => {
+  const row = (
+    backend: string,
+    dir: "tx" | "rx",
+    size: number,
+    pps: number,
+    rate = 0,
+    cpuSeconds?: number,
+  ) => ({
+    backend,
+    dir,
+    size,
+    rate,
+    frames: pps * 2,
+    seconds: 2,
+    pps,
+    cpuSeconds,
+  });
+  const t = vhostTable([
+    row("pvdrv", "tx", 60, 50_000),
+    row("dpdk", "tx", 60, 40_000),
+    row("qemu", "tx", 60, 30_000),
+    row("pvdrv", "tx", 60, 10_000, 10_000, 0.2),
+    row("dpdk", "tx", 60, 10_000, 10_000, 2),
+  ]);
+  assert.match(t, /guest TX 60 B \(frames\/s\) +\| 50\.0k \| 40\.0k \| 30\.0k \| 1\.25× \|/);
+  assert.match(t, /guest RX 1514 B \(frames\/s\) +\| – \| – \| – \| – \|/);
+  // 0.2 s over 20,000 frames: 10 µs; DPDK's 2 s: 100 µs.
+  assert.match(t, /CPU per packet at 10k\/s \(µs\) +\| 10\.0 \| 100\.0 \| – \| 0\.10× \|/);
 });
