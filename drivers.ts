@@ -87,6 +87,7 @@ export {
   memfd,
 } from "./ffi/unix.ts";
 export { UdpLink } from "./ffi/udp_link.ts";
+export { FrameFd } from "./ffi/frame_fd.ts";
 export type { FdAcceptor, FdChannel, FdOps, SharedMapping } from "./hal/fds.ts";
 
 // ---- drivers ----

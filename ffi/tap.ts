@@ -5,6 +5,7 @@
  * @module
  */
 import { check, IoctlStruct, native, NativeError, O_NONBLOCK, O_RDWR, openPath } from "./lib.ts";
+import { FrameFd } from "./frame_fd.ts";
 
 /** TUNSETIFF = _IOW('T', 202, int) (linux/if_tun.h). */
 const TUNSETIFF = 0x400454ca;
@@ -12,17 +13,11 @@ const TUNSETIFF = 0x400454ca;
 const IFF_TAP = 0x0002, IFF_NO_PI = 0x1000;
 /** struct ifreq: 16 bytes of name, then the union (ifr_flags: a short) — 40 bytes in all. */
 const IFREQ = 40, IFNAMSIZ = 16;
-const EAGAIN = -11;
 
-/** A TAP interface, opened non-blocking. */
-export class TapDevice {
-  /** The file descriptor (readable when a frame waits). */
-  fd: number;
-  /** Frames the kernel had no room for (write failed). */
-  writeErrors = 0;
-
-  private constructor(fd: number, readonly name: string) {
-    this.fd = fd;
+/** A TAP interface, opened non-blocking; closing it removes the interface. */
+export class TapDevice extends FrameFd {
+  private constructor(fd: number, name: string) {
+    super(fd, name);
   }
 
   /** Create the TAP interface `name` (up to 15 characters; the kernel picks one for a name ending in %d). */
@@ -45,28 +40,5 @@ export class TapDevice {
     }
     const end = req.bytes.indexOf(0);
     return new TapDevice(fd, new TextDecoder().decode(req.bytes.subarray(0, end < 0 ? IFNAMSIZ : end)));
-  }
-
-  /** Read one frame into `buf` (at most `max` bytes); its length, or -1 when none is waiting. */
-  read(buf: Uint8Array, max: number): number {
-    const r = native().pvdrv_read(this.fd, buf, max);
-    if (r >= 0) return r;
-    if (r === EAGAIN) return -1;
-    return check(`reading ${this.name}`, r);
-  }
-
-  /** Write one frame; false (counted) when the kernel dropped it. */
-  write(buf: Uint8Array, len: number): boolean {
-    const r = native().pvdrv_write(this.fd, buf, len);
-    if (r === len) return true;
-    this.writeErrors++;
-    return false;
-  }
-
-  /** Close the descriptor: the interface goes away (idempotent). */
-  close(): void {
-    if (this.fd < 0) return;
-    native().pvdrv_close(this.fd);
-    this.fd = -1;
   }
 }

@@ -3,9 +3,10 @@
  * port and a remote one. The switch joins the lab's UDP wires with it.
  * @module
  */
-import { check, native, NativeError } from "./lib.ts";
+import { check, native } from "./lib.ts";
+import { FrameFd } from "./frame_fd.ts";
 
-const EAGAIN = -11, ECONNREFUSED = -111;
+const ECONNREFUSED = -111;
 
 function ipv4(s: string): number {
   const m = s.match(/^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/);
@@ -21,14 +22,10 @@ function port(s: string, what: string): number {
 }
 
 /** A non-blocking UDP socket bound to a local port and connected to the remote end. */
-export class UdpLink {
-  /** The descriptor (readable when a datagram waits); -1 once closed. */
-  fd: number;
-  /** Datagrams the socket refused to send (no room, or the remote end's port was closed). */
-  writeErrors = 0;
-
-  private constructor(fd: number, readonly name: string) {
-    this.fd = fd;
+export class UdpLink extends FrameFd {
+  // ECONNREFUSED on a read is the ICMP port unreachable an earlier send earned: nothing to read.
+  private constructor(fd: number, name: string) {
+    super(fd, name, [ECONNREFUSED]);
   }
 
   /** Bind `localPort` on `bindIp` (default 127.0.0.1) and connect to `remote` ("HOST:PORT", IPv4). */
@@ -42,29 +39,5 @@ export class UdpLink {
   /** Parse a local port argument. */
   static port(s: string): number {
     return port(s, "local port");
-  }
-
-  /** Read one datagram into `buf` (at most `max` bytes); its length, or -1 when none waits. */
-  read(buf: Uint8Array, max: number): number {
-    const r = native().pvdrv_read(this.fd, buf, max);
-    if (r >= 0) return r;
-    if (r === EAGAIN || r === ECONNREFUSED) return -1; // nothing, or an ICMP port unreachable from the last send
-    return check(`reading ${this.name}`, r);
-  }
-
-  /** Send one frame as a datagram; false (counted) when it was not sent. */
-  write(buf: Uint8Array, len: number): boolean {
-    if (this.fd < 0) throw new NativeError(this.name, -9);
-    const r = native().pvdrv_write(this.fd, buf, len);
-    if (r === len) return true;
-    this.writeErrors++;
-    return false;
-  }
-
-  /** Close the socket (idempotent). */
-  close(): void {
-    if (this.fd < 0) return;
-    native().pvdrv_close(this.fd);
-    this.fd = -1;
   }
 }
