@@ -20,6 +20,8 @@ interface Mapped {
 }
 
 const SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+// Up to this many bytes a loop beats making a view to copy from (and allocates nothing).
+const SMALL_COPY = 128;
 
 /** The mapped memory table; {@link VhostMemory.release} unmaps it (views kept past that read zeros). */
 export class VhostMemory {
@@ -61,14 +63,33 @@ export class VhostMemory {
     return this.#find(addr, len, true);
   }
 
+  /**
+   * Copy `len` guest bytes at guest address `addr` into `dst` from `at` (throws unless wholly inside one region).
+   * Small copies go byte by byte: a view per descriptor would be an allocation per frame.
+   */
+  copyOut(addr: number, len: number, dst: Uint8Array, at: number): void {
+    const r = this.#region(addr, len, false), o = addr - r.guest, src = r.map.bytes;
+    if (len <= SMALL_COPY) { for (let i = 0; i < len; i++) dst[at + i] = src[o + i]; }
+    else dst.set(src.subarray(o, o + len), at);
+  }
+
+  /** Copy `len` bytes of `src` from `from` to guest address `addr` (throws unless wholly inside one region). */
+  copyIn(addr: number, src: Uint8Array, from: number, len: number): void {
+    const r = this.#region(addr, len, false), o = addr - r.guest, dst = r.map.bytes;
+    if (len <= SMALL_COPY) { for (let i = 0; i < len; i++) dst[o + i] = src[from + i]; }
+    else dst.set(src.subarray(from, from + len), o);
+  }
+
   #find(addr: number, len: number, user: boolean): Uint8Array {
+    const r = this.#region(addr, len, user), o = addr - (user ? r.user : r.guest);
+    return r.map.bytes.subarray(o, o + len);
+  }
+
+  #region(addr: number, len: number, user: boolean): Mapped {
     const rs = this.#regions;
     for (let i = 0; i < rs.length; i++) {
       const r = rs[i], start = user ? r.user : r.guest;
-      if (addr >= start && addr - start + len <= r.size && len >= 0) {
-        const o = addr - start;
-        return r.map.bytes.subarray(o, o + len);
-      }
+      if (addr >= start && addr - start + len <= r.size && len >= 0) return r;
     }
     throw new PvdrvError(
       "vhost-user",

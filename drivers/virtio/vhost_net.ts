@@ -22,6 +22,7 @@ import { Chain, type DeviceQueue } from "./device_queue.ts";
 import { F, NET_F } from "./features.ts";
 import { HDR_F_NEEDS_CSUM } from "./net_wire.ts";
 import { type VhostDevice, VhostUserSession, type Vring } from "./vhost_user.ts";
+import type { VhostMemory } from "./vhost_memory.ts";
 
 /** Options of {@link VhostUserNet}. */
 export interface VhostUserNetOptions {
@@ -250,18 +251,18 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
           dq.putUsed(c.head, 0); // started but disabled: TX is taken and dropped (vhost-user.rst "Ring states")
           continue;
         }
-        const b = this.#gather(q, c, mem.guest);
+        const b = this.#gather(q, c, mem);
         dq.putUsed(c.head, 0);
         if (b) this.deliver(q, out, b), got++;
       }
     } catch (e) {
       this.#quarantine(r, e);
-      return;
     }
+    // Chains used before a quarantine are the guest's again: it hears of them either way.
     this.#signal(r, dq, old);
   }
 
-  #gather(q: VhostPair, c: Chain, mem: (a: number, n: number) => Uint8Array): PacketBuffer | null {
+  #gather(q: VhostPair, c: Chain, mem: VhostMemory): PacketBuffer | null {
     const h = this.#hdrLen, len = c.readable - h;
     if (c.writable !== 0 || len < MIN_FRAME || len > SLOT) {
       q.stats.rxDropped++; // not a frame this port carries: dropped, the ring is fine
@@ -273,11 +274,11 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
       let a = c.addr[i], n = c.len[i];
       if (skip > 0) {
         const k = Math.min(skip, n);
-        this.#hdr.set(mem(a, k), h - skip);
+        mem.copyOut(a, k, this.#hdr, h - skip);
         skip -= k, a += k, n -= k;
         if (n === 0) continue;
       }
-      b.data.set(mem(a, n), o);
+      mem.copyOut(a, n, b.data, o);
       o += n;
     }
     b.length = len;
@@ -312,7 +313,7 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
     let i = 0;
     try {
       for (; i < n; i++) {
-        if (!this.#fill(q, dq, pkts[i], merge, mem.guest)) break;
+        if (!this.#fill(q, dq, pkts[i], merge, mem)) break;
         q.txPool.put(pkts[i], "app");
       }
     } catch (e) {
@@ -328,7 +329,7 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
     dq: DeviceQueue,
     b: PacketBuffer,
     merge: boolean,
-    mem: (a: number, n: number) => Uint8Array,
+    mem: VhostMemory,
   ): boolean {
     const h = this.#hdrLen, need = h + b.length, c = this.#chain;
     // Count the chains it takes first, so a frame is written whole or not at all.
@@ -352,18 +353,18 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
     if (h === 12) hv.setUint16(10, chains, true);
     let src = -h; // bytes of header (negative) then frame written so far
     for (let k = 0; k < chains; k++) {
-      dq.peek(c, 0);
+      if (chains > 1) dq.peek(c, 0); // one chain (the usual case) is in `c` already, checked
       let wrote = 0;
       for (let d = 0; d < c.count && src < b.length; d++) {
         let a = c.addr[d], left = c.len[d];
         if (src < 0) {
           const m = Math.min(-src, left);
-          mem(a, m).set(this.#hdr.subarray(h + src, h + src + m));
+          mem.copyIn(a, this.#hdr, h + src, m);
           src += m, a += m, left -= m, wrote += m;
         }
         const m = Math.min(b.length - src, left);
         if (m > 0) {
-          mem(a, m).set(b.data.subarray(src, src + m));
+          mem.copyIn(a, b.data, src, m);
           src += m, wrote += m;
         }
       }

@@ -408,11 +408,11 @@ Deno.test("CVE class: double fetch — descriptors rewritten while the backend c
     // The guest rewrites the descriptor (an address outside the shared memory) every time the backend touches its
     // data, as a racing vCPU could between the check and the use.
     const mem = r.nic.session!.memory!;
-    const guest = mem.guest;
-    Object.defineProperty(mem, "guest", {
-      value: (a: number, n: number) => {
+    const copyOut = mem.copyOut.bind(mem);
+    Object.defineProperty(mem, "copyOut", {
+      value: (a: number, n: number, dst: Uint8Array, at: number) => {
         r.g.tx.desc(0, 2 ** 40, 112, 0, 0);
-        return guest(a, n);
+        copyOut(a, n, dst, at);
       },
     });
     const got = hostReceive(r.nic);
@@ -448,5 +448,58 @@ Deno.test("a ring stopped with GET_VRING_BASE and restarted there resumes; an en
     assert.deepEqual(r.g.receive(), []);
   } finally {
     await r.close();
+  }
+});
+
+Deno.test("multi-queue: two pairs carry frames apart, and a quarantine on pair 0 leaves pair 1 running", async () => {
+  let nic: VhostUserNet | null = null;
+  const fe = new VhostUserFrontend(() => nic?.pumpControl(), 4, 2 << 20);
+  nic = new VhostUserNet(new OneShotAcceptor(fe.backendEnd), LINUX_FD_OPS, {
+    mac: new Uint8Array([2, 0, 0, 0, 0, 2]),
+    pairs: 2,
+    irq: false,
+  });
+  const n = nic;
+  try {
+    n.pumpControl();
+    fe.connect();
+    assert.equal(fe.queueNum, 2, "GET_QUEUE_NUM answers the pairs");
+    fe.request(
+      VHOST_USER.SET_FEATURES,
+      VhostUserFrontend.u64(F.VERSION_1 | NET_F.MQ | (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES))),
+    );
+    assert.ok(fe.setMemTable());
+    const g0 = new HostileGuest(fe, 12, 0), g1 = new HostileGuest(fe, 12, 1);
+    g0.start();
+    g1.start();
+    const f1 = FRAME.map((b) => b ^ 0x55);
+    g1.postTx(f1);
+    g0.postTx(FRAME);
+    const got = (q: number) => {
+      const b: PacketBuffer[] = [];
+      const k = n.receiveBatch(b, 8, q);
+      const out = b.slice(0, k).map((x) => x.data.slice(0, x.length));
+      n.release(b, k, q);
+      return out;
+    };
+    assert.deepEqual(got(1), [f1], "pair 1's frame on queue 1");
+    assert.deepEqual(got(0), [FRAME], "pair 0's frame on queue 0");
+    // Pair 0's TX ring breaks; pair 1 goes on both ways.
+    g0.tx.publish(0, 5000);
+    assert.deepEqual(got(0), []);
+    assert.match(String(n.session!.rings[1].broken), /ahead/);
+    g1.postTx(f1);
+    assert.deepEqual(got(1), [f1]);
+    g1.postRx();
+    const b: PacketBuffer[] = [];
+    n.allocTx(b, 1, 1);
+    b[0].data.set(FRAME);
+    b[0].length = FRAME.length;
+    assert.equal(n.sendBatch(b, 1, 1), 1);
+    assert.deepEqual(g1.receive(), [FRAME]);
+    assert.equal(n.session!.rings[3].broken, null);
+  } finally {
+    await n.close();
+    fe.close();
   }
 });
