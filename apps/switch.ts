@@ -195,9 +195,10 @@ export class Switch {
   #now = 0;
   #pcap: PcapWriter | undefined;
 
-  /** A switch joining `ports`. */
-  constructor(readonly ports: SwitchPort[]) {
+  /** A switch joining `ports`; with `pcap`, every frame switched is captured there. */
+  constructor(readonly ports: SwitchPort[], pcap?: PcapWriter) {
     this.#input = (from, d, len) => this.#switch(from, d, len);
+    this.#pcap = pcap;
   }
 
   /** Addresses learned now. */
@@ -259,7 +260,7 @@ export class Switch {
 
   /** Run until `o.stop()`: switch while frames come, sleep on every port at once when idle. */
   async run(o: SwitchOptions): Promise<void> {
-    this.#pcap = o.pcap;
+    this.#pcap = o.pcap ?? this.#pcap;
     const pacer = new Pacer(), reportMs = o.reportMs ?? 1000;
     const waits = new Map<SwitchPort, Promise<void>>();
     let now = performance.now(), nextReport = now + reportMs, rounds = 0;

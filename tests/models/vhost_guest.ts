@@ -86,32 +86,50 @@ export class DriverRing {
   }
 }
 
-/** The driver: an RX and a TX ring with 2 KiB buffers, and a header length (12: VERSION_1). */
+/** Where queue pair `pair`'s rings and buffers are (pair 0 at {@link LAYOUT}, each next one 512 KiB on). */
+function layoutOf(pair: number): typeof LAYOUT {
+  const d = pair * 0x80000,
+    at = (a: { desc: number; driver: number; device: number }) => ({
+      desc: a.desc + d,
+      driver: a.driver + d,
+      device: a.device + d,
+    });
+  return { rx: at(LAYOUT.rx), tx: at(LAYOUT.tx), buffers: LAYOUT.buffers + d } as unknown as typeof LAYOUT;
+}
+
+/** The driver of one queue pair: an RX and a TX ring with 2 KiB buffers, and a header length (12: VERSION_1). */
 export class HostileGuest {
   readonly rx: DriverRing;
   readonly tx: DriverRing;
+  readonly #layout: typeof LAYOUT;
 
-  constructor(readonly fe: VhostUserFrontend, readonly hdr = 12) {
-    this.rx = new DriverRing(fe, LAYOUT.rx);
-    this.tx = new DriverRing(fe, LAYOUT.tx);
+  constructor(readonly fe: VhostUserFrontend, readonly hdr = 12, readonly pair = 0) {
+    this.#layout = layoutOf(pair);
+    this.rx = new DriverRing(fe, this.#layout.rx);
+    this.tx = new DriverRing(fe, this.#layout.tx);
   }
 
-  /** The guest address of RX (slot < Q) or TX (slot >= Q) buffer `slot`. */
+  /** The guest address of pair 0's RX (slot < Q) or TX (slot >= Q) buffer `slot`. */
   static buffer(slot: number): number {
     return LAYOUT.buffers + slot * BUF;
   }
 
-  /** Start both rings on the backend (after the memory table). */
+  /** This pair's buffer `slot`. */
+  buffer(slot: number): number {
+    return this.#layout.buffers + slot * BUF;
+  }
+
+  /** Start both rings on the backend (after the memory table): vrings 2·pair and 2·pair + 1. */
   start(): void {
-    this.fe.startRing(0, Q, LAYOUT.rx);
-    this.fe.startRing(1, Q, LAYOUT.tx);
+    this.fe.startRing(2 * this.pair, Q, this.#layout.rx);
+    this.fe.startRing(2 * this.pair + 1, Q, this.#layout.tx);
   }
 
   /** Post an RX buffer of `len` bytes (device-writable); false when none is free. */
   postRx(len = BUF): boolean {
     const h = this.rx.free.pop();
     if (h === undefined) return false;
-    this.rx.desc(h, HostileGuest.buffer(h), len, DESC_F_WRITE, 0);
+    this.rx.desc(h, this.buffer(h), len, DESC_F_WRITE, 0);
     this.rx.publish(h);
     return true;
   }
@@ -119,7 +137,7 @@ export class HostileGuest {
   /** Send `frame` with a zero header, in one descriptor or split (header apart) in two; false when full. */
   postTx(frame: Uint8Array, split = false): boolean {
     if (this.tx.free.length < 2) return false;
-    const h = this.tx.free.pop()!, at = HostileGuest.buffer(Q + h);
+    const h = this.tx.free.pop()!, at = this.buffer(Q + h);
     const b = this.tx.bytes(at, this.hdr + frame.length);
     b.fill(0, 0, this.hdr);
     b.set(frame, this.hdr);
@@ -156,7 +174,7 @@ export class HostileGuest {
       if (id >= Q) throw new Error(`the device used RX id ${id}`);
       this.rx.free.push(id);
       if (len < this.hdr) throw new Error(`RX used length ${len} without a header`);
-      out.push(this.rx.bytes(HostileGuest.buffer(id) + this.hdr, len - this.hdr).slice());
+      out.push(this.rx.bytes(this.buffer(id) + this.hdr, len - this.hdr).slice());
     }
     return out;
   }

@@ -78,6 +78,13 @@ Deno.test("cli: bad input gets one clear line and the usage, never a stack trace
     ["recv.ts", ["00:04.0", "--udp", "9000"], /give this host an address/],
     ["blk.ts", ["vbd/51712", "bench", "--irq", "msix"], /--irq for a Xen vbd must be poll or evtchn/],
     ["blk.ts", ["00:0b.0", "bench", "--irq", "evtchn"], /--irq must be poll, msix or intx/],
+    ["switch.ts", [], /give at least one --port/],
+    ["switch.ts", ["--port", "nic:eth0"], /unknown kind 'nic'/],
+    ["switch.ts", ["--port", "udp:127.0.0.1:9"], /needs local=PORT/],
+    ["switch.ts", ["--port", "vhost-user:/tmp/pvdrv-x.sock,queues=99"], /queues must be 1\.\.64/],
+    ["switch.ts", ["--port", "tap:pv0,mtu=9000"], /unknown option 'mtu=9000'/],
+    ["switch.ts", ["--port", "vhost-user"], /needs KIND:TARGET/],
+    ["bench.ts", ["--vhost", "--blk"], /give at most one/],
   ];
   for (const [script, args, re] of cases) {
     const r = await run(script, args);

@@ -10,6 +10,7 @@ import { VhostUserNet } from "../../drivers/virtio/vhost_net.ts";
 import type { Nic, PacketBuffer } from "../../drivers/net/nic.ts";
 import { FdPort, MAX_MACS, NicPort, Switch, type SwitchPort } from "../../apps/switch.ts";
 import { UdpLink } from "../../ffi/udp_link.ts";
+import { PcapWriter } from "../../apps/pcap.ts";
 import { OneShotAcceptor, VhostUserFrontend } from "../models/vhost_user_frontend.ts";
 import { finish, sum16 } from "../../net/checksum.ts";
 
@@ -122,6 +123,32 @@ Deno.test("switch: a guest's partial UDP checksum is completed before the other 
     assert.notDeepEqual(got.subarray(udp + 6, udp + 8), f.subarray(udp + 6, udp + 8));
   } finally {
     await closeAll(gs);
+  }
+});
+
+Deno.test("switch: --pcap captures every frame switched, whole, in order", async () => {
+  const gs = [guest(1), guest(2)];
+  const file = Deno.makeTempFileSync({ suffix: ".pcap" });
+  const pcap = new PcapWriter(file);
+  const sw = new Switch(gs.map((g) => g.port as SwitchPort), pcap);
+  try {
+    const a = frame(BCAST, MAC_A, 60), b = frame(MAC_A, MAC_B, 1514, 1);
+    send(gs[0].drv, a);
+    sw.round(0);
+    send(gs[1].drv, b);
+    sw.round(1);
+    pcap.close();
+    const d = Deno.readFileSync(file), v = new DataView(d.buffer);
+    assert.equal(v.getUint32(0, true), 0xa1b2c3d4);
+    // Record 1 at 24: 16-byte header (caplen at +8), then the frame; record 2 after it.
+    assert.equal(v.getUint32(24 + 8, true), 60);
+    assert.deepEqual(d.subarray(40, 100), a);
+    assert.equal(v.getUint32(100 + 8, true), 1514);
+    assert.deepEqual(d.subarray(116, 116 + 1514), b);
+    assert.equal(d.length, 116 + 1514);
+  } finally {
+    await closeAll(gs);
+    Deno.removeSync(file);
   }
 });
 
