@@ -10,7 +10,7 @@
 import { runInGuest } from "./qemu.ts";
 import { ensureDpdk } from "./dpdk.ts";
 import { freeUdpPort } from "./wire_peer.ts";
-import { sharedMemoryArgs } from "./vhost_switch.ts";
+import { readyOutput, sharedMemoryArgs } from "./vhost_switch.ts";
 import { LabError } from "./lab_error.ts";
 import { VHOST_BENCH_DGRAM, VHOST_LAB } from "../topology.ts";
 
@@ -46,24 +46,6 @@ function cpuOf(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / 100; // utime + stime, in clock ticks of 1/100 s
 }
 
-async function started(child: Deno.ChildProcess, what: string, ready: RegExp): Promise<void> {
-  const r = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
-  const t = setTimeout(() => child.kill("SIGKILL"), 60_000);
-  try {
-    while (!ready.test(text)) {
-      const x = await r.read();
-      if (x.done) throw new LabError(`${what} did not start:\n${text}`);
-      text += x.value;
-    }
-  } finally {
-    clearTimeout(t);
-  }
-  (async () => {
-    for (;;) if ((await r.read()).done) return;
-  })();
-}
-
 /** Run the benchmark: `seconds` per cell. */
 export async function runVhostBench(seconds = 4, onLine: (l: string) => void = console.log): Promise<{
   rows: VhostBenchRow[];
@@ -82,7 +64,7 @@ export async function runVhostBench(seconds = 4, onLine: (l: string) => void = c
   ) => {
     const child = new Deno.Command(cmd, { args, env, stdin: "piped", stdout: "piped", stderr: "inherit" })
       .spawn();
-    await started(child, what, ready);
+    await readyOutput(child, ready, what);
     return {
       pid: child.pid,
       async stop() {

@@ -10,6 +10,38 @@ import { LabError } from "./lab_error.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 
+/**
+ * Wait until `child`'s stdout matches `ready` (killing it after 60 s); then the rest is read on, so the pipe never
+ * fills, and the returned promise resolves with all of it when the child closes stdout. `err` (its stderr, when
+ * piped) goes into the error of a child that ends first.
+ */
+export async function readyOutput(
+  child: Deno.ChildProcess,
+  ready: RegExp,
+  what: string,
+  err: Promise<string> = Promise.resolve(""),
+): Promise<Promise<string>> {
+  const out = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  const deadline = setTimeout(() => child.kill("SIGKILL"), 60_000);
+  try {
+    while (!ready.test(text)) {
+      const r = await out.read();
+      if (r.done) throw new LabError(`${what} did not start:\n${text}\n${await err}`);
+      text += r.value;
+    }
+  } finally {
+    clearTimeout(deadline);
+  }
+  return (async () => {
+    for (;;) {
+      const r = await out.read();
+      if (r.done) return text;
+      text += r.value;
+    }
+  })();
+}
+
 /** Guest memory a vhost-user backend can map: a shared memfd as the one NUMA node's memory (`-m` must match). */
 export function sharedMemoryArgs(memoryMb: number): string[] {
   return ["-object", `memory-backend-memfd,id=mem,size=${memoryMb}M,share=on`, "-numa", "node,memdev=mem"];
@@ -58,26 +90,8 @@ export async function startVhostSwitch(): Promise<VhostSwitch> {
   const logs: string[] = [];
   const start = async () => {
     const child = new Deno.Command(Deno.execPath(), { args: cmd, stdout: "piped", stderr: "piped" }).spawn();
-    const out = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
     const err = new Response(child.stderr).text();
-    let text = "";
-    const deadline = setTimeout(() => child.kill("SIGKILL"), 60_000);
-    try {
-      while (!/switch: ready/.test(text)) {
-        const r = await out.read();
-        if (r.done) throw new LabError(`the vhost-user switch did not start:\n${text}\n${await err}`);
-        text += r.value;
-      }
-    } finally {
-      clearTimeout(deadline);
-    }
-    const rest = (async () => {
-      for (;;) {
-        const r = await out.read();
-        if (r.done) return text;
-        text += r.value;
-      }
-    })();
+    const rest = await readyOutput(child, /switch: ready/, "the vhost-user switch", err);
     return { child, rest, err };
   };
   let cur = await start();
