@@ -12,7 +12,7 @@ const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 
 /**
  * Wait until `child`'s stdout matches `ready` (killing it after 60 s); then the rest is read on, so the pipe never
- * fills, and the returned promise resolves with all of it when the child closes stdout. `err` (its stderr, when
+ * fills, and `rest` resolves with all of it when the child closes stdout. `err` (its stderr, when
  * piped) goes into the error of a child that ends first.
  */
 export async function readyOutput(
@@ -20,7 +20,7 @@ export async function readyOutput(
   ready: RegExp,
   what: string,
   err: Promise<string> = Promise.resolve(""),
-): Promise<Promise<string>> {
+): Promise<{ rest: Promise<string> }> {
   const out = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let text = "";
   const deadline = setTimeout(() => child.kill("SIGKILL"), 60_000);
@@ -33,13 +33,15 @@ export async function readyOutput(
   } finally {
     clearTimeout(deadline);
   }
-  return (async () => {
+  // Wrapped: an async function returning a bare promise would adopt it, and the caller would wait for the end.
+  const rest = (async () => {
     for (;;) {
       const r = await out.read();
       if (r.done) return text;
       text += r.value;
     }
   })();
+  return { rest };
 }
 
 /** Guest memory a vhost-user backend can map: a shared memfd as the one NUMA node's memory (`-m` must match). */
@@ -91,7 +93,7 @@ export async function startVhostSwitch(): Promise<VhostSwitch> {
   const start = async () => {
     const child = new Deno.Command(Deno.execPath(), { args: cmd, stdout: "piped", stderr: "piped" }).spawn();
     const err = new Response(child.stderr).text();
-    const rest = await readyOutput(child, /switch: ready/, "the vhost-user switch", err);
+    const { rest } = await readyOutput(child, /switch: ready/, "the vhost-user switch", err);
     return { child, rest, err };
   };
   let cur = await start();
