@@ -100,3 +100,21 @@ Deno.test("QMP requests: a guest's request file is run on the monitor socket and
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("Xen lab: dom0's reports pass only with every frame verified, sent, and none dropped by netback", async () => {
+  const { dom0FrameChecks, XEN_FRAMES, XEN_JUMBO_FRAMES } = await import("../../lab/outer/xen.ts");
+  const good = {
+    RECV: { received: XEN_FRAMES, corrupt: 0 },
+    SEND: { sent: XEN_FRAMES, netbackDropped: 0 },
+    "RECV-JUMBO": { received: XEN_JUMBO_FRAMES, corrupt: 0 },
+    "SEND-JUMBO": { sent: XEN_JUMBO_FRAMES, netbackDropped: 0 },
+  };
+  assert.deepEqual(dom0FrameChecks(good).map((c) => c.ok), [true, true, true, true]);
+  const dropped = dom0FrameChecks({ ...good, "SEND-JUMBO": { sent: XEN_JUMBO_FRAMES, netbackDropped: 3 } });
+  assert.deepEqual(dropped.map((c) => c.ok), [true, true, true, false]);
+  assert.match(dropped[3].detail, /3 dropped by xen-netback/);
+  const missing = dom0FrameChecks({ ...good, SEND: { sent: XEN_FRAMES } }); // a report without the drop count
+  assert.equal(missing[1].ok, false);
+  const corrupt = dom0FrameChecks({ ...good, RECV: { received: XEN_FRAMES, corrupt: 1 } });
+  assert.equal(corrupt[0].ok, false);
+});
