@@ -144,8 +144,8 @@ export interface XenVbd {
  * disk dom0 grows to `grownMib` when the domU asks (a loop device over a file in dom0).
  */
 export const XEN_VBDS = {
-  pvdrv: { vbd: 51712, vdev: "xvda", mib: 256 },
-  kernel: { vbd: 51728, vdev: "xvdb", mib: 256 },
+  pvdrv: { vbd: 51712, vdev: "xvda", mib: 128 },
+  kernel: { vbd: 51728, vdev: "xvdb", mib: 128 },
   readOnly: { vbd: 51744, vdev: "xvdc", mib: 16 },
   resize: { vbd: 51760, vdev: "xvdd", mib: 32, grownMib: 48 },
 } as const satisfies Record<string, XenVbd>;

@@ -24,7 +24,7 @@ async function setup(): Promise<{ ns: NetNs; dev: string; kids: Children }> {
 
 const PCI = LAB.vfioKernelPeer.pci;
 
-guestTest("net: pvdrv pings the kernel and the kernel pings pvdrv, 1,000 each way, no loss", async () => {
+guestTest("net: pvdrv pings the kernel and the kernel pings pvdrv, 500 each way, no loss", async () => {
   const { ns, dev, kids } = await setup();
   try {
     const c0 = await ns.packets(dev);
@@ -34,57 +34,57 @@ guestTest("net: pvdrv pings the kernel and the kernel pings pvdrv, 1,000 each wa
       "--ip",
       `${PV}/24`,
       "--count",
-      "1000",
+      "500",
       "--interval",
       "0",
       "--json",
     ]);
-    assert.equal(p.transmitted, 1000);
-    assert.equal(p.received, 1000, "pvdrv got every reply");
+    assert.equal(p.transmitted, 500);
+    assert.equal(p.received, 500, "pvdrv got every reply");
     // The driver's own counters come with the host's: at least every request out and every reply in.
     const nicStats = p.nicStats as Record<string, number>;
-    assert.ok(nicStats.txPackets >= 1000 && nicStats.rxPackets >= 1000, JSON.stringify(nicStats));
+    assert.ok(nicStats.txPackets >= 500 && nicStats.rxPackets >= 500, JSON.stringify(nicStats));
     // The kernel's NIC counted them on the wire (plus ARP and the gratuitous ARP).
     const c1 = await ns.packets(dev);
     assert.ok(
-      c1.rx - c0.rx >= 1000 && c1.tx - c0.tx >= 1000,
+      c1.rx - c0.rx >= 500 && c1.tx - c0.tx >= 500,
       `kernel NIC counters ${JSON.stringify([c0, c1])}`,
     );
     // The other way: pvdrv answers while it runs a UDP echo (any host task answers pings).
     const echo = kids.start(task("cli/udp.ts", [PCI, "echo", "--ip", `${PV}/24`, "--json"]));
     await echo.waitFor(/echoing on/);
-    const out = await ns.sh(`ping -c 1000 -i 0.01 -W 5 -q ${PV}`);
+    const out = await ns.sh(`ping -c 500 -i 0.01 -W 5 -q ${PV}`);
     // Stopped before asserting, so a loss shows pvdrv's counters (requests heard, replies sent) beside ping's.
     const code = await echo.stop();
     assert.match(
       out,
-      /1000 packets transmitted, 1000 packets received, 0% packet loss/,
+      /500 packets transmitted, 500 packets received, 0% packet loss/,
       `${out}\n${echo.text}`,
     );
     assert.equal(code, 0, echo.text);
-    assert.match(echo.text, /"icmpEchoRequests":1000\b/, echo.text);
+    assert.match(echo.text, /"icmpEchoRequests":500\b/, echo.text);
   } finally {
     await kids.stopAll();
     await ns.close();
   }
 });
 
-guestTest("net: UDP echo of 10,000 datagrams of mixed sizes each way, every byte checked", async () => {
+guestTest("net: UDP echo of 5,000 datagrams of mixed sizes each way, every byte checked", async () => {
   const { ns, kids } = await setup();
   try {
     // Kernel → pvdrv → kernel: pvdrv's `udp echo` answers a kernel socket that checks every byte.
     const echo = kids.start(
-      task("cli/udp.ts", [PCI, "echo", "--ip", `${PV}/24`, "--count", "10000", "--json"]),
+      task("cli/udp.ts", [PCI, "echo", "--ip", `${PV}/24`, "--count", "5000", "--json"]),
     );
     await echo.waitFor(/echoing on/);
     const k = await commandJson(
-      ns.task("lab/guest/udp_peer.ts", ["client", KERNEL, `${PV}:7`, "10000", "4", "1472"]),
+      ns.task("lab/guest/udp_peer.ts", ["client", KERNEL, `${PV}:7`, "5000", "4", "1472"]),
       "the kernel's UDP client",
     );
-    assert.deepEqual([k.echoed, k.corrupt, k.lost], [10000, 0, 0], JSON.stringify(k));
+    assert.deepEqual([k.echoed, k.corrupt, k.lost], [5000, 0, 0], JSON.stringify(k));
     assert.equal(await echo.exit(), 0, echo.text);
     // pvdrv → kernel → pvdrv: a kernel UDP echo socket; pvdrv sends and checks every byte.
-    const peer = kids.start(ns.task("lab/guest/udp_peer.ts", ["echo", `${KERNEL}:7`, "10000"]));
+    const peer = kids.start(ns.task("lab/guest/udp_peer.ts", ["echo", `${KERNEL}:7`, "5000"]));
     await peer.waitFor(/ready/);
     const s = await taskJson("cli/udp.ts", [
       PCI,
@@ -92,15 +92,15 @@ guestTest("net: UDP echo of 10,000 datagrams of mixed sizes each way, every byte
       `${KERNEL}:7`,
       "--echo",
       "--count",
-      "10000",
+      "5000",
       "--sizes",
       "4-1472",
       "--ip",
       `${PV}/24`,
       "--json",
     ]);
-    assert.deepEqual([s.sent, s.echoed, s.corrupt, s.lost], [10000, 10000, 0, 0], JSON.stringify(s));
-    assert.ok((s.nicStats as Record<string, number>).rxPackets >= 10000, JSON.stringify(s.nicStats));
+    assert.deepEqual([s.sent, s.echoed, s.corrupt, s.lost], [5000, 5000, 0, 0], JSON.stringify(s));
+    assert.ok((s.nicStats as Record<string, number>).rxPackets >= 5000, JSON.stringify(s.nicStats));
     assert.equal(await peer.exit(), 0, peer.text);
   } finally {
     await kids.stopAll();

@@ -3,7 +3,7 @@
  * host (`deno task switch`, pvdrv's vhost-user backend reading and writing this guest's rings in its memory). Two
  * NICs the guest kernel drives talk through it — raw frames, then ping, UDP and HTTP with one NIC in a namespace —
  * pvdrv's own driver (UIO, a transitional device) talks to the kernel through it, and traffic comes back after the
- * switch is killed with SIGKILL and restarted, 20 times. The host checks the switch's counters after the boot.
+ * switch is killed with SIGKILL and restarted, 10 times. The host checks the switch's counters after the boot.
  */
 import assert from "assert";
 import { guestTest, qmpRequest } from "./env.ts";
@@ -155,12 +155,12 @@ guestTest(
 );
 
 guestTest(
-  "vhost-user: the switch killed with SIGKILL and restarted 20 times, traffic back each time",
+  "vhost-user: the switch killed with SIGKILL and restarted 10 times, traffic back each time",
   async () => {
     const h = await twoHosts();
     try {
       const recovered: number[] = [];
-      for (let cycle = 1; cycle <= 20; cycle++) {
+      for (let cycle = 1; cycle <= 10; cycle++) {
         await qmpRequest("pvdrv-switch-restart", {}, 90_000);
         const t0 = Date.now();
         let ok = false;
