@@ -361,13 +361,17 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
     while (avail > 0 && k < max) {
       const n = this.#collectFrame(r, avail);
       if (n === 0) break; // the rest of the frame is not there yet
+      // A frame of several slots needs a gather buffer: while the application holds every one, the frame waits in
+      // the ring for the next call (after a release) instead of being dropped. A stalled receiver picking up a
+      // backlog of jumbo frames in one batch larger than the gather pool lost frames that way.
+      if (this.#frameData > 1 && q.rxGather.available === 0 && this.#deliverable()) break;
       const start = r.rspCons;
       r.rspCons = (r.rspCons + n) >>> 0;
       avail -= n;
       const b = this.#deliverOrGather(q, start, n);
       this.#recycle(q, start, n);
       if (!b) {
-        q.stats.rxDropped++; // errors, runts, frames over the MTU, or no gather buffer free
+        q.stats.rxDropped++; // errors, runts, frames over the MTU
         continue;
       }
       b.length = this.#frameBytes;
@@ -418,11 +422,16 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
     return n;
   }
 
+  /** Whether the frame {@link #collectFrame} read goes to the application (no error status, 14..maxFrame bytes). */
+  #deliverable(): boolean {
+    return !this.#frameBad && this.#frameBytes >= 14 && this.#frameBytes <= this.maxFrame;
+  }
+
   /** The frame's buffer for the application: its one page, or a gather buffer; null when it is dropped. */
   #deliverOrGather(q: NetfrontQueuePair, start: number, n: number): PacketBuffer | null {
     const total = this.#frameBytes, mask = q.rx.size - 1, offs = this.#rxOff, lens = this.#rxLen;
     const isData = this.#rxData;
-    if (this.#frameBad || total < 14 || total > this.maxFrame) return null;
+    if (!this.#deliverable()) return null;
     if (this.#frameData === 1) {
       // One slot: hand the page itself to the application.
       for (let s = 0; s < n; s++) {

@@ -302,6 +302,46 @@ Deno.test("netfront: gathering a frame never writes past it into another held fr
   }
 });
 
+Deno.test("netfront: a backlog of more multi-slot frames than gather buffers waits in the ring, none dropped", async () => {
+  const { back, xs, open } = lab(10_000, 9000);
+  const nf = await open();
+  const frame = (k: number, len: number) => {
+    const f = new Uint8Array(len);
+    writeFrame(f, len, k, nf.mac, DST);
+    return f;
+  };
+  try {
+    // A receiver that stalled: 40 two-slot frames wait when it asks for 64 at once (the gather pool holds 32).
+    const N = 40;
+    for (let k = 0; k < N; k++) assert.ok(back.deliver(frame(k, 6000), 0, { slotBytes: 4096 }), `frame ${k}`);
+    const out: PacketBuffer[] = new Array(64), seen: number[] = [];
+    const first = nf.receiveBatch(out, 64);
+    assert.ok(first > 0 && first < N, `the first batch stops at the gather pool (${first})`);
+    let got = first;
+    const check = (n: number) => {
+      for (let i = 0; i < n; i++) {
+        assert.equal(checkFrame(out[i].data, out[i].length, seqOut), FrameCheck.Ok);
+        seen.push(seqOut[0]);
+      }
+    };
+    check(first);
+    // Still held: the rest waits, whatever the caller asks for.
+    assert.equal(nf.receiveBatch(out.slice(first), 64), 0);
+    nf.release(out, first);
+    for (let tries = 0; got < N && tries < 10; tries++) {
+      const n = nf.receiveBatch(out, 64);
+      check(n);
+      nf.release(out, n);
+      got += n;
+    }
+    assert.deepEqual(seen, Array.from({ length: N }, (_, k) => k), "every frame, in order");
+    assert.equal(nf.stats()[0].rxDropped, 0);
+  } finally {
+    await nf.close();
+    await xs.close();
+  }
+});
+
 Deno.test("netfront: multi-queue-max-queues that is not a whole number is refused", async () => {
   const ok = lab();
   ok.server.set(`${ok.back.back}/multi-queue-max-queues`, "256");
