@@ -155,6 +155,13 @@ echo "PVDRV-DOMU-AGENT-EXIT=$?"
 `;
 }
 
+/**
+ * dom0's shell helpers for its send reports: `netbackDrops` reads how many frames xen-netback dropped on their way to
+ * the domU because its queue was full (XSA-392); `withDrops N` adds the count since N to a JSON report line.
+ */
+export const DOM0_DROP_HELPERS = `netbackDrops() { cat /sys/class/net/vif1.0/statistics/tx_dropped; }
+withDrops() { sed "s/}$/,\\"netbackDropped\\":$(($(netbackDrops) - $1))}/"; }`;
+
 function dom0Init(modules: string[], benchSeconds: number): string {
   return `#!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
@@ -182,9 +189,7 @@ i=0; while [ ! -e /sys/class/net/vif1.0 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((
 ip link set vif1.0 nomaster; ip link set vif1.0 up && echo "DOM0-VIF-UP $(cut -d' ' -f1 /proc/uptime)"
 kill %1 2>/dev/null
 P=/usr/local/bin/pvpeer D=$(xl domid pvdrv-domU)
-# Frames xen-netback dropped on their way to the domU because its queue was full (XSA-392), added to a report.
-netbackDrops() { cat /sys/class/net/vif1.0/statistics/tx_dropped; }
-withDrops() { sed "s/}$/,\"netbackDropped\":$(($(netbackDrops) - $1))}/"; }
+${DOM0_DROP_HELPERS}
 $P recv vif1.0 ${XEN_FRAMES} 240000 > /tmp/recv.json 2>&1
 echo "DOM0-RECV $(tail -n 1 /tmp/recv.json)"
 # The frontend connected with feature-sg, so netback allows a jumbo MTU; the jumbo receiver starts before our

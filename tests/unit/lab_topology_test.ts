@@ -118,3 +118,19 @@ Deno.test("Xen lab: dom0's reports pass only with every frame verified, sent, an
   const corrupt = dom0FrameChecks({ ...good, RECV: { received: XEN_FRAMES, corrupt: 1 } });
   assert.equal(corrupt[0].ok, false);
 });
+
+Deno.test("Xen lab: dom0's send report gains netback's drop count as valid JSON", async () => {
+  const { DOM0_DROP_HELPERS } = await import("../../lab/outer/xen.ts");
+  const dir = Deno.makeTempDirSync(), stat = `${dir}/tx_dropped`;
+  Deno.writeTextFileSync(stat, "7\n");
+  const script = DOM0_DROP_HELPERS.replace("/sys/class/net/vif1.0/statistics/tx_dropped", stat) +
+    `\necho '{"sent":2000,"bytes":5,"seconds":1.5}' | withDrops 3`;
+  const o = new Deno.Command("sh", { args: ["-c", script] }).outputSync();
+  Deno.removeSync(dir, { recursive: true });
+  assert.deepEqual(JSON.parse(new TextDecoder().decode(o.stdout)), {
+    sent: 2000,
+    bytes: 5,
+    seconds: 1.5,
+    netbackDropped: 4,
+  });
+});
