@@ -217,7 +217,7 @@ while [ $i -lt 6000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
               busybox httpd -p 10.0.1.1:80 -h /tmp/www
               ( $P udpecho 10.0.1.1 7 120000 > /tmp/echo.json 2>&1 ) &
               xenstore-write $B/pvdrv-bench-ack "$s";;
-      net-ping) r=$(busybox ping -c 200 -i 0.01 -W 5 -q 10.0.1.2 2>&1 | grep transmitted)
+      net-ping) r=$(busybox ping -c 200 -i 0.01 -W 30 -q 10.0.1.2 2>&1 | grep transmitted)
               xenstore-write $B/pvdrv-net-result "$r"; xenstore-write $B/pvdrv-bench-ack "$s";;
       net-wget) r=$(busybox wget -q -O /tmp/got http://10.0.1.2:8080/blob 2>&1; sha256sum /tmp/got | cut -d' ' -f1)
               xenstore-write $B/pvdrv-net-result "$r"; xenstore-write $B/pvdrv-bench-ack "$s";;

@@ -53,7 +53,7 @@ guestTest("net: pvdrv pings the kernel and the kernel pings pvdrv, 500 each way,
     // The other way: pvdrv answers while it runs a UDP echo (any host task answers pings).
     const echo = kids.start(task("cli/udp.ts", [PCI, "echo", "--ip", `${PV}/24`, "--json"]));
     await echo.waitFor(/echoing on/);
-    const out = await ns.sh(`ping -c 500 -i 0.01 -W 5 -q ${PV}`);
+    const out = await ns.sh(`ping -c 500 -i 0.01 -W 30 -q ${PV}`);
     // Stopped before asserting, so a loss shows pvdrv's counters (requests heard, replies sent) beside ping's.
     const code = await echo.stop();
     assert.match(

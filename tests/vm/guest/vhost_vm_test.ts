@@ -94,7 +94,7 @@ guestTest(
   async () => {
     const h = await twoHosts();
     try {
-      const ping = await h.ns.sh(`ping -c 50 -i 0.02 -W 5 -q ${B_IP}`);
+      const ping = await h.ns.sh(`ping -c 50 -i 0.02 -W 30 -q ${B_IP}`);
       assert.match(ping, /50 packets transmitted, 50 packets received/, ping);
       const echo = h.kids.start(task("lab/guest/udp_peer.ts", ["echo", `${B_IP}:7`, "5000"]));
       await echo.waitFor(/ready/);
