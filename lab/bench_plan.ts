@@ -15,8 +15,13 @@ export interface BenchPlan {
   sizes: number[];
   /** Burst/batch sizes. */
   batches: number[];
-  /** Windows per measurement (median, min, max are over these). */
+  /** Windows per measurement in each round (a cell's median, min and max are over all its rounds' windows). */
   windows: number;
+  /**
+   * Rounds: pvdrv and testpmd take the NIC in turn (pvdrv, testpmd, pvdrv, testpmd, …), each round measuring
+   * every cell, so a cell's ratio is the median of per-round ratios of neighbours in time, with their spread.
+   */
+  rounds: number;
   /** Seconds per window. */
   windowSec: number;
   /** Seconds before the first window (ramp-up; discarded). */
@@ -31,11 +36,12 @@ export interface BenchPlan {
   cpuSec: number;
 }
 
-/** The full matrix (about 6 minutes of guest time). */
+/** The full matrix (about 12 minutes of guest time). */
 export const FULL_PLAN: BenchPlan = {
   sizes: [64, 1514],
   batches: [1, 8, 32, 128, 256],
-  windows: 3,
+  windows: 2,
+  rounds: 3,
   windowSec: 1,
   warmSec: 0.5,
   warmupSec: 4,
@@ -49,6 +55,7 @@ export const QUICK_PLAN: BenchPlan = {
   sizes: [64],
   batches: [32],
   windows: 3,
+  rounds: 2,
   windowSec: 0.4,
   warmSec: 0.3,
   warmupSec: 2,
@@ -69,6 +76,8 @@ export interface BenchRow {
   batch: number;
   /** Frames/s per window. */
   windows: number[];
+  /** The round (1-based) of pvdrv's and testpmd's rows; the kernel's and pktgen's run once, in round 1. */
+  round: number;
   /** Frames/s the host offered (rx, fwd). */
   offered?: number;
   /** Where the count came from. */
@@ -91,7 +100,7 @@ export interface CpuRow {
 
 /** Guest → host console lines. */
 export const LINE = {
-  /** `PVDRV-PHASE <test> <driver> <size> <batch>`: a measured phase starts (the host marks its clock). */
+  /** `PVDRV-PHASE <test> <driver> <size> <batch> <round>`: a measured phase starts (the host marks its clock). */
   phase: "PVDRV-PHASE",
   /** The phase ended. */
   phaseEnd: "PVDRV-PHASE-END",

@@ -1,7 +1,9 @@
 /**
  * The in-guest half of `deno task bench --vm`: in one boot, the same NIC (0000:00:06.0, whose host end is
- * build/pvwire) driven first by the guest kernel's virtio_net (AF_PACKET through pvpeer, and pktgen), then by pvdrv
- * over VFIO, then by DPDK's testpmd; forwarding from 0000:00:06.0 to 0000:00:09.0 by pvdrv and by testpmd.
+ * build/pvwire) driven first by the guest kernel's virtio_net (AF_PACKET through pvpeer, and pktgen), then in
+ * rounds by pvdrv over VFIO and by DPDK's testpmd in turn (pvdrv, testpmd, pvdrv, testpmd, …: the plan's
+ * `rounds`), so each of their cells is measured next to the other's; forwarding from 0000:00:06.0 to 0000:00:09.0
+ * by pvdrv and by testpmd.
  * TX and forwarding are counted by the host (it brackets each phase by this script's PVDRV-PHASE lines); RX and
  * CPU rows are measured here and printed as PVDRV-RESULT lines. The plan comes as JSON in PVDRV_BENCH_PLAN.
  * @module
@@ -31,6 +33,8 @@ const log = (s: string) => console.error(`bench: ${s}`);
 const say = (s: string) => console.log(s);
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, ms)));
 const phaseMs = () => (plan.warmSec + plan.windows * plan.windowSec) * 1000;
+/** The round being measured (the kernel's and pktgen's rows are in round 1). */
+let round = 1;
 
 /** Busy (non-idle) CPU seconds of the whole guest, from /proc/stat's first line (USER_HZ = 100). */
 function busySeconds(): number {
@@ -47,8 +51,8 @@ async function phase(
   batch: number,
   run: () => Promise<unknown>,
 ) {
-  log(`${test} ${driver} ${size} B, batch ${batch}`);
-  say(`${LINE.phase} ${test} ${driver} ${size} ${batch}`);
+  log(`${test} ${driver} ${size} B, batch ${batch}, round ${round}`);
+  say(`${LINE.phase} ${test} ${driver} ${size} ${batch} ${round}`);
   try {
     await run();
   } finally {
@@ -91,7 +95,11 @@ const drain = () => sleep(300);
 async function rxPhase(driver: BenchDriver, size: number, batch: number, measure: () => Promise<number[]>) {
   await phase("rx", driver, size, batch, async () => {
     const windows = await withBlast(plan.offered, size, measure);
-    say(`${LINE.result} ${JSON.stringify({ test: "rx", driver, size, batch, windows, countedBy: driver })}`);
+    say(
+      `${LINE.result} ${
+        JSON.stringify({ test: "rx", driver, size, batch, round, windows, countedBy: driver })
+      }`,
+    );
   });
   await drain();
 }
@@ -206,24 +214,61 @@ for (const rate of plan.cpuRates) {
   });
 }
 
-// ---- 2. pvdrv over VFIO (this guest's own lab NICs: safe to take from the kernel) ----
+// ---- 2. pvdrv over VFIO and DPDK testpmd, in turn, round after round ----
+// This guest's own lab NICs: safe to take from the kernel.
 bindDevice(NIC.pci, "vfio-pci", { force: true });
 bindDevice(LAB.vfioForwardOut.pci, "vfio-pci", { force: true });
-{
+if (!DPDK) log("PVDRV_DPDK not set: skipping testpmd");
+else Deno.writeTextFileSync("/proc/sys/vm/nr_hugepages", "256");
+for (round = 1; round <= plan.rounds; round++) {
+  // CPU per packet is measured once, in the first round.
+  await pvdrvRound(round === 1);
+  if (DPDK) await testpmdRound(round === 1);
+}
+say(LINE.done);
+
+/** The kernel's packet generator on `ifname` for `ms`, `batch` frames per burst (skb reuse). */
+async function pktgen(ifname: string, size: number, batch: number, ms: number): Promise<void> {
+  const w = (f: string, s: string) => Deno.writeTextFileSync(`/proc/net/pktgen/${f}`, s + "\n");
+  w("kpktgend_0", "rem_device_all");
+  w("kpktgend_0", `add_device ${ifname}`);
+  // pkt_size counts the 4-byte FCS.
+  for (
+    const c of [
+      "count 0",
+      `pkt_size ${size + 4}`,
+      `dst_mac ${HOST}`,
+      `burst ${batch}`,
+      "delay 0",
+      "clone_skb 0",
+    ]
+  ) {
+    w(ifname, c);
+  }
+  const run = new Deno.Command("sh", { args: ["-c", "echo start > /proc/net/pktgen/pgctrl"] }).spawn();
+  await sleep(ms);
+  w("pgctrl", "stop");
+  await run.status;
+}
+
+/** pvdrv's cells of one round (TX, RX, forwarding), then, in the first, its warm-up before and CPU rows after. */
+async function pvdrvRound(first: boolean): Promise<void> {
   const nic = VirtioNet.openPci(VfioPciFunction.open(NIC.pci), { ownsPci: true });
   const out = VirtioNet.openPci(VfioPciFunction.open(LAB.vfioForwardOut.pci), { ownsPci: true });
   try {
     const dst = parseMac(HOST);
-    // Warm-up, not measured: V8 compiles the hot paths in the first seconds (testpmd comes compiled).
-    log("pvdrv warm-up (TX, RX and forwarding paths, not measured)");
-    const flood = { count: 2 ** 31 - 1, minSize: 64, maxSize: 64, dst, batch: 32, headerOnly: true };
-    await generate(nic, { ...flood, durationMs: plan.warmupSec * 1000 });
-    await withBlast(plan.offered, 64, async () => {
-      const t = performance.now() + plan.warmupSec * 500;
-      await countFrames(nic, { batch: 32, marks: [t] });
-      await forward(nic, out, { batch: 32, until: t + plan.warmupSec * 500 });
-    });
-    await drain();
+    if (first) {
+      // Warm-up, not measured: V8 compiles the hot paths in the first seconds (testpmd comes compiled).
+      log("pvdrv warm-up (TX, RX and forwarding paths, not measured)");
+      const flood = { count: 2 ** 31 - 1, minSize: 64, maxSize: 64, dst, batch: 32, headerOnly: true };
+      await generate(nic, { ...flood, durationMs: plan.warmupSec * 1000 });
+      await withBlast(plan.offered, 64, async () => {
+        const t = performance.now() + plan.warmupSec * 500;
+        await countFrames(nic, { batch: 32, marks: [t] });
+        await forward(nic, out, { batch: 32, until: t + plan.warmupSec * 500 });
+      });
+      await drain();
+    }
     for (const size of plan.sizes) {
       for (const batch of plan.batches) {
         await phase("tx", "pvdrv", size, batch, async () => {
@@ -259,34 +304,36 @@ bindDevice(LAB.vfioForwardOut.pci, "vfio-pci", { force: true });
         () => forward(nic, out, { batch, until: performance.now() + phaseMs() }),
       );
     }
-    for (const rate of plan.cpuRates) {
-      await cpuPhase("pvdrv-poll", rate, (ms, onMark) => countFrames(nic, { batch: 32, marks: ms, onMark }));
+    if (first) {
+      for (const rate of plan.cpuRates) {
+        await cpuPhase(
+          "pvdrv-poll",
+          rate,
+          (ms, onMark) => countFrames(nic, { batch: 32, marks: ms, onMark }),
+        );
+      }
     }
   } finally {
     await nic.close();
     await out.close();
   }
-}
-{
-  const nic = VirtioNet.openPci(VfioPciFunction.open(NIC.pci), { ownsPci: true, irq: "msix" });
+  if (!first) return;
+  const nic2 = VirtioNet.openPci(VfioPciFunction.open(NIC.pci), { ownsPci: true, irq: "msix" });
   try {
     for (const rate of plan.cpuRates) {
       await cpuPhase(
         "pvdrv-irq",
         rate,
-        (ms, onMark) => countFrames(nic, { batch: 32, marks: ms, onMark, interrupts: true }),
+        (ms, onMark) => countFrames(nic2, { batch: 32, marks: ms, onMark, interrupts: true }),
       );
     }
   } finally {
-    await nic.close();
+    await nic2.close();
   }
 }
 
-// ---- 3. DPDK testpmd ----
-if (!DPDK) {
-  log("PVDRV_DPDK not set: skipping testpmd");
-} else {
-  Deno.writeTextFileSync("/proc/sys/vm/nr_hugepages", "256");
+/** testpmd's cells of one round (TX and RX on one port, then forwarding on two), and CPU rows in the first. */
+async function testpmdRound(first: boolean): Promise<void> {
   let tp = await Testpmd.start(DPDK, [NIC.pci]);
   try {
     await tp.cmd(`set eth-peer 0 ${HOST}`);
@@ -310,13 +357,15 @@ if (!DPDK) {
         );
       }
     }
-    await tp.cmd("set burst 32");
-    for (const rate of plan.cpuRates) {
-      await cpuPhase(
-        "testpmd",
-        rate,
-        (ms, onMark) => tp.forwarding(() => sampleAt(ms, () => tp.rxPackets(0), onMark)),
-      );
+    if (first) {
+      await tp.cmd("set burst 32");
+      for (const rate of plan.cpuRates) {
+        await cpuPhase(
+          "testpmd",
+          rate,
+          (ms, onMark) => tp.forwarding(() => sampleAt(ms, () => tp.rxPackets(0), onMark)),
+        );
+      }
     }
   } finally {
     await tp.quit();
@@ -331,29 +380,4 @@ if (!DPDK) {
   } finally {
     await tp.quit();
   }
-}
-say(LINE.done);
-
-/** The kernel's packet generator on `ifname` for `ms`, `batch` frames per burst (skb reuse). */
-async function pktgen(ifname: string, size: number, batch: number, ms: number): Promise<void> {
-  const w = (f: string, s: string) => Deno.writeTextFileSync(`/proc/net/pktgen/${f}`, s + "\n");
-  w("kpktgend_0", "rem_device_all");
-  w("kpktgend_0", `add_device ${ifname}`);
-  // pkt_size counts the 4-byte FCS.
-  for (
-    const c of [
-      "count 0",
-      `pkt_size ${size + 4}`,
-      `dst_mac ${HOST}`,
-      `burst ${batch}`,
-      "delay 0",
-      "clone_skb 0",
-    ]
-  ) {
-    w(ifname, c);
-  }
-  const run = new Deno.Command("sh", { args: ["-c", "echo start > /proc/net/pktgen/pgctrl"] }).spawn();
-  await sleep(ms);
-  w("pgctrl", "stop");
-  await run.status;
 }

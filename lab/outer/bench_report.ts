@@ -1,6 +1,7 @@
 /**
- * Reports of a `bench --vm` result: a Markdown table (median, min–max per cell, ratios pvdrv/testpmd and
- * pvdrv/kernel) and an SVG plot of frames/s against batch size, one panel per test and frame size.
+ * Reports of a `bench --vm` result: a Markdown table (median, min–max per cell over every round's windows;
+ * pvdrv/testpmd as the median of paired rounds' ratios with their spread, pvdrv/kernel from the medians) and an SVG
+ * plot of frames/s against batch size, one panel per test and frame size.
  * @module
  */
 import { summarize } from "./wire_traffic.ts";
@@ -23,19 +24,59 @@ const TITLES: Record<string, string> = {
 const k = (x: number) => x >= 10_000 ? `${(x / 1000).toFixed(0)}k` : `${(x / 1000).toFixed(1)}k`;
 const ratio = (a?: number, b?: number) => (a && b ? `${(a / b).toFixed(2)}x` : "–");
 
-function find(
+/** A cell's rows (every round) of one driver, merged: the windows of all its rounds. */
+function cell(
   rows: BenchRow[],
   test: string,
   driver: string,
   size: number,
   batch: number,
 ): BenchRow | undefined {
-  return rows.find((r) => r.test === test && r.driver === driver && r.size === size && r.batch === batch);
+  const mine = rows.filter((r) =>
+    r.test === test && r.driver === driver && r.size === size && r.batch === batch && r.windows.length
+  );
+  if (!mine.length) return undefined;
+  return { ...mine[0], windows: mine.flatMap((r) => r.windows), round: 0 };
 }
 
 /** The median of a row's windows (0 without windows). */
 export function median(r?: BenchRow): number {
   return r ? summarize(r.windows).median : 0;
+}
+
+/**
+ * The ratios of driver `a` over driver `b` in one cell, one per round both measured (each the ratio of the two
+ * rounds' medians): neighbours in time, so drift of the machine between rounds cancels out.
+ */
+export function pairedRatios(
+  rows: BenchRow[],
+  test: string,
+  size: number,
+  batch: number,
+  a: string,
+  b: string,
+): number[] {
+  const at = (d: string, round: number) =>
+    rows.find((r) =>
+      r.test === test && r.driver === d && r.size === size && r.batch === batch && r.round === round &&
+      r.windows.length
+    );
+  const rounds = [...new Set(rows.map((r) => r.round))].sort((x, y) => x - y);
+  const out: number[] = [];
+  for (const round of rounds) {
+    const x = median(at(a, round)), y = median(at(b, round));
+    if (x && y) out.push(x / y);
+  }
+  return out;
+}
+
+/** Paired ratios as "median (min–max)", or the one ratio, or "–". */
+function pairedText(ratios: number[]): string {
+  if (!ratios.length) return "–";
+  const s = summarize(ratios);
+  return ratios.length === 1
+    ? `${s.median.toFixed(2)}x`
+    : `${s.median.toFixed(2)}x (${s.min.toFixed(2)}–${s.max.toFixed(2)})`;
 }
 
 /** The result as Markdown tables. */
@@ -46,8 +87,11 @@ export function markdownTables(res: VmBenchResult): string {
     for (const size of sizes) {
       const drivers = DRIVERS.filter((d) => res.rows.some((r) => r.test === test && r.driver === d));
       const hasKernel = drivers.includes("kernel");
+      const rounds = res.plan.rounds ?? 1;
       out.push(
-        `**${TITLES[test]}, ${size}-byte frames** (frames/s: median of ${res.plan.windows} windows, min–max)`,
+        `**${TITLES[test]}, ${size}-byte frames** (frames/s: median of ${
+          res.plan.windows * rounds
+        } windows, min–max; pvdrv/testpmd: median of ${rounds} paired rounds' ratios, min–max)`,
       );
       out.push("");
       out.push(
@@ -66,19 +110,19 @@ export function markdownTables(res: VmBenchResult): string {
         .sort((a, b) => a - b);
       for (const b of batches) {
         const cells = drivers.map((d) => {
-          const r = find(res.rows, test, d, size, b);
+          const r = cell(res.rows, test, d, size, b);
           if (!r || !r.windows.length) return "–";
           const s = summarize(r.windows);
           return `${k(s.median)} (${k(s.min)}–${k(s.max)})`;
         });
-        const p = median(find(res.rows, test, "pvdrv", size, b));
+        const p = median(cell(res.rows, test, "pvdrv", size, b));
         const offered = test !== "tx"
-          ? ` ${k(Math.max(...drivers.map((d) => find(res.rows, test, d, size, b)?.offered ?? 0)))} |`
+          ? ` ${k(Math.max(...drivers.map((d) => cell(res.rows, test, d, size, b)?.offered ?? 0)))} |`
           : "";
         out.push(
-          `| ${b} | ${cells.join(" | ")} | ${ratio(p, median(find(res.rows, test, "testpmd", size, b)))} |${
-            hasKernel ? ` ${ratio(p, median(find(res.rows, test, "kernel", size, b)))} |` : ""
-          }${offered}`,
+          `| ${b} | ${cells.join(" | ")} | ${
+            pairedText(pairedRatios(res.rows, test, size, b, "pvdrv", "testpmd"))
+          } |${hasKernel ? ` ${ratio(p, median(cell(res.rows, test, "kernel", size, b)))} |` : ""}${offered}`,
         );
       }
       out.push("");
@@ -121,7 +165,9 @@ export function svgPlot(res: VmBenchResult): string {
   const parts: string[] = [];
   panels.forEach((p, i) => {
     const ox = (i % cols) * W, oy = Math.floor(i / cols) * H;
-    const rows = res.rows.filter((r) => r.test === p.test && r.size === p.size && r.windows.length);
+    const rows = DRIVERS.flatMap((d) =>
+      [...new Set(res.rows.map((r) => r.batch))].map((b) => cell(res.rows, p.test, d, p.size, b))
+    ).filter((r): r is BenchRow => r !== undefined);
     const batches = [...new Set(rows.map((r) => r.batch))].sort((a, b) => a - b);
     const maxY = Math.max(1, ...rows.map((r) => summarize(r.windows).max)) * 1.1;
     const lb = batches.map((b) => Math.log2(b)), lo = Math.min(...lb), hi = Math.max(...lb, lo + 1);

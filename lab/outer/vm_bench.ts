@@ -17,7 +17,7 @@ export interface VmBenchResult {
   date: string;
   /** DPDK version used (empty when it could not be prepared). */
   dpdk: string;
-  /** One row per (test, driver, size, batch). */
+  /** One row per (test, driver, size, batch, round). */
   rows: BenchRow[];
   /** CPU per packet rows. */
   cpu: CpuRow[];
@@ -58,7 +58,7 @@ export async function runVmBench(
     } else if (line.startsWith(LINE.result + " ")) {
       const r = JSON.parse(line.slice(LINE.result.length + 1));
       if (r.cpu) cpu.push(r.cpu);
-      else guestRx.set([r.test, r.driver, r.size, r.batch].join(" "), r.windows);
+      else guestRx.set([r.test, r.driver, r.size, r.batch, r.round].join(" "), r.windows);
     } else if (line === LINE.done) {
       done = true;
     } else {
@@ -86,9 +86,9 @@ export async function runVmBench(
     await host.close();
   }
   for (const p of phases) {
-    const [test, driver, size, batch] = p.key;
+    const [test, driver, size, batch, round] = p.key;
     const from = p.start + plan.warmSec, to = p.end;
-    const row = { test, driver, size: Number(size), batch: Number(batch) } as BenchRow;
+    const row = { test, driver, size: Number(size), batch: Number(batch), round: Number(round) } as BenchRow;
     if (test === "rx" || test === "fwd") {
       row.offered = summarize(windowRates(host.samples, (s) => s.blasted, from, to, plan.windows)).median;
     }

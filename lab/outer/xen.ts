@@ -31,6 +31,7 @@ import {
 import { buildBlkload, buildPeerTool } from "./build_c.ts";
 import { LabError, runQemu } from "./qemu.ts";
 import { buildNative } from "../../ffi/lib.ts";
+import { summarize } from "../bench_stats.ts";
 import {
   backingFileCheck,
   BLOCK_HOTPLUG,
@@ -132,7 +133,7 @@ function domUInit(modules: string[], netfront: string[], blkfront: string[], ben
 export PATH=/bin HOME=/root DENO_DIR=/tmp/deno-dir DENO_NO_UPDATE_CHECK=1 NO_COLOR=1 PVDRV_XEN_GUEST=1
 export PVDRV_JUMBO_FRAMES=${XEN_JUMBO_FRAMES} PVDRV_BENCH_SECONDS=${bench.seconds}
 export PVDRV_KERNEL_NETFRONT="${netfront.join(" ")}" PVDRV_KERNEL_BLKFRONT="${blkfront.join(" ")}"
-export PVDRV_BLK_BENCH_JOBS=${bench.diskJobs}
+export PVDRV_BLK_BENCH_JOBS=${bench.diskJobs} PVDRV_BENCH_ROUNDS=${bench.rounds ?? 1}
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
 exec </dev/null >/dev/console 2>&1
 for m in ${
@@ -204,7 +205,7 @@ d=$(netbackDrops); $P send vif1.0 ${XEN_JUMBO_FRAMES} 60 9014 ${DOMU_MAC} 0 ${JU
 echo "DOM0-SEND-JUMBO $(tail -n 1 /tmp/sendj.json | withDrops $d)"
 # Benchmark steps: the domU names one in data/pvdrv-bench; tx-* we count (pvpeer rxrate), rx-* we flood.
 B=/local/domain/$D/data; last=""; i=0
-while [ $i -lt 6000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
+while [ $i -lt 9000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
   s=$(xenstore-read $B/pvdrv-bench 2>/dev/null)
   if [ -n "$s" ] && [ "$s" != "$last" ]; then
     last=$s
@@ -255,6 +256,8 @@ export interface XenImage {
 export interface XenBench {
   seconds: number;
   diskJobs: number;
+  /** Paired rounds of the network benchmark (pvdrv, kernel, pvdrv, kernel, …); 1 unless given. */
+  rounds?: number;
 }
 
 /**
@@ -430,20 +433,48 @@ export function dom0FrameChecks(dom0: Record<string, Json>): XenCheck[] {
   ];
 }
 
-/** Benchmark ratios (pvdrv over the kernel's xen-netfront) from a run, when it got that far. */
+/**
+ * Benchmark ratios (pvdrv over the kernel's xen-netfront) from a run, when it got that far: per row, the median of
+ * the paired rounds' ratios (each round's pvdrv over the same round's kernel) with their spread.
+ */
 export function xenBenchSummary(r: XenRun): string[] {
   const pps = (v: Json | undefined) => v?.pps ?? 0;
-  const rows: [string, number, number][] = [
-    ["TX (pps counted by dom0)", pps(r.dom0["BENCH tx-pvdrv"]), pps(r.dom0["BENCH tx-kernel"])],
-    ["RX, pvdrv polling (pps counted in the domU)", pps(r.bench["rx-pvdrv"]), pps(r.bench["rx-kernel"])],
-    ["RX, pvdrv on its event channel", pps(r.bench["rx-pvdrv-irq"]), pps(r.bench["rx-kernel"])],
+  const rounds: number[] = [];
+  for (let n = 1; r.bench[n === 1 ? "rx-kernel" : `rx-kernel-r${n}`]; n++) rounds.push(n);
+  const at = (step: string, n: number) => n === 1 ? step : `${step}-r${n}`;
+  const rows: [string, (n: number) => number, (n: number) => number][] = [
+    [
+      "TX (pps counted by dom0)",
+      (n) => pps(r.dom0[`BENCH ${at("tx-pvdrv", n)}`]),
+      (n) => pps(r.dom0[`BENCH ${at("tx-kernel", n)}`]),
+    ],
+    [
+      "RX, pvdrv polling (pps counted in the domU)",
+      (n) => pps(r.bench[at("rx-pvdrv", n)]),
+      (n) => pps(r.bench[at("rx-kernel", n)]),
+    ],
+    [
+      "RX, pvdrv on its event channel",
+      (n) => pps(r.bench[at("rx-pvdrv-irq", n)]),
+      (n) => pps(r.bench[at("rx-kernel", n)]),
+    ],
   ];
+  if (!rounds.length) rounds.push(1); // an incomplete run: say what there is
   return [
-    ...rows.map(([what, p, k]) =>
-      `${what}: pvdrv netfront ${p.toFixed(0)}, kernel xen-netfront ${k.toFixed(0)}, ratio ${
-        k ? (p / k).toFixed(2) : "n/a"
-      }x`
-    ),
+    ...rows.map(([what, p, k]) => {
+      const ratios = rounds.filter((n) => k(n) && p(n)).map((n) => p(n) / k(n));
+      const s = summarize(ratios);
+      const each = rounds.map((n) => `${p(n).toFixed(0)}/${k(n).toFixed(0)}`).join(", ");
+      if (rounds.length === 1) {
+        return `${what}: pvdrv netfront ${p(1).toFixed(0)}, kernel xen-netfront ${k(1).toFixed(0)}, ratio ${
+          ratios.length ? s.median.toFixed(2) : "n/a"
+        }x`;
+      }
+      return `${what}: pvdrv/kernel ${
+        ratios.length ? s.median.toFixed(2) : "n/a"
+      }x (median of ${ratios.length} ` +
+        `paired rounds, ${s.min.toFixed(2)}–${s.max.toFixed(2)}; pps pvdrv/kernel by round ${each})`;
+    }),
     ...xenDiskBenchSummary(r.bench),
   ];
 }

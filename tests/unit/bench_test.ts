@@ -4,7 +4,7 @@
  */
 import assert from "assert";
 import { summarize, windowRates, type WireSample } from "../../lab/outer/wire_traffic.ts";
-import { markdownTables, svgPlot } from "../../lab/outer/bench_report.ts";
+import { markdownTables, pairedRatios, svgPlot } from "../../lab/outer/bench_report.ts";
 import type { VmBenchResult } from "../../lab/outer/vm_bench.ts";
 import { FULL_PLAN } from "../../lab/bench_plan.ts";
 import { countFrames, forward, generate, receive } from "../../apps/traffic.ts";
@@ -49,17 +49,19 @@ function result(): VmBenchResult {
     driver: "pvdrv" | "testpmd" | "kernel",
     batch: number,
     w: number[],
+    round = 1,
   ) => ({
     test,
     driver,
     size: 64,
     batch,
+    round,
     windows: w,
     countedBy: "test",
     offered: test === "tx" ? undefined : 300_000,
   });
   return {
-    plan: FULL_PLAN,
+    plan: { ...FULL_PLAN, windows: 3, rounds: 1 },
     date: "",
     dpdk: "22.11",
     rows: [
@@ -84,6 +86,40 @@ Deno.test("markdownTables: medians with min–max, ratios from the medians, CPU 
   assert.match(md, /\| 10k \| kernel \| 10k \| 40\.0 \| 1\.00x \|/);
   assert.match(md, /\| 10k \| pvdrv-irq \| 10k \| 20\.0 \| 0\.50x \|/);
   assert.doesNotMatch(md, /\| idle \|/);
+});
+
+Deno.test("markdownTables: pvdrv/testpmd is the median of paired rounds' ratios, not the ratio of pooled medians", () => {
+  const r = result();
+  const row = (driver: "pvdrv" | "testpmd", round: number, w: number[]) => ({
+    test: "fwd" as const,
+    driver,
+    size: 64,
+    batch: 8,
+    round,
+    windows: w,
+    countedBy: "test",
+    offered: 300_000,
+  });
+  // The machine slows down from round to round; each round's pair moves together.
+  r.rows.push(
+    row("pvdrv", 1, [110_000, 110_000]),
+    row("testpmd", 1, [100_000, 100_000]),
+    row("pvdrv", 2, [60_000, 60_000]),
+    row("testpmd", 2, [50_000, 50_000]),
+    row("pvdrv", 3, [36_000, 36_000]),
+    row("testpmd", 3, [40_000, 40_000]),
+  );
+  r.plan = { ...r.plan, windows: 2, rounds: 3 };
+  assert.deepEqual(
+    pairedRatios(r.rows, "fwd", 64, 8, "pvdrv", "testpmd").map((x) => x.toFixed(2)),
+    ["1.10", "1.20", "0.90"],
+  );
+  const md = markdownTables(r);
+  // Pooled medians would give 60k/50k = 1.20x; the paired median is 1.10x, with the rounds' spread.
+  assert.match(md, /\| 8 \| 60k \(36k–110k\) \| 50k \(40k–100k\) \| 1\.10x \(0\.90–1\.20\) \| 300k \|/);
+  assert.match(md, /median of 6 windows, min–max; pvdrv\/testpmd: median of 3 paired rounds/);
+  // One row per driver and batch in the plot, whatever the rounds.
+  assert.equal((svgPlot(r).match(/<path /g) ?? []).length, 7); // tx 3, rx 2, fwd 2
 });
 
 Deno.test("svgPlot: one panel per test and size, one line per driver with data", () => {

@@ -119,6 +119,38 @@ Deno.test("Xen lab: dom0's reports pass only with every frame verified, sent, an
   assert.equal(corrupt[0].ok, false);
 });
 
+Deno.test("Xen bench: each row's ratio is the median of its paired rounds, with their spread", async () => {
+  const { xenBenchSummary } = await import("../../lab/outer/xen.ts");
+  const run = (rounds: number[][]) => {
+    const dom0: Record<string, Record<string, number>> = {},
+      bench: Record<string, Record<string, number>> = {};
+    rounds.forEach(([txP, txK, rxP, rxK], i) => {
+      const at = (s: string) => i === 0 ? s : `${s}-r${i + 1}`;
+      dom0[`BENCH ${at("tx-pvdrv")}`] = { pps: txP };
+      dom0[`BENCH ${at("tx-kernel")}`] = { pps: txK };
+      bench[at("rx-pvdrv")] = { pps: rxP };
+      bench[at("rx-pvdrv-irq")] = { pps: rxP };
+      bench[at("rx-kernel")] = { pps: rxK };
+    });
+    return xenBenchSummary({
+      lines: [],
+      domUExit: 0,
+      dom0,
+      bench,
+      shutdownRc: 0,
+      seconds: 1,
+      diskDir: "",
+      blkExpect: null,
+    });
+  };
+  // One round: the plain ratio.
+  assert.match(run([[150, 100, 90, 100]])[0], /pvdrv netfront 150, kernel xen-netfront 100, ratio 1\.50x/);
+  // Three rounds whose machine drifts: pooled medians would say 200/130 = 1.54x; the rounds say 1.40x.
+  const three = run([[140, 100, 90, 100], [260, 200, 80, 100], [200, 130, 100, 100]]);
+  assert.match(three[0], /TX .*pvdrv\/kernel 1\.40x \(median of 3 paired rounds, 1\.30–1\.54;/);
+  assert.match(three[1], /RX, pvdrv polling .*0\.90x \(median of 3 paired rounds, 0\.80–1\.00;/);
+});
+
 Deno.test("Xen lab: dom0's send report gains netback's drop count as valid JSON", async () => {
   const { DOM0_DROP_HELPERS } = await import("../../lab/outer/xen.ts");
   const dir = Deno.makeTempDirSync(), stat = `${dir}/tx_dropped`;

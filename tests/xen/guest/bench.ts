@@ -1,5 +1,7 @@
 // The Xen lab's benchmark, run in the PV domU after the tests (lab/outer/xen.ts): TX and RX packets per second of
-// pvdrv's netfront, then of the kernel's own xen-netfront on the same vif, with dom0's pvpeer as the peer. Each
+// pvdrv's netfront, then of the kernel's own xen-netfront on the same vif, with dom0's pvpeer as the peer, in
+// PVDRV_BENCH_ROUNDS paired rounds (pvdrv, kernel, pvdrv, kernel, …; the kernel's driver is unbound from the
+// vif between them). Steps of round r > 1 are named "<step>-r<r>". Each
 // step is announced in xenstore (data/pvdrv-bench) and starts once dom0 acknowledges it (data/pvdrv-bench-ack).
 // Prints "PVDRV-BENCH <step> {json}" for what the domU measures; dom0 prints what it counts.
 // pvdrv is driven like pvpeer drives the kernel: TX resends frames written once (txrate), RX only counts (rxrate);
@@ -14,6 +16,10 @@ import { tick } from "../../../hal/event_loop.ts";
 import { XenbusState } from "../../../drivers/xen/xenbus.ts";
 
 const S = Number(Deno.env.get("PVDRV_BENCH_SECONDS") ?? 4);
+const ROUNDS = Number(Deno.env.get("PVDRV_BENCH_ROUNDS") ?? 1);
+const NETFRONT = (Deno.env.get("PVDRV_KERNEL_NETFRONT") ?? "").split(" ").filter(Boolean);
+/** The kernel's xen-netfront driver on the xen bus ("vif"), for unbinding and binding vif-0 between rounds. */
+const VIF_DRIVER = "/sys/bus/xen/drivers/vif";
 const DST = "fe:ff:ff:ff:ff:ff";
 const xs = new XenStore(new XenbusDevice());
 
@@ -27,8 +33,11 @@ function report(name: string, v: Record<string, number>): void {
 }
 
 async function sh(cmd: string, args: string[]): Promise<string> {
-  const r = await new Deno.Command(cmd, { args, stderr: "inherit" }).output();
-  if (!r.success) throw new Error(`${cmd} ${args.join(" ")} failed (exit ${r.code})`);
+  const r = await new Deno.Command(cmd, { args }).output();
+  if (!r.success) {
+    const err = new TextDecoder().decode(r.stderr).trim();
+    throw new Error(`${cmd} ${args.join(" ")} failed (exit ${r.code})${err ? `: ${err}` : ""}`);
+  }
   return new TextDecoder().decode(r.stdout);
 }
 
@@ -90,20 +99,33 @@ async function countRx(nic: Nic, seconds: number, interrupts: boolean, ready: Pr
   return { received: got, pps: t1 > t0 ? Math.round(got / ((t1 - t0) / 1000)) : 0, waits };
 }
 
+try {
+  for (let round = 1; round <= ROUNDS; round++) {
+    const name = (step: string) => round === 1 ? step : `${step}-r${round}`;
+    await pvdrvRound(name);
+    await kernelRound(name, round === 1, round === ROUNDS);
+  }
+} finally {
+  // dom0 waits for this step to shut the domain down: it comes on failure too, after the error.
+  await xs.write("data/pvdrv-bench", "done");
+  await xs.close();
+}
+
 // 1. pvdrv's netfront: TX, then RX busy-polling and RX waiting on the event channel.
-{
+async function pvdrvRound(name: (step: string) => string): Promise<void> {
   const grants = new Gntalloc();
   const nf = await Netfront.open(xs, grants, new Evtchn(), { timeoutMs: 60_000 });
+  console.log(`bench: pvdrv's netfront connected (${name("round")})`);
   try {
     // Events sent to the backend during a step, beside the rates.
     const events = (f: () => Promise<Record<string, number>>) => async () => {
       const before = nf.stats()[0].notifications;
       return { ...(await f()), events: nf.stats()[0].notifications - before };
     };
-    await step("tx-pvdrv");
-    report("tx-pvdrv", await events(() => floodTx(nf, S))());
-    for (const [name, interrupts] of [["rx-pvdrv", false], ["rx-pvdrv-irq", true]] as const) {
-      report(name, await events(() => countRx(nf, S, interrupts, step(name)))());
+    await step(name("tx-pvdrv"));
+    report(name("tx-pvdrv"), await events(() => floodTx(nf, S))());
+    for (const [step_, interrupts] of [["rx-pvdrv", false], ["rx-pvdrv-irq", true]] as const) {
+      report(name(step_), await events(() => countRx(nf, S, interrupts, step(name(step_))))());
     }
   } finally {
     await nf.close();
@@ -112,45 +134,52 @@ async function countRx(nic: Nic, seconds: number, interrupts: boolean, ready: Pr
 }
 
 // 2. The kernel's xen-netfront on the same vif: the frontend goes back to Initialising (netback answers InitWait),
-// then the module binds vif-0 and connects it.
-await xs.write("device/vif/0/state", String(XenbusState.Initialising));
-const backend = await xs.read("device/vif/0/backend");
-await xs.waitFor(`${backend}/state`, (v) => v === String(XenbusState.InitWait), 60_000);
-for (const m of (Deno.env.get("PVDRV_KERNEL_NETFRONT") ?? "").split(" ").filter(Boolean)) {
-  await sh("insmod", [`/lib/modules/${m}.ko`]);
-}
-let ifname = "";
-for (let i = 0; i < 600 && !ifname; i++) {
-  ifname = [...Deno.readDirSync("/sys/class/net")].map((e) => e.name).find((n) => n !== "lo") ?? "";
-  if (!ifname) await new Promise((r) => setTimeout(r, 100));
-}
-if (!ifname) throw new Error("the kernel's xen-netfront made no interface");
-await sh("ip", ["link", "set", ifname, "up"]);
-await xs.waitFor("device/vif/0/state", (v) => v === String(XenbusState.Connected), 60_000);
-console.log(`bench: kernel xen-netfront connected as ${ifname}`);
+// then the driver binds vif-0 and connects it; it is unbound again after the round when another follows.
+async function kernelRound(name: (step: string) => string, first: boolean, last: boolean): Promise<void> {
+  await xs.write("device/vif/0/state", String(XenbusState.Initialising));
+  const backend = await xs.read("device/vif/0/backend");
+  await xs.waitFor(`${backend}/state`, (v) => v === String(XenbusState.InitWait), 60_000);
+  // The module is loaded once; later rounds bind the driver to vif-0 again.
+  if (first) { for (const m of NETFRONT) await sh("insmod", [`/lib/modules/${m}.ko`]); }
+  else await sh("sh", ["-c", `echo vif-0 > ${VIF_DRIVER}/bind`]);
+  let ifname = "";
+  for (let i = 0; i < 600 && !ifname; i++) {
+    ifname = [...Deno.readDirSync("/sys/class/net")].map((e) => e.name).find((n) => n !== "lo") ?? "";
+    if (!ifname) await new Promise((r) => setTimeout(r, 100));
+  }
+  if (!ifname) throw new Error("the kernel's xen-netfront made no interface");
+  await sh("ip", ["link", "set", ifname, "up"]);
+  await xs.waitFor("device/vif/0/state", (v) => v === String(XenbusState.Connected), 60_000);
+  console.log(`bench: kernel xen-netfront connected as ${ifname}`);
 
-await step("tx-kernel");
-const ktx = JSON.parse(
-  (await sh("pvpeer", ["txrate", ifname, String(S), "60", DST])).trim().split("\n").pop()!,
-);
-report("tx-kernel", { sent: ktx.sent, pps: ktx.pps });
+  await step(name("tx-kernel"));
+  const ktx = JSON.parse(
+    (await sh("pvpeer", ["txrate", ifname, String(S), "60", DST])).trim().split("\n").pop()!,
+  );
+  report(name("tx-kernel"), { sent: ktx.sent, pps: ktx.pps });
 
-const peer = new Deno.Command("pvpeer", { args: ["rxrate", ifname, String(S)], stdout: "piped" }).spawn();
-const lines = peer.stdout.pipeThrough(new TextDecoderStream()).getReader();
-let out = "";
-while (!out.includes("ready")) {
-  const { value, done } = await lines.read();
-  if (done) break;
-  out += value;
+  const peer = new Deno.Command("pvpeer", { args: ["rxrate", ifname, String(S)], stdout: "piped" }).spawn();
+  const lines = peer.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let out = "";
+  while (!out.includes("ready")) {
+    const { value, done } = await lines.read();
+    if (done) break;
+    out += value;
+  }
+  await step(name("rx-kernel"));
+  for (;;) {
+    const { value, done } = await lines.read();
+    if (done) break;
+    out += value;
+  }
+  await peer.status;
+  const krx = JSON.parse(out.trim().split("\n").pop()!);
+  report(name("rx-kernel"), { received: krx.received, pps: krx.pps });
+  if (!last) {
+    // Unbinding closes the kernel's frontend (Closed); pvdrv's next open starts again from there.
+    console.log("bench: unbinding the kernel's xen-netfront from vif-0 for the next round");
+    await sh("sh", ["-c", `echo vif-0 > ${VIF_DRIVER}/unbind`]);
+    await xs.waitFor("device/vif/0/state", (v) => v === String(XenbusState.Closed), 60_000);
+    console.log(`bench: frontend Closed, backend ${await xs.read(`${backend}/state`)}`);
+  }
 }
-await step("rx-kernel");
-for (;;) {
-  const { value, done } = await lines.read();
-  if (done) break;
-  out += value;
-}
-await peer.status;
-const krx = JSON.parse(out.trim().split("\n").pop()!);
-report("rx-kernel", { received: krx.received, pps: krx.pps });
-await xs.write("data/pvdrv-bench", "done");
-await xs.close();
