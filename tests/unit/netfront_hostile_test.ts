@@ -273,7 +273,8 @@ Deno.test("netfront: shutdown goes on after xenstore refuses a step (only silenc
   await xs.close();
 });
 
-Deno.test("netfront: gathering a frame never writes past it into another held frame (MTU 9000)", async () => {
+/** A netfront at MTU 9000 on the model, and a maker of test frames `len` bytes long with sequence `k`. */
+async function jumboLab() {
   const { back, xs, open } = lab(10_000, 9000);
   const nf = await open();
   const frame = (k: number, len: number) => {
@@ -281,6 +282,11 @@ Deno.test("netfront: gathering a frame never writes past it into another held fr
     writeFrame(f, len, k, nf.mac, DST);
     return f;
   };
+  return { back, xs, nf, frame };
+}
+
+Deno.test("netfront: gathering a frame never writes past it into another held frame (MTU 9000)", async () => {
+  const { back, xs, nf, frame } = await jumboLab();
   try {
     const out: PacketBuffer[] = [];
     assert.ok(back.deliver(frame(1, 9000), 0, { slotBytes: 3000 })); // three slots
@@ -303,13 +309,7 @@ Deno.test("netfront: gathering a frame never writes past it into another held fr
 });
 
 Deno.test("netfront: a backlog of more multi-slot frames than gather buffers waits in the ring, none dropped", async () => {
-  const { back, xs, open } = lab(10_000, 9000);
-  const nf = await open();
-  const frame = (k: number, len: number) => {
-    const f = new Uint8Array(len);
-    writeFrame(f, len, k, nf.mac, DST);
-    return f;
-  };
+  const { back, xs, nf, frame } = await jumboLab();
   try {
     // A receiver that stalled: 40 two-slot frames wait when it asks for 64 at once (the gather pool holds 32).
     const N = 40;
