@@ -18,7 +18,7 @@ import { LabError } from "../lab/outer/qemu.ts";
 import { runVmBench } from "../lab/outer/vm_bench.ts";
 import { FULL_PLAN, QUICK_PLAN } from "../lab/bench_plan.ts";
 import { markdownTables, svgPlot } from "../lab/outer/bench_report.ts";
-import { runXenLab, XEN_BENCH_SECONDS, xenBenchSummary } from "../lab/outer/xen.ts";
+import { runXenLab, XEN_BENCH_SECONDS, xenBenchStep, xenBenchSummary } from "../lab/outer/xen.ts";
 import { intArg, parse, runMain, UsageError } from "./lib/common.ts";
 import { runInGuest } from "../lab/outer/qemu.ts";
 import { buildBlkload } from "../lab/outer/build_c.ts";
@@ -314,7 +314,7 @@ async function xenBench(seconds: number, rounds: number): Promise<number> {
     // Every row there: the network's last step and each disk job's (kernel and both pvdrv modes).
     const disks = BLK_JOBS.length * 3, got = Object.keys(r.bench).filter((k) => k.startsWith("blk-")).length;
     if (got < disks) console.log(`  the disk benchmark gave ${got} of ${disks} rows`);
-    const last = rounds === 1 ? "rx-kernel" : `rx-kernel-r${rounds}`;
+    const last = xenBenchStep("rx-kernel", rounds);
     if (!r.bench[last]) console.log(`  the network benchmark did not finish its ${rounds} rounds`);
     return r.bench[last] && got === disks ? 0 : 1;
   } catch (e) {

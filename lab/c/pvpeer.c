@@ -147,9 +147,9 @@ static int do_send(const char *ifn, long count, int min, int max, const char *ds
     if (rate > 0) {  // paced
       // No catching up after a stall (nested TCG stalls for seconds): the burst would overrun the receiver's
       // queue, and xen-netback drops what no longer fits there (XSA-392).
-      double due = (now() - t0) * rate;
-      if (due > sent + PACE_BURST) t0 = now() - (sent + PACE_BURST) / rate;
-      if (sent >= (now() - t0) * rate) {
+      double t = now();
+      if ((t - t0) * rate > sent + PACE_BURST) t0 = t - (sent + PACE_BURST) / rate;
+      if (sent >= (t - t0) * rate) {
         usleep(1000);
         continue;
       }

@@ -434,14 +434,22 @@ export function dom0FrameChecks(dom0: Record<string, Json>): XenCheck[] {
 }
 
 /**
+ * The name of benchmark step `step` in round `round` (tests/xen/guest/bench.ts names its steps the same way):
+ * round 1 keeps the plain name, later rounds add "-r<round>".
+ */
+export function xenBenchStep(step: string, round: number): string {
+  return round === 1 ? step : `${step}-r${round}`;
+}
+
+/**
  * Benchmark ratios (pvdrv over the kernel's xen-netfront) from a run, when it got that far: per row, the median of
  * the paired rounds' ratios (each round's pvdrv over the same round's kernel) with their spread.
  */
 export function xenBenchSummary(r: XenRun): string[] {
   const pps = (v: Json | undefined) => v?.pps ?? 0;
   const rounds: number[] = [];
-  for (let n = 1; r.bench[n === 1 ? "rx-kernel" : `rx-kernel-r${n}`]; n++) rounds.push(n);
-  const at = (step: string, n: number) => n === 1 ? step : `${step}-r${n}`;
+  for (let n = 1; r.bench[xenBenchStep("rx-kernel", n)]; n++) rounds.push(n);
+  const at = xenBenchStep;
   const rows: [string, (n: number) => number, (n: number) => number][] = [
     [
       "TX (pps counted by dom0)",

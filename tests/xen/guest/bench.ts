@@ -101,8 +101,9 @@ async function countRx(nic: Nic, seconds: number, interrupts: boolean, ready: Pr
 
 try {
   for (let round = 1; round <= ROUNDS; round++) {
+    // The rule of lab/outer/xen.ts xenBenchStep (not imported: the domU loads as little as it can).
     const name = (step: string) => round === 1 ? step : `${step}-r${round}`;
-    await pvdrvRound(name);
+    await pvdrvRound(name, round);
     await kernelRound(name, round === 1, round === ROUNDS);
   }
 } finally {
@@ -112,10 +113,10 @@ try {
 }
 
 // 1. pvdrv's netfront: TX, then RX busy-polling and RX waiting on the event channel.
-async function pvdrvRound(name: (step: string) => string): Promise<void> {
+async function pvdrvRound(name: (step: string) => string, round: number): Promise<void> {
   const grants = new Gntalloc();
   const nf = await Netfront.open(xs, grants, new Evtchn(), { timeoutMs: 60_000 });
-  console.log(`bench: pvdrv's netfront connected (${name("round")})`);
+  console.log(`bench: pvdrv's netfront connected (round ${round})`);
   try {
     // Events sent to the backend during a step, beside the rates.
     const events = (f: () => Promise<Record<string, number>>) => async () => {
