@@ -25,7 +25,12 @@ export interface PoolMemory {
   revoke?(): void;
 }
 
-const FREE = 0, APP = 1, DEVICE = 2;
+/**
+ * Who holds a buffer, as a pool's {@link BufferPool.owners} records it: the pool (free), the application, or the
+ * device.
+ */
+export const OWNER = { FREE: 0, APP: 1, DEVICE: 2 } as const;
+const { FREE, APP, DEVICE } = OWNER;
 
 /** One reusable buffer of a {@link BufferPool}; a device class extends it with its own fields. */
 export class PoolBuffer {
@@ -65,10 +70,17 @@ export class BufferPool<B extends PoolBuffer> {
   readonly bytes: Uint8Array<ArrayBuffer>;
   /** u16 view of the whole pool (header writes without per-buffer views). */
   readonly u16: Uint16Array;
+  /** u32 view of the whole pool (header writes without per-buffer views). */
+  readonly u32: Uint32Array;
+  /**
+   * Who holds each buffer, by index (an {@link OWNER} value): the one ownership record. A ring bound to the pool
+   * (its descriptor i is buffer i, drivers/virtio/virtqueue.ts) checks what the device returns against it instead
+   * of keeping a record of its own.
+   */
+  readonly owners: Uint8Array;
   readonly #free: Uint32Array;
   #nfree: number;
-  readonly #state: Uint8Array;
-  #held = 0; // buffers the application holds
+  #held = 0; // once retired: buffers the application still holds (counted at retirement, not per take)
   #retired = false;
   /** The error kind of misuse (a NIC's pools: "nic"). */
   readonly kind: ErrorKind;
@@ -91,6 +103,7 @@ export class BufferPool<B extends PoolBuffer> {
     this.kind = kind;
     this.bytes = region.bytes;
     this.u16 = new Uint16Array(region.bytes.buffer, region.bytes.byteOffset, region.bytes.byteLength >> 1);
+    this.u32 = new Uint32Array(region.bytes.buffer, region.bytes.byteOffset, region.bytes.byteLength >> 2);
     this.buffers = [];
     for (let i = 0; i < count; i++) {
       const off = i * slotSize;
@@ -100,7 +113,7 @@ export class BufferPool<B extends PoolBuffer> {
     this.#free = new Uint32Array(count);
     for (let i = 0; i < count; i++) this.#free[i] = count - 1 - i;
     this.#nfree = count;
-    this.#state = new Uint8Array(count);
+    this.owners = new Uint8Array(count);
   }
 
   /** Buffers free in the pool. */
@@ -110,7 +123,7 @@ export class BufferPool<B extends PoolBuffer> {
 
   /** Who holds `b` now (diagnostics; a buffer given to a request that failed may have become the device's). */
   owner(b: B): "free" | "app" | "device" {
-    const st = this.#state[b.index];
+    const st = this.owners[b.index];
     return st === APP ? "app" : st === DEVICE ? "device" : "free";
   }
 
@@ -123,20 +136,24 @@ export class BufferPool<B extends PoolBuffer> {
   take(): B | null {
     if (this.#nfree === 0 || this.#retired) return null;
     const b = this.buffers[this.#free[--this.#nfree]];
-    this.#state[b.index] = APP;
-    this.#held++;
+    this.owners[b.index] = APP;
     b.reset();
     return b;
   }
 
   /** Take up to `n` free buffers for the application into `out`; returns how many. */
   takeMany(out: B[], n: number): number {
-    let k = 0;
-    while (k < n) {
-      const b = this.take();
-      if (!b) break;
-      out[k++] = b;
+    if (this.#retired) return 0;
+    // One loop in one leaf method: the batch's per-buffer work compiles tight whatever its callers inline.
+    const k = Math.min(n, this.#nfree), free = this.#free, owners = this.owners, bufs = this.buffers;
+    let top = this.#nfree;
+    for (let j = 0; j < k; j++) {
+      const b = bufs[free[--top]];
+      owners[b.index] = APP;
+      b.reset();
+      out[j] = b;
     }
+    this.#nfree = top;
     return k;
   }
 
@@ -144,12 +161,79 @@ export class BufferPool<B extends PoolBuffer> {
   takeForDevice(): B | null {
     if (this.#nfree === 0 || this.#retired) return null;
     const b = this.buffers[this.#free[--this.#nfree]];
-    this.#state[b.index] = DEVICE;
+    this.owners[b.index] = DEVICE;
     return b;
+  }
+
+  /**
+   * Take up to `max` free buffers for the device, their indices into `ids`; returns how many (a bound ring's
+   * refill: the device gets buffer i through descriptor i).
+   */
+  takeIndicesForDevice(ids: Uint16Array, max: number): number {
+    if (this.#retired) return 0;
+    const k = Math.min(max, this.#nfree), free = this.#free, owners = this.owners;
+    let top = this.#nfree;
+    for (let j = 0; j < k; j++) {
+      const i = free[--top];
+      owners[i] = DEVICE;
+      ids[j] = i;
+    }
+    this.#nfree = top;
+    return k;
+  }
+
+  /**
+   * Buffers `ids[0..n)`, which a bound ring handed back from the device (it checked each was the device's and marked
+   * it the application's), are free again: sent frames, dropped receives.
+   */
+  recycleMany(ids: Uint16Array, n: number): void {
+    const free = this.#free, owners = this.owners;
+    let top = this.#nfree;
+    for (let j = 0; j < n; j++) {
+      const i = ids[j];
+      owners[i] = FREE;
+      free[top++] = i;
+    }
+    this.#nfree = top;
+  }
+
+  /** Buffer `i`, which a bound ring handed back from the device (as {@link recycleMany}), is free again. */
+  recycle(i: number): void {
+    this.owners[i] = FREE;
+    this.#free[this.#nfree++] = i;
+  }
+
+  /**
+   * Check that the application holds each of `bufs[0..n)` (from this pool) and hand them all to the device; when
+   * one is refused, none is handed over.
+   */
+  toDeviceMany(bufs: B[], n: number): void {
+    const owners = this.owners;
+    for (let j = 0; j < n; j++) {
+      const b = bufs[j];
+      if (b.pool !== this || owners[b.index] !== APP || this.#retired) {
+        try {
+          this.#notHeld(b); // the reason, read before the undo below
+        } finally {
+          for (let u = 0; u < j; u++) owners[bufs[u].index] = APP; // undo: the batch goes whole or not at all
+        }
+      }
+      owners[b.index] = DEVICE;
+    }
   }
 
   /** Check that the application holds `b` (from this pool) before it goes to the device. */
   toDevice(b: B): void {
+    this.checkHeld(b);
+    this.owners[b.index] = DEVICE;
+  }
+
+  /** Throw unless the application holds `b`, from this pool, and the pool is live (a send it may be given to). */
+  checkHeld(b: B): void {
+    if (b.pool !== this || this.owners[b.index] !== APP || this.#retired) this.#notHeld(b);
+  }
+
+  #notHeld(b: B): never {
     if (b.pool !== this) {
       throw new PvdrvError(
         this.kind,
@@ -158,43 +242,40 @@ export class BufferPool<B extends PoolBuffer> {
           : `${this.name}: buffer belongs to pool ${b.pool.name}`,
       );
     }
-    if (this.#state[b.index] !== APP) {
+    if (this.owners[b.index] !== APP) {
       throw new PvdrvError(this.kind, `${this.name}: buffer ${b.index} is not held by the application`);
     }
-    if (this.#retired) {
-      throw new PvdrvError(
-        this.kind,
-        `${this.name}: the device was closed or disconnected; release the buffer`,
-      );
-    }
-    this.#state[b.index] = DEVICE;
-    this.#held--;
+    throw new PvdrvError(
+      this.kind,
+      `${this.name}: the device was closed or disconnected; release the buffer`,
+    );
   }
 
   /** The device gave `b` back to the application (a received frame, a completed read). */
   toApp(b: B): void {
-    if (this.#state[b.index] !== DEVICE) {
+    if (this.owners[b.index] !== DEVICE) {
       throw new PvdrvError(
         this.kind,
         `${this.name}: buffer ${b.index} handed to the application but the device did not hold it`,
       );
     }
-    this.#state[b.index] = APP;
-    this.#held++;
+    this.owners[b.index] = APP;
   }
 
   /** Return `b` to the free list; `from` is who must hold it. */
   put(b: B, from: "app" | "device"): void {
+    const i = b.index;
+    if (b.pool !== this || this.owners[i] !== (from === "app" ? APP : DEVICE)) this.#refuse(b);
+    this.owners[i] = FREE;
+    this.#free[this.#nfree++] = i;
+    if (this.#retired && from === "app" && --this.#held === 0) this.region.free();
+  }
+
+  #refuse(b: B): never {
     if (b.pool !== this) {
       throw new PvdrvError(this.kind, `${this.name}: buffer belongs to pool ${b.pool.name}`);
     }
-    const want = from === "app" ? APP : DEVICE;
-    if (this.#state[b.index] !== want) {
-      throw new PvdrvError(this.kind, `${this.name}: buffer ${b.index} returned twice or by the wrong owner`);
-    }
-    this.#state[b.index] = FREE;
-    this.#free[this.#nfree++] = b.index;
-    if (want === APP && --this.#held === 0 && this.#retired) this.region.free();
+    throw new PvdrvError(this.kind, `${this.name}: buffer ${b.index} returned twice or by the wrong owner`);
   }
 
   /**
@@ -204,11 +285,11 @@ export class BufferPool<B extends PoolBuffer> {
   retire(): void {
     if (this.#retired) return;
     this.#retired = true;
-    for (let i = 0; i < this.#state.length; i++) {
-      if (this.#state[i] === DEVICE) {
-        this.#state[i] = FREE;
+    for (let i = 0; i < this.owners.length; i++) {
+      if (this.owners[i] === DEVICE) {
+        this.owners[i] = FREE;
         this.#free[this.#nfree++] = i;
-      }
+      } else if (this.owners[i] === APP) this.#held++;
     }
     this.region.revoke?.();
     if (this.#held === 0) this.region.free();

@@ -87,12 +87,17 @@ export abstract class DeviceCore<Q extends CoreQueue> {
 
   /** Queue `i`, or a clear error when the device is closed, unavailable or has no such queue. */
   protected queue(i: number): Q {
+    const q = this.pairs[i];
+    if (this.#closed || !q || this.unavailable() !== null) this.#noQueue(i);
+    return q;
+  }
+
+  // Out of the hot path (every batch looks its queue up): small methods are inlined whole.
+  #noQueue(i: number): never {
     if (this.#closed) throw new PvdrvError(this.errorKind, `${this.name} is closed`);
     const why = this.unavailable();
     if (why) throw new PvdrvError(this.errorKind, `${this.name}: ${why}`);
-    const q = this.pairs[i];
-    if (!q) throw new RangeError(`${this.name}: queue ${i} out of range (0..${this.pairs.length - 1})`);
-    return q;
+    throw new RangeError(`${this.name}: queue ${i} out of range (0..${this.pairs.length - 1})`);
   }
 
   /** How many queues the device has. */

@@ -54,10 +54,8 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
   // ---- helpers for drivers ----
 
   /** Hand one received frame to the caller (from {@link NicCore.collect}); it is the application's now. */
-  protected deliver(q: Q, out: PacketBuffer[], b: PacketBuffer): void {
-    out[this.#got++] = b;
-    q.stats.rxPackets++;
-    q.stats.rxBytes += b.length;
+  protected deliver(_q: Q, out: PacketBuffer[], b: PacketBuffer): void {
+    out[this.#got++] = b; // counted once per batch by receiveBatch
   }
 
   // ---- the Nic interface ----
@@ -73,13 +71,16 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
   sendBatch(pkts: PacketBuffer[], n: number, queue = 0): number {
     const q = this.queue(queue);
     // The frame-size rule, for the whole batch before any buffer is taken: MIN_FRAME..maxFrame.
+    const max = this.maxFrame;
     for (let i = 0; i < n; i++) {
       const len = pkts[i].length;
-      if (!(len >= MIN_FRAME && len <= this.maxFrame)) {
-        throw new RangeError(`${this.name}: frame length ${len} outside ${MIN_FRAME}..${this.maxFrame}`);
-      }
+      if (!(len >= MIN_FRAME && len <= max)) this.#badLength(len);
     }
     return this.post(q, pkts, n);
+  }
+
+  #badLength(len: number): never {
+    throw new RangeError(`${this.name}: frame length ${len} outside ${MIN_FRAME}..${this.maxFrame}`);
   }
 
   receiveBatch(out: PacketBuffer[], max: number, queue = 0): number {
@@ -94,6 +95,10 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
       throw e;
     }
     const k = this.#got;
+    let bytes = 0;
+    for (let i = 0; i < k; i++) bytes += out[i].length;
+    q.stats.rxPackets += k;
+    q.stats.rxBytes += bytes;
     try {
       this.refill(q);
     } catch (e) {

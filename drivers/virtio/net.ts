@@ -73,16 +73,14 @@ export interface VirtioQueuePair {
   rx: SplitQueue;
   /** The transmit virtqueue (index 2i + 1). */
   tx: SplitQueue;
-  /** Receive buffers. */
+  /** Receive buffers, one per RX descriptor (buffer i is descriptor i). */
   rxPool: PacketPool;
-  /** Transmit buffers. */
+  /** Transmit buffers, one per TX descriptor (buffer i is descriptor i). */
   txPool: PacketPool;
-  /** Descriptor head → the RX buffer posted there. */
-  rxByHead: (PacketBuffer | null)[];
-  /** Descriptor head → the TX buffer in flight there. */
-  txByHead: (PacketBuffer | null)[];
   /** The RX interrupt, or null when polling. */
   irq: IrqSource | null;
+  /** Scratch: buffer indices of one batch (refill, reclaim). */
+  ids: Uint16Array;
   /** Counters. */
   stats: QueueStats;
 }
@@ -210,16 +208,19 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
     const msix = this.#irqMode === "msix";
     for (let i = 0; i < pairs; i++) {
       const rx = setup(2 * i, msix ? 1 + i : NO_VECTOR), tx = setup(2 * i + 1, NO_VECTOR);
-      const pool = (name: string, size: number) =>
-        new PacketPool(name, dma.alloc(2 * size * SLOT), 2 * size, SLOT, this.hdrLen);
+      // One buffer per descriptor, bound for good: the pool's owner record is the ring's (virtqueue.ts).
+      const pool = (name: string, vq: SplitQueue, write: boolean) => {
+        const pp = new PacketPool(name, dma.alloc(vq.size * SLOT), vq.size, SLOT, this.hdrLen);
+        vq.bindPool(pp, SLOT, write);
+        return pp;
+      };
       const p: VirtioQueuePair = {
         rx,
         tx,
-        rxPool: pool(`rx${i}`, rx.size),
-        txPool: pool(`tx${i}`, tx.size),
-        rxByHead: new Array(rx.size).fill(null),
-        txByHead: new Array(tx.size).fill(null),
+        rxPool: pool(`rx${i}`, rx, true),
+        txPool: pool(`tx${i}`, tx, false),
         irq: msix ? irqs[1 + i] : irqs[0] ?? null,
+        ids: new Uint16Array(Math.max(rx.size, tx.size)),
         stats: emptyStats(),
       };
       this.adopt(p.rxPool, p.txPool);
@@ -269,55 +270,42 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
     return p.rx.broken ?? p.tx.broken;
   }
 
-  /** Post free RX buffers to the ring. */
+  /** Post free RX buffers to the ring (buffer i goes out as descriptor i, already written). */
   protected refill(p: VirtioQueuePair): void {
-    const vq = p.rx, pool = p.rxPool;
-    let added = 0;
-    while (vq.freeCount > 0) {
-      const b = pool.takeForDevice();
-      if (!b) break;
-      const head = vq.add(b.deviceAddress, SLOT, true);
-      p.rxByHead[head] = b;
-      added++;
-    }
-    if (added && vq.kick()) p.stats.notifications++;
+    const n = p.rxPool.takeIndicesForDevice(p.ids, p.rx.size);
+    if (n === 0) return;
+    p.rx.postSlots(p.ids, n);
+    if (p.rx.kick()) p.stats.notifications++;
   }
 
   /** Receive (§5.1.6.4): pop used buffers, check each frame's length and num_buffers, deliver or drop. */
   protected collect(p: VirtioQueuePair, out: PacketBuffer[], max: number): void {
-    const vq = p.rx, hdr = this.hdrLen, mrg = this.#mergeable;
-    const u16 = p.rxPool.u16, bytes = p.rxPool.bytes, maxLen = hdr + this.maxFrame;
+    const vq = p.rx, pool = p.rxPool, hdr = this.hdrLen, mrg = this.#mergeable;
+    const u16 = pool.u16, bytes = pool.bytes, maxLen = hdr + this.maxFrame;
     const flagMask = this.#rxFlagMask;
     let n = vq.pending(), k = 0;
     while (n > 0 && k < max) {
       n--;
-      const head = vq.popUsed();
-      const b = p.rxByHead[head]!;
-      p.rxByHead[head] = null;
-      const len = vq.lastLen;
+      const i = vq.popSlot(), len = vq.lastLen, slot = i * SLOT;
       // num_buffers: the device publishes all buffers of a frame together, so the rest must already be in the used
       // ring; a count of 0 or beyond what is there is a protocol violation.
-      const nb = mrg ? rxNumBuffers(u16, b.slotOffset >> 1) : 1;
+      const nb = mrg ? rxNumBuffers(u16, slot >> 1) : 1;
       if (nb === 0 || nb - 1 > n) {
-        p.rxPool.put(b, "device");
+        pool.recycle(i);
         vq.fail(`device says a frame spans ${nb} buffers, ${n} more are in the used ring`);
       }
       if (len < hdr + 14 || len > maxLen || nb !== 1) {
         // Runts, frames longer than the negotiated maximum, and frames spread over several buffers (they never fit
         // one 2 KiB slot) are dropped with every buffer they used.
-        p.rxPool.put(b, "device");
-        for (let extra = nb - 1; extra > 0; extra--, n--) {
-          const h = vq.popUsed();
-          p.rxPool.put(p.rxByHead[h]!, "device");
-          p.rxByHead[h] = null;
-        }
+        pool.recycle(i);
+        for (let extra = nb - 1; extra > 0; extra--, n--) pool.recycle(vq.popSlot());
         p.stats.rxDropped++;
         p.stats.rxDroppedBuffers += nb;
         continue;
       }
+      const b = pool.buffers[i]; // popSlot made it the application's
       b.length = len - hdr;
-      b.flags = bytes[b.slotOffset] & flagMask;
-      p.rxPool.toApp(b);
+      b.flags = bytes[slot] & flagMask;
       this.deliver(p, out, b);
       k++;
     }
@@ -325,35 +313,29 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
 
   /** Return completed TX buffers to their pool. */
   protected reclaim(p: VirtioQueuePair): number {
-    const vq = p.tx;
-    const n = vq.pending();
-    for (let i = 0; i < n; i++) {
-      const head = vq.popUsed();
-      const b = p.txByHead[head]!;
-      p.txByHead[head] = null;
-      p.stats.txPackets++;
-      p.stats.txBytes += b.length;
-      p.txPool.put(b, "device");
-    }
+    const vq = p.tx, pool = p.txPool, ids = p.ids, bufs = pool.buffers, n = vq.popSlots(ids, vq.size);
+    let bytes = 0;
+    for (let k = 0; k < n; k++) bytes += bufs[ids[k]].length;
+    pool.recycleMany(ids, n);
+    p.stats.txPackets += n;
+    p.stats.txBytes += bytes;
+    if (vq.broken) throw vq.broken; // after the good ones before it went back
     return n;
   }
 
   /** Transmit (§5.1.6.2): header in the slot's headroom, one descriptor per frame, one doorbell per batch. */
   protected post(p: VirtioQueuePair, pkts: PacketBuffer[], n: number): number {
-    const vq = p.tx, hdr = this.hdrLen, u16 = p.txPool.u16, csum = this.txChecksum;
+    const vq = p.tx, pool = p.txPool, hdr = this.hdrLen, u32 = pool.u32, csum = this.txChecksum;
     vq.verify(); // a broken or lying queue refuses before it takes any buffer
-    if (vq.freeCount < n) this.reclaim(p);
-    let k = 0;
-    for (; k < n; k++) {
-      if (vq.freeCount === 0) break;
+    // Every buffer the application holds has its descriptor free (bound queue): the batch always fits.
+    pool.toDeviceMany(pkts, n);
+    for (let k = 0; k < n; k++) {
       const b = pkts[k];
-      p.txPool.toDevice(b);
-      writeTxHeader(u16, b.slotOffset >> 1, hdr, csum ? b.csumStart : 0, csum ? b.csumOffset : 0);
-      const head = vq.add(b.deviceAddress, hdr + b.length, false);
-      p.txByHead[head] = b;
+      writeTxHeader(u32, b.slotOffset >> 2, hdr, csum ? b.csumStart : 0, csum ? b.csumOffset : 0);
     }
-    if (k && vq.kick()) p.stats.notifications++;
-    return k;
+    vq.postFrames(pkts, n, hdr);
+    if (n && vq.kick()) p.stats.notifications++;
+    return n;
   }
 
   /** Ask for an RX interrupt; true when frames already wait. */

@@ -21,23 +21,22 @@ export const HDR_F_NEEDS_CSUM = 1;
 export const HDR_RX_FLAGS = 3;
 
 /**
- * Write the header of a frame to send at u16 index `h` (the slot start / 2): flags and gso_type, hdr_len, gso_size,
- * csum_start, csum_offset[, num_buffers] (§5.1.6). With `csumOffset` 0 no checksum offload is asked for.
+ * Write the header of a frame to send at u32 index `w` (the slot start / 4; slots are 4-byte aligned): flags and
+ * gso_type, hdr_len, gso_size, csum_start, csum_offset[, num_buffers] (§5.1.6), little-endian as the host. With
+ * `csumOffset` 0 no checksum offload is asked for. Three word stores: the header is in every frame's path.
  */
 export function writeTxHeader(
-  u16: Uint16Array,
-  h: number,
+  u32: Uint32Array,
+  w: number,
   hdrLen: number,
   csumStart: number,
   csumOffset: number,
 ): void {
   const csum = csumOffset !== 0;
-  u16[h] = csum ? HDR_F_NEEDS_CSUM : 0; // flags u8, gso_type u8 (GSO_NONE)
-  u16[h + 1] = 0; // hdr_len
-  u16[h + 2] = 0; // gso_size
-  u16[h + 3] = csum ? csumStart : 0;
-  u16[h + 4] = csum ? csumOffset : 0;
-  if (hdrLen === 12) u16[h + 5] = 0;
+  u32[w] = csum ? HDR_F_NEEDS_CSUM : 0; // flags u8, gso_type u8 (GSO_NONE), hdr_len u16 0
+  u32[w + 1] = csum ? csumStart << 16 : 0; // gso_size u16 0, csum_start u16
+  // csum_offset u16, then num_buffers u16 0 (12-byte header) or the frame's first two bytes (10-byte header).
+  u32[w + 2] = hdrLen === 12 ? csumOffset : (u32[w + 2] & 0xffff0000) | csumOffset;
 }
 
 /** num_buffers of a received header at u16 index `h` (§5.1.6.4; only with MRG_RXBUF or VERSION_1). */

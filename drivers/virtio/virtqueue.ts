@@ -8,6 +8,11 @@
  * buffer, used.idx advancing by no more than what is outstanding) and a bad one breaks the queue with a clear
  * error instead of a wrong read.
  *
+ * A queue whose every buffer is one descriptor (virtio-net's frames) can be bound to a pool of exactly `size`
+ * buffers ({@link SplitQueue.bindPool}): descriptor i is buffer i for good, written once, and the pool's
+ * per-buffer owner record is the queue's record of what the device holds. A post then writes a length and an
+ * avail entry, and a used entry maps to its buffer by its id: no second free list, no head → buffer map.
+ *
  * Ordering: ring entries are plain stores; `avail.idx` is published with `Atomics.store` (a full fence on x86),
  * which also orders it before the notification-suppression read that follows (§2.7.10, §2.7.7).
  * @module
@@ -15,6 +20,7 @@
 import { PvdrvError } from "../../hal/errors.ts";
 import type { QueueAddresses } from "./transport.ts";
 import type { DmaAllocator, DmaRegion } from "../../hal/dma.ts";
+import { type BufferPool, OWNER, type PoolBuffer } from "../core/buffer_pool.ts";
 
 import {
   AVAIL_F_NO_INTERRUPT,
@@ -73,6 +79,9 @@ export class SplitQueue {
   #lastUsed = 0;
   #inFlight = 0;
   #broken: VirtqueueError | null = null;
+  /** Bound to a pool: its owner record (descriptor i is buffer i), else null. */
+  #owners: Uint8Array | null = null;
+  #slotCap = 0; // bound: writable bytes of every descriptor
   /** Length the device reported for the last entry returned by {@link popUsed}. */
   lastLen = 0;
 
@@ -109,9 +118,9 @@ export class SplitQueue {
     this.#ids = new Uint16Array(size);
   }
 
-  /** Free descriptors. */
+  /** Free descriptors (bound to a pool: those of buffers the device does not hold). */
   get freeCount(): number {
-    return this.#nfree;
+    return this.#owners ? this.size - this.#inFlight : this.#nfree;
   }
   /** Heads with the device. */
   get inFlight(): number {
@@ -145,9 +154,131 @@ export class SplitQueue {
     this.#availIdx = (this.#availIdx + 1) & 0xffff;
   }
 
+  /**
+   * Bind descriptor i to buffer i of `pool` for good (the pool has exactly `size` buffers, each one descriptor of
+   * `len` bytes from its slot start; `write`: device-writable). Afterwards buffers go to the device with
+   * {@link postSlot} and come back with {@link popSlot}; the chain methods refuse.
+   */
+  bindPool(pool: BufferPool<PoolBuffer>, len: number, write: boolean): void {
+    if (pool.buffers.length !== this.size || this.#inFlight !== 0 || this.#owners) {
+      throw new RangeError(
+        `queue ${this.index}: bind an idle queue to a pool of exactly ${this.size} buffers`,
+      );
+    }
+    for (const b of pool.buffers) {
+      if (b.deviceAddress < 0 || len > pool.slotSize) {
+        throw new RangeError(
+          `queue ${this.index}: pool ${pool.name} has no device addresses or ${len}-byte slots`,
+        );
+      }
+      this.#setDesc(b.index, b.deviceAddress, len, write ? DESC_F_WRITE : 0, 0);
+    }
+    this.#owners = pool.owners;
+    this.#slotCap = write ? len : 0;
+    this.#nfree = 0; // descriptors are the pool's now
+  }
+
+  /**
+   * Bound queue: queue `bufs[0..n)`, which the pool has just marked as the device's, each `extra + length` bytes
+   * (device-readable buffers: the header then the frame).
+   */
+  postFrames(
+    bufs: readonly { readonly index: number; readonly length: number }[],
+    n: number,
+    extra: number,
+  ): void {
+    if (this.#broken) throw this.#broken;
+    const desc = this.#desc, avail = this.#avail, mask = this.#mask;
+    let idx = this.#availIdx;
+    for (let k = 0; k < n; k++) {
+      const b = bufs[k], i = b.index;
+      desc[(i << 2) + 2] = extra + b.length;
+      avail[2 + (idx & mask)] = i;
+      idx = (idx + 1) & 0xffff;
+    }
+    this.#availIdx = idx;
+    this.#inFlight += n;
+  }
+
+  /** Bound queue: queue buffers `ids[0..n)` as bound (the pool has just marked them as the device's). */
+  postSlots(ids: Uint16Array, n: number): void {
+    if (this.#broken) throw this.#broken;
+    const avail = this.#avail, mask = this.#mask;
+    let idx = this.#availIdx;
+    for (let k = 0; k < n; k++) {
+      avail[2 + (idx & mask)] = ids[k];
+      idx = (idx + 1) & 0xffff;
+    }
+    this.#availIdx = idx;
+    this.#inFlight += n;
+  }
+
+  /**
+   * Bound queue: pop the next used entry (call only after {@link pending} said so), checked against the pool's
+   * owner record and handed to the driver there (the device's → the application's), so an id the device repeats
+   * is refused: its buffer index, length in `lastLen`.
+   */
+  popSlot(): number {
+    const slot = this.#lastUsed & this.#mask, owners = this.#owners!;
+    const id = this.#used[1 + 2 * slot], len = this.#used[2 + 2 * slot];
+    if (!(id < this.size) || owners[id] !== OWNER.DEVICE) this.#badId(id);
+    if (len > this.#slotCap) this.#badLen(id, len, this.#slotCap);
+    owners[id] = OWNER.APP;
+    this.#inFlight--;
+    this.#lastUsed = (this.#lastUsed + 1) & 0xffff;
+    this.lastLen = len;
+    return id;
+  }
+
+  /**
+   * Bound queue: pop every used entry there is, up to `max`, as {@link popSlot} does each (their lengths are not
+   * kept: sent frames); their buffer indices into `ids`. Returns how many. A bad entry breaks the queue but does
+   * not throw here: the entries before it are the caller's to give back first, then {@link broken} says why.
+   */
+  popSlots(ids: Uint16Array, max: number): number {
+    const n = Math.min(this.pending(), max), used = this.#used, owners = this.#owners!;
+    const mask = this.#mask, size = this.size, cap = this.#slotCap;
+    let last = this.#lastUsed, k = 0;
+    for (; k < n; k++) {
+      const slot = last & mask, id = used[1 + 2 * slot], len = used[2 + 2 * slot];
+      if (!(id < size) || owners[id] !== OWNER.DEVICE || len > cap) {
+        this.#breakOn(id, len, cap);
+        break;
+      }
+      owners[id] = OWNER.APP;
+      ids[k] = id;
+      last = (last + 1) & 0xffff;
+    }
+    this.#lastUsed = last;
+    this.#inFlight -= k;
+    return k;
+  }
+
+  #breakOn(id: number, len: number, cap: number): void {
+    try {
+      if (id < this.size && this.#owners![id] === OWNER.DEVICE) this.#badLen(id, len, cap);
+      this.#badId(id);
+    } catch { /* recorded in #broken */ }
+  }
+
+  #badId(id: number): never {
+    this.fail(`device returned descriptor id ${id}, which it does not own`);
+  }
+
+  #badLen(id: number, len: number, cap: number): never {
+    this.fail(`device wrote ${len} bytes into a ${cap}-byte buffer (id ${id})`);
+  }
+
+  #unbound(): void {
+    if (this.#owners) {
+      throw new RangeError(`queue ${this.index} is bound to a pool: post its buffers by index`);
+    }
+  }
+
   /** Queue one single-descriptor buffer (not yet visible to the device); returns its head id, or -1 when full. */
   add(addr: number, len: number, write: boolean): number {
     if (this.#broken) throw this.#broken;
+    this.#unbound();
     if (this.#nfree === 0) return -1;
     const id = this.#free[--this.#nfree];
     this.#setDesc(id, addr, len, write ? DESC_F_WRITE : 0, 0);
@@ -158,6 +289,7 @@ export class SplitQueue {
   /** Queue a chain (device-readable segments first, then writable ones, §2.7.4.2); head id or -1 when full. */
   addChain(segs: Segment[]): number {
     if (this.#broken) throw this.#broken;
+    this.#unbound();
     if (segs.length === 0 || this.#nfree < segs.length) return -1;
     let seenWrite = false, cap = 0;
     for (const s of segs) {
@@ -187,6 +319,7 @@ export class SplitQueue {
    */
   addChainOf(addr: Float64Array, len: Uint32Array, write: Uint8Array, n: number): number {
     if (this.#broken) throw this.#broken;
+    this.#unbound();
     if (n === 0 || this.#nfree < n) return -1;
     let seenWrite = false, cap = 0;
     for (let k = 0; k < n; k++) {
@@ -215,11 +348,18 @@ export class SplitQueue {
     if (this.#broken) throw this.#broken;
     const published = this.#inFlight - ((this.#availIdx - this.#kickedIdx) & 0xffff);
     const usedIdx = Atomics.load(this.#used16, 1);
-    if (((usedIdx - this.#lastUsed) & 0xffff) > published) {
-      this.fail(
-        `device moved used.idx from ${this.#lastUsed} to ${usedIdx} with only ${published} buffers outstanding`,
-      );
-    }
+    if (((usedIdx - this.#lastUsed) & 0xffff) > published) this.#usedAhead(usedIdx, published);
+  }
+
+  // Failure paths live in their own small methods: the hot ones stay small enough for the JIT to inline whole.
+  #usedAhead(usedIdx: number, outstanding: number): never {
+    this.fail(
+      `device moved used.idx from ${this.#lastUsed} to ${usedIdx} with only ${outstanding} buffers outstanding`,
+    );
+  }
+
+  #notifyFailed(e: unknown): never {
+    this.fail(`notification failed after publishing buffers: ${(e as Error).message}`);
   }
 
   /** Publish queued buffers (one fenced store) and notify the device unless it suppressed notifications. */
@@ -240,7 +380,7 @@ export class SplitQueue {
       try {
         this.notify();
       } catch (e) {
-        this.fail(`notification failed after publishing buffers: ${(e as Error).message}`);
+        this.#notifyFailed(e);
       }
     }
     return need;
@@ -251,11 +391,7 @@ export class SplitQueue {
     if (this.#broken) throw this.#broken;
     const idx = Atomics.load(this.#used16, 1);
     const n = (idx - this.#lastUsed) & 0xffff;
-    if (n > this.#inFlight) {
-      this.fail(
-        `device moved used.idx from ${this.#lastUsed} to ${idx} with only ${this.#inFlight} buffers outstanding`,
-      );
-    }
+    if (n > this.#inFlight) this.#usedAhead(idx, this.#inFlight);
     return n;
   }
 
@@ -263,12 +399,8 @@ export class SplitQueue {
   popUsed(): number {
     const slot = this.#lastUsed & this.#mask;
     const id = this.#used[1 + 2 * slot], len = this.#used[2 + 2 * slot];
-    if (!(id < this.size) || this.#owned[id] === 0) {
-      this.fail(`device returned descriptor id ${id}, which it does not own`);
-    }
-    if (len > this.#cap[id]) {
-      this.fail(`device wrote ${len} bytes into a ${this.#cap[id]}-byte buffer (id ${id})`);
-    }
+    if (!(id < this.size) || this.#owned[id] === 0) this.#badId(id);
+    if (len > this.#cap[id]) this.#badLen(id, len, this.#cap[id]);
     this.#owned[id] = 0;
     this.#inFlight--;
     let d = id;

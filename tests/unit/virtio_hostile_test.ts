@@ -10,6 +10,7 @@ import { SplitQueue, splitQueueBytes, VirtqueueError } from "../../drivers/virti
 import { ModelDmaAllocator } from "../../hal/dma.ts";
 import { checkFrame, FrameCheck, writeFrame } from "../../apps/frames.ts";
 import type { PacketBuffer } from "../../drivers/net/nic.ts";
+import { PacketPool } from "../../drivers/net/packet_pool.ts";
 import { type ModelOptions, VirtioNetModel } from "../models/virtio_net_device.ts";
 
 const DST = new Uint8Array([0x52, 0x54, 0, 0, 0, 2]);
@@ -176,6 +177,54 @@ Deno.test("virtio hostile: used entries — idx one past outstanding, id == ring
   }
 });
 
+Deno.test("virtio hostile: a bound ring refuses ids the app holds, ids given back twice, and held RX buffers", () => {
+  // Descriptor i is buffer i: the pool's owner record is all the ring checks a used id against.
+  const model = new VirtioNetModel({ autoProcess: false });
+  const nic = VirtioNet.openPci(model.pci());
+  try {
+    assert.equal(send(nic, [60, 60]), 2); // buffers 0 and 1 with the device
+    const held: PacketBuffer[] = [];
+    assert.equal(nic.allocTx(held, 2), 2);
+    assert.deepEqual(held.map((b) => b.index), [2, 3]);
+    model.forgeUsed(1, 0, 0);
+    model.forgeUsed(1, 0, 0); // the same buffer again, in the same batch
+    assert.throws(() => nic.reclaimTx(), /device returned descriptor id 0, which it does not own/);
+    assert.equal(held[0].pool.owner(held[0]), "app", "the application's buffers stay the application's");
+    nic.release(held, 2);
+  } finally {
+    nic.close();
+  }
+  const m2 = new VirtioNetModel({ autoProcess: false });
+  const n2 = VirtioNet.openPci(m2.pci());
+  try {
+    assert.equal(send(n2, [60, 60, 60]), 3);
+    const held: PacketBuffer[] = [];
+    assert.equal(n2.allocTx(held, 1), 1);
+    m2.forgeUsed(1, held[0].index, 0); // a buffer the application is still filling
+    assert.throws(() => n2.reclaimTx(), new RegExp(`descriptor id ${held[0].index}, which it does not own`));
+    assert.equal(held[0].pool.owner(held[0]), "app");
+  } finally {
+    n2.close();
+  }
+  const m3 = new VirtioNetModel();
+  const n3 = VirtioNet.openPci(m3.pci());
+  try {
+    m3.deliver(frame(100, 1));
+    const out: PacketBuffer[] = [];
+    assert.equal(n3.receiveBatch(out, 8), 1);
+    const c = check(out[0]);
+    m3.forgeUsed(0, out[0].index, 60); // the RX buffer the application holds, "filled" again
+    assert.throws(() => n3.receiveBatch([], 8), VirtqueueError);
+    assert.deepEqual(check(out[0]), c, "the held frame is untouched");
+    assert.equal(out[0].pool.owner(out[0]), "app");
+    n3.release(out, 1);
+  } finally {
+    n3.close();
+  }
+  assert.equal(model.dma.live + m2.dma.live + m3.dma.live, 0);
+  assert.equal(model.dma.kept, 0, "the buffer completed before the bad entry went back: nothing is stranded");
+});
+
 Deno.test("virtio: buffers held across close stay valid memory, the device loses them, release stays harmless", () => {
   const model = new VirtioNetModel();
   const nic = VirtioNet.openPci(model.pci());
@@ -330,6 +379,46 @@ Deno.test("virtqueue: once broken it stays broken: verify throws the first error
   assert.throws(() => q.fail("used id 9 out of range"), /used id 9/);
   assert.throws(() => q.verify(), /queue 0: used id 9 out of range/);
   q.region.free?.();
+});
+
+Deno.test("virtqueue: binding takes an idle queue and a pool of exactly its size; a bound queue posts by index", () => {
+  const dma = new ModelDmaAllocator();
+  const q = new SplitQueue(dma, 0, 8, false, () => {});
+  const pool = (n: number) => new PacketPool("p", dma.alloc(n * 2048), n, 2048, 12);
+  assert.throws(() => q.bindPool(pool(16), 2048, false), /exactly 8 buffers/);
+  assert.throws(
+    () =>
+      q.bindPool(
+        new PacketPool("plain", { bytes: new Uint8Array(8 * 2048), free() {} }, 8, 2048, 0),
+        2048,
+        false,
+      ),
+    /no device addresses/,
+  );
+  const p = pool(8);
+  q.bindPool(p, 2048, false);
+  assert.throws(() => q.bindPool(p, 2048, false), /exactly 8 buffers/, "bound once");
+  assert.throws(() => q.add(0x1000, 64, false), /bound to a pool/);
+  assert.throws(() => q.addChain([{ addr: 0x1000, len: 64, write: false }]), /bound to a pool/);
+  assert.equal(q.freeCount, 8);
+  const held: PacketBuffer[] = [];
+  assert.equal(p.takeMany(held, 2), 2);
+  held[0].length = 64;
+  held[1].length = 64;
+  assert.throws(() => p.toDeviceMany([held[0], held[0]], 2), /not held/, "one buffer twice in a batch");
+  assert.equal(p.owner(held[0]), "app", "a refused batch hands nothing over");
+  p.toDeviceMany(held, 1);
+  q.postFrames(held, 1, 12);
+  const i = held[0].index;
+  assert.equal(q.freeCount, 7);
+  const desc = new DataView(q.region.bytes.buffer, q.region.bytes.byteOffset);
+  assert.equal(
+    desc.getBigUint64(16 * i, true),
+    BigInt(p.buffers[i].deviceAddress),
+    "descriptor i is buffer i",
+  );
+  assert.equal(desc.getUint32(16 * i + 8, true), 76);
+  q.region.free();
 });
 
 Deno.test("virtio: a device config of exactly the MAC opens with MAC alone; the split ring's areas never overlap", async () => {
