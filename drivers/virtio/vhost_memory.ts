@@ -10,6 +10,7 @@ import { PvdrvError } from "../../hal/errors.ts";
 import type { FdOps, SharedMapping } from "../../hal/fds.ts";
 import type { GuestMemory } from "./device_queue.ts";
 import type { MemRegion } from "./vhost_user_wire.ts";
+import { copyBytes } from "../core/copy.ts";
 
 /** One mapped region. */
 interface Mapped {
@@ -17,11 +18,11 @@ interface Mapped {
   user: number;
   size: number;
   map: SharedMapping;
+  /** u32 view of the mapping (word copies). */
+  u32: Uint32Array;
 }
 
 const SAFE = BigInt(Number.MAX_SAFE_INTEGER);
-// Up to this many bytes a loop beats making a view to copy from (and allocates nothing).
-const SMALL_COPY = 128;
 
 /** The mapped memory table; {@link VhostMemory.release} unmaps it (views kept past that read zeros). */
 export class VhostMemory {
@@ -39,13 +40,9 @@ export class VhostMemory {
         if (r.guestAddr + r.size > SAFE || r.userAddr + r.size > SAFE || r.mmapOffset + r.size > SAFE) {
           throw new PvdrvError("vhost-user", `vhost-user: memory region ${i} lies past 2^53`);
         }
-        const size = Number(r.size);
-        this.#regions.push({
-          guest: Number(r.guestAddr),
-          user: Number(r.userAddr),
-          size,
-          map: ops.map(fds[i], size, Number(r.mmapOffset)),
-        });
+        const size = Number(r.size), map = ops.map(fds[i], size, Number(r.mmapOffset)), b = map.bytes;
+        const u32 = new Uint32Array(b.buffer, b.byteOffset, b.byteLength >> 2); // mappings are page-aligned
+        this.#regions.push({ guest: Number(r.guestAddr), user: Number(r.userAddr), size, map, u32 });
       }
     } catch (e) {
       this.release();
@@ -65,19 +62,20 @@ export class VhostMemory {
 
   /**
    * Copy `len` guest bytes at guest address `addr` into `dst` from `at` (throws unless wholly inside one region).
-   * Small copies go byte by byte: a view per descriptor would be an allocation per frame.
+   * `dst32`, a u32 view of `dst`'s memory from its first byte, lets the copy go by words (drivers/core/copy.ts).
    */
-  copyOut(addr: number, len: number, dst: Uint8Array, at: number): void {
-    const r = this.#region(addr, len, false), o = addr - r.guest, src = r.map.bytes;
-    if (len <= SMALL_COPY) { for (let i = 0; i < len; i++) dst[at + i] = src[o + i]; }
-    else dst.set(src.subarray(o, o + len), at);
+  copyOut(addr: number, len: number, dst: Uint8Array, at: number, dst32: Uint32Array | null = null): void {
+    const r = this.#region(addr, len, false);
+    copyBytes(r.map.bytes, r.u32, addr - r.guest, dst, dst32, at, len);
   }
 
-  /** Copy `len` bytes of `src` from `from` to guest address `addr` (throws unless wholly inside one region). */
-  copyIn(addr: number, src: Uint8Array, from: number, len: number): void {
-    const r = this.#region(addr, len, false), o = addr - r.guest, dst = r.map.bytes;
-    if (len <= SMALL_COPY) { for (let i = 0; i < len; i++) dst[o + i] = src[from + i]; }
-    else dst.set(src.subarray(from, from + len), o);
+  /**
+   * Copy `len` bytes of `src` from `from` to guest address `addr` (throws unless wholly inside one region); `src32`
+   * as `dst32` of {@link VhostMemory.copyOut}.
+   */
+  copyIn(addr: number, src: Uint8Array, from: number, len: number, src32: Uint32Array | null = null): void {
+    const r = this.#region(addr, len, false);
+    copyBytes(src, src32, from, r.map.bytes, r.u32, addr - r.guest, len);
   }
 
   #find(addr: number, len: number, user: boolean): Uint8Array {

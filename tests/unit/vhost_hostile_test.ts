@@ -503,3 +503,30 @@ Deno.test("multi-queue: two pairs carry frames apart, and a quarantine on pair 0
     fe.close();
   }
 });
+
+Deno.test("the host's own misuse (a released or foreign buffer) is its error: the guest's ring is not quarantined", async () => {
+  const r = rig();
+  try {
+    r.g.postRx();
+    const b: PacketBuffer[] = [];
+    assert.equal(r.nic.allocTx(b, 1), 1);
+    b[0].data.set(FRAME);
+    b[0].length = FRAME.length;
+    r.nic.release(b, 1);
+    assert.throws(() => r.nic.sendBatch(b, 1), /not held by the application/);
+    const rx: PacketBuffer[] = [];
+    r.g.tx.bytes(HostileGuest.buffer(Q), 12).fill(0);
+    r.g.tx.bytes(HostileGuest.buffer(Q) + 12, FRAME.length).set(FRAME);
+    r.g.tx.desc(0, HostileGuest.buffer(Q), 12 + FRAME.length, 0, 0);
+    r.g.tx.publish(0);
+    assert.equal(r.nic.receiveBatch(rx, 1), 1);
+    rx[0].length = FRAME.length;
+    assert.throws(() => r.nic.sendBatch(rx, 1), /belongs to pool/, "a received buffer is not a send buffer");
+    r.nic.release(rx, 1);
+    assert.equal(r.nic.session!.rings[0].broken, null, "RX ring untouched");
+    assert.equal(hostSend(r.nic, FRAME), 1, "and it still delivers");
+    assert.deepEqual(r.g.receive(), [FRAME]);
+  } finally {
+    await r.close();
+  }
+});
