@@ -42,17 +42,25 @@ const USAGE =
   --xen          only the Xen lab comparison with the domU kernel's xen-netfront and xen-blkfront (boots the whole
                  lab, ≈ 8 min)
   --quick        VM lab: one frame size and batch, short windows (checks the machinery, ≈ 2 min)
-  --json FILE    VM lab: write the results to FILE.json and a plot to FILE.svg (--net, --mq: FILE.json only)
+  --json FILE    VM lab: write the results to FILE.json and a plot to FILE.svg (--net, --mq, --in-process:
+                 FILE.json only)
   --seconds N    length of each Xen step and each --vhost cell (default 4)
   --rounds N     paired rounds of --vm (pvdrv and testpmd in turn) and --xen (pvdrv's netfront and the kernel's
                  in turn); ratios are the median of the rounds' ratios (default 3; --quick 2)`;
 
-/** The in-process benchmarks (bench/*.bench.ts, Deno.bench with a baseline per group), in a child `deno bench`. */
-async function inProcess(): Promise<void> {
+/**
+ * The in-process benchmarks: bench/*.bench.ts in a child `deno bench` (a baseline per group), then the same cases
+ * in paired rounds (bench/paired.ts: each case's ratio to C as the median of the rounds' ratios, with the spread).
+ */
+async function inProcess(json?: string): Promise<void> {
   const root = new URL("../", import.meta.url).pathname;
   const st = await new Deno.Command(Deno.execPath(), { args: ["bench", "--allow-all", "bench/"], cwd: root })
     .spawn().status;
   if (!st.success) throw new Error(`deno bench failed (exit ${st.code})`);
+  console.log("");
+  const args = ["run", "--allow-all", "bench/paired.ts", ...(json ? ["--json", json] : [])];
+  const paired = await new Deno.Command(Deno.execPath(), { args, cwd: root }).spawn().status;
+  if (!paired.success) throw new Error(`bench/paired.ts failed (exit ${paired.code})`);
 }
 
 await runMain(USAGE, async () => {
@@ -95,7 +103,7 @@ await runMain(USAGE, async () => {
     console.log(
       "== in-process (bench/: the driver against the device model, beside a copy-loop baseline) ==",
     );
-    await inProcess();
+    await inProcess(values["in-process"] ? values.json : undefined);
   }
   if (values["in-process"]) return 0;
   const plan = { ...(values.quick ? QUICK_PLAN : FULL_PLAN) };
