@@ -19,6 +19,12 @@ export interface PingOptions {
   onReply?: (seq: number, r: PingReply | null) => void;
   /** Stop early when this returns true. */
   stop?: () => boolean;
+  /**
+   * Requests sent first and left out of the summary and of `onReply` (default 0): the first replies of a fresh
+   * process include compiling the reply path (24–166 ms each under the lab's TCG), which a long-running host pays
+   * once.
+   */
+  warmup?: number;
 }
 
 /** ping(8)'s summary, plus percentiles. */
@@ -70,19 +76,21 @@ export function summarizePings(transmitted: number, rtts: number[]): PingSummary
 export async function pingRun(host: NetHost, dst: number, o: PingOptions): Promise<PingSummary> {
   const rtts: number[] = [];
   const pending: Promise<void>[] = [];
+  const warm = o.warmup ?? 0, total = warm + o.count;
   let sent = 0;
-  for (let seq = 0; seq < o.count && !o.stop?.(); seq++) {
-    const t0 = performance.now();
+  for (let seq = 0; seq < total && !o.stop?.(); seq++) {
+    const t0 = performance.now(), counted = seq >= warm;
     const p = host.ping(dst, { seq, size: o.size, timeoutMs: o.timeoutMs }).then((r) => {
+      if (!counted) return;
       if (r) rtts.push(r.rtt);
-      o.onReply?.(seq, r);
+      o.onReply?.(seq - warm, r);
     });
-    sent++;
+    if (counted) sent++;
     if (o.intervalMs === 0) await p;
     else {
       pending.push(p);
       const wait = t0 + o.intervalMs - performance.now();
-      if (seq + 1 < o.count && wait > 0) await new Promise((r) => setTimeout(r, wait));
+      if (seq + 1 < total && wait > 0) await new Promise((r) => setTimeout(r, wait));
     }
   }
   await Promise.all(pending);

@@ -17,6 +17,7 @@ const USAGE = `usage: deno task ping <nic> <ip> [options]
   --interval MS     between requests (default 1000; 0: the next as soon as the last is answered)
   --size N          payload bytes (default 56)
   --timeout MS      wait for each reply (default 1000)
+  --warmup N        send N requests first, left out of the output (default 0; benchmarks: the JIT's warm-up)
   --quiet           the summary only
 ${HOST_USAGE}
 ${NIC_USAGE.replace("(default poll)", "(default: interrupts)")}`;
@@ -27,6 +28,7 @@ await runMain(USAGE, async () => {
     interval: { type: "string" },
     size: { type: "string" },
     timeout: { type: "string" },
+    warmup: { type: "string" },
     quiet: { type: "boolean", short: "q" },
     ...HOST_OPTIONS,
     ...NIC_OPTIONS,
@@ -39,6 +41,7 @@ await runMain(USAGE, async () => {
   const intervalMs = intArg("interval", values.interval, 1000, 0, 3_600_000);
   const size = intArg("size", values.size, 56, 0, 65_000);
   const timeoutMs = intArg("timeout", values.timeout, 1000, 1, 600_000);
+  const warmup = intArg("warmup", values.warmup, 0, 0, 10_000);
   const addr = hostArgs(values);
   const irq = hostIrqArg(values.irq, name);
   const nic: Nic = await openNic(name, { irq, mtu: mtuArg(values.mtu, name) });
@@ -59,6 +62,7 @@ await runMain(USAGE, async () => {
       intervalMs,
       size,
       timeoutMs,
+      warmup,
       stop: () => stopping || host.error !== null,
       onReply: values.quiet || values.json ? undefined : (seq, r) => {
         if (r) {

@@ -87,6 +87,8 @@ try {
         String(PINGS),
         "--interval",
         "10",
+        "--warmup",
+        "3", // as the kernel's run is preceded by three: a fresh process first compiles its reply path
         "--irq",
         irq,
         "--json",

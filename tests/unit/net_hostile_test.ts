@@ -515,6 +515,18 @@ Deno.test("net: pingRun sends exactly its count; recvRun receives what was sent"
     const s = await pingRun(p.a, p.b.ip, { count: 3, intervalMs: 0, size: 8, timeoutMs: 1000 });
     assert.equal(s.transmitted, 3);
     assert.equal(p.b.stats.icmpEchoRequests, 3);
+    const seen: number[] = [];
+    const w = await pingRun(p.a, p.b.ip, {
+      count: 2,
+      intervalMs: 1,
+      size: 8,
+      timeoutMs: 1000,
+      warmup: 3,
+      onReply: (seq) => seen.push(seq),
+    });
+    assert.equal(p.b.stats.icmpEchoRequests, 8, "the warm-up requests go out too");
+    assert.deepEqual([w.transmitted, w.received], [2, 2], "but only the counted ones are summarized");
+    assert.deepEqual(seen, [0, 1], "and reported, numbered from 0");
     const sink = p.b.udp(9000), from = p.a.udp();
     const buf = new Uint8Array(64);
     for (let seq = 0; seq < 3; seq++) {
