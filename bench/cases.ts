@@ -5,6 +5,15 @@
  * @module
  */
 
+import { compileC } from "../lab/outer/build_c.ts";
+
+/** bench/ring_loop.c as a shared library (rebuilt when the source is newer), with the `symbols` a bench needs. */
+export function ringLoopLibrary<S extends Deno.ForeignLibraryInterface>(symbols: S): Deno.DynamicLibrary<S> {
+  const root = new URL("../", import.meta.url).pathname;
+  const so = compileC(`${root}bench/ring_loop.c`, `${root}build/ring_loop.so`, ["-shared", "-fPIC"]);
+  return Deno.dlopen(so, symbols);
+}
+
 /** One measured operation: a batch of frames through one implementation. */
 export interface BenchCase {
   /** Cases compared with each other share a group. */

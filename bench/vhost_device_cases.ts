@@ -7,7 +7,6 @@
  * device-side work (bench/ring_loop.c `ring_backend_*`), so the report reads as TS/C.
  * @module
  */
-import { compileC } from "../lab/outer/build_c.ts";
 import { LINUX_FD_OPS } from "../ffi/unix.ts";
 import { VhostUserNet } from "../drivers/virtio/vhost_net.ts";
 import { F, NET_F } from "../drivers/virtio/features.ts";
@@ -16,21 +15,9 @@ import { VHOST_USER, VHOST_USER_F_PROTOCOL_FEATURES } from "../drivers/virtio/vh
 import type { PacketBuffer } from "../drivers/net/packet_pool.ts";
 import { OneShotAcceptor, VhostUserFrontend } from "../tests/models/vhost_user_frontend.ts";
 import { HostileGuest, Q } from "../tests/models/vhost_guest.ts";
-import type { BenchCase } from "./cases.ts";
+import { type BenchCase, ringLoopLibrary } from "./cases.ts";
 
 const BATCH = 32, FRAME = 64, HDR = 12;
-
-/** bench/ring_loop.c as a shared library (rebuilt when the source is newer). */
-function ringLoop() {
-  const root = new URL("../", import.meta.url).pathname;
-  const so = compileC(`${root}bench/ring_loop.c`, `${root}build/ring_loop.so`, ["-shared", "-fPIC"]);
-  return Deno.dlopen(so, {
-    ring_new: { parameters: [], result: "pointer" },
-    ring_backend_setup: { parameters: ["pointer", "u32", "i32"], result: "void" },
-    ring_backend_tx: { parameters: ["pointer", "i32", "u32"], result: "i32" },
-    ring_backend_rx: { parameters: ["pointer", "i32", "u32"], result: "i32" },
-  });
-}
 
 /** The device-side cases and what closes them. */
 export function vhostDeviceCases(): { cases: BenchCase[]; close(): void } {
@@ -59,7 +46,13 @@ export function vhostDeviceCases(): { cases: BenchCase[]; close(): void } {
   }
   const out: PacketBuffer[] = new Array(BATCH), bufs: PacketBuffer[] = new Array(BATCH);
   let txHead = 0, rxHead = 0;
-  const lib = ringLoop(), c = lib.symbols;
+  const lib = ringLoopLibrary({
+    ring_new: { parameters: [], result: "pointer" },
+    ring_backend_setup: { parameters: ["pointer", "u32", "i32"], result: "void" },
+    ring_backend_tx: { parameters: ["pointer", "i32", "u32"], result: "i32" },
+    ring_backend_rx: { parameters: ["pointer", "i32", "u32"], result: "i32" },
+  });
+  const c = lib.symbols;
   const ctx = c.ring_new(), crx = c.ring_new();
   c.ring_backend_setup(ctx, FRAME, 0);
   c.ring_backend_setup(crx, FRAME, 1);

@@ -6,26 +6,14 @@
  * TypeScript, separates the language's share from pvdrv's own.
  * @module
  */
-import { compileC } from "../lab/outer/build_c.ts";
 import { VirtioNet } from "../drivers/virtio/net.ts";
 import { NET_F } from "../drivers/virtio/features.ts";
 import type { PacketBuffer } from "../drivers/net/packet_pool.ts";
 import { VirtioNetModel } from "../tests/models/virtio_net_device.ts";
 import { RingLoop } from "./ring_loop.ts";
-import type { BenchCase } from "./cases.ts";
+import { type BenchCase, ringLoopLibrary } from "./cases.ts";
 
 const BATCH = 32, FRAME = 64;
-
-/** bench/ring_loop.c as a shared library (rebuilt when the source is newer). */
-function ringLoop() {
-  const root = new URL("../", import.meta.url).pathname;
-  const so = compileC(`${root}bench/ring_loop.c`, `${root}build/ring_loop.so`, ["-shared", "-fPIC"]);
-  return Deno.dlopen(so, {
-    ring_new: { parameters: [], result: "pointer" },
-    ring_tx_batch: { parameters: ["pointer", "i32", "u32"], result: "i32" },
-    ring_rx_batch: { parameters: ["pointer", "i32", "u32"], result: "i32" },
-  });
-}
 
 /** The virtio-net cases and what closes them. */
 export function virtioNetCases(): { cases: BenchCase[]; close(): void } {
@@ -38,7 +26,12 @@ export function virtioNetCases(): { cases: BenchCase[]; close(): void } {
   const copyFloor = () => {
     for (let i = 0; i < BATCH; i++) dst.set(src, (slot++ & 255) << 11);
   };
-  const lib = ringLoop(), c = lib.symbols;
+  const lib = ringLoopLibrary({
+    ring_new: { parameters: [], result: "pointer" },
+    ring_tx_batch: { parameters: ["pointer", "i32", "u32"], result: "i32" },
+    ring_rx_batch: { parameters: ["pointer", "i32", "u32"], result: "i32" },
+  });
+  const c = lib.symbols;
   const ctx = c.ring_new(), crx = c.ring_new();
   // The same ring work in plain TypeScript typed arrays: how much of TS/C is the language, how much pvdrv's own.
   const ttx = new RingLoop(), trx = new RingLoop();

@@ -209,16 +209,16 @@ export class BufferPool<B extends PoolBuffer> {
    */
   toDeviceMany(bufs: B[], n: number): void {
     const owners = this.owners;
-    for (let j = 0; j < n; j++) {
-      const b = bufs[j];
-      if (b.pool !== this || owners[b.index] !== APP || this.#retired) {
-        try {
-          this.#notHeld(b); // the reason, read before the undo below
-        } finally {
-          for (let u = 0; u < j; u++) owners[bufs[u].index] = APP; // undo: the batch goes whole or not at all
-        }
+    let j = 0;
+    try {
+      for (; j < n; j++) {
+        const b = bufs[j];
+        this.checkHeld(b);
+        owners[b.index] = DEVICE;
       }
-      owners[b.index] = DEVICE;
+    } catch (e) {
+      for (let u = 0; u < j; u++) owners[bufs[u].index] = APP; // undo: the batch goes whole or not at all
+      throw e;
     }
   }
 

@@ -221,8 +221,7 @@ export class SplitQueue {
   popSlot(): number {
     const slot = this.#lastUsed & this.#mask, owners = this.#owners!;
     const id = this.#used[1 + 2 * slot], len = this.#used[2 + 2 * slot];
-    if (!(id < this.size) || owners[id] !== OWNER.DEVICE) this.#badId(id);
-    if (len > this.#slotCap) this.#badLen(id, len, this.#slotCap);
+    if (!this.#usedOk(id, len)) this.#badUsed(id, len);
     owners[id] = OWNER.APP;
     this.#inFlight--;
     this.#lastUsed = (this.#lastUsed + 1) & 0xffff;
@@ -236,13 +235,12 @@ export class SplitQueue {
    * not throw here: the entries before it are the caller's to give back first, then {@link broken} says why.
    */
   popSlots(ids: Uint16Array, max: number): number {
-    const n = Math.min(this.pending(), max), used = this.#used, owners = this.#owners!;
-    const mask = this.#mask, size = this.size, cap = this.#slotCap;
+    const n = Math.min(this.pending(), max), used = this.#used, owners = this.#owners!, mask = this.#mask;
     let last = this.#lastUsed, k = 0;
     for (; k < n; k++) {
       const slot = last & mask, id = used[1 + 2 * slot], len = used[2 + 2 * slot];
-      if (!(id < size) || owners[id] !== OWNER.DEVICE || len > cap) {
-        this.#breakOn(id, len, cap);
+      if (!this.#usedOk(id, len)) {
+        this.#breakOn(id, len);
         break;
       }
       owners[id] = OWNER.APP;
@@ -254,10 +252,20 @@ export class SplitQueue {
     return k;
   }
 
-  #breakOn(id: number, len: number, cap: number): void {
+  /** Bound queue: a used entry names a buffer the device holds, and says it wrote no more than the slot holds. */
+  #usedOk(id: number, len: number): boolean {
+    return id < this.size && this.#owners![id] === OWNER.DEVICE && len <= this.#slotCap;
+  }
+
+  /** Break the queue over a used entry {@link #usedOk} refused, naming what was wrong with it. */
+  #badUsed(id: number, len: number): never {
+    if (id < this.size && this.#owners![id] === OWNER.DEVICE) this.#badLen(id, len, this.#slotCap);
+    this.#badId(id);
+  }
+
+  #breakOn(id: number, len: number): void {
     try {
-      if (id < this.size && this.#owners![id] === OWNER.DEVICE) this.#badLen(id, len, cap);
-      this.#badId(id);
+      this.#badUsed(id, len);
     } catch { /* recorded in #broken */ }
   }
 
