@@ -133,8 +133,12 @@ export class SplitQueue {
 
   /** Break the queue with `msg` (the device violated the protocol) and throw. */
   fail(msg: string): never {
-    this.#broken ??= new VirtqueueError(`queue ${this.index}: ${msg}`);
-    throw this.#broken;
+    throw this.#break(msg);
+  }
+
+  /** Record that the device broke the queue with `msg` (the first reason stays); the error. */
+  #break(msg: string): VirtqueueError {
+    return this.#broken ??= new VirtqueueError(`queue ${this.index}: ${msg}`);
   }
 
   #setDesc(i: number, addr: number, len: number, flags: number, next: number): void {
@@ -221,7 +225,7 @@ export class SplitQueue {
   popSlot(): number {
     const slot = this.#lastUsed & this.#mask, owners = this.#owners!;
     const id = this.#used[1 + 2 * slot], len = this.#used[2 + 2 * slot];
-    if (!this.#usedOk(id, len)) this.#badUsed(id, len);
+    if (!this.#usedOk(id, len)) this.fail(this.#usedFault(id, len));
     owners[id] = OWNER.APP;
     this.#inFlight--;
     this.#lastUsed = (this.#lastUsed + 1) & 0xffff;
@@ -240,7 +244,7 @@ export class SplitQueue {
     for (; k < n; k++) {
       const slot = last & mask, id = used[1 + 2 * slot], len = used[2 + 2 * slot];
       if (!this.#usedOk(id, len)) {
-        this.#breakOn(id, len);
+        this.#break(this.#usedFault(id, len));
         break;
       }
       owners[id] = OWNER.APP;
@@ -257,24 +261,19 @@ export class SplitQueue {
     return id < this.size && this.#owners![id] === OWNER.DEVICE && len <= this.#slotCap;
   }
 
-  /** Break the queue over a used entry {@link #usedOk} refused, naming what was wrong with it. */
-  #badUsed(id: number, len: number): never {
-    if (id < this.size && this.#owners![id] === OWNER.DEVICE) this.#badLen(id, len, this.#slotCap);
-    this.#badId(id);
+  /** What is wrong with a used entry {@link #usedOk} refused. */
+  #usedFault(id: number, len: number): string {
+    return id < this.size && this.#owners![id] === OWNER.DEVICE
+      ? this.#lenFault(id, len, this.#slotCap)
+      : this.#idFault(id);
   }
 
-  #breakOn(id: number, len: number): void {
-    try {
-      this.#badUsed(id, len);
-    } catch { /* recorded in #broken */ }
+  #idFault(id: number): string {
+    return `device returned descriptor id ${id}, which it does not own`;
   }
 
-  #badId(id: number): never {
-    this.fail(`device returned descriptor id ${id}, which it does not own`);
-  }
-
-  #badLen(id: number, len: number, cap: number): never {
-    this.fail(`device wrote ${len} bytes into a ${cap}-byte buffer (id ${id})`);
+  #lenFault(id: number, len: number, cap: number): string {
+    return `device wrote ${len} bytes into a ${cap}-byte buffer (id ${id})`;
   }
 
   #unbound(): void {
@@ -407,8 +406,8 @@ export class SplitQueue {
   popUsed(): number {
     const slot = this.#lastUsed & this.#mask;
     const id = this.#used[1 + 2 * slot], len = this.#used[2 + 2 * slot];
-    if (!(id < this.size) || this.#owned[id] === 0) this.#badId(id);
-    if (len > this.#cap[id]) this.#badLen(id, len, this.#cap[id]);
+    if (!(id < this.size) || this.#owned[id] === 0) this.fail(this.#idFault(id));
+    if (len > this.#cap[id]) this.fail(this.#lenFault(id, len, this.#cap[id]));
     this.#owned[id] = 0;
     this.#inFlight--;
     let d = id;
