@@ -8,7 +8,7 @@
  *   functions, Xen grants, event channels and the xenstore byte stream) with in-memory implementations for tests;
  * - Linux implementations over the native shim (`ffi/`): VFIO, UIO, sysfs, gntalloc, evtchn, xenbus;
  * - drivers (`drivers/`): the class-agnostic device core and buffer pools (`core/`), the NIC class core
- *   (`net/`), virtio (transports, split virtqueue driver and device sides, virtio-net), Xen (xenstore, XenBus
+ *   (`net/`), virtio (transports, split and packed virtqueues, driver and device sides, virtio-net), Xen (xenstore, XenBus
  *   frontend, rings, netif, netfront, blkif, blkfront) and PCI config space.
  *
  * ```ts
@@ -148,6 +148,8 @@ export {
   type VirtioCap,
 } from "./drivers/pci/config.ts";
 export {
+  DEFAULT_RING,
+  type RingFormat,
   VIRTIO_NET,
   VirtioNet,
   type VirtioNetOptions,
@@ -172,7 +174,9 @@ export {
   virtioDeviceType,
   type VirtioPciOptions,
 } from "./drivers/virtio/pci.ts";
-export { type Segment, SplitQueue, VirtqueueError } from "./drivers/virtio/virtqueue.ts";
+export { type Segment, SplitQueue, type Virtqueue, VirtqueueError } from "./drivers/virtio/virtqueue.ts";
+export { PackedQueue } from "./drivers/virtio/packed_queue.ts";
+export { PackedDeviceQueue } from "./drivers/virtio/packed_device_queue.ts";
 export {
   bit,
   BLK_F,
@@ -189,6 +193,7 @@ export {
   Chain,
   DeviceQueue,
   DeviceQueueError,
+  type DeviceRing,
   type GuestMemory,
   type RingAddresses,
 } from "./drivers/virtio/device_queue.ts";

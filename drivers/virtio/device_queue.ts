@@ -63,6 +63,33 @@ export class Chain {
   writable = 0;
 }
 
+/**
+ * What a device does with a virtqueue, split ({@link DeviceQueue}, §2.7) or packed (`PackedDeviceQueue`, §2.8):
+ * pvdrv's device models serve either through it.
+ */
+export interface DeviceRing {
+  /** Queue index. */
+  readonly index: number;
+  /** Ring entries. */
+  readonly size: number;
+  /** Chains available and not taken. */
+  available(): number;
+  /** Read the chain `ahead` places past the next into `out` without taking it; false when there is none. */
+  peek(out: Chain, ahead?: number): boolean;
+  /** Take the next chain into `out`; false when there is none. */
+  take(out: Chain): boolean;
+  /** Take `n` chains already peeked. */
+  skip(n: number): void;
+  /** Give chain `id` back used with `len` bytes written; true when the driver wants an interrupt. */
+  putUsed(id: number, len: number): boolean;
+  /** With EVENT_IDX, ask to be notified at the next chain to take. */
+  publishAvailEvent(): void;
+  /** Ask for notifications or not. */
+  setNotify(on: boolean): void;
+  /** Move the used side on by `n` without real entries (a hostile device's knob). */
+  jumpUsed(n: number): void;
+}
+
 /** Device memory as the device sees it: `len` bytes at guest address `addr` (throws when unmapped). */
 export type GuestMemory = (addr: number, len: number) => Uint8Array;
 
@@ -72,7 +99,7 @@ function view(mem: GuestMemory, addr: number, len: number): DataView {
 }
 
 /** One split virtqueue, device side. */
-export class DeviceQueue {
+export class DeviceQueue implements DeviceRing {
   readonly #desc: DataView;
   readonly #avail: DataView;
   readonly #used: DataView;

@@ -36,6 +36,8 @@ import {
 import type { VirtioPciOptions } from "./pci.ts";
 import { NO_VECTOR, type VirtioBus, VirtioError, type VirtioTransport } from "./transport.ts";
 import { SplitQueue } from "./virtqueue.ts";
+import type { Virtqueue } from "./queue.ts";
+import { PackedQueue } from "./packed_queue.ts";
 import { busOfPci, driverOk, negotiateOn, stopDevice, trackedDma } from "./lifecycle.ts";
 import { CONTROL_MEM, ControlQueue, readNetConfig } from "./net_control.ts";
 
@@ -56,13 +58,24 @@ export interface VirtioNetOptions {
   irq?: IrqMode;
   /** Feature bits to refuse even if offered (tests, workarounds). */
   disable?: bigint;
+  /**
+   * Ring format: "packed" (virtio 1.2 §2.8) when the device offers VIRTIO_F_RING_PACKED, else split; "split"
+   * never negotiates packed rings. Default {@link DEFAULT_RING}.
+   */
+  ring?: RingFormat;
   /** Enable promiscuous mode (needs CTRL_VQ + CTRL_RX). */
   promiscuous?: boolean;
   /** Close the bus (and the PCI function under it, if the bus owns it) with the NIC, or when the open fails. */
   ownsBus?: boolean;
 }
 
-/** The features pvdrv asks for. */
+/** A virtqueue format a {@link VirtioNet} may use. */
+export type RingFormat = "split" | "packed";
+
+/** The ring format used unless {@link VirtioNetOptions.ring} says otherwise. */
+export const DEFAULT_RING: RingFormat = "split";
+
+/** The features pvdrv asks for (RING_PACKED only when packed rings are wanted). */
 export const WANTED_FEATURES = F.VERSION_1 | F.ACCESS_PLATFORM | F.RING_EVENT_IDX | F.ANY_LAYOUT | NET_F.MAC |
   NET_F.STATUS | NET_F.MRG_RXBUF | NET_F.CSUM | NET_F.GUEST_CSUM | NET_F.CTRL_VQ | NET_F.CTRL_RX | NET_F.MQ |
   NET_F.CTRL_MAC_ADDR | NET_F.MTU;
@@ -70,9 +83,9 @@ export const WANTED_FEATURES = F.VERSION_1 | F.ACCESS_PLATFORM | F.RING_EVENT_ID
 /** One RX/TX queue pair of a {@link VirtioNet}: its virtqueues, buffer pools, in-flight buffers and counters. */
 export interface VirtioQueuePair {
   /** The receive virtqueue (index 2i). */
-  rx: SplitQueue;
+  rx: Virtqueue;
   /** The transmit virtqueue (index 2i + 1). */
-  tx: SplitQueue;
+  tx: Virtqueue;
   /** Receive buffers, one per RX descriptor (buffer i is descriptor i). */
   rxPool: PacketPool;
   /** Transmit buffers, one per TX descriptor (buffer i is descriptor i). */
@@ -148,7 +161,8 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
       bus.enableBusMaster();
       const wantPairs = opts.queues ?? 1;
       const irqs = bus.irqs(this.#irqMode, this.#irqMode === "msix" ? 1 + wantPairs : 1);
-      this.features = negotiateOn(bus, WANTED_FEATURES, opts.disable ?? 0n);
+      const packed = (opts.ring ?? DEFAULT_RING) === "packed" ? F.RING_PACKED : 0n;
+      this.features = negotiateOn(bus, WANTED_FEATURES | packed, opts.disable ?? 0n);
       this.hdrLen = netHdrLen((this.features & (F.VERSION_1 | NET_F.MRG_RXBUF)) !== 0n);
       this.txChecksum = (this.features & NET_F.CSUM) !== 0n;
       this.#mergeable = (this.features & NET_F.MRG_RXBUF) !== 0n;
@@ -179,7 +193,7 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
   /** Queue setup (§4.1.5.1.3, §5.1.2): RX/TX pairs, then the control queue after all max_virtqueue_pairs pairs. */
   #setupQueues(pairs: number, maxPairs: number, irqs: IrqSource[], queueSize: number): void {
     const t = this.#t, f = this.features, dma = trackedDma(this.#bus.dma, this.#regions);
-    const eventIdx = (f & F.RING_EVENT_IDX) !== 0n;
+    const eventIdx = (f & F.RING_EVENT_IDX) !== 0n, Queue = f & F.RING_PACKED ? PackedQueue : SplitQueue;
     const numQueues = t.numQueues();
     const ctrl = (f & NET_F.CTRL_VQ) !== 0n;
     const needQueues = ctrl ? 2 * maxPairs + 1 : 2 * pairs;
@@ -190,7 +204,7 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
       );
     }
     const programmed = new Set<number>();
-    const setup = (q: number, vector: number): SplitQueue => {
+    const setup = (q: number, vector: number): Virtqueue => {
       if (q > 0xffff || (!t.legacy && q >= numQueues)) {
         throw new VirtioError(`device has ${numQueues} queues, needs queue ${q}`);
       }
@@ -201,7 +215,7 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
       let size = t.legacy ? max : Math.min(max, queueSize);
       if (!t.legacy) { while (size & (size - 1)) size &= size - 1; // largest power of two not above
        }
-      const vq = new SplitQueue(dma, q, size, eventIdx, t.notifier(q));
+      const vq = new Queue(dma, q, size, eventIdx, t.notifier(q));
       t.setupQueue(q, size, vq.addresses, vector);
       return vq;
     };
@@ -209,7 +223,7 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
     for (let i = 0; i < pairs; i++) {
       const rx = setup(2 * i, msix ? 1 + i : NO_VECTOR), tx = setup(2 * i + 1, NO_VECTOR);
       // One buffer per descriptor, bound for good: the pool's owner record is the ring's (virtqueue.ts).
-      const pool = (name: string, vq: SplitQueue, write: boolean) => {
+      const pool = (name: string, vq: Virtqueue, write: boolean) => {
         const pp = new PacketPool(name, dma.alloc(vq.size * SLOT), vq.size, SLOT, this.hdrLen);
         vq.bindPool(pp, SLOT, write);
         return pp;
@@ -236,6 +250,11 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
   /** Names of the negotiated features. */
   featureNames(): string[] {
     return featureNames(this.features, VIRTIO_NET);
+  }
+
+  /** The ring format in use: packed when both sides wanted VIRTIO_F_RING_PACKED (virtio 1.2 §2.8). */
+  get ring(): RingFormat {
+    return this.features & F.RING_PACKED ? "packed" : "split";
   }
 
   /** The transport in use. */

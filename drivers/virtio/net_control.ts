@@ -7,7 +7,7 @@ import type { DmaRegion } from "../../hal/dma.ts";
 import { NET_F } from "./features.ts";
 import { CTRL, NET_CONFIG } from "./net_wire.ts";
 import { readConfig, VirtioError, type VirtioTransport } from "./transport.ts";
-import type { SplitQueue } from "./virtqueue.ts";
+import type { Virtqueue } from "./queue.ts";
 
 /** Bytes of DMA memory a control queue's commands use (command at 0, ack at 2048). */
 export const CONTROL_MEM = 4096;
@@ -64,7 +64,7 @@ export function readNetConfig(t: VirtioTransport, f: bigint, name: string): NetC
 /** The control virtqueue and the DMA memory its commands go through. */
 export class ControlQueue {
   /** Over queue `vq` (its interrupts are disabled: commands are polled) and `mem` ({@link CONTROL_MEM} bytes). */
-  constructor(readonly vq: SplitQueue, readonly mem: DmaRegion, readonly name: string) {
+  constructor(readonly vq: Virtqueue, readonly mem: DmaRegion, readonly name: string) {
     vq.disableInterrupts();
   }
 

@@ -17,7 +17,6 @@
  * which also orders it before the notification-suppression read that follows (§2.7.10, §2.7.7).
  * @module
  */
-import { PvdrvError } from "../../hal/errors.ts";
 import type { QueueAddresses } from "./transport.ts";
 import type { DmaAllocator, DmaRegion } from "../../hal/dma.ts";
 import { type BufferPool, OWNER, type PoolBuffer } from "../core/buffer_pool.ts";
@@ -32,27 +31,11 @@ import {
 } from "./split_ring.ts";
 
 export { splitQueueBytes } from "./split_ring.ts";
-
-/** The queue is unusable: the device broke the protocol. */
-export class VirtqueueError extends PvdrvError {
-  /** Creates the error. */
-  constructor(msg: string) {
-    super("virtqueue", msg);
-  }
-}
-
-/** One buffer of a chain. */
-export interface Segment {
-  /** Device address. */
-  addr: number;
-  /** Length in bytes. */
-  len: number;
-  /** Device-writable. */
-  write: boolean;
-}
+export { type Segment, type Virtqueue, VirtqueueError } from "./queue.ts";
+import { type Segment, type Virtqueue, VirtqueueError } from "./queue.ts";
 
 /** A split virtqueue. */
-export class SplitQueue {
+export class SplitQueue implements Virtqueue {
   /** Number of descriptors (a power of two). */
   readonly size: number;
   /** Device addresses of the three parts. */
@@ -61,6 +44,8 @@ export class SplitQueue {
   readonly region: DmaRegion;
   /** Whether VIRTIO_F_EVENT_IDX was negotiated. */
   readonly eventIdx: boolean;
+  /** Always "split". */
+  readonly format = "split";
 
   readonly #mask: number;
   readonly #desc: Uint32Array; // per descriptor: addr lo, addr hi, len, flags | next << 16

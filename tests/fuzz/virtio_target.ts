@@ -14,10 +14,16 @@ const DEFAULT_FEATURES = F.VERSION_1 | F.ACCESS_PLATFORM | F.RING_EVENT_IDX | NE
   NET_F.CTRL_MAC_ADDR;
 const OPTIONAL = [F.RING_EVENT_IDX, NET_F.MRG_RXBUF, NET_F.CSUM, NET_F.GUEST_CSUM, NET_F.CTRL_VQ, NET_F.MQ];
 
-/** Write a random used-ring byte, index or entry of queue `qi`. */
+/** The bytes a device writes on queue `qi`: the used ring (split), the descriptor ring (packed). */
+function deviceWritten(m: VirtioNetModel, qi: number): Uint8Array {
+  const q = m.queue(qi);
+  return m.packed ? m.dma.resolve(q.desc, 16 * q.size) : m.dma.resolve(q.device, 4 + 8 * q.size);
+}
+
+/** Write a random used-ring (or packed descriptor) byte, index or entry of queue `qi`. */
 function corruptUsed(m: VirtioNetModel, rng: Rng, qi: number): void {
   const q = m.queue(qi);
-  const u = m.dma.resolve(q.device, 4 + 8 * q.size);
+  const u = deviceWritten(m, qi);
   const what = rng.int(0, 3);
   if (what === 0) u[rng.int(0, u.length - 1)] = rng.int(0, 255);
   else if (what === 1) m.jumpUsedIdx(qi, rng.pick([1, 2, rng.int(3, 70000), 0xffff, 0x8000]));
@@ -33,7 +39,7 @@ function corruptUsed(m: VirtioNetModel, rng: Rng, qi: number): void {
 /** One virtio iteration: a fresh model and driver, `steps` hostile and valid events (config mutated too with `mutateConfig`). */
 export async function virtioIteration(rng: Rng, steps: number, mutateConfig: boolean): Promise<Result> {
   const mtu = rng.pick([1500, 68, 1400, 9000, 576]);
-  let features = DEFAULT_FEATURES;
+  let features = DEFAULT_FEATURES | (rng.bool(0.5) ? F.RING_PACKED : 0n);
   for (const f of OPTIONAL) if (rng.bool(0.2)) features &= ~f;
   const maxPairs = rng.int(1, 4);
   const model = new VirtioNetModel({
@@ -71,6 +77,7 @@ export async function virtioIteration(rng: Rng, steps: number, mutateConfig: boo
       disable: rng.bool(0.2) ? rng.pick(OPTIONAL) : 0n,
       promiscuous: rng.bool(0.2),
       queueSize: rng.pick([undefined, 2, 16, 4096]),
+      ring: rng.pick(["split", "packed"] as const),
     });
   } catch (e) {
     if (model.dma.live !== 0) {
@@ -178,9 +185,8 @@ export async function virtioIteration(rng: Rng, steps: number, mutateConfig: boo
 /** One virtio-race iteration: a Worker flips ring bytes while the driver runs. */
 export async function raceIteration(rng: Rng, steps: number): Promise<Result> {
   const model = new VirtioNetModel({ sharedDma: true, queueMax: rng.pick([16, 256]) });
-  const nic = VirtioNet.openPci(model.pci());
-  const q = model.queue(0);
-  const used = model.dma.resolve(q.device, 4 + 8 * q.size);
+  const nic = VirtioNet.openPci(model.pci(), { ring: rng.pick(["split", "packed"] as const) });
+  const used = deviceWritten(model, 0);
   const w = new Worker(new URL("./flipper.ts", import.meta.url).href, { type: "module" });
   const msgs: unknown[] = [];
   let wake: (() => void) | null = null;

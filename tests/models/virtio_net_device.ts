@@ -5,6 +5,7 @@
  */
 import { F, NET_F, VIRTIO_ID } from "../../drivers/virtio/features.ts";
 import { Chain, type DeviceQueue } from "../../drivers/virtio/device_queue.ts";
+import { advance, isAvail, usedFlags } from "../../drivers/virtio/packed_ring.ts";
 import {
   availEntry,
   availEventOffset,
@@ -58,7 +59,7 @@ export class VirtioNetModel extends VirtioPciModel {
     super(
       VIRTIO_ID.NET,
       opts.features ??
-        (F.VERSION_1 | F.ACCESS_PLATFORM | F.RING_EVENT_IDX | NET_F.MAC | NET_F.STATUS |
+        (F.VERSION_1 | F.ACCESS_PLATFORM | F.RING_EVENT_IDX | F.RING_PACKED | NET_F.MAC | NET_F.STATUS |
           NET_F.MRG_RXBUF | NET_F.CSUM | NET_F.GUEST_CSUM | NET_F.CTRL_VQ | NET_F.CTRL_RX | NET_F.MQ |
           NET_F.MTU | NET_F.CTRL_MAC_ADDR),
       2 * maxPairs + 1,
@@ -193,7 +194,7 @@ export class VirtioNetModel extends VirtioPciModel {
   #fastViews(qi: number) {
     let v = this.#fast.get(qi);
     if (!v) {
-      const q = this.queues[qi], dq = this.dq(qi);
+      const q = this.queues[qi], dq = this.dq(qi) as DeviceQueue;
       const a = this.mem(q.driver, usedEventOffset(q.size) + 2),
         u = this.mem(q.device, availEventOffset(q.size) + 2);
       v = {
@@ -206,8 +207,38 @@ export class VirtioNetModel extends VirtioPciModel {
     }
     return v;
   }
+  #packedFast = new Map<
+    number,
+    { d32: Uint32Array; d16: Uint16Array; lin: { avail: number; used: number } }
+  >();
+  /** Packed rings: single-descriptor buffers completed in place, in order (the used slot is the taken one). */
+  #fastCompletePacked(qi: number, len: number): number {
+    let v = this.#packedFast.get(qi);
+    if (!v) {
+      const q = this.queues[qi], r = this.mem(q.desc, 16 * q.size);
+      v = {
+        d32: new Uint32Array(r.buffer, r.byteOffset, 4 * q.size),
+        d16: new Uint16Array(r.buffer, r.byteOffset, 8 * q.size),
+        lin: { avail: 0, used: 0 },
+      };
+      this.#packedFast.set(qi, v);
+    }
+    const { d32, d16, lin } = v, size = this.queues[qi].size, mask = size - 1;
+    let n = 0, at = lin.avail;
+    while (n < size && isAvail(d16[((at & mask) << 3) + 7], at, size)) {
+      const s = at & mask;
+      d32[(s << 2) + 2] = len;
+      d16[(s << 3) + 7] = usedFlags(at, size);
+      at = advance(at, 1, size);
+      n++;
+    }
+    lin.avail = lin.used = at;
+    return n;
+  }
+
   /** Complete every available buffer of queue `qi` with length `len` (TX: 0). Returns how many. */
   fastComplete(qi: number, len: number): number {
+    if (this.packed) return this.#fastCompletePacked(qi, len);
     const { dq, avail, used32, used16 } = this.#fastViews(qi);
     const end = avail[RING.IDX >> 1], mask = dq.size - 1;
     let n = 0;

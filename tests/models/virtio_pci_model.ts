@@ -6,7 +6,9 @@
  * queues' work and its device config. Drivers run unchanged against it; tests can make it misbehave.
  */
 import { F, STATUS } from "../../drivers/virtio/features.ts";
-import { DeviceQueue, DeviceQueueError } from "../../drivers/virtio/device_queue.ts";
+import { DeviceQueue, DeviceQueueError, type DeviceRing } from "../../drivers/virtio/device_queue.ts";
+import { PackedDeviceQueue } from "../../drivers/virtio/packed_device_queue.ts";
+import { PvdrvError } from "../../hal/errors.ts";
 import { COMMON_CFG as C, COMMON_CFG_LEN } from "../../drivers/virtio/pci.ts";
 import { ModelIrq } from "./irq.ts";
 import { ModelDmaAllocator } from "../../hal/dma.ts";
@@ -54,7 +56,7 @@ export interface ModelQueue {
   enabled: boolean;
   vector: number;
   /** The device side of the ring, made at first use after DRIVER_OK (null while the driver sets it up). */
-  dq: DeviceQueue | null;
+  dq: DeviceRing | null;
 }
 
 /** A virtio device model on the PCI transport. */
@@ -429,9 +431,9 @@ export abstract class VirtioPciModel {
   }
 
   /** Queue `qi`'s device side (its ring areas resolved once, after the driver set them up). */
-  protected dq(qi: number): DeviceQueue {
+  protected dq(qi: number): DeviceRing {
     const q = this.queues[qi];
-    q.dq ??= new DeviceQueue(
+    q.dq ??= new (this.packed ? PackedDeviceQueue : DeviceQueue)(
       qi,
       q.size,
       (addr, len) => this.mem(addr, len),
@@ -439,6 +441,11 @@ export abstract class VirtioPciModel {
       (this.driverFeatures & F.RING_EVENT_IDX) !== 0n,
     );
     return q.dq;
+  }
+
+  /** Whether the driver negotiated packed rings (VIRTIO_F_RING_PACKED, §2.8). */
+  get packed(): boolean {
+    return (this.driverFeatures & F.RING_PACKED) !== 0n;
   }
 
   /** Put a used element on queue `qi` and interrupt when the driver wants one. */
@@ -469,7 +476,10 @@ export abstract class VirtioPciModel {
    * {@link VirtioPciModel.driverErrors}, and the device stops using the queue.
    */
   protected driverBroke<T>(e: unknown, result: T): T {
-    if (!(e instanceof DeviceQueueError)) throw e;
+    // A packed ring's descriptors are written by both sides: one a hostile model scribbled on may name unmapped
+    // memory, which a device treats as the driver's error (QEMU: virtio_error). Split rings' never are.
+    const dmaFault = this.packed && e instanceof PvdrvError && e.kind === "dma";
+    if (!(e instanceof DeviceQueueError) && !dmaFault) throw e;
     this.driverErrors.push(e.message);
     this.devStatus |= STATUS.DEVICE_NEEDS_RESET;
     return result;

@@ -1,5 +1,5 @@
 import assert from "assert";
-import { VirtioNet } from "../../drivers/virtio/net.ts";
+import { type RingFormat, VirtioNet } from "../../drivers/virtio/net.ts";
 import { F, NET_F, STATUS } from "../../drivers/virtio/features.ts";
 import { VirtqueueError } from "../../drivers/virtio/virtqueue.ts";
 import { VirtioError } from "../../drivers/virtio/transport.ts";
@@ -9,8 +9,23 @@ import { VirtioNetModel } from "../models/virtio_net_device.ts";
 
 const DST = new Uint8Array([0x52, 0x54, 0, 0, 0, 2]);
 
+// Every test runs twice: on split rings (virtio 1.2 §2.7) and on packed ones (§2.8). `ring` is the current one.
+let ring: RingFormat = "split";
+function test(name: string, fn: () => void | Promise<void>): void {
+  for (const r of ["split", "packed"] as const) {
+    Deno.test(`${name} [${r}]`, async () => {
+      ring = r;
+      try {
+        await fn();
+      } finally {
+        ring = "split";
+      }
+    });
+  }
+}
+
 function open(model: VirtioNetModel, opts = {}) {
-  return VirtioNet.openPci(model.pci(), opts);
+  return VirtioNet.openPci(model.pci(), { ring, ...opts });
 }
 
 function sendFrames(nic: VirtioNet, sizes: number[], firstSeq = 0, queue = 0): number {
@@ -32,7 +47,7 @@ function sendFrames(nic: VirtioNet, sizes: number[], firstSeq = 0, queue = 0): n
   return sent;
 }
 
-Deno.test("virtio-net: handshake against the model negotiates the intersection and reads the config", () => {
+test("virtio-net: handshake against the model negotiates the intersection and reads the config", () => {
   const model = new VirtioNetModel({ mac: [2, 0, 0, 0, 0, 9], mtu: 1400 });
   const nic = open(model);
   try {
@@ -50,6 +65,8 @@ Deno.test("virtio-net: handshake against the model negotiates the intersection a
     assert.equal(nic.hdrLen, 12);
     assert.equal(nic.queues, 1);
     assert.equal(nic.transport, "modern");
+    assert.equal(nic.ring, ring);
+    assert.equal(model.packed, ring === "packed");
     assert.equal(model.rxAvailable(), 256, "RX ring filled");
     assert.equal(nic.linkUp(), true);
     model.linkUp = false;
@@ -61,7 +78,7 @@ Deno.test("virtio-net: handshake against the model negotiates the intersection a
   assert.equal(model.dma.live, 0, "close frees every DMA region");
 });
 
-Deno.test("virtio-net: feature subsets — minimal device, no VERSION_1, FEATURES_OK refused", () => {
+test("virtio-net: feature subsets — minimal device, no VERSION_1, FEATURES_OK refused", () => {
   const minimal = new VirtioNetModel({ features: F.VERSION_1 | F.ACCESS_PLATFORM });
   const nic = open(minimal);
   try {
@@ -83,7 +100,7 @@ Deno.test("virtio-net: feature subsets — minimal device, no VERSION_1, FEATURE
   assert.ok(m.status & STATUS.FAILED);
 });
 
-Deno.test("virtio-net: TX of mixed sizes arrives byte-exact with zeroed headers, one doorbell per batch", () => {
+test("virtio-net: TX of mixed sizes arrives byte-exact with zeroed headers, one doorbell per batch", () => {
   const model = new VirtioNetModel();
   const nic = open(model);
   try {
@@ -107,7 +124,7 @@ Deno.test("virtio-net: TX of mixed sizes arrives byte-exact with zeroed headers,
   }
 });
 
-Deno.test("virtio-net: TX checksum offload fills the header", () => {
+test("virtio-net: TX checksum offload fills the header", () => {
   const model = new VirtioNetModel();
   const nic = open(model);
   try {
@@ -127,7 +144,7 @@ Deno.test("virtio-net: TX checksum offload fills the header", () => {
   }
 });
 
-Deno.test("virtio-net: RX delivers byte-exact frames with flags, release refills", () => {
+test("virtio-net: RX delivers byte-exact frames with flags, release refills", () => {
   const model = new VirtioNetModel();
   const nic = open(model);
   try {
@@ -162,7 +179,7 @@ Deno.test("virtio-net: RX delivers byte-exact frames with flags, release refills
   }
 });
 
-Deno.test("virtio-net: a frame spread over several mergeable buffers is dropped cleanly, the next one is fine", () => {
+test("virtio-net: a frame spread over several mergeable buffers is dropped cleanly, the next one is fine", () => {
   const model = new VirtioNetModel();
   const nic = open(model);
   try {
@@ -181,7 +198,7 @@ Deno.test("virtio-net: a frame spread over several mergeable buffers is dropped 
   }
 });
 
-Deno.test("virtio-net: multi-queue sets the pair count over the control queue and uses every pair", () => {
+test("virtio-net: multi-queue sets the pair count over the control queue and uses every pair", () => {
   const model = new VirtioNetModel({ maxPairs: 4 });
   const nic = open(model, { queues: 3, promiscuous: true });
   try {
@@ -211,24 +228,27 @@ Deno.test("virtio-net: multi-queue sets the pair count over the control queue an
   }
 });
 
-Deno.test("virtio-net: EVENT_IDX suppresses doorbells the device did not ask for, and interrupts while polling", () => {
+test("virtio-net: EVENT_IDX suppresses doorbells the device did not ask for, and interrupts while polling", () => {
   const model = new VirtioNetModel({ autoProcess: false });
   const nic = open(model);
   try {
     sendFrames(nic, [60, 60]);
     assert.equal(model.notifies[1], 1);
-    sendFrames(nic, [60, 60]); // device has not caught up: avail_event still at 0
-    assert.equal(model.notifies[1], 1, "second kick suppressed");
-    model.process(1);
+    model.process(1); // the device asks for a notification at the next buffer (avail_event / its event area)
     sendFrames(nic, [60]);
     assert.equal(model.notifies[1], 2, "device asked again after processing");
+    sendFrames(nic, [60, 60]); // device has not caught up: the point it asked for is behind
+    assert.equal(model.notifies[1], 2, "next kick suppressed");
     const f = new Uint8Array(60);
     for (let i = 0; i < 20; i++) model.deliver(f);
     assert.equal(model.interrupts[0], 0, "no RX interrupts in polling mode");
   } finally {
     nic.close();
   }
-  const legacyStyle = new VirtioNetModel({ autoProcess: false, features: F.VERSION_1 | F.ACCESS_PLATFORM });
+  const legacyStyle = new VirtioNetModel({
+    autoProcess: false,
+    features: F.VERSION_1 | F.ACCESS_PLATFORM | F.RING_PACKED,
+  });
   const n2 = open(legacyStyle);
   try {
     for (let i = 0; i < 5; i++) legacyStyle.deliver(new Uint8Array(60));
@@ -238,7 +258,7 @@ Deno.test("virtio-net: EVENT_IDX suppresses doorbells the device did not ask for
   }
 });
 
-Deno.test("virtio-net: interrupt mode (MSI-X) wakes on RX and stays quiet otherwise", async () => {
+test("virtio-net: interrupt mode (MSI-X) wakes on RX and stays quiet otherwise", async () => {
   const model = new VirtioNetModel();
   const nic = open(model, { irq: "msix" });
   try {
@@ -267,7 +287,7 @@ Deno.test("virtio-net: interrupt mode (MSI-X) wakes on RX and stays quiet otherw
   polled.close();
 });
 
-Deno.test("virtio-net: ring indices wrap past 2^16 on both queues without loss", () => {
+test("virtio-net: ring indices wrap past 2^16 on both queues without loss", () => {
   const model = new VirtioNetModel();
   const nic = open(model, { queueSize: 64 });
   try {
@@ -307,18 +327,22 @@ Deno.test("virtio-net: ring indices wrap past 2^16 on both queues without loss",
   }
 });
 
-Deno.test("virtio-net: a hostile device (bad id, oversize length, used.idx jump) breaks the queue cleanly", () => {
+test("virtio-net: a hostile device (bad id, oversize length, used.idx jump) breaks the queue cleanly", () => {
   for (
     const [name, act] of [
       ["id out of range", (m: VirtioNetModel) => m.forgeUsed(0, 999, 60)],
-      ["id not owned", (m: VirtioNetModel) => m.forgeUsed(1, 3, 0)],
+      ["id not owned", (m: VirtioNetModel, nic: VirtioNet) => {
+        sendFrames(nic, [60]); // buffer 0 goes out; the device returns 3
+        m.forgeUsed(1, 3, 0);
+      }],
       ["length beyond the buffer", (m: VirtioNetModel) => m.forgeUsed(0, 0, 4096)],
+      // Split: used.idx runs past what is outstanding. Packed: used descriptors repeat one id.
       ["used.idx jump", (m: VirtioNetModel) => m.jumpUsedIdx(0, 5000)],
     ] as const
   ) {
-    const model = new VirtioNetModel();
+    const model = new VirtioNetModel({ autoProcess: false });
     const nic = open(model);
-    act(model);
+    act(model, nic);
     const q = name === "id not owned" ? "tx" : "rx";
     const run = () => (q === "rx" ? nic.receiveBatch([], 32) : nic.reclaimTx());
     assert.throws(run, VirtqueueError, name);
@@ -334,7 +358,7 @@ Deno.test("virtio-net: a hostile device (bad id, oversize length, used.idx jump)
   nic.close();
 });
 
-Deno.test("virtio-net: buffer ownership is enforced", () => {
+test("virtio-net: buffer ownership is enforced", () => {
   const model = new VirtioNetModel();
   const nic = open(model);
   try {
@@ -357,7 +381,7 @@ Deno.test("virtio-net: buffer ownership is enforced", () => {
   void VirtioError;
 });
 
-Deno.test("virtio-net over a fake legacy transport: 32 feature bits, fixed queue sizes, frames both ways", () => {
+test("virtio-net over a fake legacy transport: 32 feature bits, fixed queue sizes, frames both ways", () => {
   const model = new VirtioNetModel({ queueMax: 128 });
   const nic = VirtioNet.open(model.legacyBus(), { queueSize: 64 });
   try {
@@ -383,7 +407,7 @@ Deno.test("virtio-net over a fake legacy transport: 32 feature bits, fixed queue
   assert.equal(model.dma.live, 0);
 });
 
-Deno.test("NIC core: a ring that breaks while refilling keeps the frames already received; the next call throws", async () => {
+test("NIC core: a ring that breaks while refilling keeps the frames already received; the next call throws", async () => {
   const model = new VirtioNetModel();
   const nic = open(model);
   try {
@@ -410,7 +434,7 @@ Deno.test("NIC core: a ring that breaks while refilling keeps the frames already
   }
 });
 
-Deno.test("virtio-net: a buffer from another NIC is refused on release, first in its batch or not", async () => {
+test("virtio-net: a buffer from another NIC is refused on release, first in its batch or not", async () => {
   const a = open(new VirtioNetModel()), b = open(new VirtioNetModel());
   try {
     const mine: PacketBuffer[] = [], theirs: PacketBuffer[] = [];
@@ -425,7 +449,7 @@ Deno.test("virtio-net: a buffer from another NIC is refused on release, first in
   }
 });
 
-Deno.test("virtio-net legacy without MRG_RXBUF: a 10-byte header, and TX frames arrive byte-exact", () => {
+test("virtio-net legacy without MRG_RXBUF: a 10-byte header, and TX frames arrive byte-exact", () => {
   const model = new VirtioNetModel({ queueMax: 128, features: NET_F.MAC | NET_F.STATUS });
   const nic = VirtioNet.open(model.legacyBus(), { queueSize: 64 });
   try {
@@ -446,7 +470,7 @@ Deno.test("virtio-net legacy without MRG_RXBUF: a 10-byte header, and TX frames 
   }
 });
 
-Deno.test("virtio-net: a queue size that is not a power of two is rounded down to one (modern)", async () => {
+test("virtio-net: a queue size that is not a power of two is rounded down to one (modern)", async () => {
   const model = new VirtioNetModel({ queueSizeOf: () => 300 });
   const nic = open(model, { queueSize: 1024 });
   try {
@@ -457,7 +481,7 @@ Deno.test("virtio-net: a queue size that is not a power of two is rounded down t
   }
 });
 
-Deno.test("settledStats: TX completions the hot path has not reclaimed yet are counted", async () => {
+test("settledStats: TX completions the hot path has not reclaimed yet are counted", async () => {
   const model = new VirtioNetModel();
   const nic = open(model);
   try {
