@@ -116,7 +116,9 @@ export function labNetArgs(ports: { wirePeer: number; guestForWire: number; forw
     args.push(
       ...dgram(name, here, there),
       "-device",
-      `virtio-net-pci,netdev=${name},addr=${slot},mac=${n.mac},romfile=${DEVICE_PROPS[n.device]}`,
+      `virtio-net-pci,netdev=${name},addr=${slot},mac=${n.mac},romfile=${DEVICE_PROPS[n.device]}` +
+        // Modern NICs offer packed rings too (virtio 1.2 §2.8): each driver picks its format.
+        (n.device === "modern" ? ",packed=on" : ""),
     );
   }
   return args;
