@@ -5,7 +5,7 @@
  */
 import { F, NET_F, VIRTIO_ID } from "../../drivers/virtio/features.ts";
 import { Chain, type DeviceQueue } from "../../drivers/virtio/device_queue.ts";
-import { advance, isAvail, usedFlags } from "../../drivers/virtio/packed_ring.ts";
+import { advance, EVENT_FLAGS, isAvail, usedFlags } from "../../drivers/virtio/packed_ring.ts";
 import {
   availEntry,
   availEventOffset,
@@ -222,6 +222,10 @@ export class VirtioNetModel extends VirtioPciModel {
         lin: { avail: 0, used: 0 },
       };
       this.#packedFast.set(qi, v);
+      // A polling device: it asks for no notifications (§2.8.10), as a split-ring one does by never moving
+      // avail_event.
+      const ev = this.mem(q.device, 4);
+      new DataView(ev.buffer, ev.byteOffset, 4).setUint16(2, EVENT_FLAGS.DISABLE, true);
     }
     const { d32, d16, lin } = v, size = this.queues[qi].size, mask = size - 1;
     let n = 0, at = lin.avail;

@@ -111,7 +111,9 @@ Deno.test("packed queue: a bound pool posts by index and checks every returned i
   drv.bindPool(pool, 2048, true);
   const ids = new Uint16Array(8);
   let n = pool.takeIndicesForDevice(ids, 8);
-  drv.postSlots(ids, n);
+  drv.postSlots(ids, 3);
+  drv.postSlots(ids.subarray(3), n - 3);
+  assert.equal(dev.available(), 0, "a batch is held back whole until the kick");
   drv.kick();
   const c = new Chain();
   const taken: number[] = [];
