@@ -7,7 +7,7 @@ import { type Nic, settledStats } from "../drivers/net/nic.ts";
 import { ipText } from "../net/ipv4.ts";
 import { pingRun } from "../apps/ping.ts";
 import { intArg, parse, runMain, UsageError } from "./lib/common.ts";
-import { mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals } from "./lib/nic_args.ts";
+import { mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals, ringArg } from "./lib/nic_args.ts";
 import { HOST_OPTIONS, HOST_USAGE, hostArgs, hostIrqArg, ipArg, startHost } from "./lib/host_args.ts";
 
 const USAGE = `usage: deno task ping <nic> <ip> [options]
@@ -44,7 +44,11 @@ await runMain(USAGE, async () => {
   const warmup = intArg("warmup", values.warmup, 0, 0, 10_000);
   const addr = hostArgs(values);
   const irq = hostIrqArg(values.irq, name);
-  const nic: Nic = await openNic(name, { irq, mtu: mtuArg(values.mtu, name) });
+  const nic: Nic = await openNic(name, {
+    irq,
+    mtu: mtuArg(values.mtu, name),
+    ring: ringArg(values.ring, name),
+  });
   let stopping = false;
   try {
     if (size > nic.mtu - 28) throw new UsageError(`--size must be at most ${nic.mtu - 28} (MTU ${nic.mtu})`);

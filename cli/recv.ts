@@ -8,7 +8,7 @@ import { PcapWriter } from "../apps/pcap.ts";
 import { FrameCheck } from "../apps/frames.ts";
 import { receive } from "../apps/traffic.ts";
 import { intArg, isTerminal, parse, runMain, UsageError } from "./lib/common.ts";
-import { irqArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals } from "./lib/nic_args.ts";
+import { irqArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals, ringArg } from "./lib/nic_args.ts";
 import { HOST_OPTIONS, HOST_USAGE, hostArgs, hostIrqArg } from "./lib/host_args.ts";
 import { runUdp } from "./lib/udp_run.ts";
 
@@ -54,6 +54,7 @@ await runMain(USAGE, async () => {
       addr: hostArgs(values),
       irq: hostIrqArg(values.irq, name),
       mtu: mtuArg(values.mtu, name),
+      ring: ringArg(values.ring, name),
       json: !!values.json,
     });
   }
@@ -75,7 +76,7 @@ await runMain(USAGE, async () => {
   }
   let nic: Nic;
   try {
-    nic = await openNic(name, { irq, promiscuous: values.promisc, mtu });
+    nic = await openNic(name, { irq, promiscuous: values.promisc, mtu, ring: ringArg(values.ring, name) });
   } catch (e) {
     pcap?.close();
     throw e;

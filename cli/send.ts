@@ -6,7 +6,7 @@ import { openNic } from "../system/table.ts";
 import { parseMac, totalStats } from "../drivers/net/nic.ts";
 import { generate } from "../apps/traffic.ts";
 import { intArg, isTerminal, parse, runMain, UsageError } from "./lib/common.ts";
-import { irqArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals } from "./lib/nic_args.ts";
+import { irqArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals, ringArg } from "./lib/nic_args.ts";
 import {
   endpointArg,
   HOST_OPTIONS,
@@ -69,6 +69,7 @@ await runMain(USAGE, async () => {
       addr: hostArgs(values),
       irq: hostIrqArg(values.irq, name),
       mtu: mtuArg(values.mtu, name),
+      ring: ringArg(values.ring, name),
       json: !!values.json,
     });
   }
@@ -101,6 +102,7 @@ await runMain(USAGE, async () => {
     irq: irqArg(values.irq),
     queues: queue + 1,
     mtu: mtuArg(values.mtu, name),
+    ring: ringArg(values.ring, name),
   });
   onSignals(() => nic.close());
   try {

@@ -4,7 +4,7 @@
  */
 import { MIN_DATAGRAM } from "../apps/datagrams.ts";
 import { intArg, parse, runMain, UsageError } from "./lib/common.ts";
-import { mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg } from "./lib/nic_args.ts";
+import { mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, ringArg } from "./lib/nic_args.ts";
 import {
   endpointArg,
   HOST_OPTIONS,
@@ -73,6 +73,7 @@ await runMain(USAGE, async () => {
     addr: hostArgs(values),
     irq: hostIrqArg(values.irq, name),
     mtu: mtuArg(values.mtu, name),
+    ring: ringArg(values.ring, name),
     json: !!values.json,
   });
 });

@@ -13,6 +13,7 @@ import { Evtchn, Gntalloc } from "../ffi/xen.ts";
 import type { Nic } from "../drivers/net/nic.ts";
 import { VIRTIO_NET, VirtioNet } from "../drivers/virtio/net.ts";
 import { VIRTIO_BLK, VirtioBlk } from "../drivers/virtio/blk.ts";
+import type { RingFormat } from "../drivers/virtio/net.ts";
 import type { Disk } from "../drivers/block/disk.ts";
 import type { Closeable, IrqMode } from "../drivers/core/device.ts";
 import { virtioDeviceType } from "../drivers/virtio/pci.ts";
@@ -32,6 +33,8 @@ export interface OpenOptions {
   promiscuous?: boolean;
   /** MTU (netfront; above 1500 uses multi-slot frames). */
   mtu?: number;
+  /** Virtqueue format (virtio-net; packed when the device offers it). */
+  ring?: RingFormat;
   /** The sysfs tree PCI devices are found in (default /sys; a fixture tree in tests). */
   sysfs?: string;
 }
@@ -111,6 +114,7 @@ function openVirtioNet(address: string, opts: OpenOptions): Promise<Nic> {
     irq: opts.irq ?? "poll",
     queues: opts.queues,
     promiscuous: opts.promiscuous,
+    ring: opts.ring,
     ownsPci: true,
   }));
 }

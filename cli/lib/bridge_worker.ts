@@ -26,7 +26,7 @@ self.onmessage = async (e: MessageEvent<BridgeConfig>) => {
   let nic: Nic | null = null, tap: TapDevice | null = null, host: NetHost | null = null;
   try {
     const interrupts = cfg.irq !== "poll";
-    nic = await openNic(cfg.nic, { irq: cfg.irq, mtu: cfg.mtu });
+    nic = await openNic(cfg.nic, { irq: cfg.irq, mtu: cfg.mtu, ring: cfg.ring });
     tap = TapDevice.create(cfg.tap);
     const mac = macToString(nic.mac);
     await ip(["link", "set", "dev", tap.name, "address", mac, "mtu", String(nic.mtu), "up"]);

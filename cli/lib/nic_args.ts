@@ -5,11 +5,13 @@
 import { parsePciAddress } from "../../ffi/sysfs.ts";
 import { UsageError } from "./common.ts";
 import type { IrqMode } from "../../drivers/net/nic.ts";
+import type { RingFormat } from "../../drivers/virtio/net.ts";
 
 /** Options every NIC task takes (spread into its `parse` options), and their usage lines. */
 export const NIC_OPTIONS = {
   irq: { type: "string" },
   mtu: { type: "string" },
+  ring: { type: "string" },
   json: { type: "boolean" },
   help: { type: "boolean", short: "h" },
 } as const;
@@ -17,6 +19,7 @@ export const NIC_OPTIONS = {
 /** Usage lines of {@link NIC_OPTIONS}. */
 export const NIC_USAGE = `  --irq MODE        poll | msix | intx (default poll)
   --mtu N           vif/N only: MTU, up to 65517 (above 1500: multi-slot frames, needs feature-sg)
+  --ring FORMAT     virtio-net on PCI only: split | packed (packed when the device offers it; default split)
   --json            print the summary as JSON`;
 
 /** The one positional NIC name: a PCI address (normalised) or vif/N. */
@@ -68,6 +71,14 @@ export function diskIrqArg(
   if (v === undefined || v === "poll") return { name: "poll", mode: "poll", sleep: false };
   if (v === "evtchn") return { name: v, mode: "poll", sleep: true };
   throw new UsageError(`--irq for a Xen vbd must be poll or evtchn, got '${v}'`);
+}
+
+/** --ring: a virtio-net PCI NIC's virtqueue format (virtio 1.2 §2.7 split, §2.8 packed). */
+export function ringArg(v: string | undefined, nic: string): RingFormat | undefined {
+  if (v === undefined) return undefined;
+  if (v !== "split" && v !== "packed") throw new UsageError(`--ring must be split or packed, got '${v}'`);
+  if (!/^[0-9a-f]{4}:/.test(nic)) throw new UsageError(`--ring applies to virtio-net on PCI, not '${nic}'`);
+  return v;
 }
 
 /** --mtu: netfront only (virtio-net uses the device's own MTU). */

@@ -8,7 +8,8 @@ import type { IrqMode, QueueStats } from "../../drivers/net/nic.ts";
 import { ipText } from "../../net/ipv4.ts";
 import { UsageError } from "./common.ts";
 import { hostArgs, hostIrqArg } from "./host_args.ts";
-import { mtuArg } from "./nic_args.ts";
+import { mtuArg, ringArg } from "./nic_args.ts";
+import type { RingFormat } from "../../drivers/virtio/net.ts";
 
 /** What the worker is told. */
 export interface BridgeConfig {
@@ -18,6 +19,8 @@ export interface BridgeConfig {
   irq: IrqMode;
   /** Netfront MTU. */
   mtu?: number;
+  /** virtio-net ring format. */
+  ring?: RingFormat;
   /** TAP name (may end in %d). */
   tap: string;
   /** Static address for the TAP ("10.0.0.2/24"). */
@@ -35,7 +38,7 @@ export interface BridgeConfig {
  * is optional for `tap` (the user may configure the interface) and required for `serve`.
  */
 export function bridgeConfig(
-  v: { name?: string; ip?: string; gw?: string; dhcp?: boolean; irq?: string; mtu?: string },
+  v: { name?: string; ip?: string; gw?: string; dhcp?: boolean; irq?: string; mtu?: string; ring?: string },
   nic: string,
   addressRequired: boolean,
 ): Omit<BridgeConfig, "control"> {
@@ -46,6 +49,7 @@ export function bridgeConfig(
     nic,
     irq: hostIrqArg(v.irq, nic),
     mtu: mtuArg(v.mtu, nic),
+    ring: ringArg(v.ring, nic),
     tap,
     cidr: addr.cidr ? `${ipText(addr.cidr.ip)}/${addr.cidr.prefix}` : undefined,
     gateway: addr.gateway === undefined ? undefined : ipText(addr.gateway),

@@ -5,6 +5,7 @@
  */
 import { openNic } from "../../system/table.ts";
 import { type IrqMode, type Nic, settledStats } from "../../drivers/net/nic.ts";
+import type { RingFormat } from "../../drivers/virtio/net.ts";
 import { ipText } from "../../net/ipv4.ts";
 import { checkDatagram, echoRun, recvRun, writeDatagram } from "../../apps/datagrams.ts";
 import { frameSize } from "../../apps/traffic.ts";
@@ -45,6 +46,8 @@ export interface UdpRunOptions {
   irq: IrqMode;
   /** Netfront MTU. */
   mtu?: number;
+  /** virtio-net ring format. */
+  ring?: RingFormat;
   /** Print the summary as JSON. */
   json: boolean;
 }
@@ -52,7 +55,7 @@ export interface UdpRunOptions {
 /** Run it; the exit code (0: everything sent, echoed or received intact). */
 export async function runUdp(o: UdpRunOptions): Promise<number> {
   const { name, mode, to, port, count, min, max, window, timeoutMs, addr, irq } = o;
-  const nic: Nic = await openNic(name, { irq, mtu: o.mtu });
+  const nic: Nic = await openNic(name, { irq, mtu: o.mtu, ring: o.ring });
   let stopping = false;
   try {
     if (mode === "send" && max > nic.mtu - 28) {
