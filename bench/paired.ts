@@ -86,7 +86,8 @@ export function pairedTable(res: PairedResult[]): string {
 
 /** The case sets, each measured in a process of its own (a driver's code is not made polymorphic by another's). */
 const SETS: Record<string, () => Promise<{ cases: BenchCase[]; close(): void }>> = {
-  "virtio-net": async () => (await import("./virtio_net_cases.ts")).virtioNetCases(),
+  "virtio-net": async () => (await import("./virtio_net_cases.ts")).virtioNetCases("split"),
+  "virtio-net-packed": async () => (await import("./virtio_net_cases.ts")).virtioNetCases("packed"),
   "vhost-device": async () => (await import("./vhost_device_cases.ts")).vhostDeviceCases(),
 };
 

@@ -5,7 +5,7 @@
  */
 
 /** The drivers compared on the same NIC in one boot. */
-export type BenchDriver = "pvdrv" | "testpmd" | "kernel" | "pktgen";
+export type BenchDriver = "pvdrv" | "pvdrv-packed" | "testpmd" | "kernel" | "pktgen";
 /** What a row measures: frames sent (host-counted), received, or forwarded from 0000:00:06.0 to 0000:00:09.0. */
 export type BenchTest = "tx" | "rx" | "fwd";
 
@@ -22,6 +22,8 @@ export interface BenchPlan {
    * every cell, so a cell's ratio is the median of per-round ratios of neighbours in time, with their spread.
    */
   rounds: number;
+  /** Whether pvdrv also runs each round on packed rings (virtio 1.2 §2.8), right after its split-ring cells. */
+  packed: boolean;
   /** Seconds per window. */
   windowSec: number;
   /** Seconds before the first window (ramp-up; discarded). */
@@ -42,6 +44,7 @@ export const FULL_PLAN: BenchPlan = {
   batches: [1, 8, 32, 128, 256],
   windows: 2,
   rounds: 3,
+  packed: true,
   windowSec: 1,
   warmSec: 0.5,
   warmupSec: 4,
@@ -56,6 +59,7 @@ export const QUICK_PLAN: BenchPlan = {
   batches: [32],
   windows: 3,
   rounds: 2,
+  packed: true,
   windowSec: 0.4,
   warmSec: 0.3,
   warmupSec: 2,

@@ -8,9 +8,10 @@ import { summarize } from "./wire_traffic.ts";
 import type { BenchRow, CpuRow } from "../bench_plan.ts";
 import type { VmBenchResult } from "./vm_bench.ts";
 
-const DRIVERS = ["pvdrv", "testpmd", "kernel", "pktgen"] as const;
+const DRIVERS = ["pvdrv", "pvdrv-packed", "testpmd", "kernel", "pktgen"] as const;
 const COLORS: Record<string, string> = {
   pvdrv: "#d62728",
+  "pvdrv-packed": "#ff7f0e",
   testpmd: "#1f77b4",
   kernel: "#2ca02c",
   pktgen: "#9467bd",
@@ -86,7 +87,8 @@ export function markdownTables(res: VmBenchResult): string {
     const sizes = [...new Set(res.rows.filter((r) => r.test === test).map((r) => r.size))];
     for (const size of sizes) {
       const drivers = DRIVERS.filter((d) => res.rows.some((r) => r.test === test && r.driver === d));
-      const hasKernel = drivers.includes("kernel");
+      const hasKernel = drivers.includes("kernel"), hasPacked = drivers.includes("pvdrv-packed");
+      const packedCols = hasPacked ? " | packed/testpmd | packed/split" : "";
       const rounds = res.plan.rounds ?? 1;
       out.push(
         `**${TITLES[test]}, ${size}-byte frames** (frames/s: median of ${
@@ -95,14 +97,14 @@ export function markdownTables(res: VmBenchResult): string {
       );
       out.push("");
       out.push(
-        `| batch | ${drivers.join(" | ")} | pvdrv/testpmd${hasKernel ? " | pvdrv/kernel" : ""}${
+        `| batch | ${drivers.join(" | ")} | pvdrv/testpmd${packedCols}${hasKernel ? " | pvdrv/kernel" : ""}${
           test !== "tx" ? " | offered" : ""
         } |`,
       );
       out.push(
-        `|---:|${drivers.map(() => "---:").join("|")}|---:|${hasKernel ? "---:|" : ""}${
-          test !== "tx" ? "---:|" : ""
-        }`,
+        `|---:|${drivers.map(() => "---:").join("|")}|---:|${hasPacked ? "---:|---:|" : ""}${
+          hasKernel ? "---:|" : ""
+        }${test !== "tx" ? "---:|" : ""}`,
       );
       const batches = [
         ...new Set(res.rows.filter((r) => r.test === test && r.size === size).map((r) => r.batch)),
@@ -119,10 +121,14 @@ export function markdownTables(res: VmBenchResult): string {
         const offered = test !== "tx"
           ? ` ${k(Math.max(...drivers.map((d) => cell(res.rows, test, d, size, b)?.offered ?? 0)))} |`
           : "";
+        const paired = (a: string, z: string) => pairedText(pairedRatios(res.rows, test, size, b, a, z));
+        const packed = hasPacked
+          ? ` ${paired("pvdrv-packed", "testpmd")} | ${paired("pvdrv-packed", "pvdrv")} |`
+          : "";
         out.push(
-          `| ${b} | ${cells.join(" | ")} | ${
-            pairedText(pairedRatios(res.rows, test, size, b, "pvdrv", "testpmd"))
-          } |${hasKernel ? ` ${ratio(p, median(cell(res.rows, test, "kernel", size, b)))} |` : ""}${offered}`,
+          `| ${b} | ${cells.join(" | ")} | ${paired("pvdrv", "testpmd")} |${packed}${
+            hasKernel ? ` ${ratio(p, median(cell(res.rows, test, "kernel", size, b)))} |` : ""
+          }${offered}`,
         );
       }
       out.push("");

@@ -40,6 +40,9 @@ Deno.test("lab: bench --vm --quick measures pvdrv, DPDK testpmd and the kernel o
     ["rx", "kernel"],
     ["fwd", "pvdrv"],
     ["fwd", "testpmd"],
+    ["tx", "pvdrv-packed"],
+    ["rx", "pvdrv-packed"],
+    ["fwd", "pvdrv-packed"],
   ];
   for (const [test, driver] of want) {
     // pvdrv and testpmd took the NIC in turn, every round; the kernel once.
@@ -60,6 +63,10 @@ Deno.test("lab: bench --vm --quick measures pvdrv, DPDK testpmd and the kernel o
     assert.ok(c && c.seconds > 0, `CPU row ${mode}`);
     if (mode !== "idle") assert.ok(c.received > 0, `${mode} received frames at a fixed rate`);
   }
-  // Each pvdrv/testpmd cell is a median of paired rounds with their spread.
-  assert.match(markdownTables(res), /\| 32 \| [^\n]*\| \d+\.\d\dx \(\d+\.\d\d–\d+\.\d\d\) \|/);
+  // Each pvdrv/testpmd cell is a median of paired rounds with their spread; packed rings against testpmd and
+  // against split rings too.
+  const md = markdownTables(res);
+  assert.match(md, /\| 32 \| [^\n]*\| \d+\.\d\dx \(\d+\.\d\d–\d+\.\d\d\) \|/);
+  assert.match(md, /packed\/testpmd \| packed\/split/);
+  assert.match(md, /\| 32 \|([^|\n]*\|){6} \d+\.\d\dx \(\d+\.\d\d–\d+\.\d\d\) \| \d+\.\d\dx \(/);
 });
