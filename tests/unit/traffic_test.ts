@@ -1,6 +1,8 @@
 /** The traffic loops (apps/traffic.ts). */
 import assert from "assert";
-import { receive, YIELD_EVERY } from "../../apps/traffic.ts";
+import { generate, receive, YIELD_EVERY } from "../../apps/traffic.ts";
+import { VirtioNet } from "../../drivers/virtio/net.ts";
+import { VirtioNetModel } from "../models/virtio_net_device.ts";
 import type { Nic } from "../../drivers/net/nic.ts";
 import { type PacketBuffer, PacketPool } from "../../drivers/net/packet_pool.ts";
 
@@ -39,5 +41,26 @@ Deno.test("receive yields to the event loop by frames handled, not per batch, wh
   } finally {
     globalThis.setTimeout = realSetTimeout;
     globalThis.setImmediate = realSetImmediate;
+  }
+});
+
+Deno.test("generate: a device that completes nothing stops the sender, which reads the clock only when it yields", async () => {
+  const model = new VirtioNetModel({ autoProcess: false }); // takes frames, never completes them
+  const nic = VirtioNet.openPci(model.pci());
+  const realNow = performance.now.bind(performance), realAlloc = nic.allocTx.bind(nic);
+  let clocks = 0, polls = 0;
+  performance.now = () => (clocks++, realNow());
+  nic.allocTx = (bufs, n, q) => (polls++, realAlloc(bufs, n, q));
+  try {
+    const dst = new Uint8Array([2, 0, 0, 0, 0, 0xfe]);
+    await assert.rejects(
+      generate(nic, { count: 100_000, minSize: 60, maxSize: 60, dst, stallMs: 300 }),
+      /completed nothing for 0.3 s \(256 frames queued so far\)/,
+    );
+    // A poll of a full ring is cheap; a clock read in a VM may not be (the lab guest's clock is the HPET).
+    assert.ok(polls > 10_000 && clocks * 500 < polls, `${clocks} clock reads for ${polls} polls`);
+  } finally {
+    performance.now = realNow;
+    await nic.close();
   }
 });
