@@ -1,0 +1,80 @@
+/**
+ * Where a run's time goes, from a V8 CPU profile (node:inspector's `Profiler.stop` result): self time per
+ * function, largest first, with each one's share. Used by lab/guest/profile_tx.ts (pvdrv's TX path inside the
+ * lab VM) and by anyone profiling a hot path in-process.
+ * @module
+ */
+import { Session } from "node:inspector";
+
+/** The parts of a V8 CPU profile read here. */
+export interface CpuProfile {
+  /** Call-tree nodes. */
+  nodes: { id: number; callFrame: { functionName: string; url: string; lineNumber: number } }[];
+  /** The node sampled at each tick. */
+  samples: number[];
+}
+
+/** One function's self time. */
+export interface ProfileRow {
+  /** "name file:line" ("(anonymous)" for unnamed functions; V8's own entries as it names them). */
+  where: string;
+  /** Samples in it. */
+  samples: number;
+  /** Share of all samples (0..1). */
+  share: number;
+}
+
+/** Self time per function of `p`, largest first, the first `top`. */
+export function selfTime(p: CpuProfile, top = 20): ProfileRow[] {
+  const byId = new Map(p.nodes.map((n) => [n.id, n]));
+  const count = new Map<string, number>();
+  for (const id of p.samples) {
+    const f = byId.get(id)?.callFrame;
+    if (!f) continue;
+    const file = f.url ? ` ${f.url.split("/").pop()}:${f.lineNumber + 1}` : "";
+    const key = `${f.functionName || "(anonymous)"}${file}`;
+    count.set(key, (count.get(key) ?? 0) + 1);
+  }
+  const total = p.samples.length || 1;
+  return [...count].sort((a, b) => b[1] - a[1]).slice(0, top).map(([where, samples]) => ({
+    where,
+    samples,
+    share: samples / total,
+  }));
+}
+
+/** The rows as a Markdown table. */
+export function profileTable(rows: ProfileRow[]): string {
+  return [
+    "| self time | function |",
+    "| ---: | --- |",
+    ...rows.map((r) => `| ${(100 * r.share).toFixed(1)}% | ${r.where} |`),
+  ]
+    .join("\n");
+}
+
+/** Run `fn` under V8's sampling profiler (every `intervalUs` µs); its CPU profile. */
+export async function profiled(fn: () => Promise<unknown>, intervalUs = 100): Promise<CpuProfile> {
+  const s = new Session();
+  s.connect();
+  const post = <T>(method: string, params?: object) =>
+    new Promise<T>((resolve, reject) =>
+      s.post(method, params ?? {}, (e: Error | null, r?: unknown) => (e ? reject(e) : resolve(r as T)))
+    );
+  try {
+    await post("Profiler.enable");
+    await post("Profiler.setSamplingInterval", { interval: intervalUs });
+    await post("Profiler.start");
+    let failed: { e: unknown } | null = null;
+    try {
+      await fn();
+    } catch (e) {
+      failed = { e };
+    }
+    const r = await post<{ profile: CpuProfile }>("Profiler.stop");
+    if (failed) throw failed.e;
+    return r.profile;
+  } finally {
+    s.disconnect();
+  }
+}
