@@ -64,3 +64,29 @@ Deno.test("generate: a device that completes nothing stops the sender, which rea
     await nic.close();
   }
 });
+
+Deno.test("generate: the clock is read by the sender's rate, not per batch, and durationMs still ends the run", async () => {
+  const model = new VirtioNetModel(); // completes every frame at once
+  const nic = VirtioNet.openPci(model.pci());
+  const realNow = performance.now.bind(performance);
+  let clocks = 0;
+  performance.now = () => (clocks++, realNow());
+  try {
+    const dst = new Uint8Array([2, 0, 0, 0, 0, 0xfe]);
+    const r = await generate(nic, {
+      count: 2 ** 31 - 1,
+      minSize: 60,
+      maxSize: 60,
+      dst,
+      batch: 1,
+      durationMs: 300,
+      headerOnly: true,
+    });
+    assert.ok(r.seconds >= 0.3, `ran ${r.seconds} s`);
+    // At the model's rate a fixed 64 frames between reads would be one read per 64 frames.
+    assert.ok(clocks * 256 < r.sent, `${clocks} clock reads for ${r.sent} frames`);
+  } finally {
+    performance.now = realNow;
+    await nic.close();
+  }
+});
