@@ -9,14 +9,21 @@ import { Session } from "node:inspector";
 /** The parts of a V8 CPU profile read here. */
 export interface CpuProfile {
   /** Call-tree nodes. */
-  nodes: { id: number; callFrame: { functionName: string; url: string; lineNumber: number } }[];
+  nodes: {
+    id: number;
+    callFrame: { functionName: string; url: string; lineNumber: number };
+    children?: number[];
+  }[];
   /** The node sampled at each tick. */
   samples: number[];
 }
 
 /** One function's self time. */
 export interface ProfileRow {
-  /** "name file:line" ("(anonymous)" for unnamed functions; V8's own entries as it names them). */
+  /**
+   * "name file:line" ("(anonymous)" for unnamed functions; V8's own entries as it names them, with their caller:
+   * "op_now ← generate traffic.ts:92").
+   */
   where: string;
   /** Samples in it. */
   samples: number;
@@ -27,12 +34,21 @@ export interface ProfileRow {
 /** Self time per function of `p`, largest first, the first `top`. */
 export function selfTime(p: CpuProfile, top = 20): ProfileRow[] {
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
+  const parent = new Map<number, number>();
+  for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const name = (id: number): string => {
+    const f = byId.get(id)!.callFrame;
+    return `${f.functionName || "(anonymous)"}${
+      f.url ? ` ${f.url.split("/").pop()}:${f.lineNumber + 1}` : ""
+    }`;
+  };
   const count = new Map<string, number>();
   for (const id of p.samples) {
-    const f = byId.get(id)?.callFrame;
-    if (!f) continue;
-    const file = f.url ? ` ${f.url.split("/").pop()}:${f.lineNumber + 1}` : "";
-    const key = `${f.functionName || "(anonymous)"}${file}`;
+    const n = byId.get(id);
+    if (!n) continue;
+    // Native code (builtins, FFI, ops) has no script: its caller says what it is for.
+    const up = parent.get(id);
+    const key = n.callFrame.url || up === undefined ? name(id) : `${name(id)} ← ${name(up)}`;
     count.set(key, (count.get(key) ?? 0) + 1);
   }
   const total = p.samples.length || 1;

@@ -9,14 +9,14 @@ Deno.test("profile: self time is counted per function from the samples, largest 
   });
   const rows = selfTime({
     nodes: [
-      node(1, "(root)"),
+      { ...node(1, "(root)"), children: [2, 3] },
       node(2, "post", "file:///x/drivers/virtio/net.ts", 320),
       node(3, ""),
       node(4, "post", "file:///x/drivers/virtio/net.ts", 320),
     ],
     samples: [2, 2, 3, 4, 1, 2, 9],
   });
-  const want = [["post net.ts:321", 4], ["(anonymous)", 1], ["(root)", 1]];
+  const want = [["post net.ts:321", 4], ["(anonymous) ← (root)", 1], ["(root)", 1]];
   assert.deepEqual(rows.map((r) => [r.where, r.samples]), want, "ties in the order first sampled");
   assert.equal(rows[0].share, 4 / 7);
   assert.match(profileTable(rows), /\| 57\.1% \| post net\.ts:321 \|/);
