@@ -84,12 +84,38 @@ const RX_BATCH = 64;
  * the driver's work for a frame, so a loop that read it per batch of 1 would mostly measure the clock.
  */
 export const CLOCK_EVERY = 64;
-/**
- * A sender reads the clock about this often (ms): the frames between reads follow its rate (at least
- * {@link CLOCK_EVERY}, at most 8192), since a read may cost far more than 90 ns (in the lab VM the clock is the
- * emulated HPET: ≈ 0.1 ms a read, an eighth of TX's time at 64 frames between reads).
- */
+/** A traffic loop reads the clock about this often (ms); see {@link PollClock}. */
 const CLOCK_MS = 4;
+
+/**
+ * The clock of a traffic loop, read about every {@link CLOCK_MS} rather than per poll or batch: the polls (or
+ * frames) between reads follow the loop's own pace, from {@link CLOCK_EVERY} to 8192, since a read may cost far
+ * more than a poll — ≈ 90 ns natively, ≈ 0.1 ms in the lab VM, whose clock is the emulated HPET (a third of the
+ * TX path's time there, read per poll; an eighth, read every 64 frames).
+ */
+export class PollClock {
+  #every = CLOCK_EVERY;
+  #left = CLOCK_EVERY;
+  #at: number;
+  /** The time (performance.now() ms) as last read. */
+  now: number;
+
+  /** A clock read once now. */
+  constructor() {
+    this.now = this.#at = performance.now();
+  }
+
+  /** Count `n` polls or frames; true when that made the clock due and {@link now} was read again. */
+  advance(n = 1): boolean {
+    if ((this.#left -= n) > 0) return false;
+    const now = performance.now(), counted = this.#every - this.#left;
+    const perMs = counted / Math.max(now - this.#at, 0.001);
+    this.#every = Math.min(8192, Math.max(CLOCK_EVERY, Math.floor(perMs * CLOCK_MS)));
+    this.#left = this.#every;
+    this.#at = this.now = now;
+    return true;
+  }
+}
 
 /** The size of frame `k` for sizes cycling through min..max (the same rule as the C peer). */
 export function frameSize(k: number, min: number, max: number): number {
@@ -107,8 +133,8 @@ export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
   const completedBefore = nic.stats()[q].txPackets;
   const t0 = performance.now();
   const pacer = new Pacer(STALLED_POLLS_PER_YIELD);
-  let sent = 0, bytes = 0, lastReport = t0, stalled = false, stalledSince = 0, nextClock = 0;
-  let clockSent = 0, clockAt = t0;
+  let sent = 0, bytes = 0, lastReport = t0, stalled = false, stalledSince = 0;
+  const clock = new PollClock();
   while (sent < o.count) {
     let room = Math.min(batch, o.count - sent);
     if (o.window) {
@@ -175,12 +201,8 @@ export async function generate(nic: Nic, o: SendOptions): Promise<SendResult> {
     }
     sent += n;
     // The clock by frames, not per batch: performance.now() costs more than a small batch of driver work.
-    if (sent < nextClock) continue;
-    const now = performance.now();
-    const perMs = (sent - clockSent) / Math.max(now - clockAt, 0.001);
-    nextClock = sent + Math.min(8192, Math.max(CLOCK_EVERY, Math.floor(perMs * CLOCK_MS)));
-    clockSent = sent;
-    clockAt = now;
+    if (!clock.advance(n)) continue;
+    const now = clock.now;
     if (o.durationMs && now - t0 >= o.durationMs) break;
     if (now - lastReport > PROGRESS_MS) {
       lastReport = now;
@@ -398,12 +420,13 @@ export async function countFrames(nic: Nic, o: CountOptions): Promise<number[]> 
   const counts: number[] = [];
   const pacer = new Pacer();
   let got = 0, m = 0, lastFrame = performance.now(), gapUs = 1e6, now = lastFrame;
-  let polls = 0;
+  const clock = new PollClock();
   while (m < o.marks.length) {
     const n = nic.receiveBatch(out, batch, q);
-    // Interrupt mode times every batch (the gap estimate decides when to sleep); polling reads the clock every
-    // CLOCK_EVERY polls, which still places each mark within microseconds.
-    if (o.interrupts || ++polls % CLOCK_EVERY === 0) now = performance.now();
+    // Interrupt mode times every batch (the gap estimate decides when to sleep); polling reads the clock about
+    // every CLOCK_MS (a mark's count is taken then; onMark can read the exact time).
+    if (o.interrupts) now = performance.now();
+    else if (clock.advance()) now = clock.now;
     if (n > 0) {
       got += n;
       nic.release(out, n, q);
@@ -454,8 +477,9 @@ export async function forward(from: Nic, to: Nic, o: ForwardOptions): Promise<Fo
   const batch = Math.max(1, Math.min(o.batch, 256)), limit = o.frames ?? Infinity;
   const rx: PacketBuffer[] = new Array(batch), tx: PacketBuffer[] = new Array(batch);
   const pacer = new Pacer();
-  let forwarded = 0, dropped = 0, polls = 0;
-  while (forwarded + dropped < limit && (++polls % CLOCK_EVERY !== 0 || performance.now() < o.until)) {
+  let forwarded = 0, dropped = 0;
+  const clock = new PollClock();
+  while (forwarded + dropped < limit && (!clock.advance() || clock.now < o.until)) {
     const n = from.receiveBatch(rx, Math.min(batch, limit - forwarded - dropped));
     if (n === 0) {
       if (pacer.due(0)) await tick();
