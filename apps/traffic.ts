@@ -8,7 +8,7 @@ import { PvdrvError } from "../hal/errors.ts";
 import type { Nic, PacketBuffer } from "../drivers/net/nic.ts";
 import { checkFrame, FrameCheck, writeFrame, writeHeader } from "./frames.ts";
 import type { PcapWriter } from "./pcap.ts";
-import { ITEMS_PER_YIELD, Pacer, SLEEP_SLICE_MS, tick } from "../hal/event_loop.ts";
+import { ITEMS_PER_YIELD, Pacer, PollClock, SLEEP_SLICE_MS, tick } from "../hal/event_loop.ts";
 
 /** Lets a sender stay at most `size` frames ahead of what the receiver has confirmed. */
 export interface Window {
@@ -79,44 +79,6 @@ const PROGRESS_MS = 1000;
 const DRAIN_MS = 5000;
 /** Frames a receive loop takes per call. */
 const RX_BATCH = 64;
-/**
- * Frames (or polls) between clock reads in the traffic loops: performance.now() costs ≈ 90 ns natively, more than
- * the driver's work for a frame, so a loop that read it per batch of 1 would mostly measure the clock.
- */
-export const CLOCK_EVERY = 64;
-/** A traffic loop reads the clock about this often (ms); see {@link PollClock}. */
-const CLOCK_MS = 4;
-
-/**
- * The clock of a traffic loop, read about every {@link CLOCK_MS} rather than per poll or batch: the polls (or
- * frames) between reads follow the loop's own pace, from {@link CLOCK_EVERY} to 8192, since a read may cost far
- * more than a poll — ≈ 90 ns natively, ≈ 0.1 ms in the lab VM, whose clock is the emulated HPET (a third of the
- * TX path's time there, read per poll; an eighth, read every 64 frames).
- */
-export class PollClock {
-  #every = CLOCK_EVERY;
-  #left = CLOCK_EVERY;
-  #at: number;
-  /** The time (performance.now() ms) as last read. */
-  now: number;
-
-  /** A clock read once now. */
-  constructor() {
-    this.now = this.#at = performance.now();
-  }
-
-  /** Count `n` polls or frames; true when that made the clock due and {@link now} was read again. */
-  advance(n = 1): boolean {
-    if ((this.#left -= n) > 0) return false;
-    const now = performance.now(), counted = this.#every - this.#left;
-    const perMs = counted / Math.max(now - this.#at, 0.001);
-    this.#every = Math.min(8192, Math.max(CLOCK_EVERY, Math.floor(perMs * CLOCK_MS)));
-    this.#left = this.#every;
-    this.#at = this.now = now;
-    return true;
-  }
-}
-
 /** The size of frame `k` for sizes cycling through min..max (the same rule as the C peer). */
 export function frameSize(k: number, min: number, max: number): number {
   return min + ((k * 149) % (max - min + 1));

@@ -1,6 +1,6 @@
 /** The one yield policy of every polling loop (hal/event_loop.ts). */
 import assert from "assert";
-import { EMPTY_POLLS_PER_YIELD, ITEMS_PER_YIELD, Pacer } from "../../hal/event_loop.ts";
+import { EMPTY_POLLS_PER_YIELD, ITEMS_PER_YIELD, Pacer, PollClock } from "../../hal/event_loop.ts";
 
 Deno.test("pacer: yields once per ITEMS_PER_YIELD items, or per EMPTY_POLLS_PER_YIELD empty polls", () => {
   const p = new Pacer();
@@ -17,4 +17,34 @@ Deno.test("pacer: yields once per ITEMS_PER_YIELD items, or per EMPTY_POLLS_PER_
   let k = 0;
   while (!stalled.due(0)) k++;
   assert.equal(k, 1023, "a stalled sender's pacer waits its own count");
+});
+
+Deno.test("PollClock: reads the clock about every 4 ms of polling, whatever a poll costs", () => {
+  const realNow = performance.now.bind(performance);
+  let polls = 0, reads = 0;
+  for (const usPerPoll of [1, 50]) {
+    polls = reads = 0;
+    performance.now = () => (reads++, polls * usPerPoll / 1000);
+    try {
+      const clock = new PollClock();
+      let worst = 0;
+      for (; polls < 1_000_000; polls++) {
+        clock.advance();
+        worst = Math.max(worst, polls * usPerPoll / 1000 - clock.now);
+      }
+      const ms = polls * usPerPoll / 1000;
+      // Once adapted: 4000 polls between reads at 1 µs a poll, 80 at 50 µs; about one read per 4 ms either way.
+      const want = ms / 4;
+      assert.ok(
+        reads > want * 0.8 && reads < want * 1.25 + 10,
+        `${usPerPoll} µs/poll: ${reads} reads in ${ms} ms`,
+      );
+      assert.ok(worst < 4.5, `${usPerPoll} µs/poll: the clock lagged ${worst} ms`);
+      polls += 123;
+      assert.equal(clock.read(), polls * usPerPoll / 1000, "read() is the exact time");
+      assert.equal(clock.now, polls * usPerPoll / 1000);
+    } finally {
+      performance.now = realNow;
+    }
+  }
 });
