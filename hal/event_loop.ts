@@ -77,9 +77,12 @@ export class PollClock {
     return true;
   }
 
-  /** Read the clock now (a loop that needs the exact time, e.g. when frames came); the count starts again. */
-  read(): number {
-    this.now = this.#at = performance.now();
+  /**
+   * Read the clock now (a loop that needs the exact time, e.g. when frames came), or take `now` if the caller just
+   * read it; the count starts again.
+   */
+  read(now: number = performance.now()): number {
+    this.now = this.#at = now;
     this.#left = this.#every;
     return this.now;
   }

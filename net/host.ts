@@ -93,6 +93,7 @@ export class NetHost {
   readonly #queue: number;
   readonly #interrupts: boolean;
   readonly #spinMs: number;
+  #polledAt = 0; // when the last poll() that found frames read the clock
   readonly #in: HostInput;
   readonly #onError: (e: Error, where: "app" | "frame") => void;
   readonly #reported = { app: false, frame: false };
@@ -272,7 +273,7 @@ export class NetHost {
     const nic = this.nic, rx = this.#rx;
     const n = nic.receiveBatch(rx, BATCH, this.#queue);
     if (n === 0) return 0;
-    const now = performance.now();
+    const now = this.#polledAt = performance.now();
     this.#out.inBatch = true;
     try {
       // One frame's failure is that frame's: counted, and the rest of the batch is handled all the same.
@@ -442,7 +443,8 @@ export class NetHost {
         const n = this.poll();
         // The exact time when frames came or when an idle interrupt-mode loop decides to sleep; a polling loop's
         // timers need only the coarse clock (a read per poll was most of an idle poll in the lab VM).
-        if (n > 0 || this.#interrupts) clock.read();
+        if (n > 0) clock.read(this.#polledAt); // poll() read it for the batch: one read, not two
+        else if (this.#interrupts) clock.read();
         else clock.advance();
         const now = clock.now;
         if (now >= this.#nextHousekeep) this.#housekeep(now);

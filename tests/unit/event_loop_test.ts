@@ -43,6 +43,9 @@ Deno.test("PollClock: reads the clock about every 4 ms of polling, whatever a po
       polls += 123;
       assert.equal(clock.read(), polls * usPerPoll / 1000, "read() is the exact time");
       assert.equal(clock.now, polls * usPerPoll / 1000);
+      const before = reads;
+      assert.equal(clock.read(7), 7, "a time the caller just read is taken as is");
+      assert.equal(reads, before, "without reading the clock again");
     } finally {
       performance.now = realNow;
     }
