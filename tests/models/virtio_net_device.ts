@@ -4,7 +4,7 @@
  * its device config. The driver under test runs unchanged against it. Tests can also make it misbehave.
  */
 import { F, NET_F, VIRTIO_ID } from "../../drivers/virtio/features.ts";
-import { Chain, type DeviceQueue } from "../../drivers/virtio/device_queue.ts";
+import { Chain, type DeviceQueue, type DeviceRing } from "../../drivers/virtio/device_queue.ts";
 import { advance, EVENT_FLAGS, isAvail, usedFlags } from "../../drivers/virtio/packed_ring.ts";
 import {
   availEntry,
@@ -187,48 +187,49 @@ export class VirtioNetModel extends VirtioPciModel {
 
   // ---- fast paths for benchmarks: ring work only, no copies, no checks ----
   readonly #chain = new Chain();
-  #fast = new Map<
-    number,
-    { avail: Uint16Array; used32: Uint32Array; used16: Uint16Array; dq: DeviceQueue }
-  >();
-  #fastViews(qi: number) {
-    let v = this.#fast.get(qi);
-    if (!v) {
-      const q = this.queues[qi], dq = this.dq(qi) as DeviceQueue;
-      const a = this.mem(q.driver, usedEventOffset(q.size) + 2),
-        u = this.mem(q.device, availEventOffset(q.size) + 2);
-      v = {
-        dq,
-        avail: new Uint16Array(a.buffer, a.byteOffset, a.byteLength >> 1),
-        used32: new Uint32Array(u.buffer, u.byteOffset, u.byteLength >> 2),
-        used16: new Uint16Array(u.buffer, u.byteOffset, 2),
-      };
-      this.#fast.set(qi, v);
-    }
-    return v;
+  /**
+   * Per queue index: the views the fast paths use, made for one device ring: a reset, a queue reset or new ring
+   * addresses replace the ring (`ModelQueue.dq`), and the views are made again for the new one.
+   */
+  #fast: (FastSplit | FastPacked | undefined)[] = [];
+
+  #fastSplit(qi: number): FastSplit {
+    const dq = this.dq(qi), v = this.#fast[qi];
+    if (v instanceof FastSplit && v.dq === dq) return v;
+    const q = this.queues[qi];
+    const a = this.mem(q.driver, usedEventOffset(q.size) + 2),
+      u = this.mem(q.device, availEventOffset(q.size) + 2);
+    const f = new FastSplit(
+      dq as DeviceQueue,
+      new Uint16Array(a.buffer, a.byteOffset, a.byteLength >> 1),
+      new Uint32Array(u.buffer, u.byteOffset, u.byteLength >> 2),
+      new Uint16Array(u.buffer, u.byteOffset, 2),
+    );
+    this.#fast[qi] = f;
+    return f;
   }
-  #packedFast = new Map<
-    number,
-    { d32: Uint32Array; d16: Uint16Array; lin: { avail: number; used: number } }
-  >();
+
+  #fastPacked(qi: number): FastPacked {
+    const dq = this.dq(qi), v = this.#fast[qi];
+    if (v instanceof FastPacked && v.dq === dq) return v;
+    const q = this.queues[qi], r = this.mem(q.desc, 16 * q.size);
+    const f = new FastPacked(
+      dq,
+      new Uint32Array(r.buffer, r.byteOffset, 4 * q.size),
+      new Uint16Array(r.buffer, r.byteOffset, 8 * q.size),
+    );
+    // A polling device: it asks for no notifications (§2.8.10), as a split-ring one does by never moving
+    // avail_event.
+    const ev = this.mem(q.device, 4);
+    new DataView(ev.buffer, ev.byteOffset, 4).setUint16(2, EVENT_FLAGS.DISABLE, true);
+    this.#fast[qi] = f;
+    return f;
+  }
+
   /** Packed rings: single-descriptor buffers completed in place, in order (the used slot is the taken one). */
   #fastCompletePacked(qi: number, len: number): number {
-    let v = this.#packedFast.get(qi);
-    if (!v) {
-      const q = this.queues[qi], r = this.mem(q.desc, 16 * q.size);
-      v = {
-        d32: new Uint32Array(r.buffer, r.byteOffset, 4 * q.size),
-        d16: new Uint16Array(r.buffer, r.byteOffset, 8 * q.size),
-        lin: { avail: 0, used: 0 },
-      };
-      this.#packedFast.set(qi, v);
-      // A polling device: it asks for no notifications (§2.8.10), as a split-ring one does by never moving
-      // avail_event.
-      const ev = this.mem(q.device, 4);
-      new DataView(ev.buffer, ev.byteOffset, 4).setUint16(2, EVENT_FLAGS.DISABLE, true);
-    }
-    const { d32, d16, lin } = v, size = this.queues[qi].size, mask = size - 1;
-    let n = 0, at = lin.avail;
+    const v = this.#fastPacked(qi), { d32, d16 } = v, size = d32.length >> 2, mask = size - 1;
+    let n = 0, at = v.lin;
     while (n < size && isAvail(d16[((at & mask) << 3) + 7], at, size)) {
       const s = at & mask;
       d32[(s << 2) + 2] = len;
@@ -236,25 +237,47 @@ export class VirtioNetModel extends VirtioPciModel {
       at = advance(at, 1, size);
       n++;
     }
-    lin.avail = lin.used = at;
+    v.lin = at;
     return n;
   }
 
-  /** Complete every available buffer of queue `qi` with length `len` (TX: 0). Returns how many. */
+  /**
+   * Complete every available buffer of queue `qi` with length `len` (TX: 0), as a device that trusts the driver
+   * would: the benchmarks' device side. Returns how many.
+   */
   fastComplete(qi: number, len: number): number {
     if (this.packed) return this.#fastCompletePacked(qi, len);
-    const { dq, avail, used32, used16 } = this.#fastViews(qi);
-    const end = avail[RING.IDX >> 1], mask = dq.size - 1;
-    let n = 0;
-    while (dq.lastAvail !== end) {
-      const e = usedElem(dq.usedIdx & mask) >> 2;
-      used32[e] = avail[availEntry(dq.lastAvail & mask) >> 1];
+    const v = this.#fastSplit(qi), dq = v.dq, avail = v.avail, used32 = v.used32;
+    const end = avail[RING.IDX >> 1], mask = dq.size - 1, AV = availEntry(0) >> 1, US = usedElem(0) >> 2;
+    let last = dq.lastAvail, used = dq.usedIdx;
+    const n = (end - last) & 0xffff;
+    if (n > dq.size) throw new RangeError(`queue ${qi}: avail.idx is ${n} ahead of a ring of ${dq.size}`);
+    for (let k = 0; k < n; k++) {
+      const e = US + ((used & mask) << 1);
+      used32[e] = avail[AV + (last & mask)];
       used32[e + 1] = len;
-      dq.lastAvail = (dq.lastAvail + 1) & 0xffff;
-      dq.usedIdx = (dq.usedIdx + 1) & 0xffff;
-      n++;
+      last = (last + 1) & 0xffff;
+      used = (used + 1) & 0xffff;
     }
-    used16[RING.IDX >> 1] = dq.usedIdx;
+    dq.lastAvail = last;
+    dq.usedIdx = used;
+    v.used16[RING.IDX >> 1] = used;
     return n;
   }
+}
+
+/** The split fast path's views of one device ring. */
+class FastSplit {
+  constructor(
+    readonly dq: DeviceQueue,
+    readonly avail: Uint16Array,
+    readonly used32: Uint32Array,
+    readonly used16: Uint16Array,
+  ) {}
+}
+
+/** The packed fast path's views of one device ring, and its cursor (slot and wrap counter, packed_ring.ts). */
+class FastPacked {
+  lin = 0;
+  constructor(readonly dq: DeviceRing, readonly d32: Uint32Array, readonly d16: Uint16Array) {}
 }

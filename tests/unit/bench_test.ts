@@ -348,3 +348,25 @@ Deno.test("bench --vhost: the table has each cell, a ratio to DPDK, and CPU per 
   // 0.2 s over 20,000 frames: 10 µs; DPDK's 2 s: 100 µs.
   assert.match(t, /CPU per packet at 10k\/s \(µs\) +\| 10\.0 \| 100\.0 \| – \| 0\.10× \|/);
 });
+
+for (const ring of ["split", "packed"] as const) {
+  Deno.test(`model fastComplete: a reset and a new driver get new ring views, not the old ones [${ring}]`, async () => {
+    const model = new VirtioNetModel({ autoProcess: false });
+    const bufs: PacketBuffer[] = new Array(8);
+    for (let open = 0; open < 2; open++) {
+      const nic = VirtioNet.openPci(model.pci(), { ring });
+      try {
+        for (let round = 0; round < 3; round++) {
+          const k = nic.allocTx(bufs, 8);
+          assert.equal(k, 8);
+          for (let i = 0; i < k; i++) bufs[i].length = 60;
+          assert.equal(nic.sendBatch(bufs, k), 8);
+          assert.equal(model.fastComplete(1, 0), 8, `open ${open}, round ${round}`);
+          assert.equal(nic.reclaimTx(), 8); // the driver sees them in its own (new) used ring
+        }
+      } finally {
+        await nic.close();
+      }
+    }
+  });
+}
