@@ -15,7 +15,6 @@ import {
   AVAIL_F_NO_INTERRUPT,
   availEntry,
   availEventOffset,
-  DESC,
   DESC_F_INDIRECT,
   DESC_F_NEXT,
   DESC_F_WRITE,
@@ -93,18 +92,28 @@ export interface DeviceRing {
 /** Device memory as the device sees it: `len` bytes at guest address `addr` (throws when unmapped). */
 export type GuestMemory = (addr: number, len: number) => Uint8Array;
 
-function view(mem: GuestMemory, addr: number, len: number): DataView {
+/**
+ * `len` bytes of ring area `what` at `addr`, which §2.7 (table "Virtqueue Part Alignment") says is aligned to
+ * `align` (descriptor table 16, avail ring 2, used ring 4); refused unless it is, in guest and in host memory.
+ */
+function area(mem: GuestMemory, addr: number, len: number, align: number, what: string): Uint8Array {
   const b = mem(addr, len);
-  return new DataView(b.buffer, b.byteOffset, b.byteLength);
+  if (addr % align !== 0 || b.byteOffset % Math.min(align, 4) !== 0) {
+    throw new DeviceQueueError(
+      `split ring ${what} at 0x${addr.toString(16)} is not ${align}-byte aligned (§2.7)`,
+    );
+  }
+  return b;
 }
 
 /** One split virtqueue, device side. */
 export class DeviceQueue implements DeviceRing {
-  readonly #desc: DataView;
-  readonly #avail: DataView;
-  readonly #used: DataView;
-  /** Next avail ring index to take. */
-  lastAvail = 0;
+  readonly #desc: Uint32Array; // per descriptor: addr lo, addr hi, len, flags | next << 16
+  readonly #avail: Uint16Array; // flags, idx, ring[size], used_event
+  readonly #used32: Uint32Array; // flags | idx << 16, then (id, len) per element
+  readonly #used16: Uint16Array; // same memory: [1] = idx, [2 + 4*size] = avail_event
+  #seen = 0; // avail.idx as last read: chains up to it need no new read
+  #last = 0;
   /** used.idx as published. */
   usedIdx = 0;
 
@@ -123,46 +132,65 @@ export class DeviceQueue implements DeviceRing {
     if (!(size >= 1 && size <= 32768 && (size & (size - 1)) === 0)) {
       throw new DeviceQueueError(`queue ${index}: size ${size} is not a power of two in 1..32768`);
     }
-    this.#desc = view(mem, addrs.desc, DESC_SIZE * size);
-    this.#avail = view(mem, addrs.driver, usedEventOffset(size) + 2);
-    this.#used = view(mem, addrs.device, availEventOffset(size) + 2);
+    const d = area(mem, addrs.desc, DESC_SIZE * size, 16, "descriptor table");
+    const a = area(mem, addrs.driver, usedEventOffset(size) + 2, 2, "avail ring");
+    const u = area(mem, addrs.device, availEventOffset(size) + 2, 4, "used ring");
+    this.#desc = new Uint32Array(d.buffer, d.byteOffset, 4 * size);
+    this.#avail = new Uint16Array(a.buffer, a.byteOffset, 3 + size);
+    this.#used32 = new Uint32Array(u.buffer, u.byteOffset, 1 + 2 * size);
+    this.#used16 = new Uint16Array(u.buffer, u.byteOffset, 3 + 4 * size);
   }
 
-  /** The driver's avail.idx. */
+  /** Next avail ring index to take (set when a device resumes at a ring base: nothing past it is seen yet). */
+  get lastAvail(): number {
+    return this.#last;
+  }
+  set lastAvail(v: number) {
+    this.#last = v & 0xffff;
+    this.#seen = this.#last;
+  }
+
+  /** The driver's avail.idx (an acquire: ring entries read after it are at least as new, §2.7.13). */
   availIdx(): number {
-    return this.#avail.getUint16(RING.IDX, true);
+    return Atomics.load(this.#avail, RING.IDX >> 1);
   }
 
   /** Chains the driver made available and the device has not taken (checked: at most the ring's size). */
   available(): number {
-    const n = (this.availIdx() - this.lastAvail) & 0xffff;
+    const idx = this.availIdx(), n = (idx - this.#last) & 0xffff;
     if (n > this.size) {
       throw new DeviceQueueError(`queue ${this.index}: avail.idx is ${n} ahead of a ring of ${this.size}`);
     }
+    this.#seen = idx;
     return n;
+  }
+
+  /** Whether a chain `ahead` places past the next is available: avail.idx is read again only past those seen. */
+  #has(ahead: number): boolean {
+    const n = (this.#seen - this.#last) & 0xffff;
+    return (ahead < n && n <= this.size) || ahead < this.available();
   }
 
   /** Read the chain `ahead` places past the next one into `out`, without taking it; false when not available. */
   peek(out: Chain, ahead = 0): boolean {
-    if (ahead >= this.available()) return false;
-    const head = this.#avail.getUint16(availEntry((this.lastAvail + ahead) & (this.size - 1)), true);
-    this.#walk(head, out);
+    if (!this.#has(ahead)) return false;
+    this.#walk(this.#avail[availEntry((this.#last + ahead) & (this.size - 1)) >> 1], out);
     return true;
   }
 
   /** Take the next available chain into `out`; false when there is none. */
   take(out: Chain): boolean {
     if (!this.peek(out)) return false;
-    this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    this.#last = (this.#last + 1) & 0xffff;
     return true;
   }
 
   /** Take `n` chains already read with {@link DeviceQueue.peek}. */
   skip(n: number): void {
-    if (n > this.available()) {
+    if (n > 0 && !this.#has(n - 1)) {
       throw new DeviceQueueError(`queue ${this.index}: ${n} chains are not available`);
     }
-    this.lastAvail = (this.lastAvail + n) & 0xffff;
+    this.#last = (this.#last + n) & 0xffff;
   }
 
   /**
@@ -171,29 +199,46 @@ export class DeviceQueue implements DeviceRing {
    * model may forge one.
    */
   putUsed(id: number, len: number): boolean {
-    const u = this.#used, at = usedElem(this.usedIdx & (this.size - 1)), old = this.usedIdx;
-    u.setUint32(at, id, true);
-    u.setUint32(at + 4, len, true);
-    this.usedIdx = (old + 1) & 0xffff;
-    u.setUint16(RING.IDX, this.usedIdx, true);
+    const old = this.usedIdx;
+    this.addUsed(id, len);
     return this.wantsInterrupt(old);
+  }
+
+  /**
+   * Put a used element and publish used.idx, leaving the interrupt to the batch: a device on another CPU than its
+   * driver ends a batch with {@link DeviceQueue.flushUsed}, then asks {@link DeviceQueue.wantsInterrupt}.
+   */
+  addUsed(id: number, len: number): void {
+    const u = this.#used32, e = usedElem(this.usedIdx & (this.size - 1)) >> 2;
+    u[e] = id;
+    u[e + 1] = len;
+    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+    this.#used16[RING.IDX >> 1] = this.usedIdx; // plain: x86 keeps stores in order, the element lands first
+  }
+
+  /**
+   * Publish used.idx with a full fence, so the driver's used_event (or flags), read next by
+   * {@link DeviceQueue.wantsInterrupt}, is not read ahead of it (§2.7.10: the driver's mirror of the avail side).
+   */
+  flushUsed(): void {
+    Atomics.store(this.#used16, RING.IDX >> 1, this.usedIdx);
   }
 
   /** Whether moving used.idx from `old` to where it is now calls for an interrupt. */
   wantsInterrupt(old: number): boolean {
     const a = this.#avail;
-    if (this.eventIdx) return needsEvent(a.getUint16(usedEventOffset(this.size), true), this.usedIdx, old);
-    return (a.getUint16(RING.FLAGS, true) & AVAIL_F_NO_INTERRUPT) === 0;
+    if (this.eventIdx) return needsEvent(a[2 + this.size], this.usedIdx, old);
+    return (a[RING.FLAGS >> 1] & AVAIL_F_NO_INTERRUPT) === 0;
   }
 
   /** With EVENT_IDX, tell the driver where to notify next: avail_event = the next index to take (§2.7.10). */
   publishAvailEvent(): void {
-    if (this.eventIdx) this.#used.setUint16(availEventOffset(this.size), this.lastAvail, true);
+    if (this.eventIdx) Atomics.store(this.#used16, 2 + 4 * this.size, this.#last);
   }
 
   /** used.idx as the driver reads it from the ring (where a restarted device resumes publishing). */
   publishedUsed(): number {
-    return this.#used.getUint16(RING.IDX, true);
+    return Atomics.load(this.#used16, RING.IDX >> 1);
   }
 
   /**
@@ -205,53 +250,48 @@ export class DeviceQueue implements DeviceRing {
       if (on) this.publishAvailEvent();
       return;
     }
-    this.#used.setUint16(RING.FLAGS, on ? 0 : USED_F_NO_NOTIFY, true);
+    Atomics.store(this.#used16, RING.FLAGS >> 1, on ? 0 : USED_F_NO_NOTIFY);
   }
 
   /** Move used.idx by `n` without elements (a hostile device's knob). */
   jumpUsed(n: number): void {
     this.usedIdx = (this.usedIdx + n) & 0xffff;
-    this.#used.setUint16(RING.IDX, this.usedIdx, true);
+    this.#used16[RING.IDX >> 1] = this.usedIdx;
   }
 
   #walk(head: number, out: Chain): void {
-    const q = this.index, size = this.size, d = this.#desc;
+    const q = this.index, size = this.size, d = this.#desc, max = this.maxChainBytes;
     if (head >= size) {
       throw new DeviceQueueError(`queue ${q}: available head ${head} out of range (size ${size})`);
     }
-    out.head = head;
-    out.count = 0;
-    out.readable = 0;
-    out.writable = 0;
-    let i = head, sawWrite = false;
+    let i = head, k = 0, readable = 0, writable = 0, sawWrite = false;
     for (;;) {
-      if (out.count === size) throw new DeviceQueueError(`queue ${q}: the chain at ${head} loops`);
-      const o = DESC_SIZE * i,
-        flags = d.getUint16(o + DESC.FLAGS, true),
-        len = d.getUint32(o + DESC.LEN, true);
+      if (k === size) throw new DeviceQueueError(`queue ${q}: the chain at ${head} loops`);
+      const o = i << 2, len = d[o + 2], fn = d[o + 3], flags = fn & 0xffff;
       if (flags & DESC_F_INDIRECT) {
         throw new DeviceQueueError(`queue ${q}: indirect descriptor ${i} without VIRTIO_F_INDIRECT_DESC`);
       }
       const write = (flags & DESC_F_WRITE) !== 0;
-      if (!write && sawWrite) {
+      if (write) writable += len, sawWrite = true;
+      else if (sawWrite) {
         throw new DeviceQueueError(`queue ${q}: readable descriptor ${i} after a writable one (§2.7.4.2)`);
-      }
-      const k = out.count++;
-      out.addr[k] = d.getUint32(o + DESC.ADDR, true) + d.getUint32(o + DESC.ADDR + 4, true) * 0x1_0000_0000;
+      } else readable += len;
+      out.addr[k] = d[o] + d[o + 1] * 0x1_0000_0000;
       out.len[k] = len;
       out.write[k] = write;
-      if (write) out.writable += len, sawWrite = true;
-      else out.readable += len;
-      if (out.readable + out.writable > this.maxChainBytes) {
-        throw new DeviceQueueError(
-          `queue ${q}: the chain at ${head} holds more than ${this.maxChainBytes} bytes`,
-        );
+      k++;
+      if (readable + writable > max) {
+        throw new DeviceQueueError(`queue ${q}: the chain at ${head} holds more than ${max} bytes`);
       }
-      if (!(flags & DESC_F_NEXT)) return;
-      i = d.getUint16(o + DESC.NEXT, true);
+      if (!(flags & DESC_F_NEXT)) break;
+      i = fn >>> 16;
       if (i >= size) {
         throw new DeviceQueueError(`queue ${q}: descriptor next ${i} out of range (size ${size})`);
       }
     }
+    out.head = head;
+    out.count = k;
+    out.readable = readable;
+    out.writable = writable;
   }
 }

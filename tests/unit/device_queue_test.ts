@@ -140,3 +140,49 @@ Deno.test("device queue: a driver that breaks the rules is refused with the rule
     /power of two/,
   );
 });
+
+Deno.test("device queue: ring areas must be aligned as §2.7 says (descriptors 16, avail 2, used 4)", () => {
+  const dma = new ModelDmaAllocator(), drv = new SplitQueue(dma, 0, 8, false, () => {});
+  const a = drv.addresses, mem = (x: number, l: number) => dma.resolve(x, l);
+  for (
+    const [what, addrs, re] of [
+      [
+        "descriptor table",
+        { ...a, desc: a.desc + 8 },
+        /descriptor table at 0x[0-9a-f]+ is not 16-byte aligned/,
+      ],
+      ["avail ring", { ...a, driver: a.driver + 1 }, /avail ring at 0x[0-9a-f]+ is not 2-byte aligned/],
+      ["used ring", { ...a, device: a.device + 2 }, /used ring at 0x[0-9a-f]+ is not 4-byte aligned/],
+    ] as const
+  ) {
+    assert.throws(
+      () => new DeviceQueue(0, 8, mem, addrs, false),
+      (e: Error) => e instanceof DeviceQueueError && re.test(e.message),
+      what,
+    );
+  }
+  assert.ok(new DeviceQueue(0, 8, mem, a, false), "the driver's own layout is aligned");
+});
+
+Deno.test("device queue: avail.idx is read once per batch, and a device resumed at a base sees nothing past it", () => {
+  // Resumed at 65530 (a restarted backend, vhost-user's SET_VRING_BASE) with the driver at the same index.
+  const q = pair();
+  q.avail.setUint16(RING.IDX, 65530, true);
+  q.dev.lastAvail = 65530;
+  q.dev.usedIdx = 65530;
+  const c = new Chain();
+  assert.equal(q.dev.peek(c), false, "nothing is available at the base");
+  assert.equal(q.dev.peek(c, 3), false);
+  // The driver publishes three heads across the wrap; the device takes them, then hears of no more.
+  for (let k = 0; k < 3; k++) q.avail.setUint16(availEntry((65530 + k) & 7), k, true);
+  q.avail.setUint16(RING.IDX, (65530 + 3) & 0xffff, true);
+  assert.ok(q.dev.peek(c, 2));
+  assert.equal(c.head, 2);
+  // The driver now lies (avail.idx far past the ring): the three seen are still taken; the next read refuses.
+  q.avail.setUint16(RING.IDX, 65530 + 3 + 20 - 65536, true);
+  for (let k = 0; k < 3; k++) {
+    assert.ok(q.dev.take(c));
+    assert.equal(c.head, k);
+  }
+  assert.throws(() => q.dev.take(c), /avail\.idx is 20 ahead of a ring of 8/);
+});
