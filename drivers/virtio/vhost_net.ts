@@ -44,6 +44,9 @@ export interface VhostUserNetOptions {
 
 // Host buffers: a 1514-byte frame with a VLAN tag and room for the guest's own jumbo-less MTU up to 2030.
 const SLOT = 2048;
+// Each slot keeps room for the largest virtio_net_hdr before its frame (§5.1.6), so a chain's header and frame
+// move in one copy; a 10-byte header sits 2 bytes in.
+const HEADROOM = 12;
 const GSO_NONE = 0;
 // How often a busy receive loop looks for vhost-user messages, in batches (a poll(2) each time).
 const CONTROL_EVERY = 256;
@@ -91,9 +94,6 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
   #control = false;
   #hdrLen = 12;
   readonly #chain = new Chain();
-  readonly #hdr = new Uint8Array(12);
-  readonly #hdrView = new DataView(this.#hdr.buffer);
-  readonly #hdr32 = new Uint32Array(this.#hdr.buffer); // word copies and clears of the header
   #changed: (() => void) | null = null;
   readonly #log: (line: string) => void;
   readonly #trace: boolean;
@@ -116,8 +116,8 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
     for (let i = 0; i < pairs; i++) {
       const p: VhostPair = {
         index: i,
-        rxPool: new PacketPool(`${this.name} rx${i}`, heap(n * SLOT), n, SLOT, 0),
-        txPool: new PacketPool(`${this.name} tx${i}`, heap(n * SLOT), n, SLOT, 0),
+        rxPool: new PacketPool(`${this.name} rx${i}`, heap(n * SLOT), n, SLOT, HEADROOM),
+        txPool: new PacketPool(`${this.name} tx${i}`, heap(n * SLOT), n, SLOT, HEADROOM),
         irq: opts.irq === false ? null : new KickIrq(this, 2 * i + 1),
         stats: emptyStats(),
       };
@@ -230,7 +230,9 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
   }
 
   #signal(r: Vring, q: DeviceQueue, old: number): void {
-    if (r.call >= 0 && q.usedIdx !== old && q.wantsInterrupt(old)) {
+    if (q.usedIdx === old) return;
+    q.flushUsed(); // the batch's used.idx, fenced before used_event is read
+    if (r.call >= 0 && q.wantsInterrupt(old)) {
       try {
         this.ops.signal(r.call);
       } catch (e) {
@@ -249,11 +251,11 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
     try {
       while (got < max && q.rxPool.available > 0 && dq.take(c)) {
         if (!r.enabled) {
-          dq.putUsed(c.head, 0); // started but disabled: TX is taken and dropped (vhost-user.rst "Ring states")
+          dq.addUsed(c.head, 0); // started but disabled: TX is taken and dropped (vhost-user.rst "Ring states")
           continue;
         }
         const b = this.#gather(q, c, mem);
-        dq.putUsed(c.head, 0);
+        dq.addUsed(c.head, 0);
         if (b) this.deliver(q, out, b), got++;
       }
     } catch (e) {
@@ -265,34 +267,27 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
 
   #gather(q: VhostPair, c: Chain, mem: VhostMemory): PacketBuffer | null {
     const h = this.#hdrLen, len = c.readable - h;
-    if (c.writable !== 0 || len < MIN_FRAME || len > SLOT) {
+    if (c.writable !== 0 || len < MIN_FRAME || len > SLOT - HEADROOM) {
       q.stats.rxDropped++; // not a frame this port carries: dropped, the ring is fine
       return null;
     }
-    const pool = q.rxPool, b = pool.take()!, base = b.slotOffset + pool.headroom;
-    let skip = h, o = 0;
-    for (let i = 0; i < c.count; i++) {
-      let a = c.addr[i], n = c.len[i];
-      if (skip > 0) {
-        const k = Math.min(skip, n);
-        mem.copyOut(a, k, this.#hdr, h - skip, this.#hdr32);
-        skip -= k, a += k, n -= k;
-        if (n === 0) continue;
-      }
-      mem.copyOut(a, n, pool.bytes, base + o, pool.u32);
-      o += n;
+    // The chain's bytes in order, header then frame, so the frame starts at the headroom's end: one copy per
+    // descriptor, however the guest split them.
+    const pool = q.rxPool, b = pool.take()!, at = b.slotOffset + HEADROOM - h, bytes = pool.bytes;
+    for (let i = 0, o = at; i < c.count; i++) {
+      mem.copyOut(c.addr[i], c.len[i], bytes, o, pool.u32);
+      o += c.len[i];
     }
     b.length = len;
-    const v = this.#hdrView, flags = v.getUint8(0);
-    if (v.getUint8(1) !== GSO_NONE) {
-      q.rxPool.put(b, "app");
+    if (bytes[at + 1] !== GSO_NONE) {
+      pool.put(b, "app");
       q.stats.rxDropped++; // GSO was not offered
       return null;
     }
-    if (flags & HDR_F_NEEDS_CSUM) {
-      const start = v.getUint16(6, true), off = v.getUint16(8, true);
+    if (bytes[at] & HDR_F_NEEDS_CSUM) {
+      const start = bytes[at + 6] | (bytes[at + 7] << 8), off = bytes[at + 8] | (bytes[at + 9] << 8);
       if (start + off + 2 > len) {
-        q.rxPool.put(b, "app");
+        pool.put(b, "app");
         q.stats.rxDropped++; // csum_start/csum_offset outside the frame
         return null;
       }
@@ -335,7 +330,8 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
     mem: VhostMemory,
   ): boolean {
     const h = this.#hdrLen, need = h + b.length, c = this.#chain, pool = q.txPool;
-    const base = b.slotOffset + pool.headroom;
+    // The header goes into the headroom, right before the frame: header and frame are copied as one.
+    const at = b.slotOffset + HEADROOM - h;
     // Count the chains it takes first, so a frame is written whole or not at all.
     let chains = 0, room = 0;
     while (room < need) {
@@ -347,33 +343,27 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
       chains++;
       if (!merge && room < need) {
         dq.skip(1);
-        dq.putUsed(c.head, 0); // too small for this frame (no MRG_RXBUF): given back empty, the frame dropped
+        dq.addUsed(c.head, 0); // too small for this frame (no MRG_RXBUF): given back empty, the frame dropped
         q.stats.txErrors++;
         return true;
       }
     }
-    const h32 = this.#hdr32;
-    h32[0] = 0, h32[1] = 0; // flags, gso_type, hdr_len, gso_size, csum_start: none
-    h32[2] = h === 12 ? chains << 16 : 0; // csum_offset 0, num_buffers (12-byte header only)
-    let src = -h; // bytes of header (negative) then frame written so far
+    // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset: none; num_buffers (12-byte header only).
+    if (h === 12) {
+      const u32 = pool.u32, w = at >> 2;
+      u32[w] = 0, u32[w + 1] = 0, u32[w + 2] = chains << 16;
+    } else pool.bytes.fill(0, at, at + h);
+    let src = 0; // bytes of header and frame written so far
     for (let k = 0; k < chains; k++) {
       if (chains > 1) dq.peek(c, 0); // one chain (the usual case) is in `c` already, checked
       let wrote = 0;
-      for (let d = 0; d < c.count && src < b.length; d++) {
-        let a = c.addr[d], left = c.len[d];
-        if (src < 0) {
-          const m = Math.min(-src, left);
-          mem.copyIn(a, this.#hdr, h + src, m, this.#hdr32);
-          src += m, a += m, left -= m, wrote += m;
-        }
-        const m = Math.min(b.length - src, left);
-        if (m > 0) {
-          mem.copyIn(a, pool.bytes, base + src, m, pool.u32);
-          src += m, wrote += m;
-        }
+      for (let d = 0; d < c.count && src < need; d++) {
+        const m = Math.min(need - src, c.len[d]);
+        mem.copyIn(c.addr[d], pool.bytes, at + src, m, pool.u32);
+        src += m, wrote += m;
       }
       dq.skip(1);
-      dq.putUsed(c.head, wrote);
+      dq.addUsed(c.head, wrote);
     }
     q.stats.txPackets++;
     q.stats.txBytes += b.length;

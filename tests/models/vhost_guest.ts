@@ -63,6 +63,20 @@ export class DriverRing {
     this.dv.setUint16(this.#o(this.addr.driver) + RING.IDX, this.availIdx, true);
   }
 
+  /** Make heads `first`, `first + 1`, … (`n` of them, mod the ring) available with one avail.idx store. */
+  publishRun(first: number, n: number): void {
+    const a = this.#avail16 ??= new Uint16Array(
+      this.fe.mem.bytes.buffer,
+      this.fe.mem.bytes.byteOffset + this.#o(this.addr.driver),
+      3 + Q,
+    );
+    let idx = this.availIdx;
+    for (let k = 0; k < n; k++, idx = (idx + 1) & 0xffff) a[2 + (idx & (Q - 1))] = (first + k) & (Q - 1);
+    this.availIdx = idx;
+    Atomics.store(a, 1, idx);
+  }
+  #avail16: Uint16Array | null = null;
+
   /** Set used_event (EVENT_IDX) to `v`. */
   usedEvent(v: number): void {
     this.dv.setUint16(this.#o(this.addr.driver) + usedEventOffset(Q), v & 0xffff, true);
