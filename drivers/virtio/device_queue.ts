@@ -106,6 +106,10 @@ function area(mem: GuestMemory, addr: number, len: number, align: number, what: 
   return b;
 }
 
+// The rings' fields as indices of the views (split_ring.ts has their byte offsets): flags and idx halfwords, the
+// first avail entry's halfword, the first used element's word.
+const FLAGS = RING.FLAGS >> 1, IDX = RING.IDX >> 1, ENTRY = availEntry(0) >> 1, ELEM = usedElem(0) >> 2;
+
 /** One split virtqueue, device side. */
 export class DeviceQueue implements DeviceRing {
   readonly #desc: Uint32Array; // per descriptor: addr lo, addr hi, len, flags | next << 16
@@ -152,7 +156,7 @@ export class DeviceQueue implements DeviceRing {
 
   /** The driver's avail.idx (an acquire: ring entries read after it are at least as new, §2.7.13). */
   availIdx(): number {
-    return Atomics.load(this.#avail, RING.IDX >> 1);
+    return Atomics.load(this.#avail, IDX);
   }
 
   /** Chains the driver made available and the device has not taken (checked: at most the ring's size). */
@@ -174,7 +178,7 @@ export class DeviceQueue implements DeviceRing {
   /** Read the chain `ahead` places past the next one into `out`, without taking it; false when not available. */
   peek(out: Chain, ahead = 0): boolean {
     if (!this.#has(ahead)) return false;
-    this.#walk(this.#avail[availEntry((this.#last + ahead) & (this.size - 1)) >> 1], out);
+    this.#walk(this.#avail[ENTRY + ((this.#last + ahead) & (this.size - 1))], out);
     return true;
   }
 
@@ -209,11 +213,11 @@ export class DeviceQueue implements DeviceRing {
    * driver ends a batch with {@link DeviceQueue.flushUsed}, then asks {@link DeviceQueue.wantsInterrupt}.
    */
   addUsed(id: number, len: number): void {
-    const u = this.#used32, e = usedElem(this.usedIdx & (this.size - 1)) >> 2;
+    const u = this.#used32, e = ELEM + ((this.usedIdx & (this.size - 1)) << 1);
     u[e] = id;
     u[e + 1] = len;
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
-    this.#used16[RING.IDX >> 1] = this.usedIdx; // plain: x86 keeps stores in order, the element lands first
+    this.#used16[IDX] = this.usedIdx; // plain: x86 keeps stores in order, the element lands first
   }
 
   /**
@@ -221,14 +225,14 @@ export class DeviceQueue implements DeviceRing {
    * {@link DeviceQueue.wantsInterrupt}, is not read ahead of it (§2.7.10: the driver's mirror of the avail side).
    */
   flushUsed(): void {
-    Atomics.store(this.#used16, RING.IDX >> 1, this.usedIdx);
+    Atomics.store(this.#used16, IDX, this.usedIdx);
   }
 
   /** Whether moving used.idx from `old` to where it is now calls for an interrupt. */
   wantsInterrupt(old: number): boolean {
     const a = this.#avail;
     if (this.eventIdx) return needsEvent(a[2 + this.size], this.usedIdx, old);
-    return (a[RING.FLAGS >> 1] & AVAIL_F_NO_INTERRUPT) === 0;
+    return (a[FLAGS] & AVAIL_F_NO_INTERRUPT) === 0;
   }
 
   /** With EVENT_IDX, tell the driver where to notify next: avail_event = the next index to take (§2.7.10). */
@@ -238,7 +242,7 @@ export class DeviceQueue implements DeviceRing {
 
   /** used.idx as the driver reads it from the ring (where a restarted device resumes publishing). */
   publishedUsed(): number {
-    return Atomics.load(this.#used16, RING.IDX >> 1);
+    return Atomics.load(this.#used16, IDX);
   }
 
   /**
@@ -250,13 +254,13 @@ export class DeviceQueue implements DeviceRing {
       if (on) this.publishAvailEvent();
       return;
     }
-    Atomics.store(this.#used16, RING.FLAGS >> 1, on ? 0 : USED_F_NO_NOTIFY);
+    Atomics.store(this.#used16, FLAGS, on ? 0 : USED_F_NO_NOTIFY);
   }
 
   /** Move used.idx by `n` without elements (a hostile device's knob). */
   jumpUsed(n: number): void {
     this.usedIdx = (this.usedIdx + n) & 0xffff;
-    this.#used16[RING.IDX >> 1] = this.usedIdx;
+    this.#used16[IDX] = this.usedIdx;
   }
 
   #walk(head: number, out: Chain): void {
