@@ -23,9 +23,15 @@ import {
   offWrapOf,
   PACKED_DESC_SIZE,
   passesEvent,
+  PDESC,
   PDESC_F,
   usedFlags,
 } from "./packed_ring.ts";
+
+// A descriptor's fields (PDESC) as indices of the ring's views, from slot s's first word (s << 2) or halfword
+// (s << 3): addr's low word (then its high one), len; id and flags.
+const ADDR32 = PDESC.ADDR >> 2, LEN32 = PDESC.LEN >> 2;
+const ID16 = PDESC.ID >> 1, FLAGS16 = PDESC.FLAGS >> 1;
 
 function typed<T>(mem: GuestMemory, addr: number, len: number, what: string, make: (b: Uint8Array) => T): T {
   const b = mem(addr, len);
@@ -75,7 +81,7 @@ export class PackedDeviceQueue implements DeviceRing {
   }
 
   #flags(lin: number): number {
-    return Atomics.load(this.#d16, ((lin & (this.size - 1)) << 3) + 7);
+    return Atomics.load(this.#d16, ((lin & (this.size - 1)) << 3) + FLAGS16);
   }
 
   /** Read the chain at cursor `lin` into `out` (checked; `before` slots already read ahead of it); the cursor past it. */
@@ -91,7 +97,7 @@ export class PackedDeviceQueue implements DeviceRing {
           `queue ${q}: a chain runs past the ${size - this.#held - before} free slots`,
         );
       }
-      const s = lin & (size - 1), flags = this.#flags(lin), len = d32[(s << 2) + 2];
+      const s = lin & (size - 1), flags = this.#flags(lin), len = d32[(s << 2) + LEN32];
       if (flags & PDESC_F.INDIRECT) {
         throw new DeviceQueueError(
           `queue ${q}: indirect descriptor at slot ${s} without VIRTIO_F_INDIRECT_DESC`,
@@ -104,7 +110,7 @@ export class PackedDeviceQueue implements DeviceRing {
         );
       }
       const k = out.count++;
-      out.addr[k] = d32[s << 2] + d32[(s << 2) + 1] * 0x1_0000_0000;
+      out.addr[k] = d32[(s << 2) + ADDR32] + d32[(s << 2) + ADDR32 + 1] * 0x1_0000_0000;
       out.len[k] = len;
       out.write[k] = write;
       if (write) out.writable += len, sawWrite = true;
@@ -114,7 +120,7 @@ export class PackedDeviceQueue implements DeviceRing {
       }
       lin = advance(lin, 1, size);
       if (!(flags & PDESC_F.NEXT)) {
-        out.head = d16[(s << 3) + 6]; // the buffer id: in the last descriptor (§2.8.6)
+        out.head = d16[(s << 3) + ID16]; // the buffer id: in the last descriptor (§2.8.6)
         if (this.#heldLen[out.head] !== 0) {
           throw new DeviceQueueError(
             `queue ${q}: buffer id ${out.head} made available while the device holds it`,
@@ -179,9 +185,9 @@ export class PackedDeviceQueue implements DeviceRing {
    */
   putUsed(id: number, len: number): boolean {
     const old = this.usedIdx, s = old & (this.size - 1), slots = this.#heldLen[id & 0xffff] || 1;
-    this.#d32[(s << 2) + 2] = len;
-    this.#d16[(s << 3) + 6] = id;
-    Atomics.store(this.#d16, (s << 3) + 7, usedFlags(old, this.size) | (len ? PDESC_F.WRITE : 0));
+    this.#d32[(s << 2) + LEN32] = len;
+    this.#d16[(s << 3) + ID16] = id;
+    Atomics.store(this.#d16, (s << 3) + FLAGS16, usedFlags(old, this.size) | (len ? PDESC_F.WRITE : 0));
     if (this.#heldLen[id & 0xffff]) this.#held -= slots;
     this.#heldLen[id & 0xffff] = 0;
     this.usedIdx = advance(old, Math.min(slots, this.size), this.size);
@@ -216,7 +222,7 @@ export class PackedDeviceQueue implements DeviceRing {
    * knob: a packed ring has no index to run ahead, so the lie is an id returned again).
    */
   jumpUsed(n: number): void {
-    const id = this.#d16[((this.usedIdx & (this.size - 1)) << 3) + 6];
+    const id = this.#d16[((this.usedIdx & (this.size - 1)) << 3) + ID16];
     for (let k = 0; k < Math.min(n, this.size); k++) this.putUsed(id, 0);
   }
 }

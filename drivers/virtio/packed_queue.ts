@@ -26,9 +26,15 @@ import {
   EVENT_FLAGS,
   packedQueueBytes,
   passesEvent,
+  PDESC,
   PDESC_F,
   usedFlags,
 } from "./packed_ring.ts";
+
+// A descriptor's fields (PDESC) as indices of the ring's views, from slot s's first word (s << 2) or halfword
+// (s << 3): addr's low word (then its high one), len, the word of id and flags; id and flags alone.
+const ADDR32 = PDESC.ADDR >> 2, LEN32 = PDESC.LEN >> 2, IDFLAGS32 = PDESC.ID >> 2;
+const ID16 = PDESC.ID >> 1, FLAGS16 = PDESC.FLAGS >> 1;
 import { type Segment, type Virtqueue, VirtqueueError } from "./queue.ts";
 
 const USED_MASK = PDESC_F.AVAIL | PDESC_F.USED;
@@ -161,10 +167,10 @@ export class PackedQueue implements Virtqueue {
    */
   #putHead(lin: number, lo: number, hi: number, len: number, id: number, flags: number): void {
     const o = (lin & (this.size - 1)) << 2;
-    this.#d32[o] = lo;
-    this.#d32[o + 1] = hi;
-    this.#d32[o + 2] = len;
-    this.#d32[o + 3] = id | ((lin < this.size ? 0 : PDESC_F.AVAIL | PDESC_F.USED) << 16); // AVAIL = USED
+    this.#d32[o + ADDR32] = lo;
+    this.#d32[o + ADDR32 + 1] = hi;
+    this.#d32[o + LEN32] = len;
+    this.#d32[o + IDFLAGS32] = id | ((lin < this.size ? 0 : PDESC_F.AVAIL | PDESC_F.USED) << 16); // AVAIL = USED
     this.#pendHead = lin;
     this.#pendFlags = flags;
   }
@@ -188,10 +194,10 @@ export class PackedQueue implements Virtqueue {
     // One loop of plain stores: each descriptor is written whole, behind the batch's held-back head.
     for (; k < n; k++) {
       const b = bufs[k], i = b.index, o = (lin & (size - 1)) << 2;
-      d32[o] = lo[i];
-      d32[o + 1] = hi[i];
-      d32[o + 2] = extra + b.length;
-      d32[o + 3] = i | ((f | (lin < size ? PDESC_F.AVAIL : PDESC_F.USED)) << 16);
+      d32[o + ADDR32] = lo[i];
+      d32[o + ADDR32 + 1] = hi[i];
+      d32[o + LEN32] = extra + b.length;
+      d32[o + IDFLAGS32] = i | ((f | (lin < size ? PDESC_F.AVAIL : PDESC_F.USED)) << 16);
       lin = lin + 1 === 2 * size ? 0 : lin + 1;
     }
     this.#posted(lin, n);
@@ -212,10 +218,10 @@ export class PackedQueue implements Virtqueue {
     }
     for (; k < n; k++) {
       const i = ids[k], o = (lin & (size - 1)) << 2;
-      d32[o] = lo[i];
-      d32[o + 1] = hi[i];
-      d32[o + 2] = len;
-      d32[o + 3] = i | ((f | (lin < size ? PDESC_F.AVAIL : PDESC_F.USED)) << 16);
+      d32[o + ADDR32] = lo[i];
+      d32[o + ADDR32 + 1] = hi[i];
+      d32[o + LEN32] = len;
+      d32[o + IDFLAGS32] = i | ((f | (lin < size ? PDESC_F.AVAIL : PDESC_F.USED)) << 16);
       lin = lin + 1 === 2 * size ? 0 : lin + 1;
     }
     this.#posted(lin, n);
@@ -235,7 +241,7 @@ export class PackedQueue implements Virtqueue {
    * here against < 1 ns for a plain one: once per batch, not per descriptor.
    */
   #flagsAt(lin: number, acquire: boolean): number {
-    const at = ((lin & (this.size - 1)) << 3) + 7;
+    const at = ((lin & (this.size - 1)) << 3) + FLAGS16;
     return acquire ? Atomics.load(this.#d16, at) : this.#d16[at];
   }
 
@@ -246,7 +252,7 @@ export class PackedQueue implements Virtqueue {
   popSlot(): number {
     if (this.#ready === 0) this.#noneReady();
     const lin = this.#usedLin, size = this.size, s = lin & (size - 1);
-    const id = this.#d16[(s << 3) + 6], len = this.#d32[(s << 2) + 2];
+    const id = this.#d16[(s << 3) + ID16], len = this.#d32[(s << 2) + LEN32];
     if (!this.#usedOk(id, len)) this.fail(this.#usedFault(id, len));
     this.#owners![id] = OWNER.APP;
     this.#usedLin = lin + 1 === 2 * size ? 0 : lin + 1;
@@ -271,7 +277,7 @@ export class PackedQueue implements Virtqueue {
     for (; k < limit; k++) {
       const s = lin & mask;
       if (k >= ready && (this.#flagsAt(lin, k === ready) & USED_MASK) !== usedFlags(lin, size)) break;
-      const id = d16[(s << 3) + 6], len = d32[(s << 2) + 2];
+      const id = d16[(s << 3) + ID16], len = d32[(s << 2) + LEN32];
       if (!this.#usedOk(id, len)) {
         this.#break(this.#usedFault(id, len));
         break;
@@ -361,7 +367,7 @@ export class PackedQueue implements Virtqueue {
     const head = this.#pendHead;
     if (head < 0) return false;
     this.verify();
-    Atomics.store(this.#d16, ((head & (this.size - 1)) << 3) + 7, this.#pendFlags);
+    Atomics.store(this.#d16, ((head & (this.size - 1)) << 3) + FLAGS16, this.#pendFlags);
     this.#pendHead = -1;
     this.#published = this.#inFlight;
     const flags = Atomics.load(this.#ev, 3);
@@ -389,7 +395,9 @@ export class PackedQueue implements Virtqueue {
       do {
         ready++;
         lin = lin + 1 === 2 * size ? 0 : lin + 1;
-      } while (ready < published && (d16[((lin & mask) << 3) + 7] & USED_MASK) === usedFlags(lin, size));
+      } while (
+        ready < published && (d16[((lin & mask) << 3) + FLAGS16] & USED_MASK) === usedFlags(lin, size)
+      );
     } else {
       do {
         ready++;
@@ -403,7 +411,7 @@ export class PackedQueue implements Virtqueue {
 
   /** Unbound queue: the slots of the chain whose used descriptor is at `lin` (its id checked first). */
   #chainAt(lin: number): number {
-    const id = this.#d16[((lin & (this.size - 1)) << 3) + 6];
+    const id = this.#d16[((lin & (this.size - 1)) << 3) + ID16];
     if (!(id < this.size) || this.#owned[id] === 0) {
       this.fail(`device returned buffer id ${id}, which it does not own`);
     }
@@ -413,7 +421,9 @@ export class PackedQueue implements Virtqueue {
   /** Pop the next used chain (call only after {@link pending} said so): its id; length in `lastLen`. */
   popUsed(): number {
     if (this.#ready === 0) throw new RangeError(`queue ${this.index}: popUsed without a pending entry`);
-    const s = this.#usedLin & (this.size - 1), id = this.#d16[(s << 3) + 6], len = this.#d32[(s << 2) + 2];
+    const s = this.#usedLin & (this.size - 1),
+      id = this.#d16[(s << 3) + ID16],
+      len = this.#d32[(s << 2) + LEN32];
     if (!(id < this.size) || this.#owned[id] === 0) {
       this.fail(`device returned buffer id ${id}, which it does not own`);
     }

@@ -5,7 +5,7 @@
  */
 import { F, NET_F, VIRTIO_ID } from "../../drivers/virtio/features.ts";
 import { Chain, type DeviceQueue, type DeviceRing } from "../../drivers/virtio/device_queue.ts";
-import { advance, EVENT_FLAGS, isAvail, usedFlags } from "../../drivers/virtio/packed_ring.ts";
+import { advance, EVENT_FLAGS, isAvail, PDESC, usedFlags } from "../../drivers/virtio/packed_ring.ts";
 import {
   availEntry,
   availEventOffset,
@@ -40,6 +40,9 @@ export interface CtrlRecord {
   cmd: number;
   data: Uint8Array;
 }
+
+// A packed descriptor's len and flags as indices of the ring's word and halfword views (packed_ring.ts PDESC).
+const LEN32 = PDESC.LEN >> 2, FLAGS16 = PDESC.FLAGS >> 1;
 
 /** The virtio-net device model. */
 export class VirtioNetModel extends VirtioPciModel {
@@ -230,10 +233,10 @@ export class VirtioNetModel extends VirtioPciModel {
   #fastCompletePacked(qi: number, len: number): number {
     const v = this.#fastPacked(qi), { d32, d16 } = v, size = d32.length >> 2, mask = size - 1;
     let n = 0, at = v.lin;
-    while (n < size && isAvail(d16[((at & mask) << 3) + 7], at, size)) {
+    while (n < size && isAvail(d16[((at & mask) << 3) + FLAGS16], at, size)) {
       const s = at & mask;
-      d32[(s << 2) + 2] = len;
-      d16[(s << 3) + 7] = usedFlags(at, size);
+      d32[(s << 2) + LEN32] = len;
+      d16[(s << 3) + FLAGS16] = usedFlags(at, size);
       at = advance(at, 1, size);
       n++;
     }
