@@ -71,10 +71,10 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
   sendBatch(pkts: PacketBuffer[], n: number, queue = 0): number {
     const q = this.queue(queue);
     // The frame-size rule, for the whole batch before any buffer is taken: MIN_FRAME..maxFrame.
-    const max = this.maxFrame;
+    const min = MIN_FRAME, max = this.maxFrame;
     for (let i = 0; i < n; i++) {
       const len = pkts[i].length;
-      if (!(len >= MIN_FRAME && len <= max)) this.#badLength(len);
+      if (!(len >= min && len <= max)) this.#badLength(len);
     }
     return this.post(q, pkts, n);
   }

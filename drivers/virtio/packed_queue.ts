@@ -39,6 +39,9 @@ import { type Segment, type Virtqueue, VirtqueueError } from "./queue.ts";
 
 const USED_MASK = PDESC_F.AVAIL | PDESC_F.USED;
 
+// Owner states as module constants: the hot loops compare against them per buffer.
+const { APP, DEVICE } = OWNER;
+
 /** A packed virtqueue. */
 export class PackedQueue implements Virtqueue {
   /** Ring slots (a power of two here, though the format allows any size). */
@@ -254,7 +257,7 @@ export class PackedQueue implements Virtqueue {
     const lin = this.#usedLin, size = this.size, s = lin & (size - 1);
     const id = this.#d16[(s << 3) + ID16], len = this.#d32[(s << 2) + LEN32];
     if (!this.#usedOk(id, len)) this.fail(this.#usedFault(id, len));
-    this.#owners![id] = OWNER.APP;
+    this.#owners![id] = APP;
     this.#usedLin = lin + 1 === 2 * size ? 0 : lin + 1;
     if (--this.#ready === 0) this.#scanLin = this.#usedLin;
     this.#inFlight--;
@@ -282,7 +285,7 @@ export class PackedQueue implements Virtqueue {
         this.#break(this.#usedFault(id, len));
         break;
       }
-      owners[id] = OWNER.APP;
+      owners[id] = APP;
       ids[k] = id;
       lin = advance(lin, 1, size);
     }
@@ -304,11 +307,11 @@ export class PackedQueue implements Virtqueue {
   }
 
   #usedOk(id: number, len: number): boolean {
-    return id < this.size && this.#owners![id] === OWNER.DEVICE && len <= this.#slotCap;
+    return id < this.size && this.#owners![id] === DEVICE && len <= this.#slotCap;
   }
 
   #usedFault(id: number, len: number): string {
-    return id < this.size && this.#owners![id] === OWNER.DEVICE
+    return id < this.size && this.#owners![id] === DEVICE
       ? `device wrote ${len} bytes into a ${this.#slotCap}-byte buffer (id ${id})`
       : `device returned buffer id ${id}, which it does not own`;
   }

@@ -34,6 +34,9 @@ export { splitQueueBytes } from "./split_ring.ts";
 export { type Segment, type Virtqueue, VirtqueueError } from "./queue.ts";
 import { type Segment, type Virtqueue, VirtqueueError } from "./queue.ts";
 
+// Owner states as module constants: the hot loops compare against them per buffer.
+const { APP, DEVICE } = OWNER;
+
 /** A split virtqueue. */
 export class SplitQueue implements Virtqueue {
   /** Number of descriptors (a power of two). */
@@ -211,7 +214,7 @@ export class SplitQueue implements Virtqueue {
     const slot = this.#lastUsed & this.#mask, owners = this.#owners!;
     const id = this.#used[1 + 2 * slot], len = this.#used[2 + 2 * slot];
     if (!this.#usedOk(id, len)) this.fail(this.#usedFault(id, len));
-    owners[id] = OWNER.APP;
+    owners[id] = APP;
     this.#inFlight--;
     this.#lastUsed = (this.#lastUsed + 1) & 0xffff;
     this.lastLen = len;
@@ -232,7 +235,7 @@ export class SplitQueue implements Virtqueue {
         this.#break(this.#usedFault(id, len));
         break;
       }
-      owners[id] = OWNER.APP;
+      owners[id] = APP;
       ids[k] = id;
       last = (last + 1) & 0xffff;
     }
@@ -243,12 +246,12 @@ export class SplitQueue implements Virtqueue {
 
   /** Bound queue: a used entry names a buffer the device holds, and says it wrote no more than the slot holds. */
   #usedOk(id: number, len: number): boolean {
-    return id < this.size && this.#owners![id] === OWNER.DEVICE && len <= this.#slotCap;
+    return id < this.size && this.#owners![id] === DEVICE && len <= this.#slotCap;
   }
 
   /** What is wrong with a used entry {@link #usedOk} refused. */
   #usedFault(id: number, len: number): string {
-    return id < this.size && this.#owners![id] === OWNER.DEVICE
+    return id < this.size && this.#owners![id] === DEVICE
       ? this.#lenFault(id, len, this.#slotCap)
       : this.#idFault(id);
   }
