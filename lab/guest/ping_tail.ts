@@ -1,0 +1,135 @@
+/**
+ * Where ping's tail comes from inside the lab VM: `deno task vm -- deno run -A lab/guest/ping_tail.ts [--count N]
+ * [--irq msix|poll]`. The same NIC and peer as `bench --net`'s ping (0000:00:04.0 against the guest
+ * kernel's stack on 0000:00:05.0 in a namespace): the guest kernel's ping first, then `deno task ping` through
+ * pvdrv (VFIO) as `bench --net` runs it, and again with one suspect removed at a time: the garbage collector (a
+ * young generation too large to fill in the run, so no scavenge happens) and the JIT's warm-up (a long warm-up
+ * left out of the figures). Each run counts the collections V8 reported (`--trace-gc`). Whichever change brings
+ * the p99 down to the kernel's names the cause.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { LAB } from "../topology.ts";
+import { NetNs, run } from "../netns.ts";
+import { readDevice } from "../../ffi/sysfs.ts";
+import { bindDevice } from "../../system/bind.ts";
+import { percentile, pingRun } from "../../apps/ping.ts";
+import { openNic } from "../../system/table.ts";
+import { NetHost } from "../../net/host.ts";
+import { parseIp } from "../../net/ipv4.ts";
+import { allocationProfiled, allocationSites } from "../profile.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: { count: { type: "string" }, irq: { type: "string" } },
+});
+const COUNT = Number(values.count ?? 500), IRQ = values.irq ?? "msix";
+const PCI = LAB.vfioKernelPeer.pci, PEER = LAB.kernelPeer.pci;
+const PV = "10.0.0.2", K = "10.0.0.1";
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+type Numbers = Record<string, number>;
+
+/** One pvdrv run: its ping summary and the collections V8 reported in it. */
+async function pvdrvPing(v8: string[], warmup: number): Promise<Numbers> {
+  const args = [
+    "run",
+    "-A",
+    "--no-check",
+    `--v8-flags=${["--trace-gc", ...v8].join(",")}`,
+    `${ROOT}cli/ping.ts`,
+  ];
+  args.push(PCI, K, "--ip", `${PV}/24`, "--count", String(COUNT), "--interval", "10", "--json");
+  args.push("--warmup", String(warmup), "--irq", IRQ);
+  const r = await new Deno.Command(Deno.execPath(), { args, stdout: "piped", stderr: "piped" }).output();
+  const out = new TextDecoder().decode(r.stdout);
+  if (r.code !== 0) {
+    throw new Error(`deno task ping exited ${r.code}\n${out}\n${new TextDecoder().decode(r.stderr)}`);
+  }
+  // V8 writes its trace through C's buffered stdout: the lines are all there, but not in order with the summary.
+  const gcs = [
+    ...out.matchAll(
+      /ms: (Scavenge|Minor Mark-Sweep|Mark-Compact|Mark-sweep)[^,]*,(?: pooled: [\d.]+ MB,)? ([\d.]+) \//g,
+    ),
+  ];
+  const summary = JSON.parse(out.split("\n").find((l) => l.startsWith("{"))!) as Numbers;
+  const scavenges = gcs.filter((m) => /Scavenge|Minor/.test(m[1])).length;
+  return {
+    p50: summary.p50,
+    p99: summary.p99,
+    max: summary.max,
+    received: summary.received,
+    scavenges,
+    fullGcs: gcs.length - scavenges,
+    gcPauseMs: gcs.reduce((s, m) => s + Number(m[2]), 0),
+  };
+}
+
+function p(rtts: number[], q: number): number {
+  return percentile([...rtts].sort((a, b) => a - b), q);
+}
+
+const ns = await NetNs.create();
+try {
+  await ns.adopt(readDevice(PEER).netInterfaces[0], `${K}/24`);
+  bindDevice(PCI, "kernel");
+  let dev = "";
+  for (let i = 0; i < 100 && !dev; i++) {
+    dev = readDevice(PCI).netInterfaces[0] ?? "";
+    if (!dev) await new Promise((r) => setTimeout(r, 50));
+  }
+  await run("ip", ["addr", "add", `${PV}/24`, "dev", dev]);
+  await run("ip", ["link", "set", dev, "up"]);
+  await run("ping", ["-c", "3", "-W", "5", K]);
+  const kout = await run("ping", ["-c", String(COUNT), "-i", "0.01", "-W", "5", K]);
+  const krtt = [...kout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
+  await run("ip", ["addr", "flush", "dev", dev]);
+  await run("ip", ["link", "set", dev, "down"]);
+  const rows: [string, Numbers][] = [["kernel", { p50: p(krtt, 50), p99: p(krtt, 99), max: p(krtt, 100) }]];
+
+  bindDevice(PCI, "vfio-pci");
+  // In turn, twice, so a slow moment of the machine shows as disagreement between the two rounds.
+  for (let round = 1; round <= 2; round++) {
+    rows.push([`pvdrv, as bench --net (round ${round})`, await pvdrvPing([], 3)]);
+    rows.push([
+      `pvdrv, no scavenge (round ${round})`,
+      await pvdrvPing(["--min-semi-space-size=128", "--max-semi-space-size=128"], 3),
+    ]);
+    rows.push([`pvdrv, warm-up 300 (round ${round})`, await pvdrvPing([], 300)]);
+  }
+  console.log(`ping ${COUNT} x 10 ms, pvdrv --irq ${IRQ}:`);
+  console.log("| run | p50 ms | p99 ms | max ms | scavenges | full GCs | GC pauses ms |");
+  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+  for (const [name, x] of rows) {
+    const f = (v: number | undefined, d = 3) => v === undefined ? "–" : v.toFixed(d);
+    console.log(
+      `| ${name} | ${f(x.p50)} | ${f(x.p99)} | ${f(x.max)} | ${f(x.scavenges, 0)} | ${f(x.fullGcs, 0)} | ${
+        f(x.gcPauseMs, 1)
+      } |`,
+    );
+  }
+  console.log(`PVDRV-PINGTAIL ${JSON.stringify(Object.fromEntries(rows))}`);
+
+  // Where the ping path allocates: the same ping in this process, warmed up, under the sampling heap profiler.
+  const nic = await openNic(PCI, { irq: IRQ === "poll" ? "poll" : "msix" });
+  const host = NetHost.start(nic, { ip: `${PV}/24`, interrupts: IRQ !== "poll" });
+  try {
+    const o = { count: 100, intervalMs: 10, size: 56, timeoutMs: 1000 };
+    await pingRun(host, parseIp(K), { ...o, count: 300 });
+    const profile = await allocationProfiled(() => pingRun(host, parseIp(K), o));
+    const sites = allocationSites(profile);
+    const total = sites.reduce((s, x) => s + x.bytes, 0);
+    console.log(
+      `\nallocated per ping (${o.count} pings, sampled; top sites, ${
+        (total / o.count).toFixed(0)
+      } B in all):`,
+    );
+    for (const x of sites) console.log(`  ${(x.bytes / o.count).toFixed(0).padStart(6)} B  ${x.where}`);
+  } finally {
+    await host.close();
+    await nic.close();
+  }
+} finally {
+  await ns.close();
+  bindDevice(PCI, "kernel");
+}
