@@ -69,30 +69,47 @@ export function profileTable(rows: ProfileRow[]): string {
     .join("\n");
 }
 
-/** Run `fn` under V8's sampling profiler (every `intervalUs` µs); its CPU profile. */
-export async function profiled(fn: () => Promise<unknown>, intervalUs = 100): Promise<CpuProfile> {
+/** Run `fn` with `start` called before and `stop` after, on one inspector session; what `stop` returned. */
+async function inspected<R>(
+  start: (post: Post) => Promise<void>,
+  fn: () => Promise<unknown>,
+  stop: (post: Post) => Promise<R>,
+): Promise<R> {
   const s = new Session();
   s.connect();
-  const post = <T>(method: string, params?: object) =>
+  const post: Post = <T>(method: string, params?: object) =>
     new Promise<T>((resolve, reject) =>
       s.post(method, params ?? {}, (e: Error | null, r?: unknown) => (e ? reject(e) : resolve(r as T)))
     );
   try {
-    await post("Profiler.enable");
-    await post("Profiler.setSamplingInterval", { interval: intervalUs });
-    await post("Profiler.start");
+    await start(post);
     let failed: { e: unknown } | null = null;
     try {
       await fn();
     } catch (e) {
       failed = { e };
     }
-    const r = await post<{ profile: CpuProfile }>("Profiler.stop");
+    const r = await stop(post);
     if (failed) throw failed.e;
-    return r.profile;
+    return r;
   } finally {
     s.disconnect();
   }
+}
+
+type Post = <T>(method: string, params?: object) => Promise<T>;
+
+/** Run `fn` under V8's sampling profiler (every `intervalUs` µs); its CPU profile. */
+export function profiled(fn: () => Promise<unknown>, intervalUs = 100): Promise<CpuProfile> {
+  return inspected(
+    async (post) => {
+      await post("Profiler.enable");
+      await post("Profiler.setSamplingInterval", { interval: intervalUs });
+      await post("Profiler.start");
+    },
+    fn,
+    async (post) => (await post<{ profile: CpuProfile }>("Profiler.stop")).profile,
+  );
 }
 
 /** The parts of a V8 sampling heap profile read here (`HeapProfiler.stopSampling`). */
@@ -115,35 +132,19 @@ export interface HeapNode {
  * Run `fn` under V8's sampling heap profiler (a sample every `intervalBytes` allocated on average), counting
  * objects the collector has since freed too: where `fn` allocates, not what it keeps.
  */
-export async function allocationProfiled(
-  fn: () => Promise<unknown>,
-  intervalBytes = 256,
-): Promise<HeapProfile> {
-  const s = new Session();
-  s.connect();
-  const post = <T>(method: string, params?: object) =>
-    new Promise<T>((resolve, reject) =>
-      s.post(method, params ?? {}, (e: Error | null, r?: unknown) => (e ? reject(e) : resolve(r as T)))
-    );
-  try {
-    await post("HeapProfiler.enable");
-    await post("HeapProfiler.startSampling", {
-      samplingInterval: intervalBytes,
-      includeObjectsCollectedByMajorGC: true,
-      includeObjectsCollectedByMinorGC: true,
-    });
-    let failed: { e: unknown } | null = null;
-    try {
-      await fn();
-    } catch (e) {
-      failed = { e };
-    }
-    const r = await post<{ profile: HeapProfile }>("HeapProfiler.stopSampling");
-    if (failed) throw failed.e;
-    return r.profile;
-  } finally {
-    s.disconnect();
-  }
+export function allocationProfiled(fn: () => Promise<unknown>, intervalBytes = 256): Promise<HeapProfile> {
+  return inspected(
+    async (post) => {
+      await post("HeapProfiler.enable");
+      await post("HeapProfiler.startSampling", {
+        samplingInterval: intervalBytes,
+        includeObjectsCollectedByMajorGC: true,
+        includeObjectsCollectedByMinorGC: true,
+      });
+    },
+    fn,
+    async (post) => (await post<{ profile: HeapProfile }>("HeapProfiler.stopSampling")).profile,
+  );
 }
 
 /** Bytes allocated per call site of `p` ("name file:line"), largest first, the first `top`. */

@@ -6,8 +6,9 @@
  * @module
  */
 import { LAB } from "../topology.ts";
-import { NetNs, run } from "../netns.ts";
+import { NetNs } from "../netns.ts";
 import { readDevice } from "../../ffi/sysfs.ts";
+import { kernelAddress, kernelPing } from "./kernel_peer.ts";
 import { bindDevice } from "../../system/bind.ts";
 import { summarizePings } from "../../apps/ping.ts";
 import { commandJson, Running, task } from "./tasks.ts";
@@ -50,17 +51,8 @@ try {
   await ns.adopt(peerDev, `${K}/24`);
 
   // 1. The guest kernel's virtio_net on the NIC.
-  bindDevice(PCI, "kernel"); // as booted: a no-op unless an earlier run left it on vfio-pci
-  let dev = "";
-  for (let i = 0; i < 100 && !dev; i++) {
-    dev = readDevice(PCI).netInterfaces[0] ?? "";
-    if (!dev) await new Promise((r) => setTimeout(r, 50));
-  }
-  await run("ip", ["addr", "add", `${PV}/24`, "dev", dev]);
-  await run("ip", ["link", "set", dev, "up"]);
-  await run("ping", ["-c", "3", "-W", "5", K]); // ARP and warm-up
-  const out = await run("ping", ["-c", String(PINGS), "-i", "0.01", "-W", "5", K]);
-  const rtts = [...out.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
+  const k = await kernelAddress(PCI, `${PV}/24`);
+  const rtts = await kernelPing(K, PINGS);
   const kernel = {
     driver: "kernel",
     ping: summarizePings(PINGS, rtts),
@@ -71,8 +63,7 @@ try {
     http: await httpLoad(ns, new Running(task("lab/guest/http_server.ts", [PV, "8080"])), /listening/),
   };
   console.log(`PVDRV-NETBENCH ${JSON.stringify(kernel)}`);
-  await run("ip", ["addr", "flush", "dev", dev]);
-  await run("ip", ["link", "set", dev, "down"]);
+  await k.release();
 
   // 2. pvdrv on the same NIC over VFIO (interrupts; ping also polling).
   bindDevice(PCI, "vfio-pci");

@@ -3,6 +3,8 @@ import { generate, receive, type RecvResult, type SendResult, type Window } from
 import { parseMac } from "../../drivers/net/nic.ts";
 import type { Nic } from "../../drivers/net/nic.ts";
 import { readDevice } from "../../ffi/sysfs.ts";
+import { bindDevice } from "../../system/bind.ts";
+import { run } from "../netns.ts";
 
 const PVPEER = new URL("../../build/pvpeer", import.meta.url).pathname;
 
@@ -148,4 +150,37 @@ export function interfaceCounters(name: string): Record<string, number> {
     if (v) out[e.name] = v;
   }
   return out;
+}
+
+/**
+ * Give the NIC at `pci` to the guest kernel (virtio_net) with address `cidr` on its interface, up; `release`
+ * flushes the address and takes the interface down again, so pvdrv can take the NIC next.
+ */
+export async function kernelAddress(
+  pci: string,
+  cidr: string,
+): Promise<{ dev: string; release(): Promise<void> }> {
+  bindDevice(pci, "kernel"); // as booted: a no-op unless an earlier run left it on vfio-pci
+  let dev = "";
+  for (let i = 0; i < 100 && !dev; i++) {
+    dev = readDevice(pci).netInterfaces[0] ?? "";
+    if (!dev) await new Promise((r) => setTimeout(r, 50));
+  }
+  if (!dev) throw new Error(`${pci} has no kernel network interface 5 s after binding virtio_net`);
+  await run("ip", ["addr", "add", cidr, "dev", dev]);
+  await run("ip", ["link", "set", dev, "up"]);
+  return {
+    dev,
+    async release() {
+      await run("ip", ["addr", "flush", "dev", dev]);
+      await run("ip", ["link", "set", dev, "down"]);
+    },
+  };
+}
+
+/** The kernel's ping to `dst`: three of warm-up (and ARP), then `count` at 10 ms; the round trips (ms). */
+export async function kernelPing(dst: string, count: number): Promise<number[]> {
+  await run("ping", ["-c", "3", "-W", "5", dst]);
+  const out = await run("ping", ["-c", String(count), "-i", "0.01", "-W", "5", dst]);
+  return [...out.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
 }

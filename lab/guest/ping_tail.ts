@@ -10,8 +10,9 @@
  */
 import { parseArgs } from "node:util";
 import { LAB } from "../topology.ts";
-import { NetNs, run } from "../netns.ts";
+import { NetNs } from "../netns.ts";
 import { readDevice } from "../../ffi/sysfs.ts";
+import { kernelAddress, kernelPing } from "./kernel_peer.ts";
 import { bindDevice } from "../../system/bind.ts";
 import { percentile, pingRun } from "../../apps/ping.ts";
 import { openNic } from "../../system/table.ts";
@@ -72,19 +73,9 @@ function p(rtts: number[], q: number): number {
 const ns = await NetNs.create();
 try {
   await ns.adopt(readDevice(PEER).netInterfaces[0], `${K}/24`);
-  bindDevice(PCI, "kernel");
-  let dev = "";
-  for (let i = 0; i < 100 && !dev; i++) {
-    dev = readDevice(PCI).netInterfaces[0] ?? "";
-    if (!dev) await new Promise((r) => setTimeout(r, 50));
-  }
-  await run("ip", ["addr", "add", `${PV}/24`, "dev", dev]);
-  await run("ip", ["link", "set", dev, "up"]);
-  await run("ping", ["-c", "3", "-W", "5", K]);
-  const kout = await run("ping", ["-c", String(COUNT), "-i", "0.01", "-W", "5", K]);
-  const krtt = [...kout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
-  await run("ip", ["addr", "flush", "dev", dev]);
-  await run("ip", ["link", "set", dev, "down"]);
+  const k = await kernelAddress(PCI, `${PV}/24`);
+  const krtt = await kernelPing(K, COUNT);
+  await k.release();
   const rows: [string, Numbers][] = [["kernel", { p50: p(krtt, 50), p99: p(krtt, 99), max: p(krtt, 100) }]];
 
   bindDevice(PCI, "vfio-pci");
