@@ -92,8 +92,10 @@ export interface VirtioQueuePair {
   txPool: PacketPool;
   /** The RX interrupt, or null when polling. */
   irq: IrqSource | null;
-  /** Scratch: buffer indices of one batch (refill, reclaim). */
+  /** Scratch: buffer indices of one batch (refill, reclaim, receive). */
   ids: Uint16Array;
+  /** Scratch: the used lengths of one received batch. */
+  lens: Uint32Array;
   /** Counters. */
   stats: QueueStats;
 }
@@ -235,6 +237,7 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
         txPool: pool(`tx${i}`, tx, false),
         irq: msix ? irqs[1 + i] : irqs[0] ?? null,
         ids: new Uint16Array(Math.max(rx.size, tx.size)),
+        lens: new Uint32Array(rx.size),
         stats: emptyStats(),
       };
       this.adopt(p.rxPool, p.txPool);
@@ -297,37 +300,53 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
     if (p.rx.kick()) p.stats.notifications++;
   }
 
-  /** Receive (§5.1.6.4): pop used buffers, check each frame's length and num_buffers, deliver or drop. */
+  /**
+   * Receive (§5.1.6.4): pop used buffers a batch at a time, check each frame's length and num_buffers, deliver or
+   * drop. A bad used entry ends the batch: the frames before it are delivered and the queue's error is thrown
+   * after (receiveBatch gives them back).
+   */
   protected collect(p: VirtioQueuePair, out: PacketBuffer[], max: number): void {
-    const vq = p.rx, pool = p.rxPool, hdr = this.hdrLen, mrg = this.#mergeable;
-    const u16 = pool.u16, bytes = pool.bytes, maxLen = hdr + this.maxFrame;
-    const flagMask = this.#rxFlagMask;
-    let n = vq.pending(), k = 0;
-    while (n > 0 && k < max) {
-      n--;
-      const i = vq.popSlot(), len = vq.lastLen, slot = i * SLOT;
-      // num_buffers: the device publishes all buffers of a frame together, so the rest must already be in the used
-      // ring; a count of 0 or beyond what is there is a protocol violation.
-      const nb = mrg ? rxNumBuffers(u16, slot >> 1) : 1;
-      if (nb === 0 || nb - 1 > n) {
-        pool.recycle(i);
-        vq.fail(`device says a frame spans ${nb} buffers, ${n} more are in the used ring`);
+    const vq = p.rx, pool = p.rxPool, hdr = this.hdrLen, mrg = this.#mergeable, ids = p.ids, lens = p.lens;
+    const u16 = pool.u16, bytes = pool.bytes, maxLen = hdr + this.maxFrame, flagMask = this.#rxFlagMask;
+    const got = vq.popSlots(ids, max, lens);
+    let j = 0;
+    try {
+      while (j < got) {
+        const i = ids[j], len = lens[j++], slot = i * SLOT;
+        // num_buffers: the device publishes all buffers of a frame together, so the rest must already be in the
+        // used ring; a count of 0 or beyond what is there is a protocol violation.
+        const nb = mrg ? rxNumBuffers(u16, slot >> 1) : 1;
+        if (nb !== 1) {
+          // A frame over several buffers never fits one 2 KiB slot: dropped with every buffer it used.
+          pool.recycle(i);
+          const inBatch = got - j, beyond = nb - 1 > inBatch && !vq.broken ? vq.pending() : 0;
+          if (nb === 0 || nb - 1 > inBatch + beyond) {
+            vq.fail(`device says a frame spans ${nb} buffers, ${inBatch + beyond} more are in the used ring`);
+          }
+          let extra = nb - 1;
+          for (; extra > 0 && j < got; extra--) pool.recycle(ids[j++]);
+          for (; extra > 0; extra--) pool.recycle(vq.popSlot());
+          p.stats.rxDropped++;
+          p.stats.rxDroppedBuffers += nb;
+          continue;
+        }
+        if (len < hdr + 14 || len > maxLen) {
+          pool.recycle(i); // runts and frames longer than the negotiated maximum
+          p.stats.rxDropped++;
+          p.stats.rxDroppedBuffers++;
+          continue;
+        }
+        const b = pool.buffers[i]; // popSlots made it the application's
+        b.length = len - hdr;
+        b.flags = bytes[slot] & flagMask;
+        this.deliver(p, out, b);
       }
-      if (len < hdr + 14 || len > maxLen || nb !== 1) {
-        // Runts, frames longer than the negotiated maximum, and frames spread over several buffers (they never fit
-        // one 2 KiB slot) are dropped with every buffer they used.
-        pool.recycle(i);
-        for (let extra = nb - 1; extra > 0; extra--, n--) pool.recycle(vq.popSlot());
-        p.stats.rxDropped++;
-        p.stats.rxDroppedBuffers += nb;
-        continue;
-      }
-      const b = pool.buffers[i]; // popSlot made it the application's
-      b.length = len - hdr;
-      b.flags = bytes[slot] & flagMask;
-      this.deliver(p, out, b);
-      k++;
+    } catch (e) {
+      // The device broke the ring mid-batch: the buffers popped and not yet handled go back to the pool.
+      pool.recycleMany(ids.subarray(j, got), got - j);
+      throw e;
     }
+    if (vq.broken) throw vq.broken; // after the good ones before the bad entry
   }
 
   /** Return completed TX buffers to their pool. */

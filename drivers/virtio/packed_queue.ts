@@ -269,10 +269,10 @@ export class PackedQueue implements Virtqueue {
 
   /**
    * Bound queue: pop every used descriptor there is, up to `max`, as {@link popSlot} does each; their buffer
-   * indices into `ids`. Returns how many. A bad one breaks the queue without throwing here: the ones before it
+   * indices into `ids` and, given `lens`, the lengths the device wrote. Returns how many. A bad one breaks the queue without throwing here: the ones before it
    * are the caller's to give back first, then {@link broken} says why.
    */
-  popSlots(ids: Uint16Array, max: number): number {
+  popSlots(ids: Uint16Array, max: number, lens?: Uint32Array): number {
     if (this.#broken) throw this.#broken;
     const d16 = this.#d16, d32 = this.#d32, owners = this.#owners!, size = this.size, mask = size - 1;
     const limit = Math.min(max, this.#published), ready = this.#ready;
@@ -287,6 +287,7 @@ export class PackedQueue implements Virtqueue {
       }
       owners[id] = APP;
       ids[k] = id;
+      if (lens) lens[k] = len;
       lin = advance(lin, 1, size);
     }
     this.#ready = k < ready ? ready - k : 0;

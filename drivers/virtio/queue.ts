@@ -61,8 +61,8 @@ export interface Virtqueue {
   postSlots(ids: Uint16Array, n: number): void;
   /** Bound queue: pop one used buffer (after {@link Virtqueue.pending}); its index. */
   popSlot(): number;
-  /** Bound queue: pop up to `max` used buffers into `ids`; how many. */
-  popSlots(ids: Uint16Array, max: number): number;
+  /** Bound queue: pop up to `max` used buffers into `ids` (and their used lengths into `lens`); how many. */
+  popSlots(ids: Uint16Array, max: number, lens?: Uint32Array): number;
   /** Queue a chain; its id, or -1 when full. */
   addChain(segs: Segment[]): number;
   /** Pop a used chain (after {@link Virtqueue.pending}); its id. */

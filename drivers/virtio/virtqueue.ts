@@ -222,11 +222,12 @@ export class SplitQueue implements Virtqueue {
   }
 
   /**
-   * Bound queue: pop every used entry there is, up to `max`, as {@link popSlot} does each (their lengths are not
-   * kept: sent frames); their buffer indices into `ids`. Returns how many. A bad entry breaks the queue but does
-   * not throw here: the entries before it are the caller's to give back first, then {@link broken} says why.
+   * Bound queue: pop every used entry there is, up to `max`, as {@link popSlot} does each; their buffer indices
+   * into `ids` and, given `lens`, the lengths the device wrote into it. Returns how many. A bad entry breaks the
+   * queue but does not throw here: the entries before it are the caller's to give back first, then
+   * {@link broken} says why.
    */
-  popSlots(ids: Uint16Array, max: number): number {
+  popSlots(ids: Uint16Array, max: number, lens?: Uint32Array): number {
     const n = Math.min(this.pending(), max), used = this.#used, owners = this.#owners!, mask = this.#mask;
     let last = this.#lastUsed, k = 0;
     for (; k < n; k++) {
@@ -237,6 +238,7 @@ export class SplitQueue implements Virtqueue {
       }
       owners[id] = APP;
       ids[k] = id;
+      if (lens) lens[k] = len;
       last = (last + 1) & 0xffff;
     }
     this.#lastUsed = last;

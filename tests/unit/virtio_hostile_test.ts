@@ -177,6 +177,26 @@ Deno.test("virtio hostile: used entries — idx one past outstanding, id == ring
   }
 });
 
+Deno.test("virtio hostile: a bad used entry after a multi-buffer frame leaves no received buffer held", () => {
+  // The batch pops a frame claiming two buffers, the good one after it, then an entry naming no buffer: the queue
+  // breaks, the frame and its second buffer go back, and nothing stays with the application (the pool would then
+  // outlive the device).
+  for (const ring of ["split", "packed"] as const) {
+    const model = new VirtioNetModel();
+    const nic = VirtioNet.openPci(model.pci(), { ring });
+    try {
+      assert.ok(model.deliver(frame(100, 1), 0, { numBuffers: 2 }));
+      assert.ok(model.deliver(frame(100, 2)));
+      model.forgeUsed(0, 999, 0);
+      const out: PacketBuffer[] = [];
+      assert.throws(() => nic.receiveBatch(out, 32), /id 999, which it does not own/, ring);
+    } finally {
+      nic.close();
+    }
+    assert.deepEqual([model.dma.live, model.dma.kept], [0, 0], `${ring}: every region freed at close`);
+  }
+});
+
 Deno.test("virtio hostile: a bound ring refuses ids the app holds, ids given back twice, and held RX buffers", () => {
   // Descriptor i is buffer i: the pool's owner record is all the ring checks a used id against.
   const model = new VirtioNetModel({ autoProcess: false });
