@@ -149,7 +149,10 @@ export async function virtioIteration(rng: Rng, steps: number, mutateConfig: boo
         nic.checkHealth();
       }
     }
-    // The oracle's end-of-run checks for a device that never misbehaved on that side.
+    // The oracle's end-of-run checks for a device that never misbehaved on that side. The device looks at its TX
+    // ring once more first: a mutated capability can point the driver's doorbell at bytes the model does not
+    // decode as a notification, and the driver cannot know (what matters is that the ring holds every frame).
+    model.process(1);
     nic.reclaimTx();
     if (!hostileTx && model.autoProcess) {
       const got = model.sent.flat();
