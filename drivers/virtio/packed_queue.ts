@@ -30,14 +30,14 @@ import {
   PDESC_F,
   usedFlags,
 } from "./packed_ring.ts";
+import { type Segment, type Virtqueue, VirtqueueError } from "./queue.ts";
+
+const USED_MASK = PDESC_F.AVAIL | PDESC_F.USED;
 
 // A descriptor's fields (PDESC) as indices of the ring's views, from slot s's first word (s << 2) or halfword
 // (s << 3): addr's low word (then its high one), len, the word of id and flags; id and flags alone.
 const ADDR32 = PDESC.ADDR >> 2, LEN32 = PDESC.LEN >> 2, IDFLAGS32 = PDESC.ID >> 2;
 const ID16 = PDESC.ID >> 1, FLAGS16 = PDESC.FLAGS >> 1;
-import { type Segment, type Virtqueue, VirtqueueError } from "./queue.ts";
-
-const USED_MASK = PDESC_F.AVAIL | PDESC_F.USED;
 
 // Owner states as module constants: the hot loops compare against them per buffer.
 const { APP, DEVICE } = OWNER;
