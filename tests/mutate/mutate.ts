@@ -129,16 +129,24 @@ async function runSuite(
   timeoutMs: number,
 ): Promise<"killed" | "survived" | "timeout"> {
   if (tests.length === 0) return "survived"; // no test imports the file
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["test", "-A", "--no-check", ...tests],
+  // In a session of its own (setsid): a mutant that hangs a test's own child process (the fuzz tests run one)
+  // is killed with its whole process group, not left spinning after the suite is gone.
+  const child = new Deno.Command("setsid", {
+    args: [Deno.execPath(), "test", "-A", "--no-check", ...tests],
     cwd: dir,
     stdout: "null",
     stderr: "null",
     env: { NO_COLOR: "1", PVDRV_NO_BUILD: "1" },
   }).spawn();
-  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+  const killGroup = () => {
+    try {
+      Deno.kill(-child.pid, "SIGKILL");
+    } catch { /* the group is gone already */ }
+  };
+  const timer = setTimeout(killGroup, timeoutMs);
   const st = await child.status;
   clearTimeout(timer);
+  killGroup(); // whatever the suite left behind
   if (st.signal === "SIGKILL") return "timeout";
   return st.success ? "survived" : "killed";
 }
