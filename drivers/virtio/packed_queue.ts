@@ -24,15 +24,13 @@ import {
   advance,
   availFlags,
   EVENT_FLAGS,
+  isUsed,
   packedQueueBytes,
   passesEvent,
   PDESC,
   PDESC_F,
-  usedFlags,
 } from "./packed_ring.ts";
 import { type Segment, type Virtqueue, VirtqueueError } from "./queue.ts";
-
-const USED_MASK = PDESC_F.AVAIL | PDESC_F.USED;
 
 // A descriptor's fields (PDESC) as indices of the ring's views, from slot s's first word (s << 2) or halfword
 // (s << 3): addr's low word (then its high one), len, the word of id and flags; id and flags alone.
@@ -279,7 +277,7 @@ export class PackedQueue implements Virtqueue {
     let lin = this.#usedLin, k = 0;
     for (; k < limit; k++) {
       const s = lin & mask;
-      if (k >= ready && (this.#flagsAt(lin, k === ready) & USED_MASK) !== usedFlags(lin, size)) break;
+      if (k >= ready && !isUsed(this.#flagsAt(lin, k === ready), lin, size)) break;
       const id = d16[(s << 3) + ID16], len = d32[(s << 2) + LEN32];
       if (!this.#usedOk(id, len)) {
         this.#break(this.#usedFault(id, len));
@@ -393,20 +391,20 @@ export class PackedQueue implements Virtqueue {
     if (this.#broken) throw this.#broken;
     let ready = this.#ready, lin = this.#scanLin;
     const published = this.#published, size = this.size, d16 = this.#d16, mask = size - 1;
-    if (ready >= published || (this.#flagsAt(lin, true) & USED_MASK) !== usedFlags(lin, size)) return ready;
+    if (ready >= published || !isUsed(this.#flagsAt(lin, true), lin, size)) return ready;
     if (this.#owners) {
       // Bound: one slot per buffer.
       do {
         ready++;
         lin = lin + 1 === 2 * size ? 0 : lin + 1;
       } while (
-        ready < published && (d16[((lin & mask) << 3) + FLAGS16] & USED_MASK) === usedFlags(lin, size)
+        ready < published && isUsed(d16[((lin & mask) << 3) + FLAGS16], lin, size)
       );
     } else {
       do {
         ready++;
         lin = advance(lin, this.#chainAt(lin), size);
-      } while (ready < published && (this.#flagsAt(lin, false) & USED_MASK) === usedFlags(lin, size));
+      } while (ready < published && isUsed(this.#flagsAt(lin, false), lin, size));
     }
     this.#ready = ready;
     this.#scanLin = lin;
