@@ -14,7 +14,7 @@ import { NetNs } from "../netns.ts";
 import { readDevice } from "../../ffi/sysfs.ts";
 import { kernelAddress, kernelPing } from "./kernel_peer.ts";
 import { bindDevice } from "../../system/bind.ts";
-import { percentile, pingRun } from "../../apps/ping.ts";
+import { pingRun, summarizePings } from "../../apps/ping.ts";
 import { openNic } from "../../system/table.ts";
 import { NetHost } from "../../net/host.ts";
 import { parseIp } from "../../net/ipv4.ts";
@@ -69,17 +69,14 @@ async function pvdrvPing(v8: string[], warmup: number): Promise<Numbers> {
   };
 }
 
-function p(rtts: number[], q: number): number {
-  return percentile([...rtts].sort((a, b) => a - b), q);
-}
-
 const ns = await NetNs.create();
 try {
   await ns.adopt(readDevice(PEER).netInterfaces[0], `${K}/24`);
   const k = await kernelAddress(PCI, `${PV}/24`);
   const krtt = await kernelPing(K, COUNT);
   await k.release();
-  const rows: [string, Numbers][] = [["kernel", { p50: p(krtt, 50), p99: p(krtt, 99), max: p(krtt, 100) }]];
+  const ks = summarizePings(COUNT, krtt);
+  const rows: [string, Numbers][] = [["kernel", { p50: ks.p50, p99: ks.p99, max: ks.max }]];
 
   bindDevice(PCI, "vfio-pci");
   // In turn, twice, so a slow moment of the machine shows as disagreement between the two rounds.
