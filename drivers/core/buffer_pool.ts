@@ -148,8 +148,8 @@ export class BufferPool<B extends PoolBuffer> {
     const k = Math.min(n, this.#nfree), free = this.#free, owners = this.owners, bufs = this.buffers;
     let top = this.#nfree;
     for (let j = 0; j < k; j++) {
-      const b = bufs[free[--top]];
-      owners[b.index] = APP;
+      const i = free[--top], b = bufs[i];
+      owners[i] = APP;
       b.reset();
       out[j] = b;
     }
@@ -297,8 +297,9 @@ export class BufferPool<B extends PoolBuffer> {
 }
 
 /**
- * Give `n` application-held buffers back to the pools they came from, which must be among `owned` (a device's
- * pools, retired ones included: a buffer held across a close or a reconnect goes back to its retired pool).
+ * Give application-held buffers `bufs[from..n)` back to the pools they came from, which must be among `owned` (a
+ * device's pools, retired ones included: a buffer held across a close or a reconnect goes back to its retired
+ * pool).
  */
 export function releaseOwned<B extends PoolBuffer>(
   bufs: B[],
@@ -306,9 +307,10 @@ export function releaseOwned<B extends PoolBuffer>(
   owned: WeakSet<BufferPool<B>>,
   device: string,
   kind: ErrorKind,
+  from = 0,
 ): void {
   let checked: BufferPool<B> | null = null; // a batch comes from one pool: one WeakSet lookup per pool change
-  for (let i = 0; i < n; i++) {
+  for (let i = from; i < n; i++) {
     const b = bufs[i], p = b.pool as BufferPool<B>;
     if (p !== checked) {
       if (!owned.has(p)) throw new PvdrvError(kind, `${device}: buffer from pool ${p.name} is not ours`);

@@ -70,9 +70,12 @@ export abstract class DeviceCore<Q extends CoreQueue> {
     return this.#pools.has(p);
   }
 
-  /** Give application-held buffers back to their pools, which must be this device's (retired ones included). */
-  protected releaseBuffers<B extends PoolBuffer>(bufs: B[], n: number): void {
-    releaseOwned(bufs, n, this.#pools as WeakSet<BufferPool<B>>, this.name, this.errorKind);
+  /**
+   * Give application-held buffers `bufs[from..n)` back to their pools, which must be this device's (retired ones
+   * included).
+   */
+  protected releaseBuffers<B extends PoolBuffer>(bufs: B[], n: number, from = 0): void {
+    releaseOwned(bufs, n, this.#pools as WeakSet<BufferPool<B>>, this.name, this.errorKind, from);
   }
 
   /** Close `r` when the device closes (after it is stopped), last adopted first. */

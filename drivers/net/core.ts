@@ -3,8 +3,8 @@
  * class-agnostic device core (drivers/core/device.ts: queue lookup, health, interrupt waits, owned resources,
  * close). A driver (virtio-net, Xen netfront) extends {@link NicCore} and supplies the ring steps (collect
  * received frames, post RX buffers, post TX frames, reclaim TX completions, arm and disarm RX interrupts, report a
- * broken queue, tear down); the NIC core adds the frame-size rule, TX buffer allocation, buffer release to the
- * right (possibly retired) pool and statistics.
+ * broken queue, tear down); the NIC core adds the frame-size rule (a driver's TX step applies it), TX buffer
+ * allocation, buffer release to the right (possibly retired) pool and statistics.
  *
  * Every step runs per batch, never per packet, except {@link NicCore.deliver} (one frame into the caller's array).
  * @module
@@ -37,25 +37,47 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
   abstract readonly mtu: number;
   abstract readonly maxFrame: number;
   abstract readonly txChecksum: boolean;
-  /** Frames {@link NicCore.collect} moved into the caller's array so far in this receiveBatch. */
+  /** Frames {@link NicCore.collect} moved into the caller's array so far in this receiveBatch, and their bytes. */
   #got = 0;
+  #gotBytes = 0;
 
   // ---- ring steps a driver supplies (each per batch) ----
 
-  /** Move up to `max` received frames into `out` with {@link NicCore.deliver}; break the queue on bad input. */
+  /**
+   * Move up to `max` received frames into `out` with {@link NicCore.deliver} (or fill `out` itself and say so with
+   * {@link NicCore.delivered}, also when it throws); break the queue on bad input.
+   */
   protected abstract collect(q: Q, out: PacketBuffer[], max: number): void;
   /** Post free RX buffers to the device. */
   protected abstract refill(q: Q): void;
-  /** Put `n` frames (lengths already checked) on the TX ring and notify; returns how many were taken. */
+  /**
+   * Put `n` frames on the TX ring and notify; returns how many were taken. A batch with a frame outside the
+   * frame-size rule ({@link NicCore.checkFrames}) is refused whole.
+   */
   protected abstract post(q: Q, pkts: PacketBuffer[], n: number): number;
   /** Return completed TX buffers to their pool; returns how many frames completed. */
   protected abstract reclaim(q: Q): number;
+  /**
+   * Optional: hand the application's RX buffers at the front of `pkts` straight back to `q`'s receive ring (they
+   * skip the free list; the {@link NicCore.refill} that follows publishes them); returns how many it took (the rest
+   * are released as usual). It must not throw once it has taken a buffer. Default: none.
+   */
+  protected repost(_q: Q, _pkts: PacketBuffer[], _n: number): number {
+    return 0;
+  }
 
   // ---- helpers for drivers ----
 
   /** Hand one received frame to the caller (from {@link NicCore.collect}); it is the application's now. */
   protected deliver(_q: Q, out: PacketBuffer[], b: PacketBuffer): void {
     out[this.#got++] = b; // counted once per batch by receiveBatch
+    this.#gotBytes += b.length;
+  }
+
+  /** {@link NicCore.collect} filled `out[0..count)` itself, `bytes` in all: they are the application's now. */
+  protected delivered(count: number, bytes: number): void {
+    this.#got = count;
+    this.#gotBytes = bytes;
   }
 
   // ---- the Nic interface ----
@@ -69,14 +91,20 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
   }
 
   sendBatch(pkts: PacketBuffer[], n: number, queue = 0): number {
-    const q = this.queue(queue);
-    // The frame-size rule, for the whole batch before any buffer is taken: MIN_FRAME..maxFrame.
+    return this.post(this.queue(queue), pkts, n);
+  }
+
+  /**
+   * The frame-size rule, MIN_FRAME..maxFrame, for a whole batch before any buffer is taken: a driver's
+   * {@link NicCore.post} calls it first, or applies the rule in its own per-frame loop and calls it to say which
+   * frame broke it.
+   */
+  protected checkFrames(pkts: PacketBuffer[], n: number): void {
     const min = MIN_FRAME, max = this.maxFrame;
     for (let i = 0; i < n; i++) {
       const len = pkts[i].length;
       if (!(len >= min && len <= max)) this.#badLength(len);
     }
-    return this.post(q, pkts, n);
   }
 
   #badLength(len: number): never {
@@ -86,6 +114,7 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
   receiveBatch(out: PacketBuffer[], max: number, queue = 0): number {
     const q = this.queue(queue);
     this.#got = 0;
+    this.#gotBytes = 0;
     try {
       this.collect(q, out, max);
     } catch (e) {
@@ -95,10 +124,8 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
       throw e;
     }
     const k = this.#got;
-    let bytes = 0;
-    for (let i = 0; i < k; i++) bytes += out[i].length;
     q.stats.rxPackets += k;
-    q.stats.rxBytes += bytes;
+    q.stats.rxBytes += this.#gotBytes;
     try {
       this.refill(q);
     } catch (e) {
@@ -109,11 +136,14 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
   }
 
   release(pkts: PacketBuffer[], n: number, queue = 0): void {
+    const live = !this.closed && !this.unavailable(), q = live ? this.queue(queue) : null;
+    const k = q && !this.fault(q) ? this.repost(q, pkts, n) : 0;
     // A buffer held across a close or a reconnect goes back to its retired pool, which frees the memory with the last.
-    this.releaseBuffers(pkts, n);
-    if (this.closed || this.unavailable()) return;
-    const q = this.queue(queue);
-    if (!this.fault(q)) this.refill(q);
+    try {
+      if (k < n) this.releaseBuffers(pkts, n, k);
+    } finally {
+      if (q && !this.fault(q)) this.refill(q); // what repost queued is published even when a later buffer is refused
+    }
   }
 
   reclaimTx(queue = 0): number {

@@ -19,8 +19,10 @@ import {
   type IrqMode,
   macToString,
   maxFrameFor,
+  MIN_FRAME,
   type QueueStats,
 } from "../net/nic.ts";
+import { OWNER } from "../core/buffer_pool.ts";
 import { type PacketBuffer, PacketPool } from "../net/packet_pool.ts";
 import { F, featureNames, NET_F, STATUS, VIRTIO_ID } from "./features.ts";
 import {
@@ -31,6 +33,8 @@ import {
   NET_S_LINK_UP,
   netHdrLen,
   rxNumBuffers,
+  txHeaderTail,
+  writePlainTxHeader,
   writeTxHeader,
 } from "./net_wire.ts";
 import type { VirtioPciOptions } from "./pci.ts";
@@ -45,6 +49,11 @@ export type { IrqMode } from "../net/nic.ts";
 
 /** One buffer slot: the virtio_net_hdr and a frame of up to 2 KiB minus the header. */
 const SLOT = 2048;
+/** A slot in 32-bit words: buffer i's slot, where its TX header goes, starts at word i * SLOT_WORDS. */
+const SLOT_WORDS = SLOT >> 2;
+// Module constants: the TX loop compares against them per frame (imported bindings are not folded).
+const MIN_LEN = MIN_FRAME;
+const { APP, DEVICE } = OWNER;
 /** virtio device type of a network card (virtio 1.2 §5). */
 export const VIRTIO_NET: number = VIRTIO_ID.NET;
 
@@ -94,8 +103,10 @@ export interface VirtioQueuePair {
   irq: IrqSource | null;
   /** Scratch: buffer indices of one batch (refill, reclaim, receive). */
   ids: Uint16Array;
-  /** Scratch: the used lengths of one received batch. */
+  /** Scratch: the used lengths of one received batch, or the descriptor lengths of one sent batch. */
   lens: Uint32Array;
+  /** Per TX buffer: the length of the frame it carries to the device (counted when it completes). */
+  txLen: Uint16Array;
   /** Counters. */
   stats: QueueStats;
 }
@@ -237,7 +248,8 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
         txPool: pool(`tx${i}`, tx, false),
         irq: msix ? irqs[1 + i] : irqs[0] ?? null,
         ids: new Uint16Array(Math.max(rx.size, tx.size)),
-        lens: new Uint32Array(rx.size),
+        lens: new Uint32Array(Math.max(rx.size, tx.size)),
+        txLen: new Uint16Array(tx.size),
         stats: emptyStats(),
       };
       this.adopt(p.rxPool, p.txPool);
@@ -292,12 +304,14 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
     return p.rx.broken ?? p.tx.broken;
   }
 
-  /** Post free RX buffers to the ring (buffer i goes out as descriptor i, already written). */
+  /**
+   * Post free RX buffers to the ring (buffer i goes out as descriptor i, already written) and publish them with
+   * any {@link repost} queued.
+   */
   protected refill(p: VirtioQueuePair): void {
     const n = p.rxPool.takeIndicesForDevice(p.ids, p.rx.size);
-    if (n === 0) return;
-    p.rx.postSlots(p.ids, n);
-    if (p.rx.kick()) p.stats.notifications++;
+    if (n) p.rx.postSlots(p.ids, n);
+    if (p.rx.kick()) p.stats.notifications++; // nothing queued: kick returns at once
   }
 
   /**
@@ -307,9 +321,9 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
    */
   protected collect(p: VirtioQueuePair, out: PacketBuffer[], max: number): void {
     const vq = p.rx, pool = p.rxPool, hdr = this.hdrLen, mrg = this.#mergeable, ids = p.ids, lens = p.lens;
-    const u16 = pool.u16, bytes = pool.bytes, maxLen = hdr + this.maxFrame, flagMask = this.#rxFlagMask;
+    const u16 = pool.u16, u8 = pool.bytes, maxLen = hdr + this.maxFrame, flagMask = this.#rxFlagMask;
     const got = vq.popSlots(ids, max, lens);
-    let j = 0;
+    let j = 0, d = 0, bytes = 0; // frames delivered into out[0..d), their used lengths (headers included)
     try {
       while (j < got) {
         const i = ids[j], len = lens[j++], slot = i * SLOT;
@@ -338,22 +352,44 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
         }
         const b = pool.buffers[i]; // popSlots made it the application's
         b.length = len - hdr;
-        b.flags = bytes[slot] & flagMask;
-        this.deliver(p, out, b);
+        b.flags = u8[slot] & flagMask;
+        out[d++] = b;
+        bytes += len;
       }
     } catch (e) {
       // The device broke the ring mid-batch: the buffers popped and not yet handled go back to the pool.
       pool.recycleMany(ids.subarray(j, got), got - j);
       throw e;
+    } finally {
+      this.delivered(d, bytes - d * hdr); // the NIC core counts them, or gives them back if this threw
     }
     if (vq.broken) throw vq.broken; // after the good ones before the bad entry
   }
 
+  /**
+   * Released RX buffers of this pair go straight back to the receive ring (descriptor i is buffer i, so each
+   * fits): checked as the pool's release would (this pool, the application's), stopping at the first that is not.
+   * Queued, not published: {@link refill} publishes them.
+   */
+  protected override repost(p: VirtioQueuePair, pkts: PacketBuffer[], n: number): number {
+    const pool = p.rxPool, owners = pool.owners, ids = p.ids;
+    if (pool.retired) return 0;
+    let k = 0;
+    for (; k < n; k++) {
+      const b = pkts[k], i = b.index;
+      if (b.pool !== pool || owners[i] !== APP) break;
+      owners[i] = DEVICE;
+      ids[k] = i;
+    }
+    if (k) p.rx.postSlots(ids, k); // published by the refill that follows (NicCore.release)
+    return k;
+  }
+
   /** Return completed TX buffers to their pool. */
   protected reclaim(p: VirtioQueuePair): number {
-    const vq = p.tx, pool = p.txPool, ids = p.ids, bufs = pool.buffers, n = vq.popSlots(ids, vq.size);
+    const vq = p.tx, pool = p.txPool, ids = p.ids, sent = p.txLen, n = vq.popSlots(ids, vq.size);
     let bytes = 0;
-    for (let k = 0; k < n; k++) bytes += bufs[ids[k]].length;
+    for (let k = 0; k < n; k++) bytes += sent[ids[k]];
     pool.recycleMany(ids, n);
     p.stats.txPackets += n;
     p.stats.txBytes += bytes;
@@ -361,19 +397,44 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
     return n;
   }
 
-  /** Transmit (§5.1.6.2): header in the slot's headroom, one descriptor per frame, one doorbell per batch. */
+  /**
+   * Transmit (§5.1.6.2): header in the slot's headroom, one descriptor per frame, one doorbell per batch. One loop
+   * per frame checks it (the application holds it, the frame-size rule), hands it to the device and writes its
+   * header; the ring loop after it reads typed arrays only. A refused frame refuses the batch whole.
+   */
   protected post(p: VirtioQueuePair, pkts: PacketBuffer[], n: number): number {
     const vq = p.tx, pool = p.txPool, hdr = this.hdrLen, u32 = pool.u32, csum = this.txChecksum;
     vq.verify(); // a broken or lying queue refuses before it takes any buffer
-    // Every buffer the application holds has its descriptor free (bound queue): the batch always fits.
-    pool.toDeviceMany(pkts, n);
-    for (let k = 0; k < n; k++) {
-      const b = pkts[k];
-      writeTxHeader(u32, b.slotOffset >> 2, hdr, csum ? b.csumStart : 0, csum ? b.csumOffset : 0);
+    const owners = pool.owners, ids = p.ids, lens = p.lens, sent = p.txLen, max = this.maxFrame;
+    const tail = txHeaderTail(hdr);
+    let k = 0;
+    if (!pool.retired) {
+      for (; k < n; k++) {
+        const b = pkts[k], i = b.index, len = b.length;
+        if (b.pool !== pool || owners[i] !== APP || !(len >= MIN_LEN && len <= max)) break;
+        owners[i] = DEVICE;
+        const w = i * SLOT_WORDS;
+        if (csum && b.csumOffset !== 0) writeTxHeader(u32, w, tail, b.csumStart, b.csumOffset);
+        else writePlainTxHeader(u32, w, tail);
+        ids[k] = i;
+        lens[k] = hdr + len;
+        sent[i] = len;
+      }
     }
-    vq.postFrames(pkts, n, hdr);
+    if (k < n) this.#refuseBatch(pool, pkts, n, k);
+    // Every buffer the application holds has its descriptor free (bound queue): the batch always fits.
+    vq.postFrames(ids, lens, n);
     if (n && vq.kick()) p.stats.notifications++;
     return n;
+  }
+
+  /** Give back the `k` frames {@link post} handed over, then throw what the NIC core and the pool say is wrong. */
+  #refuseBatch(pool: PacketPool, pkts: PacketBuffer[], n: number, k: number): never {
+    for (let j = 0; j < k; j++) pool.owners[pkts[j].index] = APP;
+    this.checkFrames(pkts, n); // the frame-size rule first, for the whole batch
+    pool.toDeviceMany(pkts, n); // then who holds each buffer: throws, as the loop above saw
+    for (let j = 0; j < n; j++) pool.owners[pkts[j].index] = APP;
+    throw new VirtioError(`${this.name}: TX batch refused at frame ${k}`);
   }
 
   /** Ask for an RX interrupt; true when frames already wait. */

@@ -21,22 +21,39 @@ export const HDR_F_NEEDS_CSUM = 1;
 export const HDR_RX_FLAGS = 3;
 
 /**
+ * The bits of a TX header's third word that are not the header's, for {@link writeTxHeader}: none with a 12-byte
+ * header; with a 10-byte one (§5.1.6: legacy without MRG_RXBUF) the word's upper half is the frame's first two
+ * bytes, which the header write keeps.
+ */
+export function txHeaderTail(hdrLen: number): number {
+  return hdrLen === 12 ? 0 : 0xffff0000;
+}
+
+/**
  * Write the header of a frame to send at u32 index `w` (the slot start / 4; slots are 4-byte aligned): flags and
- * gso_type, hdr_len, gso_size, csum_start, csum_offset[, num_buffers] (§5.1.6), little-endian as the host. With
- * `csumOffset` 0 no checksum offload is asked for. Three word stores: the header is in every frame's path.
+ * gso_type, hdr_len, gso_size, csum_start, csum_offset[, num_buffers] (§5.1.6), little-endian as the host, asking
+ * the device to checksum from `csumStart` into `csumStart + csumOffset`. `tail`: {@link txHeaderTail}.
  */
 export function writeTxHeader(
   u32: Uint32Array,
   w: number,
-  hdrLen: number,
+  tail: number,
   csumStart: number,
   csumOffset: number,
 ): void {
-  const csum = csumOffset !== 0;
-  u32[w] = csum ? HDR_F_NEEDS_CSUM : 0; // flags u8, gso_type u8 (GSO_NONE), hdr_len u16 0
-  u32[w + 1] = csum ? csumStart << 16 : 0; // gso_size u16 0, csum_start u16
-  // csum_offset u16, then num_buffers u16 0 (12-byte header) or the frame's first two bytes (10-byte header).
-  u32[w + 2] = hdrLen === 12 ? csumOffset : (u32[w + 2] & 0xffff0000) | csumOffset;
+  u32[w] = HDR_F_NEEDS_CSUM; // flags u8, gso_type u8 (GSO_NONE), hdr_len u16 0
+  u32[w + 1] = csumStart << 16; // gso_size u16 0, csum_start u16
+  u32[w + 2] = (u32[w + 2] & tail) | csumOffset; // csum_offset u16, then num_buffers u16 0 (12-byte header)
+}
+
+/**
+ * The header of a frame that asks for no offload: every field 0 (no flags, GSO_NONE), as {@link writeTxHeader}
+ * lays it out. Three word stores and no branch: it is in every frame's path.
+ */
+export function writePlainTxHeader(u32: Uint32Array, w: number, tail: number): void {
+  u32[w] = 0;
+  u32[w + 1] = 0;
+  u32[w + 2] &= tail;
 }
 
 /** num_buffers of a received header at u16 index `h` (§5.1.6.4; only with MRG_RXBUF or VERSION_1). */

@@ -176,28 +176,24 @@ export class PackedQueue implements Virtqueue {
     this.#pendFlags = flags;
   }
 
-  /** Bound queue: queue `bufs[0..n)` (just marked the device's), each `extra + length` bytes (TX). */
-  postFrames(
-    bufs: readonly { readonly index: number; readonly length: number }[],
-    n: number,
-    extra: number,
-  ): void {
+  /** Bound queue: queue buffers `ids[0..n)` (just marked the device's), each `lens[k]` bytes (TX). */
+  postFrames(ids: Uint16Array, lens: Uint32Array, n: number): void {
     if (this.#broken) throw this.#broken;
     if (n === 0) return;
     const d32 = this.#d32, lo = this.#addrLo!, hi = this.#addrHi!, f = this.#slotFlags, size = this.size;
     let lin = this.#availLin, k = 0;
     if (this.#pendHead < 0) {
-      const i = bufs[0].index;
-      this.#putHead(lin, lo[i], hi[i], extra + bufs[0].length, i, f | availFlags(lin, size));
+      const i = ids[0];
+      this.#putHead(lin, lo[i], hi[i], lens[0], i, f | availFlags(lin, size));
       lin = advance(lin, 1, size);
       k = 1;
     }
     // One loop of plain stores: each descriptor is written whole, behind the batch's held-back head.
     for (; k < n; k++) {
-      const b = bufs[k], i = b.index, o = (lin & (size - 1)) << 2;
+      const i = ids[k], o = (lin & (size - 1)) << 2;
       d32[o + ADDR32] = lo[i];
       d32[o + ADDR32 + 1] = hi[i];
-      d32[o + LEN32] = extra + b.length;
+      d32[o + LEN32] = lens[k];
       d32[o + IDFLAGS32] = i | ((f | (lin < size ? PDESC_F.AVAIL : PDESC_F.USED)) << 16);
       lin = lin + 1 === 2 * size ? 0 : lin + 1;
     }

@@ -51,12 +51,8 @@ export interface Virtqueue {
   fail(msg: string): never;
   /** Bind descriptor ids to the buffers of `pool` for good (see `SplitQueue.bindPool`). */
   bindPool(pool: BufferPool<PoolBuffer>, len: number, write: boolean): void;
-  /** Bound queue: queue frames `bufs[0..n)`, each `extra + length` bytes. */
-  postFrames(
-    bufs: readonly { readonly index: number; readonly length: number }[],
-    n: number,
-    extra: number,
-  ): void;
+  /** Bound queue: queue buffers `ids[0..n)`, each `lens[k]` bytes (device-readable: TX). */
+  postFrames(ids: Uint16Array, lens: Uint32Array, n: number): void;
   /** Bound queue: queue buffers `ids[0..n)` whole. */
   postSlots(ids: Uint16Array, n: number): void;
   /** Bound queue: pop one used buffer (after {@link Virtqueue.pending}); its index. */

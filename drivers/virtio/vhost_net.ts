@@ -303,6 +303,7 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
 
   /** Host → guest RX: each frame into the guest's buffers; returns the frames taken (the rest wait for room). */
   protected post(q: VhostPair, pkts: PacketBuffer[], n: number): number {
+    this.checkFrames(pkts, n);
     const r = this.ring(2 * q.index), dq = r?.queue;
     if (!r || !dq || !r.enabled) return 0;
     const mem = this.#session!.memory!, merge = this.#session!.has(NET_F.MRG_RXBUF), old = dq.usedIdx;

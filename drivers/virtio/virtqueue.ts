@@ -171,20 +171,16 @@ export class SplitQueue implements Virtqueue {
   }
 
   /**
-   * Bound queue: queue `bufs[0..n)`, which the pool has just marked as the device's, each `extra + length` bytes
-   * (device-readable buffers: the header then the frame).
+   * Bound queue: queue buffers `ids[0..n)`, which the pool has just marked as the device's, each `lens[k]` bytes
+   * long (device-readable buffers: the header then the frame). Typed arrays in, so the loop loads no objects.
    */
-  postFrames(
-    bufs: readonly { readonly index: number; readonly length: number }[],
-    n: number,
-    extra: number,
-  ): void {
+  postFrames(ids: Uint16Array, lens: Uint32Array, n: number): void {
     if (this.#broken) throw this.#broken;
     const desc = this.#desc, avail = this.#avail, mask = this.#mask;
     let idx = this.#availIdx;
     for (let k = 0; k < n; k++) {
-      const b = bufs[k], i = b.index;
-      desc[(i << 2) + 2] = extra + b.length;
+      const i = ids[k];
+      desc[(i << 2) + 2] = lens[k];
       avail[2 + (idx & mask)] = i;
       idx = (idx + 1) & 0xffff;
     }

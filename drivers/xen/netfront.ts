@@ -298,6 +298,7 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
   protected post(q: NetfrontQueuePair, pkts: PacketBuffer[], n: number): number {
     const r = q.tx, refs = q.txPages.refs;
     if (r.broken || q.rx.broken) throw r.broken ?? q.rx.broken; // a broken queue takes no more requests
+    this.checkFrames(pkts, n);
     if (r.free < n) this.reclaim(q);
     let k = 0;
     for (; k < n; k++) {

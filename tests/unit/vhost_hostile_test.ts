@@ -512,6 +512,13 @@ Deno.test("the host's own misuse (a released or foreign buffer) is its error: th
     assert.equal(r.nic.allocTx(b, 1), 1);
     b[0].data.set(FRAME);
     b[0].length = FRAME.length;
+    b[0].length = 13;
+    assert.throws(
+      () => r.nic.sendBatch(b, 1),
+      /outside 14/,
+      "a runt is refused before the guest's ring is read",
+    );
+    b[0].length = FRAME.length;
     r.nic.release(b, 1);
     assert.throws(() => r.nic.sendBatch(b, 1), /not held by the application/);
     const rx: PacketBuffer[] = [];

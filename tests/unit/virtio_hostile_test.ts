@@ -428,7 +428,7 @@ Deno.test("virtqueue: binding takes an idle queue and a pool of exactly its size
   assert.throws(() => p.toDeviceMany([held[0], held[0]], 2), /not held/, "one buffer twice in a batch");
   assert.equal(p.owner(held[0]), "app", "a refused batch hands nothing over");
   p.toDeviceMany(held, 1);
-  q.postFrames(held, 1, 12);
+  q.postFrames(Uint16Array.of(held[0].index), Uint32Array.of(12 + held[0].length), 1);
   const i = held[0].index;
   assert.equal(q.freeCount, 7);
   const desc = new DataView(q.region.bytes.buffer, q.region.bytes.byteOffset);

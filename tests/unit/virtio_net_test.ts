@@ -381,6 +381,91 @@ test("virtio-net: buffer ownership is enforced", () => {
   void VirtioError;
 });
 
+test("virtio-net: a TX batch with one bad frame is refused whole, whichever frame it is", () => {
+  const model = new VirtioNetModel(), other = new VirtioNetModel();
+  const nic = open(model), nic2 = open(other);
+  try {
+    const b: PacketBuffer[] = [], foreign: PacketBuffer[] = [];
+    assert.equal(nic.allocTx(b, 3), 3);
+    assert.equal(nic2.allocTx(foreign, 1), 1);
+    for (const x of [...b, ...foreign]) {
+      writeFrame(x.data, 60, x.index, DST, nic.mac);
+      x.length = 60;
+    }
+    const cases: [string, PacketBuffer[], RegExp][] = [
+      ["the same buffer twice", [b[0], b[1], b[0]], /not held by the application/],
+      ["a buffer of another NIC", [b[0], b[1], foreign[0]], /belongs to pool/],
+      ["a runt last", [b[0], b[1], Object.assign(b[2], { length: 13 })], /outside 14/],
+    ];
+    for (const [name, batch, err] of cases) {
+      assert.throws(() => nic.sendBatch(batch, batch.length), err, name);
+      assert.equal(model.sent[0].length, 0, `${name}: nothing reached the device`);
+      for (const x of b) {
+        assert.equal(x.pool.owner(x), "app", `${name}: buffer ${x.index} is still the application's`);
+      }
+    }
+    b[2].length = 60;
+    // A frame that asked for checksum offload, then a frame without it in the same buffer: its header is clean.
+    b[0].csumStart = 34;
+    b[0].csumOffset = 6;
+    assert.equal(nic.sendBatch(b, 3), 3);
+    assert.equal(model.sent[0].length, 3);
+    assert.equal(model.sentHeaders[0][0][0], 1, "NEEDS_CSUM asked");
+    nic.reclaimTx();
+    const again: PacketBuffer[] = [];
+    assert.equal(nic.allocTx(again, 3), 3);
+    const reused = again.find((x) => x.index === b[0].index)!;
+    assert.ok(reused, "the offload buffer comes back");
+    again.forEach((x, i) => x.length = 60 + 10 * i);
+    assert.equal(nic.sendBatch(again, 3), 3);
+    const h = model.sentHeaders[0][3 + again.indexOf(reused)];
+    assert.deepEqual(
+      [...h],
+      new Array(h.length).fill(0),
+      "no offload left over from the buffer's last frame",
+    );
+    nic.reclaimTx();
+    assert.equal(nic.stats()[0].txPackets, 6);
+    assert.equal(nic.stats()[0].txBytes, 3 * 60 + 60 + 70 + 80, "completed bytes are the frames' lengths");
+  } finally {
+    nic.close();
+    nic2.close();
+  }
+});
+
+test("virtio-net: released RX buffers go back to the ring; a mixed or repeated release is checked as before", () => {
+  const model = new VirtioNetModel();
+  const nic = open(model);
+  try {
+    const size = model.rxAvailable();
+    const frame = new Uint8Array(100);
+    writeFrame(frame, 100, 1, nic.mac, DST);
+    for (let i = 0; i < 3; i++) assert.ok(model.deliver(frame));
+    const rx: PacketBuffer[] = [], tx: PacketBuffer[] = [];
+    assert.equal(nic.receiveBatch(rx, 8), 3);
+    assert.equal(model.rxAvailable(), size - 3, "the device holds the rest");
+    assert.equal(nic.allocTx(tx, 1), 1);
+    // An RX buffer, a TX buffer the application did not send, an RX buffer: each goes where it belongs.
+    nic.release([rx[0], tx[0], rx[1]], 3);
+    assert.equal(model.rxAvailable(), size - 1, "both RX buffers are the device's again");
+    assert.equal(rx[0].pool.owner(rx[0]), "device");
+    assert.equal(tx[0].pool.owner(tx[0]), "free", "the TX buffer is back in its pool");
+    // The same buffer twice: the first goes back, the second is refused as a repeated release.
+    assert.throws(() => nic.release([rx[2], rx[2]], 2), /returned twice/);
+    assert.equal(rx[2].pool.owner(rx[2]), "device");
+    assert.equal(model.rxAvailable(), size, "every RX buffer is posted once");
+    assert.throws(() => nic.release([rx[2]], 1), /returned twice/, "the device holds it now");
+    for (let i = 0; i < 2; i++) assert.ok(model.deliver(frame));
+    const again: PacketBuffer[] = [];
+    assert.equal(nic.receiveBatch(again, 8), 2, "the ring goes on");
+    nic.release(again, 2);
+    assert.equal(nic.stats()[0].rxPackets, 5);
+    assert.equal(nic.stats()[0].rxBytes, 500, "received bytes are the frames' lengths");
+  } finally {
+    nic.close();
+  }
+});
+
 test("virtio-net over a fake legacy transport: 32 feature bits, fixed queue sizes, frames both ways", () => {
   const model = new VirtioNetModel({ queueMax: 128 });
   const nic = VirtioNet.open(model.legacyBus(), { queueSize: 64 });
