@@ -47,7 +47,15 @@ export interface PingSummary {
   p99: number;
   /** Mean absolute deviation (ms), as ping's mdev. */
   mdev: number;
+  /**
+   * The slowest replies, slowest first, with their sequence numbers (counted from the first request after any
+   * warm-up), when they were known: slow replies early in a run are the JIT's warm-up, scattered ones are not.
+   */
+  slowest?: { seq: number; rtt: number }[];
 }
+
+/** Replies {@link PingSummary.slowest} lists. */
+export const SLOWEST_KEPT = 5;
 
 /** The p-th percentile (0..100) of sorted `v` (nearest rank). */
 export function percentile(sorted: number[], p: number): number {
@@ -55,11 +63,14 @@ export function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
 }
 
-/** Summarize RTTs (ms) of `transmitted` requests. */
-export function summarizePings(transmitted: number, rtts: number[]): PingSummary {
+/** Summarize RTTs (ms) of `transmitted` requests; with `seqs` (each reply's sequence number), the slowest too. */
+export function summarizePings(transmitted: number, rtts: number[], seqs?: number[]): PingSummary {
   const s = [...rtts].sort((a, b) => a - b), n = s.length;
   const avg = n ? s.reduce((a, b) => a + b, 0) / n : 0;
-  return {
+  const slowest = seqs
+    ? rtts.map((rtt, i) => ({ seq: seqs[i], rtt })).sort((a, b) => b.rtt - a.rtt).slice(0, SLOWEST_KEPT)
+    : undefined;
+  const summary: PingSummary = {
     transmitted,
     received: n,
     lossPercent: transmitted ? ((transmitted - n) / transmitted) * 100 : 0,
@@ -70,11 +81,13 @@ export function summarizePings(transmitted: number, rtts: number[]): PingSummary
     p99: percentile(s, 99),
     mdev: n ? Math.sqrt(s.reduce((a, b) => a + (b - avg) ** 2, 0) / n) : 0,
   };
+  if (slowest) summary.slowest = slowest;
+  return summary;
 }
 
 /** Ping `dst` from `host`. */
 export async function pingRun(host: NetHost, dst: number, o: PingOptions): Promise<PingSummary> {
-  const rtts: number[] = [];
+  const rtts: number[] = [], seqs: number[] = [];
   const pending: Promise<void>[] = [];
   const warm = o.warmup ?? 0, total = warm + o.count;
   let sent = 0;
@@ -82,7 +95,7 @@ export async function pingRun(host: NetHost, dst: number, o: PingOptions): Promi
     const t0 = performance.now(), counted = seq >= warm;
     const p = host.ping(dst, { seq, size: o.size, timeoutMs: o.timeoutMs }).then((r) => {
       if (!counted) return;
-      if (r) rtts.push(r.rtt);
+      if (r) rtts.push(r.rtt), seqs.push(seq - warm);
       o.onReply?.(seq - warm, r);
     });
     if (counted) sent++;
@@ -94,5 +107,5 @@ export async function pingRun(host: NetHost, dst: number, o: PingOptions): Promi
     }
   }
   await Promise.all(pending);
-  return summarizePings(sent, rtts);
+  return summarizePings(sent, rtts, seqs);
 }

@@ -87,3 +87,14 @@ export class PollClock {
     return this.now;
   }
 }
+
+/**
+ * V8 flags for a process that runs a driver loop: a 16 MiB young generation (each of its two semi-spaces). A
+ * polling or interrupt-driven loop yields to the event loop about once a millisecond while traffic flows, and each
+ * yield allocates ≈ 0.6–0.9 kB inside Deno's `setImmediate` (measured); with V8's default young generation (it
+ * stays near 1 MiB while little survives) that meant a scavenge every second or so, 11–13 ms each in the TCG lab,
+ * which is what put pvdrv's ping p99 above the kernel's (docs/benchmarks.md). 16 MiB moves them to one every
+ * 10–20 s of traffic. The tasks in deno.json and the lab's task runner pass these; an application embedding pvdrv
+ * passes them to `deno run --v8-flags=`.
+ */
+export const DRIVER_V8_FLAGS: readonly string[] = ["--min-semi-space-size=16", "--max-semi-space-size=16"];

@@ -2,9 +2,10 @@
  * Where ping's tail comes from inside the lab VM: `deno task vm -- deno run -A lab/guest/ping_tail.ts [--count N]
  * [--irq msix|poll]`. The same NIC and peer as `bench --net`'s ping (0000:00:04.0 against the guest
  * kernel's stack on 0000:00:05.0 in a namespace): the guest kernel's ping first, then `deno task ping` through
- * pvdrv (VFIO) as `bench --net` runs it, and again with one suspect removed at a time: the garbage collector (a
- * young generation too large to fill in the run, so no scavenge happens) and the JIT's warm-up (a long warm-up
- * left out of the figures), then both; twice in turn. Each run counts the collections V8 reported (`--trace-gc`).
+ * pvdrv (VFIO) with V8's default young generation, as `bench --net` runs it (the tasks' 16 MiB,
+ * `DRIVER_V8_FLAGS`), and with one suspect removed at a time: the garbage collector (a young generation too large
+ * to fill in the run, so no scavenge happens) and the JIT's warm-up (a long warm-up left out of the figures), then
+ * both; twice in turn. Each run counts the collections V8 reported (`--trace-gc`).
  * Whichever change brings the p99 down to the kernel's names the cause. Last, the ping path's allocation sites.
  * @module
  */
@@ -14,11 +15,12 @@ import { NetNs } from "../netns.ts";
 import { readDevice } from "../../ffi/sysfs.ts";
 import { kernelAddress, kernelPing } from "./kernel_peer.ts";
 import { bindDevice } from "../../system/bind.ts";
-import { pingRun, summarizePings } from "../../apps/ping.ts";
+import { pingRun, type PingSummary, SLOWEST_KEPT, summarizePings } from "../../apps/ping.ts";
 import { openNic } from "../../system/table.ts";
 import { NetHost } from "../../net/host.ts";
 import { parseIp } from "../../net/ipv4.ts";
 import { allocationProfiled, allocationSites } from "../profile.ts";
+import { DRIVER_V8_FLAGS } from "../../hal/event_loop.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -31,11 +33,16 @@ const ROOT = new URL("../../", import.meta.url).pathname;
 
 type Numbers = Record<string, number>;
 
+/** Where a run's slowest replies fell: "#seq ms" each (early ones are the JIT's warm-up). */
+const slowText = (slow: { seq: number; rtt: number }[] | undefined): string =>
+  (slow ?? []).map((x) => `#${x.seq} ${x.rtt.toFixed(1)}`).join(", ");
+const slowest: [string, string][] = [];
+
 // A young generation (MB per semi-space) the run cannot fill: no scavenge happens.
 const NO_SCAVENGE = ["--min-semi-space-size=128", "--max-semi-space-size=128"];
 
-/** One pvdrv run: its ping summary and the collections V8 reported in it. */
-async function pvdrvPing(v8: string[], warmup: number): Promise<Numbers> {
+/** One pvdrv run (`name`): its ping summary and the collections V8 reported in it. */
+async function pvdrvPing(name: string, v8: string[], warmup: number): Promise<[string, Numbers]> {
   const args = [
     "run",
     "-A",
@@ -56,9 +63,10 @@ async function pvdrvPing(v8: string[], warmup: number): Promise<Numbers> {
       /ms: (Scavenge|Minor Mark-Sweep|Mark-Compact|Mark-sweep)[^,]*,(?: pooled: [\d.]+ MB,)? ([\d.]+) \//g,
     ),
   ];
-  const summary = JSON.parse(out.split("\n").find((l) => l.startsWith("{"))!) as Numbers;
+  const summary = JSON.parse(out.split("\n").find((l) => l.startsWith("{"))!) as PingSummary;
+  slowest.push([name, slowText(summary.slowest)]);
   const scavenges = gcs.filter((m) => /Scavenge|Minor/.test(m[1])).length;
-  return {
+  return [name, {
     p50: summary.p50,
     p99: summary.p99,
     max: summary.max,
@@ -66,7 +74,7 @@ async function pvdrvPing(v8: string[], warmup: number): Promise<Numbers> {
     scavenges,
     fullGcs: gcs.length - scavenges,
     gcPauseMs: gcs.reduce((s, m) => s + Number(m[2]), 0),
-  };
+  }];
 }
 
 const ns = await NetNs.create();
@@ -75,16 +83,18 @@ try {
   const k = await kernelAddress(PCI, `${PV}/24`);
   const krtt = await kernelPing(K, COUNT);
   await k.release();
-  const ks = summarizePings(COUNT, krtt);
+  const ks = summarizePings(COUNT, krtt, krtt.map((_, i) => i));
+  slowest.push(["kernel", slowText(ks.slowest)]);
   const rows: [string, Numbers][] = [["kernel", { p50: ks.p50, p99: ks.p99, max: ks.max }]];
 
   bindDevice(PCI, "vfio-pci");
   // In turn, twice, so a slow moment of the machine shows as disagreement between the two rounds.
   for (let round = 1; round <= 2; round++) {
-    rows.push([`pvdrv, as bench --net (round ${round})`, await pvdrvPing([], 3)]);
-    rows.push([`pvdrv, no scavenge (round ${round})`, await pvdrvPing(NO_SCAVENGE, 3)]);
-    rows.push([`pvdrv, warm-up 300 (round ${round})`, await pvdrvPing([], 300)]);
-    rows.push([`pvdrv, both (round ${round})`, await pvdrvPing(NO_SCAVENGE, 300)]);
+    rows.push(await pvdrvPing(`pvdrv, V8's default young generation (round ${round})`, [], 3));
+    rows.push(await pvdrvPing(`pvdrv, as bench --net: 16 MiB (round ${round})`, [...DRIVER_V8_FLAGS], 3));
+    rows.push(await pvdrvPing(`pvdrv, no scavenge (round ${round})`, NO_SCAVENGE, 3));
+    rows.push(await pvdrvPing(`pvdrv, warm-up 300 (round ${round})`, [], 300));
+    rows.push(await pvdrvPing(`pvdrv, both (round ${round})`, NO_SCAVENGE, 300));
   }
   console.log(`ping ${COUNT} x 10 ms, pvdrv --irq ${IRQ}:`);
   console.log("| run | p50 ms | p99 ms | max ms | scavenges | full GCs | GC pauses ms |");
@@ -97,6 +107,8 @@ try {
       } |`,
     );
   }
+  console.log(`\nthe ${SLOWEST_KEPT} slowest replies of each run (#sequence number, ms):`);
+  for (const [name, text] of slowest) console.log(`  ${name}: ${text}`);
   console.log(`PVDRV-PINGTAIL ${JSON.stringify(Object.fromEntries(rows))}`);
 
   // Where the ping path allocates: the same ping in this process, warmed up, under the sampling heap profiler.

@@ -3,12 +3,17 @@
  * background with their output watched for a line.
  * @module
  */
+import { DRIVER_V8_FLAGS } from "../../hal/event_loop.ts";
+
 const ROOT = new URL("../../", import.meta.url).pathname;
 const dec = new TextDecoder();
 
-/** The arguments of `deno run -A --no-check <script> <args>`, the script relative to the project root. */
+/**
+ * The arguments of `deno run -A --no-check <script> <args>`, the script relative to the project root, with the
+ * young generation pvdrv's tasks run with ({@link DRIVER_V8_FLAGS}, as deno.json's tasks pass it).
+ */
 export function denoRunArgs(script: string, args: string[]): string[] {
-  return ["run", "-A", "--no-check", `${ROOT}${script}`, ...args];
+  return ["run", "-A", "--no-check", `--v8-flags=${DRIVER_V8_FLAGS.join(",")}`, `${ROOT}${script}`, ...args];
 }
 
 /** `deno run -A --no-check <script> <args>` from the project root, output piped. */

@@ -51,3 +51,23 @@ Deno.test("PollClock: reads the clock about every 4 ms of polling, whatever a po
     }
   }
 });
+
+Deno.test("driver tasks: deno.json and the lab's task runner give V8 the same young generation", async () => {
+  const { DRIVER_V8_FLAGS } = await import("../../hal/event_loop.ts");
+  const { denoRunArgs } = await import("../../lab/guest/tasks.ts");
+  const flag = `--v8-flags=${DRIVER_V8_FLAGS.join(",")}`;
+  assert.deepEqual(DRIVER_V8_FLAGS, ["--min-semi-space-size=16", "--max-semi-space-size=16"]);
+  const tasks: Record<string, string> = JSON.parse(
+    Deno.readTextFileSync(new URL("../../deno.json", import.meta.url)),
+  ).tasks;
+  // Every task that runs a driver loop (a NIC, a disk, a switch, a Xen agent) asks for it.
+  for (const t of ["send", "recv", "ping", "udp", "tap", "switch", "serve", "blk", "nbd", "xen-agent"]) {
+    assert.ok(tasks[t].split(" ").includes(flag), `deno task ${t}: ${tasks[t]}`);
+  }
+  const args = denoRunArgs("cli/ping.ts", ["x"]);
+  assert.ok(args.includes(flag), "the lab runs tasks as deno.json does");
+  assert.ok(
+    args.indexOf(flag) < args.findIndex((a) => a.endsWith("cli/ping.ts")),
+    "a flag of deno's, not the script's",
+  );
+});

@@ -13,7 +13,7 @@ import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT } from "../../net/dhcp.ts";
 import { completeDeviceChecksum } from "../models/wire.ts";
 import type { Datagram } from "../../net/udp.ts";
 import type { PacketBuffer } from "../../drivers/net/nic.ts";
-import { pingRun } from "../../apps/ping.ts";
+import { pingRun, summarizePings } from "../../apps/ping.ts";
 import { echoRun, recvRun, writeDatagram } from "../../apps/datagrams.ts";
 import {
   ALL,
@@ -509,6 +509,21 @@ Deno.test("net hostile: on interrupts an idle host sleeps on its vector instead 
   }
 });
 
+Deno.test("ping summary: percentiles by nearest rank, and the slowest replies with their numbers", () => {
+  const rtts = [3, 1, 9, 2, 7, 5, 4, 8, 6, 10], seqs = rtts.map((_, i) => i);
+  const s = summarizePings(12, rtts, seqs);
+  assert.deepEqual([s.received, s.min, s.max, s.p50, s.p99], [10, 1, 10, 5, 10]);
+  assert.equal(s.lossPercent.toFixed(1), "16.7");
+  assert.deepEqual(s.slowest, [
+    { seq: 9, rtt: 10 },
+    { seq: 2, rtt: 9 },
+    { seq: 7, rtt: 8 },
+    { seq: 4, rtt: 7 },
+    { seq: 8, rtt: 6 },
+  ]);
+  assert.equal(summarizePings(1, [1]).slowest, undefined, "no numbers, no list");
+});
+
 Deno.test("net: pingRun sends exactly its count; recvRun receives what was sent", async () => {
   const p = pair();
   try {
@@ -527,6 +542,12 @@ Deno.test("net: pingRun sends exactly its count; recvRun receives what was sent"
     assert.equal(p.b.stats.icmpEchoRequests, 8, "the warm-up requests go out too");
     assert.deepEqual([w.transmitted, w.received], [2, 2], "but only the counted ones are summarized");
     assert.deepEqual(seen, [0, 1], "and reported, numbered from 0");
+    assert.deepEqual(
+      w.slowest!.map((x) => x.seq).sort(),
+      [0, 1],
+      "the slowest listed by their counted numbers",
+    );
+    assert.ok(w.slowest![0].rtt >= w.slowest![1].rtt && w.slowest![0].rtt === w.max, "slowest first");
     const sink = p.b.udp(9000), from = p.a.udp();
     const buf = new Uint8Array(64);
     for (let seq = 0; seq < 3; seq++) {
