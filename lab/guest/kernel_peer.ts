@@ -178,9 +178,9 @@ export async function kernelAddress(
   };
 }
 
-/** The kernel's ping to `dst`: three of warm-up (and ARP), then `count` at 10 ms; the round trips (ms). */
-export async function kernelPing(dst: string, count: number): Promise<number[]> {
+/** The kernel's ping to `dst`: three of warm-up (and ARP), then `count` at `intervalMs`; the round trips (ms). */
+export async function kernelPing(dst: string, count: number, intervalMs = 10): Promise<number[]> {
   await run("ping", ["-c", "3", "-W", "5", dst]);
-  const out = await run("ping", ["-c", String(count), "-i", "0.01", "-W", "5", dst]);
+  const out = await run("ping", ["-c", String(count), "-i", String(intervalMs / 1000), "-W", "5", dst]);
   return [...out.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
 }

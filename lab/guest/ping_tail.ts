@@ -1,6 +1,6 @@
 /**
  * Where ping's tail comes from inside the lab VM: `deno task vm -- deno run -A lab/guest/ping_tail.ts [--count N]
- * [--irq msix|poll]`. The same NIC and peer as `bench --net`'s ping (0000:00:04.0 against the guest
+ * [--interval MS] [--irq msix|poll]`. The same NIC and peer as `bench --net`'s ping (0000:00:04.0 against the guest
  * kernel's stack on 0000:00:05.0 in a namespace): the guest kernel's ping first, then `deno task ping` through
  * pvdrv (VFIO) with V8's default young generation, as `bench --net` runs it (the tasks' 16 MiB,
  * `DRIVER_V8_FLAGS`), and with one suspect removed at a time: the garbage collector (a young generation too large
@@ -24,9 +24,11 @@ import { DRIVER_V8_FLAGS } from "../../hal/event_loop.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
-  options: { count: { type: "string" }, irq: { type: "string" } },
+  options: { count: { type: "string" }, irq: { type: "string" }, interval: { type: "string" } },
 });
-const COUNT = Number(values.count ?? 500), IRQ = values.irq ?? "msix";
+const COUNT = Number(values.count ?? 500),
+  IRQ = values.irq ?? "msix",
+  INTERVAL = Number(values.interval ?? 10);
 const PCI = LAB.vfioKernelPeer.pci, PEER = LAB.kernelPeer.pci;
 const PV = "10.0.0.2", K = "10.0.0.1";
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -50,7 +52,7 @@ async function pvdrvPing(name: string, v8: string[], warmup: number): Promise<[s
     `--v8-flags=${["--trace-gc", ...v8].join(",")}`,
     `${ROOT}cli/ping.ts`,
   ];
-  args.push(PCI, K, "--ip", `${PV}/24`, "--count", String(COUNT), "--interval", "10", "--json");
+  args.push(PCI, K, "--ip", `${PV}/24`, "--count", String(COUNT), "--interval", String(INTERVAL), "--json");
   args.push("--warmup", String(warmup), "--irq", IRQ);
   const r = await new Deno.Command(Deno.execPath(), { args, stdout: "piped", stderr: "piped" }).output();
   const out = new TextDecoder().decode(r.stdout);
@@ -81,7 +83,7 @@ const ns = await NetNs.create();
 try {
   await ns.adopt(readDevice(PEER).netInterfaces[0], `${K}/24`);
   const k = await kernelAddress(PCI, `${PV}/24`);
-  const krtt = await kernelPing(K, COUNT);
+  const krtt = await kernelPing(K, COUNT, INTERVAL);
   await k.release();
   const ks = summarizePings(COUNT, krtt, krtt.map((_, i) => i));
   slowest.push(["kernel", slowText(ks.slowest)]);
@@ -96,7 +98,7 @@ try {
     rows.push(await pvdrvPing(`pvdrv, warm-up 300 (round ${round})`, [], 300));
     rows.push(await pvdrvPing(`pvdrv, both (round ${round})`, NO_SCAVENGE, 300));
   }
-  console.log(`ping ${COUNT} x 10 ms, pvdrv --irq ${IRQ}:`);
+  console.log(`ping ${COUNT} x ${INTERVAL} ms, pvdrv --irq ${IRQ}:`);
   console.log("| run | p50 ms | p99 ms | max ms | scavenges | full GCs | GC pauses ms |");
   console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
   for (const [name, x] of rows) {
