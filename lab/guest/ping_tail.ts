@@ -65,7 +65,10 @@ async function pvdrvPing(name: string, v8: string[], warmup: number): Promise<[s
       /ms: (Scavenge|Minor Mark-Sweep|Mark-Compact|Mark-sweep)[^,]*,(?: pooled: [\d.]+ MB,)? ([\d.]+) \//g,
     ),
   ];
-  const summary = JSON.parse(out.split("\n").find((l) => l.startsWith("{"))!) as PingSummary;
+  // A block of the trace can end mid-line, so the summary may follow part of a trace line: find where it starts.
+  const line = out.split("\n").find((l) => l.includes('{"dst":'));
+  if (!line) throw new Error(`deno task ping printed no summary\n${out.slice(-2000)}`);
+  const summary = JSON.parse(line.slice(line.indexOf('{"dst":'))) as PingSummary;
   slowest.push([name, slowText(summary.slowest)]);
   const scavenges = gcs.filter((m) => /Scavenge|Minor/.test(m[1])).length;
   return [name, {
