@@ -136,13 +136,15 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
   }
 
   release(pkts: PacketBuffer[], n: number, queue = 0): void {
+    // The queue to hand buffers back to: none while closed, reconnecting or broken.
     const live = !this.closed && !this.unavailable(), q = live ? this.queue(queue) : null;
-    const k = q && !this.fault(q) ? this.repost(q, pkts, n) : 0;
+    const ring = q && !this.fault(q) ? q : null;
+    const k = ring ? this.repost(ring, pkts, n) : 0;
     // A buffer held across a close or a reconnect goes back to its retired pool, which frees the memory with the last.
     try {
       if (k < n) this.releaseBuffers(pkts, n, k);
     } finally {
-      if (q && !this.fault(q)) this.refill(q); // what repost queued is published even when a later buffer is refused
+      if (ring) this.refill(ring); // what repost queued is published even when a later buffer is refused
     }
   }
 
