@@ -263,8 +263,9 @@ export class PackedQueue implements Virtqueue {
 
   /**
    * Bound queue: pop every used descriptor there is, up to `max`, as {@link popSlot} does each; their buffer
-   * indices into `ids` and, given `lens`, the lengths the device wrote. Returns how many. A bad one breaks the queue without throwing here: the ones before it
-   * are the caller's to give back first, then {@link broken} says why.
+   * indices into `ids` and, given `lens`, the lengths the device wrote. Returns how many. A bad one breaks the
+   * queue without throwing here: the ones before it are the caller's to give back first, then {@link broken} says
+   * why.
    */
   popSlots(ids: Uint16Array, max: number, lens?: Uint32Array): number {
     if (this.#broken) throw this.#broken;

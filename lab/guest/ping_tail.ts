@@ -38,13 +38,15 @@ type Numbers = Record<string, number>;
 /** Where a run's slowest replies fell: "#seq ms" each (early ones are the JIT's warm-up). */
 const slowText = (slow: { seq: number; rtt: number }[] | undefined): string =>
   (slow ?? []).map((x) => `#${x.seq} ${x.rtt.toFixed(1)}`).join(", ");
-const slowest: [string, string][] = [];
 
 // A young generation (MB per semi-space) the run cannot fill: no scavenge happens.
 const NO_SCAVENGE = ["--min-semi-space-size=128", "--max-semi-space-size=128"];
 
+/** One run of a table: its name, its figures, and where its slowest replies fell. */
+type Run = [name: string, figures: Numbers, slowest: string];
+
 /** One pvdrv run (`name`): its ping summary and the collections V8 reported in it. */
-async function pvdrvPing(name: string, v8: string[], warmup: number): Promise<[string, Numbers]> {
+async function pvdrvPing(name: string, v8: string[], warmup: number): Promise<Run> {
   const args = [
     "run",
     "-A",
@@ -69,7 +71,6 @@ async function pvdrvPing(name: string, v8: string[], warmup: number): Promise<[s
   const line = out.split("\n").find((l) => l.includes('{"dst":'));
   if (!line) throw new Error(`deno task ping printed no summary\n${out.slice(-2000)}`);
   const summary = JSON.parse(line.slice(line.indexOf('{"dst":'))) as PingSummary;
-  slowest.push([name, slowText(summary.slowest)]);
   const scavenges = gcs.filter((m) => /Scavenge|Minor/.test(m[1])).length;
   return [name, {
     p50: summary.p50,
@@ -79,7 +80,7 @@ async function pvdrvPing(name: string, v8: string[], warmup: number): Promise<[s
     scavenges,
     fullGcs: gcs.length - scavenges,
     gcPauseMs: gcs.reduce((s, m) => s + Number(m[2]), 0),
-  }];
+  }, slowText(summary.slowest)];
 }
 
 const ns = await NetNs.create();
@@ -89,8 +90,7 @@ try {
   const krtt = await kernelPing(K, COUNT, INTERVAL);
   await k.release();
   const ks = summarizePings(COUNT, krtt, krtt.map((_, i) => i));
-  slowest.push(["kernel", slowText(ks.slowest)]);
-  const rows: [string, Numbers][] = [["kernel", { p50: ks.p50, p99: ks.p99, max: ks.max }]];
+  const rows: Run[] = [["kernel", { p50: ks.p50, p99: ks.p99, max: ks.max }, slowText(ks.slowest)]];
 
   bindDevice(PCI, "vfio-pci");
   // In turn, twice, so a slow moment of the machine shows as disagreement between the two rounds.
@@ -113,8 +113,8 @@ try {
     );
   }
   console.log(`\nthe ${SLOWEST_KEPT} slowest replies of each run (#sequence number, ms):`);
-  for (const [name, text] of slowest) console.log(`  ${name}: ${text}`);
-  console.log(`PVDRV-PINGTAIL ${JSON.stringify(Object.fromEntries(rows))}`);
+  for (const [name, , text] of rows) console.log(`  ${name}: ${text}`);
+  console.log(`PVDRV-PINGTAIL ${JSON.stringify(Object.fromEntries(rows.map(([name, x]) => [name, x])))}`);
 
   // Where the ping path allocates: the same ping in this process, warmed up, under the sampling heap profiler.
   const nic = await openNic(PCI, { irq: IRQ === "poll" ? "poll" : "msix" });
