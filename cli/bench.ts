@@ -160,6 +160,12 @@ function netTable(rows: Record<string, Record<string, number> | string>[]): stri
     "|---|---|---|---|---|",
     line("ping RTT p50 (ms)", k.ping.p50, p.ping.p50, p.pingPoll.p50, true),
     line("ping RTT p99 (ms)", k.ping.p99, p.ping.p99, p.pingPoll.p99, true),
+    ...(k.pingOneCpu && p.pingOneCpu
+      ? [
+        line("ping RTT p50, one vCPU (ms)", k.pingOneCpu.p50, p.pingOneCpu.p50, null, true),
+        line("ping RTT p99, one vCPU (ms)", k.pingOneCpu.p99, p.pingOneCpu.p99, null, true),
+      ]
+      : []),
     line("ping loss (%)", k.ping.lossPercent, p.ping.lossPercent, p.pingPoll.lossPercent, true, 1).replace(
       /\| [^|]*x \|$/,
       "| |",

@@ -7,7 +7,16 @@ import { type Nic, settledStats } from "../drivers/net/nic.ts";
 import { ipText } from "../net/ipv4.ts";
 import { pingRun } from "../apps/ping.ts";
 import { intArg, parse, runMain, UsageError } from "./lib/common.ts";
-import { mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals, ringArg } from "./lib/nic_args.ts";
+import {
+  cpuArg,
+  mtuArg,
+  NIC_OPTIONS,
+  NIC_USAGE,
+  nicArg,
+  onSignals,
+  pinNicLoop,
+  ringArg,
+} from "./lib/nic_args.ts";
 import { HOST_OPTIONS, HOST_USAGE, hostArgs, hostIrqArg, ipArg, startHost } from "./lib/host_args.ts";
 
 const USAGE = `usage: deno task ping <nic> <ip> [options]
@@ -44,6 +53,7 @@ await runMain(USAGE, async () => {
   const warmup = intArg("warmup", values.warmup, 0, 0, 10_000);
   const addr = hostArgs(values);
   const irq = hostIrqArg(values.irq, name);
+  const cpu = cpuArg(values.cpu);
   const nic: Nic = await openNic(name, {
     irq,
     mtu: mtuArg(values.mtu, name),
@@ -52,6 +62,7 @@ await runMain(USAGE, async () => {
   let stopping = false;
   try {
     if (size > nic.mtu - 28) throw new UsageError(`--size must be at most ${nic.mtu - 28} (MTU ${nic.mtu})`);
+    pinNicLoop(name, cpu);
     const host = await startHost(nic, addr, irq);
     onSignals(async () => {
       stopping = true;

@@ -8,7 +8,17 @@ import { PcapWriter } from "../apps/pcap.ts";
 import { FrameCheck } from "../apps/frames.ts";
 import { receive } from "../apps/traffic.ts";
 import { intArg, isTerminal, parse, runMain, UsageError } from "./lib/common.ts";
-import { irqArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals, ringArg } from "./lib/nic_args.ts";
+import {
+  cpuArg,
+  irqArg,
+  mtuArg,
+  NIC_OPTIONS,
+  NIC_USAGE,
+  nicArg,
+  onSignals,
+  pinNicLoop,
+  ringArg,
+} from "./lib/nic_args.ts";
 import { HOST_OPTIONS, HOST_USAGE, hostArgs, hostIrqArg } from "./lib/host_args.ts";
 import { runUdp } from "./lib/udp_run.ts";
 
@@ -65,6 +75,7 @@ await runMain(USAGE, async () => {
   const timeout = intArg("timeout", values.timeout, 10, 1, 86400);
   const irq = irqArg(values.irq);
   const mtu = mtuArg(values.mtu, name);
+  const cpu = cpuArg(values.cpu);
   // Every argument is checked and every file opened before a device is touched.
   let pcap: PcapWriter | undefined;
   if (values.pcap !== undefined) {
@@ -78,6 +89,13 @@ await runMain(USAGE, async () => {
   try {
     nic = await openNic(name, { irq, promiscuous: values.promisc, mtu, ring: ringArg(values.ring, name) });
   } catch (e) {
+    pcap?.close();
+    throw e;
+  }
+  try {
+    pinNicLoop(name, cpu);
+  } catch (e) {
+    await nic.close();
     pcap?.close();
     throw e;
   }

@@ -6,7 +6,17 @@ import { openNic } from "../system/table.ts";
 import { parseMac, totalStats } from "../drivers/net/nic.ts";
 import { generate } from "../apps/traffic.ts";
 import { intArg, isTerminal, parse, runMain, UsageError } from "./lib/common.ts";
-import { irqArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, onSignals, ringArg } from "./lib/nic_args.ts";
+import {
+  cpuArg,
+  irqArg,
+  mtuArg,
+  NIC_OPTIONS,
+  NIC_USAGE,
+  nicArg,
+  onSignals,
+  pinNicLoop,
+  ringArg,
+} from "./lib/nic_args.ts";
 import {
   endpointArg,
   HOST_OPTIONS,
@@ -98,6 +108,7 @@ await runMain(USAGE, async () => {
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
+  const cpu = cpuArg(values.cpu);
   const nic = await openNic(name, {
     irq: irqArg(values.irq),
     queues: queue + 1,
@@ -106,6 +117,7 @@ await runMain(USAGE, async () => {
   });
   onSignals(() => nic.close());
   try {
+    pinNicLoop(name, cpu);
     if (queue >= nic.queues) {
       throw new UsageError(`--queue ${queue}: the device has ${nic.queues} queue pair(s)`);
     }

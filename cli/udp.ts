@@ -4,7 +4,7 @@
  */
 import { MIN_DATAGRAM } from "../apps/datagrams.ts";
 import { intArg, parse, runMain, UsageError } from "./lib/common.ts";
-import { mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, ringArg } from "./lib/nic_args.ts";
+import { cpuArg, mtuArg, NIC_OPTIONS, NIC_USAGE, nicArg, ringArg } from "./lib/nic_args.ts";
 import {
   endpointArg,
   HOST_OPTIONS,
@@ -74,6 +74,7 @@ await runMain(USAGE, async () => {
     irq: hostIrqArg(values.irq, name),
     mtu: mtuArg(values.mtu, name),
     ring: ringArg(values.ring, name),
+    cpu: cpuArg(values.cpu),
     json: !!values.json,
   });
 });

@@ -7,7 +7,7 @@
 
 import { PvdrvError } from "../hal/errors.ts";
 
-const ABI_VERSION = 7;
+const ABI_VERSION = 8;
 
 const SYMBOLS = {
   pvdrv_abi_version: { parameters: [], result: "u32" },
@@ -75,6 +75,7 @@ const SYMBOLS = {
   pvdrv_fd_size: { parameters: ["i32"], result: "i64" },
   pvdrv_fd_nonblock: { parameters: ["i32"], result: "i32" },
   pvdrv_udp_link: { parameters: ["u32", "u32", "u32", "u32"], result: "i32" },
+  pvdrv_pin_thread: { parameters: ["i32", "u32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The bound native symbols. */

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -24,7 +25,7 @@ static inline int32_t neg_errno(long r) { return r < 0 ? -errno : (int32_t)r; }
 #define NEG_ERRNO(r) neg_errno((long)(r))
 
 // ---- ABI version: bump when a signature changes, checked by ffi/lib.ts ----
-uint32_t pvdrv_abi_version(void) { return 7; }
+uint32_t pvdrv_abi_version(void) { return 8; }
 
 // ---- volatile MMIO (base + offset; offset is a byte offset) ----
 uint8_t pvdrv_read8(void *base, uint32_t off) { return *(volatile uint8_t *)((char *)base + off); }
@@ -344,4 +345,13 @@ int32_t pvdrv_fd_nonblock(int32_t fd) {
 int32_t pvdrv_remap_anon(void *p, uint64_t len) {
   void *q = mmap(p, len, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   return q == MAP_FAILED ? -errno : 0;
+}
+
+// Run thread `tid` (0: the caller) on CPU `cpu` only (a driver loop beside its interrupt). 0 or -errno.
+int32_t pvdrv_pin_thread(int32_t tid, uint32_t cpu) {
+  if (cpu >= CPU_SETSIZE) return -EINVAL;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return NEG_ERRNO(sched_setaffinity(tid, sizeof set, &set));
 }

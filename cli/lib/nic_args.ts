@@ -6,12 +6,14 @@ import { parsePciAddress } from "../../ffi/sysfs.ts";
 import { UsageError } from "./common.ts";
 import type { IrqMode } from "../../drivers/net/nic.ts";
 import type { RingFormat } from "../../drivers/virtio/net.ts";
+import { pinDriver } from "../../ffi/cpu.ts";
 
 /** Options every NIC task takes (spread into its `parse` options), and their usage lines. */
 export const NIC_OPTIONS = {
   irq: { type: "string" },
   mtu: { type: "string" },
   ring: { type: "string" },
+  cpu: { type: "string" },
   json: { type: "boolean" },
   help: { type: "boolean", short: "h" },
 } as const;
@@ -20,6 +22,7 @@ export const NIC_OPTIONS = {
 export const NIC_USAGE = `  --irq MODE        poll | msix | intx (default poll)
   --mtu N           vif/N only: MTU, up to 65517 (above 1500: multi-slot frames, needs feature-sg)
   --ring FORMAT     virtio-net on PCI only: split | packed (packed when the device offers it; default split)
+  --cpu N           run the task on CPU N and deliver the NIC's interrupts there (default: anywhere)
   --json            print the summary as JSON`;
 
 /** The one positional NIC name: a PCI address (normalised) or vif/N. */
@@ -79,6 +82,25 @@ export function ringArg(v: string | undefined, nic: string): RingFormat | undefi
   if (v !== "split" && v !== "packed") throw new UsageError(`--ring must be split or packed, got '${v}'`);
   if (!/^[0-9a-f]{4}:/.test(nic)) throw new UsageError(`--ring applies to virtio-net on PCI, not '${nic}'`);
   return v;
+}
+
+/** --cpu: a CPU number (whether it is online is checked when the loop is pinned). */
+export function cpuArg(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^\d{1,4}$/.test(v) || Number(v) > 1023) {
+    throw new UsageError(`--cpu must be a CPU number 0..1023, got '${v}'`);
+  }
+  return Number(v);
+}
+
+/**
+ * Run this task (every thread of the process) on `cpu` and steer NIC `name`'s interrupts there (a PCI NIC's; a vif
+ * or a vhost-user port has only the process pinned). An interrupt the kernel will not move is reported, not fatal.
+ */
+export function pinNicLoop(name: string, cpu: number | undefined): void {
+  if (cpu === undefined) return;
+  const r = pinDriver(/^[0-9a-f]{4}:/.test(name) ? name : null, cpu);
+  for (const why of r.refused) console.error(`pvdrv: ${why}`);
 }
 
 /** --mtu: netfront only (virtio-net uses the device's own MTU). */

@@ -8,7 +8,7 @@ import type { IrqMode, QueueStats } from "../../drivers/net/nic.ts";
 import { ipText } from "../../net/ipv4.ts";
 import { UsageError } from "./common.ts";
 import { hostArgs, hostIrqArg } from "./host_args.ts";
-import { mtuArg, ringArg } from "./nic_args.ts";
+import { cpuArg, mtuArg, ringArg } from "./nic_args.ts";
 import type { RingFormat } from "../../drivers/virtio/net.ts";
 
 /** What the worker is told. */
@@ -21,6 +21,8 @@ export interface BridgeConfig {
   mtu?: number;
   /** virtio-net ring format. */
   ring?: RingFormat;
+  /** Run the bridge's loop on this CPU, with the NIC's interrupts (--cpu). */
+  cpu?: number;
   /** TAP name (may end in %d). */
   tap: string;
   /** Static address for the TAP ("10.0.0.2/24"). */
@@ -38,7 +40,16 @@ export interface BridgeConfig {
  * is optional for `tap` (the user may configure the interface) and required for `serve`.
  */
 export function bridgeConfig(
-  v: { name?: string; ip?: string; gw?: string; dhcp?: boolean; irq?: string; mtu?: string; ring?: string },
+  v: {
+    name?: string;
+    ip?: string;
+    gw?: string;
+    dhcp?: boolean;
+    irq?: string;
+    mtu?: string;
+    ring?: string;
+    cpu?: string;
+  },
   nic: string,
   addressRequired: boolean,
 ): Omit<BridgeConfig, "control"> {
@@ -50,6 +61,7 @@ export function bridgeConfig(
     irq: hostIrqArg(v.irq, nic),
     mtu: mtuArg(v.mtu, nic),
     ring: ringArg(v.ring, nic),
+    cpu: cpuArg(v.cpu),
     tap,
     cidr: addr.cidr ? `${ipText(addr.cidr.ip)}/${addr.cidr.prefix}` : undefined,
     gateway: addr.gateway === undefined ? undefined : ipText(addr.gateway),

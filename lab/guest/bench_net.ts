@@ -8,7 +8,8 @@
 import { LAB } from "../topology.ts";
 import { NetNs } from "../netns.ts";
 import { readDevice } from "../../ffi/sysfs.ts";
-import { kernelAddress, kernelPing } from "./kernel_peer.ts";
+import { kernelAddress, kernelPing, kernelPingOn, steerInterrupts } from "./kernel_peer.ts";
+import { onlineCpus } from "../../ffi/cpu.ts";
 import { bindDevice } from "../../system/bind.ts";
 import { summarizePings } from "../../apps/ping.ts";
 import { commandJson, Running, task } from "./tasks.ts";
@@ -19,6 +20,9 @@ const PINGS = Number(Deno.env.get("PVDRV_NETBENCH_PINGS") ?? 500);
 const DATAGRAMS = Number(Deno.env.get("PVDRV_NETBENCH_DATAGRAMS") ?? 5000);
 const HTTP_SECONDS = Number(Deno.env.get("PVDRV_NETBENCH_HTTP_SECONDS") ?? 5);
 const WINDOW = 16, CONCURRENCY = 4, BODY = 1000;
+// "One vCPU": the pinging process and every interrupt of both NICs on the last vCPU, so a round trip never
+// waits for another vCPU to wake (docs/benchmarks.md, "Where ping's tail comes from"). Both drivers, in turn.
+const ONE = onlineCpus().at(-1)!;
 
 type Numbers = Record<string, number>;
 
@@ -53,9 +57,12 @@ try {
   // 1. The guest kernel's virtio_net on the NIC.
   const k = await kernelAddress(PCI, `${PV}/24`);
   const rtts = await kernelPing(K, PINGS);
+  const putBack = steerInterrupts([PCI, PEER], ONE);
+  const rttsOne = await kernelPingOn(ONE, K, PINGS).finally(putBack);
   const kernel = {
     driver: "kernel",
     ping: summarizePings(PINGS, rtts),
+    pingOneCpu: summarizePings(PINGS, rttsOne),
     udp: await udpEcho(
       ns,
       task("lab/guest/udp_peer.ts", ["client", PV, `${K}:7`, String(DATAGRAMS), "64", "64", String(WINDOW)]),
@@ -67,7 +74,7 @@ try {
 
   // 2. pvdrv on the same NIC over VFIO (interrupts; ping also polling).
   bindDevice(PCI, "vfio-pci");
-  const ping = async (irq: string) => {
+  const ping = async (irq: string, cpu?: number) => {
     const r = await commandJson<Numbers>(
       task("cli/ping.ts", [
         PCI,
@@ -82,6 +89,7 @@ try {
         "3", // as the kernel's run is preceded by three: a fresh process first compiles its reply path
         "--irq",
         irq,
+        ...(cpu === undefined ? [] : ["--cpu", String(cpu)]),
         "--json",
       ]),
       "deno task ping",
@@ -102,6 +110,10 @@ try {
     driver: "pvdrv",
     ping: await ping("msix"),
     pingPoll: await ping("poll"),
+    pingOneCpu: await (async () => {
+      const putBack = steerInterrupts([PEER], ONE); // --cpu steers pvdrv's own vectors
+      return await ping("msix", ONE).finally(putBack);
+    })(),
     udp: await udpEcho(
       ns,
       task("cli/udp.ts", [

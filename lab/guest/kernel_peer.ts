@@ -3,6 +3,7 @@ import { generate, receive, type RecvResult, type SendResult, type Window } from
 import { parseMac } from "../../drivers/net/nic.ts";
 import type { Nic } from "../../drivers/net/nic.ts";
 import { readDevice } from "../../ffi/sysfs.ts";
+import { deviceIrqs, steerIrq } from "../../ffi/cpu.ts";
 import { bindDevice } from "../../system/bind.ts";
 import { run } from "../netns.ts";
 
@@ -182,5 +183,45 @@ export async function kernelAddress(
 export async function kernelPing(dst: string, count: number, intervalMs = 10): Promise<number[]> {
   await run("ping", ["-c", "3", "-W", "5", dst]);
   const out = await run("ping", ["-c", String(count), "-i", String(intervalMs / 1000), "-W", "5", dst]);
+  return [...out.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
+}
+
+/**
+ * Deliver every interrupt of the PCI functions `pcis` (their MSI-X vectors, whichever driver holds them) to `cpu`
+ * until the returned function puts each back where it was. In the lab the far end of a round trip shares the VM
+ * with the driver under test, and under TCG a wake of an idle vCPU takes milliseconds: a round trip that crosses
+ * vCPUs pays for it (docs/benchmarks.md, "Where ping's tail comes from").
+ */
+export function steerInterrupts(pcis: string[], cpu: number): () => void {
+  const saved = pcis.flatMap((p) => deviceIrqs(p)).map((irq) => {
+    const was = Deno.readTextFileSync(`/proc/irq/${irq}/smp_affinity_list`).trim();
+    steerIrq(irq, cpu);
+    return [irq, was] as const;
+  });
+  return () => {
+    for (const [irq, was] of saved) Deno.writeTextFileSync(`/proc/irq/${irq}/smp_affinity_list`, `${was}\n`);
+  };
+}
+
+/** The guest kernel's ping run on `cpu` only (`taskset`), as {@link kernelPing}. */
+export async function kernelPingOn(
+  cpu: number,
+  dst: string,
+  count: number,
+  intervalMs = 10,
+): Promise<number[]> {
+  await run("taskset", ["-c", String(cpu), "ping", "-c", "3", "-W", "5", dst]);
+  const out = await run("taskset", [
+    "-c",
+    String(cpu),
+    "ping",
+    "-c",
+    String(count),
+    "-i",
+    String(intervalMs / 1000),
+    "-W",
+    "5",
+    dst,
+  ]);
   return [...out.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
 }

@@ -6,14 +6,17 @@
  * `DRIVER_V8_FLAGS`), and with one suspect removed at a time: the garbage collector (a young generation too large
  * to fill in the run, so no scavenge happens) and the JIT's warm-up (a long warm-up left out of the figures), then
  * both; twice in turn. Each run counts the collections V8 reported (`--trace-gc`).
- * Whichever change brings the p99 down to the kernel's names the cause. Last, the ping path's allocation sites.
+ * Whichever change brings the p99 down to the kernel's names the cause. Both drivers also run on one vCPU: the
+ * pinging task and every interrupt of both NICs there (`taskset` for the kernel's ping, `--cpu` for pvdrv's), so
+ * no round trip waits for the other vCPU to wake. Last, the ping path's allocation sites.
  * @module
  */
 import { parseArgs } from "node:util";
 import { LAB } from "../topology.ts";
 import { NetNs } from "../netns.ts";
 import { readDevice } from "../../ffi/sysfs.ts";
-import { kernelAddress, kernelPing } from "./kernel_peer.ts";
+import { kernelAddress, kernelPing, kernelPingOn, steerInterrupts } from "./kernel_peer.ts";
+import { onlineCpus } from "../../ffi/cpu.ts";
 import { bindDevice } from "../../system/bind.ts";
 import { pingRun, type PingSummary, SLOWEST_KEPT, summarizePings } from "../../apps/ping.ts";
 import { openNic } from "../../system/table.ts";
@@ -32,6 +35,7 @@ const COUNT = Number(values.count ?? 500),
 const PCI = LAB.vfioKernelPeer.pci, PEER = LAB.kernelPeer.pci;
 const PV = "10.0.0.2", K = "10.0.0.1";
 const ROOT = new URL("../../", import.meta.url).pathname;
+const ONE = onlineCpus().at(-1)!; // "one vCPU": the pinging task and every interrupt of both NICs
 
 type Numbers = Record<string, number>;
 
@@ -46,7 +50,7 @@ const NO_SCAVENGE = ["--min-semi-space-size=128", "--max-semi-space-size=128"];
 type Run = [name: string, figures: Numbers, slowest: string];
 
 /** One pvdrv run (`name`): its ping summary and the collections V8 reported in it. */
-async function pvdrvPing(name: string, v8: string[], warmup: number): Promise<Run> {
+async function pvdrvPing(name: string, v8: string[], warmup: number, extra: string[] = []): Promise<Run> {
   const args = [
     "run",
     "-A",
@@ -55,7 +59,7 @@ async function pvdrvPing(name: string, v8: string[], warmup: number): Promise<Ru
     `${ROOT}cli/ping.ts`,
   ];
   args.push(PCI, K, "--ip", `${PV}/24`, "--count", String(COUNT), "--interval", String(INTERVAL), "--json");
-  args.push("--warmup", String(warmup), "--irq", IRQ);
+  args.push("--warmup", String(warmup), "--irq", IRQ, ...extra);
   const r = await new Deno.Command(Deno.execPath(), { args, stdout: "piped", stderr: "piped" }).output();
   const out = new TextDecoder().decode(r.stdout);
   if (r.code !== 0) {
@@ -88,15 +92,30 @@ try {
   await ns.adopt(readDevice(PEER).netInterfaces[0], `${K}/24`);
   const k = await kernelAddress(PCI, `${PV}/24`);
   const krtt = await kernelPing(K, COUNT, INTERVAL);
+  const putBack = steerInterrupts([PCI, PEER], ONE);
+  const k1 = await kernelPingOn(ONE, K, COUNT, INTERVAL).finally(putBack);
   await k.release();
-  const ks = summarizePings(COUNT, krtt, krtt.map((_, i) => i));
-  const rows: Run[] = [["kernel", { p50: ks.p50, p99: ks.p99, max: ks.max }, slowText(ks.slowest)]];
+  const ks = summarizePings(COUNT, krtt, krtt.map((_, i) => i)),
+    ks1 = summarizePings(COUNT, k1, k1.map((_, i) => i));
+  const rows: Run[] = [
+    ["kernel", { p50: ks.p50, p99: ks.p99, max: ks.max }, slowText(ks.slowest)],
+    [`kernel, one vCPU (${ONE})`, { p50: ks1.p50, p99: ks1.p99, max: ks1.max }, slowText(ks1.slowest)],
+  ];
 
   bindDevice(PCI, "vfio-pci");
   // In turn, twice, so a slow moment of the machine shows as disagreement between the two rounds.
   for (let round = 1; round <= 2; round++) {
     rows.push(await pvdrvPing(`pvdrv, V8's default young generation (round ${round})`, [], 3));
     rows.push(await pvdrvPing(`pvdrv, as bench --net: 16 MiB (round ${round})`, [...DRIVER_V8_FLAGS], 3));
+    // The task and both NICs' interrupts on one vCPU (--cpu steers pvdrv's own): the round trip on one vCPU.
+    const back = steerInterrupts([PEER], ONE);
+    rows.push(
+      await pvdrvPing(`pvdrv, 16 MiB, one vCPU (round ${round})`, [...DRIVER_V8_FLAGS], 3, [
+        "--cpu",
+        String(ONE),
+      ])
+        .finally(back),
+    );
     rows.push(await pvdrvPing(`pvdrv, no scavenge (round ${round})`, NO_SCAVENGE, 3));
     rows.push(await pvdrvPing(`pvdrv, warm-up 300 (round ${round})`, [], 300));
     rows.push(await pvdrvPing(`pvdrv, both (round ${round})`, NO_SCAVENGE, 300));

@@ -6,6 +6,7 @@ import { echoExchange, receive } from "../../../apps/traffic.ts";
 import { ensureBound, guestTest, LAB, OUT } from "./env.ts";
 import { exchangeWithKernel, kernelInterface, Peer } from "../../../lab/guest/kernel_peer.ts";
 import type { PciFunction } from "../../../hal/pci.ts";
+import { pinDriver } from "../../../ffi/cpu.ts";
 
 const N = 100_000;
 // Frames in flight: the lab's links are UDP sockets on the host (rmem_default 208 KiB, and a queued datagram costs
@@ -139,6 +140,51 @@ async function interruptBursts(
     nic.close();
   }
 }
+
+/** Interrupt counts of `irqs` by CPU, from /proc/interrupts (one column per CPU after "N:"). */
+function irqCountsByCpu(irqs: number[]): number[] {
+  const lines = Deno.readTextFileSync("/proc/interrupts").split("\n");
+  const ncpu = lines[0].trim().split(/\s+/).length, sums = new Array(ncpu).fill(0);
+  for (const l of lines.slice(1)) {
+    const [head, rest] = [l.slice(0, l.indexOf(":")).trim(), l.slice(l.indexOf(":") + 1)];
+    if (!irqs.includes(Number(head))) continue;
+    rest.trim().split(/\s+/).slice(0, ncpu).forEach((v, i) => sums[i] += Number(v));
+  }
+  return sums;
+}
+
+guestTest(
+  "--cpu over VFIO MSI-X: every vector of the NIC steered to one vCPU, and its interrupts arrive there",
+  async () => {
+    const cpu = 1;
+    const k = await kernelInterface(LAB.kernelPeer.pci);
+    const nic = VirtioNet.openPci(vfio(LAB.vfioKernelPeer.pci), { ownsPci: true, irq: "msix" });
+    try {
+      const r = pinDriver(LAB.vfioKernelPeer.pci, cpu, { pinProcess: false });
+      assert.deepEqual(r.refused, []);
+      assert.ok(r.irqs.length >= 2, `vectors ${r.irqs}: the config change and the queues'`);
+      for (const irq of r.irqs) {
+        assert.equal(Deno.readTextFileSync(`/proc/irq/${irq}/effective_affinity_list`).trim(), String(cpu));
+      }
+      const before = irqCountsByCpu(r.irqs);
+      const tx = new Peer(["send", k.name, "1000", "60", "600", nic.macString, String(WINDOW)]);
+      const got = await receive(nic, {
+        count: 1000,
+        idleTimeoutMs: 10000,
+        interrupts: true,
+        progressEvery: 16,
+        onProgress: (ok) => tx.ack(ok),
+      });
+      await tx.result();
+      assert.equal(got.received, 1000);
+      const after = irqCountsByCpu(r.irqs);
+      assert.ok(after[cpu] > before[cpu], `interrupts on CPU ${cpu}: ${before[cpu]} → ${after[cpu]}`);
+      after.forEach((n, c) => c === cpu || assert.equal(n, before[c], `CPU ${c} took none of them`));
+    } finally {
+      nic.close();
+    }
+  },
+);
 
 guestTest(
   "virtio-net interrupt mode over VFIO MSI-X: idle → burst → idle, three times, nothing lost",
