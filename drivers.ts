@@ -88,6 +88,8 @@ export {
 } from "./ffi/unix.ts";
 export { UdpLink } from "./ffi/udp_link.ts";
 export { FrameFd } from "./ffi/frame_fd.ts";
+// Where a driver runs: one CPU for the process, the device's interrupts steered there (the tasks' --cpu).
+export { pinDriver, type Pinned, type PinRoots, pinThread } from "./ffi/cpu.ts";
 export type { FdAcceptor, FdChannel, FdOps, SharedMapping } from "./hal/fds.ts";
 
 // ---- drivers ----

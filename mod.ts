@@ -16,8 +16,6 @@
 // ---- errors and the shim ----
 export { type ErrorKind, isPvdrvError, PvdrvError, type PvdrvErrorOptions } from "./hal/errors.ts";
 export { buildNative, libraryPath, NativeError, prepareNative } from "./ffi/lib.ts";
-// Where a driver runs: one CPU for the process, the device's interrupts steered there (the tasks' --cpu).
-export { pinDriver, type Pinned, type PinRoots } from "./ffi/cpu.ts";
 
 // ---- devices: the table, NICs, disks and their buffers ----
 export {

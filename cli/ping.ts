@@ -14,7 +14,7 @@ import {
   NIC_USAGE,
   nicArg,
   onSignals,
-  pinNicLoop,
+  pinNicTask,
   ringArg,
 } from "./lib/nic_args.ts";
 import { HOST_OPTIONS, HOST_USAGE, hostArgs, hostIrqArg, ipArg, startHost } from "./lib/host_args.ts";
@@ -62,7 +62,7 @@ await runMain(USAGE, async () => {
   let stopping = false;
   try {
     if (size > nic.mtu - 28) throw new UsageError(`--size must be at most ${nic.mtu - 28} (MTU ${nic.mtu})`);
-    pinNicLoop(name, cpu);
+    pinNicTask(name, cpu);
     const host = await startHost(nic, addr, irq);
     onSignals(async () => {
       stopping = true;

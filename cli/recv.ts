@@ -16,7 +16,7 @@ import {
   NIC_USAGE,
   nicArg,
   onSignals,
-  pinNicLoop,
+  pinNicTask,
   ringArg,
 } from "./lib/nic_args.ts";
 import { HOST_OPTIONS, HOST_USAGE, hostArgs, hostIrqArg } from "./lib/host_args.ts";
@@ -93,7 +93,7 @@ await runMain(USAGE, async () => {
     throw e;
   }
   try {
-    pinNicLoop(name, cpu);
+    pinNicTask(name, cpu);
   } catch (e) {
     await nic.close();
     pcap?.close();

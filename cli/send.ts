@@ -14,7 +14,7 @@ import {
   NIC_USAGE,
   nicArg,
   onSignals,
-  pinNicLoop,
+  pinNicTask,
   ringArg,
 } from "./lib/nic_args.ts";
 import {
@@ -117,7 +117,7 @@ await runMain(USAGE, async () => {
   });
   onSignals(() => nic.close());
   try {
-    pinNicLoop(name, cpu);
+    pinNicTask(name, cpu);
     if (queue >= nic.queues) {
       throw new UsageError(`--queue ${queue}: the device has ${nic.queues} queue pair(s)`);
     }

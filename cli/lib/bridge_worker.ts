@@ -13,7 +13,7 @@ import { NetHost } from "../../net/host.ts";
 import { isDhcpReplyFrame } from "../../net/dhcp.ts";
 import { ipText } from "../../net/ipv4.ts";
 import type { BridgeConfig, BridgeMessage } from "./tap_bridge.ts";
-import { pinNicLoop } from "./nic_args.ts";
+import { pinNicTask } from "./nic_args.ts";
 
 const post = (m: BridgeMessage) => self.postMessage(m);
 
@@ -28,7 +28,7 @@ self.onmessage = async (e: MessageEvent<BridgeConfig>) => {
   try {
     const interrupts = cfg.irq !== "poll";
     nic = await openNic(cfg.nic, { irq: cfg.irq, mtu: cfg.mtu, ring: cfg.ring });
-    pinNicLoop(cfg.nic, cfg.cpu); // the whole task: this worker runs the bridge, the main thread serves
+    pinNicTask(cfg.nic, cfg.cpu); // the whole task: this worker runs the bridge, the main thread serves
     tap = TapDevice.create(cfg.tap);
     const mac = macToString(nic.mac);
     await ip(["link", "set", "dev", tap.name, "address", mac, "mtu", String(nic.mtu), "up"]);

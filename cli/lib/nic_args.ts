@@ -97,7 +97,7 @@ export function cpuArg(v: string | undefined): number | undefined {
  * Run this task (every thread of the process) on `cpu` and steer NIC `name`'s interrupts there (a PCI NIC's; a vif
  * or a vhost-user port has only the process pinned). An interrupt the kernel will not move is reported, not fatal.
  */
-export function pinNicLoop(name: string, cpu: number | undefined): void {
+export function pinNicTask(name: string, cpu: number | undefined): void {
   if (cpu === undefined) return;
   const r = pinDriver(/^[0-9a-f]{4}:/.test(name) ? name : null, cpu);
   for (const why of r.refused) console.error(`pvdrv: ${why}`);

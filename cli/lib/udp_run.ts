@@ -4,7 +4,7 @@
  * @module
  */
 import { openNic } from "../../system/table.ts";
-import { pinNicLoop } from "./nic_args.ts";
+import { pinNicTask } from "./nic_args.ts";
 import { type IrqMode, type Nic, settledStats } from "../../drivers/net/nic.ts";
 import type { RingFormat } from "../../drivers/virtio/net.ts";
 import { ipText } from "../../net/ipv4.ts";
@@ -64,7 +64,7 @@ export async function runUdp(o: UdpRunOptions): Promise<number> {
     if (mode === "send" && max > nic.mtu - 28) {
       throw new UsageError(`datagrams can be at most ${nic.mtu - 28} bytes (MTU ${nic.mtu})`);
     }
-    pinNicLoop(name, o.cpu);
+    pinNicTask(name, o.cpu);
     const host = await startHost(nic, addr, irq);
     // Ctrl-C or SIGTERM ends the run like --count would: the summary is printed, the NIC closed.
     for (const sig of ["SIGINT", "SIGTERM"] as const) {

@@ -2,7 +2,7 @@ import assert from "assert";
 import { type RingFormat, VirtioNet } from "../../../drivers/virtio/net.ts";
 import { UioPciFunction, VfioPciFunction } from "../../../ffi/pci.ts";
 import { parseMac, totalStats } from "../../../drivers/net/nic.ts";
-import { echoExchange, receive } from "../../../apps/traffic.ts";
+import { echoExchange, receive, type RecvResult } from "../../../apps/traffic.ts";
 import { ensureBound, guestTest, LAB, OUT } from "./env.ts";
 import { exchangeWithKernel, kernelInterface, Peer } from "../../../lab/guest/kernel_peer.ts";
 import type { PciFunction } from "../../../hal/pci.ts";
@@ -109,6 +109,20 @@ guestTest(
   },
 );
 
+/** 1000 frames from the kernel's interface `peer` to `nic`, received on its interrupts (the peer paced by acks). */
+async function burstFromPeer(nic: VirtioNet, peer: string): Promise<RecvResult> {
+  const tx = new Peer(["send", peer, "1000", "60", "600", nic.macString, String(WINDOW)]);
+  const r = await receive(nic, {
+    count: 1000,
+    idleTimeoutMs: 10000,
+    interrupts: true,
+    progressEvery: 16,
+    onProgress: (ok) => tx.ack(ok),
+  });
+  await tx.result();
+  return r;
+}
+
 async function interruptBursts(
   nicPci: string,
   peerPci: string,
@@ -122,15 +136,7 @@ async function interruptBursts(
     assert.equal(nic.ring, ring);
     for (let burst = 0; burst < 3; burst++) {
       await new Promise((r) => setTimeout(r, 300)); // idle
-      const tx = new Peer(["send", k.name, "1000", "60", "600", nic.macString, String(WINDOW)]);
-      const r = await receive(nic, {
-        count: 1000,
-        idleTimeoutMs: 10000,
-        interrupts: true,
-        progressEvery: 16,
-        onProgress: (ok) => tx.ack(ok),
-      });
-      await tx.result();
+      const r = await burstFromPeer(nic, k.name);
       assert.equal(r.received, 1000, `burst ${burst}: all frames`);
       assert.equal(r.corrupt, 0);
       assert.ok(r.waits >= 1 && r.waits < 1000, `burst ${burst}: slept ${r.waits} times`);
@@ -167,16 +173,7 @@ guestTest(
         assert.equal(Deno.readTextFileSync(`/proc/irq/${irq}/effective_affinity_list`).trim(), String(cpu));
       }
       const before = irqCountsByCpu(r.irqs);
-      const tx = new Peer(["send", k.name, "1000", "60", "600", nic.macString, String(WINDOW)]);
-      const got = await receive(nic, {
-        count: 1000,
-        idleTimeoutMs: 10000,
-        interrupts: true,
-        progressEvery: 16,
-        onProgress: (ok) => tx.ack(ok),
-      });
-      await tx.result();
-      assert.equal(got.received, 1000);
+      assert.equal((await burstFromPeer(nic, k.name)).received, 1000);
       const after = irqCountsByCpu(r.irqs);
       assert.ok(after[cpu] > before[cpu], `interrupts on CPU ${cpu}: ${before[cpu]} → ${after[cpu]}`);
       after.forEach((n, c) => c === cpu || assert.equal(n, before[c], `CPU ${c} took none of them`));
