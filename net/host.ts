@@ -52,6 +52,12 @@ export interface HostOptions {
   interrupts?: boolean;
   /** With interrupts: keep polling this long after the last frame before sleeping (default 0.2 ms). */
   spinMs?: number;
+  /**
+   * With interrupts: for this long after the last frame, sleep in this thread on the interrupt 1 ms at a time
+   * (the lowest wake latency, but a wake-up a millisecond); after it, wait off-thread until the interrupt or the
+   * next timer (default 100 ms).
+   */
+  hotMs?: number;
   /** ARP cache timing and bounds. */
   arp?: Partial<ArpTiming>;
   /**
@@ -93,6 +99,7 @@ export class NetHost {
   readonly #queue: number;
   readonly #interrupts: boolean;
   readonly #spinMs: number;
+  readonly #hotMs: number;
   #polledAt = 0; // when the last poll() that found frames read the clock
   readonly #in: HostInput;
   readonly #onError: (e: Error, where: "app" | "frame") => void;
@@ -118,6 +125,7 @@ export class NetHost {
     this.#out = new TxBatch(nic, this.#queue, this.stats);
     this.#interrupts = opts.interrupts ?? false;
     this.#spinMs = opts.spinMs ?? 0.2;
+    this.#hotMs = opts.hotMs ?? HOT_MS;
     this.arp = new ArpCache(opts.arp);
     this.#ipOut = new IpOutput(nic, this.#out, this.arp, this.#addr, this.macNum, this.ttl, this.stats);
     this.#in = new HostInput({
@@ -454,7 +462,7 @@ export class NetHost {
           if (pacer.due(n)) await tick();
           continue;
         }
-        if (now - lastFrame < HOT_MS) {
+        if (now - lastFrame < this.#hotMs) {
           // Traffic a moment ago: sleep in this thread on the interrupt (one poll(), no thread hop: the lowest wake
           // latency), at most 1 ms, then let the event loop run.
           this.nic.sleepRx(1, this.#queue);

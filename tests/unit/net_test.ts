@@ -507,3 +507,26 @@ Deno.test("DHCP client: a NAK while requesting starts over; a NAK while selectin
   assert.equal(c.receive(dhcpReply(c.buf, 0, 6, 0, []), 0, 300, 2), "nak");
   assert.equal(c.state, "selecting");
 });
+
+Deno.test("host loop: after traffic it sleeps in its own thread for hotMs, then waits off-thread", async () => {
+  // Count how the idle loop waits: in-thread (sleepRx, 1 ms at a time) or off-thread (waitRx).
+  async function waits(hotMs: number | undefined): Promise<{ sleeps: number; waits: number }> {
+    const model = new VirtioNetModel();
+    const nic = VirtioNet.openPci(model.pci(), { irq: "msix" });
+    const n = { sleeps: 0, waits: 0 };
+    const sleepRx = nic.sleepRx.bind(nic), waitRx = nic.waitRx.bind(nic);
+    nic.sleepRx = (ms, q, fd) => (n.sleeps++, sleepRx(ms, q, fd));
+    nic.waitRx = (q) => (n.waits++, waitRx(q));
+    const host = NetHost.start(nic, { ip: "10.0.0.2/24", interrupts: true, hotMs });
+    try {
+      await new Promise((r) => setTimeout(r, 60));
+    } finally {
+      await host.close();
+      await nic.close();
+    }
+    return n;
+  }
+  const hot = await waits(undefined), cold = await waits(0);
+  assert.ok(hot.sleeps > 5 && hot.waits === 0, `default (100 ms): ${JSON.stringify(hot)}`);
+  assert.ok(cold.sleeps === 0 && cold.waits >= 1, `hotMs 0: ${JSON.stringify(cold)}`);
+});

@@ -1,11 +1,22 @@
 import assert from "assert";
-import { alignPings, type Chain, chains, parsePings, parseTrace } from "../../lab/ping_trace.ts";
+import {
+  alignPings,
+  type Chain,
+  chains,
+  devices,
+  parsePings,
+  parseTrace,
+  peerAnswers,
+  splitRuns,
+} from "../../lab/ping_trace.ts";
 
 // Two NICs as QEMU traces them: P (pvdrv: no TX interrupts) and K (the kernel's virtio_net: TX interrupts).
 const P = "0x5500000000a0", K = "0x5500000000b0";
 const vq = (dev: string, q: number) => `0x7f${dev.slice(-2)}${q}000`;
-let us = 0;
-const at = (ms: number) => (us = Math.round(ms * 1000), `42@1700000000.${String(us).padStart(6, "0")}`);
+const at = (ms: number) => {
+  const us = Math.round(ms * 1000);
+  return `42@${1700000000 + Math.floor(us / 1e6)}.${String(us % 1e6).padStart(6, "0")}`;
+};
 const bell = (ms: number, dev: string, q: number) =>
   `${at(ms)}:virtio_queue_notify vdev ${dev} n ${q} vq ${vq(dev, q)}`;
 const flush = (ms: number, dev: string, q: number) => `${at(ms)}:virtqueue_flush vq ${vq(dev, q)} count 1`;
@@ -99,4 +110,42 @@ Deno.test("ping trace: pings line up with their chains through a drifting clock 
   const gap = alignPings(pings, all.filter((c) => c.doorbell !== bells[70]));
   assert.equal(gap[70], null);
   assert.equal(gap[71]?.doorbell, bells[71]);
+});
+
+Deno.test("ping trace: pvdrv's run starts after the last pause of over a second", () => {
+  const c = (doorbell: number): Chain => ({
+    doorbell,
+    steps: { txDone: 0, peerRx: 0, peerIrq: 0, peerDoorbell: 0, replyRx: 0 },
+    irqAfter: null,
+    total: 0,
+  });
+  // A 15 ms hiccup inside a run is not a pause; the last pause of over a second starts pvdrv's run.
+  const [a, b] = splitRuns([0, 2000, 2010, 2025, 6035, 6045, 6060].map(c));
+  assert.deepEqual(a.map((x) => x.doorbell), [0, 2000, 2010, 2025]);
+  assert.deepEqual(b.map((x) => x.doorbell), [6035, 6045, 6060]);
+  assert.deepEqual(splitRuns([10, 25, 35].map(c))[1].length, 3); // no pause: all of it is the run
+  assert.deepEqual(splitRuns([]), [[], []]);
+});
+
+Deno.test("ping trace: the peer's answers are timed from its receive interrupt to its next TX doorbell", () => {
+  const ev = parseTrace(
+    [...RX_FILLS, ...ping(10, 0.3, true), ...ping(20, 2.5, false), ...ping(30, 0.4, true)].join("\n"),
+  );
+  assert.deepEqual(devices(ev), { pinger: P, peer: K });
+  const T0 = 1700000000 * 1000; // the traces' epoch above
+  const xs = peerAnswers(ev, K, T0, T0 + 100);
+  assert.equal(xs.length, 3);
+  [0.3 - 0.1, 2.5 - 0.1, 0.4 - 0.1].forEach((want, i) =>
+    assert.ok(Math.abs(xs[i] - want) < 1e-3, `${xs[i]}`)
+  );
+  assert.equal(peerAnswers(ev, K, T0 + 15, T0 + 25).length, 1); // only the window's
+});
+
+Deno.test("ping trace: a doorbell whose steps were not traced borrows nothing from a later ping", () => {
+  // The kernel's packed rings: doorbells and interrupts, no flushes; two seconds later pvdrv's pings.
+  const untraced = [bell(5, P, 1), irq(5.05, K, 0), bell(5.3, K, 1), irq(5.4, P, 0)];
+  const text = [...RX_FILLS, ...untraced, ...ping(2000, 0.3, true)].join("\n");
+  const c = chains(parseTrace(text));
+  assert.equal(c.length, 1);
+  assert.ok(Math.abs(c[0].total - 0.3) < 1e-3);
 });
