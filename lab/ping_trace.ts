@@ -1,11 +1,14 @@
 /**
- * Where a slow ping through pvdrv spends its time, told by QEMU itself: `deno run -A lab/ping_trace.ts [--count N]
- * [--interval MS]`. One lab boot with QEMU's trace of the virtqueue events (`virtio_queue_notify`, a doorbell;
- * `virtqueue_flush`, buffers handed back; `virtio_notify`, an interrupt raised), while `lab/guest/ping_wall.ts`
- * pings the guest kernel's stack through pvdrv. Each ping's chain is cut into its steps as QEMU saw them — pvdrv's
- * request doorbell, the request out of pvdrv's TX ring, into the peer's RX ring, the peer's interrupt, the peer's
- * reply doorbell, the reply into pvdrv's RX ring, pvdrv's interrupt — and set beside the round trip pvdrv
- * measured. Pings are matched by order (the guest's clock drifts from the host's under TCG).
+ * Where a slow ping through pvdrv spends its time, told by QEMU itself:
+ * `deno run -A lab/ping_trace.ts [--count N] [--interval MS] [--hot-ms MS]`. One lab boot with QEMU's trace of
+ * the virtqueue events (`virtio_queue_notify`, a doorbell; `virtqueue_flush`, buffers handed back;
+ * `virtio_notify`, an interrupt raised), while `lab/guest/ping_wall.ts` pings the guest kernel's stack, first
+ * from the guest kernel on the same NIC, then through pvdrv (`--hot-ms`: NetHost's `hotMs`). Each of pvdrv's
+ * pings is cut into its steps as QEMU saw them — pvdrv's request doorbell, the request out of pvdrv's TX ring,
+ * into the peer's RX ring, the peer's interrupt, the peer's reply doorbell, the reply into pvdrv's RX ring,
+ * pvdrv's interrupt — and set beside the round trip pvdrv measured; the peer's answers are timed for both
+ * pingers. Pings are matched by order (the guest's clock drifts from the host's under TCG).
+ * `PVDRV_KEEP_TRACE=1` keeps QEMU's trace file (its path is printed) to be read again.
  * @module
  */
 import { parseArgs } from "node:util";
