@@ -8,7 +8,7 @@
 import { LAB } from "../topology.ts";
 import { NetNs } from "../netns.ts";
 import { readDevice } from "../../ffi/sysfs.ts";
-import { kernelAddress, kernelPing, kernelPingOn, steerInterrupts } from "./kernel_peer.ts";
+import { kernelAddress, kernelPing, steerInterrupts } from "./kernel_peer.ts";
 import { onlineCpus } from "../../ffi/cpu.ts";
 import { bindDevice } from "../../system/bind.ts";
 import { summarizePings } from "../../apps/ping.ts";
@@ -58,7 +58,7 @@ try {
   const k = await kernelAddress(PCI, `${PV}/24`);
   const rtts = await kernelPing(K, PINGS);
   const putBack = steerInterrupts([PCI, PEER], ONE);
-  const rttsOne = await kernelPingOn(ONE, K, PINGS).finally(putBack);
+  const rttsOne = await kernelPing(K, PINGS, 10, ONE).finally(putBack);
   const kernel = {
     driver: "kernel",
     ping: summarizePings(PINGS, rtts),

@@ -179,10 +179,20 @@ export async function kernelAddress(
   };
 }
 
-/** The kernel's ping to `dst`: three of warm-up (and ARP), then `count` at `intervalMs`; the round trips (ms). */
-export async function kernelPing(dst: string, count: number, intervalMs = 10): Promise<number[]> {
-  await run("ping", ["-c", "3", "-W", "5", dst]);
-  const out = await run("ping", ["-c", String(count), "-i", String(intervalMs / 1000), "-W", "5", dst]);
+/**
+ * The kernel's ping to `dst`: three of warm-up (and ARP), then `count` at `intervalMs`; the round trips (ms). With
+ * `cpu`, ping runs on that CPU only (`taskset`).
+ */
+export async function kernelPing(
+  dst: string,
+  count: number,
+  intervalMs = 10,
+  cpu?: number,
+): Promise<number[]> {
+  const ping = (args: string[]) =>
+    cpu === undefined ? run("ping", args) : run("taskset", ["-c", String(cpu), "ping", ...args]);
+  await ping(["-c", "3", "-W", "5", dst]);
+  const out = await ping(["-c", String(count), "-i", String(intervalMs / 1000), "-W", "5", dst]);
   return [...out.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
 }
 
@@ -201,27 +211,4 @@ export function steerInterrupts(pcis: string[], cpu: number): () => void {
   return () => {
     for (const [irq, was] of saved) Deno.writeTextFileSync(`/proc/irq/${irq}/smp_affinity_list`, `${was}\n`);
   };
-}
-
-/** The guest kernel's ping run on `cpu` only (`taskset`), as {@link kernelPing}. */
-export async function kernelPingOn(
-  cpu: number,
-  dst: string,
-  count: number,
-  intervalMs = 10,
-): Promise<number[]> {
-  await run("taskset", ["-c", String(cpu), "ping", "-c", "3", "-W", "5", dst]);
-  const out = await run("taskset", [
-    "-c",
-    String(cpu),
-    "ping",
-    "-c",
-    String(count),
-    "-i",
-    String(intervalMs / 1000),
-    "-W",
-    "5",
-    dst,
-  ]);
-  return [...out.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
 }

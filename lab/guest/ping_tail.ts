@@ -15,7 +15,7 @@ import { parseArgs } from "node:util";
 import { LAB } from "../topology.ts";
 import { NetNs } from "../netns.ts";
 import { readDevice } from "../../ffi/sysfs.ts";
-import { kernelAddress, kernelPing, kernelPingOn, steerInterrupts } from "./kernel_peer.ts";
+import { kernelAddress, kernelPing, steerInterrupts } from "./kernel_peer.ts";
 import { onlineCpus } from "../../ffi/cpu.ts";
 import { bindDevice } from "../../system/bind.ts";
 import { pingRun, type PingSummary, SLOWEST_KEPT, summarizePings } from "../../apps/ping.ts";
@@ -93,7 +93,7 @@ try {
   const k = await kernelAddress(PCI, `${PV}/24`);
   const krtt = await kernelPing(K, COUNT, INTERVAL);
   const putBack = steerInterrupts([PCI, PEER], ONE);
-  const k1 = await kernelPingOn(ONE, K, COUNT, INTERVAL).finally(putBack);
+  const k1 = await kernelPing(K, COUNT, INTERVAL, ONE).finally(putBack);
   await k.release();
   const ks = summarizePings(COUNT, krtt, krtt.map((_, i) => i)),
     ks1 = summarizePings(COUNT, k1, k1.map((_, i) => i));
