@@ -30,6 +30,7 @@ import {
 } from "./guest_image.ts";
 import { buildBlkload, buildPeerTool } from "./build_c.ts";
 import { LabError, runQemu } from "./qemu.ts";
+import { cpuShares, findProcess, type ThreadTicks, threadTicks } from "./thread_cpu.ts";
 import { buildNative } from "../../ffi/lib.ts";
 import { summarize } from "../bench_stats.ts";
 import {
@@ -382,6 +383,11 @@ export interface XenRun {
   diskDir: string;
   /** What pvdrv's blkfront wrote on xvda, as the domU reported it (PVDRV-XEN-BLK-EXPECT), or null. */
   blkExpect: { mib: number; block: number; seed: number } | null;
+  /**
+   * Per network benchmark step, the share of one host core (%) each of QEMU's vCPU threads ("CPU 0/TCG": dom0,
+   * "CPU 1/TCG": the domU) and its other threads got from the step's start to its report.
+   */
+  hostCpu: Record<string, Record<string, number>>;
 }
 
 /** One verdict of a Xen lab run. */
@@ -484,7 +490,17 @@ export function xenBenchSummary(r: XenRun): string[] {
         `paired rounds, ${s.min.toFixed(2)}–${s.max.toFixed(2)}; pps pvdrv/kernel by round ${each})`;
     }),
     ...xenDiskBenchSummary(r.bench),
+    ...hostCpuSummary(r.hostCpu),
   ];
+}
+
+/** One line per network step: what QEMU's vCPU threads (and the rest of QEMU) got of the host's cores. */
+export function hostCpuSummary(hostCpu: Record<string, Record<string, number>>): string[] {
+  return Object.entries(hostCpu).map(([step, shares]) =>
+    `host CPU during ${step} (% of one core): ${
+      Object.entries(shares).sort(([a], [b]) => a.localeCompare(b)).map(([t, p]) => `${t} ${p}`).join(", ")
+    }`
+  );
 }
 
 /** Boot the Xen lab and run the scenario. */
@@ -495,6 +511,9 @@ export async function runXenLab(
   const diskDir = `${XEN_DIR}/run`, drives = freshDisks(diskDir);
   const args = [
     ...drives,
+    // Threads named by role ("CPU 0/TCG", …), so the host's view of each vCPU can be read per step.
+    "-name",
+    "pvdrv-xen,debug-threads=on",
     "-accel",
     "tcg",
     "-cpu",
@@ -522,10 +541,30 @@ export async function runXenLab(
     seconds: 0,
     diskDir,
     blkExpect: null,
+    hostCpu: {},
+  };
+  // QEMU's threads are sampled at each benchmark line of the domU: a step runs from the line before its report.
+  let qemuPid: number | null = null, sample: { at: number; ticks: Map<number, ThreadTicks> } | null = null;
+  const sampleHost = (l: string) => {
+    const step = l.match(/^PVDRV-BENCH ((?:tx|rx)-[\w-]+) /)?.[1];
+    if (!step && !l.startsWith("bench: ")) return;
+    qemuPid ??= findProcess(["qemu-system-x86_64", img.xen]);
+    if (qemuPid === null) return;
+    const now = { at: performance.now(), ticks: threadTicks(qemuPid) };
+    if (step && sample) {
+      run.hostCpu[step] = cpuShares(
+        sample.ticks,
+        now.ticks,
+        (now.at - sample.at) / 1000,
+        (n) => /TCG$/.test(n),
+      );
+    }
+    sample = now;
   };
   const handle = (l: string) => {
     run.lines.push(l);
     opts.onLine?.(l);
+    sampleHost(l);
     const exit = l.match(/PVDRV-DOMU-EXIT=(\d+)/);
     if (exit) run.domUExit = Number(exit[1]);
     // dom0's markers can land mid-line, after console output of the domU.

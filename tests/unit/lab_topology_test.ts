@@ -2,6 +2,7 @@
 import assert from "assert";
 import { LAB } from "../../lab/topology.ts";
 import { labNetArgs } from "../../lab/outer/qemu.ts";
+import { cpuShares, findProcess, threadTicks } from "../../lab/outer/thread_cpu.ts";
 
 Deno.test("lab topology: every NIC at its slot and MAC, each wire between the ends the topology names", () => {
   const args = labNetArgs({ wirePeer: 1001, guestForWire: 1002, forwardSink: 1003 });
@@ -141,6 +142,7 @@ Deno.test("Xen bench: each row's ratio is the median of its paired rounds, with 
       seconds: 1,
       diskDir: "",
       blkExpect: null,
+      hostCpu: {},
     });
   };
   // One round: the plain ratio.
@@ -165,4 +167,54 @@ Deno.test("Xen lab: dom0's send report gains netback's drop count as valid JSON"
     seconds: 1.5,
     netbackDropped: 4,
   });
+});
+
+Deno.test("thread CPU: ticks by thread name from a /proc tree, shares per step, the process found by its command line", async () => {
+  const { hostCpuSummary } = await import("../../lab/outer/xen.ts");
+  const proc = Deno.makeTempDirSync();
+  try {
+    const thread = (pid: number, tid: number, name: string, utime: number, stime: number) => {
+      Deno.mkdirSync(`${proc}/${pid}/task/${tid}`, { recursive: true });
+      // Fields 3.. after the name: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+      Deno.writeTextFileSync(
+        `${proc}/${pid}/task/${tid}/stat`,
+        `${tid} (${name}) S 1 1 1 0 -1 0 0 0 0 0 ${utime} ${stime} 0 0`,
+      );
+    };
+    Deno.mkdirSync(`${proc}/77`, { recursive: true });
+    Deno.writeTextFileSync(`${proc}/77/cmdline`, "qemu-system-x86_64\0-kernel\0/lab/xen.gz\0");
+    Deno.mkdirSync(`${proc}/78`, { recursive: true });
+    Deno.writeTextFileSync(`${proc}/78/cmdline`, "qemu-system-x86_64\0-kernel\0/lab/vmlinuz\0");
+    Deno.mkdirSync(`${proc}/self`, { recursive: true }); // not a pid: skipped
+    assert.equal(findProcess(["qemu-system-x86_64", "/lab/xen.gz"], proc), 77);
+    assert.equal(findProcess(["qemu-system-x86_64", "/nowhere"], proc), null);
+    thread(77, 77, "qemu-system-x86", 10, 5);
+    thread(77, 80, "CPU 0/TCG", 100, 20);
+    thread(77, 81, "CPU 1/TCG", 200, 0);
+    thread(77, 82, "call_rcu", 1, 1);
+    const before = threadTicks(77, proc);
+    assert.deepEqual(Object.fromEntries([...before].map(([tid, t]) => [tid, `${t.name}: ${t.ticks}`])), {
+      77: "qemu-system-x86: 15",
+      80: "CPU 0/TCG: 120",
+      81: "CPU 1/TCG: 200",
+      82: "call_rcu: 2",
+    });
+    thread(77, 77, "qemu-system-x86", 20, 5); // +10 ticks
+    thread(77, 80, "CPU 0/TCG", 400, 20); // +300 ticks
+    thread(77, 81, "CPU 1/TCG", 600, 0); // +400 ticks
+    Deno.removeSync(`${proc}/77/task/82`, { recursive: true }); // a worker ended: left out, not negative
+    thread(77, 83, "worker", 6, 4); // a worker started: counted whole (10 ticks)
+    // 4 s at 100 ticks a second: 300 ticks is 75 % of a core; the threads not kept are "other".
+    assert.deepEqual(cpuShares(before, threadTicks(77, proc), 4, (n) => /TCG$/.test(n)), {
+      "CPU 0/TCG": 75,
+      "CPU 1/TCG": 100,
+      other: 5,
+    });
+    assert.equal(threadTicks(99, proc).size, 0); // a process that is gone has no threads
+    assert.deepEqual(hostCpuSummary({ "rx-pvdrv": { other: 5, "CPU 1/TCG": 100, "CPU 0/TCG": 75 } }), [
+      "host CPU during rx-pvdrv (% of one core): CPU 0/TCG 75, CPU 1/TCG 100, other 5",
+    ]);
+  } finally {
+    Deno.removeSync(proc, { recursive: true });
+  }
 });
