@@ -126,6 +126,11 @@ export class NetHost {
     this.#interrupts = opts.interrupts ?? false;
     this.#spinMs = opts.spinMs ?? 0.2;
     this.#hotMs = opts.hotMs ?? HOT_MS;
+    for (const [name, ms] of [["spinMs", this.#spinMs], ["hotMs", this.#hotMs]] as const) {
+      if (!(Number.isFinite(ms) && ms >= 0)) {
+        throw new RangeError(`${name} must be a duration >= 0 ms, got ${ms}`);
+      }
+    }
     this.arp = new ArpCache(opts.arp);
     this.#ipOut = new IpOutput(nic, this.#out, this.arp, this.#addr, this.macNum, this.ttl, this.stats);
     this.#in = new HostInput({

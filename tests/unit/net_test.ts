@@ -133,6 +133,9 @@ Deno.test("net: a host refuses addresses no host can have", () => {
   assert.throws(() => new NetHost(nic, { ip: "10.0.0.255/24" }), /network or broadcast/);
   assert.throws(() => new NetHost(nic, { ip: "10.0.0.1/31" }), /\/1 to \/30/);
   assert.throws(() => new NetHost(nic, { ip: "10.0.0.1/24", ttl: 0 }), /ttl/);
+  assert.throws(() => new NetHost(nic, { ip: "10.0.0.1/24", hotMs: NaN }), /hotMs must be a duration/);
+  assert.throws(() => new NetHost(nic, { ip: "10.0.0.1/24", hotMs: -1 }), /hotMs must be a duration/);
+  assert.throws(() => new NetHost(nic, { ip: "10.0.0.1/24", spinMs: Infinity }), /spinMs must be a duration/);
   return nic.close();
 });
 
