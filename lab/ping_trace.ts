@@ -219,18 +219,31 @@ export function alignPings(pings: Ping[], all: Chain[], slackMs = 4): (Chain | n
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: { count: { type: "string" }, interval: { type: "string" }, "hot-ms": { type: "string" } },
-  });
+  const usage = (why: string): never => {
+    console.error(`lab/ping_trace.ts: ${why}`);
+    Deno.exit(2);
+  };
+  let values: { count?: string; interval?: string; "hot-ms"?: string } = {};
+  try {
+    ({ values } = parseArgs({
+      args: Deno.args,
+      options: { count: { type: "string" }, interval: { type: "string" }, "hot-ms": { type: "string" } },
+    }));
+  } catch (e) {
+    usage((e as Error).message.split("\n")[0]);
+  }
   const count = Number(values.count ?? 500), interval = Number(values.interval ?? 10);
+  const hot = values["hot-ms"] === undefined ? null : Number(values["hot-ms"]);
+  if (!(Number.isInteger(count) && count >= 1) || !(interval > 0) || (hot !== null && !(hot >= 0))) {
+    usage("--count takes a whole number >= 1, --interval and --hot-ms milliseconds");
+  }
   const trace = Deno.makeTempFileSync({ prefix: "pvdrv-qemu-trace-" });
   const lines: string[] = [];
   const events = ["virtio_queue_notify", "virtqueue_flush", "virtio_notify"].flatMap((e) => ["-trace", e]);
   const r = await runInGuest(
     `deno run -A --no-check --v8-flags=${
       DRIVER_V8_FLAGS.join(",")
-    } lab/guest/ping_wall.ts ${count} ${interval} ${values["hot-ms"] ?? ""}`,
+    } lab/guest/ping_wall.ts ${count} ${interval} ${hot ?? ""}`,
     { extraArgs: ["-msg", "timestamp=on", ...events, "-D", trace], onLine: (l) => lines.push(l) },
   );
   if (r.code !== 0) {
