@@ -205,7 +205,7 @@ static int do_txrate(const char *ifn, double seconds, int size, const char *dsts
     int r = sendmmsg(s, msgs, batch, 0);
     if (r > 0) sent += r;
   }
-  t = now();
+  // The loop ends only right after a read: t is the end time.
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
   double cpu = (c1.tv_sec - c0.tv_sec) + (c1.tv_nsec - c0.tv_nsec) / 1e9;
   printf("{\"sent\":%ld,\"seconds\":%.3f,\"pps\":%.0f,\"cpuSeconds\":%.3f}\n", sent, t - t0, sent / (t - t0), cpu);
