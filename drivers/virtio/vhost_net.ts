@@ -274,9 +274,14 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
     // The chain's bytes in order, header then frame, so the frame starts at the headroom's end: one copy per
     // descriptor, however the guest split them.
     const pool = q.rxPool, b = pool.take()!, at = b.slotOffset + HEADROOM - h, bytes = pool.bytes;
-    for (let i = 0, o = at; i < c.count; i++) {
-      mem.copyOut(c.addr[i], c.len[i], bytes, o, pool.u32);
-      o += c.len[i];
+    try {
+      for (let i = 0, o = at; i < c.count; i++) {
+        mem.copyOut(c.addr[i], c.len[i], bytes, o, pool.u32);
+        o += c.len[i];
+      }
+    } catch (e) {
+      pool.put(b, "app"); // outside the shared memory: the ring is quarantined, the buffer is not lost with it
+      throw e;
     }
     b.length = len;
     if (bytes[at + 1] !== GSO_NONE) {

@@ -245,6 +245,32 @@ Deno.test("CVE class: addresses — rings outside the memory, regions that wrap 
   }
 });
 
+Deno.test("a TX buffer outside the shared memory, over and over: no host buffer is lost to it", async () => {
+  // Each quarantine takes a host buffer for the frame before the copy fails; it must go back, or a guest that
+  // breaks and restarts its ring a pool's worth of times (256) leaves the port unable to receive.
+  const r = rig();
+  try {
+    for (let round = 0; round < 600; round++) {
+      const h = round % Q;
+      if (round % 2) { // a header inside, the frame outside: the chain path (one copy per descriptor)
+        r.g.tx.desc(h, HostileGuest.buffer(Q), 12, DESC_F_NEXT, (h + 1) % Q);
+        r.g.tx.desc((h + 1) % Q, GUEST_BASE - 4096, 100, 0, 0);
+      } else r.g.tx.desc(h, GUEST_BASE - 4096, 100, 0, 0); // one descriptor (the run path)
+      r.g.tx.publish(h);
+      assert.deepEqual(hostReceive(r.nic), []);
+      assert.match(String(r.nic.session!.rings[1].broken), /outside the shared memory/, `round ${round}`);
+      r.fe.startRing(1, Q, LAYOUT.tx, round + 1); // the guest restarts past the bad chain
+    }
+    r.g.tx.desc(0, HostileGuest.buffer(Q), 12 + FRAME.length, 0, 0);
+    r.g.tx.bytes(HostileGuest.buffer(Q), 12).fill(0);
+    r.g.tx.bytes(HostileGuest.buffer(Q) + 12, FRAME.length).set(FRAME);
+    r.g.tx.publish(0);
+    assert.deepEqual(hostReceive(r.nic), [FRAME], "a good frame after 600 quarantines");
+  } finally {
+    await r.close();
+  }
+});
+
 Deno.test("CVE class: zero-length descriptors — dropped and counted, the ring goes on", async () => {
   const r = rig();
   try {
