@@ -24,7 +24,7 @@ import {
   VHOST_USER_FLAG,
   writeHeader,
 } from "../../drivers/virtio/vhost_user_wire.ts";
-import type { PacketBuffer } from "../../drivers/net/nic.ts";
+import type { PacketBuffer, PacketPool } from "../../drivers/net/nic.ts";
 import { OneShotAcceptor, VhostUserFrontend } from "../models/vhost_user_frontend.ts";
 import { HostileGuest, LAYOUT, Q } from "../models/vhost_guest.ts";
 import { classify, type Result, type Rng, Silent } from "./oracle.ts";
@@ -192,6 +192,13 @@ export async function vhostIteration(rng: Rng, steps: number): Promise<Result> {
         if (fe.errs[i].drain() !== quarantined.has(i)) {
           throw new Silent(`vring ${i}: quarantined ${quarantined.has(i)}, but its error eventfd disagrees`);
         }
+      }
+    }
+    // The host holds no buffer between steps: every one is back in its pool, whatever the guest did.
+    const pair = (n as unknown as { pairs: { rxPool: PacketPool; txPool: PacketPool }[] }).pairs[0];
+    for (const pool of [pair.rxPool, pair.txPool]) {
+      if (pool.available !== pool.buffers.length) {
+        throw new Silent(`${pool.name}: ${pool.buffers.length - pool.available} buffers never came back`);
       }
     }
     if (n.counters.quarantined || ended || n.session?.counters.refused) {
