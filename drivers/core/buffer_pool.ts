@@ -141,8 +141,8 @@ export class BufferPool<B extends PoolBuffer> {
     return b;
   }
 
-  /** Take up to `n` free buffers for the application into `out`; returns how many. */
-  takeMany(out: B[], n: number): number {
+  /** Take up to `n` free buffers for the application into `out` (from index `at`); returns how many. */
+  takeMany(out: B[], n: number, at = 0): number {
     if (this.#retired) return 0;
     // One loop in one leaf method: the batch's per-buffer work compiles tight whatever its callers inline.
     const k = Math.min(n, this.#nfree), free = this.#free, owners = this.owners, bufs = this.buffers;
@@ -151,7 +151,7 @@ export class BufferPool<B extends PoolBuffer> {
       const i = free[--top], b = bufs[i];
       owners[i] = APP;
       b.reset();
-      out[j] = b;
+      out[at + j] = b;
     }
     this.#nfree = top;
     return k;
@@ -271,6 +271,32 @@ export class BufferPool<B extends PoolBuffer> {
     if (this.#retired && from === "app" && --this.#held === 0) this.region.free();
   }
 
+  /**
+   * Return the application's buffers `bufs[from..n)` to the free list while they are this pool's, as
+   * {@link put} does each (one loop for a batch); returns the index of the first from another pool, or `n`.
+   */
+  putRun(bufs: B[], from: number, n: number): number {
+    let i = from;
+    if (this.#retired) { // rare: each put may be the last held one, which frees the memory
+      for (; i < n && bufs[i].pool === this; i++) this.put(bufs[i], "app");
+      return i;
+    }
+    const owners = this.owners, free = this.#free;
+    let top = this.#nfree;
+    try {
+      for (; i < n; i++) {
+        const b = bufs[i], x = b.index;
+        if (b.pool !== this) break;
+        if (owners[x] !== APP) this.#refuse(b);
+        owners[x] = FREE;
+        free[top++] = x;
+      }
+    } finally {
+      this.#nfree = top; // the ones before a refused buffer are back
+    }
+    return i;
+  }
+
   #refuse(b: B): never {
     if (b.pool !== this) {
       throw new PvdrvError(this.kind, `${this.name}: buffer belongs to pool ${b.pool.name}`);
@@ -310,12 +336,12 @@ export function releaseOwned<B extends PoolBuffer>(
   from = 0,
 ): void {
   let checked: BufferPool<B> | null = null; // a batch comes from one pool: one WeakSet lookup per pool change
-  for (let i = from; i < n; i++) {
-    const b = bufs[i], p = b.pool as BufferPool<B>;
+  for (let i = from; i < n;) {
+    const p = bufs[i].pool as BufferPool<B>;
     if (p !== checked) {
       if (!owned.has(p)) throw new PvdrvError(kind, `${device}: buffer from pool ${p.name} is not ours`);
       checked = p;
     }
-    p.put(b, "app");
+    i = p.putRun(bufs, i, n);
   }
 }

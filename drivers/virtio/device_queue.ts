@@ -189,6 +189,38 @@ export class DeviceQueue implements DeviceRing {
     return true;
   }
 
+  /**
+   * Read up to `max` available chains, from the one `ahead` places past the next, while each is a single
+   * descriptor (the usual chain: one frame, or one buffer for one) that is device-writable when `write`, readable
+   * otherwise: head, guest address and length of each into `heads`, `addrs` and `lens`. Nothing is taken
+   * ({@link DeviceQueue.skip} takes them). Returns how many; it stops before any other chain, which
+   * {@link DeviceQueue.peek} reads (and checks) whole. Each is checked as peek checks it.
+   */
+  peekSingles(
+    heads: Uint16Array,
+    addrs: Float64Array,
+    lens: Uint32Array,
+    max: number,
+    write: boolean,
+    ahead = 0,
+  ): number {
+    let n = (this.#seen - this.#last) & 0xffff;
+    if (n <= ahead || n > this.size) n = this.available();
+    const size = this.size, mask = size - 1, d = this.#desc, avail = this.#avail, cap = this.maxChainBytes;
+    const want = write ? DESC_F_WRITE : 0, end = Math.min(max, n - ahead);
+    let k = 0;
+    for (; k < end; k++) {
+      const head = avail[ENTRY + ((this.#last + ahead + k) & mask)];
+      if (head >= size) break; // peek names the fault
+      const o = head << 2, len = d[o + 2];
+      if ((d[o + 3] & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE)) !== want || len > cap) break;
+      heads[k] = head;
+      addrs[k] = d[o] + d[o + 1] * 0x1_0000_0000;
+      lens[k] = len;
+    }
+    return k;
+  }
+
   /** Take `n` chains already read with {@link DeviceQueue.peek}. */
   skip(n: number): void {
     if (n > 0 && !this.#has(n - 1)) {

@@ -50,6 +50,8 @@ const HEADROOM = 12;
 const GSO_NONE = 0;
 // How often a busy receive loop looks for vhost-user messages, in batches (a poll(2) each time).
 const CONTROL_EVERY = 256;
+/** The most one-descriptor chains read at once (a batch is 32 to 256 frames). */
+const MAX_RUN = 256;
 
 /** The features pvdrv's virtio-net device offers (VERSION_1, EVENT_IDX, MRG_RXBUF, CSUM, MQ). */
 export const VHOST_NET_FEATURES = F.VERSION_1 | F.RING_EVENT_IDX | NET_F.MRG_RXBUF | NET_F.CSUM | NET_F.MQ;
@@ -66,6 +68,17 @@ export interface VhostPair extends QueuePair {
 
 function heap(bytes: number): PoolMemory {
   return { bytes: new Uint8Array(bytes), free() {} };
+}
+
+/**
+ * The virtio-net header in front of a frame for the guest (virtio 1.2 §5.1.6.4): no flags, no GSO, no checksum
+ * fields; num_buffers = `chains` in the 12-byte header (VERSION_1 or MRG_RXBUF), none in the 10-byte one.
+ */
+function writeRxHeader(pool: PacketPool, at: number, h: number, chains: number): void {
+  if (h === 12) {
+    const u32 = pool.u32, w = at >> 2; // a 12-byte header starts its slot: 4-aligned
+    u32[w] = 0, u32[w + 1] = 0, u32[w + 2] = chains << 16;
+  } else pool.bytes.fill(0, at, at + h);
 }
 
 /** A guest's virtio-net port, served over vhost-user. */
@@ -94,6 +107,10 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
   #control = false;
   #hdrLen = 12;
   readonly #chain = new Chain();
+  // A run of one-descriptor chains (DeviceQueue.peekSingles): heads, guest addresses, lengths.
+  readonly #heads = new Uint16Array(MAX_RUN);
+  readonly #addrs = new Float64Array(MAX_RUN);
+  readonly #lens = new Uint32Array(MAX_RUN);
   #changed: (() => void) | null = null;
   readonly #log: (line: string) => void;
   readonly #trace: boolean;
@@ -246,23 +263,62 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
     if (++this.#batches % CONTROL_EVERY === 0 || this.#control) this.pumpControl();
     const r = this.ring(2 * q.index + 1), dq = r?.queue;
     if (!r || !dq) return;
-    const c = this.#chain, mem = this.#session!.memory!, old = dq.usedIdx;
-    let got = 0;
+    const c = this.#chain, mem = this.#session!.memory!, old = dq.usedIdx, pool = q.rxPool;
+    const heads = this.#heads, addrs = this.#addrs, lens = this.#lens;
+    let got = 0, bytes = 0; // frames in out[0..got), and their bytes
     try {
-      while (got < max && q.rxPool.available > 0 && dq.take(c)) {
+      while (got < max && pool.available > 0) {
+        if (r.enabled) {
+          // One-descriptor chains (the usual frame) a run at a time, a buffer each taken for all at once into
+          // out[got..got + n); any other chain after them on its own.
+          const n = dq.peekSingles(heads, addrs, lens, Math.min(max - got, pool.available, MAX_RUN), false);
+          const from = got, t = pool.takeMany(out, n, from);
+          let k = 0;
+          try {
+            for (; k < t; k++) {
+              const b = out[from + k], ok = this.#copyFrame(q, b, addrs[k], lens[k], mem);
+              dq.addUsed(heads[k], 0);
+              if (ok) out[got++] = b, bytes += b.length;
+              else pool.put(b, "app"); // dropped: the ring is fine
+            }
+          } finally {
+            dq.skip(k);
+            // A chain outside the shared memory ends the run: its buffer and those after it go back.
+            for (let j = k; j < t; j++) pool.put(out[from + j], "app");
+          }
+          if (t > 0) continue;
+          if (n > 0) break; // no buffer to take them into (the pool was retired)
+        }
+        if (!dq.take(c)) break;
         if (!r.enabled) {
           dq.addUsed(c.head, 0); // started but disabled: TX is taken and dropped (vhost-user.rst "Ring states")
           continue;
         }
         const b = this.#gather(q, c, mem);
         dq.addUsed(c.head, 0);
-        if (b) this.deliver(q, out, b), got++;
+        if (b) out[got++] = b, bytes += b.length;
       }
     } catch (e) {
       this.#quarantine(r, e);
+    } finally {
+      this.delivered(got, bytes);
     }
     // Chains used before a quarantine are the guest's again: it hears of them either way.
     this.#signal(r, dq, old);
+  }
+
+  /**
+   * Copy a frame in one readable descriptor of `len` bytes at guest address `addr` into `b`, as {@link #gather}
+   * does a chain; false when it is dropped (`b` is still the application's). Throws when outside guest memory.
+   */
+  #copyFrame(q: VhostPair, b: PacketBuffer, addr: number, len: number, mem: VhostMemory): boolean {
+    const h = this.#hdrLen, pool = q.rxPool, at = b.slotOffset + HEADROOM - h;
+    if (len - h < MIN_FRAME || len - h > SLOT - HEADROOM) {
+      q.stats.rxDropped++; // not a frame this port carries
+      return false;
+    }
+    mem.copyOut(addr, len, pool.bytes, at, pool.u32);
+    return this.#check(q, b, at, len - h);
   }
 
   #gather(q: VhostPair, c: Chain, mem: VhostMemory): PacketBuffer | null {
@@ -283,24 +339,33 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
       pool.put(b, "app"); // outside the shared memory: the ring is quarantined, the buffer is not lost with it
       throw e;
     }
+    if (this.#check(q, b, at, len)) return b;
+    pool.put(b, "app");
+    return null;
+  }
+
+  /**
+   * Check the virtio-net header at `at` in front of frame `b` (`len` bytes after it) and set the frame's length
+   * and offload fields: false when it is dropped (counted).
+   */
+  #check(q: VhostPair, b: PacketBuffer, at: number, len: number): boolean {
+    const bytes = q.rxPool.bytes;
     b.length = len;
     if (bytes[at + 1] !== GSO_NONE) {
-      pool.put(b, "app");
       q.stats.rxDropped++; // GSO was not offered
-      return null;
+      return false;
     }
     if (bytes[at] & HDR_F_NEEDS_CSUM) {
       const start = bytes[at + 6] | (bytes[at + 7] << 8), off = bytes[at + 8] | (bytes[at + 9] << 8);
       if (start + off + 2 > len) {
-        pool.put(b, "app");
         q.stats.rxDropped++; // csum_start/csum_offset outside the frame
-        return null;
+        return false;
       }
       b.flags = RX_CSUM_PARTIAL;
       b.csumStart = start;
       b.csumOffset = off;
     }
-    return b;
+    return true;
   }
 
   /** Host posts no receive buffers: the guest's TX chains are its buffers. */
@@ -314,14 +379,35 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
     const mem = this.#session!.memory!, merge = this.#session!.has(NET_F.MRG_RXBUF), old = dq.usedIdx;
     // The application's misuse is its error, not the guest's: checked before any byte is read or the ring touched.
     for (let k = 0; k < n; k++) q.txPool.checkHeld(pkts[k]);
-    let i = 0;
+    const heads = this.#heads, addrs = this.#addrs, lens = this.#lens, h = this.#hdrLen, pool = q.txPool;
+    let i = 0; // frames taken: written, or dropped for want of room (no MRG_RXBUF)
     try {
-      for (; i < n; i++) {
+      while (i < n) {
+        // A run of one-descriptor buffers (the usual RX buffer), one frame each while the frame fits; a frame
+        // that does not, or any other chain, goes on its own.
+        const m = dq.peekSingles(heads, addrs, lens, Math.min(n - i, MAX_RUN), true);
+        let j = 0;
+        try {
+          for (; j < m; j++, i++) {
+            const b = pkts[i], need = h + b.length, at = b.slotOffset + HEADROOM - h;
+            if (lens[j] < need) break;
+            writeRxHeader(pool, at, h, 1);
+            mem.copyIn(addrs[j], pool.bytes, at, need, pool.u32);
+            dq.addUsed(heads[j], need);
+            q.stats.txPackets++;
+            q.stats.txBytes += b.length;
+          }
+        } finally {
+          dq.skip(j);
+        }
+        if (m > 0 && j === m) continue;
         if (!this.#fill(q, dq, pkts[i], merge, mem)) break;
-        q.txPool.put(pkts[i], "app");
+        i++;
       }
     } catch (e) {
       this.#quarantine(r, e);
+    } finally {
+      pool.putRun(pkts, 0, i); // checked held above: none is refused
     }
     this.#signal(r, dq, old);
     return i;
@@ -354,11 +440,7 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
         return true;
       }
     }
-    // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset: none; num_buffers (12-byte header only).
-    if (h === 12) {
-      const u32 = pool.u32, w = at >> 2;
-      u32[w] = 0, u32[w + 1] = 0, u32[w + 2] = chains << 16;
-    } else pool.bytes.fill(0, at, at + h);
+    writeRxHeader(pool, at, h, chains);
     let src = 0; // bytes of header and frame written so far
     for (let k = 0; k < chains; k++) {
       if (chains > 1) dq.peek(c, 0); // one chain (the usual case) is in `c` already, checked

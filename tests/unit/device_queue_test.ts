@@ -186,3 +186,76 @@ Deno.test("device queue: avail.idx is read once per batch, and a device resumed 
   }
   assert.throws(() => q.dev.take(c), /avail\.idx is 20 ahead of a ring of 8/);
 });
+
+Deno.test("device queue: peekSingles reads a run of one-descriptor chains of one direction, taking none", () => {
+  const { dma, drv, dev } = pair(8);
+  const b = Number(dma.alloc(4096).deviceAddress);
+  const h = [
+    drv.addChain([{ addr: b, len: 100, write: false }]),
+    drv.addChain([{ addr: b + 100, len: 60, write: false }]),
+    drv.addChain([{ addr: b + 200, len: 12, write: false }, { addr: b + 212, len: 60, write: false }]),
+    drv.addChain([{ addr: b + 300, len: 2048, write: true }]),
+    drv.addChain([{ addr: b + 400, len: 64, write: false }]),
+  ];
+  drv.kick();
+  const heads = new Uint16Array(8), addrs = new Float64Array(8), lens = new Uint32Array(8);
+  assert.equal(dev.peekSingles(heads, addrs, lens, 8, false), 2, "stops at the two-descriptor chain");
+  assert.deepEqual([...heads.subarray(0, 2)], [h[0], h[1]]);
+  assert.deepEqual([...addrs.subarray(0, 2)], [b, b + 100]);
+  assert.deepEqual([...lens.subarray(0, 2)], [100, 60]);
+  assert.equal(dev.peekSingles(heads, addrs, lens, 1, false), 1, "no more than asked");
+  assert.equal(dev.peekSingles(heads, addrs, lens, 8, false, 1), 1, "from `ahead` on");
+  assert.equal(heads[0], h[1]);
+  assert.equal(dev.available(), 5, "nothing taken");
+  dev.skip(2);
+  assert.equal(dev.peekSingles(heads, addrs, lens, 8, false), 0);
+  const c = new Chain();
+  assert.ok(dev.take(c));
+  assert.equal(c.count, 2, "the chain is peek's");
+  assert.equal(dev.peekSingles(heads, addrs, lens, 8, false), 0, "a writable buffer is not a readable one");
+  assert.equal(dev.peekSingles(heads, addrs, lens, 8, true), 1);
+  assert.deepEqual([heads[0], addrs[0], lens[0]], [h[3], b + 300, 2048]);
+  dev.skip(1);
+  assert.equal(dev.peekSingles(heads, addrs, lens, 8, false), 1);
+  dev.skip(1);
+  assert.equal(dev.peekSingles(heads, addrs, lens, 8, false), 0, "none left");
+});
+
+Deno.test("device queue: peekSingles stops before what peek refuses, and peek names the fault", () => {
+  const cases: [string, (q: ReturnType<typeof pair>) => void, RegExp][] = [
+    ["head out of range", (q) => q.avail.setUint16(availEntry(1), 8, true), /head 8 out of range/],
+    [
+      "indirect",
+      (q) => q.desc.setUint16(DESC_SIZE + DESC.FLAGS, DESC_F_INDIRECT, true),
+      /indirect descriptor 1/,
+    ],
+  ];
+  for (const [what, make, re] of cases) {
+    const q = pair();
+    for (let k = 0; k < 3; k++) {
+      q.desc.setUint32(k * DESC_SIZE + DESC.LEN, 64, true);
+      q.avail.setUint16(availEntry(k), k, true);
+    }
+    q.avail.setUint16(RING.IDX, 3, true);
+    make(q);
+    const heads = new Uint16Array(8), addrs = new Float64Array(8), lens = new Uint32Array(8);
+    assert.equal(q.dev.peekSingles(heads, addrs, lens, 8, false), 1, what);
+    q.dev.skip(1);
+    assert.throws(() => q.dev.peek(new Chain()), re, what);
+  }
+  // Past the device's byte limit, and avail.idx past the ring.
+  const dma = new ModelDmaAllocator(), drv = new SplitQueue(dma, 3, 8, false, () => {});
+  const dev = new DeviceQueue(3, 8, (a, l) => dma.resolve(a, l), drv.addresses, false, 1000);
+  const b = Number(dma.alloc(4096).deviceAddress);
+  drv.addChain([{ addr: b, len: 1001, write: false }]);
+  drv.kick();
+  const heads = new Uint16Array(8), addrs = new Float64Array(8), lens = new Uint32Array(8);
+  assert.equal(dev.peekSingles(heads, addrs, lens, 8, false), 0);
+  assert.throws(() => dev.take(new Chain()), /holds more than 1000 bytes/);
+  const q = pair();
+  q.avail.setUint16(RING.IDX, 9, true);
+  assert.throws(
+    () => q.dev.peekSingles(heads, addrs, lens, 8, false),
+    /avail\.idx is 9 ahead of a ring of 8/,
+  );
+});

@@ -298,6 +298,33 @@ Deno.test("CVE class: zero-length descriptors — dropped and counted, the ring 
   }
 });
 
+Deno.test("with MRG_RXBUF a frame too big for one RX buffer spans several, num_buffers saying how many", async () => {
+  const r = rig(NET_F.MRG_RXBUF);
+  try {
+    // Two whole buffers, two of 64 bytes, one whole: the 112 bytes of header and frame fit one whole buffer, or
+    // two of the small ones.
+    for (const len of [2048, 2048, 64, 64, 2048]) r.g.postRx(len);
+    const b: PacketBuffer[] = [];
+    assert.equal(r.nic.allocTx(b, 4), 4);
+    for (let i = 0; i < 4; i++) b[i].data.set(FRAME), b[i].length = FRAME.length;
+    assert.equal(r.nic.sendBatch(b, 4), 4);
+    const used = r.g.rx.used();
+    assert.deepEqual(used.map(([, len]) => len), [112, 112, 64, 48, 112]);
+    // num_buffers (virtio 1.2 §5.1.6.4) in the header at the front of each frame's first buffer.
+    const numBuffers = (k: number) =>
+      new DataView(r.g.rx.bytes(r.g.buffer(used[k][0]), 12).slice().buffer).getUint16(10, true);
+    assert.deepEqual([0, 1, 2, 4].map(numBuffers), [1, 1, 2, 1]);
+    const spanned = new Uint8Array(112);
+    spanned.set(r.g.rx.bytes(r.g.buffer(used[2][0]), 64));
+    spanned.set(r.g.rx.bytes(r.g.buffer(used[3][0]), 48), 64);
+    assert.deepEqual(spanned.subarray(12), FRAME);
+    for (const k of [0, 1, 4]) assert.deepEqual(r.g.rx.bytes(r.g.buffer(used[k][0]) + 12, 100), FRAME);
+    assert.equal(r.nic.stats()[0].txPackets, 4);
+  } finally {
+    await r.close();
+  }
+});
+
 Deno.test("CVE class: chain loops and length — a loop or a chain longer than the ring is quarantined", async () => {
   for (
     const make of [

@@ -1,0 +1,77 @@
+/**
+ * The buffer pool's batch steps against its one-at-a-time ones: a batch take fills the caller's array where asked,
+ * a batch release (releaseOwned over putRun) gives back runs from several pools, refuses what put refuses with the
+ * buffers before it back, and frees a retired pool's memory with the last buffer.
+ */
+import assert from "assert";
+import { releaseOwned } from "../../drivers/core/buffer_pool.ts";
+import { type PacketBuffer, PacketPool } from "../../drivers/net/packet_pool.ts";
+
+function pool(name: string, n = 8): PacketPool & { freed: () => boolean } {
+  let freed = false;
+  const p = new PacketPool(
+    name,
+    { bytes: new Uint8Array(n * 256), free: () => void (freed = true) },
+    n,
+    256,
+    0,
+  );
+  return Object.assign(p, { freed: () => freed });
+}
+
+Deno.test("buffer pool: takeMany fills from the index asked and resets each buffer", () => {
+  const p = pool("a");
+  const out: PacketBuffer[] = new Array(6);
+  assert.equal(p.takeMany(out, 2), 2);
+  out[0].length = 99;
+  p.put(out[0], "app");
+  assert.equal(p.takeMany(out, 4, 2), 4);
+  assert.equal(out[1].pool, p);
+  assert.equal(new Set(out.slice(1, 6)).size, 5, "five different buffers, out[1] kept");
+  assert.ok(out.slice(2, 6).every((b) => b.length === 0 && p.owner(b) === "app"));
+  assert.equal(p.available, 3);
+  assert.equal(p.takeMany(out, 6, 0), 3, "no more than are free");
+});
+
+Deno.test("buffer pool: releaseOwned gives back runs from each pool, refusing as put refuses", () => {
+  const a = pool("a"), b = pool("b"), c = pool("c");
+  const owned = new WeakSet([a, b]);
+  const bufs: PacketBuffer[] = new Array(8);
+  a.takeMany(bufs, 3);
+  b.takeMany(bufs, 2, 3);
+  a.takeMany(bufs, 3, 5);
+  releaseOwned(bufs, 8, owned, "dev", "nic");
+  assert.equal(a.available, 8);
+  assert.equal(b.available, 8);
+  // A buffer given back twice stops the batch there: those before it are back, those after it are not.
+  a.takeMany(bufs, 4);
+  releaseOwned(bufs, 1, owned, "dev", "nic", 0);
+  assert.throws(() => releaseOwned(bufs, 4, owned, "dev", "nic", 0), /buffer \d returned twice/);
+  assert.equal(a.available, 5, "the first (already back) is refused before any other moved");
+  releaseOwned(bufs, 4, owned, "dev", "nic", 1);
+  assert.equal(a.available, 8);
+  // Refused mid-run: the ones before it are back.
+  a.takeMany(bufs, 3);
+  bufs[3] = bufs[1];
+  assert.throws(() => releaseOwned(bufs, 4, owned, "dev", "nic"), /buffer \d returned twice/);
+  assert.equal(a.available, 8, "the three before the repeat went back");
+  // From a pool not the device's: refused before it is touched.
+  const x: PacketBuffer[] = new Array(2);
+  a.takeMany(x, 1);
+  c.takeMany(x, 1, 1);
+  assert.throws(() => releaseOwned(x, 2, owned, "dev", "nic"), /pool c is not ours/);
+  assert.equal(a.available, 8, "the run before it went back");
+  assert.equal(c.available, 7);
+});
+
+Deno.test("buffer pool: a retired pool's memory goes with the last buffer the batch gives back", () => {
+  const a = pool("a");
+  const bufs: PacketBuffer[] = new Array(3);
+  a.takeMany(bufs, 3);
+  a.retire();
+  assert.equal(a.freed(), false, "three buffers still held");
+  releaseOwned(bufs, 2, new WeakSet([a]), "dev", "nic");
+  assert.equal(a.freed(), false);
+  releaseOwned(bufs, 3, new WeakSet([a]), "dev", "nic", 2);
+  assert.equal(a.freed(), true);
+});
