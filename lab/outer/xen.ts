@@ -228,8 +228,8 @@ while [ $i -lt 9000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
             xenstore-write $B/pvdrv-bench-ack "$s"; wait $p
             echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json)";;
       rx-*) xenstore-write $B/pvdrv-bench-ack "$s"
-            $P txrate vif1.0 ${benchSeconds} 60 ${DOMU_MAC} > /tmp/b.json 2>&1
-            echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json)";;
+            d=$(netbackDrops); $P txrate vif1.0 ${benchSeconds} 60 ${DOMU_MAC} > /tmp/b.json 2>&1
+            echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json | withDrops $d)";;
     esac
   fi
   sleep 0.1; i=$((i+1))
@@ -489,9 +489,32 @@ export function xenBenchSummary(r: XenRun): string[] {
       }x (median of ${ratios.length} ` +
         `paired rounds, ${s.min.toFixed(2)}–${s.max.toFixed(2)}; pps pvdrv/kernel by round ${each})`;
     }),
+    ...rxDeliverySummary(r, rounds),
     ...xenDiskBenchSummary(r.bench),
     ...hostCpuSummary(r.hostCpu),
   ];
+}
+
+/**
+ * One line per RX step: what dom0 sent, what xen-netback dropped of it (its queue to the domU full) and what the
+ * domU counted. Frames netback drops cost dom0 less than frames it copies into the domU, so two drivers' rates
+ * of sending are comparable only beside their drops.
+ */
+export function rxDeliverySummary(r: Pick<XenRun, "dom0" | "bench">, rounds: number[]): string[] {
+  const lines: string[] = [];
+  for (const n of rounds) {
+    for (const step of ["rx-pvdrv", "rx-pvdrv-irq", "rx-kernel"]) {
+      const k = xenBenchStep(step, n), sent = r.dom0[`BENCH ${k}`], got = r.bench[k];
+      if (!sent?.sent || !sent.seconds) continue;
+      const dropped = sent.netbackDropped, counted = got?.pps ?? 0, pps = sent.sent / sent.seconds;
+      lines.push(
+        `dom0 → domU during ${k}: sent ${pps.toFixed(0)} pps, xen-netback dropped ${
+          typeof dropped === "number" ? `${dropped} (${(100 * dropped / sent.sent).toFixed(1)} %)` : "?"
+        }, the domU counted ${counted.toFixed(0)} pps (${(100 * counted / pps).toFixed(1)} %)`,
+      );
+    }
+  }
+  return lines;
 }
 
 /** One line per network step: what QEMU's vCPU threads (and the rest of QEMU) got of the host's cores. */

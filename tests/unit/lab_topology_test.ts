@@ -153,6 +153,23 @@ Deno.test("Xen bench: each row's ratio is the median of its paired rounds, with 
   assert.match(three[1], /RX, pvdrv polling .*0\.90x \(median of 3 paired rounds, 0\.80–1\.00;/);
 });
 
+Deno.test("Xen bench: each RX step says what dom0 sent, what netback dropped and what the domU counted", async () => {
+  const { rxDeliverySummary } = await import("../../lab/outer/xen.ts");
+  const lines = rxDeliverySummary({
+    dom0: {
+      "BENCH rx-pvdrv": { sent: 120000, seconds: 4, pps: 30000, netbackDropped: 0 },
+      "BENCH rx-kernel": { sent: 160000, seconds: 4, pps: 40000, netbackDropped: 40000 },
+      "BENCH rx-kernel-r2": { sent: 100000, seconds: 4, pps: 25000 }, // no drop count (an older dom0)
+    },
+    bench: { "rx-pvdrv": { pps: 29700 }, "rx-kernel": { pps: 30000 }, "rx-kernel-r2": { pps: 20000 } },
+  }, [1, 2]);
+  assert.deepEqual(lines, [
+    "dom0 → domU during rx-pvdrv: sent 30000 pps, xen-netback dropped 0 (0.0 %), the domU counted 29700 pps (99.0 %)",
+    "dom0 → domU during rx-kernel: sent 40000 pps, xen-netback dropped 40000 (25.0 %), the domU counted 30000 pps (75.0 %)",
+    "dom0 → domU during rx-kernel-r2: sent 25000 pps, xen-netback dropped ?, the domU counted 20000 pps (80.0 %)",
+  ]);
+});
+
 Deno.test("Xen lab: dom0's send report gains netback's drop count as valid JSON", async () => {
   const { DOM0_DROP_HELPERS } = await import("../../lab/outer/xen.ts");
   const dir = Deno.makeTempDirSync(), stat = `${dir}/tx_dropped`;
