@@ -27,6 +27,7 @@ const SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 /** The mapped memory table; {@link VhostMemory.release} unmaps it (views kept past that read zeros). */
 export class VhostMemory {
   readonly #regions: Mapped[] = [];
+  #hit: Mapped | null = null;
   /** Guest memory by guest physical address, for {@link DeviceQueue} and the data path. */
   readonly guest: GuestMemory = (addr, len) => this.#find(addr, len, false);
 
@@ -65,7 +66,7 @@ export class VhostMemory {
    * `dst32`, a u32 view of `dst`'s memory from its first byte, lets the copy go by words (drivers/core/copy.ts).
    */
   copyOut(addr: number, len: number, dst: Uint8Array, at: number, dst32: Uint32Array | null = null): void {
-    const r = this.#region(addr, len, false);
+    const r = this.#guestRegion(addr, len);
     copyBytes(r.map.bytes, r.u32, addr - r.guest, dst, dst32, at, len);
   }
 
@@ -74,13 +75,20 @@ export class VhostMemory {
    * as `dst32` of {@link VhostMemory.copyOut}.
    */
   copyIn(addr: number, src: Uint8Array, from: number, len: number, src32: Uint32Array | null = null): void {
-    const r = this.#region(addr, len, false);
+    const r = this.#guestRegion(addr, len);
     copyBytes(src, src32, from, r.map.bytes, r.u32, addr - r.guest, len);
   }
 
   #find(addr: number, len: number, user: boolean): Uint8Array {
     const r = this.#region(addr, len, user), o = addr - (user ? r.user : r.guest);
     return r.map.bytes.subarray(o, o + len);
+  }
+
+  /** The region holding guest range `addr`..+`len`: the last one found, checked first (frames come in runs). */
+  #guestRegion(addr: number, len: number): Mapped {
+    const r = this.#hit;
+    if (r !== null && addr >= r.guest && addr - r.guest + len <= r.size && len >= 0) return r;
+    return this.#hit = this.#region(addr, len, false);
   }
 
   #region(addr: number, len: number, user: boolean): Mapped {
@@ -99,6 +107,7 @@ export class VhostMemory {
 
   /** Unmap every region (idempotent). */
   release(): void {
+    this.#hit = null;
     for (const r of this.#regions.splice(0)) r.map.unmap();
   }
 }

@@ -121,3 +121,43 @@ Deno.test("vhost-user wire: a memory table is checked against its descriptors, 2
   new DataView(p.buffer).setUint32(0, 0, true);
   assert.throws(() => readMemTable(p.subarray(0, 8), 0), refused(/0 regions/));
 });
+
+Deno.test("vhost memory: copies find their region whichever was used last, and nothing outside any", async () => {
+  const { VhostMemory } = await import("../../drivers/virtio/vhost_memory.ts");
+  const { LINUX_FD_OPS } = await import("../../ffi/unix.ts");
+  const maps: Uint8Array[] = [];
+  const ops = {
+    ...LINUX_FD_OPS,
+    map: (_fd: number, size: number) => {
+      const bytes = new Uint8Array(size);
+      maps.push(bytes);
+      return { bytes, unmap() {} };
+    },
+  };
+  // Guest 0x0000..0x1000 and 0x3000..0x5000, with a hole between.
+  const mem = new VhostMemory(
+    [
+      { guestAddr: 0n, size: 0x1000n, userAddr: 0x10000n, mmapOffset: 0n },
+      { guestAddr: 0x3000n, size: 0x2000n, userAddr: 0x20000n, mmapOffset: 0n },
+    ],
+    [3, 4],
+    ops,
+  );
+  maps[0].fill(1);
+  maps[1].fill(2);
+  const dst = new Uint8Array(16);
+  for (const [addr, want] of [[0x10, 1], [0x3ff0, 2], [0xff0, 1], [0x4ff0, 2]] as const) {
+    mem.copyOut(addr, 16, dst, 0);
+    assert.deepEqual([...new Set(dst)], [want], `0x${addr.toString(16)}`);
+  }
+  // Right after the second region was used: a range past its end, in the hole, straddling the first's end.
+  for (const addr of [0x4ff1, 0x2000, 0xff8, 0x2ff8]) {
+    mem.copyOut(0x3000, 16, dst, 0);
+    assert.throws(() => mem.copyOut(addr, 16, dst, 0), /outside the shared memory/, `0x${addr.toString(16)}`);
+    assert.throws(() => mem.copyIn(addr, dst, 0, 16), /outside the shared memory/);
+  }
+  mem.copyIn(0x20, new Uint8Array(4).fill(9), 0, 4);
+  assert.deepEqual([...maps[0].subarray(0x1f, 0x25)], [1, 9, 9, 9, 9, 1]);
+  mem.release();
+  assert.throws(() => mem.copyOut(0x10, 16, dst, 0), /outside the shared memory/, "nothing after release");
+});
