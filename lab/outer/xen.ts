@@ -160,9 +160,13 @@ echo "PVDRV-DOMU-AGENT-EXIT=$?"
 /**
  * dom0's shell helpers for its send reports: `netbackDrops` reads how many frames xen-netback dropped on their way to
  * the domU because its queue was full (XSA-392); `withDrops N` adds the count since N to a JSON report line.
+ * `vifIrqs` sums dom0's interrupts from the domU's vif event channels (dom0 has one vCPU: one count a line), and
+ * `withIrqs N` adds those since N ("netbackIrqs").
  */
 export const DOM0_DROP_HELPERS = `netbackDrops() { cat /sys/class/net/vif1.0/statistics/tx_dropped; }
-withDrops() { sed "s/}$/,\\"netbackDropped\\":$(($(netbackDrops) - $1))}/"; }`;
+withDrops() { sed "s/}$/,\\"netbackDropped\\":$(($(netbackDrops) - $1))}/"; }
+vifIrqs() { awk '/vif1\\.0/ { t += $2 } END { print t + 0 }' /proc/interrupts; }
+withIrqs() { sed "s/}$/,\\"netbackIrqs\\":$(($(vifIrqs) - $1))}/"; }`;
 
 function dom0Init(modules: string[], benchSeconds: number): string {
   return `#!/bin/sh
@@ -228,8 +232,8 @@ while [ $i -lt 9000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
             xenstore-write $B/pvdrv-bench-ack "$s"; wait $p
             echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json)";;
       rx-*) xenstore-write $B/pvdrv-bench-ack "$s"
-            d=$(netbackDrops); $P txrate vif1.0 ${benchSeconds} 60 ${DOMU_MAC} > /tmp/b.json 2>&1
-            echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json | withDrops $d)";;
+            d=$(netbackDrops); q=$(vifIrqs); $P txrate vif1.0 ${benchSeconds} 60 ${DOMU_MAC} > /tmp/b.json 2>&1
+            echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json | withDrops $d | withIrqs $q)";;
     esac
   fi
   sleep 0.1; i=$((i+1))
@@ -506,11 +510,15 @@ export function rxDeliverySummary(r: Pick<XenRun, "dom0" | "bench">, rounds: num
     for (const step of ["rx-pvdrv", "rx-pvdrv-irq", "rx-kernel"]) {
       const k = xenBenchStep(step, n), sent = r.dom0[`BENCH ${k}`], got = r.bench[k];
       if (!sent?.sent || !sent.seconds) continue;
-      const dropped = sent.netbackDropped, counted = got?.pps ?? 0, pps = sent.sent / sent.seconds;
+      const dropped = sent.netbackDropped, irqs = sent.netbackIrqs;
+      const counted = got?.pps ?? 0, pps = sent.sent / sent.seconds;
       lines.push(
         `dom0 → domU during ${k}: sent ${pps.toFixed(0)} pps, xen-netback dropped ${
           typeof dropped === "number" ? `${dropped} (${(100 * dropped / sent.sent).toFixed(1)} %)` : "?"
-        }, the domU counted ${counted.toFixed(0)} pps (${(100 * counted / pps).toFixed(1)} %)`,
+        }, the domU counted ${counted.toFixed(0)} pps (${(100 * counted / pps).toFixed(1)} %)` +
+          (typeof irqs === "number"
+            ? `, dom0 took ${irqs} vif interrupts (${(1000 * irqs / sent.sent).toFixed(1)} per 1000 frames)`
+            : ""),
       );
     }
   }

@@ -157,14 +157,15 @@ Deno.test("Xen bench: each RX step says what dom0 sent, what netback dropped and
   const { rxDeliverySummary } = await import("../../lab/outer/xen.ts");
   const lines = rxDeliverySummary({
     dom0: {
-      "BENCH rx-pvdrv": { sent: 120000, seconds: 4, pps: 30000, netbackDropped: 0 },
+      "BENCH rx-pvdrv": { sent: 120000, seconds: 4, pps: 30000, netbackDropped: 0, netbackIrqs: 600 },
       "BENCH rx-kernel": { sent: 160000, seconds: 4, pps: 40000, netbackDropped: 40000 },
       "BENCH rx-kernel-r2": { sent: 100000, seconds: 4, pps: 25000 }, // no drop count (an older dom0)
     },
     bench: { "rx-pvdrv": { pps: 29700 }, "rx-kernel": { pps: 30000 }, "rx-kernel-r2": { pps: 20000 } },
   }, [1, 2]);
   assert.deepEqual(lines, [
-    "dom0 → domU during rx-pvdrv: sent 30000 pps, xen-netback dropped 0 (0.0 %), the domU counted 29700 pps (99.0 %)",
+    "dom0 → domU during rx-pvdrv: sent 30000 pps, xen-netback dropped 0 (0.0 %), the domU counted 29700 pps (99.0 %)" +
+    ", dom0 took 600 vif interrupts (5.0 per 1000 frames)",
     "dom0 → domU during rx-kernel: sent 40000 pps, xen-netback dropped 40000 (25.0 %), the domU counted 30000 pps (75.0 %)",
     "dom0 → domU during rx-kernel-r2: sent 25000 pps, xen-netback dropped ?, the domU counted 20000 pps (80.0 %)",
   ]);
@@ -184,6 +185,23 @@ Deno.test("Xen lab: dom0's send report gains netback's drop count as valid JSON"
     seconds: 1.5,
     netbackDropped: 4,
   });
+  // dom0's interrupts from the vif: every vif1.0 line of /proc/interrupts (one CPU), nothing else.
+  const dir2 = Deno.makeTempDirSync(), irqs = `${dir2}/interrupts`;
+  Deno.writeTextFileSync(
+    irqs,
+    [
+      "           CPU0",
+      " 80:       5000  xen-dyn    -event     vif1.0-q0-tx",
+      " 81:       1200  xen-dyn    -event     vif1.0-q0-rx",
+      " 82:        700  xen-dyn    -event     vif10.0-q0-tx",
+      " 83:         99  xen-dyn    -event     blkif-backend",
+    ].join("\n") + "\n",
+  );
+  const script2 = DOM0_DROP_HELPERS.replace("/proc/interrupts", irqs) +
+    `\necho '{"sent":10}' | withIrqs 6000`;
+  const o2 = new Deno.Command("sh", { args: ["-c", script2] }).outputSync();
+  Deno.removeSync(dir2, { recursive: true });
+  assert.deepEqual(JSON.parse(new TextDecoder().decode(o2.stdout)), { sent: 10, netbackIrqs: 200 });
 });
 
 Deno.test("thread CPU: ticks by thread name from a /proc tree, shares per step, the process found by its command line", async () => {
