@@ -160,13 +160,19 @@ echo "PVDRV-DOMU-AGENT-EXIT=$?"
 /**
  * dom0's shell helpers for its send reports: `netbackDrops` reads how many frames xen-netback dropped on their way to
  * the domU because its queue was full (XSA-392); `withDrops N` adds the count since N to a JSON report line.
- * `vifIrqs` sums dom0's interrupts from the domU's vif event channels (dom0 has one vCPU: one count a line), and
- * `withIrqs N` adds those since N ("netbackIrqs").
+ * `vifIrqs` lists dom0's interrupt counts of the domU's vif event channels (dom0 has one vCPU: one count a line),
+ * and `withIrqs LIST` adds those taken since LIST ("netbackIrqs"), line by line: a line that appeared since counts
+ * from 0 (as does one whose number a new connection reused), one that went (a frontend's old connection, unbound
+ * after the step began) not at all.
  */
 export const DOM0_DROP_HELPERS = `netbackDrops() { cat /sys/class/net/vif1.0/statistics/tx_dropped; }
 withDrops() { sed "s/}$/,\\"netbackDropped\\":$(($(netbackDrops) - $1))}/"; }
-vifIrqs() { awk '/vif1\\.0/ { t += $2 } END { print t + 0 }' /proc/interrupts; }
-withIrqs() { sed "s/}$/,\\"netbackIrqs\\":$(($(vifIrqs) - $1))}/"; }`;
+vifIrqs() { awk '/vif1\\.0/ { printf "%s%s ", $1, $2 }' /proc/interrupts; }
+withIrqs() {
+  n=$(awk -v was="$1" 'BEGIN { k = split(was, w, " "); for (i = 1; i <= k; i++) { split(w[i], p, ":"); c[p[1]] = p[2] } }
+    /vif1\\.0/ { sub(":", "", $1); d = $2 - c[$1]; t += d < 0 ? $2 : d } END { print t + 0 }' /proc/interrupts)
+  sed "s/}$/,\\"netbackIrqs\\":$n}/"
+}`;
 
 function dom0Init(modules: string[], benchSeconds: number): string {
   return `#!/bin/sh
@@ -233,7 +239,7 @@ while [ $i -lt 9000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
             echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json)";;
       rx-*) xenstore-write $B/pvdrv-bench-ack "$s"
             d=$(netbackDrops); q=$(vifIrqs); $P txrate vif1.0 ${benchSeconds} 60 ${DOMU_MAC} > /tmp/b.json 2>&1
-            echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json | withDrops $d | withIrqs $q)";;
+            echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json | withDrops $d | withIrqs "$q")";;
     esac
   fi
   sleep 0.1; i=$((i+1))

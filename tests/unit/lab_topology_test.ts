@@ -171,7 +171,7 @@ Deno.test("Xen bench: each RX step says what dom0 sent, what netback dropped and
   ]);
 });
 
-Deno.test("Xen lab: dom0's send report gains netback's drop count as valid JSON", async () => {
+Deno.test("Xen lab: dom0's reports gain netback's drop and interrupt counts as valid JSON", async () => {
   const { DOM0_DROP_HELPERS } = await import("../../lab/outer/xen.ts");
   const dir = Deno.makeTempDirSync(), stat = `${dir}/tx_dropped`;
   Deno.writeTextFileSync(stat, "7\n");
@@ -185,23 +185,32 @@ Deno.test("Xen lab: dom0's send report gains netback's drop count as valid JSON"
     seconds: 1.5,
     netbackDropped: 4,
   });
-  // dom0's interrupts from the vif: every vif1.0 line of /proc/interrupts (one CPU), nothing else.
+  // dom0's interrupts from the vif, line by line since the list taken before: a line gone since (an old
+  // connection) counts nothing, a new one from 0, one whose number came back with a lower count from 0.
   const dir2 = Deno.makeTempDirSync(), irqs = `${dir2}/interrupts`;
-  Deno.writeTextFileSync(
-    irqs,
-    [
-      "           CPU0",
-      " 80:       5000  xen-dyn    -event     vif1.0-q0-tx",
-      " 81:       1200  xen-dyn    -event     vif1.0-q0-rx",
-      " 82:        700  xen-dyn    -event     vif10.0-q0-tx",
-      " 83:         99  xen-dyn    -event     blkif-backend",
-    ].join("\n") + "\n",
-  );
-  const script2 = DOM0_DROP_HELPERS.replace("/proc/interrupts", irqs) +
-    `\necho '{"sent":10}' | withIrqs 6000`;
-  const o2 = new Deno.Command("sh", { args: ["-c", script2] }).outputSync();
+  const table = (rows: string[]) =>
+    Deno.writeTextFileSync(irqs, ["           CPU0", ...rows].join("\n") + "\n");
+  const helpers = DOM0_DROP_HELPERS.replaceAll("/proc/interrupts", irqs);
+  const sh = (cmd: string) =>
+    new TextDecoder().decode(
+      new Deno.Command("sh", { args: ["-c", `${helpers}\n${cmd}`] }).outputSync().stdout,
+    );
+  table([
+    " 80:      28000  xen-dyn    -event     vif1.0-q0-tx",
+    " 81:       1000  xen-dyn    -event     vif1.0-q0-rx",
+    " 82:        700  xen-dyn    -event     vif10.0-q0-tx",
+  ]);
+  const before = sh("vifIrqs");
+  assert.equal(before.trim(), "80:28000 81:1000");
+  table([
+    " 81:        900  xen-dyn    -event     vif1.0-q0-tx",
+    " 83:        200  xen-dyn    -event     vif1.0-q0-rx",
+    " 82:       9999  xen-dyn    -event     vif10.0-q0-tx",
+    " 84:         99  xen-dyn    -event     blkif-backend",
+  ]);
+  const out = sh(`echo '{"sent":10}' | withIrqs "${before}"`);
   Deno.removeSync(dir2, { recursive: true });
-  assert.deepEqual(JSON.parse(new TextDecoder().decode(o2.stdout)), { sent: 10, netbackIrqs: 200 });
+  assert.deepEqual(JSON.parse(out), { sent: 10, netbackIrqs: 1100 });
 });
 
 Deno.test("thread CPU: ticks by thread name from a /proc tree, shares per step, the process found by its command line", async () => {
