@@ -163,11 +163,25 @@ echo "PVDRV-DOMU-AGENT-EXIT=$?"
  * `vifIrqs` lists dom0's interrupt counts of the domU's vif event channels (dom0 has one vCPU: one count a line),
  * and `withIrqs LIST` adds those taken since LIST ("netbackIrqs"), line by line: a line that appeared since counts
  * from 0 (as does one whose number a new connection reused), one that went (a frontend's old connection, unbound
- * after the step began) not at all.
+ * after the step began) not at all. `rxThread` finds netback's guest-RX kthread of the newest connection
+ * (its comm, cut to 15 bytes, is "vif1.0-q0-guest"), `sleeps DIR` how often it blocked so far (each block ends a
+ * batch of frames it copied into the domU), and `withSleeps DIR N` adds those since N ("netbackRxSleeps"; null
+ * when the thread went away).
  */
 export const DOM0_DROP_HELPERS = `netbackDrops() { cat /sys/class/net/vif1.0/statistics/tx_dropped; }
 withDrops() { sed "s/}$/,\\"netbackDropped\\":$(($(netbackDrops) - $1))}/"; }
 vifIrqs() { awk '/vif1\\.0/ { printf "%s%s ", $1, $2 }' /proc/interrupts; }
+rxThread() {
+  best=; for f in /proc/[0-9]*/comm; do
+    [ "$(cat "$f" 2>/dev/null)" = vif1.0-q0-guest ] || continue
+    d=\${f%/comm}; [ -z "$best" ] || [ "\${d##*/}" -gt "\${best##*/}" ] && best=$d
+  done; echo "$best"
+}
+sleeps() { awk '/^voluntary_ctxt_switches/ { print $2 }' "$1/status" 2>/dev/null; }
+withSleeps() {
+  n=$(sleeps "$1"); v=null; [ -n "$n" ] && [ -n "$2" ] && v=$((n - $2))
+  sed "s/}$/,\\"netbackRxSleeps\\":$v}/"
+}
 withIrqs() {
   n=$(awk -v was="$1" 'BEGIN { k = split(was, w, " "); for (i = 1; i <= k; i++) { split(w[i], p, ":"); c[p[1]] = p[2] } }
     /vif1\\.0/ { sub(":", "", $1); d = $2 - c[$1]; t += d < 0 ? $2 : d } END { print t + 0 }' /proc/interrupts)
@@ -238,8 +252,9 @@ while [ $i -lt 9000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
             xenstore-write $B/pvdrv-bench-ack "$s"; wait $p
             echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json)";;
       rx-*) xenstore-write $B/pvdrv-bench-ack "$s"
-            d=$(netbackDrops); q=$(vifIrqs); $P txrate vif1.0 ${benchSeconds} 60 ${DOMU_MAC} > /tmp/b.json 2>&1
-            echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json | withDrops $d | withIrqs "$q")";;
+            d=$(netbackDrops); q=$(vifIrqs); t=$(rxThread); z=$(sleeps "$t")
+            $P txrate vif1.0 ${benchSeconds} 60 ${DOMU_MAC} > /tmp/b.json 2>&1
+            echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json | withDrops $d | withIrqs "$q" | withSleeps "$t" "$z")";;
     esac
   fi
   sleep 0.1; i=$((i+1))
@@ -516,7 +531,7 @@ export function rxDeliverySummary(r: Pick<XenRun, "dom0" | "bench">, rounds: num
     for (const step of ["rx-pvdrv", "rx-pvdrv-irq", "rx-kernel"]) {
       const k = xenBenchStep(step, n), sent = r.dom0[`BENCH ${k}`], got = r.bench[k];
       if (!sent?.sent || !sent.seconds) continue;
-      const dropped = sent.netbackDropped, irqs = sent.netbackIrqs;
+      const dropped = sent.netbackDropped, irqs = sent.netbackIrqs, sleeps = sent.netbackRxSleeps;
       const counted = got?.pps ?? 0, pps = sent.sent / sent.seconds;
       lines.push(
         `dom0 → domU during ${k}: sent ${pps.toFixed(0)} pps, xen-netback dropped ${
@@ -524,6 +539,11 @@ export function rxDeliverySummary(r: Pick<XenRun, "dom0" | "bench">, rounds: num
         }, the domU counted ${counted.toFixed(0)} pps (${(100 * counted / pps).toFixed(1)} %)` +
           (typeof irqs === "number"
             ? `, dom0 took ${irqs} vif interrupts (${(1000 * irqs / sent.sent).toFixed(1)} per 1000 frames)`
+            : "") +
+          (typeof sleeps === "number" && sleeps > 0
+            ? `, netback's RX thread slept ${sleeps} times (${
+              (sent.sent / sleeps).toFixed(1)
+            } frames a wake-up)`
             : ""),
       );
     }

@@ -157,7 +157,14 @@ Deno.test("Xen bench: each RX step says what dom0 sent, what netback dropped and
   const { rxDeliverySummary } = await import("../../lab/outer/xen.ts");
   const lines = rxDeliverySummary({
     dom0: {
-      "BENCH rx-pvdrv": { sent: 120000, seconds: 4, pps: 30000, netbackDropped: 0, netbackIrqs: 600 },
+      "BENCH rx-pvdrv": {
+        sent: 120000,
+        seconds: 4,
+        pps: 30000,
+        netbackDropped: 0,
+        netbackIrqs: 600,
+        netbackRxSleeps: 40000,
+      },
       "BENCH rx-kernel": { sent: 160000, seconds: 4, pps: 40000, netbackDropped: 40000 },
       "BENCH rx-kernel-r2": { sent: 100000, seconds: 4, pps: 25000 }, // no drop count (an older dom0)
     },
@@ -165,7 +172,7 @@ Deno.test("Xen bench: each RX step says what dom0 sent, what netback dropped and
   }, [1, 2]);
   assert.deepEqual(lines, [
     "dom0 → domU during rx-pvdrv: sent 30000 pps, xen-netback dropped 0 (0.0 %), the domU counted 29700 pps (99.0 %)" +
-    ", dom0 took 600 vif interrupts (5.0 per 1000 frames)",
+    ", dom0 took 600 vif interrupts (5.0 per 1000 frames), netback's RX thread slept 40000 times (3.0 frames a wake-up)",
     "dom0 → domU during rx-kernel: sent 40000 pps, xen-netback dropped 40000 (25.0 %), the domU counted 30000 pps (75.0 %)",
     "dom0 → domU during rx-kernel-r2: sent 25000 pps, xen-netback dropped ?, the domU counted 20000 pps (80.0 %)",
   ]);
@@ -211,6 +218,34 @@ Deno.test("Xen lab: dom0's reports gain netback's drop and interrupt counts as v
   const out = sh(`echo '{"sent":10}' | withIrqs "${before}"`);
   Deno.removeSync(dir2, { recursive: true });
   assert.deepEqual(JSON.parse(out), { sent: 10, netbackIrqs: 1100 });
+  // netback's guest-RX kthread of the newest connection, and how often it blocked since.
+  const proc = Deno.makeTempDirSync();
+  const task = (pid: number, comm: string, sleeps: number) => {
+    Deno.mkdirSync(`${proc}/${pid}`, { recursive: true });
+    Deno.writeTextFileSync(`${proc}/${pid}/comm`, `${comm}\n`);
+    Deno.writeTextFileSync(`${proc}/${pid}/status`, `Name:\t${comm}\nvoluntary_ctxt_switches:\t${sleeps}\n`);
+  };
+  task(90, "vif1.0-q0-guest", 50);
+  task(120, "vif1.0-q0-guest", 10);
+  task(130, "vif1.0-q0-deall", 5);
+  task(140, "vif10.0-q0-gues", 5);
+  const h = DOM0_DROP_HELPERS.replaceAll("/proc/[0-9]*", `${proc}/[0-9]*`);
+  const run = (cmd: string) =>
+    new TextDecoder().decode(new Deno.Command("sh", { args: ["-c", `${h}\n${cmd}`] }).outputSync().stdout);
+  const thread = run("rxThread").trim();
+  assert.equal(thread, `${proc}/120`);
+  assert.equal(run(`sleeps ${thread}`).trim(), "10");
+  task(120, "vif1.0-q0-guest", 25);
+  assert.deepEqual(JSON.parse(run(`echo '{"sent":10}' | withSleeps ${thread} 10`)), {
+    sent: 10,
+    netbackRxSleeps: 15,
+  });
+  Deno.removeSync(`${proc}/120`, { recursive: true });
+  assert.deepEqual(JSON.parse(run(`echo '{"sent":10}' | withSleeps ${thread} 10`)), {
+    sent: 10,
+    netbackRxSleeps: null,
+  });
+  Deno.removeSync(proc, { recursive: true });
 });
 
 Deno.test("thread CPU: ticks by thread name from a /proc tree, shares per step, the process found by its command line", async () => {
