@@ -164,7 +164,8 @@ echo "PVDRV-DOMU-AGENT-EXIT=$?"
  * and `withIrqs LIST` adds those taken since LIST ("netbackIrqs"), line by line: a line that appeared since counts
  * from 0 (as does one whose number a new connection reused), one that went (a frontend's old connection, unbound
  * after the step began) not at all. `rxThread` finds netback's guest-RX kthread of the newest connection
- * (its comm, cut to 15 bytes, is "vif1.0-q0-guest"), `sleeps DIR` how often it blocked so far (each block ends a
+ * ("vif1.0-q0-guest-rx": Linux 6.1 shows a kthread's whole name in comm, older ones its first 15 bytes),
+ * `sleeps DIR` how often it blocked so far (each block ends a
  * batch of frames it copied into the domU), and `withSleeps DIR N` adds those since N ("netbackRxSleeps"; null
  * when the thread went away).
  */
@@ -172,10 +173,8 @@ export const DOM0_DROP_HELPERS = `netbackDrops() { cat /sys/class/net/vif1.0/sta
 withDrops() { sed "s/}$/,\\"netbackDropped\\":$(($(netbackDrops) - $1))}/"; }
 vifIrqs() { awk '/vif1\\.0/ { printf "%s%s ", $1, $2 }' /proc/interrupts; }
 rxThread() {
-  best=; for f in /proc/[0-9]*/comm; do
-    [ "$(cat "$f" 2>/dev/null)" = vif1.0-q0-guest ] || continue
-    d=\${f%/comm}; [ -z "$best" ] || [ "\${d##*/}" -gt "\${best##*/}" ] && best=$d
-  done; echo "$best"
+  grep -lxE 'vif1\\.0-q0-guest(-rx)?' /proc/[0-9]*/comm 2>/dev/null | sed 's|/comm$||' |
+    awk -F/ '$NF + 0 > m { m = $NF + 0; b = $0 } END { print b }'
 }
 sleeps() { awk '/^voluntary_ctxt_switches/ { print $2 }' "$1/status" 2>/dev/null; }
 withSleeps() {
@@ -251,8 +250,9 @@ while [ $i -lt 9000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
             k=0; while ! grep -q ready /tmp/b.json 2>/dev/null && [ $k -lt 200 ]; do sleep 0.05; k=$((k+1)); done
             xenstore-write $B/pvdrv-bench-ack "$s"; wait $p
             echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json)";;
-      rx-*) xenstore-write $B/pvdrv-bench-ack "$s"
-            d=$(netbackDrops); q=$(vifIrqs); t=$(rxThread); z=$(sleeps "$t")
+      # The counters are read before the ack: the domU starts its window at the ack, the flood right after.
+      rx-*) d=$(netbackDrops); q=$(vifIrqs); t=$(rxThread); z=$(sleeps "$t")
+            xenstore-write $B/pvdrv-bench-ack "$s"
             $P txrate vif1.0 ${benchSeconds} 60 ${DOMU_MAC} > /tmp/b.json 2>&1
             echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json | withDrops $d | withIrqs "$q" | withSleeps "$t" "$z")";;
     esac
