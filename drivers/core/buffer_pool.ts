@@ -272,22 +272,22 @@ export class BufferPool<B extends PoolBuffer> {
   }
 
   /**
-   * Return the application's buffers `bufs[from..n)` to the free list while they are this pool's, as
+   * Return buffers `bufs[from..n)`, which `holder` must hold, to the free list while they are this pool's, as
    * {@link put} does each (one loop for a batch); returns the index of the first from another pool, or `n`.
    */
-  putRun(bufs: B[], from: number, n: number): number {
+  putRun(bufs: B[], from: number, n: number, holder: "app" | "device" = "app"): number {
     let i = from;
     if (this.#retired) { // rare: each put may be the last held one, which frees the memory
-      for (; i < n && bufs[i].pool === this; i++) this.put(bufs[i], "app");
+      for (; i < n && bufs[i].pool === this; i++) this.put(bufs[i], holder);
       return i;
     }
-    const owners = this.owners, free = this.#free;
+    const owners = this.owners, free = this.#free, held = holder === "app" ? APP : DEVICE;
     let top = this.#nfree;
     try {
       for (; i < n; i++) {
         const b = bufs[i], x = b.index;
         if (b.pool !== this) break;
-        if (owners[x] !== APP) this.#refuse(b);
+        if (owners[x] !== held) this.#refuse(b);
         owners[x] = FREE;
         free[top++] = x;
       }

@@ -377,9 +377,10 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
     const r = this.ring(2 * q.index), dq = r?.queue;
     if (!r || !dq || !r.enabled) return 0;
     const mem = this.#session!.memory!, merge = this.#session!.has(NET_F.MRG_RXBUF), old = dq.usedIdx;
-    // The application's misuse is its error, not the guest's: checked before any byte is read or the ring touched.
-    for (let k = 0; k < n; k++) q.txPool.checkHeld(pkts[k]);
+    // The application's misuse is its error, not the guest's: checked before any byte is read or the ring touched,
+    // a buffer twice in the batch too (the batch is the device's while it is written, so its repeat is refused).
     const heads = this.#heads, addrs = this.#addrs, lens = this.#lens, h = this.#hdrLen, pool = q.txPool;
+    pool.toDeviceMany(pkts, n);
     let i = 0; // frames taken: written, or dropped for want of room (no MRG_RXBUF)
     try {
       while (i < n) {
@@ -407,7 +408,8 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
     } catch (e) {
       this.#quarantine(r, e);
     } finally {
-      pool.putRun(pkts, 0, i); // checked held above: none is refused
+      pool.putRun(pkts, 0, i, "device"); // written (or dropped): free again
+      for (let k = i; k < n; k++) pool.toApp(pkts[k]); // no room for the rest: the application's again
     }
     this.#signal(r, dq, old);
     return i;

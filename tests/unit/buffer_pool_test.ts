@@ -75,3 +75,20 @@ Deno.test("buffer pool: a retired pool's memory goes with the last buffer the ba
   releaseOwned(bufs, 3, new WeakSet([a]), "dev", "nic", 2);
   assert.equal(a.freed(), true);
 });
+
+Deno.test("buffer pool: putRun frees what the holder named holds, and refuses what it does not", () => {
+  const a = pool("a");
+  const bufs: PacketBuffer[] = new Array(4);
+  a.takeMany(bufs, 4);
+  a.toDeviceMany(bufs, 4);
+  assert.throws(() => a.putRun(bufs, 0, 4), /returned twice or by the wrong owner/, "the device holds them");
+  assert.equal(a.available, 4);
+  assert.equal(a.putRun(bufs, 0, 3, "device"), 3);
+  assert.equal(a.available, 7);
+  assert.equal(a.owner(bufs[3]), "device");
+  const dup = [bufs[3], bufs[3]];
+  assert.throws(() => a.toDeviceMany([bufs[0]], 1), /not held by the application/, "a free buffer");
+  a.toApp(bufs[3]);
+  assert.throws(() => a.toDeviceMany(dup, 2), /not held by the application/, "one buffer twice in a batch");
+  assert.equal(a.owner(bufs[3]), "app", "refused whole: none handed over");
+});

@@ -557,7 +557,7 @@ Deno.test("multi-queue: two pairs carry frames apart, and a quarantine on pair 0
   }
 });
 
-Deno.test("the host's own misuse (a released or foreign buffer) is its error: the guest's ring is not quarantined", async () => {
+Deno.test("the host's own misuse (a released, repeated or foreign buffer) is its error: the guest's ring is not quarantined", async () => {
   const r = rig();
   try {
     r.g.postRx();
@@ -583,6 +583,16 @@ Deno.test("the host's own misuse (a released or foreign buffer) is its error: th
     rx[0].length = FRAME.length;
     assert.throws(() => r.nic.sendBatch(rx, 1), /belongs to pool/, "a received buffer is not a send buffer");
     r.nic.release(rx, 1);
+    // One buffer twice in a batch: refused whole before a byte is written, the buffer still the host's.
+    r.g.postRx();
+    assert.equal(r.nic.allocTx(b, 1), 1);
+    b[0].data.set(FRAME);
+    b[0].length = FRAME.length;
+    b[1] = b[0];
+    assert.throws(() => r.nic.sendBatch(b, 2), /not held by the application/);
+    assert.deepEqual(r.g.rx.used(), [], "nothing went to the guest");
+    assert.equal(r.nic.sendBatch(b, 1), 1, "the buffer is still the host's to send");
+    assert.deepEqual(r.g.receive(), [FRAME]);
     assert.equal(r.nic.session!.rings[0].broken, null, "RX ring untouched");
     assert.equal(hostSend(r.nic, FRAME), 1, "and it still delivers");
     assert.deepEqual(r.g.receive(), [FRAME]);
