@@ -14,11 +14,10 @@ import { F, NET_F } from "../drivers/virtio/features.ts";
 import { DESC_F_WRITE } from "../drivers/virtio/split_ring.ts";
 import { VHOST_USER, VHOST_USER_F_PROTOCOL_FEATURES } from "../drivers/virtio/vhost_user_wire.ts";
 import type { PacketBuffer } from "../drivers/net/packet_pool.ts";
-import { OneShotAcceptor, VhostUserFrontend } from "../tests/models/vhost_user_frontend.ts";
+import { GUEST_BASE, OneShotAcceptor, VhostUserFrontend } from "../tests/models/vhost_user_frontend.ts";
 import { HostileGuest, Q } from "../tests/models/vhost_guest.ts";
 import { type BenchCase, ringLoopLibrary } from "./cases.ts";
 import { copyBytes } from "../drivers/core/copy.ts";
-import { GUEST_BASE } from "../tests/models/vhost_user_frontend.ts";
 
 const BATCH = 32, FRAME = 64, HDR = 12;
 

@@ -158,18 +158,17 @@ echo "PVDRV-DOMU-AGENT-EXIT=$?"
 }
 
 /**
- * dom0's shell helpers for its send reports: `netbackDrops` reads how many frames xen-netback dropped on their way to
- * the domU because its queue was full (XSA-392); `withDrops N` adds the count since N to a JSON report line.
- * `vifIrqs` lists dom0's interrupt counts of the domU's vif event channels (dom0 has one vCPU: one count a line),
- * and `withIrqs LIST` adds those taken since LIST ("netbackIrqs"), line by line: a line that appeared since counts
- * from 0 (as does one whose number a new connection reused), one that went (a frontend's old connection, unbound
- * after the step began) not at all. `rxThread` finds netback's guest-RX kthread of the newest connection
- * ("vif1.0-q0-guest-rx": Linux 6.1 shows a kthread's whole name in comm, older ones its first 15 bytes),
- * `sleeps DIR` how often it blocked so far (each block ends a
- * batch of frames it copied into the domU), and `withSleeps DIR N` adds those since N ("netbackRxSleeps"; null
- * when the thread went away).
+ * dom0's shell helpers for its send and RX-bench reports: `netbackDrops` reads how many frames xen-netback dropped
+ * on their way to the domU because its queue was full (XSA-392); `withDrops N` adds the count since N to a JSON
+ * report line. `vifIrqs` lists dom0's interrupt counts of the domU's vif event channels (dom0 has one vCPU: one
+ * count a line), and `withIrqs LIST` adds those taken since LIST ("netbackIrqs"), line by line: a line that
+ * appeared since counts from 0 (as does one whose number a new connection reused), one that went (a frontend's
+ * old connection, unbound after the step began) not at all. `rxThread` finds netback's guest-RX kthread of the
+ * newest connection ("vif1.0-q0-guest-rx": Linux 6.1 shows a kthread's whole name in comm, older ones its first
+ * 15 bytes), `sleeps DIR` how often it blocked so far (each block ends a batch of frames it copied into the
+ * domU), and `withSleeps DIR N` adds those since N ("netbackRxSleeps"; null when the thread went away).
  */
-export const DOM0_DROP_HELPERS = `netbackDrops() { cat /sys/class/net/vif1.0/statistics/tx_dropped; }
+export const DOM0_COUNTER_HELPERS = `netbackDrops() { cat /sys/class/net/vif1.0/statistics/tx_dropped; }
 withDrops() { sed "s/}$/,\\"netbackDropped\\":$(($(netbackDrops) - $1))}/"; }
 vifIrqs() { awk '/vif1\\.0/ { printf "%s%s ", $1, $2 }' /proc/interrupts; }
 rxThread() {
@@ -214,7 +213,7 @@ i=0; while [ ! -e /sys/class/net/vif1.0 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((
 ip link set vif1.0 nomaster; ip link set vif1.0 up && echo "DOM0-VIF-UP $(cut -d' ' -f1 /proc/uptime)"
 kill %1 2>/dev/null
 P=/usr/local/bin/pvpeer D=$(xl domid pvdrv-domU)
-${DOM0_DROP_HELPERS}
+${DOM0_COUNTER_HELPERS}
 $P recv vif1.0 ${XEN_FRAMES} 240000 > /tmp/recv.json 2>&1
 echo "DOM0-RECV $(tail -n 1 /tmp/recv.json)"
 # The frontend connected with feature-sg, so netback allows a jumbo MTU; the jumbo receiver starts before our
@@ -521,9 +520,10 @@ export function xenBenchSummary(r: XenRun): string[] {
 }
 
 /**
- * One line per RX step: what dom0 sent, what xen-netback dropped of it (its queue to the domU full) and what the
- * domU counted. Frames netback drops cost dom0 less than frames it copies into the domU, so two drivers' rates
- * of sending are comparable only beside their drops.
+ * One line per RX step: what dom0 sent, what xen-netback dropped of it (its queue to the domU full), what the
+ * domU counted, and what dom0 spent on the way that differs by receiver: interrupts from the frontend's request
+ * pushes and wake-ups of netback's RX thread (its batches). dom0's one vCPU sends and runs netback, so its
+ * rate toward two drivers is comparable only beside these.
  */
 export function rxDeliverySummary(r: Pick<XenRun, "dom0" | "bench">, rounds: number[]): string[] {
   const lines: string[] = [];

@@ -179,10 +179,10 @@ Deno.test("Xen bench: each RX step says what dom0 sent, what netback dropped and
 });
 
 Deno.test("Xen lab: dom0's reports gain netback's drop and interrupt counts as valid JSON", async () => {
-  const { DOM0_DROP_HELPERS } = await import("../../lab/outer/xen.ts");
+  const { DOM0_COUNTER_HELPERS } = await import("../../lab/outer/xen.ts");
   const dir = Deno.makeTempDirSync(), stat = `${dir}/tx_dropped`;
   Deno.writeTextFileSync(stat, "7\n");
-  const script = DOM0_DROP_HELPERS.replace("/sys/class/net/vif1.0/statistics/tx_dropped", stat) +
+  const script = DOM0_COUNTER_HELPERS.replace("/sys/class/net/vif1.0/statistics/tx_dropped", stat) +
     `\necho '{"sent":2000,"bytes":5,"seconds":1.5}' | withDrops 3`;
   const o = new Deno.Command("sh", { args: ["-c", script] }).outputSync();
   Deno.removeSync(dir, { recursive: true });
@@ -197,7 +197,7 @@ Deno.test("Xen lab: dom0's reports gain netback's drop and interrupt counts as v
   const dir2 = Deno.makeTempDirSync(), irqs = `${dir2}/interrupts`;
   const table = (rows: string[]) =>
     Deno.writeTextFileSync(irqs, ["           CPU0", ...rows].join("\n") + "\n");
-  const helpers = DOM0_DROP_HELPERS.replaceAll("/proc/interrupts", irqs);
+  const helpers = DOM0_COUNTER_HELPERS.replaceAll("/proc/interrupts", irqs);
   const sh = (cmd: string) =>
     new TextDecoder().decode(
       new Deno.Command("sh", { args: ["-c", `${helpers}\n${cmd}`] }).outputSync().stdout,
@@ -230,7 +230,7 @@ Deno.test("Xen lab: dom0's reports gain netback's drop and interrupt counts as v
   task(125, "vif1.0-q0-guest-tx", 10);
   task(130, "vif1.0-q0-deall", 5);
   task(140, "vif10.0-q0-gues", 5);
-  const h = DOM0_DROP_HELPERS.replaceAll("/proc/[0-9]*", `${proc}/[0-9]*`);
+  const h = DOM0_COUNTER_HELPERS.replaceAll("/proc/[0-9]*", `${proc}/[0-9]*`);
   const run = (cmd: string) =>
     new TextDecoder().decode(new Deno.Command("sh", { args: ["-c", `${h}\n${cmd}`] }).outputSync().stdout);
   const thread = run("rxThread").trim();
