@@ -169,10 +169,18 @@ export class DeviceQueue implements DeviceRing {
     return n;
   }
 
-  /** Whether a chain `ahead` places past the next is available: avail.idx is read again only past those seen. */
-  #has(ahead: number): boolean {
+  /**
+   * Chains available from the next one, enough to say whether the one `ahead` places on is: avail.idx is read
+   * again only past those seen.
+   */
+  #ready(ahead: number): number {
     const n = (this.#seen - this.#last) & 0xffff;
-    return (ahead < n && n <= this.size) || ahead < this.available();
+    return ahead < n && n <= this.size ? n : this.available();
+  }
+
+  /** Whether a chain `ahead` places past the next is available. */
+  #has(ahead: number): boolean {
+    return ahead < this.#ready(ahead);
   }
 
   /** Read the chain `ahead` places past the next one into `out`, without taking it; false when not available. */
@@ -204,8 +212,7 @@ export class DeviceQueue implements DeviceRing {
     write: boolean,
     ahead = 0,
   ): number {
-    let n = (this.#seen - this.#last) & 0xffff;
-    if (n <= ahead || n > this.size) n = this.available();
+    const n = this.#ready(ahead);
     const size = this.size, mask = size - 1, d = this.#desc, avail = this.#avail, cap = this.maxChainBytes;
     const want = write ? DESC_F_WRITE : 0, end = Math.min(max, n - ahead);
     let k = 0;
