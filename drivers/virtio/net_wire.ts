@@ -56,6 +56,24 @@ export function writePlainTxHeader(u32: Uint32Array, w: number, tail: number): v
   u32[w + 2] &= tail;
 }
 
+/**
+ * The header a device writes in front of a received frame at byte `at` (4-byte aligned when `hdrLen` is 12): no
+ * flags, GSO_NONE, no checksum fields, and num_buffers = `numBuffers` in a 12-byte header (§5.1.6.4); `u32` and
+ * `u8` view the same memory from its first byte.
+ */
+export function writeRxHeader(
+  u32: Uint32Array,
+  u8: Uint8Array,
+  at: number,
+  hdrLen: number,
+  numBuffers: number,
+): void {
+  if (hdrLen === 12) {
+    const w = at >> 2;
+    u32[w] = 0, u32[w + 1] = 0, u32[w + 2] = numBuffers << 16;
+  } else u8.fill(0, at, at + hdrLen);
+}
+
 /** num_buffers of a received header at u16 index `h` (§5.1.6.4; only with MRG_RXBUF or VERSION_1). */
 export function rxNumBuffers(u16: Uint16Array, h: number): number {
   return u16[h + 5];

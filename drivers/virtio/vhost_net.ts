@@ -20,7 +20,7 @@ import { emptyStats, MIN_FRAME, type QueueStats, RX_CSUM_PARTIAL } from "../net/
 import { type PacketBuffer, PacketPool, type PoolMemory } from "../net/packet_pool.ts";
 import { Chain, type DeviceQueue } from "./device_queue.ts";
 import { F, NET_F } from "./features.ts";
-import { HDR_F_NEEDS_CSUM } from "./net_wire.ts";
+import { HDR_F_NEEDS_CSUM, writeRxHeader } from "./net_wire.ts";
 import { type VhostDevice, VhostUserSession, type Vring } from "./vhost_user.ts";
 import type { VhostMemory } from "./vhost_memory.ts";
 
@@ -68,17 +68,6 @@ export interface VhostPair extends QueuePair {
 
 function heap(bytes: number): PoolMemory {
   return { bytes: new Uint8Array(bytes), free() {} };
-}
-
-/**
- * The virtio-net header in front of a frame for the guest (virtio 1.2 §5.1.6.4): no flags, no GSO, no checksum
- * fields; num_buffers = `chains` in the 12-byte header (VERSION_1 or MRG_RXBUF), none in the 10-byte one.
- */
-function writeRxHeader(pool: PacketPool, at: number, h: number, chains: number): void {
-  if (h === 12) {
-    const u32 = pool.u32, w = at >> 2; // a 12-byte header starts its slot: 4-aligned
-    u32[w] = 0, u32[w + 1] = 0, u32[w + 2] = chains << 16;
-  } else pool.bytes.fill(0, at, at + h);
 }
 
 /** A guest's virtio-net port, served over vhost-user. */
@@ -313,20 +302,21 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
    */
   #copyFrame(q: VhostPair, b: PacketBuffer, addr: number, len: number, mem: VhostMemory): boolean {
     const h = this.#hdrLen, pool = q.rxPool, at = b.slotOffset + HEADROOM - h;
-    if (len - h < MIN_FRAME || len - h > SLOT - HEADROOM) {
-      q.stats.rxDropped++; // not a frame this port carries
-      return false;
-    }
+    if (!this.#carries(q, len - h)) return false;
     mem.copyOut(addr, len, pool.bytes, at, pool.u32);
     return this.#check(q, b, at, len - h);
   }
 
+  /** Whether a guest frame of `len` bytes (after its header) is one this port carries; a drop is counted. */
+  #carries(q: VhostPair, len: number): boolean {
+    if (len >= MIN_FRAME && len <= SLOT - HEADROOM) return true;
+    q.stats.rxDropped++; // dropped, the ring is fine
+    return false;
+  }
+
   #gather(q: VhostPair, c: Chain, mem: VhostMemory): PacketBuffer | null {
     const h = this.#hdrLen, len = c.readable - h;
-    if (c.writable !== 0 || len < MIN_FRAME || len > SLOT - HEADROOM) {
-      q.stats.rxDropped++; // not a frame this port carries: dropped, the ring is fine
-      return null;
-    }
+    if (!this.#carries(q, c.writable !== 0 ? -1 : len)) return null; // a writable part: no frame to send
     // The chain's bytes in order, header then frame, so the frame starts at the headroom's end: one copy per
     // descriptor, however the guest split them.
     const pool = q.rxPool, b = pool.take()!, at = b.slotOffset + HEADROOM - h, bytes = pool.bytes;
@@ -392,7 +382,7 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
           for (; j < m; j++, i++) {
             const b = pkts[i], need = h + b.length, at = b.slotOffset + HEADROOM - h;
             if (lens[j] < need) break;
-            writeRxHeader(pool, at, h, 1);
+            writeRxHeader(pool.u32, pool.bytes, at, h, 1); // a 12-byte header starts its slot
             mem.copyIn(addrs[j], pool.bytes, at, need, pool.u32);
             dq.addUsed(heads[j], need);
             q.stats.txPackets++;
@@ -442,7 +432,7 @@ export class VhostUserNet extends NicCore<VhostPair> implements VhostDevice {
         return true;
       }
     }
-    writeRxHeader(pool, at, h, chains);
+    writeRxHeader(pool.u32, pool.bytes, at, h, chains);
     let src = 0; // bytes of header and frame written so far
     for (let k = 0; k < chains; k++) {
       if (chains > 1) dq.peek(c, 0); // one chain (the usual case) is in `c` already, checked
