@@ -10,6 +10,16 @@ export interface ThreadTicks {
   ticks: number;
 }
 
+/**
+ * A process's or thread's name and CPU time from its /proc `stat` line. The name is in parentheses and may hold
+ * spaces: the fields after the last ")" start at field 3 (state); utime and stime are fields 14 and 15 (proc(5)).
+ */
+export function statTicks(stat: string): ThreadTicks {
+  const close = stat.lastIndexOf(")"), name = stat.slice(stat.indexOf("(") + 1, close);
+  const f = stat.slice(close + 2).split(" ");
+  return { name, ticks: Number(f[11]) + Number(f[12]) };
+}
+
 /** CPU time of each thread of process `pid`, by thread id (empty when the process is gone). */
 export function threadTicks(pid: number, proc = "/proc"): Map<number, ThreadTicks> {
   const out = new Map<number, ThreadTicks>();
@@ -21,13 +31,8 @@ export function threadTicks(pid: number, proc = "/proc"): Map<number, ThreadTick
   }
   for (const tid of tids) {
     try {
-      const stat = Deno.readTextFileSync(`${proc}/${pid}/task/${tid}/stat`);
-      // The name is in parentheses and may hold spaces: the fields after the last ")" start at field 3 (state);
-      // utime and stime are fields 14 and 15 (proc(5)).
-      const close = stat.lastIndexOf(")"), name = stat.slice(stat.indexOf("(") + 1, close);
-      const f = stat.slice(close + 2).split(" ");
-      const ticks = Number(f[11]) + Number(f[12]);
-      if (Number.isFinite(ticks)) out.set(Number(tid), { name, ticks });
+      const t = statTicks(Deno.readTextFileSync(`${proc}/${pid}/task/${tid}/stat`));
+      if (Number.isFinite(t.ticks)) out.set(Number(tid), t);
     } catch { /* the thread ended */ }
   }
   return out;

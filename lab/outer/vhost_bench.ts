@@ -13,6 +13,7 @@ import { freeUdpPort } from "./wire_peer.ts";
 import { readyOutput, sharedMemoryArgs } from "./vhost_switch.ts";
 import { LabError } from "./lab_error.ts";
 import { VHOST_BENCH_DGRAM, VHOST_LAB } from "../topology.ts";
+import { statTicks } from "./thread_cpu.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 
@@ -42,8 +43,7 @@ interface Backend {
 }
 
 function cpuOf(pid: number): number {
-  const f = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
-  return (Number(f[11]) + Number(f[12])) / 100; // utime + stime, in clock ticks of 1/100 s
+  return statTicks(Deno.readTextFileSync(`/proc/${pid}/stat`)).ticks / 100; // clock ticks of 1/100 s
 }
 
 /** Run the benchmark: `seconds` per cell. */
