@@ -167,8 +167,18 @@ echo "PVDRV-DOMU-AGENT-EXIT=$?"
  * newest connection ("vif1.0-q0-guest-rx": Linux 6.1 shows a kthread's whole name in comm, older ones its first
  * 15 bytes), `sleeps DIR` how often it blocked so far (each block ends a batch of frames it copied into the
  * domU), and `withSleeps DIR N` adds those since N ("netbackRxSleeps"; null when the thread went away).
+ * `floodSched FEATURE` sets one of the dom0 scheduler's features (debugfs), `wakeupPreemption` says whether
+ * wake-up preemption is on (1, 0, or null when the kernel does not say), and `withSched V` adds that as
+ * "dom0WakeupPreemption".
  */
 export const DOM0_COUNTER_HELPERS = `netbackDrops() { cat /sys/class/net/vif1.0/statistics/tx_dropped; }
+floodSched() { echo "$1" > /sys/kernel/debug/sched/features 2>/dev/null; }
+wakeupPreemption() {
+  case " $(cat /sys/kernel/debug/sched/features 2>/dev/null) " in
+    *" NO_WAKEUP_PREEMPTION "*) echo 0;; *" WAKEUP_PREEMPTION "*) echo 1;; *) echo null;;
+  esac
+}
+withSched() { sed "s/}$/,\\"dom0WakeupPreemption\\":$1}/"; }
 withDrops() { sed "s/}$/,\\"netbackDropped\\":$(($(netbackDrops) - $1))}/"; }
 vifIrqs() { awk '/vif1\\.0/ { printf "%s%s ", $1, $2 }' /proc/interrupts; }
 rxThread() {
@@ -227,6 +237,7 @@ echo "DOM0-RECV-JUMBO $(tail -n 1 /tmp/recvj.json)"
 d=$(netbackDrops); $P send vif1.0 ${XEN_JUMBO_FRAMES} 60 9014 ${DOMU_MAC} 0 ${JUMBO_RATE} > /tmp/sendj.json 2>&1
 echo "DOM0-SEND-JUMBO $(tail -n 1 /tmp/sendj.json | withDrops $d)"
 # Benchmark steps: the domU names one in data/pvdrv-bench; tx-* we count (pvpeer rxrate), rx-* we flood.
+mount -t debugfs debugfs /sys/kernel/debug # the scheduler features the flood sets (floodSched)
 B=/local/domain/$D/data; last=""; i=0
 while [ $i -lt 9000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
   s=$(xenstore-read $B/pvdrv-bench 2>/dev/null)
@@ -250,10 +261,17 @@ while [ $i -lt 9000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
             xenstore-write $B/pvdrv-bench-ack "$s"; wait $p
             echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json)";;
       # The counters are read before the ack: the domU starts its window at the ack, the flood right after.
+      # dom0's one vCPU runs both the flood and netback's RX thread. With wake-up preemption (Linux's default)
+      # each frame queued wakes the thread, which takes the CPU at the sender's next cond_resched: netback then
+      # copies one or two frames a wake-up and dom0's scheduling, not the receiver, sets the rate. The flood
+      # runs without it, as netback runs when the sender is on another CPU or host: it copies a queue's worth.
       rx-*) d=$(netbackDrops); q=$(vifIrqs); t=$(rxThread); z=$(sleeps "$t")
+            floodSched NO_WAKEUP_PREEMPTION; w=$(wakeupPreemption)
             xenstore-write $B/pvdrv-bench-ack "$s"
             $P txrate vif1.0 ${benchSeconds} 60 ${DOMU_MAC} > /tmp/b.json 2>&1
-            echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json | withDrops $d | withIrqs "$q" | withSleeps "$t" "$z")";;
+            floodSched WAKEUP_PREEMPTION
+            echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json | withDrops $d | withIrqs "$q" | withSleeps "$t" "$z" |
+              withSched $w)";;
     esac
   fi
   sleep 0.1; i=$((i+1))
@@ -522,8 +540,9 @@ export function xenBenchSummary(r: XenRun): string[] {
 /**
  * One line per RX step: what dom0 sent, what xen-netback dropped of it (its queue to the domU full), what the
  * domU counted, and what dom0 spent on the way that differs by receiver: interrupts from the frontend's request
- * pushes and wake-ups of netback's RX thread (its batches). dom0's one vCPU sends and runs netback, so its
- * rate toward two drivers is comparable only beside these.
+ * pushes and wake-ups of netback's RX thread (its batches), and whether dom0's scheduler let each wake-up
+ * preempt the sender. dom0's one vCPU sends and runs netback, so its rate toward two drivers is comparable only
+ * beside these.
  */
 export function rxDeliverySummary(r: Pick<XenRun, "dom0" | "bench">, rounds: number[]): string[] {
   const lines: string[] = [];
@@ -544,6 +563,9 @@ export function rxDeliverySummary(r: Pick<XenRun, "dom0" | "bench">, rounds: num
             ? `, netback's RX thread slept ${sleeps} times (${
               (sent.sent / sleeps).toFixed(1)
             } frames a wake-up)`
+            : "") +
+          (typeof sent.dom0WakeupPreemption === "number"
+            ? `, dom0 ${sent.dom0WakeupPreemption ? "with" : "without"} wake-up preemption`
             : ""),
       );
     }

@@ -164,16 +164,25 @@ Deno.test("Xen bench: each RX step says what dom0 sent, what netback dropped and
         netbackDropped: 0,
         netbackIrqs: 600,
         netbackRxSleeps: 40000,
+        dom0WakeupPreemption: 0,
       },
-      "BENCH rx-kernel": { sent: 160000, seconds: 4, pps: 40000, netbackDropped: 40000 },
+      "BENCH rx-kernel": {
+        sent: 160000,
+        seconds: 4,
+        pps: 40000,
+        netbackDropped: 40000,
+        dom0WakeupPreemption: 1,
+      },
       "BENCH rx-kernel-r2": { sent: 100000, seconds: 4, pps: 25000 }, // no drop count (an older dom0)
     },
     bench: { "rx-pvdrv": { pps: 29700 }, "rx-kernel": { pps: 30000 }, "rx-kernel-r2": { pps: 20000 } },
   }, [1, 2]);
   assert.deepEqual(lines, [
     "dom0 → domU during rx-pvdrv: sent 30000 pps, xen-netback dropped 0 (0.0 %), the domU counted 29700 pps (99.0 %)" +
-    ", dom0 took 600 vif interrupts (5.0 per 1000 frames), netback's RX thread slept 40000 times (3.0 frames a wake-up)",
-    "dom0 → domU during rx-kernel: sent 40000 pps, xen-netback dropped 40000 (25.0 %), the domU counted 30000 pps (75.0 %)",
+    ", dom0 took 600 vif interrupts (5.0 per 1000 frames), netback's RX thread slept 40000 times (3.0 frames a wake-up)" +
+    ", dom0 without wake-up preemption",
+    "dom0 → domU during rx-kernel: sent 40000 pps, xen-netback dropped 40000 (25.0 %), the domU counted 30000 pps (75.0 %)" +
+    ", dom0 with wake-up preemption",
     "dom0 → domU during rx-kernel-r2: sent 25000 pps, xen-netback dropped ?, the domU counted 20000 pps (80.0 %)",
   ]);
 });
@@ -247,6 +256,32 @@ Deno.test("Xen lab: dom0's reports gain netback's drop and interrupt counts as v
     netbackRxSleeps: null,
   });
   Deno.removeSync(proc, { recursive: true });
+});
+
+Deno.test("Xen lab: the flood's scheduler feature is set, read back and reported as JSON", async () => {
+  const { DOM0_COUNTER_HELPERS } = await import("../../lab/outer/xen.ts");
+  const dir = Deno.makeTempDirSync(), features = `${dir}/features`;
+  const h = DOM0_COUNTER_HELPERS.replaceAll("/sys/kernel/debug/sched/features", features);
+  const run = (cmd: string) =>
+    new TextDecoder().decode(new Deno.Command("sh", { args: ["-c", `${h}\n${cmd}`] }).outputSync().stdout)
+      .trim();
+  assert.equal(run("wakeupPreemption"), "null"); // no debugfs: the kernel does not say
+  // A kernel lists every feature, off ones with NO_; a write turns one on or off (a fixture file just holds it).
+  Deno.writeTextFileSync(
+    features,
+    "GENTLE_FAIR_SLEEPERS START_DEBIT NO_NEXT_BUDDY WAKEUP_PREEMPTION HRTICK\n",
+  );
+  assert.equal(run("wakeupPreemption"), "1");
+  run("floodSched NO_WAKEUP_PREEMPTION");
+  assert.equal(Deno.readTextFileSync(features).trim(), "NO_WAKEUP_PREEMPTION");
+  assert.equal(run("wakeupPreemption"), "0");
+  assert.deepEqual(JSON.parse(run(`echo '{"sent":10}' | withSched $(wakeupPreemption)`)), {
+    sent: 10,
+    dom0WakeupPreemption: 0,
+  });
+  Deno.writeTextFileSync(features, "GENTLE_FAIR_SLEEPERS NO_WAKEUP_PREEMPTION_X\n");
+  assert.equal(run("wakeupPreemption"), "null"); // only whole names count
+  Deno.removeSync(dir, { recursive: true });
 });
 
 Deno.test("thread CPU: ticks by thread name from a /proc tree, shares per step, the process found by its command line", async () => {
