@@ -271,7 +271,8 @@ while [ $i -lt 9000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
             $P txrate vif1.0 ${benchSeconds} 60 ${DOMU_MAC} > /tmp/b.json 2>&1
             floodSched WAKEUP_PREEMPTION
             echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json | withDrops $d | withIrqs "$q" | withSleeps "$t" "$z" |
-              withSched $w)";;
+              withSched $w)"
+            xenstore-write $B/pvdrv-bench-done "$s";;
     esac
   fi
   sleep 0.1; i=$((i+1))

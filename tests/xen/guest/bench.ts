@@ -2,7 +2,8 @@
 // pvdrv's netfront, then of the kernel's own xen-netfront on the same vif, with dom0's pvpeer as the peer, in
 // PVDRV_BENCH_ROUNDS paired rounds (pvdrv, kernel, pvdrv, kernel, …; the kernel's driver is unbound from the
 // vif between them). Steps of round r > 1 are named "<step>-r<r>". Each
-// step is announced in xenstore (data/pvdrv-bench) and starts once dom0 acknowledges it (data/pvdrv-bench-ack).
+// step is announced in xenstore (data/pvdrv-bench) and starts once dom0 acknowledges it (data/pvdrv-bench-ack);
+// dom0 says when it has ended one (data/pvdrv-bench-done).
 // Prints "PVDRV-BENCH <step> {json}" for what the domU measures; dom0 prints what it counts.
 // pvdrv is driven like pvpeer drives the kernel: TX resends frames written once (txrate), RX only counts (rxrate);
 // every byte is verified by the lab's tests, not here.
@@ -26,6 +27,14 @@ const xs = new XenStore(new XenbusDevice());
 async function step(name: string): Promise<void> {
   await xs.write("data/pvdrv-bench", name);
   await xs.waitFor("data/pvdrv-bench-ack", (v) => v === name, 60_000);
+}
+
+/**
+ * Wait until dom0 has ended step `name` (data/pvdrv-bench-done): an RX step's window ends before dom0's flood
+ * does, and the next step, or a driver's teardown between rounds, should not meet the rest of it.
+ */
+async function stepDone(name: string): Promise<void> {
+  await xs.waitFor("data/pvdrv-bench-done", (v) => v === name, 60_000);
 }
 
 function report(name: string, v: Record<string, number>): void {
@@ -156,6 +165,7 @@ async function pvdrvRound(name: (step: string) => string, round: number): Promis
     report(name("tx-pvdrv"), await events(() => floodTx(nf, S))());
     for (const [step_, interrupts] of [["rx-pvdrv", false], ["rx-pvdrv-irq", true]] as const) {
       report(name(step_), await events(() => countRx(nf, S, interrupts, step(name(step_))))());
+      await stepDone(name(step_));
     }
   } finally {
     await nf.close();
@@ -205,6 +215,7 @@ async function kernelRound(name: (step: string) => string, first: boolean, last:
   await peer.status;
   const krx = JSON.parse(out.trim().split("\n").pop()!);
   report(name("rx-kernel"), { received: krx.received, pps: krx.pps });
+  await stepDone(name("rx-kernel"));
   if (!last) {
     // Unbinding closes the kernel's frontend (Closed); pvdrv's next open starts again from there.
     console.log("bench: unbinding the kernel's xen-netfront from vif-0 for the next round");
