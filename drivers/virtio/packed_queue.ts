@@ -39,6 +39,8 @@ const ID16 = PDESC.ID >> 1, FLAGS16 = PDESC.FLAGS >> 1;
 
 // Owner states as module constants: the hot loops compare against them per buffer.
 const { APP, DEVICE } = OWNER;
+// The two flags that say who holds a descriptor (§2.8.1).
+const BOTH = PDESC_F.AVAIL | PDESC_F.USED;
 
 /** A packed virtqueue. */
 export class PackedQueue implements Virtqueue {
@@ -268,24 +270,22 @@ export class PackedQueue implements Virtqueue {
    * why.
    */
   popSlots(ids: Uint16Array, max: number, lens?: Uint32Array): number {
-    if (this.#broken) throw this.#broken;
-    const d16 = this.#d16, d32 = this.#d32, owners = this.#owners!, size = this.size, mask = size - 1;
-    const limit = Math.min(max, this.#published), ready = this.#ready;
+    // pending() reads the flags (the first an acquire) and counts; the loop then reads ids and lengths only.
+    const n = Math.min(this.pending(), max), d16 = this.#d16, d32 = this.#d32, owners = this.#owners!;
+    const size = this.size, mask = size - 1, cap = this.#slotCap;
     let lin = this.#usedLin, k = 0;
-    for (; k < limit; k++) {
-      const s = lin & mask;
-      if (k >= ready && !isUsed(this.#flagsAt(lin, k === ready), lin, size)) break;
-      const id = d16[(s << 3) + ID16], len = d32[(s << 2) + LEN32];
-      if (!this.#usedOk(id, len)) {
+    for (; k < n; k++) {
+      const s = lin & mask, id = d16[(s << 3) + ID16], len = d32[(s << 2) + LEN32];
+      if (!(id < size && owners[id] === DEVICE && len <= cap)) { // #usedOk, with the fields in locals
         this.#break(this.#usedFault(id, len));
         break;
       }
       owners[id] = APP;
       ids[k] = id;
       if (lens) lens[k] = len;
-      lin = advance(lin, 1, size);
+      lin = lin + 1 === 2 * size ? 0 : lin + 1;
     }
-    this.#ready = k < ready ? ready - k : 0;
+    this.#ready -= k;
     this.#popped(lin, k, k);
     return k;
   }
@@ -390,13 +390,11 @@ export class PackedQueue implements Virtqueue {
     const published = this.#published, size = this.size, d16 = this.#d16, mask = size - 1;
     if (ready >= published || !isUsed(this.#flagsAt(lin, true), lin, size)) return ready;
     if (this.#owners) {
-      // Bound: one slot per buffer.
+      // Bound: one slot per buffer. isUsed written out: a used slot has AVAIL = USED = its lap's wrap counter.
       do {
         ready++;
         lin = lin + 1 === 2 * size ? 0 : lin + 1;
-      } while (
-        ready < published && isUsed(d16[((lin & mask) << 3) + FLAGS16], lin, size)
-      );
+      } while (ready < published && (d16[((lin & mask) << 3) + FLAGS16] & BOTH) === (lin < size ? BOTH : 0));
     } else {
       do {
         ready++;

@@ -123,6 +123,15 @@ Deno.test("packed queue: a bound pool posts by index and checks every returned i
   n = drv.popSlots(ids, 8);
   assert.deepEqual([...ids.subarray(0, n)], taken.slice(0, 3));
   for (let k = 0; k < n; k++) assert.equal(pool.owners[ids[k]], OWNER.APP);
+  for (const id of taken.slice(3, 6)) dev.putUsed(id, 200);
+  const lens = new Uint32Array(8);
+  assert.equal(drv.popSlots(ids, 2, lens), 2, "max bounds a pop");
+  assert.deepEqual([...ids.subarray(0, 2)], taken.slice(3, 5));
+  assert.deepEqual([...lens.subarray(0, 2)], [200, 200]);
+  assert.equal(drv.pending(), 1, "what a pop left stays counted");
+  assert.equal(drv.popSlot(), taken[5]);
+  assert.equal(drv.inFlight, 2);
+  assert.equal(drv.popSlots(ids, 8), 0);
   dev.putUsed(taken[1], 100); // already returned: the device no longer holds it
   assert.equal(drv.popSlots(ids, 8), 0);
   assert.match(drv.broken!.message, /does not own/);
