@@ -5,7 +5,7 @@
  */
 import { F, NET_F, VIRTIO_ID } from "../../drivers/virtio/features.ts";
 import { Chain, type DeviceQueue, type DeviceRing } from "../../drivers/virtio/device_queue.ts";
-import { advance, EVENT_FLAGS, isAvail, PDESC, usedFlags } from "../../drivers/virtio/packed_ring.ts";
+import { EVENT_FLAGS, PDESC, PDESC_F } from "../../drivers/virtio/packed_ring.ts";
 import {
   availEntry,
   availEventOffset,
@@ -43,6 +43,7 @@ export interface CtrlRecord {
 
 // A packed descriptor's len and flags as indices of the ring's word and halfword views (packed_ring.ts PDESC).
 const LEN32 = PDESC.LEN >> 2, FLAGS16 = PDESC.FLAGS >> 1;
+const { AVAIL, USED } = PDESC_F, BOTH = AVAIL | USED;
 
 /** The virtio-net device model. */
 export class VirtioNetModel extends VirtioPciModel {
@@ -233,12 +234,15 @@ export class VirtioNetModel extends VirtioPciModel {
   #fastCompletePacked(qi: number, len: number): number {
     const v = this.#fastPacked(qi), { d32, d16 } = v, size = d32.length >> 2, mask = size - 1;
     let n = 0, at = v.lin;
-    while (n < size && isAvail(d16[((at & mask) << 3) + FLAGS16], at, size)) {
-      const s = at & mask;
+    // isAvail and usedFlags written out, as the split fast path's index arithmetic is: on this lap (wrap counter
+    // 1 while at < size) an available slot has AVAIL = 1, USED = 0 and a used one both 1 (§2.8.1); the next lap
+    // inverts both.
+    for (; n < size; n++) {
+      const f = at < size ? AVAIL : USED, s = at & mask;
+      if ((d16[(s << 3) + FLAGS16] & BOTH) !== f) break;
       d32[(s << 2) + LEN32] = len;
-      d16[(s << 3) + FLAGS16] = usedFlags(at, size);
-      at = advance(at, 1, size);
-      n++;
+      d16[(s << 3) + FLAGS16] = at < size ? BOTH : 0;
+      at = at + 1 === 2 * size ? 0 : at + 1;
     }
     v.lin = at;
     return n;
