@@ -27,7 +27,7 @@ import { runVhostBench, vhostTable } from "../lab/outer/vhost_bench.ts";
 
 const USAGE =
   `usage: deno task bench [--in-process | --vm | --net | --mq | --blk | --vhost | --xen] [--quick] [--json FILE.json]
-                         [--seconds N]
+                         [--seconds N] [--rounds N] [--dom0-preempt]
   --in-process   only the in-process driver cost
   --vm           only the VM lab: pvdrv vs DPDK testpmd (in turn, 3 paired rounds) vs the guest kernel on one
                  NIC, one boot (≈ 12 min)
@@ -46,7 +46,10 @@ const USAGE =
                  FILE.json only)
   --seconds N    length of each Xen step and each --vhost cell (default 4)
   --rounds N     paired rounds of --vm (pvdrv and testpmd in turn) and --xen (pvdrv's netfront and the kernel's
-                 in turn); ratios are the median of the rounds' ratios (default 3; --quick 2)`;
+                 in turn); ratios are the median of the rounds' ratios (default 3; --quick 2)
+  --dom0-preempt --xen: keep dom0's wake-up preemption while it floods the RX steps (the lab's way before the
+                 flood ran without it: netback then takes dom0's one vCPU from the sender every frame or two),
+                 to compare the two`;
 
 /**
  * The in-process benchmarks: bench/*.bench.ts in a child `deno bench` (a baseline per group), then the same cases
@@ -76,6 +79,7 @@ await runMain(USAGE, async () => {
     json: { type: "string" },
     seconds: { type: "string" },
     rounds: { type: "string" },
+    "dom0-preempt": { type: "boolean" },
     help: { type: "boolean", short: "h" },
   }, false);
   if (values.help) return void console.log(USAGE);
@@ -92,9 +96,10 @@ await runMain(USAGE, async () => {
       `--json wants a file name ending in .json (the plot goes beside it as .svg), not '${values.json}'`,
     );
   }
+  if (values["dom0-preempt"] && !values.xen) throw new UsageError("--dom0-preempt goes with --xen");
   const seconds = intArg("seconds", values.seconds, XEN_BENCH_SECONDS, 2, 600);
   const rounds = intArg("rounds", values.rounds, 3, 1, 20);
-  if (values.xen) return await xenBench(seconds, rounds);
+  if (values.xen) return await xenBench(seconds, rounds, values["dom0-preempt"] ?? false);
   if (values.net) return await netBench(values.json);
   if (values.mq) return await mqBench(values.json);
   if (values.blk) return await blkBench(values.json);
@@ -124,7 +129,7 @@ await runMain(USAGE, async () => {
   if (!values.vm) {
     await netBench(undefined);
     await vhostBench(seconds, undefined);
-    return await xenBench(seconds, rounds);
+    return await xenBench(seconds, rounds, false);
   }
 });
 
@@ -307,14 +312,15 @@ function mqBench(json: string | undefined): Promise<number> {
   });
 }
 
-async function xenBench(seconds: number, rounds: number): Promise<number> {
+async function xenBench(seconds: number, rounds: number, dom0Preempt: boolean): Promise<number> {
   console.log(
     `\n== Xen lab: one vif, the domU kernel's xen-netfront vs pvdrv's netfront; two identical vbds, the kernel's ` +
-      `xen-blkfront (O_DIRECT) vs pvdrv's blkfront; ${seconds} s each; the network in ${rounds} paired rounds ==`,
+      `xen-blkfront (O_DIRECT) vs pvdrv's blkfront; ${seconds} s each; the network in ${rounds} paired rounds` +
+      `${dom0Preempt ? ", dom0 flooding with wake-up preemption" : ""} ==`,
   );
   try {
     const r = await runXenLab({
-      bench: { seconds, diskJobs: BLK_JOBS.length, rounds },
+      bench: { seconds, diskJobs: BLK_JOBS.length, rounds, dom0Preempt },
       timeoutSec: 1200,
       onLine: (l) => {
         // The rows, the domU benchmark's own progress and errors, and its exit status.

@@ -196,7 +196,8 @@ withIrqs() {
   sed "s/}$/,\\"netbackIrqs\\":$n}/"
 }`;
 
-function dom0Init(modules: string[], benchSeconds: number): string {
+function dom0Init(modules: string[], benchSeconds: number, dom0Preempt: boolean): string {
+  const flood = dom0Preempt ? "WAKEUP_PREEMPTION" : "NO_WAKEUP_PREEMPTION";
   return `#!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
@@ -264,9 +265,10 @@ while [ $i -lt 9000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
       # dom0's one vCPU runs both the flood and netback's RX thread. With wake-up preemption (Linux's default)
       # each frame queued wakes the thread, which takes the CPU at the sender's next cond_resched: netback then
       # copies one or two frames a wake-up and dom0's scheduling, not the receiver, sets the rate. The flood
-      # runs without it, as netback runs when the sender is on another CPU or host: it copies a queue's worth.
+      # runs without it (unless the bench asks to compare), as netback runs when the sender is on another CPU or
+      # host: it copies a queue's worth.
       rx-*) d=$(netbackDrops); q=$(vifIrqs); t=$(rxThread); z=$(sleeps "$t")
-            floodSched NO_WAKEUP_PREEMPTION; w=$(wakeupPreemption)
+            floodSched ${flood}; w=$(wakeupPreemption)
             xenstore-write $B/pvdrv-bench-ack "$s"
             $P txrate vif1.0 ${benchSeconds} 60 ${DOMU_MAC} > /tmp/b.json 2>&1
             floodSched WAKEUP_PREEMPTION
@@ -302,6 +304,11 @@ export interface XenBench {
   diskJobs: number;
   /** Paired rounds of the network benchmark (pvdrv, kernel, pvdrv, kernel, …); 1 unless given. */
   rounds?: number;
+  /**
+   * Keep dom0's wake-up preemption while it floods the RX steps (the lab's way before bd8536d), to compare; by
+   * default the flood runs without it (see the rx-* step in dom0's init).
+   */
+  dom0Preempt?: boolean;
 }
 
 /**
@@ -377,7 +384,9 @@ export async function buildXenLab(
   d0.add({
     path: "init",
     type: "file",
-    data: new TextEncoder().encode(dom0Init(dom0Mods.map((m) => m.name), bench.seconds)),
+    data: new TextEncoder().encode(
+      dom0Init(dom0Mods.map((m) => m.name), bench.seconds, bench.dom0Preempt ?? false),
+    ),
     mode: 0o755,
   });
   d0.add({ path: "usr/local/bin/pvpeer", type: "file", data: Deno.readFileSync(peer), mode: 0o755 });

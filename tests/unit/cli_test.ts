@@ -92,6 +92,7 @@ Deno.test("cli: bad input gets one clear line and the usage, never a stack trace
     ["switch.ts", ["--port", "tap:pv0,mtu=9000"], /unknown option 'mtu=9000'/],
     ["switch.ts", ["--port", "vhost-user"], /needs KIND:TARGET/],
     ["bench.ts", ["--vhost", "--blk"], /give at most one/],
+    ["bench.ts", ["--vm", "--dom0-preempt"], /--dom0-preempt goes with --xen/],
   ];
   for (const [script, args, re] of cases) {
     const r = await run(script, args);
