@@ -108,6 +108,7 @@ export {
   totalStats,
 } from "./drivers/net/nic.ts";
 export { PacketBuffer, PacketPool } from "./drivers/net/packet_pool.ts";
+export { PacketBatch } from "./drivers/net/packet_batch.ts";
 export {
   BufferPool,
   type MakeBuffer,

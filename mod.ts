@@ -53,6 +53,7 @@ export {
   totalStats,
 } from "./drivers/net/nic.ts";
 export { PacketBuffer, PacketPool } from "./drivers/net/packet_pool.ts";
+export { PacketBatch } from "./drivers/net/packet_batch.ts";
 export {
   BlockBuffer,
   BlockOp,

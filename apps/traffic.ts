@@ -6,6 +6,7 @@
  */
 import { PvdrvError } from "../hal/errors.ts";
 import type { Nic, PacketBuffer } from "../drivers/net/nic.ts";
+import { PacketBatch } from "../drivers/net/packet_batch.ts";
 import { checkFrame, FrameCheck, writeFrame, writeHeader } from "./frames.ts";
 import type { PcapWriter } from "./pcap.ts";
 import { ITEMS_PER_YIELD, Pacer, PollClock, SLEEP_SLICE_MS, tick } from "../hal/event_loop.ts";
@@ -351,7 +352,7 @@ export async function echoExchange(
 
 /** {@link countFrames} options. */
 export interface CountOptions {
-  /** Frames taken per receiveBatch call (1–256). */
+  /** Frames taken per receive call (1–256). */
   batch: number;
   /** Times (performance.now() ms, ascending) at which the count is sampled; the loop ends after the last. */
   marks: number[];
@@ -377,21 +378,20 @@ const WAKE_US = 10;
  * the count at `marks`. Returns the count at each mark.
  */
 export async function countFrames(nic: Nic, o: CountOptions): Promise<number[]> {
-  const batch = Math.max(1, Math.min(o.batch, 256)), q = o.queue ?? 0;
-  const out: PacketBuffer[] = new Array(batch);
+  const q = o.queue ?? 0, frames = new PacketBatch(Math.max(1, Math.min(o.batch, 256)));
   const counts: number[] = [];
   const pacer = new Pacer();
   let got = 0, m = 0, lastFrame = performance.now(), gapUs = 1e6, now = lastFrame;
   const clock = new PollClock();
   while (m < o.marks.length) {
-    const n = nic.receiveBatch(out, batch, q);
+    const n = nic.receiveInto(frames, q); // by index: a counter touches no buffer object
     // Interrupt mode times every batch (the gap estimate decides when to sleep); polling reads the clock about
     // every CLOCK_MS (a mark's count is taken then; onMark can read the exact time).
     if (o.interrupts) now = performance.now();
     else if (clock.advance()) now = clock.now;
     if (n > 0) {
       got += n;
-      nic.release(out, n, q);
+      nic.releaseBatch(frames);
       gapUs = 0.75 * gapUs + 0.25 * ((now - lastFrame) * 1000 / n); // moving average of the per-frame gap
       lastFrame = now;
     }

@@ -9,6 +9,7 @@
 import { type RingFormat, VirtioNet } from "../drivers/virtio/net.ts";
 import { NET_F } from "../drivers/virtio/features.ts";
 import type { PacketBuffer } from "../drivers/net/packet_pool.ts";
+import { PacketBatch } from "../drivers/net/packet_batch.ts";
 import { VirtioNetModel } from "../tests/models/virtio_net_device.ts";
 import { RingLoop } from "./ring_loop.ts";
 import { type BenchCase, ringLoopLibrary } from "./cases.ts";
@@ -26,6 +27,7 @@ export function virtioNetCases(ring: RingFormat = "split"): { cases: BenchCase[]
   if (nic.ring !== ring) throw new Error(`the model did not take ${ring} rings`);
   const tag = ring === "packed" ? " (packed rings)" : "";
   const bufs: PacketBuffer[] = new Array(BATCH), out: PacketBuffer[] = new Array(2 * BATCH);
+  const batch = new PacketBatch(BATCH);
   const src = new Uint8Array(FRAME), dst = new Uint8Array(2048 * 256);
   let slot = 0;
   const copyFloor = () => {
@@ -95,6 +97,16 @@ export function virtioNetCases(ring: RingFormat = "split"): { cases: BenchCase[]
           nic.release(out, k);
           got += k;
         }
+      },
+    },
+    {
+      name: `virtio-net RX${tag}: receiveInto + releaseBatch (PacketBatch), 32 x 64-byte frames`,
+      group: "rx",
+      fn() {
+        model.fastComplete(0, nic.hdrLen + FRAME);
+        const k = nic.receiveInto(batch);
+        nic.releaseBatch(batch);
+        if (k !== BATCH) throw new Error(`received ${k} of ${BATCH}`);
       },
     },
   ];

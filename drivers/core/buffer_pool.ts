@@ -297,6 +297,19 @@ export class BufferPool<B extends PoolBuffer> {
     return i;
   }
 
+  /**
+   * Return the application's buffers `ids[from..n)`, by index, to the free list as {@link put} does each; an index
+   * that is not a buffer the application holds is refused (the ones before it are back).
+   */
+  putIds(ids: Uint16Array, from: number, n: number): void {
+    const bufs = this.buffers;
+    for (let j = from; j < n; j++) {
+      const i = ids[j];
+      if (i >= bufs.length) throw new PvdrvError(this.kind, `${this.name}: ${i} is not a buffer index`);
+      this.put(bufs[i], "app");
+    }
+  }
+
   #refuse(b: B): never {
     if (b.pool !== this) {
       throw new PvdrvError(this.kind, `${this.name}: buffer belongs to pool ${b.pool.name}`);

@@ -78,6 +78,22 @@ export abstract class DeviceCore<Q extends CoreQueue> {
     releaseOwned(bufs, n, this.#pools as WeakSet<BufferPool<B>>, this.name, this.errorKind, from);
   }
 
+  /**
+   * Give the application's buffers `ids[from..n)` of `pool` back, by index; the pool must be this device's (retired
+   * ones included).
+   */
+  protected releaseIds<B extends PoolBuffer>(
+    pool: BufferPool<B>,
+    ids: Uint16Array,
+    n: number,
+    from = 0,
+  ): void {
+    if (!this.#pools.has(pool)) {
+      throw new PvdrvError(this.errorKind, `${this.name}: buffers from pool ${pool.name} are not ours`);
+    }
+    pool.putIds(ids, from, n);
+  }
+
   /** Close `r` when the device closes (after it is stopped), last adopted first. */
   own(r: Closeable): void {
     this.#owned.push(r);

@@ -14,6 +14,8 @@ import type { ErrorKind } from "../../hal/errors.ts";
 import type { IrqSource } from "../../hal/irq.ts";
 import { MIN_FRAME, type Nic, type QueueStats } from "./nic.ts";
 import type { PacketBuffer, PacketPool } from "./packet_pool.ts";
+import type { PacketBatch } from "./packet_batch.ts";
+import { PvdrvError } from "../../hal/errors.ts";
 
 export type { Closeable } from "../core/device.ts";
 
@@ -40,6 +42,9 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
   /** Frames {@link NicCore.collect} moved into the caller's array so far in this receiveBatch, and their bytes. */
   #got = 0;
   #gotBytes = 0;
+  /** The generic {@link NicCore.collectInto}'s buffer objects (grown once to the largest batch). */
+  #scratch: PacketBuffer[] = [];
+  #onePool = false;
 
   // ---- ring steps a driver supplies (each per batch) ----
 
@@ -64,6 +69,63 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
    */
   protected repost(_q: Q, _pkts: PacketBuffer[], _n: number): number {
     return 0;
+  }
+
+  /**
+   * Optional: as {@link NicCore.repost}, by buffer index: `ids[0..n)` of `q`'s receive pool. Default: none.
+   */
+  protected repostIds(_q: Q, _ids: Uint16Array, _n: number): number {
+    return 0;
+  }
+
+  /**
+   * Move up to `max` received frames, all from one pool, into `batch` (ids, lengths, flags; `batch.count` set)
+   * and report them with {@link NicCore.delivered}; returns their pool (null when none came). When it throws it
+   * has given back what it took and left the batch empty. Default: {@link NicCore.collect} into buffer objects,
+   * with {@link NicCore.onePool} set: a driver whose frames come from more than one pool (Xen's gather buffers)
+   * stops its batch before a frame from another pool, leaving it for the next call. A driver overrides this to
+   * fill the batch without the objects.
+   */
+  protected collectInto(q: Q, batch: PacketBatch, max: number): PacketPool | null {
+    const s = this.#scratch;
+    while (s.length < max) s.push(null as unknown as PacketBuffer); // once per larger batch
+    this.#onePool = true;
+    try {
+      this.collect(q, s, max);
+    } catch (e) {
+      this.#giveBack(s);
+      throw e;
+    } finally {
+      this.#onePool = false;
+    }
+    const n = this.#got, ids = batch.ids, lens = batch.lengths, flags = batch.flags;
+    const pool = n ? s[0].pool : null;
+    let k = 0, bytes = 0;
+    for (; k < n && s[k].pool === pool; k++) {
+      const b = s[k];
+      ids[k] = b.index;
+      lens[k] = b.length;
+      flags[k] = b.flags;
+      bytes += b.length;
+    }
+    if (k < n) { // a driver that did not stop at another pool: those frames are dropped, not leaked
+      for (let j = k; j < n; j++) s[j].pool.put(s[j], "app");
+      q.stats.rxDropped += n - k;
+    }
+    batch.count = k;
+    this.delivered(k, bytes);
+    return pool;
+  }
+
+  /** While {@link NicCore.collectInto} collects: every frame of one batch must come from one pool. */
+  protected get onePool(): boolean {
+    return this.#onePool;
+  }
+
+  /** Give the frames collected so far (`out[0..got)`) back after a failure. */
+  #giveBack(out: PacketBuffer[]): void {
+    for (let i = 0; i < this.#got; i++) out[i].pool.put(out[i], "app");
+    this.#got = 0;
   }
 
   // ---- helpers for drivers ----
@@ -119,20 +181,68 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
       this.collect(q, out, max);
     } catch (e) {
       // The queue broke part-way: frames already moved to `out` go back, so the caller holds nothing it was not told of.
-      for (let i = 0; i < this.#got; i++) out[i].pool.put(out[i], "app");
-      this.#got = 0;
+      this.#giveBack(out);
       throw e;
     }
+    return this.#received(q);
+  }
+
+  /**
+   * Receive up to `batch.capacity` frames into `batch` by buffer index (no buffer objects touched); give them back
+   * with {@link NicCore.releaseBatch}. The batch must be empty.
+   */
+  receiveInto(batch: PacketBatch, queue = 0): number {
+    if (batch.count !== 0) {
+      throw new PvdrvError(
+        this.errorKind,
+        `${this.name}: the batch still holds ${batch.count} frames; release them first`,
+      );
+    }
+    const q = this.queue(queue);
+    this.#got = 0;
+    this.#gotBytes = 0;
+    const pool = this.collectInto(q, batch, batch.capacity);
+    if (pool) batch.bind(pool, queue);
+    return this.#received(q);
+  }
+
+  /** Count what a receive delivered and post free buffers again. */
+  #received(q: Q): number {
     const k = this.#got;
     q.stats.rxPackets += k;
     q.stats.rxBytes += this.#gotBytes;
     try {
       this.refill(q);
     } catch (e) {
-      // The ring broke while refilling: the frames in `out` are good and go to the caller; the next call throws.
+      // The ring broke while refilling: the frames received are good and go to the caller; the next call throws.
       if (k === 0) throw e;
     }
     return k;
+  }
+
+  /**
+   * Give every frame of `batch` back (to its queue's ring when that is live, else to its possibly retired pool);
+   * the batch is empty after, also when an index is refused (it was not a buffer the application held).
+   */
+  releaseBatch(batch: PacketBatch): void {
+    const n = batch.count, pool = batch.pool;
+    if (n === 0 || !pool) return;
+    if (!this.ownsPool(pool)) {
+      throw new PvdrvError(
+        this.errorKind,
+        `${this.name}: the batch's frames are from pool ${pool.name}, not ours`,
+      );
+    }
+    batch.count = 0;
+    const live = !this.closed && !this.unavailable() && batch.queue < this.pairs.length;
+    const q = live ? this.queue(batch.queue) : null;
+    const ring = q && q.rxPool === pool && !this.fault(q) ? q : null;
+    const k = ring ? this.repostIds(ring, batch.ids, n) : 0;
+    try {
+      if (k < n) this.releaseIds(pool, batch.ids, n, k);
+    } finally {
+      if (ring) this.refill(ring);
+    }
   }
 
   release(pkts: PacketBuffer[], n: number, queue = 0): void {

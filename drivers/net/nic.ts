@@ -6,6 +6,7 @@
  */
 export { PacketBuffer, PacketPool } from "./packet_pool.ts";
 import type { PacketBuffer } from "./packet_pool.ts";
+import type { PacketBatch } from "./packet_batch.ts";
 
 export type { IrqMode } from "../core/device.ts";
 
@@ -118,6 +119,13 @@ export interface Nic {
   receiveBatch(out: PacketBuffer[], max: number, queue?: number): number;
   /** Return received (or unsent TX) buffers to the driver. */
   release(pkts: PacketBuffer[], n: number, queue?: number): void;
+  /**
+   * Receive up to `batch.capacity` frames into `batch` by buffer index, touching no buffer object (the fastest
+   * receive); the batch must be empty. Give them back with {@link releaseBatch}.
+   */
+  receiveInto(batch: PacketBatch, queue?: number): number;
+  /** Give every frame of `batch` back to the driver; the batch is empty after. */
+  releaseBatch(batch: PacketBatch): void;
   /** Resolve when frames may be waiting on `queue` (interrupt mode; resolves at once when some are). */
   waitRx(queue?: number): Promise<void>;
   /**

@@ -24,6 +24,7 @@ import {
 } from "../net/nic.ts";
 import { OWNER } from "../core/buffer_pool.ts";
 import { type PacketBuffer, PacketPool } from "../net/packet_pool.ts";
+import type { PacketBatch } from "../net/packet_batch.ts";
 import { F, featureNames, NET_F, STATUS, VIRTIO_ID } from "./features.ts";
 import {
   CTRL,
@@ -317,7 +318,7 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
   /**
    * Receive (§5.1.6.4): pop used buffers a batch at a time, check each frame's length and num_buffers, deliver or
    * drop. A bad used entry ends the batch: the frames before it are delivered and the queue's error is thrown
-   * after (receiveBatch gives them back).
+   * after (receiveBatch gives them back). {@link collectInto} is the same loop by buffer index.
    */
   protected collect(p: VirtioQueuePair, out: PacketBuffer[], max: number): void {
     const vq = p.rx, pool = p.rxPool, hdr = this.hdrLen, mrg = this.#mergeable, ids = p.ids, lens = p.lens;
@@ -327,27 +328,8 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
     try {
       while (j < got) {
         const i = ids[j], len = lens[j++], slot = i * SLOT;
-        // num_buffers: the device publishes all buffers of a frame together, so the rest must already be in the
-        // used ring; a count of 0 or beyond what is there is a protocol violation.
-        const nb = mrg ? rxNumBuffers(u16, slot >> 1) : 1;
-        if (nb !== 1) {
-          // A frame over several buffers never fits one 2 KiB slot: dropped with every buffer it used.
-          pool.recycle(i);
-          const inBatch = got - j, beyond = nb - 1 > inBatch && !vq.broken ? vq.pending() : 0;
-          if (nb === 0 || nb - 1 > inBatch + beyond) {
-            vq.fail(`device says a frame spans ${nb} buffers, ${inBatch + beyond} more are in the used ring`);
-          }
-          let extra = nb - 1;
-          for (; extra > 0 && j < got; extra--) pool.recycle(ids[j++]);
-          for (; extra > 0; extra--) pool.recycle(vq.popSlot());
-          p.stats.rxDropped++;
-          p.stats.rxDroppedBuffers += nb;
-          continue;
-        }
-        if (len < hdr + 14 || len > maxLen) {
-          pool.recycle(i); // runts and frames longer than the negotiated maximum
-          p.stats.rxDropped++;
-          p.stats.rxDroppedBuffers++;
+        if ((mrg && rxNumBuffers(u16, slot >> 1) !== 1) || len < hdr + 14 || len > maxLen) {
+          j = this.#rxDrop(p, ids, i, j, got);
           continue;
         }
         const b = pool.buffers[i]; // popSlots made it the application's
@@ -367,6 +349,70 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
   }
 
   /**
+   * {@link collect} by buffer index: kept frames move down over dropped ones in the batch's arrays. A bad used
+   * entry ends the batch: every frame taken goes back to the pool and the queue's error is thrown.
+   */
+  protected override collectInto(p: VirtioQueuePair, batch: PacketBatch, max: number): PacketPool {
+    const vq = p.rx, pool = p.rxPool, hdr = this.hdrLen, mrg = this.#mergeable;
+    const ids = batch.ids, lens = batch.lengths, flags = batch.flags;
+    const u16 = pool.u16, u8 = pool.bytes, maxLen = hdr + this.maxFrame, flagMask = this.#rxFlagMask;
+    const got = vq.popSlots(ids, max, lens);
+    let j = 0, d = 0, bytes = 0; // frames kept in [0, d), their used lengths (headers included)
+    try {
+      while (j < got) {
+        const i = ids[j], len = lens[j++], slot = i * SLOT;
+        if ((mrg && rxNumBuffers(u16, slot >> 1) !== 1) || len < hdr + 14 || len > maxLen) {
+          j = this.#rxDrop(p, ids, i, j, got);
+          continue;
+        }
+        ids[d] = i; // d < j: the entries still to read are not overwritten
+        lens[d] = len - hdr;
+        flags[d++] = u8[slot] & flagMask;
+        bytes += len;
+      }
+      if (vq.broken) throw vq.broken; // after the good ones before the bad entry
+    } catch (e) {
+      // Every buffer popped and not dropped goes back to the pool: the kept ones and those not yet read.
+      pool.recycleMany(ids, d);
+      pool.recycleMany(ids.subarray(j, got), got - j);
+      d = bytes = 0;
+      throw e;
+    } finally {
+      batch.count = d;
+      this.delivered(d, bytes - d * hdr); // the NIC core counts them
+    }
+    return pool;
+  }
+
+  /**
+   * Drop the frame in buffer `i` (read up to `ids[j]`) with every buffer it used; returns where
+   * reading goes on. num_buffers (§5.1.6.4): the device publishes all buffers of a frame together, so the rest
+   * must already be in the used ring (a count of 0 or beyond what is there is a protocol violation); a frame over
+   * several buffers never fits one 2 KiB slot. Runts and frames over the negotiated maximum go too.
+   */
+  #rxDrop(p: VirtioQueuePair, ids: Uint16Array, i: number, j: number, got: number): number {
+    const vq = p.rx, pool = p.rxPool;
+    const nb = this.#mergeable ? rxNumBuffers(pool.u16, (i * SLOT) >> 1) : 1;
+    pool.recycle(i);
+    if (nb !== 1) {
+      const left = got - j, beyond = nb - 1 > left && !vq.broken ? vq.pending() : 0;
+      if (nb === 0 || nb - 1 > left + beyond) {
+        vq.fail(`device says a frame spans ${nb} buffers, ${left + beyond} more are in the used ring`);
+      }
+      // Those beyond the batch first: a bad entry there throws while the caller still gives back ids[j..got).
+      const inBatch = Math.min(nb - 1, left);
+      for (let extra = nb - 1 - inBatch; extra > 0; extra--) pool.recycle(vq.popSlot());
+      for (let e = 0; e < inBatch; e++) pool.recycle(ids[j++]);
+      p.stats.rxDropped++;
+      p.stats.rxDroppedBuffers += nb;
+      return j;
+    }
+    p.stats.rxDropped++;
+    p.stats.rxDroppedBuffers++;
+    return j;
+  }
+
+  /**
    * Released RX buffers of this pair go straight back to the receive ring (descriptor i is buffer i, so each
    * fits): checked as the pool's release would (this pool, the application's), stopping at the first that is not.
    * Queued, not published: {@link refill} publishes them.
@@ -382,6 +428,20 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
       ids[k] = i;
     }
     if (k) p.rx.postSlots(ids, k); // published by the refill that follows (NicCore.release)
+    return k;
+  }
+
+  /** {@link repost} by buffer index: the application's `ids[0..n)` of this pair's receive pool. */
+  protected override repostIds(p: VirtioQueuePair, ids: Uint16Array, n: number): number {
+    const pool = p.rxPool, owners = pool.owners;
+    if (pool.retired) return 0;
+    let k = 0;
+    for (; k < n; k++) {
+      const i = ids[k];
+      if (owners[i] !== APP) break; // beyond the pool too: undefined
+      owners[i] = DEVICE;
+    }
+    if (k) p.rx.postSlots(ids, k); // published by the refill that follows (NicCore.releaseBatch)
     return k;
   }
 

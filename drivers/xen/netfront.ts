@@ -358,7 +358,7 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
   /** Receive: per frame, collect its responses, deliver or gather it, recycle its pages. */
   protected collect(q: NetfrontQueuePair, out: PacketBuffer[], max: number): void {
     const r = q.rx;
-    let avail = r.available(), k = 0;
+    let avail = r.available(), k = 0, gathered = false;
     while (avail > 0 && k < max) {
       const n = this.#collectFrame(r, avail);
       if (n === 0) break; // the rest of the frame is not there yet
@@ -366,6 +366,9 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
       // the ring for the next call (after a release) instead of being dropped. A stalled receiver picking up a
       // backlog of jumbo frames in one batch larger than the gather pool lost frames that way.
       if (this.#frameData > 1 && q.rxGather.available === 0 && this.#deliverable()) break;
+      // Into a batch (receiveInto): every frame of it from one pool, so a gathered frame after pages, or a page
+      // after gathered frames, waits for the next call the same way.
+      if (this.onePool && k > 0 && this.#deliverable() && (this.#frameData > 1) !== gathered) break;
       const start = r.rspCons;
       r.rspCons = (r.rspCons + n) >>> 0;
       avail -= n;
@@ -378,7 +381,7 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
       b.length = this.#frameBytes;
       b.flags = rxAppFlags(this.#frameFlags);
       this.deliver(q, out, b);
-      k++;
+      if (k++ === 0) gathered = b.pool === q.rxGather;
     }
   }
 

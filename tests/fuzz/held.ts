@@ -1,6 +1,7 @@
 /** The fuzzed application's side, shared by the driver targets: test frames and the buffers it holds. */
 import { MIN_TEST_FRAME, writeFrame } from "../../apps/frames.ts";
 import type { Nic, PacketBuffer } from "../../drivers/net/nic.ts";
+import type { PacketBatch } from "../../drivers/net/packet_batch.ts";
 import { type Rng, Silent } from "./oracle.ts";
 
 /** Destination MAC of the fuzzer's test frames. */
@@ -39,6 +40,20 @@ export class Held {
     const give = this.list.splice(0, k);
     for (const b of give) this.#received.delete(b);
     nic.release(give, give.length);
+  }
+  /** Give back the frames of `batch` (accepted as its objects) with releaseBatch. */
+  releaseBatch(nic: Nic, batch: PacketBatch): void {
+    const ids = new Set<number>();
+    for (let k = 0; k < batch.count; k++) ids.add(batch.ids[k]);
+    const pool = batch.pool;
+    for (let i = this.list.length - 1; i >= 0; i--) {
+      const b = this.list[i];
+      if (b.pool === pool && ids.has(b.index)) {
+        this.list.splice(i, 1);
+        this.#received.delete(b);
+      }
+    }
+    nic.releaseBatch(batch);
   }
   /** Allocate up to `max` TX buffers from `nic` and fill them with frames numbered from `seq`; returns how many. */
   fillTx(nic: Nic, bufs: PacketBuffer[], max: number, rng: Rng, seq: number): number {

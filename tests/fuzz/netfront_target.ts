@@ -4,6 +4,7 @@ import { XenStore } from "../../drivers/xen/xenstore.ts";
 import { MIN_TEST_FRAME } from "../../apps/frames.ts";
 import type { PacketBuffer } from "../../drivers/net/nic.ts";
 import { XenStoreServer } from "../models/xenstore_server.ts";
+import { PacketBatch } from "../../drivers/net/packet_batch.ts";
 import { ModelEvtchns, ModelGrants, NetbackModel } from "../models/xen.ts";
 import { bounded, classify, Leak, type Result, type Rng, Silent } from "./oracle.ts";
 import { frameBytes, Held, same } from "./held.ts";
@@ -80,6 +81,7 @@ export async function netfrontIteration(rng: Rng, steps: number, xenbus: boolean
     return classify(e, events + 1, 0);
   }
   const held = new Held();
+  const batches = [new PacketBatch(1), new PacketBatch(rng.int(2, 64)), new PacketBatch(256)];
   const out: PacketBuffer[] = [];
   const expected: Uint8Array[] = [];
   let hostile = false, seq = 0, result: Result = { outcome: "ok", events: 0, event: 0, detail: "" }, step = 0;
@@ -132,7 +134,9 @@ export async function netfrontIteration(rng: Rng, steps: number, xenbus: boolean
         } else conn.mute = rng.bool(0.3);
       } else if (a < 60) {
         const dropped0 = rxDropped(nf);
-        const n = nf.receiveBatch(out, rng.int(1, 64));
+        // By buffer object or by index (a PacketBatch: one pool per batch, released whole or kept as objects).
+        const batch = rng.bool(0.5) ? batches[rng.int(0, batches.length - 1)] : null;
+        const n = batch ? nf.receiveInto(batch) : nf.receiveBatch(out, rng.int(1, 64));
         events += n;
         // A frame of more than one page needs a gather buffer; while the application holds every one, the frame
         // waits in the ring. An honest backend's frames all arrive, in order: a drop or any other difference is a
@@ -142,7 +146,10 @@ export async function netfrontIteration(rng: Rng, steps: number, xenbus: boolean
           throw new Silent(`the NIC dropped ${dropped} frame(s) an honest backend delivered`);
         }
         for (let i = 0; i < n; i++) {
-          const b = out[i];
+          const b = batch ? batch.buffer(i) : out[i];
+          if (batch && b.pool !== batch.pool) {
+            throw new Silent("a batch's frames come from more than one pool");
+          }
           held.accept(b, nf.maxFrame);
           if (hostile) continue; // bytes a hostile backend wrote are its own business
           const want = expected.shift();
@@ -150,6 +157,8 @@ export async function netfrontIteration(rng: Rng, steps: number, xenbus: boolean
             throw new Silent("received frame differs from what the backend delivered");
           }
         }
+        if (batch && rng.bool(0.5)) held.releaseBatch(nf, batch);
+        else if (batch) batch.count = 0; // its frames stay held as objects
       } else if (a < 72) {
         held.release(nf, rng.int(0, held.list.length));
       } else if (a < 92) {

@@ -4,6 +4,7 @@ import { F, NET_F } from "../../drivers/virtio/features.ts";
 import { MIN_TEST_FRAME } from "../../apps/frames.ts";
 import type { PacketBuffer } from "../../drivers/net/nic.ts";
 import { VirtioNetModel } from "../models/virtio_net_device.ts";
+import { PacketBatch } from "../../drivers/net/packet_batch.ts";
 import { bounded, classify, finishIteration, Leak, type Result, type Rng, Silent } from "./oracle.ts";
 import { frameBytes, Held, same } from "./held.ts";
 
@@ -88,6 +89,7 @@ export async function virtioIteration(rng: Rng, steps: number, mutateConfig: boo
   const expectedRx: Uint8Array[] = [];
   const sentByUs: Uint8Array[] = [];
   const held = new Held();
+  const batches = [new PacketBatch(1), new PacketBatch(rng.int(2, 64)), new PacketBatch(256)];
   const out: PacketBuffer[] = [];
   let hostileRx = false, hostileTx = false, seq = 0, received = 0, delivered = 0;
   // How hostile this device is: from an occasional lie in long valid traffic to mostly lies.
@@ -119,10 +121,12 @@ export async function virtioIteration(rng: Rng, steps: number, mutateConfig: boo
         hostileTx = true;
         corruptUsed(model, rng, 1);
       } else if (a < 62) {
-        const n = nic.receiveBatch(out, rng.int(1, 64));
+        // By buffer object or by index (a PacketBatch, released whole now or kept as objects for later).
+        const byIndex = rng.bool(0.5), batch = byIndex ? batches[rng.int(0, batches.length - 1)] : null;
+        const n = batch ? nic.receiveInto(batch) : nic.receiveBatch(out, rng.int(1, 64));
         events += n;
         for (let i = 0; i < n; i++) {
-          const b = out[i];
+          const b = batch ? batch.buffer(i) : out[i];
           held.accept(b, nic.maxFrame);
           if ((b.flags & ~3) !== 0) throw new Silent(`undefined flags 0x${b.flags.toString(16)} handed out`);
           received++;
@@ -133,6 +137,8 @@ export async function virtioIteration(rng: Rng, steps: number, mutateConfig: boo
             }
           }
         }
+        if (batch && rng.bool(0.5)) held.releaseBatch(nic, batch);
+        else if (batch) batch.count = 0; // its frames stay held as objects
       } else if (a < 75) {
         held.release(nic, rng.int(0, held.list.length));
       } else if (a < 92) {

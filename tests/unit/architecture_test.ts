@@ -84,7 +84,7 @@ Deno.test("layers: native ← ffi ← hal ← drivers ← net ← apps ← cli; 
   const code = (f: string) => Deno.readTextFileSync(`${ROOT}${f}`).replace(/\/\*\*[\s\S]*?\*\//g, "");
   const mod = code("mod.ts");
   const api =
-    /^(hal\/errors|ffi\/lib|drivers\/(net\/nic|net\/packet_pool|block\/disk|core\/device)|system\/|net\/|apps\/)/;
+    /^(hal\/errors|ffi\/lib|drivers\/(net\/nic|net\/packet_pool|net\/packet_batch|block\/disk|core\/device)|system\/|net\/|apps\/)/;
   for (const m of mod.matchAll(/from "\.\/([a-z_/]+)\.ts"/g)) {
     if (!api.test(m[1])) bad.push(`mod.ts exports internals of ${m[1]}.ts (they belong in drivers.ts)`);
   }
