@@ -27,7 +27,7 @@ export function virtioNetCases(ring: RingFormat = "split"): { cases: BenchCase[]
   if (nic.ring !== ring) throw new Error(`the model did not take ${ring} rings`);
   const tag = ring === "packed" ? " (packed rings)" : "";
   const bufs: PacketBuffer[] = new Array(BATCH), out: PacketBuffer[] = new Array(2 * BATCH);
-  const batch = new PacketBatch(BATCH);
+  const batch = new PacketBatch(BATCH), txBatch = new PacketBatch(BATCH);
   const src = new Uint8Array(FRAME), dst = new Uint8Array(2048 * 256);
   let slot = 0;
   const copyFloor = () => {
@@ -66,6 +66,17 @@ export function virtioNetCases(ring: RingFormat = "split"): { cases: BenchCase[]
         const k = nic.allocTx(bufs, BATCH);
         for (let i = 0; i < k; i++) bufs[i].length = FRAME;
         const sent = nic.sendBatch(bufs, k);
+        if (sent !== BATCH) throw new Error(`sent ${sent} of ${BATCH}`);
+        model.fastComplete(1, 0);
+      },
+    },
+    {
+      name: `virtio-net TX${tag}: allocInto + sendFrom (PacketBatch), 32 x 64-byte frames`,
+      group: "tx",
+      fn() {
+        const k = nic.allocInto(txBatch, BATCH), lens = txBatch.lengths;
+        for (let i = 0; i < k; i++) lens[i] = FRAME;
+        const sent = nic.sendFrom(txBatch);
         if (sent !== BATCH) throw new Error(`sent ${sent} of ${BATCH}`);
         model.fastComplete(1, 0);
       },

@@ -157,6 +157,20 @@ export class BufferPool<B extends PoolBuffer> {
     return k;
   }
 
+  /** Take up to `max` free buffers for the application, their indices into `ids`; returns how many. */
+  takeIndices(ids: Uint16Array, max: number): number {
+    if (this.#retired) return 0;
+    const k = Math.min(max, this.#nfree), free = this.#free, owners = this.owners;
+    let top = this.#nfree;
+    for (let j = 0; j < k; j++) {
+      const i = free[--top];
+      owners[i] = APP;
+      ids[j] = i;
+    }
+    this.#nfree = top;
+    return k;
+  }
+
   /** Take a free buffer for the device (null when empty). */
   takeForDevice(): B | null {
     if (this.#nfree === 0 || this.#retired) return null;

@@ -79,6 +79,24 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
   }
 
   /**
+   * Optional: as {@link NicCore.post}, by buffer index: frames `ids[0..n)` of `q`'s TX pool, `lens[k]` bytes
+   * each, with no checksum offload; returns how many were taken. A batch with a frame the application does not
+   * hold or outside the frame-size rule is refused whole. Default: {@link NicCore.post} on the buffer objects.
+   */
+  protected postIds(q: Q, ids: Uint16Array, lens: Uint32Array, n: number): number {
+    const s = this.#scratch, bufs = q.txPool.buffers;
+    while (s.length < n) s.push(null as unknown as PacketBuffer); // once per larger batch
+    for (let k = 0; k < n; k++) {
+      const b = bufs[ids[k]];
+      if (!b) throw new PvdrvError(this.errorKind, `${this.name}: ${ids[k]} is not a TX buffer index`);
+      b.reset();
+      b.length = lens[k];
+      s[k] = b;
+    }
+    return this.post(q, s, n);
+  }
+
+  /**
    * Move up to `max` received frames, all from one pool, into `batch` (ids, lengths, flags; `batch.count` set)
    * and report them with {@link NicCore.delivered}; returns their pool (null when none came). When it throws it
    * has given back what it took and left the batch empty. Default: {@link NicCore.collect} into buffer objects,
@@ -169,6 +187,15 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
     }
   }
 
+  /** {@link NicCore.checkFrames} for frames by length: `lens[0..n)`. */
+  protected checkLengths(lens: Uint32Array, n: number): void {
+    const min = MIN_FRAME, max = this.maxFrame;
+    for (let i = 0; i < n; i++) {
+      const len = lens[i];
+      if (!(len >= min && len <= max)) this.#badLength(len);
+    }
+  }
+
   #badLength(len: number): never {
     throw new RangeError(`${this.name}: frame length ${len} outside ${MIN_FRAME}..${this.maxFrame}`);
   }
@@ -221,22 +248,72 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
   }
 
   /**
+   * Take up to `n` empty TX buffers (at most `batch.capacity`) into `batch` by index, reclaiming completed ones
+   * first; each frame's length starts at 0. Write frame k at `batch.bytes[batch.offset(k)..]`, set
+   * `batch.lengths[k]`, and {@link NicCore.sendFrom} the batch. The batch must be empty.
+   */
+  allocInto(batch: PacketBatch, n: number, queue = 0): number {
+    if (batch.count !== 0) {
+      throw new PvdrvError(
+        this.errorKind,
+        `${this.name}: the batch still holds ${batch.count} frames; send or release them first`,
+      );
+    }
+    const q = this.queue(queue), pool = q.txPool, want = Math.min(n, batch.capacity);
+    if (pool.available < want) this.reclaim(q);
+    const k = pool.takeIndices(batch.ids, want);
+    batch.lengths.fill(0, 0, k);
+    batch.flags.fill(0, 0, k);
+    batch.bind(pool, queue);
+    batch.count = k;
+    return k;
+  }
+
+  /**
+   * Send the frames of `batch` (from {@link NicCore.allocInto}, lengths set; no checksum offload) on its queue;
+   * returns how many went. Those not taken (a full ring) move to the front of the batch and stay the
+   * application's; a batch with a frame outside the frame-size rule is refused whole.
+   */
+  sendFrom(batch: PacketBatch): number {
+    const n = batch.count;
+    if (n === 0) return 0;
+    const q = this.queue(batch.queue);
+    if (batch.pool !== q.txPool) {
+      throw new PvdrvError(
+        this.errorKind,
+        `${this.name}: the batch does not hold TX buffers of queue ${batch.queue}`,
+      );
+    }
+    const sent = this.postIds(q, batch.ids, batch.lengths, n);
+    if (sent < n) {
+      const ids = batch.ids, lens = batch.lengths;
+      for (let k = sent; k < n; k++) {
+        ids[k - sent] = ids[k];
+        lens[k - sent] = lens[k];
+      }
+    }
+    batch.count = n - sent;
+    return sent;
+  }
+
+  /**
    * Give every frame of `batch` back (to its queue's ring when that is live, else to its possibly retired pool);
    * the batch is empty after, also when an index is refused (it was not a buffer the application held).
    */
   releaseBatch(batch: PacketBatch): void {
     const n = batch.count, pool = batch.pool;
     if (n === 0 || !pool) return;
-    if (!this.ownsPool(pool)) {
+    const live = !this.closed && !this.unavailable() && batch.queue < this.pairs.length;
+    const q = live ? this.queue(batch.queue) : null;
+    const ring = q && q.rxPool === pool && !this.fault(q) ? q : null;
+    // Another device's batch stays whole (its own NIC takes it back); ours is empty after, refused or not.
+    if (!ring && !this.ownsPool(pool)) {
       throw new PvdrvError(
         this.errorKind,
         `${this.name}: the batch's frames are from pool ${pool.name}, not ours`,
       );
     }
     batch.count = 0;
-    const live = !this.closed && !this.unavailable() && batch.queue < this.pairs.length;
-    const q = live ? this.queue(batch.queue) : null;
-    const ring = q && q.rxPool === pool && !this.fault(q) ? q : null;
     const k = ring ? this.repostIds(ring, batch.ids, n) : 0;
     try {
       if (k < n) this.releaseIds(pool, batch.ids, n, k);

@@ -126,6 +126,16 @@ export interface Nic {
   receiveInto(batch: PacketBatch, queue?: number): number;
   /** Give every frame of `batch` back to the driver; the batch is empty after. */
   releaseBatch(batch: PacketBatch): void;
+  /**
+   * Take up to `n` empty TX buffers into `batch` by index (lengths 0): write frame k at
+   * `batch.bytes[batch.offset(k)..]`, set `batch.lengths[k]`, then {@link sendFrom}. The batch must be empty.
+   */
+  allocInto(batch: PacketBatch, n: number, queue?: number): number;
+  /**
+   * Send the frames of `batch` (no checksum offload); returns how many went. Those not taken move to the front
+   * and stay the application's ({@link releaseBatch} gives them back unsent).
+   */
+  sendFrom(batch: PacketBatch): number;
   /** Resolve when frames may be waiting on `queue` (interrupt mode; resolves at once when some are). */
   waitRx(queue?: number): Promise<void>;
   /**

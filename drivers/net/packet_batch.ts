@@ -1,22 +1,23 @@
 /**
- * Received frames as buffer indices in typed arrays: the receive path that touches no per-buffer object. A NIC's
+ * Frames as buffer indices in typed arrays: the receive and send paths that touch no per-buffer object. A NIC's
  * `receiveInto` fills a batch with the indices, lengths and flags of up to `capacity` frames, all from one
- * receive pool; `releaseBatch` hands them all back (a ring that supports it takes them straight back, as
- * `release` does with buffer objects). The same ownership rules hold: every index is checked against the pool's
- * owner record when it comes back, and a batch held across a close or reconnect goes back to its retired pool.
+ * receive pool, and `releaseBatch` hands them all back (a ring that supports it takes them straight back, as
+ * `release` does with buffer objects); `allocInto` takes empty TX buffers into a batch and `sendFrom` sends them.
+ * The ownership rules are the buffer objects': every index coming back is checked against the pool's owner
+ * record, and a batch held across a close or reconnect goes back to its retired pool.
  * @module
  */
 import type { PacketBuffer, PacketPool } from "./packet_pool.ts";
 
-/** Frames of one receive pool, by buffer index, made once and refilled per call. */
+/** Frames of one pool, by buffer index: made once, filled and emptied per call. */
 export class PacketBatch {
   /** Buffer indices into {@link PacketBatch.pool}'s buffers, frames `[0, count)`. */
   readonly ids: Uint16Array;
-  /** Frame lengths in bytes (without any device header). */
+  /** Frame lengths in bytes (without any device header); on send, set by the application. */
   readonly lengths: Uint32Array;
-  /** Receive flags (RX_CSUM_*), as {@link PacketBuffer.flags}. */
+  /** Receive flags (RX_CSUM_*), as {@link PacketBuffer.flags}; 0 on send. */
   readonly flags: Uint8Array;
-  /** Frames the batch holds: the application's until {@link PacketBatch.count} is released. */
+  /** Frames the batch holds (`ids[0..count)`): the application's until released or sent. */
   count = 0;
   #pool: PacketPool | null = null;
   #queue = 0;
@@ -36,7 +37,7 @@ export class PacketBatch {
     return this.#pool;
   }
 
-  /** The queue the frames were received on. */
+  /** The queue the frames were received on or are to be sent on. */
   get queue(): number {
     return this.#queue;
   }
@@ -47,7 +48,7 @@ export class PacketBatch {
     this.#queue = queue;
   }
 
-  /** The receive pool's memory: frame `k` is `bytes[offset(k), offset(k) + lengths[k])`. */
+  /** The pool's memory: frame `k` is `bytes[offset(k), offset(k) + lengths[k])`. */
   get bytes(): Uint8Array<ArrayBuffer> {
     if (!this.#pool) throw new RangeError("the batch has not received frames yet");
     return this.#pool.bytes;

@@ -10,6 +10,7 @@
  * @module
  */
 import type { DmaRegion } from "../../hal/dma.ts";
+import { PvdrvError } from "../../hal/errors.ts";
 import type { IrqSource } from "../../hal/irq.ts";
 import type { PciFunction } from "../../hal/pci.ts";
 import { NicCore } from "../net/core.ts";
@@ -486,6 +487,41 @@ export class VirtioNet extends NicCore<VirtioQueuePair> {
     vq.postFrames(ids, lens, n);
     if (n && vq.kick()) p.stats.notifications++;
     return n;
+  }
+
+  /** {@link post} by buffer index (NicCore.sendFrom): the same checks and ring work, no buffer object read. */
+  protected override postIds(p: VirtioQueuePair, ids: Uint16Array, lens: Uint32Array, n: number): number {
+    const vq = p.tx, pool = p.txPool, hdr = this.hdrLen, u32 = pool.u32, tail = txHeaderTail(hdr);
+    vq.verify(); // a broken or lying queue refuses before it takes any buffer
+    const owners = pool.owners, descLens = p.lens, sent = p.txLen, max = this.maxFrame;
+    let k = 0;
+    if (!pool.retired) {
+      for (; k < n; k++) {
+        const i = ids[k], len = lens[k];
+        if (owners[i] !== APP || !(len >= MIN_LEN && len <= max)) break; // beyond the pool too: undefined
+        owners[i] = DEVICE;
+        writePlainTxHeader(u32, i * SLOT_WORDS, tail);
+        descLens[k] = hdr + len;
+        sent[i] = len;
+      }
+    }
+    if (k < n) this.#refuseIds(pool, ids, lens, n, k);
+    vq.postFrames(ids, descLens, n); // every buffer the application holds has its descriptor free
+    if (vq.kick()) p.stats.notifications++;
+    return n;
+  }
+
+  /** Give back the `k` frames {@link postIds} handed over, then throw why frame `k` was refused. */
+  #refuseIds(pool: PacketPool, ids: Uint16Array, lens: Uint32Array, n: number, k: number): never {
+    for (let j = 0; j < k; j++) pool.owners[ids[j]] = APP;
+    this.checkLengths(lens, n); // the frame-size rule first, for the whole batch
+    const i = ids[k], b = pool.buffers[i];
+    if (!b) throw new PvdrvError(this.errorKind, `${pool.name}: ${i} is not a buffer index`);
+    if (ids.subarray(0, k).includes(i)) {
+      throw new PvdrvError(this.errorKind, `${pool.name}: buffer ${i} is in the batch twice`);
+    }
+    pool.checkHeld(b); // then who holds it: throws, as the loop above saw
+    throw new VirtioError(`${this.name}: TX batch refused at frame ${k}`);
   }
 
   /** Give back the `k` frames {@link post} handed over, then throw what the NIC core and the pool say is wrong. */

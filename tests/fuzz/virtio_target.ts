@@ -143,11 +143,32 @@ export async function virtioIteration(rng: Rng, steps: number, mutateConfig: boo
         held.release(nic, rng.int(0, held.list.length));
       } else if (a < 92) {
         const bufs: PacketBuffer[] = [];
-        const n = held.fillTx(nic, bufs, rng.int(1, 32), rng, seq);
-        seq += n;
-        const sent = held.send(n, () => nic.sendBatch(bufs, n));
-        events += sent;
-        for (let i = 0; i < sent; i++) sentByUs.push(bufs[i].data.slice(0, bufs[i].length));
+        if (rng.bool(0.5)) {
+          // By index: what sendFrom does not take stays in the batch and goes back with releaseBatch.
+          const b = batches[rng.int(0, batches.length - 1)];
+          const n = nic.allocInto(b, rng.int(1, 32));
+          const frames: Uint8Array[] = [];
+          for (let i = 0; i < n; i++) {
+            const len = rng.int(MIN_TEST_FRAME, nic.maxFrame), at = b.offset(i);
+            b.bytes.set(frameBytes(len, seq + i), at);
+            b.lengths[i] = len;
+            frames.push(b.bytes.slice(at, at + len));
+          }
+          seq += n;
+          try {
+            const sent = nic.sendFrom(b);
+            events += sent;
+            for (let i = 0; i < sent; i++) sentByUs.push(frames[i]);
+          } finally {
+            nic.releaseBatch(b);
+          }
+        } else {
+          const n = held.fillTx(nic, bufs, rng.int(1, 32), rng, seq);
+          seq += n;
+          const sent = held.send(n, () => nic.sendBatch(bufs, n));
+          events += sent;
+          for (let i = 0; i < sent; i++) sentByUs.push(bufs[i].data.slice(0, bufs[i].length));
+        }
       } else if (a < 97) {
         model.process(1);
         events += nic.reclaimTx();
