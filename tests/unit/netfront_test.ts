@@ -501,3 +501,25 @@ Deno.test("netfront: a backend that never connects times out with the state it i
   assert.equal(grants.live, 0);
   await xs.close();
 });
+
+Deno.test("netfront: a TX batch naming one buffer twice is refused whole, nothing left on the ring", async () => {
+  const { back, xs, open } = lab();
+  const nf = await open();
+  try {
+    const bufs: PacketBuffer[] = [];
+    assert.equal(nf.allocTx(bufs, 2), 2);
+    for (const b of bufs) {
+      writeFrame(b.data, 60, b.index, DST, nf.mac);
+      b.length = 60;
+    }
+    assert.throws(() => nf.sendBatch([bufs[0], bufs[0]], 2), /not held by the application/);
+    assert.equal(bufs[0].pool.owner(bufs[0]), "app", "the buffer is still the application's");
+    assert.equal(nf.sendBatch(bufs, 2), 2, "the ring takes the next batch");
+    const deadline = Date.now() + 2000;
+    while (back.sent[0].length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(back.sent[0].length, 2, "two frames, not three: the refused one never went out");
+  } finally {
+    await nf.close();
+    await xs.close();
+  }
+});
