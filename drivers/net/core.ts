@@ -15,6 +15,7 @@ import type { IrqSource } from "../../hal/irq.ts";
 import { MIN_FRAME, type Nic, type QueueStats } from "./nic.ts";
 import type { PacketBuffer, PacketPool } from "./packet_pool.ts";
 import type { PacketBatch } from "./packet_batch.ts";
+import { OWNER } from "../core/buffer_pool.ts";
 import { PvdrvError } from "../../hal/errors.ts";
 
 export type { Closeable } from "../core/device.ts";
@@ -84,13 +85,15 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
    * hold or outside the frame-size rule is refused whole. Default: {@link NicCore.post} on the buffer objects.
    */
   protected postIds(q: Q, ids: Uint16Array, lens: Uint32Array, n: number): number {
-    const s = this.#scratch, bufs = q.txPool.buffers;
+    const s = this.#scratch, bufs = q.txPool.buffers, owners = q.txPool.owners;
     while (s.length < n) s.push(null as unknown as PacketBuffer); // once per larger batch
     for (let k = 0; k < n; k++) {
-      const b = bufs[ids[k]];
-      if (!b) throw new PvdrvError(this.errorKind, `${this.name}: ${ids[k]} is not a TX buffer index`);
-      b.reset();
-      b.length = lens[k];
+      const i = ids[k], b = bufs[i];
+      if (!b) throw new PvdrvError(this.errorKind, `${this.name}: ${i} is not a TX buffer index`);
+      if (owners[i] === OWNER.APP) { // one the application does not hold is left as it is: post refuses it
+        b.reset();
+        b.length = lens[k];
+      }
       s[k] = b;
     }
     return this.post(q, s, n);

@@ -306,6 +306,18 @@ Deno.test("PacketBatch TX on netfront: by index through the buffer path, byte-ex
       assert.equal(checkFrame(f, f.length, seq), FrameCheck.Ok, `frame ${i}`);
       assert.equal(seq[0], i);
     });
+    // Refused whole through the object path too, the batch left as it was.
+    assert.equal(nf.allocInto(batch, 2), 2);
+    batch.lengths.fill(60, 0, 2);
+    const [a, b] = batch.ids;
+    batch.ids[1] = a;
+    assert.throws(() => nf.sendFrom(batch), /not held by the application/);
+    batch.ids[1] = 60000;
+    assert.throws(() => nf.sendFrom(batch), /not a TX buffer index/);
+    assert.equal(batch.count, 2);
+    assert.equal(back.sent[0].length, sent, "nothing more reached the backend");
+    batch.ids[1] = b;
+    assert.equal(nf.sendFrom(batch), 2);
   } finally {
     await nf.close();
     await xs.close();
