@@ -159,16 +159,7 @@ export class BufferPool<B extends PoolBuffer> {
 
   /** Take up to `max` free buffers for the application, their indices into `ids`; returns how many. */
   takeIndices(ids: Uint16Array, max: number): number {
-    if (this.#retired) return 0;
-    const k = Math.min(max, this.#nfree), free = this.#free, owners = this.owners;
-    let top = this.#nfree;
-    for (let j = 0; j < k; j++) {
-      const i = free[--top];
-      owners[i] = APP;
-      ids[j] = i;
-    }
-    this.#nfree = top;
-    return k;
+    return this.#takeIndices(ids, max, APP);
   }
 
   /** Take a free buffer for the device (null when empty). */
@@ -184,12 +175,16 @@ export class BufferPool<B extends PoolBuffer> {
    * refill: the device gets buffer i through descriptor i).
    */
   takeIndicesForDevice(ids: Uint16Array, max: number): number {
+    return this.#takeIndices(ids, max, DEVICE);
+  }
+
+  #takeIndices(ids: Uint16Array, max: number, owner: number): number {
     if (this.#retired) return 0;
     const k = Math.min(max, this.#nfree), free = this.#free, owners = this.owners;
     let top = this.#nfree;
     for (let j = 0; j < k; j++) {
       const i = free[--top];
-      owners[i] = DEVICE;
+      owners[i] = owner;
       ids[j] = i;
     }
     this.#nfree = top;

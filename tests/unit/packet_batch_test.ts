@@ -33,6 +33,16 @@ function frames(batch: PacketBatch): [number, number][] {
   return got;
 }
 
+/** A netfront against the netback model, over the xenstore model. */
+async function netfrontLab() {
+  const server = new XenStoreServer();
+  const grants = new ModelGrants(1024), evtchns = new ModelEvtchns();
+  const back = new NetbackModel(server, grants, evtchns, {});
+  const xs = new XenStore(server.connect(back.frontDomid).transport);
+  const nf = await Netfront.open(xs, grants, evtchns, { timeoutMs: 2000 });
+  return { back, xs, nf };
+}
+
 for (const ring of ["split", "packed"] as RingFormat[]) {
   const open = (model: VirtioNetModel) => VirtioNet.openPci(model.pci(), { ring });
 
@@ -279,11 +289,7 @@ for (const ring of ["split", "packed"] as RingFormat[]) {
 }
 
 Deno.test("PacketBatch TX on netfront: by index through the buffer path, byte-exact", async () => {
-  const server = new XenStoreServer();
-  const grants = new ModelGrants(1024), evtchns = new ModelEvtchns();
-  const back = new NetbackModel(server, grants, evtchns, {});
-  const xs = new XenStore(server.connect(back.frontDomid).transport);
-  const nf = await Netfront.open(xs, grants, evtchns, { timeoutMs: 2000 });
+  const { back, xs, nf } = await netfrontLab();
   try {
     const batch = new PacketBatch(16), seq = new Uint32Array(1);
     let sent = 0;
@@ -369,11 +375,7 @@ Deno.test("PacketBatch capacity is checked", () => {
 });
 
 Deno.test("PacketBatch on netfront: one pool per batch, pages and gathered frames in turn", async () => {
-  const server = new XenStoreServer();
-  const grants = new ModelGrants(1024), evtchns = new ModelEvtchns();
-  const back = new NetbackModel(server, grants, evtchns, {});
-  const xs = new XenStore(server.connect(back.frontDomid).transport);
-  const nf = await Netfront.open(xs, grants, evtchns, { timeoutMs: 2000 });
+  const { back, xs, nf } = await netfrontLab();
   try {
     back.deliver(frame(nf.mac, 1, 100));
     back.deliver(frame(nf.mac, 2, 200));
