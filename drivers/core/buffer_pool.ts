@@ -121,6 +121,26 @@ export class BufferPool<B extends PoolBuffer> {
     return this.#nfree;
   }
 
+  /**
+   * What is inconsistent in the pool's records, or null: every free-list entry a distinct free buffer, and every
+   * free buffer on the list once (a buffer freed twice would be handed out twice). Diagnostics and fuzzers.
+   */
+  audit(): string | null {
+    const seen = new Uint8Array(this.owners.length), free = this.#free;
+    if (this.#nfree > free.length) return `${this.name}: ${this.#nfree} on a free list of ${free.length}`;
+    let nFree = 0;
+    for (let i = 0; i < this.owners.length; i++) if (this.owners[i] === FREE) nFree++;
+    for (let j = 0; j < this.#nfree; j++) {
+      const i = free[j];
+      if (seen[i]) return `${this.name}: buffer ${i} is on the free list twice`;
+      seen[i] = 1;
+      if (this.owners[i] !== FREE) return `${this.name}: buffer ${i} is on the free list but not free`;
+    }
+    return nFree === this.#nfree
+      ? null
+      : `${this.name}: ${nFree} buffers free, ${this.#nfree} on the free list`;
+  }
+
   /** Who holds `b` now (diagnostics; a buffer given to a request that failed may have become the device's). */
   owner(b: B): "free" | "app" | "device" {
     const st = this.owners[b.index];

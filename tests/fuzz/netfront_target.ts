@@ -3,6 +3,7 @@ import { Netfront } from "../../drivers/xen/netfront.ts";
 import { XenStore } from "../../drivers/xen/xenstore.ts";
 import { MIN_TEST_FRAME } from "../../apps/frames.ts";
 import type { PacketBuffer } from "../../drivers/net/nic.ts";
+import type { PacketPool } from "../../drivers/net/packet_pool.ts";
 import { XenStoreServer } from "../models/xenstore_server.ts";
 import { PacketBatch } from "../../drivers/net/packet_batch.ts";
 import { ModelEvtchns, ModelGrants, NetbackModel } from "../models/xen.ts";
@@ -178,8 +179,17 @@ export async function netfrontIteration(rng: Rng, steps: number, xenbus: boolean
     } else result = { outcome: "clean-break", events, event: step, detail: (e as Error).message };
   }
   try {
+    // The last connection's pools, taken before close lets go of them.
+    type Pools = { txPool: PacketPool; rxPool: PacketPool; rxGather: PacketPool };
+    const pools = (nf as unknown as { pairs: Pools[] }).pairs.flatMap((
+      q,
+    ) => [q.txPool, q.rxPool, q.rxGather]);
     await bounded(nf.close(), 5000, "shutdown");
     held.release(nf, held.list.length);
+    for (const pool of pools) { // no buffer free twice, none lost from a free list
+      const bad = pool.audit();
+      if (bad) throw new Silent(bad);
+    }
     await bounded(xs.close(), 2000, "xenstore close");
     if (grants.live !== 0 || evtchns.ports.size !== 0) {
       throw new Leak(`after shutdown: ${grants.live} grants, ${evtchns.ports.size} ports`);

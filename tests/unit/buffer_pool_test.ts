@@ -92,3 +92,26 @@ Deno.test("buffer pool: putRun frees what the holder named holds, and refuses wh
   assert.throws(() => a.toDeviceMany(dup, 2), /not held by the application/, "one buffer twice in a batch");
   assert.equal(a.owner(bufs[3]), "app", "refused whole: none handed over");
 });
+
+Deno.test("buffer pool: audit finds a buffer freed twice, and takeIndices / putIds keep the records whole", () => {
+  const p = pool("a");
+  const ids = new Uint16Array(8);
+  assert.equal(p.audit(), null);
+  assert.equal(p.takeIndices(ids, 3), 3);
+  assert.ok([...ids.subarray(0, 3)].every((i) => p.owners[i] === 1), "the application's");
+  assert.equal(p.audit(), null);
+  assert.throws(() => p.putIds(Uint16Array.of(ids[0], 60000), 0, 2), /not a buffer index/);
+  assert.equal(p.owners[ids[0]], 0, "the one before the refused index is back");
+  assert.throws(() => p.putIds(Uint16Array.of(ids[0]), 0, 1), /returned twice/);
+  p.putIds(ids, 1, 3);
+  assert.equal(p.audit(), null);
+  assert.equal(p.available, 8);
+  // What a driver bug would do: a device buffer recycled twice puts it on the free list twice.
+  assert.equal(p.takeIndicesForDevice(ids, 2), 2);
+  p.recycle(ids[0]);
+  p.recycle(ids[0]);
+  assert.match(p.audit() ?? "", /buffer \d is on the free list twice/);
+  p.recycle(ids[1]);
+  p.recycle(ids[1]);
+  assert.match(p.audit() ?? "", /10 on a free list of 8/);
+});
