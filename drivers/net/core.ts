@@ -222,18 +222,21 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
    * with {@link NicCore.releaseBatch}. The batch must be empty.
    */
   receiveInto(batch: PacketBatch, queue = 0): number {
-    if (batch.count !== 0) {
-      throw new PvdrvError(
-        this.errorKind,
-        `${this.name}: the batch still holds ${batch.count} frames; release them first`,
-      );
-    }
+    if (batch.count !== 0) this.#notEmpty(batch, "release them");
     const q = this.queue(queue);
     this.#got = 0;
     this.#gotBytes = 0;
     const pool = this.collectInto(q, batch, batch.capacity);
     if (pool) batch.bind(pool, queue);
     return this.#received(q);
+  }
+
+  /** A batch must come empty to be filled: say what to do with the frames it still holds. */
+  #notEmpty(batch: PacketBatch, todo: string): never {
+    throw new PvdrvError(
+      this.errorKind,
+      `${this.name}: the batch still holds ${batch.count} frames; ${todo} first`,
+    );
   }
 
   /** Count what a receive delivered and post free buffers again. */
@@ -256,12 +259,7 @@ export abstract class NicCore<Q extends QueuePair> extends DeviceCore<Q> impleme
    * `batch.lengths[k]`, and {@link NicCore.sendFrom} the batch. The batch must be empty.
    */
   allocInto(batch: PacketBatch, n: number, queue = 0): number {
-    if (batch.count !== 0) {
-      throw new PvdrvError(
-        this.errorKind,
-        `${this.name}: the batch still holds ${batch.count} frames; send or release them first`,
-      );
-    }
+    if (batch.count !== 0) this.#notEmpty(batch, "send or release them");
     const q = this.queue(queue), pool = q.txPool, want = Math.min(n, batch.capacity);
     if (pool.available < want) this.reclaim(q);
     const k = pool.takeIndices(batch.ids, want);

@@ -14,7 +14,6 @@
  * @module
  */
 import { PvdrvError } from "../../hal/errors.ts";
-import { OWNER } from "../core/buffer_pool.ts";
 import { type EventChannels, type GrantTable, XEN_PAGE } from "../../hal/xen.ts";
 import { type Closeable, NicCore } from "../net/core.ts";
 import { maxFrameFor, parseMac } from "../net/nic.ts";
@@ -301,34 +300,36 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
     if (r.broken || q.rx.broken) throw r.broken ?? q.rx.broken; // a broken queue takes no more requests
     this.checkFrames(pkts, n);
     if (r.free < n) this.reclaim(q);
-    // Who holds each buffer, for the whole batch before any request is written (a buffer named twice is refused
-    // here): a refused batch leaves nothing on the ring. Those a full ring does not take are given back after.
-    q.txPool.toDeviceMany(pkts, n);
+    // How many frames the ring and the ids take (each frame one slot per page it touches), then who holds each of
+    // those, whole, before any request is written (a buffer named twice is refused there): a refused batch
+    // leaves nothing on the ring, and only the frames sent are marked the device's.
     let k = 0;
-    try {
-      for (; k < n; k++) {
-        const b = pkts[k], len = b.length;
-        const first = b.slotOffset & (XEN_PAGE - 1);
-        const slots = Math.ceil((first + len) / XEN_PAGE);
-        if (slots > r.free || slots > q.txIds.available) break;
-        q.txSlots[b.index] = slots;
-        q.txFailed[b.index] = 0;
-        const csum = b.csumOffset ? NETTXF_csum_blank | NETTXF_data_validated : 0;
-        let page = b.slotOffset >>> XEN_PAGE_SHIFT, off = first, left = len;
-        for (let s = 0; s < slots; s++) {
-          // The first slot's size is the whole frame's, the others their own; all but the last have more_data.
-          const chunk = Math.min(left, XEN_PAGE - off);
-          const id = q.txIds.take(b.index);
-          const flags = (s === 0 ? csum : 0) | (s < slots - 1 ? NETTXF_more_data : 0);
-          writeTxRequest(r, r.entry(r.reqProdPvt), refs[page], off, flags, id, s === 0 ? len : chunk);
-          r.reqProdPvt = (r.reqProdPvt + 1) >>> 0;
-          left -= chunk;
-          off = 0;
-          page++;
-        }
+    for (let free = r.free, ids = q.txIds.available; k < n; k++) {
+      const b = pkts[k], slots = Math.ceil(((b.slotOffset & (XEN_PAGE - 1)) + b.length) / XEN_PAGE);
+      if (slots > free || slots > ids) break;
+      free -= slots;
+      ids -= slots;
+    }
+    q.txPool.toDeviceMany(pkts, k);
+    for (let j = 0; j < k; j++) {
+      const b = pkts[j], len = b.length;
+      const first = b.slotOffset & (XEN_PAGE - 1);
+      const slots = Math.ceil((first + len) / XEN_PAGE);
+      q.txSlots[b.index] = slots;
+      q.txFailed[b.index] = 0;
+      const csum = b.csumOffset ? NETTXF_csum_blank | NETTXF_data_validated : 0;
+      let page = b.slotOffset >>> XEN_PAGE_SHIFT, off = first, left = len;
+      for (let s = 0; s < slots; s++) {
+        // The first slot's size is the whole frame's, the others their own; all but the last have more_data.
+        const chunk = Math.min(left, XEN_PAGE - off);
+        const id = q.txIds.take(b.index);
+        const flags = (s === 0 ? csum : 0) | (s < slots - 1 ? NETTXF_more_data : 0);
+        writeTxRequest(r, r.entry(r.reqProdPvt), refs[page], off, flags, id, s === 0 ? len : chunk);
+        r.reqProdPvt = (r.reqProdPvt + 1) >>> 0;
+        left -= chunk;
+        off = 0;
+        page++;
       }
-    } finally {
-      for (let j = k; j < n; j++) q.txPool.owners[pkts[j].index] = OWNER.APP; // not taken: still the application's
     }
     if (k && r.push()) {
       q.evTx.notify();
