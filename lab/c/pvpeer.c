@@ -212,6 +212,26 @@ static int do_txrate(const char *ifn, double seconds, int size, const char *dsts
   return 0;
 }
 
+// The interface's received-frames counter (what its driver handed the stack: netback's TX from the domU), or -1.
+static long if_rx_packets(const char *ifn) {
+  char path[128];
+  snprintf(path, sizeof path, "/sys/class/net/%s/statistics/rx_packets", ifn);
+  FILE *f = fopen(path, "r");
+  long v = -1;
+  if (f) {
+    if (fscanf(f, "%ld", &v) != 1) v = -1;
+    fclose(f);
+  }
+  return v;
+}
+
+// Frames the kernel dropped for this socket (its receive buffer full) since the last call.
+static long socket_drops(int s) {
+  struct tpacket_stats st;
+  socklen_t l = sizeof st;
+  return getsockopt(s, SOL_PACKET, PACKET_STATISTICS, &st, &l) == 0 ? (long)st.tp_drops : -1;
+}
+
 static int do_rxrate(const char *ifn, double seconds, int batch) {
   unsigned char mac[6];
   int s = packet_socket(ifn, ETHERTYPE_PVDRV, 0, 0, mac);
@@ -223,7 +243,7 @@ static int do_rxrate(const char *ifn, double seconds, int batch) {
   for (int i = 0; i < batch; i++) set_msg(&msgs[i], &iov[i], buf[i], sizeof buf[i], &from[i]);
   printf("ready\n");
   fflush(stdout);
-  long got = 0;
+  long got = 0, if0 = -1, if1 = -1, drops = 0;
   double t0 = 0, t1 = 0, start = now(), shown = 0;
   while (now() - start < seconds + 5) {
     // poll first: recvmmsg's timeout is only checked after a datagram arrives, so it would block forever once
@@ -237,12 +257,21 @@ static int do_rxrate(const char *ifn, double seconds, int batch) {
     }
     if (n <= 0) { if (t0 && t - t1 > 0.5) break; continue; }
     t1 = t;  // read right after recvmmsg: a second read would cost a guest without a vDSO clock a hypervisor trip
-    if (!t0) t0 = t1;
+    if (!t0) {
+      // The window opens at the first frame: the interface's counter and the socket's drops from here.
+      t0 = t1;
+      if0 = if_rx_packets(ifn);
+      socket_drops(s);
+    }
     for (int i = 0; i < n; i++) got += from[i].sll_pkttype != PACKET_OUTGOING;
     for (int i = 0; i < n; i++) msgs[i].msg_hdr.msg_namelen = sizeof from[i];
     if (t1 - t0 >= seconds) break;
   }
-  printf("{\"received\":%ld,\"seconds\":%.3f,\"pps\":%.0f}\n", got, t1 - t0, t1 > t0 ? got / (t1 - t0) : 0.0);
+  if (t0) if1 = if_rx_packets(ifn), drops = socket_drops(s);
+  // Where frames went besides this socket: the interface's count over the window (what reached the stack, -1
+  // unknown) and the socket's drops (a full receive buffer: the counter starved of CPU, not the sender's loss).
+  printf("{\"received\":%ld,\"seconds\":%.3f,\"pps\":%.0f,\"ifReceived\":%ld,\"socketDrops\":%ld}\n", got,
+         t1 - t0, t1 > t0 ? got / (t1 - t0) : 0.0, if0 >= 0 && if1 >= 0 ? if1 - if0 : -1, drops);
   return 0;
 }
 

@@ -257,10 +257,11 @@ while [ $i -lt 9000 ] && xl list pvdrv-domU >/dev/null 2>&1; do
               xenstore-write $B/pvdrv-net-result "$r"; xenstore-write $B/pvdrv-bench-ack "$s";;
       net-wget) r=$(busybox wget -q -O /tmp/got http://10.0.1.2:8080/blob 2>&1; sha256sum /tmp/got | cut -d' ' -f1)
               xenstore-write $B/pvdrv-net-result "$r"; xenstore-write $B/pvdrv-bench-ack "$s";;
+      # rxrate also says what netback handed the stack (the vif's counter) and what its socket dropped.
       tx-*) rm -f /tmp/b.json; $P rxrate vif1.0 ${benchSeconds} > /tmp/b.json 2>&1 & p=$!
             k=0; while ! grep -q ready /tmp/b.json 2>/dev/null && [ $k -lt 200 ]; do sleep 0.05; k=$((k+1)); done
-            xenstore-write $B/pvdrv-bench-ack "$s"; wait $p
-            echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json)";;
+            q=$(vifIrqs); xenstore-write $B/pvdrv-bench-ack "$s"; wait $p
+            echo "DOM0-BENCH $s $(tail -n 1 /tmp/b.json | withIrqs "$q")";;
       # The counters are read before the ack: the domU starts its window at the ack, the flood right after.
       # dom0's one vCPU runs both the flood and netback's RX thread. With wake-up preemption (Linux's default)
       # each frame queued wakes the thread, which takes the CPU at the sender's next cond_resched: netback then
@@ -505,6 +506,10 @@ export function xenBenchStep(step: string, round: number): string {
  */
 export function xenBenchSummary(r: XenRun): string[] {
   const pps = (v: Json | undefined) => v?.pps ?? 0;
+  const ifPps = (v: Json | undefined) => {
+    const took = v?.ifReceived ?? 0, secs = v?.seconds ?? 0;
+    return took > 0 && secs > 0 ? took / secs : 0;
+  };
   const rounds: number[] = [];
   for (let n = 1; r.bench[xenBenchStep("rx-kernel", n)]; n++) rounds.push(n);
   const at = xenBenchStep;
@@ -513,6 +518,11 @@ export function xenBenchSummary(r: XenRun): string[] {
       "TX (pps counted by dom0)",
       (n) => pps(r.dom0[`BENCH ${at("tx-pvdrv", n)}`]),
       (n) => pps(r.dom0[`BENCH ${at("tx-kernel", n)}`]),
+    ],
+    [
+      "TX (pps xen-netback took off the ring)",
+      (n) => ifPps(r.dom0[`BENCH ${at("tx-pvdrv", n)}`]),
+      (n) => ifPps(r.dom0[`BENCH ${at("tx-kernel", n)}`]),
     ],
     [
       "RX, pvdrv polling (pps counted in the domU)",
@@ -541,10 +551,41 @@ export function xenBenchSummary(r: XenRun): string[] {
       }x (median of ${ratios.length} ` +
         `paired rounds, ${s.min.toFixed(2)}–${s.max.toFixed(2)}; pps pvdrv/kernel by round ${each})`;
     }),
+    ...txDeliverySummary(r, rounds),
     ...rxDeliverySummary(r, rounds),
     ...xenDiskBenchSummary(r.bench),
     ...hostCpuSummary(r.hostCpu),
   ];
+}
+
+/**
+ * One line per TX step: what xen-netback took off the ring and handed dom0's stack (the vif's counter), what
+ * the counting socket got of it and dropped (its buffer full: dom0's one vCPU runs netback and the counter, so
+ * the counter's share is what netback's work for that frontend left it), and the vif interrupts the frontend's
+ * pushes cost dom0.
+ */
+export function txDeliverySummary(r: Pick<XenRun, "dom0">, rounds: number[]): string[] {
+  const lines: string[] = [];
+  for (const n of rounds) {
+    for (const step of ["tx-pvdrv", "tx-kernel"]) {
+      const k = xenBenchStep(step, n), v = r.dom0[`BENCH ${k}`];
+      const took = v?.ifReceived ?? 0;
+      if (!v || took <= 0 || !v.seconds) continue;
+      const irqs = v.netbackIrqs;
+      lines.push(
+        `domU → dom0 during ${k}: xen-netback took ${
+          (took / v.seconds).toFixed(0)
+        } pps, the counting socket got ${(100 * v.received / took).toFixed(1)} % of it` +
+          (typeof v.socketDrops === "number" && v.socketDrops >= 0
+            ? ` and dropped ${(100 * v.socketDrops / took).toFixed(1)} %`
+            : "") +
+          (typeof irqs === "number"
+            ? `, dom0 took ${irqs} vif interrupts (${(1000 * irqs / took).toFixed(1)} per 1000 frames)`
+            : ""),
+      );
+    }
+  }
+  return lines;
 }
 
 /**

@@ -150,7 +150,50 @@ Deno.test("Xen bench: each row's ratio is the median of its paired rounds, with 
   // Three rounds whose machine drifts: pooled medians would say 200/130 = 1.54x; the rounds say 1.40x.
   const three = run([[140, 100, 90, 100], [260, 200, 80, 100], [200, 130, 100, 100]]);
   assert.match(three[0], /TX .*pvdrv\/kernel 1\.40x \(median of 3 paired rounds, 1\.30–1\.54;/);
-  assert.match(three[1], /RX, pvdrv polling .*0\.90x \(median of 3 paired rounds, 0\.80–1\.00;/);
+  assert.match(
+    three[1],
+    /^TX \(pps xen-netback took off the ring\): pvdrv\/kernel n\/a/,
+    "no vif counts: no ratio",
+  );
+  assert.match(three[2], /RX, pvdrv polling .*0\.90x \(median of 3 paired rounds, 0\.80–1\.00;/);
+});
+
+Deno.test("Xen bench: each TX step says what netback took and what dom0's counting socket got and dropped", async () => {
+  const { txDeliverySummary, xenBenchSummary } = await import("../../lab/outer/xen.ts");
+  const dom0 = {
+    "BENCH tx-pvdrv": { received: 160000, seconds: 4, pps: 40000, ifReceived: 280000, socketDrops: 100000 },
+    "BENCH tx-kernel": {
+      received: 80000,
+      seconds: 4,
+      pps: 20000,
+      ifReceived: 224000,
+      socketDrops: 128000,
+      netbackIrqs: 4480,
+    },
+    "BENCH tx-pvdrv-r2": { received: 1000, seconds: 4, pps: 250 }, // an older pvpeer: no vif count
+  };
+  assert.deepEqual(txDeliverySummary({ dom0 }, [1, 2]), [
+    "domU → dom0 during tx-pvdrv: xen-netback took 70000 pps, the counting socket got 57.1 % of it and dropped 35.7 %",
+    "domU → dom0 during tx-kernel: xen-netback took 56000 pps, the counting socket got 35.7 % of it and dropped " +
+    "57.1 %, dom0 took 4480 vif interrupts (20.0 per 1000 frames)",
+  ]);
+  const rx = { pps: 1 };
+  const rows = xenBenchSummary({
+    lines: [],
+    domUExit: 0,
+    dom0,
+    bench: { "rx-pvdrv": rx, "rx-pvdrv-irq": rx, "rx-kernel": rx },
+    shutdownRc: 0,
+    seconds: 1,
+    diskDir: "",
+    blkExpect: null,
+    hostCpu: {},
+  });
+  assert.match(rows[0], /^TX \(pps counted by dom0\): .* ratio 2\.00x/);
+  assert.match(
+    rows[1],
+    /^TX \(pps xen-netback took off the ring\): pvdrv netfront 70000, kernel xen-netfront 56000, ratio 1\.25x/,
+  );
 });
 
 Deno.test("Xen bench: each RX step says what dom0 sent, what netback dropped and what the domU counted", async () => {
