@@ -7,6 +7,8 @@
 //   pvpeer txrate IF SECONDS SIZE DSTMAC [PPS [BATCH]] send as fast as possible (or at PPS), sendmmsg xBATCH (32)
 //   pvpeer rxrate IF SECONDS [BATCH]                   count pvdrv frames (recvmmsg xBATCH, 32), report pps;
 //                                                      "progress N" every 10 ms
+//   pvpeer ifrate IF SECONDS                           count what IF's driver hands the stack (rx_packets, read
+//                                                      every 10 ms; no socket), from its first frame, report pps
 //   pvpeer udpecho IP PORT IDLE_MS                     a UDP echo server on the kernel's stack (Xen dom0 has no
 //                                                      Deno); ends after IDLE_MS without a datagram
 // Results are one JSON line on stdout.
@@ -275,6 +277,47 @@ static int do_rxrate(const char *ifn, double seconds, int batch) {
   return 0;
 }
 
+// rx_packets of an open statistics file, read again from the start (sysfs serves each read fresh), or -1.
+static long read_counter(int fd) {
+  char b[32];
+  ssize_t n = pread(fd, b, sizeof b - 1, 0);
+  if (n <= 0) return -1;
+  b[n] = 0;
+  return atol(b);
+}
+
+// A sender's rate as the receiving interface counts it, with no socket taking frames: on a host whose one CPU
+// also runs the backend (Xen's dom0), a counting socket competes with it for that CPU and, once its buffer is
+// full, its count falls the faster the sender goes (receive livelock). The window opens at the first change.
+static int do_ifrate(const char *ifn, double seconds) {
+  char path[128];
+  snprintf(path, sizeof path, "/sys/class/net/%s/statistics/rx_packets", ifn);
+  int fd = open(path, O_RDONLY);
+  long base = fd < 0 ? -1 : read_counter(fd);
+  if (base < 0) die("ifrate: rx_packets");
+  printf("ready\n");
+  long c0 = 0, c1 = 0, c = base, seen = base;
+  double start = now(), t0 = 0, t1 = 0, moved = start;
+  for (;;) {
+    usleep(10000); // a clock read and a counter read every 10 ms: little of a PV dom0's CPU
+    double t = now();
+    c = read_counter(fd);
+    if (c < 0) die("ifrate: rx_packets");
+    if (c != seen) seen = c, moved = t;
+    if (!t0) {
+      if (c != base) t0 = t, c0 = c;
+      else if (t - start > seconds + 5) break;
+      continue;
+    }
+    c1 = c, t1 = t;
+    if (t1 - t0 >= seconds || t - moved > 0.5) break;
+  }
+  close(fd);
+  printf("{\"received\":%ld,\"seconds\":%.3f,\"pps\":%.0f}\n", c1 - c0, t1 - t0,
+         t1 > t0 ? (c1 - c0) / (t1 - t0) : 0.0);
+  return 0;
+}
+
 static int do_udpecho(const char *ip, int port, int idle_ms) {
   int s = socket(AF_INET, SOCK_DGRAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
@@ -307,9 +350,10 @@ int main(int argc, char **argv) {
                      argc == 8 ? atoi(argv[7]) : BATCH);
   if ((argc == 4 || argc == 5) && !strcmp(argv[1], "rxrate"))
     return do_rxrate(argv[2], atof(argv[3]), argc == 5 ? atoi(argv[4]) : BATCH);
+  if (argc == 4 && !strcmp(argv[1], "ifrate")) return do_ifrate(argv[2], atof(argv[3]));
   if (argc == 5 && !strcmp(argv[1], "udpecho")) return do_udpecho(argv[2], atoi(argv[3]), atoi(argv[4]));
   fprintf(stderr, "usage: pvpeer recv IF COUNT TIMEOUT_MS [PROGRESS] | send IF COUNT MIN MAX DSTMAC [WINDOW [PPS]] |\n"
-                  "       txrate IF SECONDS SIZE DSTMAC [PPS [BATCH]] | rxrate IF SECONDS [BATCH] |\n"
+                  "       txrate IF SECONDS SIZE DSTMAC [PPS [BATCH]] | rxrate IF SECONDS [BATCH] | ifrate IF SECONDS |\n"
                   "       udpecho IP PORT IDLE_MS\n");
   return 2;
 }

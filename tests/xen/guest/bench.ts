@@ -53,7 +53,10 @@ async function sh(cmd: string, args: string[]): Promise<string> {
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** Flood `seconds` of 60-byte frames, each TX buffer written once first (as pvpeer txrate does). */
-async function floodTx(nic: Nic, seconds: number): Promise<{ sent: number; pps: number }> {
+async function floodTx(
+  nic: Nic,
+  seconds: number,
+): Promise<{ sent: number; pps: number; batches: number; fullPolls: number }> {
   const bufs: PacketBuffer[] = new Array(32), all: PacketBuffer[] = [];
   for (let n; (n = nic.allocTx(bufs, 32)) > 0;) {
     for (let i = 0; i < n; i++) {
@@ -62,7 +65,8 @@ async function floodTx(nic: Nic, seconds: number): Promise<{ sent: number; pps: 
   }
   nic.release(all, all.length);
   const clock = new PollClock(), t0 = clock.now, end = t0 + seconds * 1000;
-  let sent = 0, spins = 0;
+  // Batches sent and polls that found the ring full: which side set the rate (mostly full: the backend).
+  let sent = 0, spins = 0, batches = 0;
   // The clock by count (PollClock, ≈ every 4 ms): here a read costs more than a batch (see clockCost).
   while (!clock.advance() || clock.now < end) {
     const n = nic.allocTx(bufs, 32);
@@ -76,10 +80,11 @@ async function floodTx(nic: Nic, seconds: number): Promise<{ sent: number; pps: 
     const k = nic.sendBatch(bufs, n);
     if (k < n) nic.release(bufs.slice(k, n), n - k);
     sent += k;
+    batches++;
   }
   const secs = (performance.now() - t0) / 1000;
   for (let i = 0; i < 100 && nic.stats()[0].txPackets < sent; i++) nic.reclaimTx(), await sleep(10);
-  return { sent, pps: Math.round(sent / secs) };
+  return { sent, pps: Math.round(sent / secs), batches, fullPolls: spins };
 }
 
 /**
