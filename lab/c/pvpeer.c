@@ -214,16 +214,27 @@ static int do_txrate(const char *ifn, double seconds, int size, const char *dsts
   return 0;
 }
 
-// The interface's received-frames counter (what its driver handed the stack: netback's TX from the domU), or -1.
-static long if_rx_packets(const char *ifn) {
+// IF's received-frames counter (what its driver handed the stack: netback's TX from a domU), opened for reads.
+static int open_rx_counter(const char *ifn) {
   char path[128];
   snprintf(path, sizeof path, "/sys/class/net/%s/statistics/rx_packets", ifn);
-  FILE *f = fopen(path, "r");
-  long v = -1;
-  if (f) {
-    if (fscanf(f, "%ld", &v) != 1) v = -1;
-    fclose(f);
-  }
+  return open(path, O_RDONLY);
+}
+
+// The counter of an open statistics file, read again from the start (sysfs serves each read fresh), or -1.
+static long read_counter(int fd) {
+  char b[32];
+  ssize_t n = pread(fd, b, sizeof b - 1, 0);
+  if (n <= 0) return -1;
+  b[n] = 0;
+  return atol(b);
+}
+
+// IF's received-frames counter now, or -1.
+static long if_rx_packets(const char *ifn) {
+  int fd = open_rx_counter(ifn);
+  long v = fd < 0 ? -1 : read_counter(fd);
+  if (fd >= 0) close(fd);
   return v;
 }
 
@@ -277,22 +288,11 @@ static int do_rxrate(const char *ifn, double seconds, int batch) {
   return 0;
 }
 
-// rx_packets of an open statistics file, read again from the start (sysfs serves each read fresh), or -1.
-static long read_counter(int fd) {
-  char b[32];
-  ssize_t n = pread(fd, b, sizeof b - 1, 0);
-  if (n <= 0) return -1;
-  b[n] = 0;
-  return atol(b);
-}
-
 // A sender's rate as the receiving interface counts it, with no socket taking frames: on a host whose one CPU
 // also runs the backend (Xen's dom0), a counting socket competes with it for that CPU and, once its buffer is
 // full, its count falls the faster the sender goes (receive livelock). The window opens at the first change.
 static int do_ifrate(const char *ifn, double seconds) {
-  char path[128];
-  snprintf(path, sizeof path, "/sys/class/net/%s/statistics/rx_packets", ifn);
-  int fd = open(path, O_RDONLY);
+  int fd = open_rx_counter(ifn);
   long base = fd < 0 ? -1 : read_counter(fd);
   if (base < 0) die("ifrate: rx_packets");
   printf("ready\n");

@@ -373,5 +373,6 @@ Deno.test("pvpeer ifrate counts what an interface received from the first frame,
   const res = JSON.parse(lines[lines.length - 1]);
   assert.ok(res.received > 0, `counted ${res.received} frames on lo while ${sent} datagrams went out`);
   assert.ok(res.seconds > 0);
-  assert.equal(Math.round(res.pps), Math.round(res.received / res.seconds));
+  // pps from the unrounded window; seconds is printed to the millisecond.
+  assert.ok(Math.abs(res.pps - res.received / res.seconds) <= 1 + res.pps / 1000, JSON.stringify(res));
 });
