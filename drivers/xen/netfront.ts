@@ -305,7 +305,7 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
     // leaves nothing on the ring, and only the frames sent are marked the device's.
     let k = 0;
     for (let free = r.free, ids = q.txIds.available; k < n; k++) {
-      const b = pkts[k], slots = Math.ceil(((b.slotOffset & (XEN_PAGE - 1)) + b.length) / XEN_PAGE);
+      const slots = txSlotsOf(pkts[k]);
       if (slots > free || slots > ids) break;
       free -= slots;
       ids -= slots;
@@ -313,8 +313,7 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
     q.txPool.toDeviceMany(pkts, k);
     for (let j = 0; j < k; j++) {
       const b = pkts[j], len = b.length;
-      const first = b.slotOffset & (XEN_PAGE - 1);
-      const slots = Math.ceil((first + len) / XEN_PAGE);
+      const first = b.slotOffset & (XEN_PAGE - 1), slots = txSlotsOf(b);
       q.txSlots[b.index] = slots;
       q.txFailed[b.index] = 0;
       const csum = b.csumOffset ? NETTXF_csum_blank | NETTXF_data_validated : 0;
@@ -509,4 +508,9 @@ export class Netfront extends NicCore<NetfrontQueuePair> {
   protected teardown(): Promise<void> {
     return this.#front.shutdown(true);
   }
+}
+
+/** TX request slots a frame takes: one per page it touches (netif.h: a request never crosses a page). */
+function txSlotsOf(b: PacketBuffer): number {
+  return Math.ceil(((b.slotOffset & (XEN_PAGE - 1)) + b.length) / XEN_PAGE);
 }
